@@ -1,0 +1,116 @@
+//! Redis for both apps.
+//!
+//! Redis is never the only record of anything: every value kept here can be recomputed from
+//! PostgreSQL. So every command is bounded by a short timeout, and callers treat an error as
+//! "cache unavailable" and fall back to the database instead of failing the request.
+//!
+//! Keys are namespaced by a prefix (`REDIS_KEY_PREFIX`), which lets several environments (and
+//! parallel tests) share one server without seeing each other's keys.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+pub use redis;
+
+/// How long after a failed connection attempt commands fail fast instead of trying again, so a
+/// Redis outage costs requests nothing but a branch.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+/// A namespaced, reconnecting Redis handle. Cheap to clone.
+///
+/// The connection is opened on first use, not at construction: an app starts (and serves from
+/// the database) while Redis is down, and picks Redis up once it answers.
+#[derive(Clone)]
+pub struct Cache {
+    client: redis::Client,
+    conn: Arc<OnceCell<ConnectionManager>>,
+    last_failure: Arc<Mutex<Option<Instant>>>,
+    prefix: Arc<str>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+impl Cache {
+    /// A handle for the server at `url` with keys under `prefix`. Does not connect yet.
+    pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
+        Ok(Self {
+            client,
+            conn: Arc::new(OnceCell::new()),
+            last_failure: Arc::new(Mutex::new(None)),
+            prefix: prefix.into(),
+        })
+    }
+
+    /// The full key for `key` in this namespace.
+    pub fn key(&self, key: &str) -> String {
+        format!("{}{}", self.prefix, key)
+    }
+
+    /// The namespace prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A connection to run commands on (clones share one multiplexed connection that
+    /// reconnects by itself). Fails fast while Redis is known to be unreachable.
+    pub async fn conn(&self) -> anyhow::Result<ConnectionManager> {
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
+        if let Some(at) = *self.last_failure.lock().expect("lock poisoned") {
+            anyhow::ensure!(at.elapsed() >= RETRY_AFTER, "Redis is unavailable");
+        }
+        let client = self.client.clone();
+        let result = self
+            .conn
+            .get_or_try_init(|| async move {
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_millis(500)))
+                    .set_number_of_retries(1);
+                ConnectionManager::new_with_config(client, config).await
+            })
+            .await;
+        match result {
+            Ok(conn) => Ok(conn.clone()),
+            Err(e) => {
+                *self.last_failure.lock().expect("lock poisoned") = Some(Instant::now());
+                Err(anyhow::Error::new(e).context("connecting to Redis"))
+            }
+        }
+    }
+
+    /// `PING`.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut conn = self.conn().await?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .context("Redis PING")?;
+        Ok(())
+    }
+}
+
+/// Readiness check: Redis answers `PING`.
+pub struct RedisCheck(pub Cache);
+
+impl commerce_web::health::ReadinessCheck for RedisCheck {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move { self.0.ping().await.map_err(|e| format!("{e:#}")) })
+    }
+}

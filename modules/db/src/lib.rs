@@ -1,0 +1,234 @@
+//! PostgreSQL for both apps, on diesel-async (no libpq).
+//!
+//! Rules kept here:
+//! - one pool per app, with a bounded wait so an exhausted pool answers 503 quickly instead of
+//!   queueing requests forever;
+//! - migrations run under a PostgreSQL advisory lock, so two instances starting at once never
+//!   apply the same migration twice;
+//! - a connection returned to the pool while a transaction is still open (a cancelled request)
+//!   is discarded by the pool's recycle check rather than reused.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use diesel::sql_types::{BigInt, Bool, Text};
+use diesel::{QueryableByName, sql_query};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::deadpool as pooled;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::EmbeddedMigrations;
+use futures::future::BoxFuture;
+
+pub use diesel_async;
+
+/// The connection pool.
+pub type Pool = pooled::Pool<AsyncPgConnection>;
+/// A connection checked out of the pool.
+pub type PooledConn = pooled::Object<AsyncPgConnection>;
+/// Error from checking a connection out of the pool.
+pub type PoolError = pooled::PoolError;
+
+/// Builds a pool of at most `max_size` connections. Connections are opened lazily.
+pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    pooled::Pool::builder(manager)
+        .max_size(max_size)
+        .wait_timeout(Some(Duration::from_secs(5)))
+        .create_timeout(Some(Duration::from_secs(5)))
+        .recycle_timeout(Some(Duration::from_secs(2)))
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .context("building the database pool")
+}
+
+/// Checks that the variable `var` holds a `postgres://` URL naming a database.
+pub fn validate_url(var: &str, url: String) -> Result<String, commerce_config::ConfigError> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(commerce_config::ConfigError::new(
+            var,
+            "must be a postgres:// URL",
+        ));
+    }
+    if database_name(&url).is_none() {
+        return Err(commerce_config::ConfigError::new(
+            var,
+            "must name a database",
+        ));
+    }
+    Ok(url)
+}
+
+/// Replaces the database name in a `postgres://` URL.
+pub fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    // The database is the path after the authority: `scheme://authority/db`.
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|j| start + j))
+        .unwrap_or(base.len());
+    let mut out = format!("{}/{}", &base[..authority_end], database);
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
+    }
+    out
+}
+
+/// The database name in a `postgres://` URL.
+pub fn database_name(url: &str) -> Option<&str> {
+    let base = url.split('?').next()?;
+    let after_scheme = &base[base.find("://")? + 3..];
+    let name = &after_scheme[after_scheme.find('/')? + 1..];
+    (!name.is_empty()).then_some(name)
+}
+
+#[derive(QueryableByName)]
+struct Exists {
+    #[diesel(sql_type = Bool)]
+    exists: bool,
+}
+
+/// Quotes an SQL identifier.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Creates the database named in `url` if it does not exist, connecting through the server's
+/// `postgres` maintenance database.
+pub async fn create_database_if_missing(url: &str) -> anyhow::Result<bool> {
+    let name = database_name(url).context("DATABASE_URL names no database")?;
+    let mut admin = AsyncPgConnection::establish(&with_database(url, "postgres"))
+        .await
+        .context("connecting to the `postgres` maintenance database")?;
+    let found: Exists =
+        sql_query("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1) AS exists")
+            .bind::<Text, _>(name)
+            .get_result(&mut admin)
+            .await?;
+    if found.exists {
+        return Ok(false);
+    }
+    match admin
+        .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+        .await
+    {
+        Ok(()) => Ok(true),
+        // Another instance created it between our check and our CREATE.
+        Err(e) if e.to_string().contains("already exists") => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating database {name}")),
+    }
+}
+
+/// A stable advisory-lock key for `name`.
+fn lock_key(name: &str) -> i64 {
+    // FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash as i64
+}
+
+/// Applies pending migrations to the database at `url`, holding an advisory lock so that
+/// concurrent starts serialise. Returns the versions applied.
+pub async fn run_migrations(
+    url: &str,
+    migrations: EmbeddedMigrations,
+) -> anyhow::Result<Vec<String>> {
+    let mut lock_conn = AsyncPgConnection::establish(url)
+        .await
+        .context("connecting to the database to migrate")?;
+    let key = lock_key("commerce:migrations");
+    sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(key)
+        .execute(&mut lock_conn)
+        .await
+        .context("taking the migration lock")?;
+
+    let result = apply(url, migrations).await;
+
+    // Closing the session releases the lock even if the unlock fails.
+    let _ = sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(key)
+        .execute(&mut lock_conn)
+        .await;
+    result
+}
+
+async fn apply(url: &str, migrations: EmbeddedMigrations) -> anyhow::Result<Vec<String>> {
+    use diesel_migrations::MigrationHarness;
+    let url = url.to_owned();
+    // The harness drives the async connection from synchronous diesel code through
+    // `block_in_place`, which needs a multi-thread runtime. Callers may be on any runtime (tests
+    // use current-thread ones), so it runs on a thread with a small runtime of its own.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = (|| -> anyhow::Result<Vec<String>> {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .context("starting the migration runtime")?;
+            rt.block_on(async move {
+                let conn = AsyncPgConnection::establish(&url)
+                    .await
+                    .context("connecting to the database to migrate")?;
+                let mut harness = diesel_async::AsyncMigrationHarness::new(conn);
+                harness
+                    .run_pending_migrations(migrations)
+                    .map(|versions| versions.iter().map(ToString::to_string).collect())
+                    .map_err(|e| anyhow::anyhow!("applying migrations: {e}"))
+            })
+        })();
+        let _ = tx.send(result);
+    });
+    rx.await
+        .context("the migration thread stopped unexpectedly")?
+}
+
+/// Readiness check: a pooled connection answers `SELECT 1`.
+pub struct DbCheck(pub Pool);
+
+impl commerce_web::health::ReadinessCheck for DbCheck {
+    fn name(&self) -> &'static str {
+        "database"
+    }
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let mut conn = self.0.get().await.map_err(|e| e.to_string())?;
+            conn.batch_execute("SELECT 1")
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_is_replaced_keeping_credentials_and_query() {
+        assert_eq!(
+            with_database("postgres://u:p@h:5432/commerce?sslmode=disable", "postgres"),
+            "postgres://u:p@h:5432/postgres?sslmode=disable"
+        );
+        assert_eq!(with_database("postgres://h", "x"), "postgres://h/x");
+        assert_eq!(
+            database_name("postgres://u@h/commerce?a=b"),
+            Some("commerce")
+        );
+        assert_eq!(database_name("postgres://u@h"), None);
+    }
+
+    #[test]
+    fn lock_key_is_stable() {
+        assert_eq!(lock_key("a"), lock_key("a"));
+        assert_ne!(lock_key("a"), lock_key("b"));
+    }
+}

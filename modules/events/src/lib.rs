@@ -1,0 +1,288 @@
+//! The event contract between commerce-api (producer) and commerce-collector (consumer).
+//!
+//! Every event travels as one JSON [`Envelope`]:
+//! `{event_id, event_type, aggregate_type, aggregate_id, occurred_at, schema_version, payload}`.
+//! `event_id` is a UUIDv7 (time-ordered), the consumer's deduplication key; `occurred_at` is
+//! RFC 3339 UTC. The payload of each `event_type` is one struct below, and this module is the
+//! only definition of it: both apps compile against it, so they cannot drift apart.
+//!
+//! Rules kept here:
+//! - a field is never removed or changes meaning within a `schema_version`; adding an optional
+//!   field is compatible, anything else bumps the version;
+//! - money is integer won (`i64`), never floating point;
+//! - every event names its topic and message key ([`Event::topic`], [`Event::key`]), so all
+//!   events of one product or one order land in one partition in commit order.
+
+use chrono::{DateTime, SecondsFormat, SubsecRound, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The current payload schema version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Default topic for product events (key: product id).
+pub const CATALOG_TOPIC: &str = "catalog-events";
+/// Default topic for order and payment events (key: order id).
+pub const ORDER_TOPIC: &str = "order-events";
+
+/// Which stream an event belongs to. Topic names are configurable; this picks one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Catalog,
+    Order,
+}
+
+/// The envelope every event travels in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub event_id: Uuid,
+    pub aggregate_type: String,
+    pub aggregate_id: i64,
+    #[serde(with = "rfc3339_utc")]
+    pub occurred_at: DateTime<Utc>,
+    pub schema_version: u32,
+    /// `event_type` and `payload`.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+impl Envelope {
+    /// Wraps `event` with a fresh UUIDv7 and the current time.
+    pub fn new(event: Event) -> Self {
+        Self::at(event, Utc::now())
+    }
+
+    /// Wraps `event` as having occurred at `occurred_at` (kept to microseconds, the precision
+    /// of the wire format and of PostgreSQL).
+    pub fn at(event: Event, occurred_at: DateTime<Utc>) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            aggregate_type: event.aggregate_type().to_owned(),
+            aggregate_id: event.key(),
+            occurred_at: occurred_at.trunc_subsecs(6),
+            schema_version: SCHEMA_VERSION,
+            event,
+        }
+    }
+
+    /// The `event_type` string.
+    pub fn event_type(&self) -> &'static str {
+        self.event.event_type()
+    }
+}
+
+/// Every event type and its payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event_type", content = "payload")]
+pub enum Event {
+    /// A product was created.
+    ProductCreated(ProductSnapshot),
+    /// A product's name, description, price or stock changed; `version` increased.
+    ProductUpdated(ProductSnapshot),
+    /// A user liked a product (only on a real change: liking twice emits once).
+    ProductLiked(LikeChanged),
+    /// A user withdrew a like (only on a real change).
+    ProductUnliked(LikeChanged),
+    /// A product page was read. Published directly, best effort; may be lost.
+    ProductViewed(ProductViewed),
+    /// An order was placed (not yet a sale).
+    OrderCreated(OrderPlaced),
+    /// An order was paid: the sale the collector counts.
+    OrderPaid(OrderPlaced),
+    /// An order was cancelled; `was_paid` tells the collector whether to subtract a sale.
+    OrderCancelled(OrderCancelled),
+}
+
+impl Event {
+    /// The `event_type` string.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::ProductCreated(_) => "ProductCreated",
+            Event::ProductUpdated(_) => "ProductUpdated",
+            Event::ProductLiked(_) => "ProductLiked",
+            Event::ProductUnliked(_) => "ProductUnliked",
+            Event::ProductViewed(_) => "ProductViewed",
+            Event::OrderCreated(_) => "OrderCreated",
+            Event::OrderPaid(_) => "OrderPaid",
+            Event::OrderCancelled(_) => "OrderCancelled",
+        }
+    }
+
+    /// `Product` or `Order`.
+    pub fn aggregate_type(&self) -> &'static str {
+        match self.stream() {
+            Stream::Catalog => "Product",
+            Stream::Order => "Order",
+        }
+    }
+
+    /// The stream (topic) this event is published to.
+    pub fn stream(&self) -> Stream {
+        match self {
+            Event::ProductCreated(_)
+            | Event::ProductUpdated(_)
+            | Event::ProductLiked(_)
+            | Event::ProductUnliked(_)
+            | Event::ProductViewed(_) => Stream::Catalog,
+            Event::OrderCreated(_) | Event::OrderPaid(_) | Event::OrderCancelled(_) => {
+                Stream::Order
+            }
+        }
+    }
+
+    /// The aggregate id, also the Kafka message key.
+    pub fn key(&self) -> i64 {
+        match self {
+            Event::ProductCreated(p) | Event::ProductUpdated(p) => p.product_id,
+            Event::ProductLiked(l) | Event::ProductUnliked(l) => l.product_id,
+            Event::ProductViewed(v) => v.product_id,
+            Event::OrderCreated(o) | Event::OrderPaid(o) => o.order_id,
+            Event::OrderCancelled(c) => c.order_id,
+        }
+    }
+}
+
+/// A product as of one version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductSnapshot {
+    pub product_id: i64,
+    pub brand_id: i64,
+    pub brand_name: String,
+    pub name: String,
+    pub price: i64,
+    pub stock: i64,
+    /// Increases by one with every change; consumers ignore a snapshot older than one applied.
+    pub version: i64,
+}
+
+/// A like added or withdrawn.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LikeChanged {
+    pub product_id: i64,
+    pub user_id: i64,
+}
+
+/// A product detail read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductViewed {
+    pub product_id: i64,
+    /// The reader, when authenticated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<i64>,
+}
+
+/// One order line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderLine {
+    pub product_id: i64,
+    pub quantity: i64,
+    /// Price per unit at the time of the order, in won.
+    pub unit_price: i64,
+}
+
+/// An order's lines and amounts (for `OrderCreated` and `OrderPaid`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub lines: Vec<OrderLine>,
+    pub total_amount: i64,
+    pub discount_amount: i64,
+    pub final_amount: i64,
+    /// `POINT` or `CARD`.
+    pub payment_method: String,
+}
+
+/// An order cancelled.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderCancelled {
+    pub order_id: i64,
+    pub user_id: i64,
+    pub lines: Vec<OrderLine>,
+    /// Whether the order had been paid (a sale to subtract).
+    pub was_paid: bool,
+    /// When the order was paid, if it was: the sale is subtracted from that business day.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_rfc3339_utc"
+    )]
+    pub paid_at: Option<DateTime<Utc>>,
+}
+
+mod rfc3339_utc {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Micros, true))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let s = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_rfc3339_utc {
+    use super::*;
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => super::rfc3339_utc::serialize(t, s),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(serde::de::Error::custom)
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_has_the_documented_shape_and_round_trips() {
+        let env = Envelope::new(Event::OrderPaid(OrderPlaced {
+            order_id: 7,
+            user_id: 3,
+            lines: vec![OrderLine {
+                product_id: 11,
+                quantity: 2,
+                unit_price: 1500,
+            }],
+            total_amount: 3000,
+            discount_amount: 0,
+            final_amount: 3000,
+            payment_method: "POINT".into(),
+        }));
+        let json = serde_json::to_value(&env).unwrap();
+        assert_eq!(json["event_type"], "OrderPaid");
+        assert_eq!(json["aggregate_type"], "Order");
+        assert_eq!(json["aggregate_id"], 7);
+        assert_eq!(json["schema_version"], 1);
+        assert_eq!(json["payload"]["lines"][0]["unit_price"], 1500);
+        assert!(json["occurred_at"].as_str().unwrap().ends_with('Z'));
+        let back: Envelope = serde_json::from_value(json).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn unknown_event_type_is_rejected() {
+        let json = serde_json::json!({
+            "event_id": Uuid::now_v7(), "aggregate_type": "Order", "aggregate_id": 1,
+            "occurred_at": "2026-01-01T00:00:00Z", "schema_version": 1,
+            "event_type": "OrderTeleported", "payload": {}
+        });
+        assert!(serde_json::from_value::<Envelope>(json).is_err());
+    }
+}

@@ -1,0 +1,188 @@
+//! Kafka clients for both apps, on rdkafka (bundled librdkafka).
+//!
+//! Rules kept here:
+//! - producers are idempotent (`enable.idempotence=true`, `acks=all`), so a retried send never
+//!   duplicates or reorders a message within a partition;
+//! - consumers never auto-store offsets (`enable.auto.offset.store=false`): an app stores an
+//!   offset only after the side effect of that message is durable, and the background
+//!   auto-commit then commits only stored offsets. Offsets follow the database, never lead it;
+//! - only the Kafka protocol is used, so the same code runs against Apache Kafka in production
+//!   and any protocol-compatible broker in development.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use futures::future::BoxFuture;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::FutureProducer;
+
+pub use rdkafka;
+
+/// Connection settings shared by every client an app creates.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// Comma-separated `host:port` list (`KAFKA_BROKERS`).
+    pub brokers: String,
+    /// Consumer group session timeout; short in development so a group's first join is quick.
+    pub session_timeout_ms: u32,
+    /// Longest gap between polls before the member is considered stuck.
+    pub max_poll_interval_ms: u32,
+}
+
+impl KafkaSettings {
+    pub fn new(brokers: impl Into<String>) -> Self {
+        Self {
+            brokers: brokers.into(),
+            session_timeout_ms: 6_000,
+            max_poll_interval_ms: 10_000,
+        }
+    }
+
+    fn base(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers)
+            // Fail fast on a dead address instead of librdkafka's long defaults.
+            .set("socket.timeout.ms", "10000")
+            .set("reconnect.backoff.max.ms", "2000")
+            .set("topic.metadata.refresh.interval.ms", "10000");
+        c
+    }
+
+    /// Configuration for an idempotent producer.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = self.base();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            // Bounded: a send that cannot be delivered in this time fails, and the caller
+            // (the outbox relay) retries it later from the database.
+            .set("message.timeout.ms", "30000");
+        c
+    }
+
+    /// Creates an idempotent producer.
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        self.producer_config()
+            .create()
+            .context("creating Kafka producer")
+    }
+
+    /// Configuration for a group member that stores offsets explicitly after processing.
+    pub fn consumer_config(&self, group_id: &str) -> ClientConfig {
+        let mut c = self.base();
+        c.set("group.id", group_id)
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("session.timeout.ms", self.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (self.session_timeout_ms / 3).max(500).to_string(),
+            )
+            .set(
+                "max.poll.interval.ms",
+                self.max_poll_interval_ms.to_string(),
+            );
+        c
+    }
+
+    /// Creates the given topics (name, partitions) if they do not exist yet.
+    pub async fn ensure_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self
+            .base()
+            .create()
+            .context("creating Kafka admin client")?;
+        let new: Vec<NewTopic<'_>> = topics
+            .iter()
+            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin
+            .create_topics(new.iter(), &opts)
+            .await
+            .context("creating Kafka topics")?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => anyhow::bail!("creating Kafka topic {topic}: {code}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Readiness check: a broker answers a metadata request. Holds one long-lived client so a
+/// probe does not start librdkafka's threads each time.
+pub struct KafkaCheck {
+    client: std::sync::Arc<BaseConsumer>,
+}
+
+impl KafkaCheck {
+    pub fn new(settings: &KafkaSettings) -> anyhow::Result<Self> {
+        let client: BaseConsumer = settings.base().create().context("creating Kafka client")?;
+        Ok(Self {
+            client: std::sync::Arc::new(client),
+        })
+    }
+
+    /// Asks the cluster for its metadata: succeeds when at least one broker answers.
+    pub async fn ping(&self, timeout: Duration) -> anyhow::Result<()> {
+        let client = self.client.clone();
+        // `fetch_metadata` blocks its thread; keep it off the async workers.
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let metadata = client
+                .fetch_metadata(None, timeout)
+                .context("fetching Kafka metadata")?;
+            anyhow::ensure!(!metadata.brokers().is_empty(), "no Kafka broker answered");
+            Ok(())
+        })
+        .await
+        .context("Kafka ping task failed")?
+    }
+}
+
+impl commerce_web::health::ReadinessCheck for KafkaCheck {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+    fn check(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            self.ping(Duration::from_millis(1500))
+                .await
+                .map_err(|e| format!("{e:#}"))
+        })
+    }
+}
+
+/// Headers carried by every event message: `event_id`, `event_type` and, when known, the W3C
+/// `traceparent` of the request that caused the event, so a trace crosses the broker.
+pub fn event_headers(
+    event_id: &str,
+    event_type: &str,
+    traceparent: Option<&str>,
+) -> rdkafka::message::OwnedHeaders {
+    use rdkafka::message::{Header, OwnedHeaders};
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "event_id",
+            value: Some(event_id),
+        })
+        .insert(Header {
+            key: "event_type",
+            value: Some(event_type),
+        });
+    match traceparent {
+        Some(tp) => headers.insert(Header {
+            key: "traceparent",
+            value: Some(tp),
+        }),
+        None => headers,
+    }
+}

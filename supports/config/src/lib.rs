@@ -1,0 +1,196 @@
+//! Configuration from the environment.
+//!
+//! Every app reads its settings in exactly one place (its `config.rs`) through these helpers, so
+//! that a bad or missing value stops the process at start with one line naming the variable,
+//! instead of failing later on first use. Values are never echoed back in errors: a variable may
+//! hold a secret (a JWT key, a database password).
+
+use std::fmt::Display;
+use std::str::FromStr;
+
+/// A configuration variable that is missing or cannot be parsed.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {var}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub var: String,
+    /// Why it was refused (never contains the value itself).
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub fn new(var: &str, reason: impl Into<String>) -> Self {
+        Self {
+            var: var.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A source of variables: the process environment in production, a map in tests.
+pub trait Source {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Env;
+
+impl Source for Env {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+}
+
+impl Source for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned()
+    }
+}
+
+/// Reads configuration variables from a [`Source`].
+pub struct Reader<S: Source = Env> {
+    source: S,
+}
+
+impl Default for Reader<Env> {
+    fn default() -> Self {
+        Self { source: Env }
+    }
+}
+
+impl<S: Source> Reader<S> {
+    pub fn new(source: S) -> Self {
+        Self { source }
+    }
+
+    /// A variable that must be present.
+    pub fn required<T>(&self, name: &str) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let raw = self
+            .source
+            .get(name)
+            .ok_or_else(|| ConfigError::new(name, "is required but not set"))?;
+        parse(name, &raw)
+    }
+
+    /// A variable with a default used when it is unset or empty.
+    pub fn or<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.source.get(name) {
+            Some(raw) => parse(name, &raw),
+            None => Ok(default),
+        }
+    }
+
+    /// A string variable with a default.
+    pub fn string_or(&self, name: &str, default: &str) -> String {
+        self.source.get(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A variable that may be absent.
+    pub fn optional<T>(&self, name: &str) -> Result<Option<T>, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        self.source
+            .get(name)
+            .map(|raw| parse(name, &raw))
+            .transpose()
+    }
+
+    /// A number that must fall within `range`.
+    pub fn in_range<T>(
+        &self,
+        name: &str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+        T::Err: Display,
+    {
+        let value = self.or(name, default)?;
+        if !range.contains(&value) {
+            return Err(ConfigError::new(
+                name,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
+        }
+        Ok(value)
+    }
+}
+
+fn parse<T>(name: &str, raw: &str) -> Result<T, ConfigError>
+where
+    T: FromStr,
+    T::Err: Display,
+{
+    raw.trim()
+        .parse()
+        .map_err(|e: T::Err| ConfigError::new(name, format!("cannot be parsed: {e}")))
+}
+
+/// The deployment profile. `dev` allows insecure defaults (a well-known JWT secret); any other
+/// profile refuses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Dev,
+    Prod,
+}
+
+impl FromStr for Profile {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "dev" | "development" | "test" => Ok(Self::Dev),
+            "prod" | "production" | "staging" => Ok(Self::Prod),
+            other => Err(format!("unknown profile `{other}` (expected dev or prod)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn reader(pairs: &[(&str, &str)]) -> Reader<HashMap<String, String>> {
+        Reader::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn unparsable_value_names_the_variable_but_not_the_value() {
+        let err = reader(&[("PORT", "eighty")])
+            .or::<u16>("PORT", 8080)
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("PORT"), "{text}");
+        assert!(!text.contains("eighty"), "{text}");
+    }
+
+    #[test]
+    fn missing_required_variable_is_reported() {
+        let err = reader(&[]).required::<String>("DATABASE_URL").unwrap_err();
+        assert_eq!(err.var, "DATABASE_URL");
+    }
+
+    #[test]
+    fn default_applies_when_unset_and_range_is_enforced() {
+        let r = reader(&[("POOL", "500")]);
+        assert_eq!(r.or::<u16>("PORT", 8080).unwrap(), 8080);
+        assert!(r.in_range::<u32>("POOL", 10, 1..=100).is_err());
+    }
+}

@@ -1,0 +1,287 @@
+//! Isolation for integration tests against real servers.
+//!
+//! Every test gets
+//! - its own PostgreSQL database, cloned from a template that was migrated once per test run
+//!   (`CREATE DATABASE … TEMPLATE …` takes milliseconds, migrating takes much longer) and dropped
+//!   when the test ends;
+//! - its own Kafka topics and consumer group (unique names);
+//! - its own Redis key prefix,
+//!
+//! so `cargo nextest run` runs tests in parallel without one seeing another's data.
+//!
+//! A server that is not reachable fails the test with a message naming it and saying how to
+//! start it. Nothing is skipped.
+//!
+//! Servers are found through `TEST_DATABASE_URL` (a URL to any database on the server; default
+//! `postgres://postgres@127.0.0.1:5432/postgres`), `REDIS_URL` (default
+//! `redis://127.0.0.1:6379`) and `KAFKA_BROKERS` (default `127.0.0.1:9092`).
+
+use std::time::Duration;
+
+use commerce_cache::Cache;
+use commerce_db::{quote_ident, with_database};
+use commerce_kafka::KafkaSettings;
+use diesel::migration::MigrationSource;
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_migrations::EmbeddedMigrations;
+
+const START_HINT: &str = "start the local stack with `supports/dev/stack up` (or `supports/dev/stack test`, which starts what the tests need)";
+
+/// URL of the PostgreSQL server used by tests.
+pub fn postgres_url() -> String {
+    env_or(
+        "TEST_DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    )
+}
+
+/// URL of the Redis server used by tests.
+pub fn redis_url() -> String {
+    env_or("REDIS_URL", "redis://127.0.0.1:6379")
+}
+
+/// Kafka bootstrap servers used by tests, with short group timeouts.
+pub fn kafka_settings() -> KafkaSettings {
+    KafkaSettings::new(env_or("KAFKA_BROKERS", "127.0.0.1:9092"))
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// A short unique suffix for names (databases, topics, groups, key prefixes).
+pub fn unique_suffix() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
+}
+
+/// A freshly migrated database of its own for one test, dropped when this value is dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    /// Connection URL of the test's database.
+    pub url: String,
+    name: String,
+    server_url: String,
+}
+
+impl TestDb {
+    /// Creates a database for one test, cloned from `{app}`'s template (built on first use).
+    pub async fn new(app: &str, migrations: EmbeddedMigrations) -> Self {
+        let server_url = postgres_url();
+        let template = ensure_template(&server_url, app, migrations).await;
+        let name = format!("{app}_test_{}", unique_suffix());
+        let mut admin = connect_admin(&server_url).await;
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                quote_ident(&name),
+                quote_ident(&template)
+            ))
+            .await
+            .unwrap_or_else(|e| panic!("creating test database {name} from {template}: {e}"));
+        Self {
+            url: with_database(&server_url, &name),
+            name,
+            server_url,
+        }
+    }
+
+    /// The database name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop cannot await, and may run inside a runtime: do the cleanup on a thread with a
+        // runtime of its own and wait for it.
+        let server_url = self.server_url.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                if let Ok(mut admin) =
+                    AsyncPgConnection::establish(&with_database(&server_url, "postgres")).await
+                {
+                    let _ = admin
+                        .batch_execute(&format!(
+                            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                            quote_ident(&name)
+                        ))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn connect_admin(server_url: &str) -> AsyncPgConnection {
+    let url = with_database(server_url, "postgres");
+    match tokio::time::timeout(Duration::from_secs(5), AsyncPgConnection::establish(&url)).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => panic!("PostgreSQL is not reachable at {url}: {e}; {START_HINT}"),
+        Err(_) => panic!("PostgreSQL is not reachable at {url}: no answer in 5 s; {START_HINT}"),
+    }
+}
+
+/// FNV-1a, stable across builds.
+fn fnv(data: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in data.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash
+}
+
+/// Makes sure `{app}`'s template database exists and is migrated; returns its name.
+///
+/// The name hashes the migration names and, under nextest, the run id, so each test run
+/// migrates a fresh template (an edited migration is picked up) while the tests of one run share
+/// it. Test processes run concurrently: an advisory lock makes exactly one of them build it.
+async fn ensure_template(server_url: &str, app: &str, migrations: EmbeddedMigrations) -> String {
+    let names: Vec<String> = MigrationSource::<diesel::pg::Pg>::migrations(&migrations)
+        .expect("reading embedded migrations")
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_default();
+    let key = fnv(&format!("{app}|{}|{run}", names.join(",")));
+    let template = format!("{app}_tpl_{:016x}", key);
+
+    let mut admin = connect_admin(server_url).await;
+    diesel::sql_query("SELECT pg_advisory_lock($1)")
+        .bind::<BigInt, _>(key as i64)
+        .execute(&mut admin)
+        .await
+        .expect("taking the template lock");
+
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let existing: Count =
+        diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
+            .bind::<Text, _>(&template)
+            .get_result(&mut admin)
+            .await
+            .expect("looking up the template database");
+    if existing.n == 0 {
+        // Templates of earlier runs of this app are no longer needed.
+        #[derive(diesel::QueryableByName)]
+        struct Name {
+            #[diesel(sql_type = Text)]
+            datname: String,
+        }
+        let stale: Vec<Name> =
+            diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE $1")
+                .bind::<Text, _>(format!("{app}_tpl_%"))
+                .load(&mut admin)
+                .await
+                .unwrap_or_default();
+        for s in stale {
+            let _ = admin
+                .batch_execute(&format!(
+                    "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                    quote_ident(&s.datname)
+                ))
+                .await;
+        }
+        let building = format!("{template}_building");
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                quote_ident(&building)
+            ))
+            .await
+            .expect("dropping a half-built template database");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&building)))
+            .await
+            .expect("creating the template database");
+        commerce_db::run_migrations(&with_database(server_url, &building), migrations)
+            .await
+            .unwrap_or_else(|e| panic!("migrating the {app} template database: {e:#}"));
+        // Renamed only once complete, so a crashed build never leaves a half-migrated template.
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} RENAME TO {}",
+                quote_ident(&building),
+                quote_ident(&template)
+            ))
+            .await
+            .expect("publishing the template database");
+    }
+    let _ = diesel::sql_query("SELECT pg_advisory_unlock($1)")
+        .bind::<BigInt, _>(key as i64)
+        .execute(&mut admin)
+        .await;
+    template
+}
+
+/// A Redis handle with a key prefix of the test's own. Fails if Redis is not reachable.
+pub async fn redis() -> Cache {
+    let url = redis_url();
+    let prefix = format!("test:{}:", unique_suffix());
+    let cache = Cache::new(&url, &prefix).expect("valid REDIS_URL");
+    match tokio::time::timeout(Duration::from_secs(5), cache.ping()).await {
+        Ok(Ok(())) => cache,
+        Ok(Err(e)) => panic!("Redis is not reachable at {url}: {e:#}; {START_HINT}"),
+        Err(_) => panic!("Redis is not reachable at {url}: no answer in 5 s; {START_HINT}"),
+    }
+}
+
+/// Kafka topics and a consumer group of the test's own.
+#[derive(Debug, Clone)]
+pub struct TestKafka {
+    pub settings: KafkaSettings,
+    suffix: String,
+}
+
+impl TestKafka {
+    /// Checks the broker answers. Fails the test, naming it, if it does not.
+    pub async fn new() -> Self {
+        let settings = kafka_settings();
+        let check = commerce_kafka::KafkaCheck::new(&settings).expect("Kafka client");
+        if let Err(e) = check.ping(Duration::from_secs(10)).await {
+            panic!(
+                "Kafka broker is not reachable at {}: {e:#}; {START_HINT}",
+                settings.brokers
+            );
+        }
+        Self {
+            settings,
+            suffix: unique_suffix(),
+        }
+    }
+
+    /// This test's name for topic `base`.
+    pub fn topic(&self, base: &str) -> String {
+        format!("{base}-{}", self.suffix)
+    }
+
+    /// This test's name for consumer group `base`.
+    pub fn group(&self, base: &str) -> String {
+        format!("{base}-{}", self.suffix)
+    }
+
+    /// Creates this test's topics with the given partition counts; returns their names.
+    pub async fn create_topics(&self, topics: &[(&str, i32)]) -> Vec<String> {
+        let named: Vec<(String, i32)> = topics.iter().map(|(b, p)| (self.topic(b), *p)).collect();
+        let refs: Vec<(&str, i32)> = named.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+        self.settings
+            .ensure_topics(&refs)
+            .await
+            .unwrap_or_else(|e| panic!("creating test topics: {e:#}"));
+        named.into_iter().map(|(n, _)| n).collect()
+    }
+}

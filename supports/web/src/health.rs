@@ -1,0 +1,120 @@
+//! Liveness and readiness.
+//!
+//! `GET /health/live` answers 200 while the process serves HTTP at all. `GET /health/ready` runs
+//! every registered [`ReadinessCheck`] concurrently (each bounded by a timeout) and answers 503
+//! naming the dependencies that failed, so a load balancer stops routing to an instance that
+//! cannot do its work.
+//!
+//! A check may be *non-critical*: a dependency the app keeps working without (Redis is only an
+//! accelerator for the API; the outbox absorbs a Kafka outage). Its failure is reported in the
+//! body (`"status": "DEGRADED"`) but keeps the answer 200: taking every instance out of the load
+//! balancer because the cache is down would turn a slowdown into an outage.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+/// A dependency whose reachability decides readiness.
+pub trait ReadinessCheck: Send + Sync + 'static {
+    /// Short name shown in the readiness body, e.g. `database`.
+    fn name(&self) -> &'static str;
+    /// Resolves to `Err(reason)` when the dependency is unusable.
+    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
+}
+
+/// A check together with whether its failure makes the app unready.
+#[derive(Clone)]
+pub struct Dependency {
+    check: Arc<dyn ReadinessCheck>,
+    critical: bool,
+}
+
+impl Dependency {
+    /// A dependency without which the app cannot serve: its failure answers 503.
+    pub fn critical(check: impl ReadinessCheck) -> Self {
+        Self {
+            check: Arc::new(check),
+            critical: true,
+        }
+    }
+
+    /// A dependency the app degrades without: reported, but readiness stays 200.
+    pub fn optional(check: impl ReadinessCheck) -> Self {
+        Self {
+            check: Arc::new(check),
+            critical: false,
+        }
+    }
+}
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Serialize)]
+struct CheckResult {
+    name: &'static str,
+    status: &'static str,
+    critical: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    status: &'static str,
+    checks: Vec<CheckResult>,
+}
+
+/// Routes `/health/live` and `/health/ready`.
+pub fn router<S: Clone + Send + Sync + 'static>(checks: Vec<Dependency>) -> Router<S> {
+    let checks = Arc::new(checks);
+    Router::new()
+        .route(
+            "/health/live",
+            get(|| async { axum::Json(serde_json::json!({"status": "UP"})) }),
+        )
+        .route(
+            "/health/ready",
+            get(move || {
+                let checks = checks.clone();
+                async move { ready(&checks).await }
+            }),
+        )
+}
+
+async fn ready(deps: &[Dependency]) -> Response {
+    let results = futures::future::join_all(deps.iter().map(|d| async move {
+        let c = &d.check;
+        let outcome = match tokio::time::timeout(CHECK_TIMEOUT, c.check()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+        };
+        if let Err(reason) = &outcome {
+            tracing::warn!(dependency = c.name(), %reason, "readiness check failed");
+        }
+        CheckResult {
+            name: c.name(),
+            status: if outcome.is_ok() { "UP" } else { "DOWN" },
+            critical: d.critical,
+            error: outcome.err(),
+        }
+    }))
+    .await;
+    let critical_down = results.iter().any(|r| r.critical && r.error.is_some());
+    let any_down = results.iter().any(|r| r.error.is_some());
+    let (status, label) = match (critical_down, any_down) {
+        (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "DOWN"),
+        (false, true) => (StatusCode::OK, "DEGRADED"),
+        (false, false) => (StatusCode::OK, "UP"),
+    };
+    let body = Readiness {
+        status: label,
+        checks: results,
+    };
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,40 @@
+//! HTTP plumbing shared by every app.
+//!
+//! - [`Problem`]: the one error body every app returns (RFC 9457 `application/problem+json`)
+//!   with a stable machine-readable `code`;
+//! - [`Json`]: a JSON extractor whose rejections are [`Problem`]s, so a malformed body gets the
+//!   same envelope as any other error;
+//! - [`health`]: liveness and readiness routes;
+//! - [`serve`]: runs a router until SIGTERM/Ctrl-C, draining in-flight requests.
+
+pub mod health;
+mod json;
+mod problem;
+mod query;
+mod serve;
+
+pub use json::Json;
+pub use problem::{FieldError, Problem, route_not_found};
+pub use query::{Path, Query};
+pub use serve::{serve, shutdown_signal};
+
+use axum::Router;
+use axum::routing::get;
+
+/// Adds what every app serves besides its own API: `/health/*`, `/metrics`, request metrics on
+/// every matched route, a problem+json 404 for unknown routes, a request body limit and a panic
+/// guard (a panicking handler answers 500 instead of dropping the connection).
+pub fn with_platform_routes<S: Clone + Send + Sync + 'static>(
+    api: Router<S>,
+    dependencies: Vec<health::Dependency>,
+    body_limit_bytes: usize,
+) -> Router<S> {
+    api.merge(health::router(dependencies))
+        .route("/metrics", get(commerce_telemetry::render_metrics))
+        .route_layer(axum::middleware::from_fn(commerce_telemetry::track_http))
+        .fallback(route_not_found)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            body_limit_bytes,
+        ))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+}

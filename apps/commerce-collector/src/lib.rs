@@ -1,0 +1,15 @@
+//! The read side: consumes commerce events from Kafka, applies each exactly once in effect
+//! (through `event_handled`, written in the same transaction as the metric update), keeps
+//! product metrics and their rollups, and serves the ranking API.
+//!
+//! The collector owns its database and never reads the API's.
+
+pub mod config;
+pub mod schema;
+pub mod startup;
+pub mod state;
+
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+
+/// This app's migrations, compiled in.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");

@@ -1,0 +1,39 @@
+//! `pg-simulator`: a payment-gateway simulator for development and tests.
+
+use clap::{Parser, Subcommand};
+use pg_simulator::config::Config;
+
+#[derive(Parser)]
+#[command(version, about = "A payment-gateway simulator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the gateway API. The default.
+    Serve,
+    /// Apply pending migrations, then exit (nothing to migrate yet).
+    Migrate,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    commerce_telemetry::init_tracing();
+    let cli = Cli::parse();
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pg-simulator: {e}");
+            std::process::exit(2);
+        }
+    };
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = pg_simulator::Application::build(config).await?;
+            app.run_until_stopped(commerce_web::shutdown_signal()).await
+        }
+        Command::Migrate => Ok(()),
+    }
+}

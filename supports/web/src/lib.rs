@@ -33,8 +33,8 @@ pub fn with_platform_routes<S: Clone + Send + Sync + 'static>(
         .route("/metrics", get(commerce_telemetry::render_metrics))
         .route_layer(axum::middleware::from_fn(commerce_telemetry::track_http))
         .fallback(route_not_found)
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            body_limit_bytes,
-        ))
+        // axum's own limit (not tower-http's), so an oversized body is refused by our JSON
+        // extractor with a problem+json 413.
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
 }

@@ -10,6 +10,13 @@
 //! | `REDIS_KEY_PREFIX` | `commerce:` | namespace for every key the API writes |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
+//! | `COMMERCE_JWT_SECRET` | dev-only default | HS256 key, at least 32 bytes; required outside `dev` |
+//! | `COMMERCE_JWT_TTL_SECONDS` | `3600` | access token lifetime |
+//! | `COMMERCE_ADMIN_LOGIN_ID` | `admin` | admin account ensured at start |
+//! | `COMMERCE_ADMIN_PASSWORD` | `admin-dev-password` in `dev` | its password; required outside `dev` |
+//! | `CATALOG_TOPIC` | `catalog-events` | topic for product events |
+//! | `ORDER_TOPIC` | `order-events` | topic for order events |
+//! | `PRODUCT_CACHE_TTL_SECONDS` | `30` | Redis TTL of cached product details and list pages |
 
 use std::net::SocketAddr;
 
@@ -17,7 +24,7 @@ use commerce_config::{ConfigError, Profile, Reader};
 use commerce_kafka::KafkaSettings;
 
 /// Everything the API reads from its environment.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Config {
     pub profile: Profile,
     pub http_addr: SocketAddr,
@@ -27,6 +34,29 @@ pub struct Config {
     pub redis_key_prefix: String,
     pub kafka: KafkaSettings,
     pub body_limit_bytes: usize,
+    pub jwt_secret: String,
+    pub jwt_ttl_seconds: i64,
+    pub admin_login_id: String,
+    pub admin_password: String,
+    pub catalog_topic: String,
+    pub order_topic: String,
+    pub product_cache_ttl_seconds: u64,
+}
+
+/// The development JWT key. Refused by any profile but `dev`.
+pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-0123456789abcdef";
+/// The development admin password. Refused by any profile but `dev`.
+pub const DEV_ADMIN_PASSWORD: &str = "admin-dev-password";
+
+impl std::fmt::Display for Config {
+    /// A loggable summary: no secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "profile={:?} http_addr={} pool={} kafka={}",
+            self.profile, self.http_addr, self.database_pool_size, self.kafka.brokers
+        )
+    }
 }
 
 impl Config {
@@ -49,8 +79,61 @@ impl Config {
                 "postgres://postgres@127.0.0.1:5432/commerce",
             ),
         )?;
+        let profile = r.or("APP_PROFILE", Profile::Dev)?;
+        let dev = profile == Profile::Dev;
+        let jwt_secret = match r.optional::<String>("COMMERCE_JWT_SECRET")? {
+            Some(s) => s,
+            None if dev => DEV_JWT_SECRET.to_owned(),
+            None => {
+                return Err(ConfigError::new(
+                    "COMMERCE_JWT_SECRET",
+                    "is required outside the dev profile",
+                ));
+            }
+        };
+        if jwt_secret.len() < 32 {
+            return Err(ConfigError::new(
+                "COMMERCE_JWT_SECRET",
+                "must be at least 32 bytes",
+            ));
+        }
+        if !dev && jwt_secret == DEV_JWT_SECRET {
+            return Err(ConfigError::new(
+                "COMMERCE_JWT_SECRET",
+                "the development default is refused outside the dev profile",
+            ));
+        }
+        let admin_password = match r.optional::<String>("COMMERCE_ADMIN_PASSWORD")? {
+            Some(p) if !dev && p == DEV_ADMIN_PASSWORD => {
+                return Err(ConfigError::new(
+                    "COMMERCE_ADMIN_PASSWORD",
+                    "the development default is refused outside the dev profile",
+                ));
+            }
+            Some(p) if p.len() < 8 => {
+                return Err(ConfigError::new(
+                    "COMMERCE_ADMIN_PASSWORD",
+                    "must be at least 8 characters",
+                ));
+            }
+            Some(p) => p,
+            None if dev => DEV_ADMIN_PASSWORD.to_owned(),
+            None => {
+                return Err(ConfigError::new(
+                    "COMMERCE_ADMIN_PASSWORD",
+                    "is required outside the dev profile",
+                ));
+            }
+        };
         Ok(Self {
-            profile: r.or("APP_PROFILE", Profile::Dev)?,
+            profile,
+            jwt_secret,
+            jwt_ttl_seconds: r.in_range("COMMERCE_JWT_TTL_SECONDS", 3600, 60..=86_400 * 30)?,
+            admin_login_id: r.string_or("COMMERCE_ADMIN_LOGIN_ID", "admin"),
+            admin_password,
+            catalog_topic: r.string_or("CATALOG_TOPIC", commerce_events::CATALOG_TOPIC),
+            order_topic: r.string_or("ORDER_TOPIC", commerce_events::ORDER_TOPIC),
+            product_cache_ttl_seconds: r.in_range("PRODUCT_CACHE_TTL_SECONDS", 30, 1..=3600)?,
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 16, 1..=512)?,
@@ -59,5 +142,57 @@ impl Config {
             kafka,
             body_limit_bytes: r.in_range("HTTP_BODY_LIMIT_BYTES", 64 * 1024, 1024..=16 << 20)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::read(&Reader::new(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<HashMap<_, _>>(),
+        ))
+    }
+
+    #[test]
+    fn prod_profile_refuses_the_dev_jwt_secret() {
+        let err = read(&[
+            ("APP_PROFILE", "prod"),
+            ("COMMERCE_JWT_SECRET", DEV_JWT_SECRET),
+            ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(err.var, "COMMERCE_JWT_SECRET");
+    }
+
+    #[test]
+    fn prod_profile_requires_a_secret_and_short_secrets_are_refused() {
+        assert_eq!(
+            read(&[("APP_PROFILE", "prod")]).err().unwrap().var,
+            "COMMERCE_JWT_SECRET"
+        );
+        assert_eq!(
+            read(&[("COMMERCE_JWT_SECRET", "short")]).err().unwrap().var,
+            "COMMERCE_JWT_SECRET"
+        );
+    }
+
+    #[test]
+    fn bad_port_names_the_variable() {
+        let err = read(&[("HTTP_ADDR", "localhost:http")]).err().unwrap();
+        assert_eq!(err.var, "HTTP_ADDR");
+    }
+
+    #[test]
+    fn summary_contains_no_secret() {
+        let config =
+            read(&[("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!")]).unwrap();
+        assert!(!config.to_string().contains("s3cret"));
     }
 }

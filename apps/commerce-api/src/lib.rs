@@ -4,10 +4,17 @@
 //! change *and* its outbox event, and respond. Nothing another service needs to know about is
 //! changed without an outbox row committed in the same transaction.
 
+pub mod auth;
 pub mod config;
+pub mod error;
+pub mod outbox;
+pub mod product_cache;
+pub mod routes;
 pub mod schema;
+pub mod seed;
 pub mod startup;
 pub mod state;
+pub mod views;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 

@@ -16,6 +16,8 @@ enum Command {
     Serve,
     /// Create the database if it is missing and apply pending migrations, then exit.
     Migrate,
+    /// Insert a small demo catalog unless products exist, then exit.
+    Seed,
 }
 
 #[tokio::main]
@@ -35,5 +37,12 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
         Command::Migrate => commerce_api::startup::migrate(&config).await,
+        Command::Seed => {
+            let topics = commerce_api::outbox::Topics {
+                catalog: config.catalog_topic.clone(),
+                order: config.order_topic.clone(),
+            };
+            commerce_api::seed::seed(&config.database_url, &topics).await
+        }
     }
 }

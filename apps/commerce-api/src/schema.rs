@@ -16,3 +16,133 @@ diesel::table! {
         last_error -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    users (id) {
+        id -> BigInt,
+        login_id -> Text,
+        password_hash -> Text,
+        name -> Text,
+        email -> Text,
+        role -> Text,
+        point_balance -> BigInt,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    point_ledger (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        amount -> BigInt,
+        kind -> Text,
+        order_id -> Nullable<BigInt>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    brands (id) {
+        id -> BigInt,
+        name -> Text,
+        description -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    products (id) {
+        id -> BigInt,
+        brand_id -> BigInt,
+        name -> Text,
+        description -> Text,
+        price -> BigInt,
+        stock -> BigInt,
+        like_count -> BigInt,
+        version -> BigInt,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    product_likes (user_id, product_id) {
+        user_id -> BigInt,
+        product_id -> BigInt,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    coupons (id) {
+        id -> BigInt,
+        name -> Text,
+        discount_type -> Text,
+        discount_value -> BigInt,
+        min_order_amount -> BigInt,
+        max_discount_amount -> Nullable<BigInt>,
+        total_quantity -> Nullable<BigInt>,
+        issued_count -> BigInt,
+        valid_from -> Nullable<Timestamptz>,
+        valid_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    user_coupons (id) {
+        id -> BigInt,
+        coupon_id -> BigInt,
+        user_id -> BigInt,
+        status -> Text,
+        order_id -> Nullable<BigInt>,
+        issued_at -> Timestamptz,
+        used_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    orders (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        status -> Text,
+        total_amount -> BigInt,
+        discount_amount -> BigInt,
+        final_amount -> BigInt,
+        points_used -> BigInt,
+        user_coupon_id -> Nullable<BigInt>,
+        payment_method -> Text,
+        idempotency_key -> Nullable<Text>,
+        request_hash -> Nullable<Text>,
+        created_at -> Timestamptz,
+        paid_at -> Nullable<Timestamptz>,
+        cancelled_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    order_items (order_id, product_id) {
+        order_id -> BigInt,
+        product_id -> BigInt,
+        quantity -> BigInt,
+        unit_price -> BigInt,
+    }
+}
+
+diesel::joinable!(products -> brands (brand_id));
+diesel::joinable!(product_likes -> products (product_id));
+diesel::joinable!(user_coupons -> coupons (coupon_id));
+diesel::joinable!(order_items -> orders (order_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    outbox,
+    users,
+    point_ledger,
+    brands,
+    products,
+    product_likes,
+    coupons,
+    user_coupons,
+    orders,
+    order_items,
+);

@@ -11,8 +11,12 @@ use commerce_kafka::KafkaCheck;
 use commerce_web::health::Dependency;
 use tokio::net::TcpListener;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::outbox::Topics;
+use crate::product_cache::ProductCache;
 use crate::state::{App, AppState};
+use crate::views::ViewPublisher;
 
 /// A built, bound, not yet running API.
 pub struct Application {
@@ -31,11 +35,41 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding {}", config.http_addr))?;
+        let auth = Arc::new(Authenticator::new(
+            config.jwt_secret.as_bytes(),
+            config.jwt_ttl_seconds,
+        ));
+        let topics = Topics {
+            catalog: config.catalog_topic.clone(),
+            order: config.order_topic.clone(),
+        };
+        let views = ViewPublisher::new(&config.kafka, topics.catalog.clone())?;
+        let product_cache = ProductCache::new(
+            cache.clone(),
+            std::time::Duration::from_secs(config.product_cache_ttl_seconds),
+        );
+        tracing::info!(%config, "starting commerce-api");
         let state = AppState(Arc::new(App {
             config,
             db: db.clone(),
             cache: cache.clone(),
+            auth,
+            topics,
+            views,
+            product_cache,
+            coupon_terms: Default::default(),
         }));
+        // The admin account is ensured in the background, retrying until the database answers:
+        // the API starts (and reports itself unready) while PostgreSQL is down.
+        let admin_state = state.clone();
+        tokio::spawn(async move {
+            let mut delay = std::time::Duration::from_millis(200);
+            while let Err(e) = crate::routes::users::ensure_admin(&admin_state).await {
+                tracing::warn!(error = %format!("{e:#}"), "could not ensure the admin account yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(10));
+            }
+        });
         let dependencies = vec![
             Dependency::critical(DbCheck(db)),
             // The API serves from PostgreSQL when Redis is down, and the outbox holds events
@@ -78,7 +112,7 @@ impl Application {
 
 fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
     let body_limit = state.config.body_limit_bytes;
-    let api = Router::new();
+    let api = crate::routes::router();
     commerce_web::with_platform_routes(api, dependencies, body_limit).with_state(state)
 }
 

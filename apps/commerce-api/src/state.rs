@@ -5,7 +5,9 @@ use std::sync::Arc;
 use commerce_cache::Cache;
 use commerce_db::Pool;
 
+use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::outbox::Topics;
 
 /// Cheap-to-clone handle to everything a handler needs.
 #[derive(Clone)]
@@ -17,6 +19,12 @@ pub struct App {
     /// The primary's pool: every write and every read that must see the latest write.
     pub db: Pool,
     pub cache: Cache,
+    pub auth: Arc<Authenticator>,
+    pub topics: Topics,
+    /// Best-effort publisher of `ProductViewed` (no outbox row: views are high volume).
+    pub views: crate::views::ViewPublisher,
+    pub product_cache: crate::product_cache::ProductCache,
+    pub coupon_terms: crate::routes::coupons::CouponTermsCache,
 }
 
 impl std::ops::Deref for AppState {

@@ -1,0 +1,11 @@
+DROP TRIGGER outbox_notify ON outbox;
+DROP FUNCTION outbox_notify();
+DROP TABLE order_items;
+DROP TABLE orders;
+DROP TABLE user_coupons;
+DROP TABLE coupons;
+DROP TABLE product_likes;
+DROP TABLE products;
+DROP TABLE brands;
+DROP TABLE point_ledger;
+DROP TABLE users;

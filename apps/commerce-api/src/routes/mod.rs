@@ -1,0 +1,84 @@
+//! The HTTP API: every route, documented in one OpenAPI description served at
+//! `/openapi.json` (Swagger UI at `/swagger-ui`, assets vendored so it works offline).
+
+pub mod catalog;
+pub mod coupons;
+pub mod orders;
+pub mod users;
+
+use axum::Router;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+pub use commerce_web::{Json, Path, Query};
+
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "commerce-api", description = "The storefront's transactional API. Errors are application/problem+json with a stable `code`."),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        openapi
+            .components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+            );
+    }
+}
+
+/// All API routes plus `/openapi.json` and `/swagger-ui`.
+pub fn router() -> Router<AppState> {
+    let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(users::sign_up))
+        .routes(routes!(users::token))
+        .routes(routes!(users::me))
+        .routes(routes!(users::balance))
+        .routes(routes!(users::charge))
+        .routes(routes!(catalog::create_brand))
+        .routes(routes!(catalog::get_brand))
+        .routes(routes!(catalog::create_product))
+        .routes(routes!(catalog::update_product))
+        .routes(routes!(catalog::list_products))
+        .routes(routes!(catalog::get_product))
+        .routes(routes!(catalog::like, catalog::unlike))
+        .routes(routes!(catalog::my_likes))
+        .routes(routes!(coupons::create_coupon))
+        .routes(routes!(coupons::issue))
+        .routes(routes!(coupons::my_coupons))
+        .routes(routes!(orders::place_order, orders::list_orders))
+        .routes(routes!(orders::get_order))
+        .routes(routes!(orders::cancel_order))
+        .split_for_parts();
+    router.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", api))
+}
+
+/// Whether a database error is a unique-constraint violation.
+pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+/// Whether a database error is a foreign-key violation (a referenced row does not exist).
+pub fn is_foreign_key_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _
+        )
+    )
+}

@@ -1,0 +1,216 @@
+//! Shared test helpers: a running API on a port of its own, with a database, Redis prefix and
+//! topics of its own, and an HTTP client speaking to it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use commerce_api::auth::Role;
+use commerce_api::config::Config;
+use commerce_api::startup::Application;
+use commerce_api::state::AppState;
+use commerce_config::Reader;
+use commerce_testkit::TestDb;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub state: AppState,
+    pub db: TestDb,
+    pub admin: String,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
+    let suffix = commerce_testkit::unique_suffix();
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
+        ("DATABASE_URL".into(), db.url.clone()),
+        ("DATABASE_POOL_SIZE".into(), "20".into()),
+        ("REDIS_URL".into(), commerce_testkit::redis_url()),
+        ("REDIS_KEY_PREFIX".into(), format!("test:{suffix}:")),
+        (
+            "KAFKA_BROKERS".into(),
+            commerce_testkit::kafka_settings().brokers,
+        ),
+        ("CATALOG_TOPIC".into(), format!("catalog-events-{suffix}")),
+        ("ORDER_TOPIC".into(), format!("order-events-{suffix}")),
+    ]);
+    for (k, v) in overrides {
+        vars.insert((*k).into(), (*v).into());
+    }
+    let config = Config::read(&Reader::new(vars)).expect("valid test config");
+    let app = Application::build(config).await.expect("app builds");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let state = app.state().clone();
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .unwrap();
+    let mut test = TestApp {
+        base,
+        client,
+        state,
+        db,
+        admin: String::new(),
+    };
+    // The admin account is ensured in the background at start.
+    let mut attempts = 0;
+    let body = loop {
+        let (status, body) = test
+            .call(
+                Method::POST,
+                "/api/v1/auth/token",
+                None,
+                Some(json!({"login_id": "admin", "password": commerce_api::config::DEV_ADMIN_PASSWORD})),
+            )
+            .await;
+        if status == StatusCode::OK {
+            break body;
+        }
+        attempts += 1;
+        assert!(attempts < 100, "admin login: {status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    test.admin = body["access_token"].as_str().unwrap().to_owned();
+    test
+}
+
+impl TestApp {
+    /// Sends a request; returns the status and the JSON body (`null` when empty).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .client
+            .request(method, format!("{}{}", self.base, path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.expect("request sent");
+        let status = res.status();
+        let bytes = res.bytes().await.unwrap();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into()))
+        };
+        (status, json)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
+        self.call(Method::GET, path, token, None).await
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn conn(&self) -> AsyncPgConnection {
+        AsyncPgConnection::establish(&self.db.url).await.unwrap()
+    }
+
+    /// A user created directly in the database (no password hashing: fast for mass tests),
+    /// with a token minted by the app's own authenticator.
+    pub async fn user_with_points(&self, login: &str, points: i64) -> (i64, String) {
+        use commerce_api::schema::users;
+        let mut conn = self.conn().await;
+        let id: i64 = diesel::insert_into(users::table)
+            .values((
+                users::login_id.eq(login),
+                users::password_hash.eq("not-a-hash"),
+                users::name.eq(login),
+                users::email.eq(format!("{login}@example.com")),
+                users::point_balance.eq(points),
+            ))
+            .returning(users::id)
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+        (id, self.state.auth.issue(id, Role::User).unwrap())
+    }
+
+    pub async fn brand(&self) -> i64 {
+        let (status, body) = self
+            .post(
+                "/api/v1/admin/brands",
+                Some(&self.admin),
+                json!({"name": "Acme", "description": "tools"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub async fn product(&self, brand_id: i64, price: i64, stock: i64) -> i64 {
+        let (status, body) = self
+            .post(
+                "/api/v1/admin/products",
+                Some(&self.admin),
+                json!({"brand_id": brand_id, "name": "Widget", "description": "", "price": price, "stock": stock}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub async fn stock(&self, product_id: i64) -> i64 {
+        use commerce_api::schema::products;
+        products::table
+            .find(product_id)
+            .select(products::stock)
+            .first(&mut self.conn().await)
+            .await
+            .unwrap()
+    }
+
+    pub async fn balance(&self, user_id: i64) -> i64 {
+        use commerce_api::schema::users;
+        users::table
+            .find(user_id)
+            .select(users::point_balance)
+            .first(&mut self.conn().await)
+            .await
+            .unwrap()
+    }
+
+    /// Outbox event types, in insertion order.
+    pub async fn outbox_types(&self) -> Vec<String> {
+        use commerce_api::schema::outbox;
+        outbox::table
+            .order(outbox::id)
+            .select(outbox::event_type)
+            .load(&mut self.conn().await)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::sql_query(sql)
+            .get_result::<N>(&mut self.conn().await)
+            .await
+            .unwrap()
+            .n
+    }
+}

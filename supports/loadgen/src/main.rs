@@ -1,0 +1,435 @@
+//! `loadgen`: the load generator behind BENCHMARKS.md.
+//!
+//! Every scenario runs a fixed number of connections, each with one request in flight, for a
+//! bounded time (or a bounded count), against loopback addresses only, and stops by itself.
+//! Setup that is not under test (bulk users and products) goes straight to the database.
+//! `supports/loadgen/run-benchmarks` runs every scenario in order.
+
+mod http;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use clap::{Parser, Subcommand};
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+
+#[derive(Parser)]
+#[command(about = "Load generator for the commerce benchmarks (loopback only)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve a hello-world axum JSON route (the baseline) on ADDR.
+    HelloServer {
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        addr: SocketAddr,
+    },
+    /// The cached first product-list page against the hello-world baseline.
+    List {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        hello: SocketAddr,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Order creation paid by points, against the same transaction driven by pgbench.
+    Orders {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api: SocketAddr,
+        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/commerce")]
+        database_url: String,
+        #[arg(long, default_value_t = 10_000)]
+        products: i64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Every order on one product (hot row), with this much stock.
+        #[arg(long)]
+        hot_stock: Option<i64>,
+    },
+    /// First-come coupon issuance: ATTEMPTS distinct users race for QUANTITY coupons.
+    Coupons {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api: SocketAddr,
+        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/commerce")]
+        database_url: String,
+        #[arg(long, default_value_t = 10_000)]
+        attempts: usize,
+        #[arg(long, default_value_t = 100)]
+        quantity: i64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::HelloServer { addr } => hello_server(addr).await,
+        Command::List {
+            api,
+            hello,
+            connections,
+            seconds,
+        } => list(api, hello, connections, seconds).await,
+        Command::Orders {
+            api,
+            database_url,
+            products,
+            connections,
+            seconds,
+            hot_stock,
+        } => orders(api, &database_url, products, connections, seconds, hot_stock).await,
+        Command::Coupons {
+            api,
+            database_url,
+            attempts,
+            quantity,
+            connections,
+        } => coupons(api, &database_url, attempts, quantity, connections).await,
+    }
+}
+
+fn loopback_only(addr: &SocketAddr) -> anyhow::Result<()> {
+    ensure!(addr.ip().is_loopback(), "refusing to send load to {addr}: loopback only");
+    Ok(())
+}
+
+async fn hello_server(addr: SocketAddr) -> anyhow::Result<()> {
+    loopback_only(&addr)?;
+    let app = axum::Router::new().route(
+        "/hello",
+        axum::routing::get(|| async { axum::Json(serde_json::json!({"message": "hello"})) }),
+    );
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// Latencies and statuses of one run.
+struct Report {
+    label: String,
+    elapsed: Duration,
+    latencies_us: Vec<u32>,
+    statuses: std::collections::BTreeMap<u16, usize>,
+}
+
+impl Report {
+    fn rps(&self) -> f64 {
+        self.latencies_us.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let i = ((self.latencies_us.len() as f64 * p).ceil() as usize).clamp(1, self.latencies_us.len()) - 1;
+        f64::from(self.latencies_us[i]) / 1000.0
+    }
+
+    fn print(&self) {
+        println!(
+            "{:<28} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  requests {:>8}  statuses {:?}",
+            self.label,
+            self.rps(),
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99),
+            self.percentile_ms(1.0),
+            self.latencies_us.len(),
+            self.statuses
+        );
+    }
+}
+
+/// Runs `connections` connections until `deadline` or until `budget` requests were sent in
+/// all. `make` builds request number `i` for connection `c`.
+async fn run<F>(
+    label: &str,
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    budget: Option<usize>,
+    make: F,
+) -> anyhow::Result<Report>
+where
+    F: Fn(usize, usize) -> Vec<u8> + Send + Sync + 'static,
+{
+    loopback_only(&addr)?;
+    let make = Arc::new(make);
+    let issued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let deadline = start + duration;
+    let mut tasks = Vec::new();
+    for c in 0..connections {
+        let (make, issued) = (make.clone(), issued.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = http::Conn::open(addr).await?;
+            let mut latencies = Vec::with_capacity(64 * 1024);
+            let mut statuses = std::collections::BTreeMap::new();
+            let mut i = 0;
+            while Instant::now() < deadline {
+                let n = issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if budget.is_some_and(|b| n >= b) {
+                    break;
+                }
+                let req = make(c, i);
+                let t = Instant::now();
+                let (status, _) = conn.send(&req).await?;
+                latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                *statuses.entry(status).or_insert(0usize) += 1;
+                i += 1;
+            }
+            anyhow::Ok((latencies, statuses))
+        }));
+    }
+    let mut report = Report {
+        label: label.to_owned(),
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+        statuses: Default::default(),
+    };
+    for t in tasks {
+        let (lat, st) = t.await??;
+        report.latencies_us.extend(lat);
+        for (k, v) in st {
+            *report.statuses.entry(k).or_insert(0) += v;
+        }
+    }
+    report.elapsed = start.elapsed();
+    report.latencies_us.sort_unstable();
+    Ok(report)
+}
+
+async fn list(api: SocketAddr, hello: SocketAddr, connections: usize, seconds: u64) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(seconds);
+    let hello_req = http::request("GET", &hello, "/hello", None, None);
+    let list_req = http::request("GET", &api, "/api/v1/products?page=0&size=20", None, None);
+    // Warm the cache and both servers.
+    let warm = list_req.clone();
+    run("warm-up", api, 4, Duration::from_secs(1), None, move |_, _| warm.clone()).await?;
+    let h = hello_req.clone();
+    let base = run("hello-world /hello", hello, connections, duration, None, move |_, _| h.clone()).await?;
+    base.print();
+    let l = list_req.clone();
+    let cached = run("cached product list", api, connections, duration, None, move |_, _| l.clone()).await?;
+    cached.print();
+    println!(
+        "ratio list/hello = {:.2} (target >= 0.6); list p99 = {:.2} ms (target <= 5 ms)",
+        cached.rps() / base.rps(),
+        cached.percentile_ms(0.99)
+    );
+    Ok(())
+}
+
+async fn connect_db(url: &str) -> anyhow::Result<AsyncPgConnection> {
+    AsyncPgConnection::establish(url)
+        .await
+        .with_context(|| "connecting to the API database (DATABASE_URL)".to_string())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+/// Creates `n` users with `points` each directly in the database; returns their ids.
+async fn bulk_users(db: &mut AsyncPgConnection, prefix: &str, n: usize, points: i64) -> anyhow::Result<Vec<i64>> {
+    let rows: Vec<Id> = diesel::sql_query(
+        "INSERT INTO users (login_id, password_hash, name, email, point_balance)
+         SELECT $1 || g, 'bench-no-login', 'bench', 'bench@example.com', $2
+           FROM generate_series(1, $3) g
+         RETURNING id",
+    )
+    .bind::<Text, _>(prefix)
+    .bind::<BigInt, _>(points)
+    .bind::<BigInt, _>(n as i64)
+    .load(db)
+    .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
+}
+
+fn authenticator() -> commerce_api::auth::Authenticator {
+    let secret = std::env::var("COMMERCE_JWT_SECRET")
+        .unwrap_or_else(|_| commerce_api::config::DEV_JWT_SECRET.to_owned());
+    commerce_api::auth::Authenticator::new(secret.as_bytes(), 3600)
+}
+
+fn run_id() -> String {
+    format!("bench{}", std::process::id())
+}
+
+async fn orders(
+    api: SocketAddr,
+    database_url: &str,
+    n_products: i64,
+    connections: usize,
+    seconds: u64,
+    hot_stock: Option<i64>,
+) -> anyhow::Result<()> {
+    let mut db = connect_db(database_url).await?;
+    let tag = run_id();
+    let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
+        .bind::<Text, _>(&tag)
+        .get_result(&mut db)
+        .await?;
+    let (count, stock) = match hot_stock {
+        Some(s) => (1, s),
+        None => (n_products, 1_000_000),
+    };
+    let products: Vec<i64> = diesel::sql_query(
+        "INSERT INTO products (brand_id, name, price, stock)
+         SELECT $1, 'bench product ' || g, 1000, $2 FROM generate_series(1, $3) g RETURNING id",
+    )
+    .bind::<BigInt, _>(brand.id)
+    .bind::<BigInt, _>(stock)
+    .bind::<BigInt, _>(count)
+    .load::<Id>(&mut db)
+    .await?
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    let users = bulk_users(&mut db, &format!("{tag}-o-"), connections * 2, 1_000_000_000).await?;
+    let auth = authenticator();
+    let tokens: Vec<String> = users[..connections]
+        .iter()
+        .map(|id| auth.issue(*id, commerce_api::auth::Role::User).map_err(|e| anyhow::anyhow!("{e}")))
+        .collect::<Result<_, _>>()?;
+    let label = if hot_stock.is_some() { "orders, one hot product" } else { "orders, 10k products" };
+    let products = Arc::new(products);
+    let p = products.clone();
+    let report = run(label, api, connections, Duration::from_secs(seconds), None, move |c, i| {
+        let pid = p[(c * 7919 + i * 104_729) % p.len()];
+        let body = format!(r#"{{"items":[{{"product_id":{pid},"quantity":1}}],"payment":{{"method":"POINT"}}}}"#);
+        http::request("POST", &api, "/api/v1/orders", Some(&tokens[c]), Some(&body))
+    })
+    .await?;
+    report.print();
+
+    if let Some(initial) = hot_stock {
+        #[derive(diesel::QueryableByName)]
+        struct Check {
+            #[diesel(sql_type = BigInt)]
+            stock: i64,
+            #[diesel(sql_type = BigInt)]
+            sold: i64,
+        }
+        let check: Check = diesel::sql_query(
+            "SELECT p.stock, coalesce((SELECT sum(quantity) FROM order_items WHERE product_id = p.id), 0)::bigint AS sold
+               FROM products p WHERE p.id = $1",
+        )
+        .bind::<BigInt, _>(products[0])
+        .get_result(&mut db)
+        .await?;
+        println!(
+            "hot product: initial stock {initial}, sold {}, left {}, oversold {}",
+            check.sold,
+            check.stock,
+            (check.sold + check.stock - initial).max(0)
+        );
+        ensure!(check.stock >= 0 && check.sold + check.stock == initial, "stock does not balance");
+    }
+
+    // The same transaction, driven by pgbench with as many clients, in the same run.
+    let (first, last) = (products[0], products[products.len() - 1]);
+    let (ufirst, ulast) = (users[connections], users[users.len() - 1]);
+    let script = format!(
+        r"\set pid random({first}, {last})
+\set uid random({ufirst}, {ulast})
+BEGIN;
+SELECT id, stock FROM products WHERE id = ANY(ARRAY[:pid]::bigint[]);
+SELECT id, price, stock FROM products WHERE id = ANY(ARRAY[:pid]::bigint[]) ORDER BY id FOR UPDATE;
+UPDATE products p SET stock = p.stock - 1 WHERE p.id = :pid AND p.stock >= 1;
+UPDATE users SET point_balance = point_balance - 1000 WHERE id = :uid AND point_balance >= 1000;
+WITH o AS (INSERT INTO orders (user_id, status, total_amount, discount_amount, final_amount, points_used, payment_method, request_hash, paid_at)
+           VALUES (:uid, 'PAID', 1000, 0, 1000, 1000, 'POINT', 'pgbench', now()) RETURNING id),
+     i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price) SELECT id, :pid, 1, 1000 FROM o),
+     l AS (INSERT INTO point_ledger (user_id, amount, kind, order_id) SELECT :uid, -1000, 'USE', id FROM o)
+INSERT INTO outbox (event_id, topic, partition_key, event_type, envelope)
+SELECT gen_random_uuid(), 'order-events', o.id::text, t, '{{}}'::jsonb FROM o, unnest(ARRAY['OrderCreated', 'OrderPaid']) t;
+COMMIT;
+"
+    );
+    let path = std::env::temp_dir().join(format!("{tag}-orders.sql"));
+    std::fs::write(&path, script)?;
+    let out = tokio::process::Command::new("pgbench")
+        .args(["-n", "-c", &connections.to_string(), "-j", "2", "-T", &seconds.to_string(), "-r", "-f"])
+        .arg(&path)
+        .arg(database_url)
+        .output()
+        .await
+        .context("running pgbench (install postgresql-client / postgresql-contrib)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("pgbench output: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
+    let latency = text.lines().find(|l| l.starts_with("latency average")).unwrap_or("");
+    println!("pgbench same transaction      {tps:>9.0} tps    {latency}");
+    println!("ratio api/pgbench = {:.2} (target >= 0.7)", report.rps() / tps);
+    Ok(())
+}
+
+async fn coupons(
+    api: SocketAddr,
+    database_url: &str,
+    attempts: usize,
+    quantity: i64,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let mut db = connect_db(database_url).await?;
+    let tag = run_id();
+    let coupon: Id = diesel::sql_query(
+        "INSERT INTO coupons (name, discount_type, discount_value, total_quantity) VALUES ($1, 'FIXED', 1000, $2) RETURNING id",
+    )
+    .bind::<Text, _>(&tag)
+    .bind::<BigInt, _>(quantity)
+    .get_result(&mut db)
+    .await?;
+    let users = bulk_users(&mut db, &format!("{tag}-c-"), attempts, 0).await?;
+    let auth = authenticator();
+    let path = format!("/api/v1/coupons/{}/issue", coupon.id);
+    let requests: Vec<Vec<u8>> = users
+        .iter()
+        .map(|id| {
+            let token = auth.issue(*id, commerce_api::auth::Role::User).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(http::request("POST", &api, &path, Some(&token), Some("{}")))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let requests = Arc::new(requests);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = requests.clone();
+    let report = run("coupon issue attempts", api, connections, Duration::from_secs(120), Some(attempts), move |_, _| {
+        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        r[n % r.len()].clone()
+    })
+    .await?;
+    report.print();
+    let issued: Id = diesel::sql_query("SELECT count(*) AS id FROM user_coupons WHERE coupon_id = $1")
+        .bind::<BigInt, _>(coupon.id)
+        .get_result(&mut db)
+        .await?;
+    println!(
+        "coupons: {} attempts, {} issued (expected {quantity}); {:.0} attempts/s (target >= 20000)",
+        report.latencies_us.len(),
+        issued.id,
+        report.rps()
+    );
+    if issued.id != quantity {
+        bail!("issued {} coupons, expected {quantity}", issued.id);
+    }
+    db.batch_execute("SELECT 1").await?;
+    Ok(())
+}

@@ -16,6 +16,11 @@
 //! | `COMMERCE_ADMIN_PASSWORD` | `admin-dev-password` in `dev` | its password; required outside `dev` |
 //! | `CATALOG_TOPIC` | `catalog-events` | topic for product events |
 //! | `ORDER_TOPIC` | `order-events` | topic for order events |
+//! | `OUTBOX_RELAY_ENABLED` | `true` | run the outbox relay inside `serve` (one instance leads) |
+//! | `OUTBOX_POLL_INTERVAL_MS` | `500` | relay poll when no NOTIFY arrives |
+//! | `OUTBOX_BATCH_SIZE` | `500` | rows published per pass |
+//! | `OUTBOX_RETENTION_HOURS` | `168` | published rows kept this long, then purged |
+//! | `KAFKA_TOPIC_PARTITIONS` | `6` | partitions of topics the API creates |
 //! | `PRODUCT_CACHE_TTL_SECONDS` | `30` | Redis TTL of cached product details and list pages |
 
 use std::net::SocketAddr;
@@ -41,6 +46,11 @@ pub struct Config {
     pub catalog_topic: String,
     pub order_topic: String,
     pub product_cache_ttl_seconds: u64,
+    pub relay_enabled: bool,
+    pub relay_poll_interval_ms: u64,
+    pub relay_batch_size: i64,
+    pub outbox_retention_hours: u64,
+    pub topic_partitions: i32,
 }
 
 /// The development JWT key. Refused by any profile but `dev`.
@@ -60,6 +70,22 @@ impl std::fmt::Display for Config {
 }
 
 impl Config {
+    /// The outbox relay's settings.
+    pub fn relay(&self) -> crate::relay::RelayConfig {
+        crate::relay::RelayConfig {
+            database_url: self.database_url.clone(),
+            kafka: self.kafka.clone(),
+            topics: crate::outbox::Topics {
+                catalog: self.catalog_topic.clone(),
+                order: self.order_topic.clone(),
+            },
+            partitions: self.topic_partitions,
+            batch_size: self.relay_batch_size,
+            poll_interval: std::time::Duration::from_millis(self.relay_poll_interval_ms),
+            retention: std::time::Duration::from_secs(self.outbox_retention_hours * 3600),
+        }
+    }
+
     /// Reads and validates the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::read(&Reader::default())
@@ -134,6 +160,11 @@ impl Config {
             catalog_topic: r.string_or("CATALOG_TOPIC", commerce_events::CATALOG_TOPIC),
             order_topic: r.string_or("ORDER_TOPIC", commerce_events::ORDER_TOPIC),
             product_cache_ttl_seconds: r.in_range("PRODUCT_CACHE_TTL_SECONDS", 30, 1..=3600)?,
+            relay_enabled: r.or("OUTBOX_RELAY_ENABLED", true)?,
+            relay_poll_interval_ms: r.in_range("OUTBOX_POLL_INTERVAL_MS", 500, 10..=60_000)?,
+            relay_batch_size: r.in_range("OUTBOX_BATCH_SIZE", 500, 1..=10_000)?,
+            outbox_retention_hours: r.in_range("OUTBOX_RETENTION_HOURS", 168, 1..=24 * 365)?,
+            topic_partitions: r.in_range("KAFKA_TOPIC_PARTITIONS", 6, 1..=1000)?,
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 16, 1..=512)?,

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod outbox;
 pub mod product_cache;
+pub mod relay;
 pub mod routes;
 pub mod schema;
 pub mod seed;

@@ -18,6 +18,8 @@ enum Command {
     Migrate,
     /// Insert a small demo catalog unless products exist, then exit.
     Seed,
+    /// Run only the outbox relay (no HTTP), until SIGTERM.
+    Relay,
 }
 
 #[tokio::main]
@@ -37,6 +39,16 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
         Command::Migrate => commerce_api::startup::migrate(&config).await,
+        Command::Relay => {
+            let pool = commerce_db::pool(&config.database_url, 4)?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(async move {
+                commerce_web::shutdown_signal().await;
+                let _ = stop_tx.send(true);
+            });
+            commerce_api::relay::run(config.relay(), pool, stop_rx).await;
+            Ok(())
+        }
         Command::Seed => {
             let topics = commerce_api::outbox::Topics {
                 catalog: config.catalog_topic.clone(),

@@ -98,13 +98,29 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Serves (and runs the outbox relay, unless disabled) until `shutdown` resolves, then
+    /// drains in-flight requests and lets the relay flush its producer.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let relay = self.state.config.relay_enabled.then(|| {
+            tokio::spawn(crate::relay::run(
+                self.state.config.relay(),
+                self.state.db.clone(),
+                stop_rx.clone(),
+            ))
+        });
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
         tracing::info!(addr = %self.listener.local_addr()?, "commerce-api listening");
-        commerce_web::serve(self.listener, self.router, shutdown).await?;
+        commerce_web::serve(self.listener, self.router, stop).await?;
+        if let Some(relay) = relay {
+            let _ = relay.await;
+        }
         tracing::info!("commerce-api stopped");
         Ok(())
     }

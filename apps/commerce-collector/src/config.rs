@@ -12,6 +12,17 @@
 //! | `KAFKA_SESSION_TIMEOUT_MS` | `6000` | consumer group session timeout |
 //! | `KAFKA_MAX_POLL_INTERVAL_MS` | `10000` | longest gap between polls |
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
+//! | `CATALOG_TOPIC` / `ORDER_TOPIC` | `catalog-events` / `order-events` | topics consumed |
+//! | `DLQ_SUFFIX` | `.dlq` | dead-letter topic of each source topic |
+//! | `KAFKA_TOPIC_PARTITIONS` | `6` | partitions of topics the collector creates |
+//! | `COLLECTOR_GROUP_ID` | `commerce-collector` | consumer group |
+//! | `COLLECTOR_BATCH_SIZE` | `100` | events per batch transaction (1..=1000) |
+//! | `COLLECTOR_BATCH_WAIT_MS` | `200` | longest wait to fill a batch |
+//! | `COLLECTOR_CONSUME` | `true` | consume events (false: serve the ranking API only) |
+//! | `BUSINESS_TIME_ZONE` | `Asia/Seoul` | time zone of business dates |
+//! | `RANKING_WEIGHT_VIEW` / `_LIKE` / `_ORDER` | `0.1` / `0.2` / `0.7` | score weights |
+//! | `RANKING_CARRYOVER_RATIO` | `0.1` | share of yesterday's score carried into today |
+//! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups refresh (6-field cron, UTC) |
 
 use std::net::SocketAddr;
 
@@ -29,6 +40,18 @@ pub struct Config {
     pub redis_key_prefix: String,
     pub kafka: KafkaSettings,
     pub body_limit_bytes: usize,
+    pub catalog_topic: String,
+    pub order_topic: String,
+    pub dlq_suffix: String,
+    pub topic_partitions: i32,
+    pub group_id: String,
+    pub batch_size: usize,
+    pub batch_wait_ms: u64,
+    pub consume: bool,
+    pub time_zone: chrono_tz::Tz,
+    pub weights: crate::ranking::Weights,
+    pub carryover_ratio: f64,
+    pub rollup_cron: String,
 }
 
 impl Config {
@@ -59,6 +82,22 @@ impl Config {
             redis_key_prefix: r.string_or("REDIS_KEY_PREFIX", "commerce:"),
             kafka,
             body_limit_bytes: r.in_range("HTTP_BODY_LIMIT_BYTES", 64 * 1024, 1024..=16 << 20)?,
+            catalog_topic: r.string_or("CATALOG_TOPIC", commerce_events::CATALOG_TOPIC),
+            order_topic: r.string_or("ORDER_TOPIC", commerce_events::ORDER_TOPIC),
+            dlq_suffix: r.string_or("DLQ_SUFFIX", ".dlq"),
+            topic_partitions: r.in_range("KAFKA_TOPIC_PARTITIONS", 6, 1..=1000)?,
+            group_id: r.string_or("COLLECTOR_GROUP_ID", "commerce-collector"),
+            batch_size: r.in_range("COLLECTOR_BATCH_SIZE", 100, 1..=1000)?,
+            batch_wait_ms: r.in_range("COLLECTOR_BATCH_WAIT_MS", 200, 1..=10_000)?,
+            consume: r.or("COLLECTOR_CONSUME", true)?,
+            time_zone: r.or("BUSINESS_TIME_ZONE", chrono_tz::Asia::Seoul)?,
+            weights: crate::ranking::Weights {
+                view: r.in_range("RANKING_WEIGHT_VIEW", 0.1, 0.0..=1000.0)?,
+                like: r.in_range("RANKING_WEIGHT_LIKE", 0.2, 0.0..=1000.0)?,
+                order: r.in_range("RANKING_WEIGHT_ORDER", 0.7, 0.0..=1000.0)?,
+            },
+            carryover_ratio: r.in_range("RANKING_CARRYOVER_RATIO", 0.1, 0.0..=1.0)?,
+            rollup_cron: r.string_or("ROLLUP_CRON", "0 */10 * * * *"),
         })
     }
 }

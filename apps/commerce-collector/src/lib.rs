@@ -4,7 +4,11 @@
 //!
 //! The collector owns its database and never reads the API's.
 
+pub mod apply;
 pub mod config;
+pub mod consumer;
+pub mod ranking;
+pub mod rollup;
 pub mod schema;
 pub mod startup;
 pub mod state;

@@ -19,6 +19,16 @@ enum Command {
     Serve,
     /// Create the database if it is missing and apply pending migrations, then exit.
     Migrate,
+    /// Rebuild the weekly and monthly rollups (and their top 100) of every period touching
+    /// FROM..=TO, with a progress bar.
+    Rollup {
+        /// First business date, YYYY-MM-DD.
+        #[arg(long)]
+        from: chrono::NaiveDate,
+        /// Last business date, YYYY-MM-DD.
+        #[arg(long)]
+        to: chrono::NaiveDate,
+    },
 }
 
 #[tokio::main]
@@ -38,5 +48,27 @@ async fn main() -> anyhow::Result<()> {
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
         Command::Migrate => commerce_collector::startup::migrate(&config).await,
+        Command::Rollup { from, to } => {
+            let pool = commerce_db::pool(&config.database_url, 2)?;
+            let mut conn = pool.get().await?;
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} periods {elapsed}")
+                    .expect("valid template"),
+            );
+            let n = commerce_collector::rollup::rollup_range(
+                &mut conn,
+                from,
+                to,
+                config.weights,
+                |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                },
+            )
+            .await?;
+            bar.finish();
+            println!("rebuilt {n} weekly and monthly periods between {from} and {to}");
+            Ok(())
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::routing::get;
 use commerce_cache::{Cache, RedisCheck};
 use commerce_db::DbCheck;
 use commerce_kafka::KafkaCheck;
@@ -64,13 +65,60 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` resolves, then drains in-flight requests.
+    /// Consumes, runs the scheduled jobs and serves until `shutdown` resolves; then stops
+    /// consuming (committing stored offsets) and drains in-flight requests.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let config = self.state.config.clone();
+        let consumer = config.consume.then(|| {
+            tokio::spawn(crate::consumer::run(
+                config.clone(),
+                self.state.db.clone(),
+                self.state.cache.clone(),
+                stop_rx.clone(),
+            ))
+        });
+        let mut scheduler = match crate::rollup::start_scheduler(
+            config.clone(),
+            self.state.db.clone(),
+            self.state.cache.clone(),
+        )
+        .await
+        {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "scheduler did not start");
+                None
+            }
+        };
+        // Rebuild today's real-time ranking from the database (Redis may have lost it).
+        let (db, cache) = (self.state.db.clone(), self.state.cache.clone());
+        tokio::spawn(async move {
+            let today = crate::apply::business_date(chrono::Utc::now(), config.time_zone);
+            let result = async {
+                let mut conn = db.get().await?;
+                crate::ranking::rebuild_daily(&mut conn, &cache, config.weights, today).await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::warn!(error = %format!("{e:#}"), "could not rebuild today's ranking in Redis");
+            }
+        });
+        let stop = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
         tracing::info!(addr = %self.listener.local_addr()?, "commerce-collector listening");
-        commerce_web::serve(self.listener, self.router, shutdown).await?;
+        commerce_web::serve(self.listener, self.router, stop).await?;
+        if let Some(consumer) = consumer {
+            let _ = consumer.await;
+        }
+        if let Some(s) = scheduler.as_mut() {
+            let _ = s.shutdown().await;
+        }
         tracing::info!("commerce-collector stopped");
         Ok(())
     }
@@ -78,7 +126,16 @@ impl Application {
 
 fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
     let body_limit = state.config.body_limit_bytes;
-    let api = Router::new();
+    let api = Router::new()
+        .route("/api/v1/rankings", get(crate::ranking::rankings))
+        .route(
+            "/api/v1/rankings/products/{product_id}",
+            get(crate::ranking::product_rank),
+        )
+        .route(
+            "/api/v1/product-metrics/{product_id}",
+            get(crate::ranking::product_metrics),
+        );
     commerce_web::with_platform_routes(api, dependencies, body_limit).with_state(state)
 }
 

@@ -1,0 +1,326 @@
+//! The consumer: batches of up to `COLLECTOR_BATCH_SIZE` (100) events from Kafka, each applied in
+//! one database transaction, offsets stored only after it commits.
+//!
+//! Rules kept here:
+//! - **Offsets follow the database.** A batch's offsets are stored (and auto-committed by
+//!   librdkafka within a second, and synchronously on shutdown) only after its transaction
+//!   committed. A crash anywhere before that redelivers the batch, which `event_handled` absorbs.
+//! - **A failing database never skips events:** the same batch is retried with backoff until it
+//!   commits or the collector stops.
+//! - **Poison messages** (not JSON, unknown `event_type`, invalid payload) go to the source
+//!   topic's dead-letter topic with headers naming the error, partition and offset, are counted
+//!   and logged, and do not hold back the good events of their batch or their partition.
+//! - **Rebalances:** a batch is always finished (applied, or left unstored) before the next poll,
+//!   and the rebalance callback runs inside a poll, so a revoked partition never has a batch in
+//!   flight. Another member processing the same events later is harmless: `event_handled` is
+//!   shared by the group.
+//! - **Broker outages:** librdkafka reconnects by itself; if the consumer keeps failing, it is
+//!   dropped and recreated (topics are re-created first, in case the broker lost them).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use commerce_cache::Cache;
+use commerce_db::Pool;
+use commerce_events::Envelope;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// Logs and counts rebalances.
+struct RebalanceLogger;
+
+impl ClientContext for RebalanceLogger {}
+
+impl ConsumerContext for RebalanceLogger {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            tracing::info!(partitions = tpl.count(), "partitions revoked");
+            metrics::counter!("collector_rebalances_total", "kind" => "revoke").increment(1);
+        }
+    }
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                metrics::counter!("collector_rebalances_total", "kind" => "assign").increment(1);
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(
+        "collector_events_applied_total",
+        "Events applied for the first time, by type."
+    );
+    metrics::describe_counter!(
+        "collector_events_duplicate_total",
+        "Redelivered events skipped through event_handled."
+    );
+    metrics::describe_counter!(
+        "collector_poison_messages_total",
+        "Messages sent to a dead-letter topic, by reason."
+    );
+    metrics::describe_counter!("collector_batches_total", "Batches committed.");
+    metrics::describe_counter!(
+        "collector_batch_failures_total",
+        "Batch transactions that failed and were retried."
+    );
+    metrics::describe_histogram!("collector_batch_size", "Messages per batch.");
+    metrics::describe_histogram!(
+        "collector_batch_duration_seconds",
+        metrics::Unit::Seconds,
+        "Time to apply one batch (transaction and Redis refresh)."
+    );
+    metrics::describe_counter!(
+        "collector_consumer_restarts_total",
+        "Times the Kafka consumer was recreated."
+    );
+}
+
+/// Runs the consumer until `shutdown` turns true, recreating it after persistent failures.
+pub async fn run(config: Config, pool: Pool, cache: Cache, mut shutdown: watch::Receiver<bool>) {
+    describe_metrics();
+    let mut delay = Duration::from_millis(500);
+    while !*shutdown.borrow() {
+        match consume(&config, &pool, &cache, &mut shutdown).await {
+            Ok(()) => break,
+            Err(e) => {
+                metrics::counter!("collector_consumer_restarts_total").increment(1);
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "consumer failed; recreating it");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    tracing::info!("consumer stopped");
+}
+
+fn topics(config: &Config) -> Vec<(String, i32)> {
+    let mut t = Vec::new();
+    for base in [&config.catalog_topic, &config.order_topic] {
+        t.push((base.clone(), config.topic_partitions));
+        t.push((format!("{base}{}", config.dlq_suffix), 1));
+    }
+    t
+}
+
+async fn consume(
+    config: &Config,
+    pool: &Pool,
+    cache: &Cache,
+    shutdown: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let wanted = topics(config);
+    let refs: Vec<(&str, i32)> = wanted.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+    config.kafka.ensure_topics(&refs).await?;
+    let consumer: StreamConsumer<RebalanceLogger> = config
+        .kafka
+        .consumer_config(&config.group_id)
+        .create_with_context(RebalanceLogger)?;
+    consumer.subscribe(&[&config.catalog_topic, &config.order_topic])?;
+    let dlq: FutureProducer = config.kafka.producer()?;
+    tracing::info!(group = %config.group_id, "consumer subscribed");
+
+    let wait = Duration::from_millis(config.batch_wait_ms);
+    let mut consecutive_errors = 0;
+    loop {
+        let first = tokio::select! {
+            m = consumer.recv() => m,
+            _ = shutdown.changed() => {
+                // Commit what was stored, synchronously, before leaving the group.
+                // (A short blocking call, acceptable once at shutdown.)
+                let _ = consumer.commit_consumer_state(CommitMode::Sync);
+                return Ok(());
+            }
+        };
+        let first = match first {
+            Ok(m) => m.detach(),
+            Err(e) => {
+                consecutive_errors += 1;
+                tracing::warn!(error = %e, "consume error");
+                anyhow::ensure!(consecutive_errors < 20, "the consumer keeps failing: {e}");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        consecutive_errors = 0;
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + wait;
+        while batch.len() < config.batch_size {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consume error while filling a batch");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if !process(config, pool, cache, &dlq, &batch, shutdown).await {
+            // Stopped before the batch committed: leave its offsets unstored.
+            return Ok(());
+        }
+        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in &batch {
+            let e = next
+                .entry((m.topic().to_owned(), m.partition()))
+                .or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+        }
+        if let Err(e) = consumer.store_offsets(&tpl) {
+            // A partition revoked meanwhile: its new owner redelivers, event_handled absorbs it.
+            tracing::debug!(error = %e, "could not store offsets");
+        }
+    }
+}
+
+/// Applies one batch, retrying until it commits. Returns false if stopped first.
+async fn process(
+    config: &Config,
+    pool: &Pool,
+    cache: &Cache,
+    dlq: &FutureProducer,
+    batch: &[OwnedMessage],
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let started = std::time::Instant::now();
+    let mut good = Vec::with_capacity(batch.len());
+    let mut poison = Vec::new();
+    for m in batch {
+        match parse(m) {
+            Ok(e) => good.push(e),
+            Err(reason) => poison.push((m, reason)),
+        }
+    }
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match apply(config, pool, cache, dlq, &good, &poison).await {
+            Ok(()) => break,
+            Err(e) => {
+                metrics::counter!("collector_batch_failures_total").increment(1);
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "applying a batch failed; retrying it");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return false,
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    metrics::counter!("collector_batches_total").increment(1);
+    metrics::histogram!("collector_batch_size").record(batch.len() as f64);
+    metrics::histogram!("collector_batch_duration_seconds").record(started.elapsed().as_secs_f64());
+    true
+}
+
+/// Reasons a message is poison.
+fn parse(m: &OwnedMessage) -> Result<Envelope, String> {
+    let payload = m.payload().ok_or_else(|| "empty message".to_owned())?;
+    serde_json::from_slice::<Envelope>(payload)
+        .map_err(|e| format!("not a valid event envelope: {e}"))
+}
+
+async fn apply(
+    config: &Config,
+    pool: &Pool,
+    cache: &Cache,
+    dlq: &FutureProducer,
+    good: &[Envelope],
+    poison: &[(&OwnedMessage, String)],
+) -> anyhow::Result<()> {
+    // Dead letters first: if they cannot be written, the batch is retried as a whole (good
+    // events that were applied meanwhile are skipped through event_handled).
+    for (m, reason) in poison {
+        send_to_dlq(config, dlq, m, reason).await?;
+    }
+    if good.is_empty() {
+        return Ok(());
+    }
+    let mut conn = pool.get().await?;
+    let applied =
+        crate::apply::apply_batch(&mut conn, &config.group_id, good, config.time_zone).await?;
+    // After the commit: refresh the real-time ranking. A failure here is healed by the next
+    // batch touching the product (scores are recomputed, not incremented), so it only logs.
+    if !applied.touched.is_empty() {
+        let today = crate::apply::business_date(chrono::Utc::now(), config.time_zone);
+        if let Err(e) =
+            crate::ranking::refresh_daily(&mut conn, cache, config.weights, today, &applied.touched)
+                .await
+        {
+            metrics::counter!("collector_ranking_refresh_failures_total").increment(1);
+            tracing::debug!(error = %format!("{e:#}"), "could not refresh the real-time ranking");
+        }
+    }
+    Ok(())
+}
+
+async fn send_to_dlq(
+    config: &Config,
+    dlq: &FutureProducer,
+    m: &OwnedMessage,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let topic = format!("{}{}", m.topic(), config.dlq_suffix);
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    let mut headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "dlq_error",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "dlq_source_topic",
+            value: Some(m.topic()),
+        })
+        .insert(Header {
+            key: "dlq_source_partition",
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: "dlq_source_offset",
+            value: Some(offset.as_str()),
+        });
+    if let Some(original) = m.headers() {
+        for h in original.iter() {
+            headers = headers.insert(Header {
+                key: h.key,
+                value: h.value,
+            });
+        }
+    }
+    let mut record = FutureRecord::to(&topic).headers(headers);
+    if let Some(key) = m.key() {
+        record = record.key(key);
+    }
+    if let Some(payload) = m.payload() {
+        record = record.payload(payload);
+    }
+    dlq.send(record, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("writing to {topic}: {e}"))?;
+    let reason_label = if reason.starts_with("empty") {
+        "empty"
+    } else {
+        "invalid_envelope"
+    };
+    metrics::counter!("collector_poison_messages_total", "reason" => reason_label).increment(1);
+    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "poison message sent to the dead-letter topic");
+    Ok(())
+}

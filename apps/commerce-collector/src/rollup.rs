@@ -1,0 +1,260 @@
+//! Weekly and monthly rollups from the daily table, and the scheduled jobs.
+//!
+//! A rollup of a period recomputes it whole from the daily rows with one set-based statement
+//! (`INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE` setting absolute values), so re-running
+//! it is idempotent, and then rewrites the period's materialized top 100. The scheduled job only
+//! touches the periods containing days whose figures changed since its last run.
+//!
+//! With several collectors, each scheduled run happens once: the instance that manages to insert
+//! the (job, period) row into `scheduled_job_runs` runs it; the others skip (ShedLock's idea,
+//! kept in PostgreSQL).
+
+use std::collections::BTreeSet;
+
+use anyhow::Context as _;
+use chrono::{Duration, NaiveDate, Utc};
+use commerce_cache::Cache;
+use commerce_db::Pool;
+use diesel::sql_types::{Date, Double, Text, Timestamptz};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+use crate::config::Config;
+use crate::ranking::{Period, Weights};
+
+/// Recomputes one week or month (`start` is its first day) and its top 100.
+pub async fn rollup_period(
+    conn: &mut AsyncPgConnection,
+    period: Period,
+    start: NaiveDate,
+    weights: Weights,
+) -> anyhow::Result<()> {
+    let (from, to) = period.bounds(start);
+    let (table, column) = match period {
+        Period::Weekly => ("product_metrics_weekly", "week_start"),
+        Period::Monthly => ("product_metrics_monthly", "month_start"),
+        Period::Daily => anyhow::bail!("daily figures are not rolled up"),
+    };
+    conn.transaction::<_, anyhow::Error, _>(async |conn| {
+        diesel::sql_query(format!(
+            "INSERT INTO {table} AS r ({column}, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
+             SELECT $1, product_id, sum(view_count), sum(like_count), sum(order_count), sum(sales_quantity), sum(sales_amount)
+               FROM product_metrics_daily
+              WHERE business_date BETWEEN $1 AND $2
+              GROUP BY product_id
+             ON CONFLICT ({column}, product_id) DO UPDATE SET
+                 view_count = EXCLUDED.view_count, like_count = EXCLUDED.like_count,
+                 order_count = EXCLUDED.order_count, sales_quantity = EXCLUDED.sales_quantity,
+                 sales_amount = EXCLUDED.sales_amount
+             WHERE (r.view_count, r.like_count, r.order_count, r.sales_quantity, r.sales_amount)
+                IS DISTINCT FROM (EXCLUDED.view_count, EXCLUDED.like_count, EXCLUDED.order_count,
+                                  EXCLUDED.sales_quantity, EXCLUDED.sales_amount)"
+        ))
+        .bind::<Date, _>(from)
+        .bind::<Date, _>(to)
+        .execute(conn)
+        .await?;
+        materialize_top(conn, period, from, weights).await
+    })
+    .await
+}
+
+/// Rewrites the top 100 of a period from its figures.
+pub async fn materialize_top(
+    conn: &mut AsyncPgConnection,
+    period: Period,
+    start: NaiveDate,
+    weights: Weights,
+) -> anyhow::Result<()> {
+    let (table, column) = match period {
+        Period::Daily => ("product_metrics_daily", "business_date"),
+        Period::Weekly => ("product_metrics_weekly", "week_start"),
+        Period::Monthly => ("product_metrics_monthly", "month_start"),
+    };
+    diesel::sql_query("DELETE FROM ranking_top WHERE period = $1 AND period_start = $2")
+        .bind::<Text, _>(period.as_str())
+        .bind::<Date, _>(start)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(format!(
+        "INSERT INTO ranking_top (period, period_start, rank, product_id, score)
+         SELECT $1, $2, row_number() OVER (ORDER BY s.score DESC, s.product_id), s.product_id, s.score
+           FROM (SELECT product_id, ($3 * view_count + $4 * like_count + $5 * sales_quantity)::float8 AS score
+                   FROM {table} WHERE {column} = $2
+                  ORDER BY score DESC, product_id LIMIT 100) s"
+    ))
+    .bind::<Text, _>(period.as_str())
+    .bind::<Date, _>(start)
+    .bind::<Double, _>(weights.view)
+    .bind::<Double, _>(weights.like)
+    .bind::<Double, _>(weights.order)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The weeks and months containing `days`.
+pub fn periods_of(days: impl IntoIterator<Item = NaiveDate>) -> BTreeSet<(u8, NaiveDate)> {
+    let mut out = BTreeSet::new();
+    for d in days {
+        out.insert((0, Period::Weekly.bounds(d).0));
+        out.insert((1, Period::Monthly.bounds(d).0));
+    }
+    out
+}
+
+/// Rebuilds every week and month touching `from..=to`; `progress` is called after each.
+pub async fn rollup_range(
+    conn: &mut AsyncPgConnection,
+    from: NaiveDate,
+    to: NaiveDate,
+    weights: Weights,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<usize> {
+    anyhow::ensure!(from <= to, "--from must not be after --to");
+    let days = from.iter_days().take_while(|d| *d <= to);
+    let periods = periods_of(days);
+    let total = periods.len();
+    for (i, (kind, start)) in periods.into_iter().enumerate() {
+        let period = if kind == 0 {
+            Period::Weekly
+        } else {
+            Period::Monthly
+        };
+        rollup_period(conn, period, start, weights).await?;
+        progress(i + 1, total);
+    }
+    Ok(total)
+}
+
+/// Claims `(job, period_key)` for this instance; false when another instance ran it.
+async fn claim(conn: &mut AsyncPgConnection, job: &str, period_key: &str) -> anyhow::Result<bool> {
+    let n = diesel::sql_query(
+        "INSERT INTO scheduled_job_runs (job, period_key, instance) VALUES ($1, $2, $3)
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(job)
+    .bind::<Text, _>(period_key)
+    .bind::<Text, _>(instance_name())
+    .execute(conn)
+    .await?;
+    Ok(n == 1)
+}
+
+fn instance_name() -> String {
+    format!(
+        "{}:{}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+        std::process::id()
+    )
+}
+
+/// One run of the incremental rollup: the periods of days changed since the last run.
+pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
+    let mut conn = pool.get().await?;
+    if !claim(&mut conn, "rollup", slot).await? {
+        return Ok(());
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Since {
+        #[diesel(sql_type = diesel::sql_types::Nullable<Timestamptz>)]
+        at: Option<chrono::DateTime<Utc>>,
+    }
+    let since: Since = diesel::sql_query(
+        "SELECT max(started_at) AS at FROM scheduled_job_runs
+          WHERE job = 'rollup' AND finished_at IS NOT NULL",
+    )
+    .get_result(&mut conn)
+    .await?;
+    #[derive(diesel::QueryableByName)]
+    struct Day {
+        #[diesel(sql_type = Date)]
+        business_date: NaiveDate,
+    }
+    let since = since.at.unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    let days: Vec<Day> = diesel::sql_query(
+        "SELECT DISTINCT business_date FROM product_metrics_daily WHERE updated_at >= $1 - interval '1 minute'",
+    )
+    .bind::<Timestamptz, _>(since)
+    .load(&mut conn)
+    .await?;
+    for (kind, start) in periods_of(days.into_iter().map(|d| d.business_date)) {
+        let period = if kind == 0 {
+            Period::Weekly
+        } else {
+            Period::Monthly
+        };
+        rollup_period(&mut conn, period, start, weights).await?;
+    }
+    diesel::sql_query("UPDATE scheduled_job_runs SET finished_at = now() WHERE job = 'rollup' AND period_key = $1")
+        .bind::<Text, _>(slot)
+        .execute(&mut conn)
+        .await?;
+    Ok(())
+}
+
+/// Closes yesterday: its top 100 and the carry-over into today. Once per business day.
+pub async fn close_day(
+    pool: &Pool,
+    cache: &Cache,
+    config: &Config,
+    today: NaiveDate,
+) -> anyhow::Result<()> {
+    let yesterday = today - Duration::days(1);
+    let mut conn = pool.get().await?;
+    if !claim(&mut conn, "close-day", &yesterday.to_string()).await? {
+        return Ok(());
+    }
+    materialize_top(&mut conn, Period::Daily, yesterday, config.weights).await?;
+    crate::ranking::carry_over(
+        &mut conn,
+        cache,
+        config.weights,
+        yesterday,
+        config.carryover_ratio,
+    )
+    .await?;
+    diesel::sql_query("UPDATE scheduled_job_runs SET finished_at = now() WHERE job = 'close-day' AND period_key = $1")
+        .bind::<Text, _>(yesterday.to_string())
+        .execute(&mut conn)
+        .await?;
+    tracing::info!(%yesterday, "business day closed");
+    Ok(())
+}
+
+/// Starts the scheduled jobs: the incremental rollup on `ROLLUP_CRON`, and the day close checked
+/// every minute (it runs once, right after midnight in the business time zone).
+pub async fn start_scheduler(
+    config: Config,
+    pool: Pool,
+    cache: Cache,
+) -> anyhow::Result<JobScheduler> {
+    let scheduler = JobScheduler::new()
+        .await
+        .context("creating the scheduler")?;
+    let (p, w) = (pool.clone(), config.weights);
+    scheduler
+        .add(Job::new_async(config.rollup_cron.as_str(), move |_, _| {
+            let pool = p.clone();
+            Box::pin(async move {
+                let slot = Utc::now().format("%Y-%m-%dT%H:%M").to_string();
+                if let Err(e) = scheduled_rollup(&pool, w, &slot).await {
+                    tracing::warn!(error = %format!("{e:#}"), "scheduled rollup failed");
+                }
+            })
+        })?)
+        .await?;
+    scheduler
+        .add(Job::new_async("0 * * * * *", move |_, _| {
+            let (pool, cache, config) = (pool.clone(), cache.clone(), config.clone());
+            Box::pin(async move {
+                let today = crate::apply::business_date(Utc::now(), config.time_zone);
+                if let Err(e) = close_day(&pool, &cache, &config, today).await {
+                    tracing::warn!(error = %format!("{e:#}"), "closing the business day failed");
+                }
+            })
+        })?)
+        .await?;
+    scheduler.start().await?;
+    Ok(scheduler)
+}

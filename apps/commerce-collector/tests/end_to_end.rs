@@ -1,0 +1,236 @@
+//! Through everything: orders and likes placed on the API travel through the outbox, the relay,
+//! the broker and the collector into metrics and rankings, once, even when the relay publishes
+//! rows again (a crash between publish and mark).
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use commerce_config::Reader;
+use commerce_testkit::TestDb;
+use common::{Pipeline, eventually};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::{Value, json};
+
+struct Api {
+    base: String,
+    client: reqwest::Client,
+    db: TestDb,
+}
+
+impl Api {
+    async fn start(p: &Pipeline) -> Self {
+        let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
+        let vars: HashMap<String, String> = HashMap::from([
+            ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
+            ("DATABASE_URL".into(), db.url.clone()),
+            ("REDIS_URL".into(), commerce_testkit::redis_url()),
+            ("REDIS_KEY_PREFIX".into(), p.redis_prefix.clone()),
+            ("KAFKA_BROKERS".into(), p.kafka.settings.brokers.clone()),
+            ("CATALOG_TOPIC".into(), p.catalog_topic.clone()),
+            ("ORDER_TOPIC".into(), p.order_topic.clone()),
+            ("KAFKA_TOPIC_PARTITIONS".into(), "3".into()),
+            ("OUTBOX_POLL_INTERVAL_MS".into(), "200".into()),
+        ]);
+        let config = commerce_api::config::Config::read(&Reader::new(vars)).unwrap();
+        let app = commerce_api::startup::Application::build(config)
+            .await
+            .unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        Self {
+            base,
+            client: reqwest::Client::new(),
+            db,
+        }
+    }
+
+    async fn post(&self, path: &str, token: &str, body: Value) -> Value {
+        let res = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{path}: {}", res.status());
+        res.json().await.unwrap()
+    }
+
+    async fn token(&self, login: &str, password: &str) -> String {
+        for _ in 0..100 {
+            let res = self
+                .client
+                .post(format!("{}/api/v1/auth/token", self.base))
+                .json(&json!({"login_id": login, "password": password}))
+                .send()
+                .await
+                .unwrap();
+            if res.status().is_success() {
+                return res.json::<Value>().await.unwrap()["access_token"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("could not log in as {login}");
+    }
+}
+
+#[tokio::test]
+async fn orders_and_likes_on_the_api_reach_the_rankings_once() {
+    let p = Pipeline::new().await;
+    let api = Api::start(&p).await;
+    let (collector, _task) = p.collector().await;
+
+    let admin = api
+        .token("admin", commerce_api::config::DEV_ADMIN_PASSWORD)
+        .await;
+    let brand = api
+        .post("/api/v1/admin/brands", &admin, json!({"name": "Acme"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let hot = api
+        .post(
+            "/api/v1/admin/products",
+            &admin,
+            json!({"brand_id": brand, "name": "Hot", "price": 1000, "stock": 100}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let cold = api
+        .post(
+            "/api/v1/admin/products",
+            &admin,
+            json!({"brand_id": brand, "name": "Cold", "price": 500, "stock": 100}),
+        )
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let signup = json!({"login_id": "buyer", "password": "buyer-password", "name": "Buyer", "email": "b@example.com"});
+    api.client
+        .post(format!("{}/api/v1/users", api.base))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap();
+    let buyer = api.token("buyer", "buyer-password").await;
+    api.post("/api/v1/points/charge", &buyer, json!({"amount": 100_000}))
+        .await;
+
+    let order = |product: i64, quantity: i64| json!({"items": [{"product_id": product, "quantity": quantity}], "payment": {"method": "POINT"}});
+    api.post("/api/v1/orders", &buyer, order(hot, 3)).await;
+    api.post("/api/v1/orders", &buyer, order(cold, 1)).await;
+    let cancelled = api.post("/api/v1/orders", &buyer, order(cold, 2)).await["order_id"]
+        .as_i64()
+        .unwrap();
+    api.post(
+        &format!("/api/v1/orders/{cancelled}/cancel"),
+        &buyer,
+        json!({}),
+    )
+    .await;
+    api.post(&format!("/api/v1/products/{hot}/likes"), &buyer, json!({}))
+        .await;
+
+    let m = eventually(
+        &format!("{collector}/api/v1/product-metrics/{hot}"),
+        90,
+        |b| b["order_count"] == 1 && b["like_count"] == 1,
+    )
+    .await;
+    assert_eq!(
+        (m["sales_quantity"].as_i64(), m["sales_amount"].as_i64()),
+        (Some(3), Some(3000))
+    );
+    let m = eventually(
+        &format!("{collector}/api/v1/product-metrics/{cold}"),
+        60,
+        |b| b["order_count"] == 1 && b["sales_quantity"] == 1,
+    )
+    .await;
+    assert_eq!(m["sales_amount"], 500);
+    let ranking = eventually(&format!("{collector}/api/v1/rankings"), 30, |b| {
+        b["content"][0]["name"] == "Hot"
+    })
+    .await;
+    assert_eq!(ranking["content"][0]["brand_name"], "Acme");
+
+    // Every outbox row was published and marked.
+    let mut conn = AsyncPgConnection::establish(&api.db.url).await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: N =
+            diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+        if pending.n == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} rows never published",
+            pending.n
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A relay that crashed between publishing and marking publishes the rows again: nothing
+    // is counted twice.
+    diesel::sql_query("UPDATE outbox SET published_at = NULL")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let pending: N =
+            diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+                .get_result(&mut conn)
+                .await
+                .unwrap();
+        if pending.n == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "republish never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let m = eventually(
+        &format!("{collector}/api/v1/product-metrics/{hot}"),
+        5,
+        |_| true,
+    )
+    .await;
+    assert_eq!(
+        (
+            m["order_count"].as_i64(),
+            m["sales_quantity"].as_i64(),
+            m["like_count"].as_i64()
+        ),
+        (Some(1), Some(3), Some(1))
+    );
+    let m = eventually(
+        &format!("{collector}/api/v1/product-metrics/{cold}"),
+        5,
+        |_| true,
+    )
+    .await;
+    assert_eq!(
+        (m["order_count"].as_i64(), m["sales_quantity"].as_i64()),
+        (Some(1), Some(1))
+    );
+}

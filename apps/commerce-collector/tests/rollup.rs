@@ -1,0 +1,128 @@
+//! Rollups are idempotent and equal a brute-force sum of the events.
+
+use std::collections::BTreeMap;
+
+use chrono::{Datelike, Duration, NaiveDate, TimeZone, Utc};
+use commerce_collector::apply::apply_batch;
+use commerce_collector::ranking::{Period, Weights};
+use commerce_collector::rollup::rollup_range;
+use commerce_events::{Envelope, Event, OrderLine, OrderPlaced, ProductViewed};
+use commerce_testkit::TestDb;
+use diesel::sql_types::{BigInt, Date};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+
+const WEIGHTS: Weights = Weights {
+    view: 0.1,
+    like: 0.2,
+    order: 0.7,
+};
+
+#[derive(diesel::QueryableByName, Debug, PartialEq)]
+struct Row {
+    #[diesel(sql_type = Date)]
+    start: NaiveDate,
+    #[diesel(sql_type = BigInt)]
+    product_id: i64,
+    #[diesel(sql_type = BigInt)]
+    views: i64,
+    #[diesel(sql_type = BigInt)]
+    quantity: i64,
+}
+
+async fn load(conn: &mut AsyncPgConnection, table: &str, column: &str) -> Vec<Row> {
+    diesel::sql_query(format!(
+        "SELECT {column} AS start, product_id, view_count AS views, sales_quantity AS quantity FROM {table} ORDER BY 1, 2"
+    ))
+    .load(conn)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn rollups_match_a_brute_force_sum_and_rerunning_changes_nothing() {
+    let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let tz = chrono_tz::UTC;
+    let first = NaiveDate::from_ymd_opt(2026, 1, 20).unwrap();
+    let mut events = Vec::new();
+    let mut expected_week: BTreeMap<(NaiveDate, i64), (i64, i64)> = BTreeMap::new();
+    let mut expected_month: BTreeMap<(NaiveDate, i64), (i64, i64)> = BTreeMap::new();
+    for day in 0..45 {
+        let date = first + Duration::days(day);
+        let at = Utc.from_utc_datetime(&date.and_hms_opt(12, 0, 0).unwrap());
+        for product in 1..=5i64 {
+            let quantity = (day + product) % 4 + 1;
+            let views = (day * product) % 3;
+            events.push(Envelope::at(
+                Event::OrderPaid(OrderPlaced {
+                    order_id: day * 10 + product,
+                    user_id: 1,
+                    lines: vec![OrderLine {
+                        product_id: product,
+                        quantity,
+                        unit_price: 10,
+                    }],
+                    total_amount: quantity * 10,
+                    discount_amount: 0,
+                    final_amount: quantity * 10,
+                    payment_method: "POINT".into(),
+                }),
+                at,
+            ));
+            for _ in 0..views {
+                events.push(Envelope::at(
+                    Event::ProductViewed(ProductViewed {
+                        product_id: product,
+                        user_id: None,
+                    }),
+                    at,
+                ));
+            }
+            let week = Period::Weekly.bounds(date).0;
+            let month = date.with_day(1).unwrap();
+            for (map, start) in [(&mut expected_week, week), (&mut expected_month, month)] {
+                let e = map.entry((start, product)).or_default();
+                e.0 += views;
+                e.1 += quantity;
+            }
+        }
+    }
+    for chunk in events.chunks(100) {
+        apply_batch(&mut conn, "g", chunk, tz).await.unwrap();
+    }
+    let last = first + Duration::days(44);
+    for run in 0..2 {
+        rollup_range(&mut conn, first, last, WEIGHTS, |_, _| {})
+            .await
+            .unwrap();
+        let weekly = load(&mut conn, "product_metrics_weekly", "week_start").await;
+        let monthly = load(&mut conn, "product_metrics_monthly", "month_start").await;
+        let as_rows = |m: &BTreeMap<(NaiveDate, i64), (i64, i64)>| -> Vec<Row> {
+            m.iter()
+                .map(|((start, product_id), (views, quantity))| Row {
+                    start: *start,
+                    product_id: *product_id,
+                    views: *views,
+                    quantity: *quantity,
+                })
+                .collect()
+        };
+        assert_eq!(weekly, as_rows(&expected_week), "run {run}");
+        assert_eq!(monthly, as_rows(&expected_month), "run {run}");
+    }
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let top: N =
+        diesel::sql_query("SELECT count(*) AS n FROM ranking_top WHERE period = 'monthly'")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        top.n,
+        expected_month.len() as i64,
+        "every product of every month is in its top 100"
+    );
+}

@@ -78,7 +78,13 @@ fn invalid(msg: &str) -> std::io::Error {
 }
 
 /// Builds a request's bytes.
-pub fn request(method: &str, host: &SocketAddr, path: &str, token: Option<&str>, body: Option<&str>) -> Vec<u8> {
+pub fn request(
+    method: &str,
+    host: &SocketAddr,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Vec<u8> {
     let mut out = format!("{method} {path} HTTP/1.1\r\nhost: {host}\r\n");
     if let Some(t) = token {
         out.push_str(&format!("authorization: Bearer {t}\r\n"));

@@ -45,7 +45,11 @@ enum Command {
     Orders {
         #[arg(long, default_value = "127.0.0.1:8080")]
         api: SocketAddr,
-        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/commerce")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/commerce"
+        )]
         database_url: String,
         #[arg(long, default_value_t = 10_000)]
         products: i64,
@@ -61,7 +65,11 @@ enum Command {
     Coupons {
         #[arg(long, default_value = "127.0.0.1:8080")]
         api: SocketAddr,
-        #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/commerce")]
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/commerce"
+        )]
         database_url: String,
         #[arg(long, default_value_t = 10_000)]
         attempts: usize,
@@ -89,7 +97,17 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
             hot_stock,
-        } => orders(api, &database_url, products, connections, seconds, hot_stock).await,
+        } => {
+            orders(
+                api,
+                &database_url,
+                products,
+                connections,
+                seconds,
+                hot_stock,
+            )
+            .await
+        }
         Command::Coupons {
             api,
             database_url,
@@ -101,7 +119,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn loopback_only(addr: &SocketAddr) -> anyhow::Result<()> {
-    ensure!(addr.ip().is_loopback(), "refusing to send load to {addr}: loopback only");
+    ensure!(
+        addr.ip().is_loopback(),
+        "refusing to send load to {addr}: loopback only"
+    );
     Ok(())
 }
 
@@ -133,7 +154,9 @@ impl Report {
         if self.latencies_us.is_empty() {
             return 0.0;
         }
-        let i = ((self.latencies_us.len() as f64 * p).ceil() as usize).clamp(1, self.latencies_us.len()) - 1;
+        let i = ((self.latencies_us.len() as f64 * p).ceil() as usize)
+            .clamp(1, self.latencies_us.len())
+            - 1;
         f64::from(self.latencies_us[i]) / 1000.0
     }
 
@@ -210,18 +233,47 @@ where
     Ok(report)
 }
 
-async fn list(api: SocketAddr, hello: SocketAddr, connections: usize, seconds: u64) -> anyhow::Result<()> {
+async fn list(
+    api: SocketAddr,
+    hello: SocketAddr,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
     let duration = Duration::from_secs(seconds);
     let hello_req = http::request("GET", &hello, "/hello", None, None);
     let list_req = http::request("GET", &api, "/api/v1/products?page=0&size=20", None, None);
     // Warm the cache and both servers.
     let warm = list_req.clone();
-    run("warm-up", api, 4, Duration::from_secs(1), None, move |_, _| warm.clone()).await?;
+    run(
+        "warm-up",
+        api,
+        4,
+        Duration::from_secs(1),
+        None,
+        move |_, _| warm.clone(),
+    )
+    .await?;
     let h = hello_req.clone();
-    let base = run("hello-world /hello", hello, connections, duration, None, move |_, _| h.clone()).await?;
+    let base = run(
+        "hello-world /hello",
+        hello,
+        connections,
+        duration,
+        None,
+        move |_, _| h.clone(),
+    )
+    .await?;
     base.print();
     let l = list_req.clone();
-    let cached = run("cached product list", api, connections, duration, None, move |_, _| l.clone()).await?;
+    let cached = run(
+        "cached product list",
+        api,
+        connections,
+        duration,
+        None,
+        move |_, _| l.clone(),
+    )
+    .await?;
     cached.print();
     println!(
         "ratio list/hello = {:.2} (target >= 0.6); list p99 = {:.2} ms (target <= 5 ms)",
@@ -244,7 +296,12 @@ struct Id {
 }
 
 /// Creates `n` users with `points` each directly in the database; returns their ids.
-async fn bulk_users(db: &mut AsyncPgConnection, prefix: &str, n: usize, points: i64) -> anyhow::Result<Vec<i64>> {
+async fn bulk_users(
+    db: &mut AsyncPgConnection,
+    prefix: &str,
+    n: usize,
+    points: i64,
+) -> anyhow::Result<Vec<i64>> {
     let rows: Vec<Id> = diesel::sql_query(
         "INSERT INTO users (login_id, password_hash, name, email, point_balance)
          SELECT $1 || g, 'bench-no-login', 'bench', 'bench@example.com', $2
@@ -299,13 +356,26 @@ async fn orders(
     .into_iter()
     .map(|r| r.id)
     .collect();
-    let users = bulk_users(&mut db, &format!("{tag}-o-"), connections * 2, 1_000_000_000).await?;
+    let users = bulk_users(
+        &mut db,
+        &format!("{tag}-o-"),
+        connections * 2,
+        1_000_000_000,
+    )
+    .await?;
     let auth = authenticator();
     let tokens: Vec<String> = users[..connections]
         .iter()
-        .map(|id| auth.issue(*id, commerce_api::auth::Role::User).map_err(|e| anyhow::anyhow!("{e}")))
+        .map(|id| {
+            auth.issue(*id, commerce_api::auth::Role::User)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
         .collect::<Result<_, _>>()?;
-    let label = if hot_stock.is_some() { "orders, one hot product" } else { "orders, 10k products" };
+    let label = if hot_stock.is_some() {
+        "orders, one hot product"
+    } else {
+        "orders, 10k products"
+    };
     let products = Arc::new(products);
     let p = products.clone();
     let report = run(label, api, connections, Duration::from_secs(seconds), None, move |c, i| {
@@ -337,7 +407,10 @@ async fn orders(
             check.stock,
             (check.sold + check.stock - initial).max(0)
         );
-        ensure!(check.stock >= 0 && check.sold + check.stock == initial, "stock does not balance");
+        ensure!(
+            check.stock >= 0 && check.sold + check.stock == initial,
+            "stock does not balance"
+        );
     }
 
     // The same transaction, driven by pgbench with as many clients, in the same run.
@@ -363,7 +436,17 @@ COMMIT;
     let path = std::env::temp_dir().join(format!("{tag}-orders.sql"));
     std::fs::write(&path, script)?;
     let out = tokio::process::Command::new("pgbench")
-        .args(["-n", "-c", &connections.to_string(), "-j", "2", "-T", &seconds.to_string(), "-r", "-f"])
+        .args([
+            "-n",
+            "-c",
+            &connections.to_string(),
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-r",
+            "-f",
+        ])
         .arg(&path)
         .arg(database_url)
         .output()
@@ -375,10 +458,21 @@ COMMIT;
         .find_map(|l| l.strip_prefix("tps = "))
         .and_then(|l| l.split_whitespace().next())
         .and_then(|v| v.parse().ok())
-        .with_context(|| format!("pgbench output: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
-    let latency = text.lines().find(|l| l.starts_with("latency average")).unwrap_or("");
+        .with_context(|| {
+            format!(
+                "pgbench output: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let latency = text
+        .lines()
+        .find(|l| l.starts_with("latency average"))
+        .unwrap_or("");
     println!("pgbench same transaction      {tps:>9.0} tps    {latency}");
-    println!("ratio api/pgbench = {:.2} (target >= 0.7)", report.rps() / tps);
+    println!(
+        "ratio api/pgbench = {:.2} (target >= 0.7)",
+        report.rps() / tps
+    );
     Ok(())
 }
 
@@ -404,23 +498,33 @@ async fn coupons(
     let requests: Vec<Vec<u8>> = users
         .iter()
         .map(|id| {
-            let token = auth.issue(*id, commerce_api::auth::Role::User).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let token = auth
+                .issue(*id, commerce_api::auth::Role::User)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(http::request("POST", &api, &path, Some(&token), Some("{}")))
         })
         .collect::<anyhow::Result<_>>()?;
     let requests = Arc::new(requests);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let r = requests.clone();
-    let report = run("coupon issue attempts", api, connections, Duration::from_secs(120), Some(attempts), move |_, _| {
-        let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        r[n % r.len()].clone()
-    })
+    let report = run(
+        "coupon issue attempts",
+        api,
+        connections,
+        Duration::from_secs(120),
+        Some(attempts),
+        move |_, _| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r[n % r.len()].clone()
+        },
+    )
     .await?;
     report.print();
-    let issued: Id = diesel::sql_query("SELECT count(*) AS id FROM user_coupons WHERE coupon_id = $1")
-        .bind::<BigInt, _>(coupon.id)
-        .get_result(&mut db)
-        .await?;
+    let issued: Id =
+        diesel::sql_query("SELECT count(*) AS id FROM user_coupons WHERE coupon_id = $1")
+            .bind::<BigInt, _>(coupon.id)
+            .get_result(&mut db)
+            .await?;
     println!(
         "coupons: {} attempts, {} issued (expected {quantity}); {:.0} attempts/s (target >= 20000)",
         report.latencies_us.len(),

@@ -152,6 +152,7 @@ async fn lead(
 
     let mut producer = Publisher::new(config).await?;
     let mut backoff = Backoff::new();
+    let mut failures = 0u32;
     let mut last_health = Instant::now();
     let mut last_purge: Option<Instant> = None;
     let mut last_gauges = Instant::now() - Duration::from_secs(10);
@@ -161,11 +162,15 @@ async fn lead(
             return Ok(Leadership::Stopped);
         }
         match drain(config, pool, &mut producer).await {
-            Ok(()) => backoff.reset(),
+            Ok(()) => {
+                backoff.reset();
+                failures = 0;
+            }
             Err(e) => {
+                failures += 1;
                 let delay = backoff.next();
                 tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "publishing the outbox failed; backing off");
-                producer.recover(config).await;
+                producer.recover(config, failures).await;
                 wait(shutdown, delay).await;
                 continue;
             }
@@ -325,11 +330,18 @@ impl Publisher {
         (published, failed)
     }
 
-    /// After a failure: recreate a producer that went fatal, and the topics if the broker lost
-    /// them. Errors here are left to the next attempt.
-    async fn recover(&mut self, config: &RelayConfig) {
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            tracing::warn!(?code, %reason, "the relay producer hit a fatal error; recreating it");
+    /// After a failure: recreate the producer if it went fatal or keeps failing (an idempotent
+    /// producer whose broker restarted without its state can time out forever), and the topics
+    /// if the broker lost them. Errors here are left to the next attempt.
+    async fn recover(&mut self, config: &RelayConfig, failures: u32) {
+        let fatal = self.producer.client().fatal_error();
+        if fatal.is_some() || failures >= 2 {
+            match fatal {
+                Some((code, reason)) => {
+                    tracing::warn!(?code, %reason, "the relay producer hit a fatal error; recreating it");
+                }
+                None => tracing::warn!(failures, "the relay producer keeps failing; recreating it"),
+            }
             if let Ok(fresh) = Publisher::new(config).await {
                 *self = fresh;
             }

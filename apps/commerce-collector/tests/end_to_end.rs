@@ -4,81 +4,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use commerce_config::Reader;
-use commerce_testkit::TestDb;
-use common::{Pipeline, eventually};
+use common::{Api, Pipeline, eventually};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use serde_json::{Value, json};
-
-struct Api {
-    base: String,
-    client: reqwest::Client,
-    db: TestDb,
-}
-
-impl Api {
-    async fn start(p: &Pipeline) -> Self {
-        let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
-        let vars: HashMap<String, String> = HashMap::from([
-            ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
-            ("DATABASE_URL".into(), db.url.clone()),
-            ("REDIS_URL".into(), commerce_testkit::redis_url()),
-            ("REDIS_KEY_PREFIX".into(), p.redis_prefix.clone()),
-            ("KAFKA_BROKERS".into(), p.kafka.settings.brokers.clone()),
-            ("CATALOG_TOPIC".into(), p.catalog_topic.clone()),
-            ("ORDER_TOPIC".into(), p.order_topic.clone()),
-            ("KAFKA_TOPIC_PARTITIONS".into(), "3".into()),
-            ("OUTBOX_POLL_INTERVAL_MS".into(), "200".into()),
-        ]);
-        let config = commerce_api::config::Config::read(&Reader::new(vars)).unwrap();
-        let app = commerce_api::startup::Application::build(config)
-            .await
-            .unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        tokio::spawn(app.run_until_stopped(std::future::pending()));
-        Self {
-            base,
-            client: reqwest::Client::new(),
-            db,
-        }
-    }
-
-    async fn post(&self, path: &str, token: &str, body: Value) -> Value {
-        let res = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(res.status().is_success(), "{path}: {}", res.status());
-        res.json().await.unwrap()
-    }
-
-    async fn token(&self, login: &str, password: &str) -> String {
-        for _ in 0..100 {
-            let res = self
-                .client
-                .post(format!("{}/api/v1/auth/token", self.base))
-                .json(&json!({"login_id": login, "password": password}))
-                .send()
-                .await
-                .unwrap();
-            if res.status().is_success() {
-                return res.json::<Value>().await.unwrap()["access_token"]
-                    .as_str()
-                    .unwrap()
-                    .to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("could not log in as {login}");
-    }
-}
+use serde_json::json;
 
 #[tokio::test]
 async fn orders_and_likes_on_the_api_reach_the_rankings_once() {

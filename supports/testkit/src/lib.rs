@@ -330,7 +330,7 @@ impl PrivateBroker {
 
     async fn spawn(bin: &std::path::Path, port: u16) -> std::process::Child {
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = std::process::Command::new(bin)
+        let mut child = std::process::Command::new(bin)
             .args([
                 "broker",
                 "--listener-url",
@@ -352,6 +352,8 @@ impl PrivateBroker {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the private broker did not listen on port {port} within 10 s");
     }
 

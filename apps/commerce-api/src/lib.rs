@@ -15,6 +15,7 @@ pub mod schema;
 pub mod seed;
 pub mod startup;
 pub mod state;
+pub mod trace;
 pub mod views;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};

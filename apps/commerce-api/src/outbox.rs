@@ -32,6 +32,7 @@ pub async fn record(
     topics: &Topics,
     events: Vec<Event>,
 ) -> QueryResult<()> {
+    let traceparent = crate::trace::current();
     let rows: Vec<_> = events
         .into_iter()
         .map(|event| {
@@ -43,6 +44,7 @@ pub async fn record(
                 outbox::partition_key.eq(envelope.aggregate_id.to_string()),
                 outbox::event_type.eq(envelope.event_type()),
                 outbox::envelope.eq(serde_json::to_value(&envelope).expect("envelopes serialise")),
+                outbox::traceparent.eq(traceparent.clone()),
             )
         })
         .collect();

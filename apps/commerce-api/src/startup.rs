@@ -121,6 +121,7 @@ impl Application {
         if let Some(relay) = relay {
             let _ = relay.await;
         }
+        self.state.views.flush();
         tracing::info!("commerce-api stopped");
         Ok(())
     }
@@ -129,7 +130,9 @@ impl Application {
 fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
     let body_limit = state.config.body_limit_bytes;
     let api = crate::routes::router();
-    commerce_web::with_platform_routes(api, dependencies, body_limit).with_state(state)
+    commerce_web::with_platform_routes(api, dependencies, body_limit)
+        .layer(axum::middleware::from_fn(crate::trace::propagate))
+        .with_state(state)
 }
 
 /// `commerce-api migrate`: creates the database if missing and applies pending migrations.

@@ -36,6 +36,12 @@ impl ViewPublisher {
         Ok(Self { producer, topic })
     }
 
+    /// Waits (bounded) for queued views to be delivered; called on shutdown.
+    pub fn flush(&self) {
+        use rdkafka::producer::Producer;
+        let _ = self.producer.flush(std::time::Duration::from_secs(3));
+    }
+
     /// Queues a view event; returns at once.
     pub fn publish(&self, product_id: i64, user_id: Option<i64>) {
         let envelope = Envelope::new(Event::ProductViewed(ProductViewed {
@@ -53,7 +59,7 @@ impl ViewPublisher {
             .headers(commerce_kafka::event_headers(
                 &event_id,
                 envelope.event_type(),
-                None,
+                crate::trace::current().as_deref(),
             ));
         match self.producer.send_result(record) {
             // The delivery future is dropped: nobody waits for the acknowledgement.

@@ -22,6 +22,7 @@
 //! | `BUSINESS_TIME_ZONE` | `Asia/Seoul` | time zone of business dates |
 //! | `RANKING_WEIGHT_VIEW` / `_LIKE` / `_ORDER` | `0.1` / `0.2` / `0.7` | score weights |
 //! | `RANKING_CARRYOVER_RATIO` | `0.1` | share of yesterday's score carried into today |
+//! | `EVENT_HANDLED_RETENTION_HOURS` | `192` | keep dedupe rows this long (longer than topic retention) |
 //! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups refresh (6-field cron, UTC) |
 
 use std::net::SocketAddr;
@@ -52,6 +53,7 @@ pub struct Config {
     pub weights: crate::ranking::Weights,
     pub carryover_ratio: f64,
     pub rollup_cron: String,
+    pub event_handled_retention_hours: u64,
 }
 
 impl Config {
@@ -98,6 +100,11 @@ impl Config {
             },
             carryover_ratio: r.in_range("RANKING_CARRYOVER_RATIO", 0.1, 0.0..=1.0)?,
             rollup_cron: r.string_or("ROLLUP_CRON", "0 */10 * * * *"),
+            event_handled_retention_hours: r.in_range(
+                "EVENT_HANDLED_RETENTION_HOURS",
+                192,
+                1..=24 * 365,
+            )?,
         })
     }
 }

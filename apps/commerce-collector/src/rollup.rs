@@ -222,6 +222,39 @@ pub async fn close_day(
     Ok(())
 }
 
+/// Deletes `event_handled` rows older than `retention`, in bounded batches, once per day across
+/// instances. Safe once the broker can no longer redeliver those events: keep the retention
+/// longer than the topics' (Kafka's default is 7 days; ours 8).
+pub async fn prune_event_handled(
+    pool: &Pool,
+    retention: std::time::Duration,
+    day: NaiveDate,
+) -> anyhow::Result<u64> {
+    let mut conn = pool.get().await?;
+    if !claim(&mut conn, "prune-event-handled", &day.to_string()).await? {
+        return Ok(0);
+    }
+    let mut total = 0u64;
+    loop {
+        let n = diesel::sql_query(
+            "DELETE FROM event_handled WHERE ctid IN (
+                SELECT ctid FROM event_handled
+                 WHERE handled_at < now() - make_interval(secs => $1) LIMIT 50000)",
+        )
+        .bind::<Double, _>(retention.as_secs_f64())
+        .execute(&mut conn)
+        .await?;
+        total += n as u64;
+        if n == 0 {
+            break;
+        }
+    }
+    if total > 0 {
+        tracing::info!(rows = total, "pruned event_handled past retention");
+    }
+    Ok(total)
+}
+
 /// Starts the scheduled jobs: the incremental rollup on `ROLLUP_CRON`, and the day close checked
 /// every minute (it runs once, right after midnight in the business time zone).
 pub async fn start_scheduler(
@@ -251,6 +284,11 @@ pub async fn start_scheduler(
                 let today = crate::apply::business_date(Utc::now(), config.time_zone);
                 if let Err(e) = close_day(&pool, &cache, &config, today).await {
                     tracing::warn!(error = %format!("{e:#}"), "closing the business day failed");
+                }
+                let retention =
+                    std::time::Duration::from_secs(config.event_handled_retention_hours * 3600);
+                if let Err(e) = prune_event_handled(&pool, retention, today).await {
+                    tracing::warn!(error = %format!("{e:#}"), "pruning event_handled failed");
                 }
             })
         })?)

@@ -6,6 +6,7 @@
 //! `supports/loadgen/run-benchmarks` runs every scenario in order.
 
 mod http;
+mod pipeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,6 +62,39 @@ enum Command {
         #[arg(long)]
         hot_stock: Option<i64>,
     },
+    /// Collector ingest: a topic pre-filled with EVENTS events, consume-only vs the collector.
+    Ingest {
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        server: String,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 10_000)]
+        products: u64,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: String,
+    },
+    /// Relay drain throughput of ROWS pending rows, then idle commit-to-publish latency.
+    Relay {
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        server: String,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value_t = 100_000)]
+        rows: i64,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: String,
+    },
+    /// Rollup of DAYS × PRODUCTS daily rows into weekly and monthly tables.
+    Rollup {
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        server: String,
+        #[arg(long, default_value_t = 100)]
+        days: i64,
+        #[arg(long, default_value_t = 10_000)]
+        products: i64,
+    },
     /// First-come coupon issuance: ATTEMPTS distinct users race for QUANTITY coupons.
     Coupons {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -108,6 +142,24 @@ async fn main() -> anyhow::Result<()> {
             )
             .await
         }
+        Command::Ingest {
+            server,
+            brokers,
+            events,
+            products,
+            bin_dir,
+        } => pipeline::ingest(&server, &brokers, events, products, &bin_dir).await,
+        Command::Relay {
+            server,
+            brokers,
+            rows,
+            bin_dir,
+        } => pipeline::relay(&server, &brokers, rows, &bin_dir).await,
+        Command::Rollup {
+            server,
+            days,
+            products,
+        } => pipeline::rollup(&server, days, products).await,
         Command::Coupons {
             api,
             database_url,

@@ -1,0 +1,82 @@
+//! The outbox relay publishes what the API commits: one message per outbox row, keyed by the
+//! aggregate, with `event_id`, `event_type` and the request's `traceparent` as headers, and
+//! marks each row published only after the broker acknowledged it.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::spawn_app;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn committed_events_reach_kafka_with_their_headers_and_are_marked() {
+    let app = spawn_app().await;
+    let product = app.product(app.brand().await, 1000, 10).await;
+    let (_, token) = app.user_with_points("buyer", 10_000).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let res = app
+        .client
+        .post(format!("{}/api/v1/orders", app.base))
+        .bearer_auth(&token)
+        .header("traceparent", traceparent)
+        .json(&json!({"items": [{"product_id": product, "quantity": 2}], "payment": {"method": "POINT"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(res.headers()["traceparent"], traceparent);
+    let order: serde_json::Value = res.json().await.unwrap();
+
+    let kafka = commerce_testkit::TestKafka::new().await;
+    let consumer: StreamConsumer = kafka
+        .settings
+        .consumer_config(&kafka.group("relay-check"))
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&app.state.config.order_topic])
+        .unwrap();
+    let mut seen = BTreeMap::new();
+    while seen.len() < 2 {
+        let msg = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .expect("published")
+            .unwrap();
+        let headers = msg.headers().unwrap();
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        };
+        let envelope: serde_json::Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
+        assert_eq!(msg.key(), Some(order["order_id"].to_string().as_bytes()));
+        assert_eq!(
+            header("event_id").unwrap(),
+            envelope["event_id"].as_str().unwrap()
+        );
+        assert_eq!(header("traceparent").as_deref(), Some(traceparent));
+        seen.insert(header("event_type").unwrap(), envelope);
+    }
+    assert_eq!(
+        seen.keys().collect::<Vec<_>>(),
+        ["OrderCreated", "OrderPaid"]
+    );
+    assert_eq!(seen["OrderPaid"]["payload"]["lines"][0]["quantity"], 2);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while app
+        .count("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+        .await
+        > 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "rows left unmarked");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

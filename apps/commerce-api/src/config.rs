@@ -18,7 +18,7 @@
 //! | `ORDER_TOPIC` | `order-events` | topic for order events |
 //! | `OUTBOX_RELAY_ENABLED` | `true` | run the outbox relay inside `serve` (one instance leads) |
 //! | `OUTBOX_POLL_INTERVAL_MS` | `500` | relay poll when no NOTIFY arrives |
-//! | `OUTBOX_BATCH_SIZE` | `500` | rows published per pass |
+//! | `OUTBOX_BATCH_SIZE` | `2000` | rows published per pass |
 //! | `OUTBOX_RETENTION_HOURS` | `168` | published rows kept this long, then purged |
 //! | `KAFKA_TOPIC_PARTITIONS` | `6` | partitions of topics the API creates |
 //! | `PRODUCT_CACHE_TTL_SECONDS` | `30` | Redis TTL of cached product details and list pages |
@@ -162,7 +162,7 @@ impl Config {
             product_cache_ttl_seconds: r.in_range("PRODUCT_CACHE_TTL_SECONDS", 30, 1..=3600)?,
             relay_enabled: r.or("OUTBOX_RELAY_ENABLED", true)?,
             relay_poll_interval_ms: r.in_range("OUTBOX_POLL_INTERVAL_MS", 500, 10..=60_000)?,
-            relay_batch_size: r.in_range("OUTBOX_BATCH_SIZE", 500, 1..=10_000)?,
+            relay_batch_size: r.in_range("OUTBOX_BATCH_SIZE", 2000, 1..=10_000)?,
             outbox_retention_hours: r.in_range("OUTBOX_RETENTION_HOURS", 168, 1..=24 * 365)?,
             topic_partitions: r.in_range("KAFKA_TOPIC_PARTITIONS", 6, 1..=1000)?,
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,

@@ -80,3 +80,58 @@ async fn committed_events_reach_kafka_with_their_headers_and_are_marked() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn two_api_instances_share_one_relay_and_every_row_is_published_once() {
+    let first = spawn_app().await;
+    let second = common::spawn_app_with(&[
+        ("DATABASE_URL", first.db.url.as_str()),
+        ("CATALOG_TOPIC", first.state.config.catalog_topic.as_str()),
+        ("ORDER_TOPIC", first.state.config.order_topic.as_str()),
+    ])
+    .await;
+    let product = first.product(first.brand().await, 10, 1000).await;
+    let (_, token) = first.user_with_points("buyer", 1_000_000).await;
+    for i in 0..20 {
+        let app = if i % 2 == 0 { &first } else { &second };
+        let (status, body) = app
+            .post("/api/v1/orders", Some(&token), json!({"items": [{"product_id": product, "quantity": 1}], "payment": {"method": "POINT"}}))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while first
+        .count("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+        .await
+        > 0
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rows left unpublished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let kafka = commerce_testkit::TestKafka::new().await;
+    let consumer: StreamConsumer = kafka
+        .settings
+        .consumer_config(&kafka.group("count"))
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&first.state.config.order_topic])
+        .unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    let mut messages = 0;
+    while let Ok(Ok(msg)) = tokio::time::timeout(
+        Duration::from_secs(if messages < 40 { 60 } else { 3 }),
+        consumer.recv(),
+    )
+    .await
+    {
+        let envelope: serde_json::Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
+        ids.insert(envelope["event_id"].as_str().unwrap().to_owned());
+        messages += 1;
+    }
+    assert_eq!(ids.len(), 40, "OrderCreated and OrderPaid of 20 orders");
+    assert_eq!(messages, 40, "one leader: nothing published twice");
+}

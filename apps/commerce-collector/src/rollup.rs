@@ -171,7 +171,7 @@ pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyh
         #[diesel(sql_type = Date)]
         business_date: NaiveDate,
     }
-    let since = since.at.unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    let since = since.at.unwrap_or(chrono::DateTime::<Utc>::UNIX_EPOCH);
     let days: Vec<Day> = diesel::sql_query(
         "SELECT DISTINCT business_date FROM product_metrics_daily WHERE updated_at >= $1 - interval '1 minute'",
     )

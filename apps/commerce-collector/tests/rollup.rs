@@ -126,3 +126,36 @@ async fn rollups_match_a_brute_force_sum_and_rerunning_changes_nothing() {
         "every product of every month is in its top 100"
     );
 }
+
+#[tokio::test]
+async fn a_scheduled_job_runs_once_per_period_across_instances() {
+    let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
+    let pool = commerce_db::pool(&db.url, 4).unwrap();
+    let slot = "2026-11-21T10:00";
+    // Two collectors firing the same slot at once.
+    let (a, b) = tokio::join!(
+        commerce_collector::rollup::scheduled_rollup(&pool, WEIGHTS, slot),
+        commerce_collector::rollup::scheduled_rollup(&pool, WEIGHTS, slot)
+    );
+    a.unwrap();
+    b.unwrap();
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let runs: N =
+        diesel::sql_query("SELECT count(*) AS n FROM scheduled_job_runs WHERE job = 'rollup'")
+            .get_result(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(runs.n, 1);
+    let finished: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM scheduled_job_runs WHERE finished_at IS NOT NULL",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(finished.n, 1);
+}

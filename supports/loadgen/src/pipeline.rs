@@ -325,7 +325,7 @@ pub async fn rollup(server: &str, days: i64, products: i64) -> anyhow::Result<()
     let first = NaiveDate::from_ymd_opt(2026, 1, 1).expect("valid date");
     diesel::sql_query(
         "INSERT INTO product_metrics_daily (business_date, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-         SELECT DATE '2026-01-01' + d, p, (d * p) % 50, (d + p) % 7, (d + p) % 3, (d * 3 + p) % 5, ((d * 3 + p) % 5) * 1000
+         SELECT DATE '2026-01-01' + d::int, p, (d * p) % 50, (d + p) % 7, (d + p) % 3, (d * 3 + p) % 5, ((d * 3 + p) % 5) * 1000
            FROM generate_series(0, $1 - 1) d, generate_series(1, $2) p",
     )
     .bind::<BigInt, _>(days)

@@ -17,6 +17,7 @@
 //! | `KAFKA_TOPIC_PARTITIONS` | `6` | partitions of topics the collector creates |
 //! | `COLLECTOR_GROUP_ID` | `commerce-collector` | consumer group |
 //! | `COLLECTOR_BATCH_SIZE` | `100` | events per batch transaction (1..=1000) |
+//! | `COLLECTOR_MAX_IN_FLIGHT` | `3` | batches applied concurrently (offsets still stored in order) |
 //! | `COLLECTOR_BATCH_WAIT_MS` | `200` | longest wait to fill a batch |
 //! | `COLLECTOR_CONSUME` | `true` | consume events (false: serve the ranking API only) |
 //! | `BUSINESS_TIME_ZONE` | `Asia/Seoul` | time zone of business dates |
@@ -48,6 +49,7 @@ pub struct Config {
     pub group_id: String,
     pub batch_size: usize,
     pub batch_wait_ms: u64,
+    pub max_in_flight: usize,
     pub consume: bool,
     pub time_zone: chrono_tz::Tz,
     pub weights: crate::ranking::Weights,
@@ -91,6 +93,7 @@ impl Config {
             group_id: r.string_or("COLLECTOR_GROUP_ID", "commerce-collector"),
             batch_size: r.in_range("COLLECTOR_BATCH_SIZE", 100, 1..=1000)?,
             batch_wait_ms: r.in_range("COLLECTOR_BATCH_WAIT_MS", 200, 1..=10_000)?,
+            max_in_flight: r.in_range("COLLECTOR_MAX_IN_FLIGHT", 3, 1..=32)?,
             consume: r.or("COLLECTOR_CONSUME", true)?,
             time_zone: r.or("BUSINESS_TIME_ZONE", chrono_tz::Asia::Seoul)?,
             weights: crate::ranking::Weights {

@@ -10,14 +10,20 @@
 //! - **Poison messages** (not JSON, unknown `event_type`, invalid payload) go to the source
 //!   topic's dead-letter topic with headers naming the error, partition and offset, are counted
 //!   and logged, and do not hold back the good events of their batch or their partition.
-//! - **Rebalances:** a batch is always finished (applied, or left unstored) before the next poll,
-//!   and the rebalance callback runs inside a poll, so a revoked partition never has a batch in
-//!   flight. Another member processing the same events later is harmless: `event_handled` is
-//!   shared by the group.
+//! - **Batches in flight:** up to `COLLECTOR_MAX_IN_FLIGHT` batches are applied at once, on
+//!   separate connections (one database backend per batch is the bottleneck otherwise), but
+//!   offsets are stored strictly in batch order, so a crash never leaves a stored offset ahead
+//!   of an uncommitted batch. Concurrent batches touching one product serialise on its row;
+//!   every statement locks rows in key order, so they cannot deadlock.
+//! - **Rebalances:** a batch in flight when its partition is revoked still commits, but its
+//!   offsets can no longer be stored; the partition's new owner redelivers those events and
+//!   `event_handled` (shared by the group, written in the same transaction) skips them, even
+//!   when both members apply them at the same moment (the second insert waits for the first's
+//!   commit and then conflicts).
 //! - **Broker outages:** librdkafka reconnects by itself; if the consumer keeps failing, it is
 //!   dropped and recreated (topics are re-created first, in case the broker lost them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use commerce_cache::Cache;
@@ -30,6 +36,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 
 use crate::config::Config;
 
@@ -136,12 +143,33 @@ async fn consume(
 
     let wait = Duration::from_millis(config.batch_wait_ms);
     let mut consecutive_errors = 0;
+    // Batches being applied, oldest first, each with the offsets it completes. Several may be in
+    // flight (on separate connections), but offsets are stored strictly in batch order: a
+    // batch's offsets only once it *and every batch before it* committed.
+    let mut in_flight: VecDeque<(JoinHandle<bool>, TopicPartitionList)> = VecDeque::new();
     loop {
+        while in_flight.front().is_some_and(|(h, _)| h.is_finished())
+            || in_flight.len() >= config.max_in_flight
+        {
+            let (handle, offsets) = in_flight.pop_front().expect("checked non-empty");
+            if !handle.await.unwrap_or(false) {
+                // Stopped before it committed: leave its offsets (and later ones) unstored.
+                return Ok(());
+            }
+            store(&consumer, &offsets);
+        }
         let first = tokio::select! {
             m = consumer.recv() => m,
             _ = shutdown.changed() => {
-                // Commit what was stored, synchronously, before leaving the group.
-                // (A short blocking call, acceptable once at shutdown.)
+                // Let the batches in flight finish (or stop), storing what committed in order,
+                // then commit synchronously before leaving the group (a short blocking call,
+                // acceptable once at shutdown).
+                while let Some((handle, offsets)) = in_flight.pop_front() {
+                    if !handle.await.unwrap_or(false) {
+                        break;
+                    }
+                    store(&consumer, &offsets);
+                }
                 let _ = consumer.commit_consumer_state(CommitMode::Sync);
                 return Ok(());
             }
@@ -169,10 +197,6 @@ async fn consume(
                 Err(_) => break,
             }
         }
-        if !process(config, pool, cache, &dlq, &batch, shutdown).await {
-            // Stopped before the batch committed: leave its offsets unstored.
-            return Ok(());
-        }
         let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in &batch {
             let e = next
@@ -180,14 +204,29 @@ async fn consume(
                 .or_insert(0);
             *e = (*e).max(m.offset() + 1);
         }
-        let mut tpl = TopicPartitionList::new();
+        let mut offsets = TopicPartitionList::new();
         for ((topic, partition), offset) in next {
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
+            offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
         }
-        if let Err(e) = consumer.store_offsets(&tpl) {
-            // A partition revoked meanwhile: its new owner redelivers, event_handled absorbs it.
-            tracing::debug!(error = %e, "could not store offsets");
-        }
+        let (config, pool, cache, dlq, mut stop) = (
+            config.clone(),
+            pool.clone(),
+            cache.clone(),
+            dlq.clone(),
+            shutdown.clone(),
+        );
+        let handle =
+            tokio::spawn(
+                async move { process(&config, &pool, &cache, &dlq, &batch, &mut stop).await },
+            );
+        in_flight.push_back((handle, offsets));
+    }
+}
+
+fn store(consumer: &StreamConsumer<RebalanceLogger>, offsets: &TopicPartitionList) {
+    if let Err(e) = consumer.store_offsets(offsets) {
+        // A partition revoked meanwhile: its new owner redelivers, event_handled absorbs it.
+        tracing::debug!(error = %e, "could not store offsets");
     }
 }
 

@@ -38,14 +38,13 @@ async fn main() -> anyhow::Result<()> {
             let app = commerce_api::startup::Application::build(config).await?;
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
-        Command::Migrate => commerce_api::startup::migrate(&config).await,
+        Command::Migrate => {
+            commerce_db::migrate(&config.database_url, commerce_api::MIGRATIONS).await
+        }
         Command::Relay => {
             let pool = commerce_db::pool(&config.database_url, 4)?;
-            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            tokio::spawn(async move {
-                commerce_web::shutdown_signal().await;
-                let _ = stop_tx.send(true);
-            });
+            let (stop_rx, stop) = commerce_web::stop_flag(commerce_web::shutdown_signal());
+            tokio::spawn(stop);
             commerce_api::relay::run(config.relay(), pool, stop_rx).await;
             Ok(())
         }

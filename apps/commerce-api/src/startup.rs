@@ -104,7 +104,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (stop_rx, stop) = commerce_web::stop_flag(shutdown);
         let relay = self.state.config.relay_enabled.then(|| {
             tokio::spawn(crate::relay::run(
                 self.state.config.relay(),
@@ -112,10 +112,6 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
-        let stop = async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        };
         tracing::info!(addr = %self.listener.local_addr()?, "commerce-api listening");
         commerce_web::serve(self.listener, self.router, stop).await?;
         if let Some(relay) = relay {
@@ -133,14 +129,4 @@ fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
     commerce_web::with_platform_routes(api, dependencies, body_limit)
         .layer(axum::middleware::from_fn(crate::trace::propagate))
         .with_state(state)
-}
-
-/// `commerce-api migrate`: creates the database if missing and applies pending migrations.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    if commerce_db::create_database_if_missing(&config.database_url).await? {
-        tracing::info!("created the API database");
-    }
-    let applied = commerce_db::run_migrations(&config.database_url, crate::MIGRATIONS).await?;
-    tracing::info!(count = applied.len(), versions = ?applied, "migrations applied");
-    Ok(())
 }

@@ -47,7 +47,9 @@ async fn main() -> anyhow::Result<()> {
             let app = commerce_collector::startup::Application::build(config).await?;
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
-        Command::Migrate => commerce_collector::startup::migrate(&config).await,
+        Command::Migrate => {
+            commerce_db::migrate(&config.database_url, commerce_collector::MIGRATIONS).await
+        }
         Command::Rollup { from, to } => {
             let pool = commerce_db::pool(&config.database_url, 2)?;
             let mut conn = pool.get().await?;

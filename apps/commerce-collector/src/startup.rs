@@ -71,7 +71,7 @@ impl Application {
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (stop_rx, stop) = commerce_web::stop_flag(shutdown);
         let config = self.state.config.clone();
         let consumer = config.consume.then(|| {
             tokio::spawn(crate::consumer::run(
@@ -107,10 +107,6 @@ impl Application {
                 tracing::warn!(error = %format!("{e:#}"), "could not rebuild today's ranking in Redis");
             }
         });
-        let stop = async move {
-            shutdown.await;
-            let _ = stop_tx.send(true);
-        };
         tracing::info!(addr = %self.listener.local_addr()?, "commerce-collector listening");
         commerce_web::serve(self.listener, self.router, stop).await?;
         if let Some(consumer) = consumer {
@@ -137,14 +133,4 @@ fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
             get(crate::ranking::product_metrics),
         );
     commerce_web::with_platform_routes(api, dependencies, body_limit).with_state(state)
-}
-
-/// `commerce-collector migrate`: creates the database if missing and applies pending migrations.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    if commerce_db::create_database_if_missing(&config.database_url).await? {
-        tracing::info!("created the collector database");
-    }
-    let applied = commerce_db::run_migrations(&config.database_url, crate::MIGRATIONS).await?;
-    tracing::info!(count = applied.len(), versions = ?applied, "migrations applied");
-    Ok(())
 }

@@ -123,6 +123,20 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// `<app> migrate`: creates the database named in `url` if it is missing, then applies the
+/// pending migrations.
+pub async fn migrate(url: &str, migrations: EmbeddedMigrations) -> anyhow::Result<()> {
+    if create_database_if_missing(url).await? {
+        tracing::info!(
+            database = database_name(url).unwrap_or_default(),
+            "created the database"
+        );
+    }
+    let applied = run_migrations(url, migrations).await?;
+    tracing::info!(count = applied.len(), versions = ?applied, "migrations applied");
+    Ok(())
+}
+
 /// A stable advisory-lock key for `name`.
 fn lock_key(name: &str) -> i64 {
     // FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.

@@ -16,7 +16,7 @@ mod serve;
 pub use json::Json;
 pub use problem::{FieldError, Problem, route_not_found};
 pub use query::{Path, Query};
-pub use serve::{serve, shutdown_signal};
+pub use serve::{serve, shutdown_signal, stop_flag};
 
 use axum::Router;
 use axum::routing::get;

@@ -37,3 +37,19 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// Turns a shutdown future into a broadcast flag for background tasks plus a future for
+/// [`serve`]: when `shutdown` resolves, the flag turns true and the server starts draining.
+pub fn stop_flag(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> (
+    tokio::sync::watch::Receiver<bool>,
+    impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    };
+    (rx, stop)
+}

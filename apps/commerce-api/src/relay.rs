@@ -267,11 +267,7 @@ struct Publisher {
 
 impl Publisher {
     async fn new(config: &RelayConfig) -> anyhow::Result<Self> {
-        let topics: Vec<(&str, i32)> = vec![
-            (config.topics.catalog.as_str(), config.partitions),
-            (config.topics.order.as_str(), config.partitions),
-        ];
-        config.kafka.ensure_topics(&topics).await?;
+        ensure_topics(config).await?;
         let mut c = config.kafka.producer_config();
         // Fail a send within the poll cadence of a broker outage rather than after minutes.
         c.set("message.timeout.ms", "10000");
@@ -347,16 +343,21 @@ impl Publisher {
             }
             return;
         }
-        let topics: Vec<(&str, i32)> = vec![
-            (config.topics.catalog.as_str(), config.partitions),
-            (config.topics.order.as_str(), config.partitions),
-        ];
-        let _ = config.kafka.ensure_topics(&topics).await;
+        let _ = ensure_topics(config).await;
     }
 
     fn flush(&self) {
         let _ = self.producer.flush(Duration::from_secs(5));
     }
+}
+
+/// Creates the relay's topics if the broker does not have them (a broker that lost its data).
+async fn ensure_topics(config: &RelayConfig) -> anyhow::Result<()> {
+    let topics = [
+        (config.topics.catalog.as_str(), config.partitions),
+        (config.topics.order.as_str(), config.partitions),
+    ];
+    config.kafka.ensure_topics(&topics).await
 }
 
 async fn report_backlog(pool: &Pool) {

@@ -123,32 +123,8 @@ pub async fn refresh_daily(
             .filter(|(d, _)| *d == day)
             .map(|(_, p)| *p)
             .collect();
-        let scores: Vec<Scored> = diesel::sql_query(
-            "SELECT m.product_id,
-                    ($3 * m.view_count + $4 * m.like_count + $5 * m.sales_quantity
-                      + coalesce(c.score, 0))::float8 AS score
-               FROM product_metrics_daily m
-               LEFT JOIN ranking_carryover c ON c.business_date = m.business_date AND c.product_id = m.product_id
-              WHERE m.business_date = $1 AND m.product_id = ANY($2)",
-        )
-        .bind::<Date, _>(day)
-        .bind::<diesel::sql_types::Array<BigInt>, _>(&products)
-        .bind::<Double, _>(weights.view)
-        .bind::<Double, _>(weights.like)
-        .bind::<Double, _>(weights.order)
-        .load(conn)
-        .await?;
-        if scores.is_empty() {
-            continue;
-        }
-        let key = daily_key(cache, day);
-        let mut redis = cache.conn().await?;
-        let mut pipe = redis::pipe();
-        for s in &scores {
-            pipe.zadd(&key, s.product_id, s.score).ignore();
-        }
-        pipe.expire(&key, 2 * 24 * 3600).ignore();
-        let () = pipe.query_async(&mut redis).await?;
+        let scores = daily_scores(conn, weights, day, Some(&products)).await?;
+        write_scores(cache, day, &scores, false).await?;
     }
     Ok(())
 }
@@ -196,23 +172,51 @@ pub async fn rebuild_daily(
     weights: Weights,
     day: NaiveDate,
 ) -> anyhow::Result<()> {
-    let scores: Vec<Scored> = diesel::sql_query(
+    let scores = daily_scores(conn, weights, day, None).await?;
+    write_scores(cache, day, &scores, true).await
+}
+
+/// A day's live scores (figures plus carry-over), for `products` or for every product.
+async fn daily_scores(
+    conn: &mut AsyncPgConnection,
+    weights: Weights,
+    day: NaiveDate,
+    products: Option<&[i64]>,
+) -> anyhow::Result<Vec<Scored>> {
+    Ok(diesel::sql_query(
         "SELECT m.product_id,
-                ($2 * m.view_count + $3 * m.like_count + $4 * m.sales_quantity + coalesce(c.score, 0))::float8 AS score
+                ($3 * m.view_count + $4 * m.like_count + $5 * m.sales_quantity
+                  + coalesce(c.score, 0))::float8 AS score
            FROM product_metrics_daily m
            LEFT JOIN ranking_carryover c ON c.business_date = m.business_date AND c.product_id = m.product_id
-          WHERE m.business_date = $1",
+          WHERE m.business_date = $1 AND ($2::bigint[] IS NULL OR m.product_id = ANY($2))",
     )
     .bind::<Date, _>(day)
+    .bind::<Nullable<diesel::sql_types::Array<BigInt>>, _>(products)
     .bind::<Double, _>(weights.view)
     .bind::<Double, _>(weights.like)
     .bind::<Double, _>(weights.order)
     .load(conn)
-    .await?;
+    .await?)
+}
+
+/// Sets `scores` in the day's sorted set; `replace` empties the set first (in one MULTI).
+async fn write_scores(
+    cache: &Cache,
+    day: NaiveDate,
+    scores: &[Scored],
+    replace: bool,
+) -> anyhow::Result<()> {
+    if scores.is_empty() && !replace {
+        return Ok(());
+    }
     let key = daily_key(cache, day);
     let mut redis = cache.conn().await?;
     let mut pipe = redis::pipe();
-    pipe.atomic().del(&key).ignore();
+    pipe.atomic();
+    if replace {
+        pipe.del(&key).ignore();
+    }
     for chunk in scores.chunks(1000) {
         let members: Vec<(f64, i64)> = chunk.iter().map(|s| (s.score, s.product_id)).collect();
         pipe.zadd_multiple(&key, &members).ignore();

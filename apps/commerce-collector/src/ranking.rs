@@ -201,6 +201,7 @@ async fn daily_scores(
 }
 
 /// Sets `scores` in the day's sorted set; `replace` empties the set first (in one MULTI).
+/// Plain updates need no MULTI: each ZADD sets an absolute score.
 async fn write_scores(
     cache: &Cache,
     day: NaiveDate,
@@ -213,9 +214,9 @@ async fn write_scores(
     let key = daily_key(cache, day);
     let mut redis = cache.conn().await?;
     let mut pipe = redis::pipe();
-    pipe.atomic();
     if replace {
-        pipe.del(&key).ignore();
+        // Emptying and refilling must look like one step to readers.
+        pipe.atomic().del(&key).ignore();
     }
     for chunk in scores.chunks(1000) {
         let members: Vec<(f64, i64)> = chunk.iter().map(|s| (s.score, s.product_id)).collect();

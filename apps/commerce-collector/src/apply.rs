@@ -106,7 +106,11 @@ fn effects(envelope: &Envelope, tz: Tz) -> Vec<(NaiveDate, i64, Delta)> {
             -1,
             c.paid_at.map_or(day, |p| business_date(p, tz)),
         ),
+        // Only `OrderPaid` is a sale: a failed card payment never produced one, and a completed
+        // one is counted from the `OrderPaid` committed with it.
         Event::OrderCancelled(_)
+        | Event::PaymentCompleted(_)
+        | Event::PaymentFailed(_)
         | Event::OrderCreated(_)
         | Event::ProductCreated(_)
         | Event::ProductUpdated(_) => Vec::new(),
@@ -371,5 +375,28 @@ mod tests {
             unreachable!()
         };
         assert!(effects(&Envelope::new(Event::OrderCreated(o)), chrono_tz::UTC).is_empty());
+    }
+
+    #[test]
+    fn payment_events_are_not_sales() {
+        let settled = commerce_events::PaymentSettled {
+            order_id: 1,
+            user_id: 1,
+            amount: 100,
+            payment_method: "CARD".into(),
+            transaction_key: Some("20261121:TR:9577c5".into()),
+            reason: Some("limit exceeded".into()),
+            lines: vec![OrderLine {
+                product_id: 5,
+                quantity: 1,
+                unit_price: 100,
+            }],
+        };
+        for event in [
+            Event::PaymentFailed(settled.clone()),
+            Event::PaymentCompleted(settled),
+        ] {
+            assert!(effects(&Envelope::new(event), chrono_tz::UTC).is_empty());
+        }
     }
 }

@@ -91,6 +91,10 @@ pub enum Event {
     OrderPaid(OrderPlaced),
     /// An order was cancelled; `was_paid` tells the collector whether to subtract a sale.
     OrderCancelled(OrderCancelled),
+    /// A card payment succeeded. Emitted with `OrderPaid` (which is what counts as the sale).
+    PaymentCompleted(PaymentSettled),
+    /// A card payment failed: the order's stock, coupon and points were given back. Not a sale.
+    PaymentFailed(PaymentSettled),
 }
 
 impl Event {
@@ -105,6 +109,8 @@ impl Event {
             Event::OrderCreated(_) => "OrderCreated",
             Event::OrderPaid(_) => "OrderPaid",
             Event::OrderCancelled(_) => "OrderCancelled",
+            Event::PaymentCompleted(_) => "PaymentCompleted",
+            Event::PaymentFailed(_) => "PaymentFailed",
         }
     }
 
@@ -124,9 +130,11 @@ impl Event {
             | Event::ProductLiked(_)
             | Event::ProductUnliked(_)
             | Event::ProductViewed(_) => Stream::Catalog,
-            Event::OrderCreated(_) | Event::OrderPaid(_) | Event::OrderCancelled(_) => {
-                Stream::Order
-            }
+            Event::OrderCreated(_)
+            | Event::OrderPaid(_)
+            | Event::OrderCancelled(_)
+            | Event::PaymentCompleted(_)
+            | Event::PaymentFailed(_) => Stream::Order,
         }
     }
 
@@ -138,6 +146,7 @@ impl Event {
             Event::ProductViewed(v) => v.product_id,
             Event::OrderCreated(o) | Event::OrderPaid(o) => o.order_id,
             Event::OrderCancelled(c) => c.order_id,
+            Event::PaymentCompleted(p) | Event::PaymentFailed(p) => p.order_id,
         }
     }
 }
@@ -208,6 +217,25 @@ pub struct OrderCancelled {
         with = "opt_rfc3339_utc"
     )]
     pub paid_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of an order's card payment (for `PaymentCompleted` and `PaymentFailed`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentSettled {
+    pub order_id: i64,
+    pub user_id: i64,
+    /// The amount charged (or that failed to be charged), in won.
+    pub amount: i64,
+    /// `CARD`.
+    pub payment_method: String,
+    /// The gateway's transaction, when the gateway received the payment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_key: Option<String>,
+    /// Why a payment failed (`limit exceeded`, `invalid card`, …); absent on success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The lines whose stock was reserved (and, on failure, restored).
+    pub lines: Vec<OrderLine>,
 }
 
 mod rfc3339_utc {

@@ -3,23 +3,68 @@
 //! | variable | default | meaning |
 //! | --- | --- | --- |
 //! | `HTTP_ADDR` | `127.0.0.1:8082` | listen address (`0.0.0.0:8082` in containers) |
+//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/pg_simulator` | the simulator's own database |
+//! | `DATABASE_POOL_SIZE` | `8` | pooled connections |
+//! | `PG_SIM_SEED` | unset (random) | fixed seed: the same requests draw the same outcomes |
+//! | `PG_SIM_LATENCY_MIN_MS` / `PG_SIM_LATENCY_MAX_MS` | `100` / `500` | how long a payment request takes |
+//! | `PG_SIM_REQUEST_FAILURE_RATE` | `0.4` | share of requests answered HTTP 500 (nothing recorded) |
+//! | `PG_SIM_SETTLE_MIN_MS` / `PG_SIM_SETTLE_MAX_MS` | `1000` / `5000` | delay until an accepted payment is settled |
+//! | `PG_SIM_SUCCESS_RATE` | `0.7` | share of settlements that succeed |
+//! | `PG_SIM_LIMIT_EXCEEDED_RATE` | `0.2` | share failed with `limit exceeded`; the rest fail with `invalid card` |
+//! | `PG_SIM_CALLBACK_DROP_RATE` | `0.1` | share of callbacks deliberately never sent |
 
 use std::net::SocketAddr;
 
-use commerce_config::{ConfigError, Reader};
+use commerce_config::{ConfigError, Reader, Source};
+
+use crate::behaviour::Behaviour;
 
 /// Everything the simulator reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub http_addr: SocketAddr,
+    pub database_url: String,
+    pub database_pool_size: usize,
+    pub seed: Option<u64>,
+    pub behaviour: Behaviour,
 }
 
 impl Config {
     /// Reads and validates the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        let r = Reader::default();
+        Self::read(&Reader::default())
+    }
+
+    /// Reads and validates configuration from any source.
+    pub fn read<S: Source>(r: &Reader<S>) -> Result<Self, ConfigError> {
+        let d = Behaviour::default();
+        let rate = |name: &str, default: f64| r.in_range(name, default, 0.0..=1.0);
+        let ms = |name: &str, default: u64| r.in_range(name, default, 0..=600_000);
+        let behaviour = Behaviour {
+            latency_min_ms: ms("PG_SIM_LATENCY_MIN_MS", d.latency_min_ms)?,
+            latency_max_ms: ms("PG_SIM_LATENCY_MAX_MS", d.latency_max_ms)?,
+            request_failure_rate: rate("PG_SIM_REQUEST_FAILURE_RATE", d.request_failure_rate)?,
+            settle_min_ms: ms("PG_SIM_SETTLE_MIN_MS", d.settle_min_ms)?,
+            settle_max_ms: ms("PG_SIM_SETTLE_MAX_MS", d.settle_max_ms)?,
+            success_rate: rate("PG_SIM_SUCCESS_RATE", d.success_rate)?,
+            limit_exceeded_rate: rate("PG_SIM_LIMIT_EXCEEDED_RATE", d.limit_exceeded_rate)?,
+            callback_drop_rate: rate("PG_SIM_CALLBACK_DROP_RATE", d.callback_drop_rate)?,
+        };
+        behaviour
+            .validate()
+            .map_err(|reason| ConfigError::new("PG_SIM_*", reason))?;
         Ok(Self {
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
+            database_url: commerce_db::validate_url(
+                "DATABASE_URL",
+                r.string_or(
+                    "DATABASE_URL",
+                    "postgres://postgres@127.0.0.1:5432/pg_simulator",
+                ),
+            )?,
+            database_pool_size: r.in_range("DATABASE_POOL_SIZE", 8, 1..=256)?,
+            seed: r.optional("PG_SIM_SEED")?,
+            behaviour,
         })
     }
 }

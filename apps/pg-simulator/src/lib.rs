@@ -1,28 +1,85 @@
 //! A payment-gateway simulator: the API's card payments go through it in development and tests.
+//!
+//! It behaves like a real card gateway, unreliably: a payment request takes 100–500 ms and fails
+//! with HTTP 500 40% of the time (recording nothing); an accepted payment is `PENDING`, settled
+//! 1–5 s later (70% `SUCCESS`, 20% `FAILED` "limit exceeded", 10% `FAILED` "invalid card"), and
+//! the result is POSTed once to the payment's `callback_url`, never retried, and sometimes
+//! deliberately not sent at all. Every rate is a dial ([`behaviour::Behaviour`]); a fixed seed
+//! makes the dice reproducible. Accepted payments live in the simulator's own database, so a
+//! restart forgets nothing: overdue payments are settled as soon as it is back.
 
+pub mod behaviour;
 pub mod config;
+pub mod payments;
+pub mod schema;
+
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::routing::{get, post};
+use commerce_db::{DbCheck, Pool};
+use commerce_web::health::Dependency;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 use tokio::net::TcpListener;
 
+use crate::behaviour::Dice;
 use crate::config::Config;
+
+/// The simulator's migrations, compiled in.
+pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
+
+/// The simulator's shared state.
+pub struct Simulator {
+    pub db: Pool,
+    pub dice: Dice,
+    http: reqwest::Client,
+}
 
 /// A built, bound, not yet running simulator.
 pub struct Application {
     listener: TcpListener,
     router: Router,
+    sim: Arc<Simulator>,
 }
 
 impl Application {
-    /// Binds `config.http_addr` and builds the router.
+    /// Connects the pool, binds `config.http_addr` and builds the router.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         commerce_telemetry::metrics_handle();
+        let db = commerce_db::pool(&config.database_url, config.database_pool_size)?;
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("binding {}", config.http_addr))?;
-        let router = commerce_web::with_platform_routes(Router::new(), Vec::new(), 64 * 1024);
-        Ok(Self { listener, router })
+        let http = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(1))
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        let sim = Arc::new(Simulator {
+            db: db.clone(),
+            dice: Dice::new(config.behaviour, config.seed),
+            http,
+        });
+        let api = Router::new()
+            .route(
+                "/api/v1/payments",
+                post(payments::request_payment).get(payments::list_payments),
+            )
+            .route(
+                "/api/v1/payments/{transaction_key}",
+                get(payments::get_payment),
+            )
+            .with_state(sim.clone());
+        let router = commerce_web::with_platform_routes(
+            api,
+            vec![Dependency::critical(DbCheck(db))],
+            64 * 1024,
+        );
+        Ok(Self {
+            listener,
+            router,
+            sim,
+        })
     }
 
     /// The bound port.
@@ -33,13 +90,21 @@ impl Application {
             .unwrap_or_default()
     }
 
-    /// Serves until `shutdown` resolves.
+    /// The running simulator: its dials and its database.
+    pub fn simulator(&self) -> Arc<Simulator> {
+        self.sim.clone()
+    }
+
+    /// Serves, and settles payments in the background, until `shutdown` resolves.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let (stop_rx, stop) = commerce_web::stop_flag(shutdown);
+        let settler = tokio::spawn(payments::run_settler(self.sim.clone(), stop_rx));
         tracing::info!(addr = %self.listener.local_addr()?, "pg-simulator listening");
-        commerce_web::serve(self.listener, self.router, shutdown).await?;
+        commerce_web::serve(self.listener, self.router, stop).await?;
+        let _ = settler.await;
         Ok(())
     }
 }

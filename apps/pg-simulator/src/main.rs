@@ -12,9 +12,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the gateway API. The default.
+    /// Serve the gateway API and settle payments. The default.
     Serve,
-    /// Apply pending migrations, then exit (nothing to migrate yet).
+    /// Create the database if it is missing and apply pending migrations, then exit.
     Migrate,
 }
 
@@ -34,6 +34,8 @@ async fn main() -> anyhow::Result<()> {
             let app = pg_simulator::Application::build(config).await?;
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
-        Command::Migrate => Ok(()),
+        Command::Migrate => {
+            commerce_db::migrate(&config.database_url, pg_simulator::MIGRATIONS).await
+        }
     }
 }

@@ -1,0 +1,370 @@
+//! The gateway's HTTP API: request a payment, read one, list an order's payments.
+//!
+//! Every route needs the `X-USER-ID` header; a payment is visible only to the user who made it
+//! (anyone else gets 404, as if it did not exist).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use commerce_web::{FieldError, Json, Path, Problem, Query};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
+
+use crate::Simulator;
+use crate::schema::payments;
+
+const CARD_TYPES: [&str; 3] = ["SAMSUNG", "KB", "HYUNDAI"];
+const MAX_ID_LEN: usize = 64;
+const MAX_URL_LEN: usize = 2048;
+
+type Result<T> = std::result::Result<T, Problem>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRequest {
+    order_id: String,
+    card_type: String,
+    card_no: String,
+    amount: i64,
+    callback_url: String,
+}
+
+#[derive(Serialize)]
+pub struct Accepted {
+    transaction_key: String,
+    status: &'static str,
+    reason: Option<String>,
+}
+
+/// A payment as the gateway shows it (card number masked). Also the callback's body.
+#[derive(Serialize, Queryable, Clone, Debug)]
+pub struct Transaction {
+    pub transaction_key: String,
+    pub order_id: String,
+    pub card_type: String,
+    pub card_no: String,
+    pub amount: i64,
+    pub status: String,
+    pub reason: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct OrderTransactions {
+    order_id: String,
+    transactions: Vec<Transaction>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderQuery {
+    order_id: String,
+}
+
+fn columns() -> (
+    payments::transaction_key,
+    payments::order_id,
+    payments::card_type,
+    payments::card_no,
+    payments::amount,
+    payments::status,
+    payments::reason,
+) {
+    (
+        payments::transaction_key,
+        payments::order_id,
+        payments::card_type,
+        payments::card_no,
+        payments::amount,
+        payments::status,
+        payments::reason,
+    )
+}
+
+fn user_id(headers: &HeaderMap) -> Result<String> {
+    headers
+        .get("x-user-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.len() <= MAX_ID_LEN)
+        .map(str::to_owned)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "USER_ID_REQUIRED",
+                "the X-USER-ID header is required",
+            )
+        })
+}
+
+fn is_card_no(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 4
+        && groups
+            .iter()
+            .all(|g| g.len() == 4 && g.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// `1234-5678-9012-3456` → `1234-****-****-3456`.
+pub fn mask(card_no: &str) -> String {
+    format!("{}-****-****-{}", &card_no[..4], &card_no[15..])
+}
+
+fn validate(req: &PaymentRequest) -> Result<()> {
+    let mut errors = Vec::new();
+    if req.order_id.trim().is_empty() || req.order_id.len() > MAX_ID_LEN {
+        errors.push(FieldError::new(
+            "order_id",
+            format!("must be 1-{MAX_ID_LEN} characters"),
+        ));
+    }
+    if !CARD_TYPES.contains(&req.card_type.as_str()) {
+        errors.push(FieldError::new(
+            "card_type",
+            "must be SAMSUNG, KB or HYUNDAI",
+        ));
+    }
+    if !is_card_no(&req.card_no) {
+        errors.push(FieldError::new(
+            "card_no",
+            "must look like ####-####-####-####",
+        ));
+    }
+    if req.amount <= 0 {
+        errors.push(FieldError::new("amount", "must be positive"));
+    }
+    let url_ok = (req.callback_url.starts_with("http://")
+        || req.callback_url.starts_with("https://"))
+        && req.callback_url.len() <= MAX_URL_LEN
+        && reqwest::Url::parse(&req.callback_url).is_ok();
+    if !url_ok {
+        errors.push(FieldError::new("callback_url", "must be an http(s) URL"));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Problem::validation(errors))
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "pg-simulator request failed");
+    Problem::internal()
+}
+
+/// Accepts a payment (after a simulated delay) or fails with HTTP 500, recording nothing.
+pub async fn request_payment(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    Json(req): Json<PaymentRequest>,
+) -> Result<Json<Accepted>> {
+    let user = user_id(&headers)?;
+    validate(&req)?;
+    let (latency, fails) = sim.dice.request();
+    tokio::time::sleep(latency).await;
+    if fails {
+        metrics::counter!("pg_sim_requests_total", "outcome" => "failed").increment(1);
+        return Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "GATEWAY_ERROR",
+            "the gateway could not process the request; try again",
+        ));
+    }
+    let settle_at =
+        Utc::now() + chrono::Duration::from_std(sim.dice.settlement_delay()).unwrap_or_default();
+    let mut conn = sim.db.get().await.map_err(internal)?;
+    // Six hex digits collide now and then: draw again.
+    for _ in 0..8 {
+        let key = format!(
+            "{}:TR:{}",
+            Utc::now().format("%Y%m%d"),
+            sim.dice.key_suffix()
+        );
+        let inserted = diesel::insert_into(payments::table)
+            .values((
+                payments::transaction_key.eq(&key),
+                payments::user_id.eq(&user),
+                payments::order_id.eq(&req.order_id),
+                payments::card_type.eq(&req.card_type),
+                payments::card_no.eq(mask(&req.card_no)),
+                payments::amount.eq(req.amount),
+                payments::callback_url.eq(&req.callback_url),
+                payments::settle_at.eq(settle_at),
+            ))
+            .on_conflict_do_nothing()
+            .execute(&mut conn)
+            .await
+            .map_err(internal)?;
+        if inserted == 1 {
+            metrics::counter!("pg_sim_requests_total", "outcome" => "accepted").increment(1);
+            tracing::info!(transaction_key = %key, order_id = %req.order_id, amount = req.amount, "payment accepted");
+            return Ok(Json(Accepted {
+                transaction_key: key,
+                status: "PENDING",
+                reason: None,
+            }));
+        }
+    }
+    Err(internal("no free transaction key"))
+}
+
+/// One payment, if it is the caller's.
+pub async fn get_payment(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Transaction>> {
+    let user = user_id(&headers)?;
+    let mut conn = sim.db.get().await.map_err(internal)?;
+    payments::table
+        .filter(payments::transaction_key.eq(&key))
+        .filter(payments::user_id.eq(&user))
+        .select(columns())
+        .first(&mut conn)
+        .await
+        .optional()
+        .map_err(internal)?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found("PAYMENT_NOT_FOUND", "no such payment"))
+}
+
+/// Every payment the caller made for one order, oldest first (empty when there is none).
+pub async fn list_payments(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    Query(q): Query<OrderQuery>,
+) -> Result<Json<OrderTransactions>> {
+    let user = user_id(&headers)?;
+    let mut conn = sim.db.get().await.map_err(internal)?;
+    let transactions = payments::table
+        .filter(payments::user_id.eq(&user))
+        .filter(payments::order_id.eq(&q.order_id))
+        .order(payments::created_at)
+        .select(columns())
+        .load(&mut conn)
+        .await
+        .map_err(internal)?;
+    Ok(Json(OrderTransactions {
+        order_id: q.order_id,
+        transactions,
+    }))
+}
+
+/// A due payment picked for settlement.
+#[derive(Queryable)]
+struct Due {
+    transaction: Transaction,
+    callback_url: String,
+}
+
+/// Settles every payment whose time has come (up to `limit`), then sends each one callback.
+/// Returns how many were settled. Safe with several simulators on one database: rows are
+/// claimed with `SKIP LOCKED`.
+pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
+    use diesel_async::AsyncConnection;
+    let mut conn = sim.db.get().await?;
+    let settled = conn
+        .transaction::<_, diesel::result::Error, _>(async |conn| {
+            let due: Vec<Due> = payments::table
+                .filter(payments::status.eq("PENDING"))
+                .filter(payments::settle_at.le(diesel::dsl::now))
+                .order(payments::settle_at)
+                .limit(limit)
+                .select((columns(), payments::callback_url))
+                .for_update()
+                .skip_locked()
+                .load(conn)
+                .await?;
+            let mut settled = Vec::with_capacity(due.len());
+            for mut d in due {
+                let (status, reason) = match sim.dice.outcome() {
+                    crate::behaviour::Outcome::Success => ("SUCCESS", None),
+                    crate::behaviour::Outcome::Failed(r) => ("FAILED", Some(r)),
+                };
+                let drop = sim.dice.drop_callback();
+                diesel::update(payments::table.find(&d.transaction.transaction_key))
+                    .set((
+                        payments::status.eq(status),
+                        payments::reason.eq(reason),
+                        payments::settled_at.eq(diesel::dsl::now),
+                        payments::callback_status.eq(drop.then_some("DROPPED")),
+                    ))
+                    .execute(conn)
+                    .await?;
+                d.transaction.status = status.to_owned();
+                d.transaction.reason = reason.map(str::to_owned);
+                metrics::counter!("pg_sim_settlements_total", "status" => status).increment(1);
+                settled.push((d, drop));
+            }
+            Ok(settled)
+        })
+        .await?;
+    drop(conn);
+    let n = settled.len();
+    for (due, dropped) in settled {
+        if dropped {
+            metrics::counter!("pg_sim_callbacks_total", "outcome" => "dropped").increment(1);
+            continue;
+        }
+        let sim_http = sim.http.clone();
+        let db = sim.db.clone();
+        tokio::spawn(async move {
+            let key = due.transaction.transaction_key.clone();
+            let sent = sim_http
+                .post(&due.callback_url)
+                .json(&due.transaction)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            let outcome = match &sent {
+                Ok(_) => "SENT",
+                Err(e) => {
+                    tracing::info!(transaction_key = %key, error = %e, "callback not delivered (not retried)");
+                    "FAILED"
+                }
+            };
+            metrics::counter!("pg_sim_callbacks_total", "outcome" => outcome).increment(1);
+            if let Ok(mut conn) = db.get().await {
+                let _ = diesel::update(payments::table.find(&key))
+                    .set(payments::callback_status.eq(outcome))
+                    .execute(&mut conn)
+                    .await;
+            }
+        });
+    }
+    Ok(n)
+}
+
+/// The settlement worker: runs until `stop` turns true.
+pub async fn run_settler(sim: Arc<Simulator>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let pause = match settle_due(&sim, 200).await {
+            Ok(200) => std::time::Duration::ZERO,
+            Ok(_) => std::time::Duration::from_millis(50),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "settlement pass failed; retrying");
+                std::time::Duration::from_secs(1)
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn card_numbers_are_checked_and_masked() {
+        assert!(is_card_no("1234-5678-9012-3456"));
+        assert!(!is_card_no("1234-5678-9012-345"));
+        assert!(!is_card_no("1234567890123456"));
+        assert!(!is_card_no("1234-5678-9012-345a"));
+        assert_eq!(mask("1234-5678-9012-3456"), "1234-****-****-3456");
+    }
+}

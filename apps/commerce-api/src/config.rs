@@ -22,6 +22,17 @@
 //! | `OUTBOX_RETENTION_HOURS` | `168` | published rows kept this long, then purged |
 //! | `KAFKA_TOPIC_PARTITIONS` | `6` | partitions of topics the API creates |
 //! | `PRODUCT_CACHE_TTL_SECONDS` | `30` | Redis TTL of cached product details and list pages |
+//! | `PG_BASE_URL` | `http://127.0.0.1:8082` | the payment gateway |
+//! | `PAYMENT_CALLBACK_URL` | this API's own address + `/api/v1/payments/callback` | where the gateway reports results |
+//! | `PG_CONNECT_TIMEOUT_MS` / `PG_TIMEOUT_MS` | `300` / `1500` | per-attempt connect and total timeouts |
+//! | `PG_MAX_ATTEMPTS` / `PG_RETRY_BASE_MS` | `3` / `100` | attempts per call; first backoff (doubling, jittered) |
+//! | `PG_BREAKER_FAILURE_RATE` / `PG_BREAKER_WINDOW_CALLS` / `PG_BREAKER_MIN_CALLS` | `0.5` / `20` / `10` | the breaker opens when this share of the last calls failed, once enough were made |
+//! | `PG_BREAKER_OPEN_MS` | `10000` | how long it stays open before letting calls through again |
+//! | `PAYMENT_CARD_KEY` | dev-only default | 64 hex digits (AES-256) sealing card numbers until the gateway has them; required outside `dev` |
+//! | `PAYMENT_RECONCILE_ENABLED` | `true` | run payment reconciliation inside `serve` (instances share the work) |
+//! | `PAYMENT_RECONCILE_INTERVAL_MS` | `1000` | how often reconciliation looks for due payments |
+//! | `PAYMENT_RECHECK_AFTER_MS` | `10000` | a pending payment is first looked up at the gateway this long after it was placed, and again this often |
+//! | `PAYMENT_REQUEST_DEADLINE_SECONDS` | `600` | a payment the gateway never received is failed (and compensated) after this |
 
 use std::net::SocketAddr;
 
@@ -51,10 +62,25 @@ pub struct Config {
     pub relay_batch_size: i64,
     pub outbox_retention_hours: u64,
     pub topic_partitions: i32,
+    pub gateway: crate::gateway::GatewaySettings,
+    pub payment_callback_url: Option<String>,
+    pub card_key: [u8; 32],
+    pub payments: PaymentSettings,
+}
+
+/// Reconciliation of pending card payments.
+#[derive(Debug, Clone)]
+pub struct PaymentSettings {
+    pub reconcile_enabled: bool,
+    pub reconcile_interval: std::time::Duration,
+    pub recheck_after: std::time::Duration,
+    pub request_deadline: std::time::Duration,
 }
 
 /// The development JWT key. Refused by any profile but `dev`.
 pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-0123456789abcdef";
+/// The development card-sealing key (hex). Refused by any profile but `dev`.
+pub const DEV_CARD_KEY: &str = "6465762d6f6e6c792d696e7365637572652d636172642d6b65792d3031323334";
 /// The development admin password. Refused by any profile but `dev`.
 pub const DEV_ADMIN_PASSWORD: &str = "admin-dev-password";
 
@@ -151,7 +177,65 @@ impl Config {
                 ));
             }
         };
+        let card_key_hex = match r.optional::<String>("PAYMENT_CARD_KEY")? {
+            Some(k) if !dev && k == DEV_CARD_KEY => {
+                return Err(ConfigError::new(
+                    "PAYMENT_CARD_KEY",
+                    "the development default is refused outside the dev profile",
+                ));
+            }
+            Some(k) => k,
+            None if dev => DEV_CARD_KEY.to_owned(),
+            None => {
+                return Err(ConfigError::new(
+                    "PAYMENT_CARD_KEY",
+                    "is required outside the dev profile",
+                ));
+            }
+        };
+        let card_key: [u8; 32] = hex::decode(card_key_hex.trim())
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or_else(|| ConfigError::new("PAYMENT_CARD_KEY", "must be 64 hex digits"))?;
+        let ms = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            r.in_range(name, default, range)
+                .map(std::time::Duration::from_millis)
+        };
+        let gateway = crate::gateway::GatewaySettings {
+            base_url: r.string_or("PG_BASE_URL", "http://127.0.0.1:8082"),
+            connect_timeout: ms("PG_CONNECT_TIMEOUT_MS", 300, 10..=60_000)?,
+            timeout: ms("PG_TIMEOUT_MS", 1500, 10..=120_000)?,
+            max_attempts: r.in_range("PG_MAX_ATTEMPTS", 3, 1..=10)?,
+            retry_base_delay: ms("PG_RETRY_BASE_MS", 100, 1..=10_000)?,
+            breaker_failure_rate: r.in_range("PG_BREAKER_FAILURE_RATE", 0.5, 0.01..=1.0)?,
+            breaker_min_calls: r.in_range("PG_BREAKER_MIN_CALLS", 10, 1..=1000)?,
+            breaker_window_calls: r.in_range("PG_BREAKER_WINDOW_CALLS", 20, 1..=1000)?,
+            breaker_open_for: ms("PG_BREAKER_OPEN_MS", 10_000, 10..=600_000)?,
+        };
+        if reqwest::Url::parse(&gateway.base_url).is_err() {
+            return Err(ConfigError::new("PG_BASE_URL", "must be a URL"));
+        }
+        let payment_callback_url = r.optional::<String>("PAYMENT_CALLBACK_URL")?;
+        if let Some(url) = &payment_callback_url
+            && reqwest::Url::parse(url).is_err()
+        {
+            return Err(ConfigError::new("PAYMENT_CALLBACK_URL", "must be a URL"));
+        }
+        let payments = PaymentSettings {
+            reconcile_enabled: r.or("PAYMENT_RECONCILE_ENABLED", true)?,
+            reconcile_interval: ms("PAYMENT_RECONCILE_INTERVAL_MS", 1000, 10..=600_000)?,
+            recheck_after: ms("PAYMENT_RECHECK_AFTER_MS", 10_000, 10..=3_600_000)?,
+            request_deadline: std::time::Duration::from_secs(r.in_range(
+                "PAYMENT_REQUEST_DEADLINE_SECONDS",
+                600,
+                1..=7 * 86_400,
+            )?),
+        };
         Ok(Self {
+            gateway,
+            payment_callback_url,
+            card_key,
+            payments,
             profile,
             jwt_secret,
             jwt_ttl_seconds: r.in_range("COMMERCE_JWT_TTL_SECONDS", 3600, 60..=86_400 * 30)?,
@@ -188,6 +272,23 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<HashMap<_, _>>(),
         ))
+    }
+
+    #[test]
+    fn prod_profile_refuses_the_dev_card_key() {
+        let err = read(&[
+            ("APP_PROFILE", "prod"),
+            ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
+            ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
+            ("PAYMENT_CARD_KEY", DEV_CARD_KEY),
+        ])
+        .err()
+        .unwrap();
+        assert_eq!(err.var, "PAYMENT_CARD_KEY");
+        assert_eq!(
+            read(&[("PAYMENT_CARD_KEY", "abcd")]).err().unwrap().var,
+            "PAYMENT_CARD_KEY"
+        );
     }
 
     #[test]

@@ -5,10 +5,14 @@
 //! changed without an outbox row committed in the same transaction.
 
 pub mod auth;
+pub mod card;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod outbox;
+pub mod payments;
 pub mod product_cache;
+pub mod reconcile;
 pub mod relay;
 pub mod routes;
 pub mod schema;

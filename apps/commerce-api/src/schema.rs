@@ -129,6 +129,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    payments (id) {
+        id -> BigInt,
+        order_id -> BigInt,
+        user_id -> BigInt,
+        amount -> BigInt,
+        card_type -> Text,
+        card_no_masked -> Text,
+        card_no_sealed -> Nullable<Binary>,
+        status -> Text,
+        transaction_key -> Nullable<Text>,
+        reason -> Nullable<Text>,
+        next_check_at -> Timestamptz,
+        checks -> Integer,
+        created_at -> Timestamptz,
+        settled_at -> Nullable<Timestamptz>,
+    }
+}
+
 diesel::joinable!(products -> brands (brand_id));
 diesel::joinable!(product_likes -> products (product_id));
 diesel::joinable!(user_coupons -> coupons (coupon_id));
@@ -145,4 +164,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     user_coupons,
     orders,
     order_items,
+    payments,
 );

@@ -48,6 +48,21 @@ impl Application {
             cache.clone(),
             std::time::Duration::from_secs(config.product_cache_ttl_seconds),
         );
+        let callback_url = match &config.payment_callback_url {
+            Some(url) => url.clone(),
+            None => {
+                let mut addr = listener.local_addr()?;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("http://{addr}/api/v1/payments/callback")
+            }
+        };
+        let gateway = Arc::new(crate::gateway::Gateway::new(
+            config.gateway.clone(),
+            callback_url,
+        )?);
+        let cards = crate::card::CardVault::new(&config.card_key);
         tracing::info!(%config, "starting commerce-api");
         let state = AppState(Arc::new(App {
             config,
@@ -58,6 +73,8 @@ impl Application {
             views,
             product_cache,
             coupon_terms: Default::default(),
+            gateway,
+            cards,
         }));
         // The admin account is ensured in the background, retrying until the database answers:
         // the API starts (and reports itself unready) while PostgreSQL is down.
@@ -112,10 +129,19 @@ impl Application {
                 stop_rx.clone(),
             ))
         });
+        let reconciler = self
+            .state
+            .config
+            .payments
+            .reconcile_enabled
+            .then(|| tokio::spawn(crate::reconcile::run(self.state.clone(), stop_rx.clone())));
         tracing::info!(addr = %self.listener.local_addr()?, "commerce-api listening");
         commerce_web::serve(self.listener, self.router, stop).await?;
         if let Some(relay) = relay {
             let _ = relay.await;
+        }
+        if let Some(reconciler) = reconciler {
+            let _ = reconciler.await;
         }
         self.state.views.flush();
         tracing::info!("commerce-api stopped");

@@ -25,6 +25,10 @@ pub struct App {
     pub views: crate::views::ViewPublisher,
     pub product_cache: crate::product_cache::ProductCache,
     pub coupon_terms: crate::routes::coupons::CouponTermsCache,
+    /// The payment gateway's client (timeouts, retries, circuit breaker).
+    pub gateway: Arc<crate::gateway::Gateway>,
+    /// Seals card numbers until the gateway has them.
+    pub cards: crate::card::CardVault,
 }
 
 impl std::ops::Deref for AppState {

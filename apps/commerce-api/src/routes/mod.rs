@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod coupons;
 pub mod orders;
+pub mod payments;
 pub mod users;
 
 use axum::Router;
@@ -60,6 +61,7 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(orders::place_order, orders::list_orders))
         .routes(routes!(orders::get_order))
         .routes(routes!(orders::cancel_order))
+        .routes(routes!(payments::callback))
         .split_for_parts();
     router.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", api))
 }

@@ -1,9 +1,14 @@
-//! Orders paid by points: placing, listing, reading and cancelling.
+//! Orders paid by points or by card: placing, listing, reading and cancelling.
 //!
 //! Placing an order is one transaction: stock is locked in product-id order (two orders for the
-//! same products cannot deadlock) and decremented, the coupon is used, points are deducted, the
-//! order is written as `PAID`, and `OrderCreated` + `OrderPaid` go into the outbox. Any failure
-//! rolls everything back: nothing changes.
+//! same products cannot deadlock) and decremented, the coupon is used, and then
+//! - by points: points are deducted, the order is written as `PAID`, and `OrderCreated` +
+//!   `OrderPaid` go into the outbox;
+//! - by card: the order is written as `PENDING_PAYMENT` with a `PENDING` payment and
+//!   `OrderCreated`; after the commit (holding no connection) the payment is sent to the gateway,
+//!   and the gateway's callback or reconciliation settles it later (see [`crate::payments`]).
+//!
+//! Any failure inside the transaction rolls everything back: nothing changes.
 //!
 //! Idempotency: with an `Idempotency-Key` header, the key is locked (a transaction-scoped
 //! advisory lock on user + key) before anything else, so two racing requests with one key are
@@ -28,14 +33,16 @@ use crate::auth::AuthUser;
 use crate::error::{ApiError, ApiResult};
 use crate::outbox;
 use crate::routes::{Json, Path, Query};
-use crate::schema::{coupons, order_items, orders, point_ledger, products, user_coupons, users};
+use crate::schema::{
+    coupons, order_items, orders, payments, point_ledger, products, user_coupons, users,
+};
 use crate::state::AppState;
 
 const MAX_LINES: usize = 50;
 const MAX_QUANTITY: i64 = 100;
 const MAX_KEY_LEN: usize = 200;
 
-#[derive(Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrder {
     /// 1 ..= 50 lines; lines of the same product are merged.
@@ -44,7 +51,7 @@ pub struct NewOrder {
     payment: Payment,
 }
 
-#[derive(Deserialize, Serialize, ToSchema)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewOrderItem {
     product_id: i64,
@@ -52,11 +59,16 @@ pub struct NewOrderItem {
     quantity: i64,
 }
 
-#[derive(Deserialize, Serialize, ToSchema)]
+/// How the order is paid. Deliberately not `Serialize` or `Debug`: it holds a card number.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Payment {
-    /// `POINT`.
+    /// `POINT` or `CARD`.
     method: String,
+    /// With `CARD`: `SAMSUNG`, `KB` or `HYUNDAI`.
+    card_type: Option<String>,
+    /// With `CARD`: `####-####-####-####`. Never stored in the clear, never logged.
+    card_no: Option<String>,
 }
 
 #[derive(Serialize, ToSchema, Clone)]
@@ -76,6 +88,8 @@ pub struct OrderView {
     payment_method: String,
     user_coupon_id: Option<i64>,
     items: Vec<OrderItemView>,
+    /// The card payment, for `CARD` orders.
+    payment: Option<crate::payments::PaymentView>,
     created_at: DateTime<Utc>,
 }
 
@@ -102,14 +116,13 @@ pub struct CancelView {
 }
 
 #[derive(Queryable)]
-struct OrderRow {
+pub(crate) struct OrderRow {
     id: i64,
     user_id: i64,
     status: String,
     total_amount: i64,
     discount_amount: i64,
     final_amount: i64,
-    points_used: i64,
     user_coupon_id: Option<i64>,
     payment_method: String,
     request_hash: Option<String>,
@@ -124,7 +137,6 @@ fn order_columns() -> (
     orders::total_amount,
     orders::discount_amount,
     orders::final_amount,
-    orders::points_used,
     orders::user_coupon_id,
     orders::payment_method,
     orders::request_hash,
@@ -138,7 +150,6 @@ fn order_columns() -> (
         orders::total_amount,
         orders::discount_amount,
         orders::final_amount,
-        orders::points_used,
         orders::user_coupon_id,
         orders::payment_method,
         orders::request_hash,
@@ -178,11 +189,38 @@ fn validate(req: &NewOrder) -> ApiResult<BTreeMap<i64, i64>> {
             format!("a product's total quantity must be at most {MAX_QUANTITY}"),
         ));
     }
-    if req.payment.method != "POINT" {
-        errors.push(commerce_web::FieldError::new(
+    let p = &req.payment;
+    match p.method.as_str() {
+        "POINT" => {
+            if p.card_type.is_some() || p.card_no.is_some() {
+                errors.push(commerce_web::FieldError::new(
+                    "payment",
+                    "card_type and card_no are only for CARD payments",
+                ));
+            }
+        }
+        "CARD" => {
+            if !p
+                .card_type
+                .as_deref()
+                .is_some_and(|t| crate::card::CARD_TYPES.contains(&t))
+            {
+                errors.push(commerce_web::FieldError::new(
+                    "payment.card_type",
+                    "must be SAMSUNG, KB or HYUNDAI",
+                ));
+            }
+            if !p.card_no.as_deref().is_some_and(crate::card::is_card_no) {
+                errors.push(commerce_web::FieldError::new(
+                    "payment.card_no",
+                    "must look like ####-####-####-####",
+                ));
+            }
+        }
+        _ => errors.push(commerce_web::FieldError::new(
             "payment.method",
-            "must be POINT",
-        ));
+            "must be POINT or CARD",
+        )),
     }
     if errors.is_empty() {
         Ok(merged)
@@ -197,6 +235,9 @@ fn request_hash(lines: &BTreeMap<i64, i64>, req: &NewOrder) -> String {
         "items": lines.iter().collect::<Vec<_>>(),
         "user_coupon_id": req.user_coupon_id,
         "payment": req.payment.method,
+        "card_type": req.payment.card_type,
+        // Masked: the full number is never kept, not even hashed.
+        "card_no": req.payment.card_no.as_deref().map(crate::card::mask),
     });
     hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
 }
@@ -250,7 +291,6 @@ pub async fn place_order(
     if key.is_none() {
         precheck_stock(&mut conn, &lines).await?;
     }
-    let topics = state.topics.clone();
     let outcome = conn
         .transaction::<_, ApiError, _>(async |conn| {
             if let Some(key) = &key {
@@ -265,20 +305,40 @@ pub async fn place_order(
                     return Ok(Outcome::Replayed(order_view(conn, existing).await?));
                 }
             }
-            create_order(conn, &topics, user.id, &lines, &req, key.as_deref(), &hash)
+            create_order(conn, &state, user.id, &lines, &req, key.as_deref(), &hash)
                 .await
                 .map(Outcome::Created)
         })
         .await?;
+    // The gateway call below must not hold a connection (or a transaction) while it waits.
+    drop(conn);
     match outcome {
-        Outcome::Created(order) => {
+        Outcome::Created(mut order) => {
             tracing::info!(
                 order.id = order.order_id,
                 user.id = user.id,
                 amount = order.final_amount,
+                payment_method = %order.payment_method,
                 "order placed"
             );
-            metrics::counter!("orders_placed_total", "payment_method" => "POINT").increment(1);
+            metrics::counter!("orders_placed_total", "payment_method" => order.payment_method.clone())
+                .increment(1);
+            if order.status == "PENDING_PAYMENT"
+                && let (Some(card_type), Some(card_no)) =
+                    (&req.payment.card_type, &req.payment.card_no)
+            {
+                let (status, payment) = crate::payments::submit(
+                    &state,
+                    order.order_id,
+                    user.id,
+                    order.final_amount,
+                    card_type,
+                    card_no,
+                )
+                .await;
+                order.status = status;
+                order.payment = Some(payment);
+            }
             Ok((StatusCode::CREATED, Json(order)))
         }
         Outcome::Replayed(order) => Ok((StatusCode::CREATED, Json(order))),
@@ -352,7 +412,7 @@ struct LockedProduct {
 /// The transactional body of placing an order.
 async fn create_order(
     conn: &mut AsyncPgConnection,
-    topics: &outbox::Topics,
+    state: &AppState,
     user_id: i64,
     lines: &BTreeMap<i64, i64>,
     req: &NewOrder,
@@ -403,8 +463,12 @@ async fn create_order(
         None => 0,
     };
     let final_amount = total - discount;
+    let by_card = req.payment.method == "CARD";
+    // A card order waits for the gateway; one the coupon paid in full has nothing to wait for.
+    let pending = by_card && final_amount > 0;
+    let points_used = if by_card { 0 } else { final_amount };
 
-    if final_amount > 0 {
+    if points_used > 0 {
         let paid = diesel::update(
             users::table
                 .find(user_id)
@@ -426,16 +490,16 @@ async fn create_order(
     let order: OrderRow = diesel::insert_into(orders::table)
         .values((
             orders::user_id.eq(user_id),
-            orders::status.eq("PAID"),
+            orders::status.eq(if pending { "PENDING_PAYMENT" } else { "PAID" }),
             orders::total_amount.eq(total),
             orders::discount_amount.eq(discount),
             orders::final_amount.eq(final_amount),
-            orders::points_used.eq(final_amount),
+            orders::points_used.eq(points_used),
             orders::user_coupon_id.eq(req.user_coupon_id),
-            orders::payment_method.eq("POINT"),
+            orders::payment_method.eq(&req.payment.method),
             orders::idempotency_key.eq(key),
             orders::request_hash.eq(hash),
-            orders::paid_at.eq(diesel::dsl::now),
+            orders::paid_at.eq((!pending).then(Utc::now)),
         ))
         .returning(order_columns())
         .get_result(conn)
@@ -462,7 +526,7 @@ async fn create_order(
             .execute(conn)
             .await?;
     }
-    if final_amount > 0 {
+    if points_used > 0 {
         diesel::insert_into(point_ledger::table)
             .values((
                 point_ledger::user_id.eq(user_id),
@@ -473,6 +537,33 @@ async fn create_order(
             .execute(conn)
             .await?;
     }
+    let payment = match (pending, &req.payment.card_type, &req.payment.card_no) {
+        (true, Some(card_type), Some(card_no)) => {
+            let masked = crate::card::mask(card_no);
+            diesel::insert_into(payments::table)
+                .values((
+                    payments::order_id.eq(order.id),
+                    payments::user_id.eq(user_id),
+                    payments::amount.eq(final_amount),
+                    payments::card_type.eq(card_type),
+                    payments::card_no_masked.eq(&masked),
+                    payments::card_no_sealed.eq(state.cards.seal(card_no)),
+                    payments::next_check_at.eq(Utc::now()
+                        + chrono::Duration::from_std(state.config.payments.recheck_after)
+                            .unwrap_or_default()),
+                ))
+                .execute(conn)
+                .await?;
+            Some(crate::payments::PaymentView {
+                status: "PENDING".into(),
+                card_type: card_type.clone(),
+                card_no: masked,
+                transaction_key: None,
+                reason: None,
+            })
+        }
+        _ => None,
+    };
     let placed = OrderPlaced {
         order_id: order.id,
         user_id,
@@ -480,17 +571,17 @@ async fn create_order(
         total_amount: total,
         discount_amount: discount,
         final_amount,
-        payment_method: "POINT".into(),
+        payment_method: req.payment.method.clone(),
     };
-    outbox::record(
-        conn,
-        topics,
+    let events = if pending {
+        vec![Event::OrderCreated(placed)]
+    } else {
         vec![
             Event::OrderCreated(placed.clone()),
             Event::OrderPaid(placed),
-        ],
-    )
-    .await?;
+        ]
+    };
+    outbox::record(conn, &state.topics, events).await?;
     Ok(OrderView {
         order_id: order.id,
         status: order.status,
@@ -500,6 +591,7 @@ async fn create_order(
         payment_method: order.payment_method,
         user_coupon_id: order.user_coupon_id,
         items,
+        payment,
         created_at: order.created_at,
     })
 }
@@ -590,6 +682,16 @@ async fn use_coupon(
 }
 
 async fn order_view(conn: &mut AsyncPgConnection, order: OrderRow) -> ApiResult<OrderView> {
+    let payment = if order.payment_method == "CARD" {
+        payments::table
+            .filter(payments::order_id.eq(order.id))
+            .select(crate::payments::view_columns())
+            .first(conn)
+            .await
+            .optional()?
+    } else {
+        None
+    };
     let items: Vec<(i64, i64, i64)> = order_items::table
         .filter(order_items::order_id.eq(order.id))
         .order(order_items::product_id)
@@ -616,6 +718,7 @@ async fn order_view(conn: &mut AsyncPgConnection, order: OrderRow) -> ApiResult<
                 unit_price,
             })
             .collect(),
+        payment,
         created_at: order.created_at,
     })
 }
@@ -720,56 +823,18 @@ pub async fn cancel_order(
                     ));
                 }
             }
-            let items: Vec<(i64, i64, i64)> = order_items::table
-                .filter(order_items::order_id.eq(order.id))
-                .order(order_items::product_id)
-                .select((
-                    order_items::product_id,
-                    order_items::quantity,
-                    order_items::unit_price,
-                ))
-                .load(conn)
+            let lines = release_holds(conn, order.id).await?;
+            if order.status == "PENDING_PAYMENT" {
+                // The payment attempt ends with the order; a success reported later is flagged
+                // for a refund by `payments::settle`.
+                crate::payments::mark_payment(
+                    conn,
+                    order.id,
+                    "CANCELLED",
+                    None,
+                    Some(&"the order was cancelled".to_owned()),
+                )
                 .await?;
-            let ids: Vec<i64> = items.iter().map(|i| i.0).collect();
-            let quantities: Vec<i64> = items.iter().map(|i| i.1).collect();
-            // Same lock order as placing orders.
-            diesel::sql_query("SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-                .bind::<Array<BigInt>, _>(&ids)
-                .execute(conn)
-                .await?;
-            diesel::sql_query(
-                "UPDATE products p SET stock = p.stock + l.quantity
-                   FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
-                  WHERE p.id = l.id",
-            )
-            .bind::<Array<BigInt>, _>(&ids)
-            .bind::<Array<BigInt>, _>(&quantities)
-            .execute(conn)
-            .await?;
-            if order.points_used > 0 && order.status == "PAID" {
-                diesel::update(users::table.find(order.user_id))
-                    .set(users::point_balance.eq(users::point_balance + order.points_used))
-                    .execute(conn)
-                    .await?;
-                diesel::insert_into(point_ledger::table)
-                    .values((
-                        point_ledger::user_id.eq(order.user_id),
-                        point_ledger::amount.eq(order.points_used),
-                        point_ledger::kind.eq("REFUND"),
-                        point_ledger::order_id.eq(order.id),
-                    ))
-                    .execute(conn)
-                    .await?;
-            }
-            if let Some(uc) = order.user_coupon_id {
-                diesel::update(user_coupons::table.find(uc))
-                    .set((
-                        user_coupons::status.eq("AVAILABLE"),
-                        user_coupons::used_at.eq(None::<DateTime<Utc>>),
-                        user_coupons::order_id.eq(None::<i64>),
-                    ))
-                    .execute(conn)
-                    .await?;
             }
             diesel::update(orders::table.find(order.id))
                 .set((
@@ -778,14 +843,6 @@ pub async fn cancel_order(
                 ))
                 .execute(conn)
                 .await?;
-            let lines = items
-                .iter()
-                .map(|(product_id, quantity, unit_price)| OrderLine {
-                    product_id: *product_id,
-                    quantity: *quantity,
-                    unit_price: *unit_price,
-                })
-                .collect();
             outbox::record(
                 conn,
                 &topics,
@@ -808,4 +865,86 @@ pub async fn cancel_order(
         order_id: id,
         status: "CANCELLED".into(),
     }))
+}
+
+/// The order's lines, in product-id order.
+pub(crate) async fn order_lines(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+) -> ApiResult<Vec<OrderLine>> {
+    let items: Vec<(i64, i64, i64)> = order_items::table
+        .filter(order_items::order_id.eq(order_id))
+        .order(order_items::product_id)
+        .select((
+            order_items::product_id,
+            order_items::quantity,
+            order_items::unit_price,
+        ))
+        .load(conn)
+        .await?;
+    Ok(items
+        .into_iter()
+        .map(|(product_id, quantity, unit_price)| OrderLine {
+            product_id,
+            quantity,
+            unit_price,
+        })
+        .collect())
+}
+
+/// Gives back everything an order holds, inside the caller's transaction (which must hold the
+/// order's row lock, so this runs once per order): its stock, its points (if any were used) and
+/// its coupon. Returns the order's lines.
+pub(crate) async fn release_holds(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+) -> ApiResult<Vec<OrderLine>> {
+    let (user_id, points_used, user_coupon_id): (i64, i64, Option<i64>) = orders::table
+        .find(order_id)
+        .select((orders::user_id, orders::points_used, orders::user_coupon_id))
+        .first(conn)
+        .await?;
+    let lines = order_lines(conn, order_id).await?;
+    let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    // Same lock order as placing orders.
+    diesel::sql_query("SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind::<Array<BigInt>, _>(&ids)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE products p SET stock = p.stock + l.quantity
+           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
+          WHERE p.id = l.id",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&quantities)
+    .execute(conn)
+    .await?;
+    if points_used > 0 {
+        diesel::update(users::table.find(user_id))
+            .set(users::point_balance.eq(users::point_balance + points_used))
+            .execute(conn)
+            .await?;
+        diesel::insert_into(point_ledger::table)
+            .values((
+                point_ledger::user_id.eq(user_id),
+                point_ledger::amount.eq(points_used),
+                point_ledger::kind.eq("REFUND"),
+                point_ledger::order_id.eq(order_id),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    if let Some(uc) = user_coupon_id {
+        diesel::update(user_coupons::table.find(uc))
+            .set((
+                user_coupons::status.eq("AVAILABLE"),
+                user_coupons::used_at.eq(None::<DateTime<Utc>>),
+                user_coupons::order_id.eq(None::<i64>),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(lines)
 }

@@ -1,0 +1,476 @@
+//! The payment gateway's client: per-call timeouts, bounded retries with exponential backoff and
+//! jitter, and a circuit breaker.
+//!
+//! - Every call has a connect timeout and a total timeout.
+//! - A 5xx, a timeout or a broken connection is retried (up to `max_attempts` in all), with
+//!   exponential backoff and jitter ([`backon`]). A 4xx is final.
+//! - Requesting a payment is not idempotent at the gateway, so a retry after an *unknown* outcome
+//!   (a timeout or a connection lost after the request was sent) first looks the order up at the
+//!   gateway and adopts the payment it finds; only when there is none is the payment requested
+//!   again. A 5xx or a refused connection means nothing was recorded, and is re-requested at once.
+//! - The breaker ([`failsafe`]) sees each call's final outcome after retries: the gateway's
+//!   everyday transient failures are absorbed by retrying, and the breaker opens when retrying
+//!   stops helping (by default when at least half of the last 20 calls failed, once 10 were
+//!   made), then lets calls through again after a wait (half-open); a success closes it, a
+//!   failure opens it again. While it is open,
+//!   calls fail at once with [`GatewayError::BreakerOpen`] and nothing waits on the gateway.
+//!
+//! Metrics: `payment_gateway_calls_total{operation,outcome}`,
+//! `payment_gateway_call_duration_seconds{operation}`, `payment_gateway_retries_total{operation}`,
+//! `payment_gateway_circuit_state` (0 closed, 1 open, 2 half-open) and
+//! `payment_gateway_rejected_total` (calls refused by the open breaker).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use backon::{ExponentialBuilder, Retryable};
+use failsafe::{FailurePolicy, Instrument, StateMachine};
+use serde::{Deserialize, Serialize};
+
+/// How the client talks to the gateway.
+#[derive(Debug, Clone)]
+pub struct GatewaySettings {
+    pub base_url: String,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    /// Attempts per call, the first included.
+    pub max_attempts: usize,
+    pub retry_base_delay: Duration,
+    /// The breaker opens when the share of failed calls among the last `breaker_window_calls`
+    /// reaches this ...
+    pub breaker_failure_rate: f64,
+    /// ... once at least this many calls were made.
+    pub breaker_min_calls: usize,
+    pub breaker_window_calls: usize,
+    /// How long the breaker stays open before letting calls through again.
+    pub breaker_open_for: Duration,
+}
+
+/// A payment as the gateway reports it.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Transaction {
+    pub transaction_key: String,
+    pub order_id: String,
+    /// `PENDING`, `SUCCESS` or `FAILED`.
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub amount: Option<i64>,
+}
+
+/// What a payment request carries.
+pub struct PaymentRequest<'a> {
+    pub user_id: i64,
+    pub order_id: i64,
+    pub card_type: &'a str,
+    pub card_no: &'a str,
+    pub amount: i64,
+}
+
+/// Why a gateway call did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GatewayError {
+    /// The breaker is open: the gateway was not called.
+    #[error("the payment gateway's circuit breaker is open")]
+    BreakerOpen,
+    /// 5xx, timeout or connection failure, after every attempt.
+    #[error("the payment gateway is unavailable: {detail}")]
+    Unavailable {
+        detail: String,
+        /// The request may have reached the gateway (timeout or connection lost after sending).
+        unknown_outcome: bool,
+    },
+    /// The gateway refused the request (4xx other than 404): final, retrying cannot help.
+    #[error("the payment gateway refused the request: {0}")]
+    Refused(String),
+}
+
+impl GatewayError {
+    fn retryable(&self) -> bool {
+        matches!(self, GatewayError::Unavailable { .. })
+    }
+
+    fn outcome(&self) -> &'static str {
+        match self {
+            GatewayError::BreakerOpen => "rejected",
+            GatewayError::Unavailable { .. } => "unavailable",
+            GatewayError::Refused(_) => "refused",
+        }
+    }
+}
+
+type Breaker = StateMachine<FailureRateOverLastCalls, BreakerMetrics>;
+
+/// The breaker's failure policy: a count-based sliding window of the last calls' outcomes.
+#[derive(Debug)]
+struct FailureRateOverLastCalls {
+    outcomes: VecDeque<bool>,
+    window: usize,
+    min_calls: usize,
+    max_failure_rate: f64,
+    open_for: Duration,
+}
+
+impl FailureRateOverLastCalls {
+    fn record(&mut self, failed: bool) {
+        if self.outcomes.len() == self.window {
+            self.outcomes.pop_front();
+        }
+        self.outcomes.push_back(failed);
+    }
+}
+
+impl FailurePolicy for FailureRateOverLastCalls {
+    fn record_success(&mut self) {
+        self.record(false);
+    }
+
+    fn mark_dead_on_failure(&mut self) -> Option<Duration> {
+        self.record(true);
+        let calls = self.outcomes.len();
+        let failed = self.outcomes.iter().filter(|f| **f).count();
+        (calls >= self.min_calls && failed as f64 >= self.max_failure_rate * calls as f64)
+            .then_some(self.open_for)
+    }
+
+    fn revived(&mut self) {
+        self.outcomes.clear();
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+/// Publishes the breaker's state as a gauge and keeps it readable.
+#[derive(Debug, Clone)]
+struct BreakerMetrics(Arc<AtomicU8>);
+
+impl BreakerMetrics {
+    fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Relaxed);
+        metrics::gauge!("payment_gateway_circuit_state").set(f64::from(state));
+    }
+}
+
+impl Instrument for BreakerMetrics {
+    fn on_call_rejected(&self) {
+        metrics::counter!("payment_gateway_rejected_total").increment(1);
+    }
+    fn on_open(&self) {
+        tracing::warn!("payment gateway circuit breaker opened");
+        self.set(OPEN);
+    }
+    fn on_half_open(&self) {
+        tracing::info!("payment gateway circuit breaker half-open: letting calls through");
+        self.set(HALF_OPEN);
+    }
+    fn on_closed(&self) {
+        tracing::info!("payment gateway circuit breaker closed");
+        self.set(CLOSED);
+    }
+}
+
+/// The gateway client. Cheap to share (`Arc`); one per process.
+pub struct Gateway {
+    http: reqwest::Client,
+    base: String,
+    callback_url: String,
+    settings: GatewaySettings,
+    breaker: Breaker,
+    state: Arc<AtomicU8>,
+}
+
+#[derive(Deserialize)]
+struct Accepted {
+    transaction_key: String,
+    status: String,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct OrderTransactions {
+    transactions: Vec<Transaction>,
+}
+
+impl Gateway {
+    pub fn new(settings: GatewaySettings, callback_url: String) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.timeout)
+            .pool_max_idle_per_host(64)
+            .build()?;
+        let state = Arc::new(AtomicU8::new(CLOSED));
+        let policy = FailureRateOverLastCalls {
+            outcomes: VecDeque::with_capacity(settings.breaker_window_calls),
+            window: settings.breaker_window_calls,
+            min_calls: settings
+                .breaker_min_calls
+                .min(settings.breaker_window_calls),
+            max_failure_rate: settings.breaker_failure_rate,
+            open_for: settings.breaker_open_for,
+        };
+        let breaker = failsafe::Config::new()
+            .failure_policy(policy)
+            .instrument(BreakerMetrics(state.clone()))
+            .build();
+        metrics::gauge!("payment_gateway_circuit_state").set(f64::from(CLOSED));
+        Ok(Self {
+            http,
+            base: settings.base_url.trim_end_matches('/').to_owned(),
+            callback_url,
+            settings,
+            breaker,
+            state,
+        })
+    }
+
+    /// `closed`, `open` or `half-open`.
+    pub fn breaker_state(&self) -> &'static str {
+        match self.state.load(Ordering::Relaxed) {
+            OPEN => "open",
+            HALF_OPEN => "half-open",
+            _ => "closed",
+        }
+    }
+
+    /// Runs one logical call through the breaker and the retry policy.
+    async fn call<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T, GatewayError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, GatewayError>>,
+    {
+        if !self.breaker.is_call_permitted() {
+            metrics::counter!("payment_gateway_calls_total", "operation" => operation, "outcome" => "rejected")
+                .increment(1);
+            return Err(GatewayError::BreakerOpen);
+        }
+        let started = Instant::now();
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(self.settings.retry_base_delay)
+            .with_max_delay(self.settings.retry_base_delay * 16)
+            .with_max_times(self.settings.max_attempts.saturating_sub(1))
+            .with_jitter();
+        let result = attempt
+            .retry(policy)
+            .when(GatewayError::retryable)
+            .notify(|e, delay| {
+                metrics::counter!("payment_gateway_retries_total", "operation" => operation)
+                    .increment(1);
+                tracing::debug!(operation, error = %e, ?delay, "retrying the payment gateway");
+            })
+            .await;
+        match &result {
+            Err(e) if e.retryable() => self.breaker.on_error(),
+            _ => self.breaker.on_success(),
+        }
+        metrics::histogram!("payment_gateway_call_duration_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        let outcome = result.as_ref().map_or_else(GatewayError::outcome, |_| "ok");
+        metrics::counter!("payment_gateway_calls_total", "operation" => operation, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    /// Requests a payment. Retries never create a second gateway payment for an attempt whose
+    /// outcome is unknown: the order is looked up first, and a payment found there is adopted.
+    pub async fn request_payment(
+        &self,
+        req: &PaymentRequest<'_>,
+    ) -> Result<Transaction, GatewayError> {
+        let unknown = AtomicBool::new(false);
+        let body = serde_json::json!({
+            "order_id": req.order_id.to_string(),
+            "card_type": req.card_type,
+            "card_no": req.card_no,
+            "amount": req.amount,
+            "callback_url": self.callback_url,
+        });
+        self.call("request", || async {
+            if unknown.load(Ordering::Relaxed)
+                && let Some(found) = self
+                    .fetch_by_order(req.user_id, req.order_id)
+                    .await?
+                    .into_iter()
+                    .next()
+            {
+                return Ok(found);
+            }
+            let sent = self
+                .http
+                .post(format!("{}/api/v1/payments", self.base))
+                .header("X-USER-ID", req.user_id.to_string())
+                .json(&body)
+                .send()
+                .await;
+            let result = match parse::<Accepted>(sent).await {
+                Ok(Some(a)) => Ok(Transaction {
+                    transaction_key: a.transaction_key,
+                    order_id: req.order_id.to_string(),
+                    status: a.status,
+                    reason: a.reason,
+                    amount: Some(req.amount),
+                }),
+                Ok(None) => Err(GatewayError::Refused("payment endpoint not found".into())),
+                Err(e) => Err(e),
+            };
+            if let Err(GatewayError::Unavailable {
+                unknown_outcome: true,
+                ..
+            }) = &result
+            {
+                unknown.store(true, Ordering::Relaxed);
+            }
+            result
+        })
+        .await
+    }
+
+    /// One payment by its transaction key (`None`: the gateway has no such payment of this user).
+    pub async fn transaction(
+        &self,
+        user_id: i64,
+        key: &str,
+    ) -> Result<Option<Transaction>, GatewayError> {
+        self.call("get", || async {
+            let sent = self
+                .http
+                .get(format!("{}/api/v1/payments/{}", self.base, encode(key)))
+                .header("X-USER-ID", user_id.to_string())
+                .send()
+                .await;
+            parse::<Transaction>(sent).await
+        })
+        .await
+    }
+
+    /// Every payment the gateway has for an order, oldest first.
+    pub async fn by_order(
+        &self,
+        user_id: i64,
+        order_id: i64,
+    ) -> Result<Vec<Transaction>, GatewayError> {
+        self.call("list", || self.fetch_by_order(user_id, order_id))
+            .await
+    }
+
+    async fn fetch_by_order(
+        &self,
+        user_id: i64,
+        order_id: i64,
+    ) -> Result<Vec<Transaction>, GatewayError> {
+        let sent = self
+            .http
+            .get(format!("{}/api/v1/payments", self.base))
+            .query(&[("order_id", order_id.to_string())])
+            .header("X-USER-ID", user_id.to_string())
+            .send()
+            .await;
+        Ok(parse::<OrderTransactions>(sent)
+            .await?
+            .map(|o| o.transactions)
+            .unwrap_or_default())
+    }
+}
+
+/// Percent-encodes a path segment (transaction keys contain `:`).
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Classifies a response: `Ok(None)` for 404, `Refused` for other 4xx, `Unavailable` for 5xx
+/// and transport failures.
+async fn parse<T: serde::de::DeserializeOwned>(
+    sent: reqwest::Result<reqwest::Response>,
+) -> Result<Option<T>, GatewayError> {
+    let response = sent.map_err(|e| GatewayError::Unavailable {
+        // A refused connection never carried the request; anything later may have.
+        unknown_outcome: !e.is_connect(),
+        detail: if e.is_timeout() {
+            "timed out".into()
+        } else {
+            "connection failed".into()
+        },
+    })?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_FOUND {
+        return Ok(None);
+    }
+    if status.is_server_error() {
+        return Err(GatewayError::Unavailable {
+            detail: format!("HTTP {status}"),
+            unknown_outcome: false,
+        });
+    }
+    if !status.is_success() {
+        let detail = response.text().await.unwrap_or_default();
+        return Err(GatewayError::Refused(format!(
+            "HTTP {status}: {}",
+            detail.chars().take(300).collect::<String>()
+        )));
+    }
+    response
+        .json::<T>()
+        .await
+        .map(Some)
+        .map_err(|e| GatewayError::Unavailable {
+            detail: format!("unreadable response: {e}"),
+            unknown_outcome: true,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> FailureRateOverLastCalls {
+        FailureRateOverLastCalls {
+            outcomes: VecDeque::new(),
+            window: 10,
+            min_calls: 4,
+            max_failure_rate: 0.5,
+            open_for: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn the_breaker_opens_at_half_failures_over_the_last_calls() {
+        let mut p = policy();
+        assert_eq!(p.mark_dead_on_failure(), None, "too few calls");
+        p.record_success();
+        p.record_success();
+        assert_eq!(
+            p.mark_dead_on_failure(),
+            Some(Duration::from_secs(5)),
+            "2 of 4"
+        );
+
+        let mut p = policy();
+        for _ in 0..10 {
+            p.record_success();
+        }
+        for _ in 0..4 {
+            assert_eq!(p.mark_dead_on_failure(), None);
+        }
+        assert!(p.mark_dead_on_failure().is_some(), "5 of the last 10");
+        p.revived();
+        assert_eq!(p.mark_dead_on_failure(), None, "history cleared on closing");
+    }
+
+    #[test]
+    fn transaction_keys_are_encoded_for_the_path() {
+        assert_eq!(encode("20261121:TR:9577c5"), "20261121%3ATR%3A9577c5");
+    }
+}

@@ -1,0 +1,240 @@
+//! Payment reconciliation: every card payment still `PENDING` after `PAYMENT_RECHECK_AFTER_MS`
+//! is looked up at the gateway and settled the way a callback would settle it.
+//!
+//! Every API instance runs this loop, and the instances share the work: a pass *claims* due
+//! payments by pushing their `next_check_at` forward in one statement (`FOR UPDATE SKIP
+//! LOCKED`), so each due payment is looked at by one instance per round, and settling is
+//! idempotent anyway ([`crate::payments::settle`]).
+//!
+//! For each claimed payment:
+//! - the gateway has it `SUCCESS` → paid; `FAILED` → failed and compensated; `PENDING` → wait
+//!   (adopting its transaction key if the API never learned it);
+//! - the gateway has never received it (a crash before the call, an outage, an open breaker) →
+//!   requested again with the sealed card number, or, past `PAYMENT_REQUEST_DEADLINE_SECONDS`,
+//!   failed and compensated;
+//! - the gateway cannot be asked (breaker open, unavailable) → looked at again next round.
+//!
+//! Metrics: `payments_reconciled_total{result}`, `payments_pending` (due or not, as of the last
+//! pass) and `payments_pending_oldest_seconds`.
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
+use diesel_async::RunQueryDsl;
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::error::ApiResult;
+use crate::gateway::{GatewayError, PaymentRequest, Transaction};
+use crate::payments::{Settlement, record_transaction, settle_with};
+use crate::state::AppState;
+
+const BATCH: i64 = 200;
+const CONCURRENCY: usize = 16;
+
+/// A pending payment claimed for a look at the gateway.
+#[derive(QueryableByName, Debug)]
+struct Due {
+    #[diesel(sql_type = BigInt)]
+    order_id: i64,
+    #[diesel(sql_type = BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = BigInt)]
+    amount: i64,
+    #[diesel(sql_type = Text)]
+    card_type: String,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    card_no_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Text>)]
+    transaction_key: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+/// Runs reconciliation passes until `stop` turns true.
+pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
+    let interval = state.config.payments.reconcile_interval;
+    loop {
+        let pause = match pass(&state).await {
+            Ok(n) if n as i64 == BATCH => std::time::Duration::ZERO,
+            Ok(_) => interval,
+            Err(e) => {
+                tracing::warn!(error = %e, "payment reconciliation pass failed; retrying");
+                interval.max(std::time::Duration::from_secs(1))
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One pass: claims up to a batch of due payments and reconciles them. Returns how many.
+pub async fn pass(state: &AppState) -> ApiResult<usize> {
+    let due = claim(state).await?;
+    let n = due.len();
+    futures::stream::iter(due)
+        .for_each_concurrent(CONCURRENCY, |d| async move {
+            let order_id = d.order_id;
+            let result = reconcile(state, d).await;
+            let label = match &result {
+                Ok(label) => *label,
+                Err(e) => {
+                    tracing::warn!(order.id = order_id, error = %e, "could not reconcile a payment");
+                    "error"
+                }
+            };
+            metrics::counter!("payments_reconciled_total", "result" => label).increment(1);
+        })
+        .await;
+    Ok(n)
+}
+
+async fn claim(state: &AppState) -> ApiResult<Vec<Due>> {
+    #[derive(QueryableByName)]
+    struct Backlog {
+        #[diesel(sql_type = BigInt)]
+        pending: i64,
+        #[diesel(sql_type = diesel::sql_types::Double)]
+        oldest: f64,
+    }
+    let mut conn = state.db.get().await?;
+    let recheck_ms = state.config.payments.recheck_after.as_millis() as i64;
+    let due: Vec<Due> = diesel::sql_query(
+        "UPDATE payments p
+            SET next_check_at = now() + $1 * interval '1 millisecond', checks = p.checks + 1
+          WHERE p.id IN (SELECT id FROM payments
+                          WHERE status = 'PENDING' AND next_check_at <= now()
+                          ORDER BY next_check_at
+                          LIMIT $2
+                          FOR UPDATE SKIP LOCKED)
+      RETURNING p.order_id, p.user_id, p.amount, p.card_type, p.card_no_sealed,
+                p.transaction_key, p.created_at",
+    )
+    .bind::<BigInt, _>(recheck_ms)
+    .bind::<BigInt, _>(BATCH)
+    .load(&mut conn)
+    .await?;
+    let backlog: Backlog = diesel::sql_query(
+        "SELECT count(*) AS pending,
+                COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS oldest
+           FROM payments WHERE status = 'PENDING'",
+    )
+    .get_result(&mut conn)
+    .await?;
+    metrics::gauge!("payments_pending").set(backlog.pending as f64);
+    metrics::gauge!("payments_pending_oldest_seconds").set(backlog.oldest);
+    Ok(due)
+}
+
+/// Settles (or re-requests) one payment according to the gateway. Returns a metrics label.
+async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
+    let gateway = &state.gateway;
+    let found: Result<Vec<Transaction>, GatewayError> = match &due.transaction_key {
+        Some(key) => gateway
+            .transaction(due.user_id, key)
+            .await
+            .map(|t| t.into_iter().collect()),
+        None => gateway.by_order(due.user_id, due.order_id).await,
+    };
+    let found = match found {
+        Ok(found) => found,
+        Err(GatewayError::Refused(detail)) => {
+            tracing::warn!(order.id = due.order_id, %detail, "the gateway refused a lookup");
+            return Ok("gateway_refused");
+        }
+        Err(_) => return Ok("gateway_unavailable"),
+    };
+    // A payment belongs to this order only if the gateway agrees on order and amount.
+    let order = due.order_id.to_string();
+    let found: Vec<Transaction> = found
+        .into_iter()
+        .filter(|t| t.order_id == order && t.amount.is_none_or(|a| a == due.amount))
+        .collect();
+    if let Some(paid) = found.iter().find(|t| t.status == "SUCCESS") {
+        let key = paid.transaction_key.clone();
+        settle_with(
+            state,
+            due.order_id,
+            Settlement::Paid {
+                transaction_key: key,
+            },
+            "reconciliation",
+        )
+        .await?;
+        return Ok("paid");
+    }
+    if let Some(pending) = found.iter().find(|t| t.status == "PENDING") {
+        if due.transaction_key.is_none() {
+            record_transaction(state, due.order_id, &pending.transaction_key).await?;
+        }
+        return Ok("still_pending");
+    }
+    if let Some(failed) = found.last() {
+        settle_with(
+            state,
+            due.order_id,
+            Settlement::Failed {
+                transaction_key: Some(failed.transaction_key.clone()),
+                reason: failed
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "declined".to_owned()),
+            },
+            "reconciliation",
+        )
+        .await?;
+        return Ok("failed");
+    }
+    // The gateway never received this payment.
+    let age = (Utc::now() - due.created_at).to_std().unwrap_or_default();
+    let card_no = due
+        .card_no_sealed
+        .as_deref()
+        .and_then(|sealed| state.cards.open(sealed));
+    let card_no = match card_no {
+        Some(card_no) if age < state.config.payments.request_deadline => card_no,
+        _ => {
+            settle_with(
+                state,
+                due.order_id,
+                Settlement::Failed {
+                    transaction_key: None,
+                    reason: "the payment never reached the payment gateway".to_owned(),
+                },
+                "reconciliation",
+            )
+            .await?;
+            return Ok("expired");
+        }
+    };
+    let request = PaymentRequest {
+        user_id: due.user_id,
+        order_id: due.order_id,
+        card_type: &due.card_type,
+        card_no: &card_no,
+        amount: due.amount,
+    };
+    match gateway.request_payment(&request).await {
+        Ok(tx) => {
+            record_transaction(state, due.order_id, &tx.transaction_key).await?;
+            Ok("requested")
+        }
+        Err(GatewayError::Refused(detail)) => {
+            tracing::warn!(order.id = due.order_id, %detail, "the gateway refused the payment");
+            settle_with(
+                state,
+                due.order_id,
+                Settlement::Failed {
+                    transaction_key: None,
+                    reason: "the payment gateway refused the payment".to_owned(),
+                },
+                "reconciliation",
+            )
+            .await?;
+            Ok("failed")
+        }
+        Err(_) => Ok("gateway_unavailable"),
+    }
+}

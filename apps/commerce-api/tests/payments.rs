@@ -1,0 +1,869 @@
+//! Card payments against a real pg-simulator (started here, on its own database), PostgreSQL,
+//! Redis and the broker.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{TestApp, spawn_app_with};
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use futures::StreamExt;
+use pg_simulator::Simulator;
+use pg_simulator::behaviour::Behaviour;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+const CARD_NO: &str = "1234-5678-9012-3456";
+
+struct Gateway {
+    base: String,
+    sim: Arc<Simulator>,
+    db: commerce_testkit::TestDb,
+}
+
+impl Gateway {
+    async fn start(behaviour: Behaviour) -> Self {
+        let db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
+        let config = pg_simulator::config::Config {
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            database_url: db.url.clone(),
+            database_pool_size: 16,
+            seed: Some(20261122),
+            behaviour,
+        };
+        let app = pg_simulator::Application::build(config).await.unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let sim = app.simulator();
+        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        Self { base, sim, db }
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        count(&self.db.url, sql).await
+    }
+
+    /// Payments the gateway holds for an order.
+    async fn payments_for(&self, order_id: i64) -> i64 {
+        self.count(&format!(
+            "SELECT count(*) AS n FROM payments WHERE order_id = '{order_id}'"
+        ))
+        .await
+    }
+}
+
+async fn count(url: &str, sql: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query(sql)
+        .get_result::<N>(&mut conn)
+        .await
+        .unwrap()
+        .n
+}
+
+/// An API talking to `gw`, with quick test timings; `extra` overrides them.
+async fn api(gw: &Gateway, extra: &[(&str, &str)]) -> TestApp {
+    let mut vars = vec![
+        ("PG_BASE_URL", gw.base.as_str()),
+        ("PG_TIMEOUT_MS", "1000"),
+        ("PG_RETRY_BASE_MS", "20"),
+        ("PAYMENT_RECONCILE_INTERVAL_MS", "100"),
+        ("PAYMENT_RECHECK_AFTER_MS", "1500"),
+    ];
+    vars.extend_from_slice(extra);
+    spawn_app_with(&vars).await
+}
+
+fn card_order(product: i64, quantity: i64, coupon: Option<i64>) -> Value {
+    json!({"items": [{"product_id": product, "quantity": quantity}], "user_coupon_id": coupon,
+           "payment": {"method": "CARD", "card_type": "KB", "card_no": CARD_NO}})
+}
+
+async fn place(app: &TestApp, token: &str, body: Value) -> Value {
+    let (status, order) = app.post("/api/v1/orders", Some(token), body).await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    assert!(
+        !order.to_string().contains("5678-9012"),
+        "the full card number leaked: {order}"
+    );
+    order
+}
+
+/// Polls the order until its status is not `PENDING_PAYMENT`.
+async fn settled(app: &TestApp, token: &str, order_id: i64, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let (status, order) = app
+            .get(&format!("/api/v1/orders/{order_id}"), Some(token))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{order}");
+        if order["status"] != "PENDING_PAYMENT" {
+            return order;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "order {order_id} still pending: {order}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn events(app: &TestApp, event_type: &str) -> i64 {
+    app.count(&format!(
+        "SELECT count(*) AS n FROM outbox WHERE event_type = '{event_type}'"
+    ))
+    .await
+}
+
+async fn coupon_for(app: &TestApp, token: &str) -> i64 {
+    let (status, coupon) = app
+        .post(
+            "/api/v1/admin/coupons",
+            Some(&app.admin),
+            json!({"name": "1000 off", "discount_type": "FIXED", "discount_value": 1000}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{coupon}");
+    let (status, issued) = app
+        .post(
+            &format!("/api/v1/coupons/{}/issue", coupon["id"]),
+            Some(token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    issued["user_coupon_id"].as_i64().unwrap()
+}
+
+async fn coupon_status(app: &TestApp, uc: i64) -> i64 {
+    app.count(&format!(
+        "SELECT count(*) AS n FROM user_coupons WHERE id = {uc} AND status = 'AVAILABLE' AND order_id IS NULL"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_card_order_is_accepted_pending_and_paid_by_the_gateways_callback() {
+    let gw = Gateway::start(Behaviour::reliable()).await;
+    let app = api(&gw, &[("PAYMENT_RECONCILE_ENABLED", "false")]).await;
+    let product = app.product(app.brand().await, 5000, 10).await;
+    let (_, token) = app.user_with_points("card-buyer", 0).await;
+
+    let order = place(&app, &token, card_order(product, 2, None)).await;
+    assert_eq!(order["status"], "PENDING_PAYMENT");
+    assert_eq!(order["payment_method"], "CARD");
+    assert_eq!(order["payment"]["status"], "PENDING");
+    assert_eq!(order["payment"]["card_no"], "1234-****-****-3456");
+    let key = order["payment"]["transaction_key"].as_str().unwrap();
+    assert!(
+        key.len() == 18 && key.contains(":TR:"),
+        "key looks like 20261121:TR:9577c5: {key}"
+    );
+    assert_eq!(app.stock(product).await, 8, "stock is reserved at once");
+
+    let id = order["order_id"].as_i64().unwrap();
+    let paid = settled(&app, &token, id, Duration::from_secs(10)).await;
+    assert_eq!(paid["status"], "PAID");
+    assert_eq!(paid["payment"]["status"], "SUCCESS");
+    assert_eq!(paid["payment"]["transaction_key"], key);
+    assert_eq!(app.stock(product).await, 8);
+    assert_eq!(events(&app, "OrderCreated").await, 1);
+    assert_eq!(events(&app, "OrderPaid").await, 1);
+    assert_eq!(events(&app, "PaymentCompleted").await, 1);
+    assert_eq!(gw.payments_for(id).await, 1);
+    // The sealed card number is gone once the gateway has the payment.
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM payments WHERE card_no_sealed IS NOT NULL")
+            .await,
+        0
+    );
+    assert_eq!(
+        gw.count("SELECT count(*) AS n FROM payments WHERE callback_status = 'SENT'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_declined_payment_gives_back_stock_and_coupon_and_is_not_a_sale() {
+    let gw = Gateway::start(Behaviour {
+        success_rate: 0.0,
+        limit_exceeded_rate: 1.0,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(&gw, &[("PAYMENT_RECONCILE_ENABLED", "false")]).await;
+    let product = app.product(app.brand().await, 5000, 10).await;
+    let (user, token) = app.user_with_points("declined", 50_000).await;
+    let uc = coupon_for(&app, &token).await;
+
+    let order = place(&app, &token, card_order(product, 3, Some(uc))).await;
+    assert_eq!(order["final_amount"], 14_000);
+    assert_eq!(app.stock(product).await, 7);
+    assert_eq!(coupon_status(&app, uc).await, 0, "the coupon is held");
+
+    let failed = settled(
+        &app,
+        &token,
+        order["order_id"].as_i64().unwrap(),
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(failed["status"], "PAYMENT_FAILED");
+    assert_eq!(failed["payment"]["status"], "FAILED");
+    assert_eq!(failed["payment"]["reason"], "limit exceeded");
+    assert_eq!(app.stock(product).await, 10, "stock restored");
+    assert_eq!(coupon_status(&app, uc).await, 1, "coupon available again");
+    assert_eq!(app.balance(user).await, 50_000, "points untouched");
+    assert_eq!(events(&app, "PaymentFailed").await, 1);
+    assert_eq!(events(&app, "OrderPaid").await, 0);
+    // A failed order cannot be cancelled (nothing left to give back).
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/orders/{}/cancel", order["order_id"]),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(app.stock(product).await, 10);
+}
+
+#[tokio::test]
+async fn bad_card_details_are_refused_and_change_nothing() {
+    let gw = Gateway::start(Behaviour::reliable()).await;
+    let app = api(&gw, &[]).await;
+    let product = app.product(app.brand().await, 5000, 10).await;
+    let (_, token) = app.user_with_points("typo", 0).await;
+    for payment in [
+        json!({"method": "CARD", "card_type": "KB", "card_no": "1234-5678-9012"}),
+        json!({"method": "CARD", "card_type": "VISA", "card_no": CARD_NO}),
+        json!({"method": "CARD", "card_type": "KB"}),
+        json!({"method": "POINT", "card_type": "KB", "card_no": CARD_NO}),
+        json!({"method": "CASH"}),
+    ] {
+        let (status, body) = app
+            .post(
+                "/api/v1/orders",
+                Some(&token),
+                json!({"items": [{"product_id": product, "quantity": 1}], "payment": payment}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{payment}: {body}");
+        assert_eq!(body["code"], "VALIDATION_FAILED");
+        assert!(!body.to_string().contains("5678-9012"));
+    }
+    assert_eq!(app.stock(product).await, 10);
+    assert_eq!(app.count("SELECT count(*) AS n FROM orders").await, 0);
+    assert_eq!(gw.sim.dice.requests_received(), 0);
+}
+
+#[tokio::test]
+async fn gateway_errors_are_retried_without_creating_a_second_payment() {
+    let gw = Gateway::start(Behaviour {
+        request_failure_rate: 0.5,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(&gw, &[("PG_MAX_ATTEMPTS", "8")]).await;
+    let product = app.product(app.brand().await, 1000, 100).await;
+    let (_, token) = app.user_with_points("retry", 0).await;
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        let order = place(&app, &token, card_order(product, 1, None)).await;
+        ids.push(order["order_id"].as_i64().unwrap());
+    }
+    for id in &ids {
+        assert_eq!(
+            settled(&app, &token, *id, Duration::from_secs(15)).await["status"],
+            "PAID"
+        );
+        assert_eq!(gw.payments_for(*id).await, 1, "order {id}");
+    }
+    assert!(
+        gw.sim.dice.requests_received() > 20,
+        "half the requests failed and were retried: {}",
+        gw.sim.dice.requests_received()
+    );
+    assert_eq!(app.stock(product).await, 80);
+}
+
+#[tokio::test]
+async fn a_timed_out_payment_is_looked_up_before_it_is_requested_again() {
+    let gw = Gateway::start(Behaviour {
+        latency_min_ms: 1500,
+        latency_max_ms: 1500,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(
+        &gw,
+        &[
+            ("PG_TIMEOUT_MS", "300"),
+            ("PG_MAX_ATTEMPTS", "2"),
+            ("PAYMENT_RECHECK_AFTER_MS", "2500"),
+        ],
+    )
+    .await;
+    let product = app.product(app.brand().await, 1000, 10).await;
+    let (_, token) = app.user_with_points("slow", 0).await;
+    let started = Instant::now();
+    let order = place(&app, &token, card_order(product, 1, None)).await;
+    assert!(
+        started.elapsed() < Duration::from_millis(1400),
+        "the order request is bounded by the client's timeouts"
+    );
+    assert_eq!(order["status"], "PENDING_PAYMENT");
+    assert_eq!(order["payment"]["status"], "PENDING");
+    assert!(order["payment"]["transaction_key"].is_null());
+    assert!(
+        order["payment"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("retried automatically")
+    );
+    gw.sim
+        .dice
+        .set(|b| {
+            b.latency_min_ms = 0;
+            b.latency_max_ms = 0;
+        })
+        .unwrap();
+    let id = order["order_id"].as_i64().unwrap();
+    let paid = settled(&app, &token, id, Duration::from_secs(15)).await;
+    assert_eq!(paid["status"], "PAID");
+    assert_eq!(gw.payments_for(id).await, 1, "exactly one gateway payment");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_failures_accepts_orders_meanwhile_and_closes_again() {
+    let gw = Gateway::start(Behaviour {
+        request_failure_rate: 1.0,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(
+        &gw,
+        &[
+            ("PG_MAX_ATTEMPTS", "1"),
+            ("PG_BREAKER_MIN_CALLS", "4"),
+            ("PG_BREAKER_OPEN_MS", "1500"),
+            ("PAYMENT_RECHECK_AFTER_MS", "500"),
+        ],
+    )
+    .await;
+    let product = app.product(app.brand().await, 1000, 100).await;
+    let (_, token) = app.user_with_points("breaker", 0).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        let order = place(&app, &token, card_order(product, 1, None)).await;
+        assert_eq!(order["payment"]["status"], "PENDING");
+        ids.push(order["order_id"].as_i64().unwrap());
+    }
+    assert_eq!(app.state.gateway.breaker_state(), "open");
+    let calls = gw.sim.dice.requests_received();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let order = place(&app, &token, card_order(product, 1, None)).await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert_eq!(order["status"], "PENDING_PAYMENT");
+        assert!(
+            order["payment"]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("unavailable")
+        );
+        ids.push(order["order_id"].as_i64().unwrap());
+    }
+    assert_eq!(
+        gw.sim.dice.requests_received(),
+        calls,
+        "an open breaker does not call the gateway"
+    );
+    let (_, metrics) = app.get("/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("payment_gateway_circuit_state 1")
+    );
+
+    gw.sim.dice.set(|b| b.request_failure_rate = 0.0).unwrap();
+    for id in &ids {
+        assert_eq!(
+            settled(&app, &token, *id, Duration::from_secs(20)).await["status"],
+            "PAID"
+        );
+        assert_eq!(gw.payments_for(*id).await, 1);
+    }
+    assert_eq!(app.state.gateway.breaker_state(), "closed");
+}
+
+#[tokio::test]
+async fn lost_callbacks_are_settled_by_reconciliation() {
+    let gw = Gateway::start(Behaviour {
+        callback_drop_rate: 1.0,
+        success_rate: 0.5,
+        limit_exceeded_rate: 0.5,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(&gw, &[("PAYMENT_RECHECK_AFTER_MS", "500")]).await;
+    let product = app.product(app.brand().await, 1000, 100).await;
+    let (_, token) = app.user_with_points("lost", 0).await;
+    let mut ids = Vec::new();
+    for _ in 0..10 {
+        let order = place(&app, &token, card_order(product, 1, None)).await;
+        ids.push(order["order_id"].as_i64().unwrap());
+    }
+    let mut paid = 0;
+    for id in &ids {
+        if settled(&app, &token, *id, Duration::from_secs(15)).await["status"] == "PAID" {
+            paid += 1;
+        }
+    }
+    assert_eq!(
+        gw.count("SELECT count(*) AS n FROM payments WHERE callback_status = 'DROPPED'")
+            .await,
+        10
+    );
+    assert_eq!(events(&app, "OrderPaid").await, paid);
+    assert_eq!(events(&app, "PaymentFailed").await, 10 - paid);
+    assert_eq!(app.stock(product).await, 100 - paid);
+}
+
+#[tokio::test]
+async fn duplicate_and_late_callbacks_change_nothing() {
+    let gw = Gateway::start(Behaviour::reliable()).await;
+    let app = api(&gw, &[("PAYMENT_RECONCILE_ENABLED", "false")]).await;
+    let product = app.product(app.brand().await, 1000, 10).await;
+    let (_, token) = app.user_with_points("dup", 0).await;
+    let order = place(&app, &token, card_order(product, 1, None)).await;
+    let id = order["order_id"].as_i64().unwrap();
+    assert_eq!(
+        settled(&app, &token, id, Duration::from_secs(10)).await["status"],
+        "PAID"
+    );
+    let key = order["payment"]["transaction_key"].clone();
+    // The same callback again, several at once, and a late one claiming failure.
+    let replays = (0..5).map(|i| {
+        let status = if i == 4 { "FAILED" } else { "SUCCESS" };
+        app.post(
+            "/api/v1/payments/callback",
+            None,
+            json!({"transaction_key": key, "order_id": id.to_string(), "status": status,
+                   "reason": "limit exceeded", "amount": 1000}),
+        )
+    });
+    for (status, body) in futures::future::join_all(replays).await {
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["order_status"], "PAID");
+    }
+    assert_eq!(events(&app, "OrderPaid").await, 1);
+    assert_eq!(events(&app, "PaymentCompleted").await, 1);
+    assert_eq!(events(&app, "PaymentFailed").await, 0);
+    assert_eq!(app.stock(product).await, 9);
+}
+
+#[tokio::test]
+async fn forged_callbacks_are_rejected_and_change_nothing() {
+    // Payments stay pending at the gateway for the whole test.
+    let gw = Gateway::start(Behaviour {
+        settle_min_ms: 600_000,
+        settle_max_ms: 600_000,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(&gw, &[("PAYMENT_RECONCILE_ENABLED", "false")]).await;
+    let product = app.product(app.brand().await, 1000, 10).await;
+    let (_, token) = app.user_with_points("victim", 0).await;
+    let a = place(&app, &token, card_order(product, 1, None)).await;
+    let b = place(&app, &token, card_order(product, 2, None)).await;
+    let outbox_before = app.count("SELECT count(*) AS n FROM outbox").await;
+    let cases = [
+        (
+            json!({"transaction_key": "20261122:TR:ffffff", "order_id": a["order_id"].to_string(), "status": "SUCCESS"}),
+            StatusCode::BAD_REQUEST,
+            "PAYMENT_NOT_VERIFIED",
+        ),
+        // A real payment of another order (and amount).
+        (
+            json!({"transaction_key": a["payment"]["transaction_key"], "order_id": b["order_id"].to_string(), "status": "SUCCESS"}),
+            StatusCode::BAD_REQUEST,
+            "PAYMENT_NOT_VERIFIED",
+        ),
+        // The right payment, but the gateway has not settled it: the claim is not trusted.
+        (
+            json!({"transaction_key": a["payment"]["transaction_key"], "order_id": a["order_id"].to_string(), "status": "SUCCESS"}),
+            StatusCode::CONFLICT,
+            "PAYMENT_NOT_SETTLED",
+        ),
+        (
+            json!({"transaction_key": "x", "order_id": "999999", "status": "SUCCESS"}),
+            StatusCode::NOT_FOUND,
+            "PAYMENT_NOT_FOUND",
+        ),
+        (
+            json!({"transaction_key": "x", "order_id": "one", "status": "SUCCESS"}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+        ),
+        (
+            json!({"order_id": "1"}),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+        ),
+    ];
+    for (body, want, code) in cases {
+        let (status, problem) = app
+            .post("/api/v1/payments/callback", None, body.clone())
+            .await;
+        assert_eq!(status, want, "{body}: {problem}");
+        assert_eq!(problem["code"], code, "{body}: {problem}");
+    }
+    for order in [&a, &b] {
+        let (_, now) = app
+            .get(
+                &format!("/api/v1/orders/{}", order["order_id"]),
+                Some(&token),
+            )
+            .await;
+        assert_eq!(now["status"], "PENDING_PAYMENT");
+    }
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM outbox").await,
+        outbox_before
+    );
+    assert_eq!(app.stock(product).await, 7);
+}
+
+#[tokio::test]
+async fn callback_reconciliation_and_cancel_racing_compensate_exactly_once() {
+    let gw = Gateway::start(Behaviour {
+        success_rate: 0.0,
+        limit_exceeded_rate: 1.0,
+        callback_drop_rate: 1.0,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(
+        &gw,
+        &[
+            ("PAYMENT_RECONCILE_ENABLED", "false"),
+            ("PAYMENT_RECHECK_AFTER_MS", "10"),
+        ],
+    )
+    .await;
+    let product = app.product(app.brand().await, 5000, 100).await;
+    let (_, token) = app.user_with_points("racer", 0).await;
+    let mut orders = Vec::new();
+    for _ in 0..10 {
+        let uc = coupon_for(&app, &token).await;
+        let order = place(&app, &token, card_order(product, 2, Some(uc))).await;
+        orders.push((order, uc));
+    }
+    // Wait until the gateway has declined every payment (its callbacks are all dropped).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw
+        .count("SELECT count(*) AS n FROM payments WHERE status = 'FAILED'")
+        .await
+        < 10
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.stock(product).await, 80);
+    for (order, _) in &orders {
+        let id = order["order_id"].as_i64().unwrap();
+        let callback = json!({"transaction_key": order["payment"]["transaction_key"], "order_id": id.to_string()});
+        let callbacks = (0..3).map(|_| async {
+            app.post("/api/v1/payments/callback", None, callback.clone())
+                .await
+                .0
+        });
+        let cancels = (0..2).map(|_| async {
+            app.post(
+                &format!("/api/v1/orders/{id}/cancel"),
+                Some(&token),
+                json!({}),
+            )
+            .await
+            .0
+        });
+        let passes = (0..2).map(|_| async {
+            commerce_api::reconcile::pass(&app.state).await.unwrap();
+            StatusCode::OK
+        });
+        let (c, x, p) = tokio::join!(
+            futures::future::join_all(callbacks),
+            futures::future::join_all(cancels),
+            futures::future::join_all(passes)
+        );
+        for s in c.into_iter().chain(p) {
+            assert_eq!(s, StatusCode::OK);
+        }
+        for s in x {
+            assert!(s == StatusCode::OK || s == StatusCode::CONFLICT, "{s}");
+        }
+    }
+    assert_eq!(app.stock(product).await, 100, "stock restored exactly once");
+    for (_, uc) in &orders {
+        assert_eq!(coupon_status(&app, *uc).await, 1);
+    }
+    let compensations = events(&app, "PaymentFailed").await + events(&app, "OrderCancelled").await;
+    assert_eq!(compensations, 10, "one compensation per order");
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM orders WHERE status IN ('PAYMENT_FAILED', 'CANCELLED')"
+        )
+        .await,
+        10
+    );
+}
+
+#[tokio::test]
+async fn an_api_crash_between_commit_and_gateway_call_is_recovered_by_reconciliation() {
+    let gw = Gateway::start(Behaviour {
+        latency_min_ms: 5000,
+        latency_max_ms: 5000,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let setup = api(&gw, &[("PAYMENT_RECONCILE_ENABLED", "false")]).await;
+    let product = setup.product(setup.brand().await, 1000, 10).await;
+    let (_, token) = setup.user_with_points("crash", 0).await;
+
+    // A second API, a real process, takes the order and dies while the gateway call is open.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &setup.db.url)
+        .env("REDIS_URL", commerce_testkit::redis_url())
+        .env("REDIS_KEY_PREFIX", &setup.state.config.redis_key_prefix)
+        .env("KAFKA_BROKERS", &setup.state.config.kafka.brokers)
+        .env("OUTBOX_RELAY_ENABLED", "false")
+        .env("PAYMENT_RECONCILE_ENABLED", "false")
+        .env("PG_BASE_URL", &gw.base)
+        .env("PG_TIMEOUT_MS", "10000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the commerce-api binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reqwest::get(format!("{base}/health/live")).await.is_err() {
+        assert!(Instant::now() < deadline, "the child API never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let request = setup
+        .client
+        .post(format!("{base}/api/v1/orders"))
+        .bearer_auth(&token)
+        .json(&card_order(product, 1, None))
+        .send();
+    let crashed = tokio::spawn(request);
+    // The order commits, then the process waits on the gateway: kill it there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while setup
+        .count("SELECT count(*) AS n FROM payments WHERE status = 'PENDING'")
+        .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the order never committed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.start_kill().unwrap();
+    child.wait().await.unwrap();
+    assert!(crashed.await.unwrap().is_err(), "the client saw the crash");
+    assert_eq!(
+        setup
+            .count("SELECT count(*) AS n FROM orders WHERE status = 'PENDING_PAYMENT'")
+            .await,
+        1
+    );
+    assert_eq!(setup.stock(product).await, 9, "the accepted order is kept");
+
+    // Another instance's reconciliation settles it.
+    gw.sim
+        .dice
+        .set(|b| {
+            b.latency_min_ms = 0;
+            b.latency_max_ms = 0;
+        })
+        .unwrap();
+    let survivor = api(
+        &gw,
+        &[
+            ("DATABASE_URL", setup.db.url.as_str()),
+            ("PAYMENT_RECHECK_AFTER_MS", "6000"),
+        ],
+    )
+    .await;
+    let id = setup
+        .count("SELECT id AS n FROM orders WHERE status = 'PENDING_PAYMENT'")
+        .await;
+    let paid = settled(&survivor, &token, id, Duration::from_secs(30)).await;
+    assert_eq!(paid["status"], "PAID");
+    assert_eq!(gw.payments_for(id).await, 1, "one gateway payment");
+    assert_eq!(setup.stock(product).await, 9);
+}
+
+#[tokio::test]
+async fn five_hundred_card_orders_at_default_rates_all_end_paid_or_failed_and_balance() {
+    let gw = Gateway::start(Behaviour::default()).await;
+    let timings = [
+        ("PG_TIMEOUT_MS", "2000"),
+        ("PAYMENT_RECHECK_AFTER_MS", "6000"),
+        ("PAYMENT_RECONCILE_INTERVAL_MS", "200"),
+    ];
+    let first = api(&gw, &timings).await;
+    let mut second_vars = timings.to_vec();
+    second_vars.push(("DATABASE_URL", first.db.url.as_str()));
+    let second = api(&gw, &second_vars).await;
+
+    let brand = first.brand().await;
+    let mut products = Vec::new();
+    for _ in 0..5 {
+        products.push(first.product(brand, 1000, 1000).await);
+    }
+    let mut users = Vec::new();
+    for i in 0..50 {
+        users.push(
+            first
+                .user_with_points(&format!("shopper{i}"), 100_000)
+                .await,
+        );
+    }
+    let orders = futures::stream::iter(0..600)
+        .map(|i| {
+            let app = if i % 2 == 0 { &first } else { &second };
+            let (_, token) = &users[i % users.len()];
+            let product = products[i % products.len()];
+            let body = if i % 6 == 5 {
+                json!({"items": [{"product_id": product, "quantity": 1 + (i % 3) as i64}], "payment": {"method": "POINT"}})
+            } else {
+                card_order(product, 1 + (i % 3) as i64, None)
+            };
+            async move { app.post("/api/v1/orders", Some(token), body).await }
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    for (status, body) in &orders {
+        assert_eq!(*status, StatusCode::CREATED, "{body}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while first
+        .count("SELECT count(*) AS n FROM orders WHERE status = 'PENDING_PAYMENT'")
+        .await
+        > 0
+    {
+        assert!(Instant::now() < deadline, "orders stuck in PENDING_PAYMENT");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let count = |sql: &'static str| first.count(sql);
+    assert_eq!(
+        count("SELECT count(*) AS n FROM orders WHERE payment_method = 'CARD'").await,
+        500
+    );
+    assert_eq!(
+        count("SELECT count(*) AS n FROM orders WHERE payment_method = 'CARD' AND status IN ('PAID', 'PAYMENT_FAILED')").await,
+        500
+    );
+    // Stock: what is left plus what paid orders took is what there was.
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM products p WHERE p.stock + COALESCE((
+                SELECT sum(i.quantity) FROM order_items i JOIN orders o ON o.id = i.order_id
+                 WHERE i.product_id = p.id AND o.status = 'PAID'), 0) <> 1000"
+        )
+        .await,
+        0
+    );
+    // Points: only point orders spent them, and every balance is explained by the ledger.
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM users u WHERE u.login_id LIKE 'shopper%' AND u.point_balance + COALESCE((
+                SELECT sum(o.final_amount) FROM orders o
+                 WHERE o.user_id = u.id AND o.status = 'PAID' AND o.payment_method = 'POINT'), 0) <> 100000"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM orders WHERE payment_method = 'CARD' AND points_used <> 0"
+        )
+        .await,
+        0
+    );
+    // Events: one OrderPaid per paid order, one PaymentFailed per failed one.
+    assert_eq!(
+        events(&first, "OrderPaid").await,
+        count("SELECT count(*) AS n FROM orders WHERE status = 'PAID'").await
+    );
+    assert_eq!(
+        events(&first, "PaymentFailed").await,
+        count("SELECT count(*) AS n FROM orders WHERE status = 'PAYMENT_FAILED'").await
+    );
+    // The gateway agrees: no paid order without a successful payment, no double charge, no
+    // failed order charged.
+    let paid_keys = {
+        let mut conn = first.conn().await;
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            order_id: i64,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            status: String,
+        }
+        diesel::sql_query(
+            "SELECT o.id AS order_id, o.status FROM orders o WHERE o.payment_method = 'CARD'",
+        )
+        .load::<Row>(&mut conn)
+        .await
+        .unwrap()
+    };
+    let charged = {
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            order_id: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = AsyncPgConnection::establish(&gw.db.url).await.unwrap();
+        diesel::sql_query(
+            "SELECT order_id, count(*) AS n FROM payments WHERE status = 'SUCCESS' GROUP BY order_id",
+        )
+        .load::<Row>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.order_id.parse::<i64>().unwrap(), r.n))
+        .collect::<std::collections::HashMap<_, _>>()
+    };
+    let mut paid = 0;
+    for row in paid_keys {
+        let n = charged.get(&row.order_id).copied().unwrap_or(0);
+        match row.status.as_str() {
+            "PAID" => {
+                paid += 1;
+                assert_eq!(n, 1, "order {} paid once", row.order_id);
+            }
+            _ => assert_eq!(n, 0, "failed order {} was not charged", row.order_id),
+        }
+    }
+    assert!(paid > 250, "about 70% succeed: {paid}");
+}

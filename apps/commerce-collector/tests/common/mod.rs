@@ -137,8 +137,13 @@ pub struct Api {
 
 impl Api {
     pub async fn start(p: &Pipeline) -> Self {
+        Self::start_with(p, &[]).await
+    }
+
+    /// An API with extra settings (e.g. `PG_BASE_URL`).
+    pub async fn start_with(p: &Pipeline, extra: &[(&str, &str)]) -> Self {
         let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
-        let vars: HashMap<String, String> = HashMap::from([
+        let mut vars: HashMap<String, String> = HashMap::from([
             ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
             ("DATABASE_URL".into(), db.url.clone()),
             ("REDIS_URL".into(), commerce_testkit::redis_url()),
@@ -149,6 +154,11 @@ impl Api {
             ("KAFKA_TOPIC_PARTITIONS".into(), "3".into()),
             ("OUTBOX_POLL_INTERVAL_MS".into(), "200".into()),
         ]);
+        vars.extend(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
         let config = commerce_api::config::Config::read(&Reader::new(vars)).unwrap();
         let app = commerce_api::startup::Application::build(config)
             .await

@@ -1,0 +1,147 @@
+//! Card orders through the whole pipeline: only an order whose payment succeeded is a sale.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Api, Pipeline, eventually};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use pg_simulator::behaviour::Behaviour;
+use serde_json::{Value, json};
+
+#[derive(diesel::QueryableByName)]
+struct N {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+async fn count(url: &str, sql: &str) -> i64 {
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query(sql)
+        .get_result::<N>(&mut conn)
+        .await
+        .unwrap()
+        .n
+}
+
+async fn settled(api: &Api, token: &str, order: &Value) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body: Value = api
+            .client
+            .get(format!("{}/api/v1/orders/{}", api.base, order["order_id"]))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] != "PENDING_PAYMENT" {
+            return body["status"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "never settled: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_declined_card_order_is_never_counted_as_a_sale() {
+    let gw_db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
+    let gateway = pg_simulator::Application::build(pg_simulator::config::Config {
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        database_url: gw_db.url.clone(),
+        database_pool_size: 4,
+        seed: Some(1),
+        behaviour: Behaviour::reliable(),
+    })
+    .await
+    .unwrap();
+    let gw_base = format!("http://127.0.0.1:{}", gateway.port());
+    let sim = gateway.simulator();
+    tokio::spawn(gateway.run_until_stopped(std::future::pending()));
+
+    let p = Pipeline::new().await;
+    let api = Api::start_with(&p, &[("PG_BASE_URL", gw_base.as_str())]).await;
+    let (collector, _task) = p.collector().await;
+    let admin = api
+        .token("admin", commerce_api::config::DEV_ADMIN_PASSWORD)
+        .await;
+    let brand = api
+        .post("/api/v1/admin/brands", &admin, json!({"name": "Acme"}))
+        .await["id"]
+        .as_i64()
+        .unwrap();
+    let product = |name: &str| {
+        api.post(
+            "/api/v1/admin/products",
+            &admin,
+            json!({"brand_id": brand, "name": name, "price": 1000, "stock": 100}),
+        )
+    };
+    let paid = product("Paid").await["id"].as_i64().unwrap();
+    let declined = product("Declined").await["id"].as_i64().unwrap();
+    let signup = json!({"login_id": "carder", "password": "carder-password", "name": "C", "email": "c@example.com"});
+    api.client
+        .post(format!("{}/api/v1/users", api.base))
+        .json(&signup)
+        .send()
+        .await
+        .unwrap();
+    let buyer = api.token("carder", "carder-password").await;
+    let card = |product: i64| {
+        json!({"items": [{"product_id": product, "quantity": 2}],
+        "payment": {"method": "CARD", "card_type": "SAMSUNG", "card_no": "9876-5432-1098-7654"}})
+    };
+
+    let order = api.post("/api/v1/orders", &buyer, card(paid)).await;
+    assert_eq!(settled(&api, &buyer, &order).await, "PAID");
+    sim.dice
+        .set(|b| {
+            b.success_rate = 0.0;
+            b.limit_exceeded_rate = 1.0;
+        })
+        .unwrap();
+    let order = api.post("/api/v1/orders", &buyer, card(declined)).await;
+    assert_eq!(settled(&api, &buyer, &order).await, "PAYMENT_FAILED");
+
+    let m = eventually(
+        &format!("{collector}/api/v1/product-metrics/{paid}"),
+        60,
+        |b| b["order_count"] == 1,
+    )
+    .await;
+    assert_eq!(m["sales_quantity"], 2);
+    assert_eq!(m["sales_amount"], 2000);
+    // Once the collector has handled every event the API wrote (OrderCreated and PaymentFailed
+    // included), the declined order has still not counted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let written = count(&api.db.url, "SELECT count(*) AS n FROM outbox").await;
+        let handled = count(&p.db.url, "SELECT count(*) AS n FROM event_handled").await;
+        if handled >= written {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{handled} of {written} events handled"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        count(
+            &api.db.url,
+            "SELECT count(*) AS n FROM outbox WHERE event_type = 'PaymentFailed'"
+        )
+        .await,
+        1
+    );
+    let m: Value = reqwest::get(format!("{collector}/api/v1/product-metrics/{declined}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(m["order_count"].as_i64().unwrap_or(0), 0, "{m}");
+    assert_eq!(m["sales_quantity"].as_i64().unwrap_or(0), 0, "{m}");
+}

@@ -95,6 +95,25 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         products: i64,
     },
+    /// Card orders against pg-simulator at its default rates: acceptance throughput and
+    /// latency, then the time until every order is PAID or PAYMENT_FAILED.
+    CardOrders {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api: SocketAddr,
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/commerce"
+        )]
+        database_url: String,
+        #[arg(long, default_value_t = 1000)]
+        orders: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        /// Give up waiting for final states after this long.
+        #[arg(long, default_value_t = 300)]
+        settle_timeout_seconds: u64,
+    },
     /// First-come coupon issuance: ATTEMPTS distinct users race for QUANTITY coupons.
     Coupons {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -167,7 +186,114 @@ async fn main() -> anyhow::Result<()> {
             quantity,
             connections,
         } => coupons(api, &database_url, attempts, quantity, connections).await,
+        Command::CardOrders {
+            api,
+            database_url,
+            orders,
+            connections,
+            settle_timeout_seconds,
+        } => {
+            card_orders(
+                api,
+                &database_url,
+                orders,
+                connections,
+                Duration::from_secs(settle_timeout_seconds),
+            )
+            .await
+        }
     }
+}
+
+async fn card_orders(
+    api: SocketAddr,
+    database_url: &str,
+    n_orders: usize,
+    connections: usize,
+    settle_timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut db = connect_db(database_url).await?;
+    let tag = run_id();
+    let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
+        .bind::<Text, _>(&tag)
+        .get_result(&mut db)
+        .await?;
+    let products: Vec<i64> = diesel::sql_query(
+        "INSERT INTO products (brand_id, name, price, stock)
+         SELECT $1, 'bench card product ' || g, 1000, 1000000 FROM generate_series(1, 100) g RETURNING id",
+    )
+    .bind::<BigInt, _>(brand.id)
+    .load::<Id>(&mut db)
+    .await?
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    let users = bulk_users(&mut db, &format!("{tag}-c-"), connections, 0).await?;
+    let auth = authenticator();
+    let tokens: Vec<String> = users
+        .iter()
+        .map(|id| {
+            auth.issue(*id, commerce_api::auth::Role::User)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    let report = run(
+        "card orders accepted",
+        api,
+        connections,
+        Duration::from_secs(3600),
+        Some(n_orders),
+        move |c, i| {
+            let pid = products[(c * 31 + i * 17) % products.len()];
+            let body = format!(
+                r#"{{"items":[{{"product_id":{pid},"quantity":1}}],"payment":{{"method":"CARD","card_type":"KB","card_no":"1234-5678-9012-3456"}}}}"#
+            );
+            http::request("POST", &api, "/api/v1/orders", Some(&tokens[c]), Some(&body))
+        },
+    )
+    .await?;
+    report.print();
+    let accepted_at = started.elapsed();
+
+    #[derive(diesel::QueryableByName)]
+    struct States {
+        #[diesel(sql_type = BigInt)]
+        pending: i64,
+        #[diesel(sql_type = BigInt)]
+        paid: i64,
+        #[diesel(sql_type = BigInt)]
+        failed: i64,
+    }
+    let deadline = Instant::now() + settle_timeout;
+    let states = loop {
+        let states: States = diesel::sql_query(
+            "SELECT count(*) FILTER (WHERE o.status = 'PENDING_PAYMENT') AS pending,
+                    count(*) FILTER (WHERE o.status = 'PAID') AS paid,
+                    count(*) FILTER (WHERE o.status = 'PAYMENT_FAILED') AS failed
+               FROM orders o JOIN users u ON u.id = o.user_id WHERE u.login_id LIKE $1",
+        )
+        .bind::<Text, _>(format!("{tag}-c-%"))
+        .get_result(&mut db)
+        .await?;
+        if states.pending == 0 || Instant::now() > deadline {
+            break states;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let all_final = started.elapsed();
+    println!(
+        "accepted {} orders in {:.1} s; all final after {:.1} s ({:.1} s after the last was accepted): {} PAID, {} PAYMENT_FAILED, {} still pending",
+        report.latencies_us.len(),
+        accepted_at.as_secs_f64(),
+        all_final.as_secs_f64(),
+        (all_final - accepted_at).as_secs_f64(),
+        states.paid,
+        states.failed,
+        states.pending
+    );
+    ensure!(states.pending == 0, "orders left pending");
+    Ok(())
 }
 
 fn loopback_only(addr: &SocketAddr) -> anyhow::Result<()> {

@@ -1,0 +1,304 @@
+//! The simulator on the wire, against its own real database.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::post;
+use diesel::QueryableByName;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use pg_simulator::Simulator;
+use pg_simulator::behaviour::Behaviour;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+struct Sim {
+    base: String,
+    sim: Arc<Simulator>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Sim {
+    async fn start(database_url: &str, behaviour: Behaviour, seed: u64) -> Self {
+        let app = pg_simulator::Application::build(pg_simulator::config::Config {
+            http_addr: "127.0.0.1:0".parse().unwrap(),
+            database_url: database_url.to_owned(),
+            database_pool_size: 8,
+            seed: Some(seed),
+            behaviour,
+        })
+        .await
+        .unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let sim = app.simulator();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(app.run_until_stopped(async {
+            let _ = rx.await;
+        }));
+        Self {
+            base,
+            sim,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    /// A graceful stop, as on SIGTERM.
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+
+    async fn pay(&self, user: &str, body: &Value) -> (StatusCode, Value) {
+        let res = reqwest::Client::new()
+            .post(format!("{}/api/v1/payments", self.base))
+            .header("X-USER-ID", user)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, user: &str, path: &str) -> (StatusCode, Value) {
+        let res = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .header("X-USER-ID", user)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Collects the callbacks the simulator sends.
+struct Receiver {
+    url: String,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    async fn start() -> Self {
+        let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+        let store = received.clone();
+        let app = Router::new().route(
+            "/callback",
+            post(move |axum::Json(body): axum::Json<Value>| {
+                let store = store.clone();
+                async move {
+                    store.lock().unwrap().push(body);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/callback", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, received }
+    }
+
+    fn all(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, n: usize, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
+        loop {
+            let all = self.all();
+            if all.len() >= n {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} callbacks arrived",
+                all.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn payment(order_id: &str, callback_url: &str) -> Value {
+    json!({"order_id": order_id, "card_type": "SAMSUNG", "card_no": "1234-5678-9814-1451",
+           "amount": 5000, "callback_url": callback_url})
+}
+
+async fn recorded(url: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
+    diesel::sql_query("SELECT count(*) AS n FROM payments")
+        .get_result::<N>(&mut conn)
+        .await
+        .unwrap()
+        .n
+}
+
+async fn db() -> commerce_testkit::TestDb {
+    commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await
+}
+
+#[tokio::test]
+async fn a_payment_is_accepted_pending_visible_to_its_owner_and_settled_with_one_callback() {
+    let db = db().await;
+    let sim = Sim::start(&db.url, Behaviour::reliable(), 1).await;
+    let receiver = Receiver::start().await;
+
+    let (status, accepted) = sim
+        .pay("135135", &payment("1351039135", &receiver.url))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{accepted}");
+    assert_eq!(accepted["status"], "PENDING");
+    let key = accepted["transaction_key"].as_str().unwrap().to_owned();
+    let (date, rest) = key.split_once(":TR:").unwrap();
+    assert_eq!(date.len(), 8);
+    assert!(rest.len() == 6 && rest.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    let (status, tx) = sim.get("135135", &format!("/api/v1/payments/{key}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(tx["order_id"], "1351039135");
+    assert_eq!(tx["card_no"], "1234-****-****-1451", "masked");
+    assert_eq!(tx["amount"], 5000);
+    let (status, _) = sim
+        .get("someone-else", &format!("/api/v1/payments/{key}"))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "only the owner sees it");
+    let (_, listed) = sim
+        .get("135135", "/api/v1/payments?order_id=1351039135")
+        .await;
+    assert_eq!(listed["transactions"].as_array().unwrap().len(), 1);
+    let (_, none) = sim
+        .get("someone-else", "/api/v1/payments?order_id=1351039135")
+        .await;
+    assert_eq!(none["transactions"], json!([]));
+
+    let callbacks = receiver.wait_for(1, Duration::from_secs(5)).await;
+    assert_eq!(callbacks[0]["transaction_key"], key.as_str());
+    assert_eq!(callbacks[0]["status"], "SUCCESS");
+    assert_eq!(callbacks[0]["card_no"], "1234-****-****-1451");
+    let (_, tx) = sim.get("135135", &format!("/api/v1/payments/{key}")).await;
+    assert_eq!(tx["status"], "SUCCESS");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.all().len(), 1, "one callback, never repeated");
+}
+
+#[tokio::test]
+async fn bad_requests_get_400_and_failed_requests_record_nothing() {
+    let db = db().await;
+    let sim = Sim::start(
+        &db.url,
+        Behaviour {
+            request_failure_rate: 1.0,
+            ..Behaviour::reliable()
+        },
+        2,
+    )
+    .await;
+    let good = payment("1", "http://127.0.0.1:9/callback");
+    let mut bad = Vec::new();
+    for (field, value) in [
+        ("card_type", json!("VISA")),
+        ("card_no", json!("1234567898141451")),
+        ("amount", json!(0)),
+        ("callback_url", json!("ftp://example.com")),
+        ("order_id", json!("")),
+    ] {
+        let mut body = good.clone();
+        body[field] = value;
+        bad.push(body);
+    }
+    for body in bad {
+        let (status, problem) = sim.pay("1", &body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert_eq!(problem["code"], "VALIDATION_FAILED");
+    }
+    let (status, problem) = sim.pay(" ", &good).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["code"], "USER_ID_REQUIRED");
+
+    let (status, problem) = sim.pay("1", &good).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(problem["code"], "GATEWAY_ERROR");
+    assert_eq!(recorded(&db.url).await, 0);
+}
+
+#[tokio::test]
+async fn a_fixed_seed_reproduces_the_same_answers() {
+    let behaviour = Behaviour {
+        request_failure_rate: 0.5,
+        ..Behaviour::reliable()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let db = db().await;
+        let sim = Sim::start(&db.url, behaviour, 42).await;
+        let mut answers = Vec::new();
+        for i in 0..20 {
+            let (status, body) = sim
+                .pay("7", &payment(&i.to_string(), "http://127.0.0.1:9/cb"))
+                .await;
+            // The key's suffix is drawn; its date prefix is the clock's.
+            let suffix = body["transaction_key"]
+                .as_str()
+                .and_then(|k| k.split_once(":TR:"))
+                .map(|(_, s)| s.to_owned());
+            answers.push((status, suffix));
+        }
+        runs.push(answers);
+        assert_eq!(sim.sim.dice.requests_received(), 20);
+        sim.stop().await;
+    }
+    assert_eq!(runs[0], runs[1]);
+    let failures = runs[0]
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::INTERNAL_SERVER_ERROR)
+        .count();
+    assert!((3..=17).contains(&failures), "{failures} of 20 failed");
+}
+
+#[tokio::test]
+async fn accepted_payments_survive_a_restart_and_two_simulators_settle_each_once() {
+    let db = db().await;
+    let slow = Behaviour {
+        settle_min_ms: 1500,
+        settle_max_ms: 1500,
+        ..Behaviour::reliable()
+    };
+    let receiver = Receiver::start().await;
+    let first = Sim::start(&db.url, slow, 3).await;
+    let mut keys = Vec::new();
+    for i in 0..10 {
+        let (status, body) = first
+            .pay("9", &payment(&format!("r{i}"), &receiver.url))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        keys.push(body["transaction_key"].as_str().unwrap().to_owned());
+    }
+    // Stopped before anything settled; two fresh simulators share the database.
+    first.stop().await;
+    assert!(receiver.all().is_empty());
+    let a = Sim::start(&db.url, Behaviour::reliable(), 4).await;
+    let b = Sim::start(&db.url, Behaviour::reliable(), 5).await;
+    let callbacks = receiver.wait_for(10, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut per_key: HashMap<String, usize> = HashMap::new();
+    for c in receiver.all() {
+        *per_key
+            .entry(c["transaction_key"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(callbacks.len(), 10);
+    for key in &keys {
+        assert_eq!(per_key.get(key), Some(&1), "{key} settled once");
+    }
+    for sim in [&a, &b] {
+        let (_, tx) = sim.get("9", &format!("/api/v1/payments/{}", keys[0])).await;
+        assert_eq!(tx["status"], "SUCCESS");
+    }
+}

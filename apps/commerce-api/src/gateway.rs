@@ -315,7 +315,12 @@ impl Gateway {
                     reason: a.reason,
                     amount: Some(req.amount),
                 }),
-                Ok(None) => Err(GatewayError::Refused("payment endpoint not found".into())),
+                // A 404 from the payment endpoint is a misrouted or misconfigured gateway, not a
+                // decline: leave the payment for reconciliation rather than fail the order.
+                Ok(None) => Err(GatewayError::Unavailable {
+                    detail: "payment endpoint not found (HTTP 404)".into(),
+                    unknown_outcome: false,
+                }),
                 Err(e) => Err(e),
             };
             if let Err(GatewayError::Unavailable {

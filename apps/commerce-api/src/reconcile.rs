@@ -14,6 +14,10 @@
 //!   failed and compensated;
 //! - the gateway cannot be asked (breaker open, unavailable) → looked at again next round.
 //!
+//! A payment whose order was cancelled while it was pending is looked up too, until the gateway
+//! has settled it: a success there is a charge for a closed order, flagged `REFUND_REQUIRED`
+//! even when its callback was lost.
+//!
 //! Metrics: `payments_reconciled_total{result}`, `payments_pending` (due or not, as of the last
 //! pass) and `payments_pending_oldest_seconds`.
 
@@ -37,6 +41,8 @@ const CONCURRENCY: usize = 16;
 struct Due {
     #[diesel(sql_type = BigInt)]
     order_id: i64,
+    #[diesel(sql_type = Text)]
+    status: String,
     #[diesel(sql_type = BigInt)]
     user_id: i64,
     #[diesel(sql_type = BigInt)]
@@ -105,11 +111,11 @@ async fn claim(state: &AppState) -> ApiResult<Vec<Due>> {
         "UPDATE payments p
             SET next_check_at = now() + $1 * interval '1 millisecond', checks = p.checks + 1
           WHERE p.id IN (SELECT id FROM payments
-                          WHERE status = 'PENDING' AND next_check_at <= now()
+                          WHERE status IN ('PENDING', 'CANCELLED') AND next_check_at <= now()
                           ORDER BY next_check_at
                           LIMIT $2
                           FOR UPDATE SKIP LOCKED)
-      RETURNING p.order_id, p.user_id, p.amount, p.card_type, p.card_no_sealed,
+      RETURNING p.order_id, p.status, p.user_id, p.amount, p.card_type, p.card_no_sealed,
                 p.transaction_key, p.created_at",
     )
     .bind::<BigInt, _>(recheck_ms)
@@ -163,7 +169,25 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
             "reconciliation",
         )
         .await?;
-        return Ok("paid");
+        return Ok(if due.status == "CANCELLED" {
+            "refund_required"
+        } else {
+            "paid"
+        });
+    }
+    if due.status == "CANCELLED" {
+        if found.iter().any(|t| t.status == "PENDING") {
+            return Ok("cancelled_pending");
+        }
+        // Declined, or never received: nothing was charged, nothing more to watch.
+        let mut conn = state.db.get().await?;
+        diesel::sql_query(
+            "UPDATE payments SET next_check_at = 'infinity' WHERE order_id = $1 AND status = 'CANCELLED'",
+        )
+        .bind::<BigInt, _>(due.order_id)
+        .execute(&mut conn)
+        .await?;
+        return Ok("cancelled_closed");
     }
     if let Some(pending) = found.iter().find(|t| t.status == "PENDING") {
         if due.transaction_key.is_none() {

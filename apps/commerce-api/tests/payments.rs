@@ -628,6 +628,50 @@ async fn callback_reconciliation_and_cancel_racing_compensate_exactly_once() {
 }
 
 #[tokio::test]
+async fn a_charge_landing_after_the_order_was_cancelled_is_flagged_for_refund_without_its_callback()
+{
+    let gw = Gateway::start(Behaviour {
+        settle_min_ms: 800,
+        settle_max_ms: 800,
+        callback_drop_rate: 1.0,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(&gw, &[("PAYMENT_RECHECK_AFTER_MS", "300")]).await;
+    let product = app.product(app.brand().await, 1000, 10).await;
+    let (_, token) = app.user_with_points("changed-mind", 0).await;
+    let order = place(&app, &token, card_order(product, 1, None)).await;
+    let id = order["order_id"].as_i64().unwrap();
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(app.stock(product).await, 10);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, now) = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+        assert_eq!(now["status"], "CANCELLED");
+        if now["payment"]["status"] == "REFUND_REQUIRED" {
+            assert_eq!(
+                now["payment"]["transaction_key"],
+                order["payment"]["transaction_key"]
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never flagged: {now}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(app.stock(product).await, 10, "the cancel stands");
+    assert_eq!(events(&app, "OrderPaid").await, 0);
+    assert_eq!(events(&app, "OrderCancelled").await, 1);
+}
+
+#[tokio::test]
 async fn an_api_crash_between_commit_and_gateway_call_is_recovered_by_reconciliation() {
     let gw = Gateway::start(Behaviour {
         latency_min_ms: 5000,

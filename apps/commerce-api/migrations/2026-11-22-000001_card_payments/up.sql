@@ -16,9 +16,11 @@ CREATE TABLE payments (
     transaction_key  TEXT        UNIQUE,
     reason           TEXT,
     -- Reconciliation: when this payment is next looked up at the gateway, and how often it was.
+    -- A CANCELLED payment is still looked up until the gateway has settled it ('infinity'
+    -- then), so a charge that lands after the cancel is caught even if its callback is lost.
     next_check_at    TIMESTAMPTZ NOT NULL,
     checks           INT         NOT NULL DEFAULT 0,
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     settled_at       TIMESTAMPTZ
 );
-CREATE INDEX payments_due_idx ON payments (next_check_at) WHERE status = 'PENDING';
+CREATE INDEX payments_due_idx ON payments (next_check_at) WHERE status IN ('PENDING', 'CANCELLED');

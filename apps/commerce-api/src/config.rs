@@ -24,14 +24,14 @@
 //! | `PRODUCT_CACHE_TTL_SECONDS` | `30` | Redis TTL of cached product details and list pages |
 //! | `PG_BASE_URL` | `http://127.0.0.1:8082` | the payment gateway |
 //! | `PAYMENT_CALLBACK_URL` | this API's own address + `/api/v1/payments/callback` | where the gateway reports results |
-//! | `PG_CONNECT_TIMEOUT_MS` / `PG_TIMEOUT_MS` | `300` / `1500` | per-attempt connect and total timeouts |
+//! | `PG_CONNECT_TIMEOUT_MS` / `PG_TIMEOUT_MS` | `300` / `1000` | per-attempt connect and total timeouts |
 //! | `PG_MAX_ATTEMPTS` / `PG_RETRY_BASE_MS` | `3` / `100` | attempts per call; first backoff (doubling, jittered) |
 //! | `PG_BREAKER_FAILURE_RATE` / `PG_BREAKER_WINDOW_CALLS` / `PG_BREAKER_MIN_CALLS` | `0.5` / `20` / `10` | the breaker opens when this share of the last calls failed, once enough were made |
 //! | `PG_BREAKER_OPEN_MS` | `10000` | how long it stays open before letting calls through again |
 //! | `PAYMENT_CARD_KEY` | dev-only default | 64 hex digits (AES-256) sealing card numbers until the gateway has them; required outside `dev` |
 //! | `PAYMENT_RECONCILE_ENABLED` | `true` | run payment reconciliation inside `serve` (instances share the work) |
 //! | `PAYMENT_RECONCILE_INTERVAL_MS` | `1000` | how often reconciliation looks for due payments |
-//! | `PAYMENT_RECHECK_AFTER_MS` | `10000` | a pending payment is first looked up at the gateway this long after it was placed, and again this often |
+//! | `PAYMENT_RECHECK_AFTER_MS` | `10000` | a pending payment is first looked up at the gateway this long after it was placed, and again this often; outside `dev` it must exceed two worst-case gateway calls (a lookup and a request) |
 //! | `PAYMENT_REQUEST_DEADLINE_SECONDS` | `600` | a payment the gateway never received is failed (and compensated) after this |
 
 use std::net::SocketAddr;
@@ -204,7 +204,7 @@ impl Config {
         let gateway = crate::gateway::GatewaySettings {
             base_url: r.string_or("PG_BASE_URL", "http://127.0.0.1:8082"),
             connect_timeout: ms("PG_CONNECT_TIMEOUT_MS", 300, 10..=60_000)?,
-            timeout: ms("PG_TIMEOUT_MS", 1500, 10..=120_000)?,
+            timeout: ms("PG_TIMEOUT_MS", 1000, 10..=120_000)?,
             max_attempts: r.in_range("PG_MAX_ATTEMPTS", 3, 1..=10)?,
             retry_base_delay: ms("PG_RETRY_BASE_MS", 100, 1..=10_000)?,
             breaker_failure_rate: r.in_range("PG_BREAKER_FAILURE_RATE", 0.5, 0.01..=1.0)?,
@@ -231,6 +231,28 @@ impl Config {
                 1..=7 * 86_400,
             )?),
         };
+        // Reconciliation must not re-request a payment whose request may still be in flight (the
+        // order's own call, or another instance's reconciliation of it): the recheck interval,
+        // which is also how long a reconciliation claim lasts, must outlast a lookup plus a
+        // request.
+        let worst = gateway.worst_case_call() * 2;
+        if payments.recheck_after <= worst {
+            if dev {
+                tracing::warn!(
+                    recheck_ms = payments.recheck_after.as_millis() as u64,
+                    worst_case_ms = worst.as_millis() as u64,
+                    "PAYMENT_RECHECK_AFTER_MS does not outlast two worst-case gateway calls; reconciliation could request a payment twice"
+                );
+            } else {
+                return Err(ConfigError::new(
+                    "PAYMENT_RECHECK_AFTER_MS",
+                    format!(
+                        "must exceed two worst-case gateway calls ({} ms with PG_TIMEOUT_MS, PG_MAX_ATTEMPTS and PG_RETRY_BASE_MS)",
+                        worst.as_millis()
+                    ),
+                ));
+            }
+        }
         Ok(Self {
             gateway,
             payment_callback_url,
@@ -289,6 +311,26 @@ mod tests {
             read(&[("PAYMENT_CARD_KEY", "abcd")]).err().unwrap().var,
             "PAYMENT_CARD_KEY"
         );
+    }
+
+    #[test]
+    fn prod_profile_refuses_a_recheck_that_could_request_a_payment_twice() {
+        let prod = [
+            ("APP_PROFILE", "prod"),
+            ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
+            ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
+            (
+                "PAYMENT_CARD_KEY",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            ),
+        ];
+        assert!(read(&prod).is_ok(), "the defaults are consistent");
+        let mut short = prod.to_vec();
+        short.push(("PAYMENT_RECHECK_AFTER_MS", "5000"));
+        assert_eq!(read(&short).err().unwrap().var, "PAYMENT_RECHECK_AFTER_MS");
+        let mut dev = vec![("PAYMENT_RECHECK_AFTER_MS", "5000")];
+        dev.push(("PG_TIMEOUT_MS", "1000"));
+        assert!(read(&dev).is_ok(), "dev only warns");
     }
 
     #[test]

@@ -48,6 +48,21 @@ pub struct GatewaySettings {
     pub breaker_open_for: Duration,
 }
 
+impl GatewaySettings {
+    /// The longest one logical call can take: every attempt timing out, plus the backoff
+    /// between them (jitter at most doubles a delay).
+    pub fn worst_case_call(&self) -> Duration {
+        let attempts = self.max_attempts.max(1) as u32;
+        let mut backoff = Duration::ZERO;
+        let mut delay = self.retry_base_delay;
+        for _ in 1..attempts {
+            backoff += delay.min(self.retry_base_delay * 16) * 2;
+            delay *= 2;
+        }
+        self.timeout * attempts + backoff
+    }
+}
+
 /// A payment as the gateway reports it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Transaction {
@@ -330,6 +345,16 @@ impl Gateway {
             {
                 unknown.store(true, Ordering::Relaxed);
             }
+            // Once an attempt's outcome is unknown, a refusal of a later one does not mean the
+            // payment failed: the first may have been recorded and may still be charged.
+            if unknown.load(Ordering::Relaxed)
+                && let Err(GatewayError::Refused(detail)) = &result
+            {
+                return Err(GatewayError::Unavailable {
+                    detail: format!("refused after an attempt with an unknown outcome: {detail}"),
+                    unknown_outcome: true,
+                });
+            }
             result
         })
         .await
@@ -420,11 +445,16 @@ async fn parse<T: serde::de::DeserializeOwned>(
         });
     }
     if !status.is_success() {
-        let detail = response.text().await.unwrap_or_default();
-        return Err(GatewayError::Refused(format!(
-            "HTTP {status}: {}",
-            detail.chars().take(300).collect::<String>()
-        )));
+        // Only the status and the problem's code: a gateway's body may echo the request, and
+        // with it the card number.
+        let code = response
+            .json::<serde_json::Value>()
+            .await
+            .ok()
+            .and_then(|b| b.get("code")?.as_str().map(str::to_owned))
+            .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .unwrap_or_default();
+        return Err(GatewayError::Refused(format!("HTTP {status} {code}")));
     }
     response
         .json::<T>()

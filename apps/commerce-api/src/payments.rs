@@ -228,15 +228,27 @@ pub async fn settle(
         .await
         .optional()?
         .ok_or_else(|| ApiError::not_found("ORDER_NOT_FOUND", "no such order"))?;
-    let (payment_status, amount): (String, i64) = payments::table
+    let (payment_status, amount, current_key): (String, i64, Option<String>) = payments::table
         .filter(payments::order_id.eq(order_id))
-        .select((payments::status, payments::amount))
+        .select((
+            payments::status,
+            payments::amount,
+            payments::transaction_key,
+        ))
         .for_update()
         .first(conn)
         .await
         .optional()?
         .ok_or_else(|| ApiError::not_found("PAYMENT_NOT_FOUND", "the order has no card payment"))?;
     if order.status != "PENDING_PAYMENT" {
+        if let Settlement::Paid { transaction_key } = settlement
+            && payment_status == "SUCCESS"
+            && current_key.as_ref() != Some(transaction_key)
+        {
+            // Two successful gateway payments for one order: the second must be refunded.
+            tracing::error!(order.id = order_id, transaction_key = %transaction_key, "a second gateway payment succeeded for a paid order; a refund is required");
+            metrics::counter!("payments_duplicate_charges_total").increment(1);
+        }
         if let Settlement::Paid { transaction_key } = settlement
             && matches!(payment_status.as_str(), "CANCELLED" | "FAILED")
         {

@@ -33,8 +33,10 @@ use crate::gateway::{GatewayError, PaymentRequest, Transaction};
 use crate::payments::{Settlement, record_transaction, settle_with};
 use crate::state::AppState;
 
-const BATCH: i64 = 200;
-const CONCURRENCY: usize = 16;
+/// Payments claimed per pass, all worked at once: a claim lasts `PAYMENT_RECHECK_AFTER_MS`,
+/// which outlasts a lookup plus a request, so a claimed payment is done before its claim ends.
+const BATCH: i64 = 16;
+const CONCURRENCY: usize = BATCH as usize;
 
 /// A pending payment claimed for a look at the gateway.
 #[derive(QueryableByName, Debug)]
@@ -55,6 +57,9 @@ struct Due {
     transaction_key: Option<String>,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
+    /// The claim: when it ends.
+    #[diesel(sql_type = Timestamptz)]
+    next_check_at: DateTime<Utc>,
 }
 
 /// Runs reconciliation passes until `stop` turns true.
@@ -116,7 +121,7 @@ async fn claim(state: &AppState) -> ApiResult<Vec<Due>> {
                           LIMIT $2
                           FOR UPDATE SKIP LOCKED)
       RETURNING p.order_id, p.status, p.user_id, p.amount, p.card_type, p.card_no_sealed,
-                p.transaction_key, p.created_at",
+                p.transaction_key, p.created_at, p.next_check_at",
     )
     .bind::<BigInt, _>(recheck_ms)
     .bind::<BigInt, _>(BATCH)
@@ -137,14 +142,9 @@ async fn claim(state: &AppState) -> ApiResult<Vec<Due>> {
 /// Settles (or re-requests) one payment according to the gateway. Returns a metrics label.
 async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
     let gateway = &state.gateway;
-    let found: Result<Vec<Transaction>, GatewayError> = match &due.transaction_key {
-        Some(key) => gateway
-            .transaction(due.user_id, key)
-            .await
-            .map(|t| t.into_iter().collect()),
-        None => gateway.by_order(due.user_id, due.order_id).await,
-    };
-    let found = match found {
+    // Every payment the gateway has for the order, not only the one whose key we know: should
+    // there ever be two, a success under either is the order's payment.
+    let found = match gateway.by_order(due.user_id, due.order_id).await {
         Ok(found) => found,
         Err(GatewayError::Refused(detail)) => {
             tracing::warn!(order.id = due.order_id, %detail, "the gateway refused a lookup");
@@ -158,6 +158,14 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
         .into_iter()
         .filter(|t| t.order_id == order && t.amount.is_none_or(|a| a == due.amount))
         .collect();
+    if let Some(key) = &due.transaction_key
+        && !found.iter().any(|t| &t.transaction_key == key)
+    {
+        // The gateway gave us this key, so it received the payment: never treat it as lost
+        // (and release the order) on the gateway's word that it does not know it.
+        tracing::warn!(order.id = due.order_id, transaction_key = %key, "the gateway does not list a payment it accepted; leaving it pending");
+        return Ok("key_unknown_at_gateway");
+    }
     if let Some(paid) = found.iter().find(|t| t.status == "SUCCESS") {
         let key = paid.transaction_key.clone();
         settle_with(
@@ -233,6 +241,23 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
             return Ok("expired");
         }
     };
+    // Renew the claim, and only if it is still ours: an instance whose claim ran out (a very
+    // slow pass) must not request a payment another instance has claimed since.
+    let renewed = {
+        let mut conn = state.db.get().await?;
+        diesel::sql_query(
+            "UPDATE payments SET next_check_at = now() + $1 * interval '1 millisecond'
+              WHERE order_id = $2 AND status = 'PENDING' AND next_check_at = $3",
+        )
+        .bind::<BigInt, _>(state.config.payments.recheck_after.as_millis() as i64)
+        .bind::<BigInt, _>(due.order_id)
+        .bind::<Timestamptz, _>(due.next_check_at)
+        .execute(&mut conn)
+        .await?
+    };
+    if renewed == 0 {
+        return Ok("claim_lost");
+    }
     let request = PaymentRequest {
         user_id: due.user_id,
         order_id: due.order_id,

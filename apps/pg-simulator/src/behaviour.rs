@@ -1,9 +1,11 @@
 //! The simulator's dials and its dice.
 //!
-//! Every random decision (latency, request failure, settlement delay and outcome, dropped
-//! callback, transaction key) is drawn from one generator. With a fixed seed the sequence of
-//! draws is fixed, so a test that sends requests one after another sees the same outcomes on
-//! every run. The dials can be turned while the simulator runs ([`Dice::set`]).
+//! Random decisions come from two generators: one for what a request sees (latency, failure,
+//! settlement delay, transaction key), one for settlements (outcome, dropped callback), so
+//! settlements running in the background do not shift the requests' draws. With a fixed seed
+//! both sequences are fixed: a test that sends requests one after another sees the same answers
+//! on every run, and payments settled in the same order get the same outcomes. The dials can be
+//! turned while the simulator runs ([`Dice::set`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock};
@@ -17,6 +19,9 @@ use rand::{Rng, SeedableRng};
 pub struct Behaviour {
     pub latency_min_ms: u64,
     pub latency_max_ms: u64,
+    /// Extra delay *after* an accepted payment is recorded, before the answer: a client that
+    /// times out meanwhile does not learn of a payment the gateway has.
+    pub response_delay_ms: u64,
     /// Share of payment requests answered with HTTP 500 (and not recorded).
     pub request_failure_rate: f64,
     pub settle_min_ms: u64,
@@ -34,6 +39,7 @@ impl Default for Behaviour {
         Self {
             latency_min_ms: 100,
             latency_max_ms: 500,
+            response_delay_ms: 0,
             request_failure_rate: 0.4,
             settle_min_ms: 1000,
             settle_max_ms: 5000,
@@ -50,6 +56,7 @@ impl Behaviour {
         Self {
             latency_min_ms: 0,
             latency_max_ms: 0,
+            response_delay_ms: 0,
             request_failure_rate: 0.0,
             settle_min_ms: 50,
             settle_max_ms: 150,
@@ -85,19 +92,21 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct Dice {
     behaviour: RwLock<Behaviour>,
-    rng: Mutex<StdRng>,
+    requests_rng: Mutex<StdRng>,
+    settlements_rng: Mutex<StdRng>,
     requests: AtomicU64,
 }
 
 impl Dice {
     pub fn new(behaviour: Behaviour, seed: Option<u64>) -> Self {
-        let rng = match seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
+        let rng = |offset: u64| match seed {
+            Some(seed) => StdRng::seed_from_u64(seed.wrapping_add(offset)),
             None => StdRng::from_os_rng(),
         };
         Self {
             behaviour: RwLock::new(behaviour),
-            rng: Mutex::new(rng),
+            requests_rng: Mutex::new(rng(0)),
+            settlements_rng: Mutex::new(rng(1)),
             requests: AtomicU64::new(0),
         }
     }
@@ -128,16 +137,21 @@ impl Dice {
         self.requests.load(Ordering::Relaxed)
     }
 
-    fn with_rng<T>(&self, f: impl FnOnce(&mut StdRng, &Behaviour) -> T) -> T {
+    fn with_rng<T>(&self, rng: &Mutex<StdRng>, f: impl FnOnce(&mut StdRng, &Behaviour) -> T) -> T {
         let b = self.behaviour();
-        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut rng = rng.lock().unwrap_or_else(PoisonError::into_inner);
         f(&mut rng, &b)
+    }
+
+    /// The delay between recording an accepted payment and answering.
+    pub fn response_delay(&self) -> Duration {
+        Duration::from_millis(self.behaviour().response_delay_ms)
     }
 
     /// A payment request's latency and whether it fails.
     pub fn request(&self) -> (Duration, bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.with_rng(|rng, b| {
+        self.with_rng(&self.requests_rng, |rng, b| {
             let latency = rng.random_range(b.latency_min_ms..=b.latency_max_ms);
             let fails = rng.random_bool(b.request_failure_rate);
             (Duration::from_millis(latency), fails)
@@ -146,14 +160,14 @@ impl Dice {
 
     /// How long until an accepted payment settles.
     pub fn settlement_delay(&self) -> Duration {
-        self.with_rng(|rng, b| {
+        self.with_rng(&self.requests_rng, |rng, b| {
             Duration::from_millis(rng.random_range(b.settle_min_ms..=b.settle_max_ms))
         })
     }
 
     /// A settlement's outcome.
     pub fn outcome(&self) -> Outcome {
-        self.with_rng(|rng, b| {
+        self.with_rng(&self.settlements_rng, |rng, b| {
             let roll: f64 = rng.random();
             if roll < b.success_rate {
                 Outcome::Success
@@ -167,12 +181,16 @@ impl Dice {
 
     /// Whether to drop a callback.
     pub fn drop_callback(&self) -> bool {
-        self.with_rng(|rng, b| rng.random_bool(b.callback_drop_rate))
+        self.with_rng(&self.settlements_rng, |rng, b| {
+            rng.random_bool(b.callback_drop_rate)
+        })
     }
 
     /// Six hex digits for a transaction key.
     pub fn key_suffix(&self) -> String {
-        self.with_rng(|rng, _| format!("{:06x}", rng.random_range(0..0x100_0000u32)))
+        self.with_rng(&self.requests_rng, |rng, _| {
+            format!("{:06x}", rng.random_range(0..0x100_0000u32))
+        })
     }
 }
 

@@ -7,6 +7,7 @@
 //! | `DATABASE_POOL_SIZE` | `8` | pooled connections |
 //! | `PG_SIM_SEED` | unset (random) | fixed seed: the same requests draw the same outcomes |
 //! | `PG_SIM_LATENCY_MIN_MS` / `PG_SIM_LATENCY_MAX_MS` | `100` / `500` | how long a payment request takes |
+//! | `PG_SIM_RESPONSE_DELAY_MS` | `0` | delay between recording an accepted payment and answering (a slow answer the client may give up on) |
 //! | `PG_SIM_REQUEST_FAILURE_RATE` | `0.4` | share of requests answered HTTP 500 (nothing recorded) |
 //! | `PG_SIM_SETTLE_MIN_MS` / `PG_SIM_SETTLE_MAX_MS` | `1000` / `5000` | delay until an accepted payment is settled |
 //! | `PG_SIM_SUCCESS_RATE` | `0.7` | share of settlements that succeed |
@@ -43,6 +44,7 @@ impl Config {
         let behaviour = Behaviour {
             latency_min_ms: ms("PG_SIM_LATENCY_MIN_MS", d.latency_min_ms)?,
             latency_max_ms: ms("PG_SIM_LATENCY_MAX_MS", d.latency_max_ms)?,
+            response_delay_ms: ms("PG_SIM_RESPONSE_DELAY_MS", d.response_delay_ms)?,
             request_failure_rate: rate("PG_SIM_REQUEST_FAILURE_RATE", d.request_failure_rate)?,
             settle_min_ms: ms("PG_SIM_SETTLE_MIN_MS", d.settle_min_ms)?,
             settle_max_ms: ms("PG_SIM_SETTLE_MAX_MS", d.settle_max_ms)?,

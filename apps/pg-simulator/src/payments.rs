@@ -200,6 +200,8 @@ pub async fn request_payment(
         if inserted == 1 {
             metrics::counter!("pg_sim_requests_total", "outcome" => "accepted").increment(1);
             tracing::info!(transaction_key = %key, order_id = %req.order_id, amount = req.amount, "payment accepted");
+            drop(conn);
+            tokio::time::sleep(sim.dice.response_delay()).await;
             return Ok(Json(Accepted {
                 transaction_key: key,
                 status: "PENDING",

@@ -548,9 +548,13 @@ async fn create_order(
                     payments::card_type.eq(card_type),
                     payments::card_no_masked.eq(&masked),
                     payments::card_no_sealed.eq(state.cards.seal(card_no)),
-                    payments::next_check_at.eq(Utc::now()
-                        + chrono::Duration::from_std(state.config.payments.recheck_after)
-                            .unwrap_or_default()),
+                    // The database's clock, the one reconciliation compares it with.
+                    payments::next_check_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                        &format!(
+                            "now() + interval '{} milliseconds'",
+                            state.config.payments.recheck_after.as_millis()
+                        ),
+                    )),
                 ))
                 .execute(conn)
                 .await?;
@@ -835,6 +839,17 @@ pub async fn cancel_order(
                     Some(&"the order was cancelled".to_owned()),
                 )
                 .await?;
+            } else if order.payment_method == "CARD" && order.final_amount > 0 {
+                // A paid card order's money goes back through the gateway: flag it (the
+                // gateway's refund is an operator's step until it has an API for it).
+                diesel::update(payments::table.filter(payments::order_id.eq(order.id)))
+                    .set((
+                        payments::status.eq("REFUND_REQUIRED"),
+                        payments::reason.eq("the paid order was cancelled; refund required"),
+                    ))
+                    .execute(conn)
+                    .await?;
+                metrics::counter!("payments_refund_required_total").increment(1);
             }
             diesel::update(orders::table.find(order.id))
                 .set((

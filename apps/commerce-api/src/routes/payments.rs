@@ -99,10 +99,34 @@ pub async fn callback(
         "SUCCESS" => Settlement::Paid {
             transaction_key: tx.transaction_key,
         },
-        "FAILED" => Settlement::Failed {
-            transaction_key: Some(tx.transaction_key),
-            reason: tx.reason.unwrap_or_else(|| "declined".to_owned()),
-        },
+        "FAILED" => {
+            // Before giving the order's stock back, make sure no other payment of this order is
+            // still open or went through at the gateway.
+            let all = match state.gateway.by_order(user_id, order_id).await {
+                Ok(all) => all,
+                Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+            };
+            let mine = |t: &&crate::gateway::Transaction| {
+                t.order_id == order_id.to_string() && t.amount.is_none_or(|a| a == amount)
+            };
+            if let Some(paid) = all.iter().filter(mine).find(|t| t.status == "SUCCESS") {
+                Settlement::Paid {
+                    transaction_key: paid.transaction_key.clone(),
+                }
+            } else if all.iter().filter(mine).any(|t| t.status == "PENDING") {
+                metrics::counter!("payment_callbacks_total", "result" => "not_settled")
+                    .increment(1);
+                return Err(ApiError::conflict(
+                    "PAYMENT_NOT_SETTLED",
+                    "another payment of this order is still pending at the gateway",
+                ));
+            } else {
+                Settlement::Failed {
+                    transaction_key: Some(tx.transaction_key),
+                    reason: tx.reason.unwrap_or_else(|| "declined".to_owned()),
+                }
+            }
+        }
         _ => {
             metrics::counter!("payment_callbacks_total", "result" => "not_settled").increment(1);
             tracing::info!(order.id = order_id, claimed = ?body.status, "callback for a payment the gateway has not settled");

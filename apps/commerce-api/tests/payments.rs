@@ -870,15 +870,39 @@ async fn five_hundred_card_orders_at_default_rates_all_end_paid_or_failed_and_ba
                 .await,
         );
     }
+    // Every shopper holds one coupon of a campaign and uses it on their first order.
+    let (status, campaign) = first
+        .post(
+            "/api/v1/admin/coupons",
+            Some(&first.admin),
+            json!({"name": "500 off", "discount_type": "FIXED", "discount_value": 500}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{campaign}");
+    let mut coupons = Vec::new();
+    for (_, token) in &users {
+        let (status, issued) = first
+            .post(
+                &format!("/api/v1/coupons/{}/issue", campaign["id"]),
+                Some(token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        coupons.push(issued["user_coupon_id"].as_i64().unwrap());
+    }
     let orders = futures::stream::iter(0..600)
         .map(|i| {
             let app = if i % 2 == 0 { &first } else { &second };
             let (_, token) = &users[i % users.len()];
             let product = products[i % products.len()];
+            let coupon = (i < users.len()).then(|| coupons[i]);
+            let quantity = 1 + (i % 3) as i64;
             let body = if i % 6 == 5 {
-                json!({"items": [{"product_id": product, "quantity": 1 + (i % 3) as i64}], "payment": {"method": "POINT"}})
+                json!({"items": [{"product_id": product, "quantity": quantity}],
+                       "user_coupon_id": coupon, "payment": {"method": "POINT"}})
             } else {
-                card_order(product, 1 + (i % 3) as i64, None)
+                card_order(product, quantity, coupon)
             };
             async move { app.post("/api/v1/orders", Some(token), body).await }
         })
@@ -932,6 +956,33 @@ async fn five_hundred_card_orders_at_default_rates_all_end_paid_or_failed_and_ba
         )
         .await,
         0
+    );
+    // Coupons: held by exactly the paid orders that used them; every other one is back.
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM user_coupons uc WHERE uc.status = 'USED' AND NOT EXISTS (
+                SELECT 1 FROM orders o WHERE o.id = uc.order_id AND o.status = 'PAID')"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            "SELECT count(*) AS n FROM orders o WHERE o.user_coupon_id IS NOT NULL AND o.status = 'PAID'
+               AND NOT EXISTS (SELECT 1 FROM user_coupons uc
+                                WHERE uc.id = o.user_coupon_id AND uc.status = 'USED' AND uc.order_id = o.id)"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count("SELECT count(*) AS n FROM user_coupons WHERE status = 'AVAILABLE'").await
+            + count("SELECT count(*) AS n FROM user_coupons WHERE status = 'USED'").await,
+        50
+    );
+    assert!(
+        count("SELECT count(*) AS n FROM user_coupons WHERE status = 'AVAILABLE'").await > 0,
+        "some coupon orders failed and gave their coupon back"
     );
     // Events: one OrderPaid per paid order, one PaymentFailed per failed one.
     assert_eq!(

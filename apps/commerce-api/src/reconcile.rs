@@ -33,10 +33,13 @@ use crate::gateway::{GatewayError, PaymentRequest, Transaction};
 use crate::payments::{Settlement, record_transaction, settle_with};
 use crate::state::AppState;
 
-/// Payments claimed per pass, all worked at once: a claim lasts `PAYMENT_RECHECK_AFTER_MS`,
-/// which outlasts a lookup plus a request, so a claimed payment is done before its claim ends.
-const BATCH: i64 = 16;
-const CONCURRENCY: usize = BATCH as usize;
+/// Payments claimed per pass. A claim lasts `PAYMENT_RECHECK_AFTER_MS`; a payment still queued
+/// in the pass when its claim ends may be claimed by another instance too, which is harmless
+/// for lookups and settling (idempotent) and guarded for the one step that is not, requesting
+/// the payment again: that needs the claim renewed first, and only its holder can renew it.
+const BATCH: i64 = 128;
+/// Gateway calls in flight per pass (they hold no database connection while they wait).
+const CONCURRENCY: usize = 32;
 
 /// A pending payment claimed for a look at the gateway.
 #[derive(QueryableByName, Debug)]

@@ -49,17 +49,28 @@ pub struct GatewaySettings {
 }
 
 impl GatewaySettings {
-    /// The longest one logical call can take: every attempt timing out, plus the backoff
-    /// between them (jitter at most doubles a delay).
-    pub fn worst_case_call(&self) -> Duration {
+    /// The longest a lookup can take: every attempt timing out, plus the backoff between them
+    /// (jitter at most doubles a delay).
+    pub fn worst_case_lookup(&self) -> Duration {
         let attempts = self.max_attempts.max(1) as u32;
+        self.timeout * attempts + self.worst_case_backoff()
+    }
+
+    /// The longest a payment request can take: every attempt timing out, and each retry after
+    /// the first looking the order up before requesting again.
+    pub fn worst_case_request(&self) -> Duration {
+        let attempts = self.max_attempts.max(1) as u32;
+        self.timeout * (2 * attempts - 1) + self.worst_case_backoff()
+    }
+
+    fn worst_case_backoff(&self) -> Duration {
         let mut backoff = Duration::ZERO;
         let mut delay = self.retry_base_delay;
-        for _ in 1..attempts {
+        for _ in 1..self.max_attempts.max(1) {
             backoff += delay.min(self.retry_base_delay * 16) * 2;
             delay *= 2;
         }
-        self.timeout * attempts + backoff
+        backoff
     }
 }
 
@@ -306,14 +317,21 @@ impl Gateway {
             "callback_url": self.callback_url,
         });
         self.call("request", || async {
-            if unknown.load(Ordering::Relaxed)
-                && let Some(found) = self
+            if unknown.load(Ordering::Relaxed) {
+                // A refused lookup (a proxy's 403 or 429, say) says nothing about the payment.
+                let found = self
                     .fetch_by_order(req.user_id, req.order_id)
-                    .await?
-                    .into_iter()
-                    .next()
-            {
-                return Ok(found);
+                    .await
+                    .map_err(|e| match e {
+                        GatewayError::Refused(detail) => GatewayError::Unavailable {
+                            detail: format!("lookup refused: {detail}"),
+                            unknown_outcome: true,
+                        },
+                        other => other,
+                    })?;
+                if let Some(found) = found.into_iter().next() {
+                    return Ok(found);
+                }
             }
             let sent = self
                 .http
@@ -502,6 +520,25 @@ mod tests {
         assert!(p.mark_dead_on_failure().is_some(), "5 of the last 10");
         p.revived();
         assert_eq!(p.mark_dead_on_failure(), None, "history cleared on closing");
+    }
+
+    #[test]
+    fn worst_cases_count_every_attempt_its_lookups_and_backoff() {
+        let settings = GatewaySettings {
+            base_url: String::new(),
+            connect_timeout: Duration::from_millis(300),
+            timeout: Duration::from_secs(1),
+            max_attempts: 3,
+            retry_base_delay: Duration::from_millis(100),
+            breaker_failure_rate: 0.5,
+            breaker_min_calls: 10,
+            breaker_window_calls: 20,
+            breaker_open_for: Duration::from_secs(10),
+        };
+        // 3 attempts; backoff at most 2 × (100 + 200) ms.
+        assert_eq!(settings.worst_case_lookup(), Duration::from_millis(3600));
+        // And two lookups between them.
+        assert_eq!(settings.worst_case_request(), Duration::from_millis(5600));
     }
 
     #[test]

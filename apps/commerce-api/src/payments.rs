@@ -172,13 +172,14 @@ pub async fn record_transaction(state: &AppState, order_id: i64, key: &str) -> A
     Ok(())
 }
 
-/// [`settle`] on a pooled connection, counting the outcome under `via`.
+/// [`settle`] on a pooled connection, counting the outcome under `via`. Returns the order's
+/// status afterwards and whether this call changed it.
 pub async fn settle_with(
     state: &AppState,
     order_id: i64,
     settlement: Settlement,
     via: &'static str,
-) -> ApiResult<String> {
+) -> ApiResult<(String, bool)> {
     let mut conn = state.db.get().await?;
     let topics = state.topics.clone();
     let (status, changed) = conn
@@ -191,7 +192,7 @@ pub async fn settle_with(
             .increment(1);
         tracing::info!(order.id = order_id, status = %status, via, "payment settled");
     }
-    Ok(status)
+    Ok((status, changed))
 }
 
 #[derive(Queryable)]
@@ -245,9 +246,20 @@ pub async fn settle(
             && payment_status == "SUCCESS"
             && current_key.as_ref() != Some(transaction_key)
         {
-            // Two successful gateway payments for one order: the second must be refunded.
-            tracing::error!(order.id = order_id, transaction_key = %transaction_key, "a second gateway payment succeeded for a paid order; a refund is required");
-            metrics::counter!("payments_duplicate_charges_total").increment(1);
+            // Two successful gateway payments for one order: the second must be refunded. Kept
+            // on the payment (once per key), so it is not only in a log line.
+            let recorded = diesel::sql_query(
+                "UPDATE payments SET refund_keys = array_append(refund_keys, $2)
+                  WHERE order_id = $1 AND NOT ($2 = ANY (refund_keys))",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(order_id)
+            .bind::<diesel::sql_types::Text, _>(transaction_key)
+            .execute(conn)
+            .await?;
+            if recorded == 1 {
+                tracing::error!(order.id = order_id, transaction_key = %transaction_key, "a second gateway payment succeeded for a paid order; a refund is required");
+                metrics::counter!("payments_duplicate_charges_total").increment(1);
+            }
         }
         if let Settlement::Paid { transaction_key } = settlement
             && matches!(payment_status.as_str(), "CANCELLED" | "FAILED")

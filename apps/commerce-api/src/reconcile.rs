@@ -142,9 +142,52 @@ async fn claim(state: &AppState) -> ApiResult<Vec<Due>> {
     Ok(due)
 }
 
+/// Renews a claim, only if it is still this pass's: before a step that must not happen twice
+/// (requesting the payment again, or giving up on it), so an instance whose claim ran out
+/// during a slow pass cannot act on a payment another instance has claimed since.
+async fn renew_claim(state: &AppState, due: &Due) -> ApiResult<bool> {
+    let mut conn = state.db.get().await?;
+    let renewed = diesel::sql_query(
+        "UPDATE payments SET next_check_at = now() + $1 * interval '1 millisecond'
+          WHERE order_id = $2 AND status = 'PENDING' AND next_check_at = $3",
+    )
+    .bind::<BigInt, _>(state.config.payments.recheck_after.as_millis() as i64)
+    .bind::<BigInt, _>(due.order_id)
+    .bind::<Timestamptz, _>(due.next_check_at)
+    .execute(&mut conn)
+    .await?;
+    Ok(renewed == 1)
+}
+
+/// Stops watching a cancelled payment.
+async fn stop_watching(state: &AppState, order_id: i64) -> ApiResult<()> {
+    let mut conn = state.db.get().await?;
+    diesel::sql_query(
+        "UPDATE payments SET next_check_at = 'infinity' WHERE order_id = $1 AND status = 'CANCELLED'",
+    )
+    .bind::<BigInt, _>(order_id)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+/// Settles and labels the outcome by what settling did (`already_settled` when a callback or
+/// a cancel got there first).
+async fn settle_labelled(
+    state: &AppState,
+    order_id: i64,
+    settlement: Settlement,
+    label: &'static str,
+) -> ApiResult<&'static str> {
+    let (_, changed) = settle_with(state, order_id, settlement, "reconciliation").await?;
+    Ok(if changed { label } else { "already_settled" })
+}
+
 /// Settles (or re-requests) one payment according to the gateway. Returns a metrics label.
 async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
     let gateway = &state.gateway;
+    let age = (Utc::now() - due.created_at).to_std().unwrap_or_default();
+    let past_deadline = age >= state.config.payments.request_deadline;
     // Every payment the gateway has for the order, not only the one whose key we know: should
     // there ever be two, a success under either is the order's payment.
     let found = match gateway.by_order(due.user_id, due.order_id).await {
@@ -161,43 +204,50 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
         .into_iter()
         .filter(|t| t.order_id == order && t.amount.is_none_or(|a| a == due.amount))
         .collect();
+    let cancelled = due.status == "CANCELLED";
     if let Some(key) = &due.transaction_key
         && !found.iter().any(|t| &t.transaction_key == key)
     {
         // The gateway gave us this key, so it received the payment: never treat it as lost
-        // (and release the order) on the gateway's word that it does not know it.
-        tracing::warn!(order.id = due.order_id, transaction_key = %key, "the gateway does not list a payment it accepted; leaving it pending");
+        // (and release the order) on the gateway's word that it does not know it. A pending
+        // one stays visible in `payments_pending_oldest_seconds` for an operator.
+        tracing::warn!(order.id = due.order_id, transaction_key = %key, "the gateway does not list a payment it accepted");
+        if cancelled && past_deadline {
+            stop_watching(state, due.order_id).await?;
+        }
         return Ok("key_unknown_at_gateway");
     }
-    if let Some(paid) = found.iter().find(|t| t.status == "SUCCESS") {
-        let key = paid.transaction_key.clone();
-        settle_with(
+    let successes: Vec<&Transaction> = found.iter().filter(|t| t.status == "SUCCESS").collect();
+    if let Some((first, extra)) = successes.split_first() {
+        let label = settle_labelled(
             state,
             due.order_id,
             Settlement::Paid {
-                transaction_key: key,
+                transaction_key: first.transaction_key.clone(),
             },
-            "reconciliation",
+            if cancelled { "refund_required" } else { "paid" },
         )
         .await?;
-        return Ok(if due.status == "CANCELLED" {
-            "refund_required"
-        } else {
-            "paid"
-        });
+        // Any further success is a second charge: `settle` records it for a refund.
+        for t in extra {
+            settle_with(
+                state,
+                due.order_id,
+                Settlement::Paid {
+                    transaction_key: t.transaction_key.clone(),
+                },
+                "reconciliation",
+            )
+            .await?;
+        }
+        return Ok(label);
     }
-    if due.status == "CANCELLED" {
+    if cancelled {
         if found.iter().any(|t| t.status == "PENDING") {
             return Ok("cancelled_pending");
         }
         // Declined, or never received: nothing was charged, nothing more to watch.
-        let mut conn = state.db.get().await?;
-        diesel::sql_query(
-            "UPDATE payments SET next_check_at = 'infinity' WHERE order_id = $1 AND status = 'CANCELLED'",
-        )
-        .bind::<BigInt, _>(due.order_id)
-        .execute(&mut conn)
-        .await?;
+        stop_watching(state, due.order_id).await?;
         return Ok("cancelled_closed");
     }
     if let Some(pending) = found.iter().find(|t| t.status == "PENDING") {
@@ -207,7 +257,7 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
         return Ok("still_pending");
     }
     if let Some(failed) = found.last() {
-        settle_with(
+        return settle_labelled(
             state,
             due.order_id,
             Settlement::Failed {
@@ -217,50 +267,34 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
                     .clone()
                     .unwrap_or_else(|| "declined".to_owned()),
             },
-            "reconciliation",
+            "failed",
         )
-        .await?;
-        return Ok("failed");
+        .await;
     }
-    // The gateway never received this payment.
-    let age = (Utc::now() - due.created_at).to_std().unwrap_or_default();
+    // The gateway never received this payment: request it again, or give up past the
+    // deadline. Both only while this pass still holds the claim.
     let card_no = due
         .card_no_sealed
         .as_deref()
         .and_then(|sealed| state.cards.open(sealed));
+    if !renew_claim(state, &due).await? {
+        return Ok("claim_lost");
+    }
     let card_no = match card_no {
-        Some(card_no) if age < state.config.payments.request_deadline => card_no,
+        Some(card_no) if !past_deadline => card_no,
         _ => {
-            settle_with(
+            return settle_labelled(
                 state,
                 due.order_id,
                 Settlement::Failed {
                     transaction_key: None,
                     reason: "the payment never reached the payment gateway".to_owned(),
                 },
-                "reconciliation",
+                "expired",
             )
-            .await?;
-            return Ok("expired");
+            .await;
         }
     };
-    // Renew the claim, and only if it is still ours: an instance whose claim ran out (a very
-    // slow pass) must not request a payment another instance has claimed since.
-    let renewed = {
-        let mut conn = state.db.get().await?;
-        diesel::sql_query(
-            "UPDATE payments SET next_check_at = now() + $1 * interval '1 millisecond'
-              WHERE order_id = $2 AND status = 'PENDING' AND next_check_at = $3",
-        )
-        .bind::<BigInt, _>(state.config.payments.recheck_after.as_millis() as i64)
-        .bind::<BigInt, _>(due.order_id)
-        .bind::<Timestamptz, _>(due.next_check_at)
-        .execute(&mut conn)
-        .await?
-    };
-    if renewed == 0 {
-        return Ok("claim_lost");
-    }
     let request = PaymentRequest {
         user_id: due.user_id,
         order_id: due.order_id,
@@ -275,17 +309,16 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
         }
         Err(GatewayError::Refused(detail)) => {
             tracing::warn!(order.id = due.order_id, %detail, "the gateway refused the payment");
-            settle_with(
+            settle_labelled(
                 state,
                 due.order_id,
                 Settlement::Failed {
                     transaction_key: None,
                     reason: "the payment gateway refused the payment".to_owned(),
                 },
-                "reconciliation",
+                "failed",
             )
-            .await?;
-            Ok("failed")
+            .await
         }
         Err(_) => Ok("gateway_unavailable"),
     }

@@ -140,6 +140,7 @@ diesel::table! {
         card_no_sealed -> Nullable<Binary>,
         status -> Text,
         transaction_key -> Nullable<Text>,
+        refund_keys -> Array<Text>,
         reason -> Nullable<Text>,
         next_check_at -> Timestamptz,
         checks -> Integer,

@@ -548,6 +548,59 @@ async fn duplicate_and_late_callbacks_change_nothing() {
     assert_eq!(events(&app, "PaymentCompleted").await, 1);
     assert_eq!(events(&app, "PaymentFailed").await, 0);
     assert_eq!(app.stock(product).await, 9);
+    // Repeats of the settling callback are answered without asking the gateway again.
+    let (_, metrics) = app.get("/metrics", None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains(r#"payment_callbacks_total{result="repeat"} 5"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_second_successful_gateway_payment_for_an_order_is_recorded_for_refund() {
+    let gw = Gateway::start(Behaviour {
+        callback_drop_rate: 1.0,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(&gw, &[("PAYMENT_RECHECK_AFTER_MS", "700")]).await;
+    let product = app.product(app.brand().await, 1000, 10).await;
+    let (user, token) = app.user_with_points("twice", 0).await;
+    let order = place(&app, &token, card_order(product, 1, None)).await;
+    let id = order["order_id"].as_i64().unwrap();
+    // Something outside this API's rules (a second client, a gateway bug) charges it again.
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/v1/payments", gw.base))
+        .header("X-USER-ID", user.to_string())
+        .json(
+            &json!({"order_id": id.to_string(), "card_type": "KB", "card_no": CARD_NO,
+                      "amount": 1000, "callback_url": "http://127.0.0.1:9/none"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success());
+    let second: Value = res.json().await.unwrap();
+    assert_eq!(
+        settled(&app, &token, id, Duration::from_secs(10)).await["status"],
+        "PAID"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app
+        .count(&format!(
+            "SELECT count(*) AS n FROM payments WHERE order_id = {id} AND refund_keys = ARRAY['{}']",
+            second["transaction_key"].as_str().unwrap()
+        ))
+        .await
+        == 0
+    {
+        assert!(Instant::now() < deadline, "the second charge was never recorded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(events(&app, "OrderPaid").await, 1, "still one sale");
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ CREATE TABLE payments (
     status           TEXT        NOT NULL DEFAULT 'PENDING'
                      CHECK (status IN ('PENDING', 'SUCCESS', 'FAILED', 'CANCELLED', 'REFUND_REQUIRED')),
     transaction_key  TEXT        UNIQUE,
+    -- Further gateway payments that succeeded for this order: each one must be refunded.
+    refund_keys      TEXT[]      NOT NULL DEFAULT '{}',
     reason           TEXT,
     -- Reconciliation: when this payment is next looked up at the gateway, and how often it was.
     -- A CANCELLED payment is still looked up until the gateway has settled it ('infinity'

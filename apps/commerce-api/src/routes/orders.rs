@@ -551,7 +551,9 @@ async fn create_order(
                     // The database's clock, the one reconciliation compares it with.
                     payments::next_check_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
                         &format!(
-                            "now() + interval '{} milliseconds'",
+                            // clock_timestamp(): the time of this statement, not of the
+                            // transaction's start (which may have waited on row locks).
+                            "clock_timestamp() + interval '{} milliseconds'",
                             state.config.payments.recheck_after.as_millis()
                         ),
                     )),

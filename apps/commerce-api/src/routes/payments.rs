@@ -66,22 +66,43 @@ pub async fn callback(
         .trim()
         .parse()
         .map_err(|_| ApiError::field("order_id", "must be an order id"))?;
-    let payment: Option<(i64, i64)> = {
+    let payment: Option<(i64, i64, String, Option<String>, String)> = {
         let mut conn = state.db.get().await?;
         payments::table
+            .inner_join(
+                crate::schema::orders::table.on(crate::schema::orders::id.eq(payments::order_id)),
+            )
             .filter(payments::order_id.eq(order_id))
-            .select((payments::user_id, payments::amount))
+            .select((
+                payments::user_id,
+                payments::amount,
+                payments::status,
+                payments::transaction_key,
+                crate::schema::orders::status,
+            ))
             .first(&mut conn)
             .await
             .optional()?
     };
-    let Some((user_id, amount)) = payment else {
+    let Some((user_id, amount, payment_status, known_key, order_status)) = payment else {
         metrics::counter!("payment_callbacks_total", "result" => "unknown_order").increment(1);
         return Err(ApiError::not_found(
             "PAYMENT_NOT_FOUND",
             "no card payment for this order",
         ));
     };
+    // A repeat of the callback that settled this payment: answered without asking the gateway
+    // again (repeats and floods of them cost the gateway nothing).
+    if payment_status != "PENDING" && known_key.as_deref() == Some(key) {
+        metrics::counter!("payment_callbacks_total", "result" => "repeat").increment(1);
+        return Ok((
+            StatusCode::OK,
+            Json(CallbackResult {
+                order_id,
+                order_status,
+            }),
+        ));
+    }
     let tx = match state.gateway.transaction(user_id, key).await {
         Ok(Some(tx)) => tx,
         Ok(None) => return Err(not_verified("the gateway has no such payment")),
@@ -136,7 +157,7 @@ pub async fn callback(
             ));
         }
     };
-    let order_status = settle_with(&state, order_id, settlement, "callback").await?;
+    let (order_status, _) = settle_with(&state, order_id, settlement, "callback").await?;
     metrics::counter!("payment_callbacks_total", "result" => "accepted").increment(1);
     Ok((
         StatusCode::OK,

@@ -21,6 +21,7 @@ use std::time::Duration;
 use commerce_cache::Cache;
 use commerce_db::{quote_ident, with_database};
 use commerce_kafka::KafkaSettings;
+use diesel::OptionalExtension;
 use diesel::migration::MigrationSource;
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -147,6 +148,9 @@ fn fnv(data: &str) -> u64 {
 /// The name hashes the migration names and, under nextest, the run id, so each test run
 /// migrates a fresh template (an edited migration is picked up) while the tests of one run share
 /// it. Test processes run concurrently: an advisory lock makes exactly one of them build it.
+/// The name also carries its creation time: templates of other runs are dropped only once they
+/// are an hour old, so two test runs against one server do not pull templates from under each
+/// other.
 async fn ensure_template(server_url: &str, app: &str, migrations: EmbeddedMigrations) -> String {
     let names: Vec<String> = MigrationSource::<diesel::pg::Pg>::migrations(&migrations)
         .expect("reading embedded migrations")
@@ -155,7 +159,11 @@ async fn ensure_template(server_url: &str, app: &str, migrations: EmbeddedMigrat
         .collect();
     let run = std::env::var("NEXTEST_RUN_ID").unwrap_or_default();
     let key = fnv(&format!("{app}|{}|{run}", names.join(",")));
-    let template = format!("{app}_tpl_{:016x}", key);
+    let prefix = format!("{app}_tpl_{:016x}_", key);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
 
     let mut admin = connect_admin(server_url).await;
     diesel::sql_query("SELECT pg_advisory_lock($1)")
@@ -165,29 +173,35 @@ async fn ensure_template(server_url: &str, app: &str, migrations: EmbeddedMigrat
         .expect("taking the template lock");
 
     #[derive(diesel::QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
+    struct Name {
+        #[diesel(sql_type = Text)]
+        datname: String,
     }
-    let existing: Count =
-        diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
-            .bind::<Text, _>(&template)
-            .get_result(&mut admin)
-            .await
-            .expect("looking up the template database");
-    if existing.n == 0 {
-        // Templates of earlier runs of this app are no longer needed.
-        #[derive(diesel::QueryableByName)]
-        struct Name {
-            #[diesel(sql_type = Text)]
-            datname: String,
-        }
+    let existing: Option<Name> = diesel::sql_query(
+        "SELECT datname FROM pg_database WHERE starts_with(datname, $1) AND datname NOT LIKE '%_building'",
+    )
+    .bind::<Text, _>(&prefix)
+    .get_result(&mut admin)
+    .await
+    .optional()
+    .expect("looking up the template database");
+    let missing = existing.is_none();
+    let template = match existing {
+        Some(existing) => existing.datname,
+        None => format!("{prefix}{now}"),
+    };
+    if missing {
+        // Templates of earlier runs of this app are no longer needed once they are old enough
+        // that no run can still be using them.
         let stale: Vec<Name> =
             diesel::sql_query("SELECT datname FROM pg_database WHERE datname LIKE $1")
                 .bind::<Text, _>(format!("{app}_tpl_%"))
                 .load(&mut admin)
                 .await
                 .unwrap_or_default();
+        let stale = stale
+            .into_iter()
+            .filter(|s| template_created_at(&s.datname, now).is_none_or(|t| t + 3600 < now));
         for s in stale {
             let _ = admin
                 .batch_execute(&format!(
@@ -226,6 +240,38 @@ async fn ensure_template(server_url: &str, app: &str, migrations: EmbeddedMigrat
         .execute(&mut admin)
         .await;
     template
+}
+
+/// When a template (or a template being built) was created, from its name; `None` for names
+/// of an older scheme, which are always stale.
+fn template_created_at(name: &str, now: u64) -> Option<u64> {
+    let name = name.strip_suffix("_building").unwrap_or(name);
+    let (_, secs) = name.rsplit_once('_')?;
+    secs.parse::<u64>()
+        .ok()
+        .filter(|t| secs.len() == 10 && *t <= now + 86_400)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_ages_are_read_from_their_names() {
+        let now = 1_795_000_000;
+        assert_eq!(
+            template_created_at("commerce_api_tpl_00ff00ff00ff00ff_1794999000", now),
+            Some(1_794_999_000)
+        );
+        assert_eq!(
+            template_created_at("commerce_api_tpl_00ff00ff00ff00ff_1794999000_building", now),
+            Some(1_794_999_000)
+        );
+        assert_eq!(
+            template_created_at("commerce_api_tpl_0123456789012345", now),
+            None
+        );
+    }
 }
 
 /// A Redis handle with a key prefix of the test's own. Fails if Redis is not reachable.

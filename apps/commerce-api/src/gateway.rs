@@ -87,6 +87,14 @@ pub struct Transaction {
     pub amount: Option<i64>,
 }
 
+impl Transaction {
+    /// Whether the gateway's payment is this order's: same order id and (when the gateway says)
+    /// the same amount.
+    pub fn belongs_to(&self, order_id: i64, amount: i64) -> bool {
+        self.order_id == order_id.to_string() && self.amount.is_none_or(|a| a == amount)
+    }
+}
+
 /// What a payment request carries.
 pub struct PaymentRequest<'a> {
     pub user_id: i64,
@@ -203,7 +211,7 @@ impl Instrument for BreakerMetrics {
 /// The gateway client. Cheap to share (`Arc`); one per process.
 pub struct Gateway {
     http: reqwest::Client,
-    base: String,
+    base: reqwest::Url,
     callback_url: String,
     settings: GatewaySettings,
     breaker: Breaker,
@@ -225,6 +233,8 @@ struct OrderTransactions {
 
 impl Gateway {
     pub fn new(settings: GatewaySettings, callback_url: String) -> anyhow::Result<Self> {
+        let base = reqwest::Url::parse(&settings.base_url)?;
+        anyhow::ensure!(!base.cannot_be_a_base(), "the gateway URL must be http(s)");
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
@@ -247,7 +257,7 @@ impl Gateway {
         metrics::gauge!("payment_gateway_circuit_state").set(f64::from(CLOSED));
         Ok(Self {
             http,
-            base: settings.base_url.trim_end_matches('/').to_owned(),
+            base,
             callback_url,
             settings,
             breaker,
@@ -335,7 +345,7 @@ impl Gateway {
             }
             let sent = self
                 .http
-                .post(format!("{}/api/v1/payments", self.base))
+                .post(endpoint(&self.base, &[]))
                 .header("X-USER-ID", req.user_id.to_string())
                 .json(&body)
                 .send()
@@ -387,7 +397,7 @@ impl Gateway {
         self.call("get", || async {
             let sent = self
                 .http
-                .get(format!("{}/api/v1/payments/{}", self.base, encode(key)))
+                .get(endpoint(&self.base, &[key]))
                 .header("X-USER-ID", user_id.to_string())
                 .send()
                 .await;
@@ -413,7 +423,7 @@ impl Gateway {
     ) -> Result<Vec<Transaction>, GatewayError> {
         let sent = self
             .http
-            .get(format!("{}/api/v1/payments", self.base))
+            .get(endpoint(&self.base, &[]))
             .query(&[("order_id", order_id.to_string())])
             .header("X-USER-ID", user_id.to_string())
             .send()
@@ -425,17 +435,15 @@ impl Gateway {
     }
 }
 
-/// Percent-encodes a path segment (transaction keys contain `:`).
-fn encode(segment: &str) -> String {
-    segment
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+/// `{base}/api/v1/payments[/{segment}...]`, each segment percent-encoded by the URL crate.
+fn endpoint(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
+    let mut url = base.clone();
+    url.path_segments_mut()
+        .expect("checked in Gateway::new: a base URL")
+        .pop_if_empty()
+        .extend(["api", "v1", "payments"])
+        .extend(segments);
+    url
 }
 
 /// Classifies a response: `Ok(None)` for 404, `Refused` for other 4xx, `Unavailable` for 5xx
@@ -543,6 +551,14 @@ mod tests {
 
     #[test]
     fn transaction_keys_are_encoded_for_the_path() {
-        assert_eq!(encode("20261121:TR:9577c5"), "20261121%3ATR%3A9577c5");
+        let base = reqwest::Url::parse("http://127.0.0.1:8082/").unwrap();
+        assert_eq!(
+            endpoint(&base, &["20261121:TR:9577c5"]).as_str(),
+            "http://127.0.0.1:8082/api/v1/payments/20261121:TR:9577c5"
+        );
+        assert_eq!(
+            endpoint(&base, &["a/b?c"]).as_str(),
+            "http://127.0.0.1:8082/api/v1/payments/a%2Fb%3Fc"
+        );
     }
 }

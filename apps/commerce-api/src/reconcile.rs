@@ -199,10 +199,9 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
         Err(_) => return Ok("gateway_unavailable"),
     };
     // A payment belongs to this order only if the gateway agrees on order and amount.
-    let order = due.order_id.to_string();
     let found: Vec<Transaction> = found
         .into_iter()
-        .filter(|t| t.order_id == order && t.amount.is_none_or(|a| a == due.amount))
+        .filter(|t| t.belongs_to(due.order_id, due.amount))
         .collect();
     let cancelled = due.status == "CANCELLED";
     if let Some(key) = &due.transaction_key

@@ -111,7 +111,7 @@ pub async fn callback(
         }
         Err(e) => return Err(ApiError::Unavailable(e.to_string())),
     };
-    if tx.order_id != order_id.to_string() || tx.amount.is_some_and(|a| a != amount) {
+    if !tx.belongs_to(order_id, amount) {
         return Err(not_verified(
             "the gateway's payment does not match this order",
         ));
@@ -127,9 +127,7 @@ pub async fn callback(
                 Ok(all) => all,
                 Err(e) => return Err(ApiError::Unavailable(e.to_string())),
             };
-            let mine = |t: &&crate::gateway::Transaction| {
-                t.order_id == order_id.to_string() && t.amount.is_none_or(|a| a == amount)
-            };
+            let mine = |t: &&crate::gateway::Transaction| t.belongs_to(order_id, amount);
             if let Some(paid) = all.iter().filter(mine).find(|t| t.status == "SUCCESS") {
                 Settlement::Paid {
                     transaction_key: paid.transaction_key.clone(),

@@ -698,16 +698,7 @@ async fn order_view(conn: &mut AsyncPgConnection, order: OrderRow) -> ApiResult<
     } else {
         None
     };
-    let items: Vec<(i64, i64, i64)> = order_items::table
-        .filter(order_items::order_id.eq(order.id))
-        .order(order_items::product_id)
-        .select((
-            order_items::product_id,
-            order_items::quantity,
-            order_items::unit_price,
-        ))
-        .load(conn)
-        .await?;
+    let items = order_lines(conn, order.id).await?;
     Ok(OrderView {
         order_id: order.id,
         status: order.status,
@@ -718,10 +709,10 @@ async fn order_view(conn: &mut AsyncPgConnection, order: OrderRow) -> ApiResult<
         user_coupon_id: order.user_coupon_id,
         items: items
             .into_iter()
-            .map(|(product_id, quantity, unit_price)| OrderItemView {
-                product_id,
-                quantity,
-                unit_price,
+            .map(|l| OrderItemView {
+                product_id: l.product_id,
+                quantity: l.quantity,
+                unit_price: l.unit_price,
             })
             .collect(),
         payment,

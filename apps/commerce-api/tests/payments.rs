@@ -41,7 +41,7 @@ impl Gateway {
     }
 
     async fn count(&self, sql: &str) -> i64 {
-        count(&self.db.url, sql).await
+        commerce_testkit::count(&self.db.url, sql).await
     }
 
     /// Payments the gateway holds for an order.
@@ -51,20 +51,6 @@ impl Gateway {
         ))
         .await
     }
-}
-
-async fn count(url: &str, sql: &str) -> i64 {
-    #[derive(QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
-    diesel::sql_query(sql)
-        .get_result::<N>(&mut conn)
-        .await
-        .unwrap()
-        .n
 }
 
 /// An API talking to `gw`, with quick test timings; `extra` overrides them.
@@ -93,6 +79,15 @@ async fn place(app: &TestApp, token: &str, body: Value) -> Value {
         "the full card number leaked: {order}"
     );
     order
+}
+
+/// Polls `done` every 50 ms until it holds; fails with `what` after `within`.
+async fn eventually(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls the order until its status is not `PENDING_PAYMENT`.
@@ -588,18 +583,16 @@ async fn a_second_successful_gateway_payment_for_an_order_is_recorded_for_refund
         settled(&app, &token, id, Duration::from_secs(10)).await["status"],
         "PAID"
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app
-        .count(&format!(
-            "SELECT count(*) AS n FROM payments WHERE order_id = {id} AND refund_keys = ARRAY['{}']",
-            second["transaction_key"].as_str().unwrap()
-        ))
-        .await
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the second charge was never recorded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let recorded = format!(
+        "SELECT count(*) AS n FROM payments WHERE order_id = {id} AND refund_keys = ARRAY['{}']",
+        second["transaction_key"].as_str().unwrap()
+    );
+    eventually(
+        "the second charge was never recorded",
+        Duration::from_secs(10),
+        async || app.count(&recorded).await == 1,
+    )
+    .await;
     assert_eq!(events(&app, "OrderPaid").await, 1, "still one sale");
 }
 
@@ -702,15 +695,16 @@ async fn callback_reconciliation_and_cancel_racing_compensate_exactly_once() {
         let order = place(&app, &token, card_order(product, 2, Some(uc))).await;
         let id = order["order_id"].as_i64().unwrap();
         // Wait until the gateway has declined it (its callback is dropped).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while gw
-            .count("SELECT count(*) AS n FROM payments WHERE status = 'FAILED'")
-            .await
-            < n
-        {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            "the gateway never declined it",
+            Duration::from_secs(10),
+            async || {
+                gw.count("SELECT count(*) AS n FROM payments WHERE status = 'FAILED'")
+                    .await
+                    >= n
+            },
+        )
+        .await;
         assert_eq!(app.stock(product).await, 98);
         let (_, before) = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
         assert_eq!(before["status"], "PENDING_PAYMENT", "raced while pending");
@@ -839,11 +833,12 @@ async fn an_api_crash_between_commit_and_gateway_call_is_recovered_by_reconcilia
         .spawn()
         .expect("the commerce-api binary starts");
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while reqwest::get(format!("{base}/health/live")).await.is_err() {
-        assert!(Instant::now() < deadline, "the child API never came up");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the child API never came up",
+        Duration::from_secs(20),
+        async || reqwest::get(format!("{base}/health/live")).await.is_ok(),
+    )
+    .await;
     let request = setup
         .client
         .post(format!("{base}/api/v1/orders"))
@@ -852,15 +847,17 @@ async fn an_api_crash_between_commit_and_gateway_call_is_recovered_by_reconcilia
         .send();
     let crashed = tokio::spawn(request);
     // The order commits, then the process waits on the gateway: kill it there.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while setup
-        .count("SELECT count(*) AS n FROM payments WHERE status = 'PENDING'")
-        .await
-        == 0
-    {
-        assert!(Instant::now() < deadline, "the order never committed");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually(
+        "the order never committed",
+        Duration::from_secs(10),
+        async || {
+            setup
+                .count("SELECT count(*) AS n FROM payments WHERE status = 'PENDING'")
+                .await
+                > 0
+        },
+    )
+    .await;
     child.start_kill().unwrap();
     child.wait().await.unwrap();
     assert!(crashed.await.unwrap().is_err(), "the client saw the crash");
@@ -965,15 +962,17 @@ async fn five_hundred_card_orders_at_default_rates_all_end_paid_or_failed_and_ba
     for (status, body) in &orders {
         assert_eq!(*status, StatusCode::CREATED, "{body}");
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while first
-        .count("SELECT count(*) AS n FROM orders WHERE status = 'PENDING_PAYMENT'")
-        .await
-        > 0
-    {
-        assert!(Instant::now() < deadline, "orders stuck in PENDING_PAYMENT");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    eventually(
+        "orders stuck in PENDING_PAYMENT",
+        Duration::from_secs(120),
+        async || {
+            first
+                .count("SELECT count(*) AS n FROM orders WHERE status = 'PENDING_PAYMENT'")
+                .await
+                == 0
+        },
+    )
+    .await;
     let count = |sql: &'static str| first.count(sql);
     assert_eq!(
         count("SELECT count(*) AS n FROM orders WHERE payment_method = 'CARD'").await,

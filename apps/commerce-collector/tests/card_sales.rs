@@ -5,24 +5,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Api, Pipeline, eventually};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use pg_simulator::behaviour::Behaviour;
 use serde_json::{Value, json};
 
-#[derive(diesel::QueryableByName)]
-struct N {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
-async fn count(url: &str, sql: &str) -> i64 {
-    let mut conn = AsyncPgConnection::establish(url).await.unwrap();
-    diesel::sql_query(sql)
-        .get_result::<N>(&mut conn)
-        .await
-        .unwrap()
-        .n
-}
+use commerce_testkit::count;
 
 async fn settled(api: &Api, token: &str, order: &Value) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);

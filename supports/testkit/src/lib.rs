@@ -59,6 +59,23 @@ pub fn unique_suffix() -> String {
     uuid::Uuid::now_v7().simple().to_string()
 }
 
+/// Runs `sql`, a query returning one row with a BIGINT column `n`, on the database at `url`.
+pub async fn count(url: &str, sql: &str) -> i64 {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(url)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {url}: {e}"));
+    diesel::sql_query(sql)
+        .get_result::<N>(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .n
+}
+
 /// A freshly migrated database of its own for one test, dropped when this value is dropped.
 #[derive(Debug)]
 pub struct TestDb {

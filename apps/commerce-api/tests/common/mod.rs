@@ -202,15 +202,6 @@ impl TestApp {
     }
 
     pub async fn count(&self, sql: &str) -> i64 {
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        diesel::sql_query(sql)
-            .get_result::<N>(&mut self.conn().await)
-            .await
-            .unwrap()
-            .n
+        commerce_testkit::count(&self.db.url, sql).await
     }
 }

@@ -124,6 +124,9 @@ fn topics(config: &Config) -> Vec<(String, i32)> {
     t
 }
 
+/// How often finished batches are looked for while no message arrives.
+const STORE_CHECK: Duration = Duration::from_millis(20);
+
 async fn consume(
     config: &Config,
     pool: &Pool,
@@ -160,6 +163,9 @@ async fn consume(
         }
         let first = tokio::select! {
             m = consumer.recv() => m,
+            // A finished batch's offsets are stored without waiting for the next message: an idle
+            // consumer still commits everything it applied (the loop's head stores them).
+            () = tokio::time::sleep(STORE_CHECK), if !in_flight.is_empty() => continue,
             _ = shutdown.changed() => {
                 // Let the batches in flight finish (or stop), storing what committed in order,
                 // then commit synchronously before leaving the group (a short blocking call,

@@ -39,6 +39,11 @@ use std::net::SocketAddr;
 use commerce_config::{ConfigError, Profile, Reader};
 use commerce_kafka::KafkaSettings;
 
+pub use crate::domain::payments::PaymentSettings;
+use crate::infra::gateway::GatewaySettings;
+use crate::infra::outbox::Topics;
+use crate::infra::relay::RelayConfig;
+
 /// Everything the API reads from its environment.
 #[derive(Clone)]
 pub struct Config {
@@ -62,19 +67,10 @@ pub struct Config {
     pub relay_batch_size: i64,
     pub outbox_retention_hours: u64,
     pub topic_partitions: i32,
-    pub gateway: crate::gateway::GatewaySettings,
+    pub gateway: GatewaySettings,
     pub payment_callback_url: Option<String>,
     pub card_key: [u8; 32],
     pub payments: PaymentSettings,
-}
-
-/// Reconciliation of pending card payments.
-#[derive(Debug, Clone)]
-pub struct PaymentSettings {
-    pub reconcile_enabled: bool,
-    pub reconcile_interval: std::time::Duration,
-    pub recheck_after: std::time::Duration,
-    pub request_deadline: std::time::Duration,
 }
 
 /// The development JWT key. Refused by any profile but `dev`.
@@ -96,15 +92,20 @@ impl std::fmt::Display for Config {
 }
 
 impl Config {
+    /// The topic of each event stream.
+    pub fn topics(&self) -> Topics {
+        Topics {
+            catalog: self.catalog_topic.clone(),
+            order: self.order_topic.clone(),
+        }
+    }
+
     /// The outbox relay's settings.
-    pub fn relay(&self) -> crate::relay::RelayConfig {
-        crate::relay::RelayConfig {
+    pub fn relay(&self) -> RelayConfig {
+        RelayConfig {
             database_url: self.database_url.clone(),
             kafka: self.kafka.clone(),
-            topics: crate::outbox::Topics {
-                catalog: self.catalog_topic.clone(),
-                order: self.order_topic.clone(),
-            },
+            topics: self.topics(),
             partitions: self.topic_partitions,
             batch_size: self.relay_batch_size,
             poll_interval: std::time::Duration::from_millis(self.relay_poll_interval_ms),
@@ -201,7 +202,7 @@ impl Config {
             r.in_range(name, default, range)
                 .map(std::time::Duration::from_millis)
         };
-        let gateway = crate::gateway::GatewaySettings {
+        let gateway = GatewaySettings {
             base_url: r.string_or("PG_BASE_URL", "http://127.0.0.1:8082"),
             connect_timeout: ms("PG_CONNECT_TIMEOUT_MS", 300, 10..=60_000)?,
             timeout: ms("PG_TIMEOUT_MS", 1000, 10..=120_000)?,

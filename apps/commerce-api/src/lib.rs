@@ -1,26 +1,22 @@
 //! The storefront's transactional API.
 //!
-//! HTTP handlers parse requests into domain types, run one database transaction that writes the
-//! change *and* its outbox event, and respond. Nothing another service needs to know about is
-//! changed without an outbox row committed in the same transaction.
+//! Layers, each importing only those below it (see `docs/architecture.md`):
+//! - [`http`]: handlers parse requests into domain types, call the domain, map results to HTTP;
+//! - [`domain`]: the business rules (orders, payments and their reconciliation, coupons,
+//!   catalog writes, accounts), taking a connection or a context and returning domain errors;
+//! - [`infra`]: the schema, the outbox and its relay, the gateway's client, caches, tokens.
+//!
+//! [`startup`] wires them together and [`state`] holds the wired resources. Nothing another
+//! service needs to know about is changed without an outbox row committed in the same
+//! transaction.
 
-pub mod auth;
-pub mod card;
 pub mod config;
-pub mod error;
-pub mod gateway;
-pub mod outbox;
-pub mod payments;
-pub mod product_cache;
-pub mod reconcile;
-pub mod relay;
-pub mod routes;
-pub mod schema;
+pub mod domain;
+pub mod http;
+pub mod infra;
 pub mod seed;
 pub mod startup;
 pub mod state;
-pub mod trace;
-pub mod views;
 
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 

@@ -26,13 +26,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     commerce_telemetry::init_tracing();
     let cli = Cli::parse();
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("commerce-api: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = commerce_config::from_env_or_exit("commerce-api", Config::read);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = commerce_api::startup::Application::build(config).await?;
@@ -45,15 +39,9 @@ async fn main() -> anyhow::Result<()> {
             let pool = commerce_db::pool(&config.database_url, 4)?;
             let (stop_rx, stop) = commerce_web::stop_flag(commerce_web::shutdown_signal());
             tokio::spawn(stop);
-            commerce_api::relay::run(config.relay(), pool, stop_rx).await;
+            commerce_api::infra::relay::run(config.relay(), pool, stop_rx).await;
             Ok(())
         }
-        Command::Seed => {
-            let topics = commerce_api::outbox::Topics {
-                catalog: config.catalog_topic.clone(),
-                order: config.order_topic.clone(),
-            };
-            commerce_api::seed::seed(&config.database_url, &topics).await
-        }
+        Command::Seed => commerce_api::seed::seed(&config.database_url, &config.topics()).await,
     }
 }

@@ -6,9 +6,10 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use crate::outbox::Topics;
-use crate::routes::catalog::{NewProduct, insert_product};
-use crate::schema::{brands, coupons, products};
+use crate::domain::catalog::{self, NewProduct};
+use crate::domain::states::DiscountType;
+use crate::infra::outbox::Topics;
+use crate::infra::schema::{brands, coupons, products};
 
 /// A brand and its products: (name, price, stock).
 type DemoBrand = (&'static str, &'static [(&'static str, i64, i64)]);
@@ -66,7 +67,7 @@ pub async fn seed(database_url: &str, topics: &Topics) -> anyhow::Result<()> {
                 price: *price,
                 stock: *stock,
             };
-            insert_product(&mut conn, topics, &req)
+            catalog::create_product(&mut conn, topics, &req)
                 .await
                 .map_err(|e| anyhow::anyhow!("seeding {name}: {e}"))?;
         }
@@ -74,7 +75,7 @@ pub async fn seed(database_url: &str, topics: &Topics) -> anyhow::Result<()> {
     diesel::insert_into(coupons::table)
         .values((
             coupons::name.eq("Welcome 10% (max 5,000 won)"),
-            coupons::discount_type.eq("RATE"),
+            coupons::discount_type.eq(DiscountType::Rate),
             coupons::discount_value.eq(10),
             coupons::max_discount_amount.eq(Some(5_000)),
             coupons::total_quantity.eq(Some(100)),

@@ -5,9 +5,13 @@ use std::sync::Arc;
 use commerce_cache::Cache;
 use commerce_db::Pool;
 
-use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::outbox::Topics;
+use crate::domain::coupons::Coupons;
+use crate::domain::payments::Payments;
+use crate::infra::auth::Authenticator;
+use crate::infra::outbox::Topics;
+use crate::infra::product_cache::ProductCache;
+use crate::infra::views::ViewPublisher;
 
 /// Cheap-to-clone handle to everything a handler needs.
 #[derive(Clone)]
@@ -22,13 +26,12 @@ pub struct App {
     pub auth: Arc<Authenticator>,
     pub topics: Topics,
     /// Best-effort publisher of `ProductViewed` (no outbox row: views are high volume).
-    pub views: crate::views::ViewPublisher,
-    pub product_cache: crate::product_cache::ProductCache,
-    pub coupon_terms: crate::routes::coupons::CouponTermsCache,
-    /// The payment gateway's client (timeouts, retries, circuit breaker).
-    pub gateway: Arc<crate::gateway::Gateway>,
-    /// Seals card numbers until the gateway has them.
-    pub cards: crate::card::CardVault,
+    pub views: ViewPublisher,
+    pub product_cache: ProductCache,
+    /// First-come coupon issuing (the Redis gate and the terms cache).
+    pub coupons: Coupons,
+    /// Card payments: the gateway's client, the card vault, settling and reconciliation.
+    pub payments: Arc<Payments>,
 }
 
 impl std::ops::Deref for AppState {

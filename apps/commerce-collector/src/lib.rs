@@ -7,6 +7,7 @@
 pub mod apply;
 pub mod config;
 pub mod consumer;
+pub mod error;
 pub mod ranking;
 pub mod rollup;
 pub mod schema;

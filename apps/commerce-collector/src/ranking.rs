@@ -16,6 +16,8 @@ use axum::extract::State;
 use chrono::{Datelike, Duration, NaiveDate, Utc};
 use commerce_cache::Cache;
 use commerce_web::{FieldError, Path, Problem, Query};
+
+use crate::error::CollectorError;
 use diesel::sql_types::{BigInt, Date, Double, Nullable, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
@@ -289,11 +291,6 @@ fn parse_date(state: &AppState, raw: Option<&str>) -> Result<NaiveDate, Problem>
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %e, "ranking query failed");
-    Problem::internal()
-}
-
 /// The SQL of a period's ranking: rank, product, catalog fields, score and figures.
 fn ranking_sql(period: Period, filter: &str) -> String {
     let (table, column) = period.source();
@@ -324,7 +321,7 @@ fn ranking_sql(period: Period, filter: &str) -> String {
 pub async fn rankings(
     State(state): State<AppState>,
     Query(params): Query<RankingParams>,
-) -> Result<commerce_web::Json<RankingPage>, Problem> {
+) -> Result<commerce_web::Json<RankingPage>, CollectorError> {
     let period = Period::parse(params.period.as_deref())?;
     let date = parse_date(&state, params.date.as_deref())?;
     let page = params.page.unwrap_or(0);
@@ -333,15 +330,12 @@ pub async fn rankings(
         return Err(Problem::validation(vec![FieldError::new(
             "page/size",
             "page must be 0..=10000 and size 1..=100",
-        )]));
+        )])
+        .into());
     }
     let (from, to) = period.bounds(date);
     let w = state.config.weights;
-    let mut conn = state
-        .db
-        .get()
-        .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    let mut conn = state.db.get().await?;
     let rows: Vec<RankedProduct> =
         diesel::sql_query(ranking_sql(period, "WHERE n.rank > $5 AND n.rank <= $6"))
             .bind::<Date, _>(from)
@@ -351,13 +345,10 @@ pub async fn rankings(
             .bind::<BigInt, _>(page * size)
             .bind::<BigInt, _>((page + 1) * size)
             .load(&mut conn)
-            .await
-            .map_err(internal)?;
+            .await?;
     let total_elements = match <[RankedProduct]>::first(&rows) {
         Some(r) => r.total,
-        None => count_ranked(&mut conn, period, from)
-            .await
-            .map_err(internal)?,
+        None => count_ranked(&mut conn, period, from).await?,
     };
     Ok(commerce_web::Json(RankingPage {
         period: period.as_str(),
@@ -414,16 +405,12 @@ pub async fn product_rank(
     State(state): State<AppState>,
     Path(product_id): Path<i64>,
     Query(params): Query<ProductRankParams>,
-) -> Result<commerce_web::Json<ProductRank>, Problem> {
+) -> Result<commerce_web::Json<ProductRank>, CollectorError> {
     let period = Period::parse(params.period.as_deref())?;
     let date = parse_date(&state, params.date.as_deref())?;
     let (from, _) = period.bounds(date);
     let w = state.config.weights;
-    let mut conn = state
-        .db
-        .get()
-        .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
+    let mut conn = state.db.get().await?;
     let row: Option<RankedProduct> =
         diesel::sql_query(ranking_sql(period, "WHERE n.product_id = $5"))
             .bind::<Date, _>(from)
@@ -437,8 +424,7 @@ pub async fn product_rank(
             .or_else(|e| match e {
                 diesel::result::Error::NotFound => Ok(None),
                 e => Err(e),
-            })
-            .map_err(internal)?;
+            })?;
     Ok(commerce_web::Json(ProductRank {
         product_id,
         period: period.as_str(),
@@ -476,12 +462,8 @@ pub async fn product_metrics(
     State(state): State<AppState>,
     Path(product_id): Path<i64>,
     Query(params): Query<MetricsParams>,
-) -> Result<commerce_web::Json<ProductMetrics>, Problem> {
-    let mut conn = state
-        .db
-        .get()
-        .await
-        .map_err(|e| Problem::unavailable(e.to_string()))?;
+) -> Result<commerce_web::Json<ProductMetrics>, CollectorError> {
+    let mut conn = state.db.get().await?;
     let columns = "product_id, view_count, like_count, order_count, sales_quantity, sales_amount";
     let found: Option<ProductMetrics> = match params.date.as_deref() {
         None => diesel::sql_query(format!("SELECT {columns} FROM product_metrics WHERE product_id = $1"))
@@ -503,8 +485,7 @@ pub async fn product_metrics(
     .or_else(|e| match e {
         diesel::result::Error::NotFound => Ok(None),
         e => Err(e),
-    })
-    .map_err(internal)?;
+    })?;
     Ok(commerce_web::Json(found.unwrap_or(ProductMetrics {
         product_id,
         view_count: 0,

@@ -3,35 +3,30 @@
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::routing::get;
 use commerce_cache::{Cache, RedisCheck};
 use commerce_db::DbCheck;
 use commerce_kafka::KafkaCheck;
+use commerce_web::Server;
 use commerce_web::health::Dependency;
-use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::state::{App, AppState};
 
 /// A built, bound, not yet running collector.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: Server,
     state: AppState,
 }
 
 impl Application {
     /// Connects the pools, binds `config.http_addr` and builds the router.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        commerce_telemetry::metrics_handle();
         let db = commerce_db::pool(&config.database_url, config.database_pool_size)?;
         let cache = Cache::new(&config.redis_url, &config.redis_key_prefix)?;
         let kafka_check = KafkaCheck::new(&config.kafka)?;
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("binding {}", config.http_addr))?;
+        let server = Server::bind("commerce-collector", config.http_addr).await?;
         let state = AppState(Arc::new(App {
             config,
             db: db.clone(),
@@ -44,20 +39,13 @@ impl Application {
             Dependency::optional(RedisCheck(cache)),
             Dependency::critical(kafka_check),
         ];
-        let router = router(state.clone(), dependencies);
-        Ok(Self {
-            listener,
-            router,
-            state,
-        })
+        let server = server.router(router(state.clone(), dependencies));
+        Ok(Self { server, state })
     }
 
     /// The bound port (useful when the config asked for port 0).
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.server.port()
     }
 
     /// The app's state, for tests that inspect it.
@@ -65,38 +53,31 @@ impl Application {
         &self.state
     }
 
-    /// Consumes, runs the scheduled jobs and serves until `shutdown` resolves; then stops
-    /// consuming (committing stored offsets) and drains in-flight requests.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let (stop_rx, stop) = commerce_web::stop_flag(shutdown);
-        let config = self.state.config.clone();
-        let consumer = config.consume.then(|| {
-            tokio::spawn(crate::consumer::run(
-                config.clone(),
-                self.state.db.clone(),
-                self.state.cache.clone(),
-                stop_rx.clone(),
-            ))
-        });
-        let mut scheduler = match crate::rollup::start_scheduler(
-            config.clone(),
-            self.state.db.clone(),
-            self.state.cache.clone(),
-        )
-        .await
-        {
-            Ok(s) => Some(s),
-            Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "scheduler did not start");
-                None
+    /// The runner, with the collector's background tasks: the consumer (unless disabled; it
+    /// commits stored offsets when it stops), the scheduled jobs, and a rebuild of today's
+    /// real-time ranking from the database (Redis may have lost it).
+    pub fn into_server(self) -> Server {
+        let state = self.state;
+        let config = state.config.clone();
+        let mut server = self.server;
+        if config.consume {
+            let (config, db, cache) = (config.clone(), state.db.clone(), state.cache.clone());
+            server = server.task("consumer", move |stop| {
+                crate::consumer::run(config, db, cache, stop)
+            });
+        }
+        let (jobs_config, db, cache) = (config.clone(), state.db.clone(), state.cache.clone());
+        server = server.task("scheduled jobs", move |mut stop| async move {
+            match crate::rollup::start_scheduler(jobs_config, db, cache).await {
+                Ok(mut scheduler) => {
+                    let _ = stop.wait_for(|s| *s).await;
+                    let _ = scheduler.shutdown().await;
+                }
+                Err(e) => tracing::error!(error = %format!("{e:#}"), "scheduler did not start"),
             }
-        };
-        // Rebuild today's real-time ranking from the database (Redis may have lost it).
-        let (db, cache) = (self.state.db.clone(), self.state.cache.clone());
-        tokio::spawn(async move {
+        });
+        let (db, cache) = (state.db.clone(), state.cache.clone());
+        server.task("daily ranking rebuild", move |_stop| async move {
             let today = crate::apply::business_date(chrono::Utc::now(), config.time_zone);
             let result = async {
                 let mut conn = db.get().await?;
@@ -106,17 +87,16 @@ impl Application {
             if let Err(e) = result {
                 tracing::warn!(error = %format!("{e:#}"), "could not rebuild today's ranking in Redis");
             }
-        });
-        tracing::info!(addr = %self.listener.local_addr()?, "commerce-collector listening");
-        commerce_web::serve(self.listener, self.router, stop).await?;
-        if let Some(consumer) = consumer {
-            let _ = consumer.await;
-        }
-        if let Some(s) = scheduler.as_mut() {
-            let _ = s.shutdown().await;
-        }
-        tracing::info!("commerce-collector stopped");
-        Ok(())
+        })
+    }
+
+    /// Consumes, runs the scheduled jobs and serves until `shutdown` resolves; then stops
+    /// consuming (committing stored offsets) and drains in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        self.into_server().run_until_stopped(shutdown).await
     }
 }
 

@@ -10,18 +10,18 @@
 
 pub mod behaviour;
 pub mod config;
+pub mod error;
 pub mod payments;
 pub mod schema;
 
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use axum::Router;
 use axum::routing::{get, post};
 use commerce_db::{DbCheck, Pool};
+use commerce_web::Server;
 use commerce_web::health::Dependency;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
-use tokio::net::TcpListener;
 
 use crate::behaviour::Dice;
 use crate::config::Config;
@@ -38,19 +38,15 @@ pub struct Simulator {
 
 /// A built, bound, not yet running simulator.
 pub struct Application {
-    listener: TcpListener,
-    router: Router,
+    server: Server,
     sim: Arc<Simulator>,
 }
 
 impl Application {
     /// Connects the pool, binds `config.http_addr` and builds the router.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        commerce_telemetry::metrics_handle();
         let db = commerce_db::pool(&config.database_url, config.database_pool_size)?;
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("binding {}", config.http_addr))?;
+        let server = Server::bind("pg-simulator", config.http_addr).await?;
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(1))
             .timeout(std::time::Duration::from_secs(5))
@@ -76,18 +72,14 @@ impl Application {
             64 * 1024,
         );
         Ok(Self {
-            listener,
-            router,
+            server: server.router(router),
             sim,
         })
     }
 
     /// The bound port.
     pub fn port(&self) -> u16 {
-        self.listener
-            .local_addr()
-            .map(|a| a.port())
-            .unwrap_or_default()
+        self.server.port()
     }
 
     /// The running simulator: its dials and its database.
@@ -95,16 +87,18 @@ impl Application {
         self.sim.clone()
     }
 
+    /// The runner, with the settler (which settles accepted payments and sends callbacks).
+    pub fn into_server(self) -> Server {
+        let sim = self.sim;
+        self.server
+            .task("settler", move |stop| payments::run_settler(sim, stop))
+    }
+
     /// Serves, and settles payments in the background, until `shutdown` resolves.
     pub async fn run_until_stopped(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let (stop_rx, stop) = commerce_web::stop_flag(shutdown);
-        let settler = tokio::spawn(payments::run_settler(self.sim.clone(), stop_rx));
-        tracing::info!(addr = %self.listener.local_addr()?, "pg-simulator listening");
-        commerce_web::serve(self.listener, self.router, stop).await?;
-        let _ = settler.await;
-        Ok(())
+        self.into_server().run_until_stopped(shutdown).await
     }
 }

@@ -22,13 +22,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     commerce_telemetry::init_tracing();
     let cli = Cli::parse();
-    let config = match Config::from_env() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pg-simulator: {e}");
-            std::process::exit(2);
-        }
-    };
+    let config = commerce_config::from_env_or_exit("pg-simulator", Config::read);
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = pg_simulator::Application::build(config).await?;

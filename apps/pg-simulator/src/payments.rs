@@ -9,6 +9,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
 use commerce_web::{FieldError, Json, Path, Problem, Query};
+
+use crate::error::SimError;
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
@@ -20,7 +22,7 @@ const CARD_TYPES: [&str; 3] = ["SAMSUNG", "KB", "HYUNDAI"];
 const MAX_ID_LEN: usize = 64;
 const MAX_URL_LEN: usize = 2048;
 
-type Result<T> = std::result::Result<T, Problem>;
+type Result<T> = std::result::Result<T, SimError>;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +98,7 @@ fn user_id(headers: &HeaderMap) -> Result<String> {
                 "USER_ID_REQUIRED",
                 "the X-USER-ID header is required",
             )
+            .into()
         })
 }
 
@@ -145,13 +148,8 @@ fn validate(req: &PaymentRequest) -> Result<()> {
     if errors.is_empty() {
         Ok(())
     } else {
-        Err(Problem::validation(errors))
+        Err(Problem::validation(errors).into())
     }
-}
-
-fn internal(e: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %e, "pg-simulator request failed");
-    Problem::internal()
 }
 
 /// Accepts a payment (after a simulated delay) or fails with HTTP 500, recording nothing.
@@ -170,11 +168,12 @@ pub async fn request_payment(
             StatusCode::INTERNAL_SERVER_ERROR,
             "GATEWAY_ERROR",
             "the gateway could not process the request; try again",
-        ));
+        )
+        .into());
     }
     let settle_at =
         Utc::now() + chrono::Duration::from_std(sim.dice.settlement_delay()).unwrap_or_default();
-    let mut conn = sim.db.get().await.map_err(internal)?;
+    let mut conn = sim.db.get().await?;
     // Six hex digits collide now and then: draw again.
     for _ in 0..8 {
         let key = format!(
@@ -195,8 +194,7 @@ pub async fn request_payment(
             ))
             .on_conflict_do_nothing()
             .execute(&mut conn)
-            .await
-            .map_err(internal)?;
+            .await?;
         if inserted == 1 {
             metrics::counter!("pg_sim_requests_total", "outcome" => "accepted").increment(1);
             tracing::info!(transaction_key = %key, order_id = %req.order_id, amount = req.amount, "payment accepted");
@@ -209,7 +207,7 @@ pub async fn request_payment(
             }));
         }
     }
-    Err(internal("no free transaction key"))
+    Err(anyhow::anyhow!("no free transaction key").into())
 }
 
 /// One payment, if it is the caller's.
@@ -219,17 +217,16 @@ pub async fn get_payment(
     Path(key): Path<String>,
 ) -> Result<Json<Transaction>> {
     let user = user_id(&headers)?;
-    let mut conn = sim.db.get().await.map_err(internal)?;
+    let mut conn = sim.db.get().await?;
     payments::table
         .filter(payments::transaction_key.eq(&key))
         .filter(payments::user_id.eq(&user))
         .select(columns())
         .first(&mut conn)
         .await
-        .optional()
-        .map_err(internal)?
+        .optional()?
         .map(Json)
-        .ok_or_else(|| Problem::not_found("PAYMENT_NOT_FOUND", "no such payment"))
+        .ok_or_else(|| Problem::not_found("PAYMENT_NOT_FOUND", "no such payment").into())
 }
 
 /// Every payment the caller made for one order, oldest first (empty when there is none).
@@ -239,15 +236,14 @@ pub async fn list_payments(
     Query(q): Query<OrderQuery>,
 ) -> Result<Json<OrderTransactions>> {
     let user = user_id(&headers)?;
-    let mut conn = sim.db.get().await.map_err(internal)?;
+    let mut conn = sim.db.get().await?;
     let transactions = payments::table
         .filter(payments::user_id.eq(&user))
         .filter(payments::order_id.eq(&q.order_id))
         .order(payments::created_at)
         .select(columns())
         .load(&mut conn)
-        .await
-        .map_err(internal)?;
+        .await?;
     Ok(Json(OrderTransactions {
         order_id: q.order_id,
         transactions,

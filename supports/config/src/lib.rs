@@ -27,6 +27,21 @@ impl ConfigError {
     }
 }
 
+/// Reads an app's configuration from the process environment, or exits with code 2 and one line
+/// naming the variable at fault (`<app>: invalid configuration: VAR: why`).
+pub fn from_env_or_exit<T>(
+    app: &str,
+    read: impl FnOnce(&Reader<Env>) -> Result<T, ConfigError>,
+) -> T {
+    match read(&Reader::default()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{app}: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
 /// A source of variables: the process environment in production, a map in tests.
 pub trait Source {
     fn get(&self, name: &str) -> Option<String>;

@@ -5,7 +5,8 @@
 //! - [`Json`]: a JSON extractor whose rejections are [`Problem`]s, so a malformed body gets the
 //!   same envelope as any other error;
 //! - [`health`]: liveness and readiness routes;
-//! - [`serve`]: runs a router until SIGTERM/Ctrl-C, draining in-flight requests.
+//! - [`Server`]: the one runner every app starts through: bind, serve, run background tasks,
+//!   and stop them all in order on SIGTERM/Ctrl-C.
 
 pub mod health;
 mod json;
@@ -14,9 +15,9 @@ mod query;
 mod serve;
 
 pub use json::Json;
-pub use problem::{FieldError, Problem, route_not_found};
+pub use problem::{FieldError, Problem, internal_error, route_not_found, unavailable_error};
 pub use query::{Path, Query};
-pub use serve::{serve, shutdown_signal, stop_flag};
+pub use serve::{Server, shutdown_signal, stop_flag};
 
 use axum::Router;
 use axum::routing::get;

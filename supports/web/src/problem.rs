@@ -103,6 +103,20 @@ impl IntoResponse for Problem {
     }
 }
 
+/// The response for an unexpected failure: the cause is logged once, here, with the app's name;
+/// the client gets the generic 500 body.
+pub fn internal_error(app: &'static str, cause: &anyhow::Error) -> Response {
+    tracing::error!(app, error = ?cause, "request failed");
+    Problem::internal().into_response()
+}
+
+/// The response for a dependency that cannot be reached right now (a pool timeout, a remote
+/// service down): logged at WARN, answered with 503 and a generic body.
+pub fn unavailable_error(app: &'static str, cause: &str) -> Response {
+    tracing::warn!(app, error = %cause, "dependency unavailable");
+    Problem::unavailable("a dependency is temporarily unavailable; retry shortly").into_response()
+}
+
 /// Fallback for unknown routes: a problem body instead of an empty 404.
 pub async fn route_not_found() -> Problem {
     Problem::not_found("ROUTE_NOT_FOUND", "no such route")

@@ -1,7 +1,19 @@
-//! Serving a router until shutdown.
+//! Running an app: one server runner for every app, instead of a copy per app.
+//!
+//! [`Server`] binds the listener (port 0 in tests), installs the metrics recorder, starts the
+//! app's background tasks beside the router, and on shutdown stops accepting connections,
+//! drains in-flight requests, turns the stop flag so every background task finishes its work,
+//! waits for them, and runs the app's last steps (flushing producers). A background task that
+//! panics is logged as an error naming it; the others still stop cleanly.
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use anyhow::Context as _;
 use axum::Router;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 /// Resolves on SIGTERM or Ctrl-C.
 pub async fn shutdown_signal() {
@@ -26,30 +38,115 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received, draining in-flight requests");
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then stops accepting connections
-/// and waits for in-flight requests to finish.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
-}
-
-/// Turns a shutdown future into a broadcast flag for background tasks plus a future for
-/// [`serve`]: when `shutdown` resolves, the flag turns true and the server starts draining.
+/// Turns a shutdown future into a broadcast flag for background tasks plus a future that
+/// resolves with it: when `shutdown` resolves, the flag turns true.
 pub fn stop_flag(
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> (
-    tokio::sync::watch::Receiver<bool>,
-    impl std::future::Future<Output = ()> + Send + 'static,
+    watch::Receiver<bool>,
+    impl Future<Output = ()> + Send + 'static,
 ) {
-    let (tx, rx) = tokio::sync::watch::channel(false);
+    let (tx, rx) = watch::channel(false);
     let stop = async move {
         shutdown.await;
         let _ = tx.send(true);
     };
     (rx, stop)
+}
+
+type Task =
+    Box<dyn FnOnce(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A bound, not yet running app: its listener, its router and its background tasks.
+pub struct Server {
+    name: &'static str,
+    listener: TcpListener,
+    router: Router,
+    tasks: Vec<(&'static str, Task)>,
+    last_steps: Vec<Box<dyn FnOnce() + Send>>,
+}
+
+impl Server {
+    /// Installs the process's metrics recorder and binds `addr` for app `name`.
+    pub async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<Self> {
+        commerce_telemetry::metrics_handle();
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{name}: binding {addr}"))?;
+        Ok(Self {
+            name,
+            listener,
+            router: Router::new(),
+            tasks: Vec::new(),
+            last_steps: Vec::new(),
+        })
+    }
+
+    /// The bound address (with the real port when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// The routes to serve.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// A background task started with the server. It is handed the stop flag and must return
+    /// soon after the flag turns true.
+    pub fn task<F, Fut>(mut self, name: &'static str, task: F) -> Self
+    where
+        F: FnOnce(watch::Receiver<bool>) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks
+            .push((name, Box::new(move |stop| Box::pin(task(stop)))));
+        self
+    }
+
+    /// A step run after requests drained and every background task returned.
+    pub fn last_step(mut self, step: impl FnOnce() + Send + 'static) -> Self {
+        self.last_steps.push(Box::new(step));
+        self
+    }
+
+    /// Serves and runs the background tasks until `shutdown` resolves, then drains and stops
+    /// them in order (see the module documentation).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let addr = self.local_addr();
+        let (stop_rx, stop) = stop_flag(shutdown);
+        let running: Vec<_> = self
+            .tasks
+            .into_iter()
+            .map(|(task, start)| (task, tokio::spawn(start(stop_rx.clone()))))
+            .collect();
+        tracing::info!(app = self.name, %addr, "{} listening", self.name);
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(stop)
+            .await
+            .with_context(|| format!("{}: serving", self.name))?;
+        for (task, handle) in running {
+            if let Err(e) = handle.await
+                && e.is_panic()
+            {
+                tracing::error!(app = self.name, task, "background task panicked");
+            }
+        }
+        for step in self.last_steps {
+            step();
+        }
+        tracing::info!(app = self.name, "{} stopped", self.name);
+        Ok(())
+    }
 }

@@ -4,20 +4,36 @@
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 
-/// The card types the gateway accepts.
-pub const CARD_TYPES: [&str; 3] = ["SAMSUNG", "KB", "HYUNDAI"];
+/// A well-formed card number, `####-####-####-####`. Its `Debug` shows only the masked form,
+/// and it has no `Display` or `Serialize`: the digits reach only the gateway and the vault.
+#[derive(PartialEq, Eq)]
+pub struct CardNumber(String);
 
-/// `####-####-####-####`.
-pub fn is_card_no(s: &str) -> bool {
-    s.len() == 19
-        && s.split('-').count() == 4
-        && s.split('-')
-            .all(|g| g.len() == 4 && g.bytes().all(|b| b.is_ascii_digit()))
+impl CardNumber {
+    /// Parses `####-####-####-####`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let well_formed = s.len() == 19
+            && s.split('-').count() == 4
+            && s.split('-')
+                .all(|g| g.len() == 4 && g.bytes().all(|b| b.is_ascii_digit()));
+        well_formed.then(|| Self(s.to_owned()))
+    }
+
+    /// `1234-5678-9012-3456` → `1234-****-****-3456`.
+    pub fn masked(&self) -> String {
+        format!("{}-****-****-{}", &self.0[..4], &self.0[15..])
+    }
+
+    /// The full number, for the gateway and the vault only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
-/// `1234-5678-9012-3456` → `1234-****-****-3456` (only call with a valid number).
-pub fn mask(card_no: &str) -> String {
-    format!("{}-****-****-{}", &card_no[..4], &card_no[15..])
+impl std::fmt::Debug for CardNumber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CardNumber({})", self.masked())
+    }
 }
 
 /// Seals and opens card numbers with the configured key.
@@ -30,26 +46,26 @@ impl CardVault {
     }
 
     /// Nonce (12 bytes) followed by the ciphertext and tag.
-    pub fn seal(&self, card_no: &str) -> Vec<u8> {
+    pub fn seal(&self, card_no: &CardNumber) -> Vec<u8> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let mut sealed = nonce.to_vec();
         sealed.extend(
             self.0
-                .encrypt(&nonce, card_no.as_bytes())
+                .encrypt(&nonce, card_no.expose().as_bytes())
                 .expect("AES-GCM encryption of a short message cannot fail"),
         );
         sealed
     }
 
     /// The card number, or `None` when the data was not sealed with this key.
-    pub fn open(&self, sealed: &[u8]) -> Option<String> {
+    pub fn open(&self, sealed: &[u8]) -> Option<CardNumber> {
         if sealed.len() < 12 {
             return None;
         }
         let (nonce, ciphertext) = sealed.split_at(12);
         let nonce = Nonce::from(<[u8; 12]>::try_from(nonce).ok()?);
         let plain = self.0.decrypt(&nonce, ciphertext).ok()?;
-        String::from_utf8(plain).ok()
+        CardNumber::parse(std::str::from_utf8(&plain).ok()?)
     }
 }
 
@@ -59,7 +75,7 @@ mod tests {
 
     #[test]
     fn card_numbers_are_validated_and_masked() {
-        assert!(is_card_no("1234-5678-9012-3456"));
+        let card = CardNumber::parse("1234-5678-9012-3456").expect("valid");
         for bad in [
             "1234567890123456",
             "1234-5678-9012-345",
@@ -67,22 +83,20 @@ mod tests {
             "abcd-5678-9012-3456",
             "1234-5678-9012-3456-",
         ] {
-            assert!(!is_card_no(bad), "{bad}");
+            assert!(CardNumber::parse(bad).is_none(), "{bad}");
         }
-        assert_eq!(mask("1234-5678-9012-3456"), "1234-****-****-3456");
+        assert_eq!(card.masked(), "1234-****-****-3456");
+        assert_eq!(format!("{card:?}"), "CardNumber(1234-****-****-3456)");
     }
 
     #[test]
     fn sealed_numbers_open_only_with_their_key_and_hide_the_number() {
         let vault = CardVault::new(&[7; 32]);
-        let sealed = vault.seal("1234-5678-9012-3456");
+        let card = || CardNumber::parse("1234-5678-9012-3456").unwrap();
+        let sealed = vault.seal(&card());
         assert!(!String::from_utf8_lossy(&sealed).contains("5678"));
-        assert_eq!(vault.open(&sealed).as_deref(), Some("1234-5678-9012-3456"));
+        assert_eq!(vault.open(&sealed), Some(card()));
         assert_eq!(CardVault::new(&[8; 32]).open(&sealed), None);
-        assert_ne!(
-            vault.seal("1234-5678-9012-3456"),
-            sealed,
-            "fresh nonce each time"
-        );
+        assert_ne!(vault.seal(&card()), sealed, "fresh nonce each time");
     }
 }

@@ -4,7 +4,7 @@
 //! Every API instance runs this loop, and the instances share the work: a pass *claims* due
 //! payments by pushing their `next_check_at` forward in one statement (`FOR UPDATE SKIP
 //! LOCKED`), so each due payment is looked at by one instance per round, and settling is
-//! idempotent anyway ([`crate::payments::settle`]).
+//! idempotent anyway ([`crate::domain::payments::settle`]).
 //!
 //! For each claimed payment:
 //! - the gateway has it `SUCCESS` → paid; `FAILED` → failed and compensated; `PENDING` → wait
@@ -21,6 +21,8 @@
 //! Metrics: `payments_reconciled_total{result}`, `payments_pending` (due or not, as of the last
 //! pass) and `payments_pending_oldest_seconds`.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
@@ -28,10 +30,10 @@ use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use crate::error::ApiResult;
-use crate::gateway::{GatewayError, PaymentRequest, Transaction};
-use crate::payments::{Settlement, record_transaction, settle_with};
-use crate::state::AppState;
+use crate::domain::Result;
+use crate::domain::payments::{Payments, Settlement};
+use crate::domain::states::{CardType, PaymentStatus};
+use crate::infra::gateway::{GatewayError, PaymentRequest, Transaction, TxStatus};
 
 /// Payments claimed per pass. A claim lasts `PAYMENT_RECHECK_AFTER_MS`; a payment still queued
 /// in the pass when its claim ends may be claimed by another instance too, which is harmless
@@ -47,13 +49,13 @@ struct Due {
     #[diesel(sql_type = BigInt)]
     order_id: i64,
     #[diesel(sql_type = Text)]
-    status: String,
+    status: PaymentStatus,
     #[diesel(sql_type = BigInt)]
     user_id: i64,
     #[diesel(sql_type = BigInt)]
     amount: i64,
     #[diesel(sql_type = Text)]
-    card_type: String,
+    card_type: CardType,
     #[diesel(sql_type = Nullable<Bytea>)]
     card_no_sealed: Option<Vec<u8>>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -66,8 +68,8 @@ struct Due {
 }
 
 /// Runs reconciliation passes until `stop` turns true.
-pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
-    let interval = state.config.payments.reconcile_interval;
+pub async fn run(state: Arc<Payments>, mut stop: watch::Receiver<bool>) {
+    let interval = state.settings.reconcile_interval;
     loop {
         let pause = match pass(&state).await {
             Ok(n) if n as i64 == BATCH => std::time::Duration::ZERO,
@@ -85,7 +87,7 @@ pub async fn run(state: AppState, mut stop: watch::Receiver<bool>) {
 }
 
 /// One pass: claims up to a batch of due payments and reconciles them. Returns how many.
-pub async fn pass(state: &AppState) -> ApiResult<usize> {
+pub async fn pass(state: &Payments) -> Result<usize> {
     let due = claim(state).await?;
     let n = due.len();
     futures::stream::iter(due)
@@ -105,7 +107,7 @@ pub async fn pass(state: &AppState) -> ApiResult<usize> {
     Ok(n)
 }
 
-async fn claim(state: &AppState) -> ApiResult<Vec<Due>> {
+async fn claim(state: &Payments) -> Result<Vec<Due>> {
     #[derive(QueryableByName)]
     struct Backlog {
         #[diesel(sql_type = BigInt)]
@@ -114,7 +116,7 @@ async fn claim(state: &AppState) -> ApiResult<Vec<Due>> {
         oldest: f64,
     }
     let mut conn = state.db.get().await?;
-    let recheck_ms = state.config.payments.recheck_after.as_millis() as i64;
+    let recheck_ms = state.settings.recheck_after.as_millis() as i64;
     let due: Vec<Due> = diesel::sql_query(
         "UPDATE payments p
             SET next_check_at = now() + $1 * interval '1 millisecond', checks = p.checks + 1
@@ -145,13 +147,13 @@ async fn claim(state: &AppState) -> ApiResult<Vec<Due>> {
 /// Renews a claim, only if it is still this pass's: before a step that must not happen twice
 /// (requesting the payment again, or giving up on it), so an instance whose claim ran out
 /// during a slow pass cannot act on a payment another instance has claimed since.
-async fn renew_claim(state: &AppState, due: &Due) -> ApiResult<bool> {
+async fn renew_claim(state: &Payments, due: &Due) -> Result<bool> {
     let mut conn = state.db.get().await?;
     let renewed = diesel::sql_query(
         "UPDATE payments SET next_check_at = now() + $1 * interval '1 millisecond'
           WHERE order_id = $2 AND status = 'PENDING' AND next_check_at = $3",
     )
-    .bind::<BigInt, _>(state.config.payments.recheck_after.as_millis() as i64)
+    .bind::<BigInt, _>(state.settings.recheck_after.as_millis() as i64)
     .bind::<BigInt, _>(due.order_id)
     .bind::<Timestamptz, _>(due.next_check_at)
     .execute(&mut conn)
@@ -160,7 +162,7 @@ async fn renew_claim(state: &AppState, due: &Due) -> ApiResult<bool> {
 }
 
 /// Stops watching a cancelled payment.
-async fn stop_watching(state: &AppState, order_id: i64) -> ApiResult<()> {
+async fn stop_watching(state: &Payments, order_id: i64) -> Result<()> {
     let mut conn = state.db.get().await?;
     diesel::sql_query(
         "UPDATE payments SET next_check_at = 'infinity' WHERE order_id = $1 AND status = 'CANCELLED'",
@@ -174,20 +176,22 @@ async fn stop_watching(state: &AppState, order_id: i64) -> ApiResult<()> {
 /// Settles and labels the outcome by what settling did (`already_settled` when a callback or
 /// a cancel got there first).
 async fn settle_labelled(
-    state: &AppState,
+    state: &Payments,
     order_id: i64,
     settlement: Settlement,
     label: &'static str,
-) -> ApiResult<&'static str> {
-    let (_, changed) = settle_with(state, order_id, settlement, "reconciliation").await?;
+) -> Result<&'static str> {
+    let (_, changed) = state
+        .settle_with(order_id, settlement, "reconciliation")
+        .await?;
     Ok(if changed { label } else { "already_settled" })
 }
 
 /// Settles (or re-requests) one payment according to the gateway. Returns a metrics label.
-async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
+async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
     let gateway = &state.gateway;
     let age = (Utc::now() - due.created_at).to_std().unwrap_or_default();
-    let past_deadline = age >= state.config.payments.request_deadline;
+    let past_deadline = age >= state.settings.request_deadline;
     // Every payment the gateway has for the order, not only the one whose key we know: should
     // there ever be two, a success under either is the order's payment.
     let found = match gateway.by_order(due.user_id, due.order_id).await {
@@ -203,7 +207,7 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
         .into_iter()
         .filter(|t| t.belongs_to(due.order_id, due.amount))
         .collect();
-    let cancelled = due.status == "CANCELLED";
+    let cancelled = due.status == PaymentStatus::Cancelled;
     if let Some(key) = &due.transaction_key
         && !found.iter().any(|t| &t.transaction_key == key)
     {
@@ -216,7 +220,10 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
         }
         return Ok("key_unknown_at_gateway");
     }
-    let successes: Vec<&Transaction> = found.iter().filter(|t| t.status == "SUCCESS").collect();
+    let successes: Vec<&Transaction> = found
+        .iter()
+        .filter(|t| t.status == TxStatus::Success)
+        .collect();
     if let Some((first, extra)) = successes.split_first() {
         let label = settle_labelled(
             state,
@@ -229,31 +236,37 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
         .await?;
         // Any further success is a second charge: `settle` records it for a refund.
         for t in extra {
-            settle_with(
-                state,
-                due.order_id,
-                Settlement::Paid {
-                    transaction_key: t.transaction_key.clone(),
-                },
-                "reconciliation",
-            )
-            .await?;
+            state
+                .settle_with(
+                    due.order_id,
+                    Settlement::Paid {
+                        transaction_key: t.transaction_key.clone(),
+                    },
+                    "reconciliation",
+                )
+                .await?;
         }
         return Ok(label);
     }
     if cancelled {
-        if found.iter().any(|t| t.status == "PENDING") {
+        if found.iter().any(|t| t.status == TxStatus::Pending) {
             return Ok("cancelled_pending");
         }
         // Declined, or never received: nothing was charged, nothing more to watch.
         stop_watching(state, due.order_id).await?;
         return Ok("cancelled_closed");
     }
-    if let Some(pending) = found.iter().find(|t| t.status == "PENDING") {
+    if let Some(pending) = found.iter().find(|t| t.status == TxStatus::Pending) {
         if due.transaction_key.is_none() {
-            record_transaction(state, due.order_id, &pending.transaction_key).await?;
+            state
+                .record_transaction(due.order_id, &pending.transaction_key)
+                .await?;
         }
         return Ok("still_pending");
+    }
+    if found.iter().any(|t| t.status == TxStatus::Unknown) {
+        // A status this client does not know: not settled as far as it can tell, and not lost.
+        return Ok("unknown_status");
     }
     if let Some(failed) = found.last() {
         return settle_labelled(
@@ -297,13 +310,15 @@ async fn reconcile(state: &AppState, due: Due) -> ApiResult<&'static str> {
     let request = PaymentRequest {
         user_id: due.user_id,
         order_id: due.order_id,
-        card_type: &due.card_type,
-        card_no: &card_no,
+        card_type: due.card_type.as_str(),
+        card_no: card_no.expose(),
         amount: due.amount,
     };
     match gateway.request_payment(&request).await {
         Ok(tx) => {
-            record_transaction(state, due.order_id, &tx.transaction_key).await?;
+            state
+                .record_transaction(due.order_id, &tx.transaction_key)
+                .await?;
             Ok("requested")
         }
         Err(GatewayError::Refused(detail)) => {

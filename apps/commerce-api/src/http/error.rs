@@ -1,37 +1,31 @@
 //! The API's one error type and its one mapping to HTTP.
 //!
-//! Handlers return `Result<_, ApiError>`. Client errors carry a stable `code`; anything
-//! unexpected becomes `Internal`, is logged once here (where it turns into a response) and is
-//! answered with a generic 500 body: internal text never reaches the client.
+//! Handlers return `Result<_, ApiError>`. Domain refusals ([`domain::Error`]) are mapped to a
+//! status and a stable `code` here, in one exhaustive `match`, so a new refusal cannot reach a
+//! client without a code. Anything unexpected is logged once here (where it turns into a
+//! response) and answered with a generic 500 body: internal text never reaches the client.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use commerce_web::{FieldError, Problem};
 
+use crate::domain::{self, Missing};
+
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// A header or query parameter failed validation.
     #[error("validation failed")]
     Validation(Vec<FieldError>),
-    #[error("{1}")]
-    BadRequest(&'static str, String),
-    #[error("authentication required")]
+    #[error("authentication required: {0}")]
     Unauthenticated(&'static str),
     #[error("forbidden")]
     Forbidden,
-    #[error("{1}")]
-    NotFound(&'static str, String),
-    #[error("{1}")]
-    Conflict(&'static str, String),
-    #[error("{1}")]
-    Unprocessable(&'static str, String),
-    #[error("service unavailable: {0}")]
-    Unavailable(String),
     /// A rejection that already carries its problem (malformed JSON, body too large, …).
     #[error("{}", .0.detail)]
     Rejected(Problem),
     #[error(transparent)]
-    Internal(#[from] anyhow::Error),
+    Domain(#[from] domain::Error),
 }
 
 impl ApiError {
@@ -40,20 +34,11 @@ impl ApiError {
         Self::Validation(vec![FieldError::new(field, message)])
     }
 
-    pub fn conflict(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::Conflict(code, detail.into())
-    }
-
-    pub fn not_found(code: &'static str, detail: impl Into<String>) -> Self {
-        Self::NotFound(code, detail.into())
-    }
-
     fn problem(&self) -> Problem {
+        use domain::Error as E;
+        let conflict = |code, detail: String| Problem::new(StatusCode::CONFLICT, code, detail);
         match self {
             ApiError::Validation(errors) => Problem::validation(errors.clone()),
-            ApiError::BadRequest(code, detail) => {
-                Problem::new(StatusCode::BAD_REQUEST, code, detail.clone())
-            }
             ApiError::Unauthenticated(detail) => {
                 Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", *detail)
             }
@@ -62,27 +47,59 @@ impl ApiError {
                 "FORBIDDEN",
                 "this route needs the admin role",
             ),
-            ApiError::NotFound(code, detail) => Problem::not_found(code, detail.clone()),
-            ApiError::Conflict(code, detail) => {
-                Problem::new(StatusCode::CONFLICT, code, detail.clone())
-            }
-            ApiError::Unprocessable(code, detail) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail.clone())
-            }
-            ApiError::Unavailable(_) => {
-                Problem::unavailable("a dependency is temporarily unavailable; retry shortly")
-            }
             ApiError::Rejected(p) => p.clone(),
-            ApiError::Internal(_) => Problem::internal(),
+            ApiError::Domain(e) => {
+                let detail = e.to_string();
+                match e {
+                    E::Invalid(errors) => Problem::validation(errors.clone()),
+                    E::NotFound(missing) => Problem::not_found(not_found_code(*missing), detail),
+                    E::InsufficientStock => conflict("INSUFFICIENT_STOCK", detail),
+                    E::InsufficientPoints => conflict("INSUFFICIENT_POINTS", detail),
+                    E::CouponNotUsable(_) => conflict("COUPON_NOT_USABLE", detail),
+                    E::CouponSoldOut => conflict("COUPON_SOLD_OUT", detail),
+                    E::CouponAlreadyIssued => conflict("COUPON_ALREADY_ISSUED", detail),
+                    E::CouponNotActive => conflict("COUPON_NOT_ACTIVE", detail),
+                    E::OrderNotCancellable(_) => conflict("ORDER_NOT_CANCELLABLE", detail),
+                    E::LoginIdTaken => conflict("LOGIN_ID_TAKEN", detail),
+                    E::PaymentNotSettled(_) => conflict("PAYMENT_NOT_SETTLED", detail),
+                    E::IdempotencyKeyReused => Problem::new(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "IDEMPOTENCY_KEY_REUSED",
+                        detail,
+                    ),
+                    E::PaymentNotVerified(_) => {
+                        Problem::new(StatusCode::BAD_REQUEST, "PAYMENT_NOT_VERIFIED", detail)
+                    }
+                    E::Unavailable(_) => Problem::unavailable(
+                        "a dependency is temporarily unavailable; retry shortly",
+                    ),
+                    E::Internal(_) => Problem::internal(),
+                }
+            }
         }
+    }
+}
+
+fn not_found_code(missing: Missing) -> &'static str {
+    match missing {
+        Missing::Brand => "BRAND_NOT_FOUND",
+        Missing::Product => "PRODUCT_NOT_FOUND",
+        Missing::Coupon => "COUPON_NOT_FOUND",
+        Missing::Order => "ORDER_NOT_FOUND",
+        Missing::Payment => "PAYMENT_NOT_FOUND",
+        Missing::User => "USER_NOT_FOUND",
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::Internal(e) => tracing::error!(error = ?e, "request failed"),
-            ApiError::Unavailable(e) => tracing::warn!(error = %e, "dependency unavailable"),
+            ApiError::Domain(domain::Error::Internal(e)) => {
+                tracing::error!(error = ?e, "request failed");
+            }
+            ApiError::Domain(domain::Error::Unavailable(e)) => {
+                tracing::warn!(error = %e, "dependency unavailable");
+            }
             _ => {}
         }
         let mut response = self.problem().into_response();
@@ -98,18 +115,19 @@ impl IntoResponse for ApiError {
 
 impl From<diesel::result::Error> for ApiError {
     fn from(e: diesel::result::Error) -> Self {
-        match e {
-            diesel::result::Error::NotFound => {
-                ApiError::not_found("NOT_FOUND", "the resource does not exist")
-            }
-            other => ApiError::Internal(anyhow::Error::new(other)),
-        }
+        ApiError::Domain(e.into())
     }
 }
 
 impl From<commerce_db::PoolError> for ApiError {
     fn from(e: commerce_db::PoolError) -> Self {
-        ApiError::Unavailable(format!("database pool: {e}"))
+        ApiError::Domain(e.into())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError::Domain(e.into())
     }
 }
 
@@ -119,5 +137,47 @@ impl From<Problem> for ApiError {
     }
 }
 
-/// The result type of handlers and domain functions.
+/// The result type of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_keep_their_stable_codes() {
+        let cases = [
+            (domain::Error::InsufficientStock, 409, "INSUFFICIENT_STOCK"),
+            (
+                domain::Error::NotFound(Missing::Product),
+                404,
+                "PRODUCT_NOT_FOUND",
+            ),
+            (
+                domain::Error::IdempotencyKeyReused,
+                422,
+                "IDEMPOTENCY_KEY_REUSED",
+            ),
+            (
+                domain::Error::PaymentNotVerified("no"),
+                400,
+                "PAYMENT_NOT_VERIFIED",
+            ),
+            (
+                domain::Error::Unavailable("pool".into()),
+                503,
+                "SERVICE_UNAVAILABLE",
+            ),
+            (
+                domain::Error::Internal(anyhow::anyhow!("secret detail")),
+                500,
+                "INTERNAL_ERROR",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let problem = ApiError::from(error).problem();
+            assert_eq!((problem.status, problem.code), (status, code));
+            assert!(!problem.detail.contains("secret"), "{}", problem.detail);
+        }
+    }
+}

@@ -1,8 +1,14 @@
 //! The HTTP API: every route, documented in one OpenAPI description served at
 //! `/openapi.json` (Swagger UI at `/swagger-ui`, assets vendored so it works offline).
+//!
+//! Rule: a handler parses the request into domain types, calls the domain, and maps the result
+//! to HTTP; it holds no business rule and writes no table itself. Nothing below this layer
+//! imports it.
 
+pub mod auth;
 pub mod catalog;
 pub mod coupons;
+pub mod error;
 pub mod orders;
 pub mod payments;
 pub mod users;
@@ -64,23 +70,4 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(payments::callback))
         .split_for_parts();
     router.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", api))
-}
-
-/// Whether a database error is a unique-constraint violation.
-pub fn is_unique_violation(e: &diesel::result::Error) -> bool {
-    matches!(
-        e,
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
-    )
-}
-
-/// Whether a database error is a foreign-key violation (a referenced row does not exist).
-pub fn is_foreign_key_violation(e: &diesel::result::Error) -> bool {
-    matches!(
-        e,
-        diesel::result::Error::DatabaseError(
-            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
-            _
-        )
-    )
 }

@@ -11,36 +11,19 @@ use std::sync::Arc;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::{Algorithm, Argon2, Params, Version};
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
-
-use crate::error::{ApiError, ApiResult};
-use crate::schema::users;
-use crate::state::AppState;
 
 /// Token issuer and audience.
 const ISSUER: &str = "commerce-api";
 const AUDIENCE: &str = "commerce-storefront";
 
-/// A user's role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Role {
-    User,
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::User => "USER",
-            Role::Admin => "ADMIN",
-        }
+crate::text_enum! {
+    /// A user's role (`users.role`, and the token's `role` claim).
+    pub enum Role {
+        User => "USER",
+        Admin => "ADMIN",
     }
 }
 
@@ -62,7 +45,8 @@ pub struct Authenticator {
     ttl_seconds: i64,
     argon2: Argon2<'static>,
     hashing: Arc<Semaphore>,
-    checked: UserCheckCache,
+    /// Users whose existence and role were checked recently.
+    pub checked: UserCheckCache,
 }
 
 impl Authenticator {
@@ -93,7 +77,7 @@ impl Authenticator {
     }
 
     /// Issues a token for `user_id`.
-    pub fn issue(&self, user_id: i64, role: Role) -> ApiResult<String> {
+    pub fn issue(&self, user_id: i64, role: Role) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user_id.to_string(),
@@ -108,16 +92,17 @@ impl Authenticator {
             &claims,
             &self.encoding,
         )
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("signing a token: {e}")))
+        .map_err(|e| anyhow::anyhow!("signing a token: {e}"))
     }
 
-    fn verify(&self, token: &str) -> Option<(i64, Role)> {
+    /// The user id and claimed role of a valid token.
+    pub fn verify(&self, token: &str) -> Option<(i64, Role)> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
         Some((data.claims.sub.parse().ok()?, data.claims.role))
     }
 
     /// Hashes a password (argon2id, random salt) off the async workers.
-    pub async fn hash_password(self: &Arc<Self>, password: String) -> ApiResult<String> {
+    pub async fn hash_password(self: &Arc<Self>, password: String) -> anyhow::Result<String> {
         let _permit = self.hashing.acquire().await.map_err(anyhow::Error::new)?;
         let this = self.clone();
         tokio::task::spawn_blocking(move || {
@@ -125,7 +110,7 @@ impl Authenticator {
             this.argon2
                 .hash_password(password.as_bytes(), &salt)
                 .map(|h| h.to_string())
-                .map_err(|e| ApiError::Internal(anyhow::anyhow!("hashing a password: {e}")))
+                .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
         })
         .await
         .map_err(anyhow::Error::new)?
@@ -163,7 +148,8 @@ pub struct UserCheckCache {
 }
 
 impl UserCheckCache {
-    fn get(&self, id: i64) -> Option<Role> {
+    /// The role of a user checked less than `USER_CHECK_TTL` ago.
+    pub fn get(&self, id: i64) -> Option<Role> {
         let entries = self.entries.read().expect("lock poisoned");
         entries
             .get(&id)
@@ -171,73 +157,12 @@ impl UserCheckCache {
             .map(|(_, role)| *role)
     }
 
-    fn put(&self, id: i64, role: Role) {
+    /// Records that `id` exists with `role`.
+    pub fn put(&self, id: i64, role: Role) {
         let mut entries = self.entries.write().expect("lock poisoned");
         if entries.len() >= 100_000 {
             entries.clear();
         }
         entries.insert(id, (std::time::Instant::now(), role));
-    }
-}
-
-/// The authenticated caller.
-#[derive(Debug, Clone, Copy)]
-pub struct AuthUser {
-    pub id: i64,
-    pub role: Role,
-}
-
-impl FromRequestParts<AppState> for AuthUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
-        let token = header
-            .to_str()
-            .ok()
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
-        let (id, _claimed_role) = state
-            .auth
-            .verify(token.trim())
-            .ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
-        // The token of a deleted user is refused, and the role is the current one (as of at
-        // most USER_CHECK_TTL ago).
-        if let Some(role) = state.auth.checked.get(id) {
-            return Ok(AuthUser { id, role });
-        }
-        let mut conn = state.db.get().await?;
-        let role: Option<String> = users::table
-            .find(id)
-            .select(users::role)
-            .first(&mut conn)
-            .await
-            .optional()?;
-        let role = match role.as_deref() {
-            Some("ADMIN") => Role::Admin,
-            Some(_) => Role::User,
-            None => return Err(ApiError::Unauthenticated("the token's user does not exist")),
-        };
-        state.auth.checked.put(id, role);
-        Ok(AuthUser { id, role })
-    }
-}
-
-/// The authenticated caller, required to be an admin (403 otherwise).
-#[derive(Debug, Clone, Copy)]
-pub struct AdminUser(pub AuthUser);
-
-impl FromRequestParts<AppState> for AdminUser {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let user = AuthUser::from_request_parts(parts, state).await?;
-        if user.role != Role::Admin {
-            return Err(ApiError::Forbidden);
-        }
-        Ok(AdminUser(user))
     }
 }

@@ -74,13 +74,24 @@ impl GatewaySettings {
     }
 }
 
+/// Where the gateway says a payment stands.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TxStatus {
+    Pending,
+    Success,
+    Failed,
+    /// A status this client does not know: treated as not settled.
+    #[serde(other)]
+    Unknown,
+}
+
 /// A payment as the gateway reports it.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 pub struct Transaction {
     pub transaction_key: String,
     pub order_id: String,
-    /// `PENDING`, `SUCCESS` or `FAILED`.
-    pub status: String,
+    pub status: TxStatus,
     #[serde(default)]
     pub reason: Option<String>,
     #[serde(default)]
@@ -221,7 +232,7 @@ pub struct Gateway {
 #[derive(Deserialize)]
 struct Accepted {
     transaction_key: String,
-    status: String,
+    status: TxStatus,
     #[serde(default)]
     reason: Option<String>,
 }

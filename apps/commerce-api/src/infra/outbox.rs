@@ -8,7 +8,7 @@ use commerce_events::{Envelope, Event, Stream};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-use crate::schema::outbox;
+use crate::infra::schema::outbox;
 
 /// Topic names for each stream.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ pub async fn record(
     topics: &Topics,
     events: Vec<Event>,
 ) -> QueryResult<()> {
-    let traceparent = crate::trace::current();
+    let traceparent = crate::infra::trace::current();
     let rows: Vec<_> = events
         .into_iter()
         .map(|event| {

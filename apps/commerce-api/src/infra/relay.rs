@@ -35,8 +35,8 @@ use futures::StreamExt;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
 
-use crate::outbox::Topics;
-use crate::schema::outbox;
+use crate::infra::outbox::Topics;
+use crate::infra::schema::outbox;
 
 /// The advisory-lock key naming the relay leader.
 const LEADER_LOCK: i64 = 0x636f_6d6d_6572_6365; // "commerce"

@@ -1,0 +1,522 @@
+//! Brands, products and likes.
+//!
+//! Rules kept here: a product change and its event (`ProductCreated`, `ProductUpdated` with the
+//! new version, `ProductLiked`/`ProductUnliked`) commit together; a like row and the product's
+//! `like_count` change in one transaction, and the count moves only when a row was actually
+//! inserted or deleted, so `like_count` always equals the number of like rows.
+
+use commerce_events::{Event, LikeChanged, ProductSnapshot};
+use commerce_web::FieldError;
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::{Error, Missing, Result, check, is_foreign_key_violation};
+use crate::infra::outbox::{self, Topics};
+use crate::infra::schema::{brands, product_likes, products};
+
+/// Highest accepted price or stock.
+pub const MAX_AMOUNT: i64 = 1_000_000_000;
+
+/// A brand.
+#[derive(Serialize, ToSchema, Queryable, Selectable, Debug)]
+#[diesel(table_name = brands)]
+pub struct BrandView {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+}
+
+/// A product's detail.
+#[derive(Serialize, ToSchema, Debug)]
+pub struct ProductView {
+    pub id: i64,
+    pub name: String,
+    pub description: String,
+    pub brand_id: i64,
+    pub brand_name: String,
+    pub price: i64,
+    pub stock: i64,
+    pub like_count: i64,
+}
+
+/// A product in a list.
+#[derive(Serialize, ToSchema, Queryable, Debug)]
+pub struct ProductSummary {
+    pub id: i64,
+    pub name: String,
+    pub brand_id: i64,
+    pub brand_name: String,
+    pub price: i64,
+    pub like_count: i64,
+}
+
+/// A like's state after a like or unlike.
+#[derive(Serialize, ToSchema, Debug)]
+pub struct LikeView {
+    pub product_id: i64,
+    pub liked: bool,
+    pub like_count: i64,
+}
+
+/// How a product list is ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Newest first (the default).
+    Latest,
+    PriceAsc,
+    LikesDesc,
+}
+
+impl Sort {
+    /// `latest`, `price_asc` or `likes_desc`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "latest" => Some(Sort::Latest),
+            "price_asc" => Some(Sort::PriceAsc),
+            "likes_desc" => Some(Sort::LikesDesc),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sort::Latest => "latest",
+            Sort::PriceAsc => "price_asc",
+            Sort::LikesDesc => "likes_desc",
+        }
+    }
+}
+
+/// A validated new brand.
+#[derive(Debug)]
+pub struct NewBrand {
+    pub name: String,
+    pub description: String,
+}
+
+impl NewBrand {
+    pub fn parse(name: &str, description: String) -> Result<Self> {
+        let mut errors = Vec::new();
+        check_text(&mut errors, "name", name, 100);
+        if description.chars().count() > 2000 {
+            errors.push(FieldError::new(
+                "description",
+                "must be at most 2000 characters",
+            ));
+        }
+        check(errors)?;
+        Ok(Self {
+            name: name.trim().to_owned(),
+            description,
+        })
+    }
+}
+
+/// A validated new product.
+#[derive(Debug, Clone)]
+pub struct NewProduct {
+    pub brand_id: i64,
+    pub name: String,
+    pub description: String,
+    pub price: i64,
+    pub stock: i64,
+}
+
+impl NewProduct {
+    pub fn parse(
+        brand_id: i64,
+        name: &str,
+        description: String,
+        price: i64,
+        stock: i64,
+    ) -> Result<Self> {
+        let mut errors = Vec::new();
+        check_text(&mut errors, "name", name, 200);
+        check_amount(&mut errors, "price", price);
+        check_amount(&mut errors, "stock", stock);
+        if description.chars().count() > 5000 {
+            errors.push(FieldError::new(
+                "description",
+                "must be at most 5000 characters",
+            ));
+        }
+        check(errors)?;
+        Ok(Self {
+            brand_id,
+            name: name.trim().to_owned(),
+            description,
+            price,
+            stock,
+        })
+    }
+}
+
+/// A validated change to any subset of a product's editable fields.
+#[derive(AsChangeset, Debug)]
+#[diesel(table_name = products)]
+pub struct ProductPatch {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub price: Option<i64>,
+    pub stock: Option<i64>,
+}
+
+impl ProductPatch {
+    pub fn parse(
+        name: Option<String>,
+        description: Option<String>,
+        price: Option<i64>,
+        stock: Option<i64>,
+    ) -> Result<Self> {
+        let mut errors = Vec::new();
+        if let Some(name) = &name {
+            check_text(&mut errors, "name", name, 200);
+        }
+        if let Some(price) = price {
+            check_amount(&mut errors, "price", price);
+        }
+        if let Some(stock) = stock {
+            check_amount(&mut errors, "stock", stock);
+        }
+        if description
+            .as_ref()
+            .is_some_and(|d| d.chars().count() > 5000)
+        {
+            errors.push(FieldError::new(
+                "description",
+                "must be at most 5000 characters",
+            ));
+        }
+        if name.is_none() && description.is_none() && price.is_none() && stock.is_none() {
+            errors.push(FieldError::new(
+                "",
+                "at least one of name, description, price, stock is required",
+            ));
+        }
+        check(errors)?;
+        Ok(Self {
+            name: name.map(|n| n.trim().to_owned()),
+            description,
+            price,
+            stock,
+        })
+    }
+}
+
+fn check_text(errors: &mut Vec<FieldError>, field: &str, value: &str, max: usize) {
+    if value.trim().is_empty() || value.chars().count() > max {
+        errors.push(FieldError::new(
+            field,
+            format!("must be 1-{max} characters"),
+        ));
+    }
+}
+
+fn check_amount(errors: &mut Vec<FieldError>, field: &str, value: i64) {
+    if !(0..=MAX_AMOUNT).contains(&value) {
+        errors.push(FieldError::new(
+            field,
+            format!("must be between 0 and {MAX_AMOUNT}"),
+        ));
+    }
+}
+
+/// A product joined with its brand's name.
+#[derive(Queryable, Debug)]
+struct ProductRow {
+    id: i64,
+    brand_id: i64,
+    name: String,
+    description: String,
+    price: i64,
+    stock: i64,
+    like_count: i64,
+    version: i64,
+    brand_name: String,
+}
+
+fn product_columns() -> (
+    products::id,
+    products::brand_id,
+    products::name,
+    products::description,
+    products::price,
+    products::stock,
+    products::like_count,
+    products::version,
+    brands::name,
+) {
+    (
+        products::id,
+        products::brand_id,
+        products::name,
+        products::description,
+        products::price,
+        products::stock,
+        products::like_count,
+        products::version,
+        brands::name,
+    )
+}
+
+impl ProductRow {
+    fn snapshot(&self) -> ProductSnapshot {
+        ProductSnapshot {
+            product_id: self.id,
+            brand_id: self.brand_id,
+            name: self.name.clone(),
+            price: self.price,
+            stock: self.stock,
+            version: self.version,
+            brand_name: self.brand_name.clone(),
+        }
+    }
+
+    fn view(self) -> ProductView {
+        ProductView {
+            id: self.id,
+            brand_id: self.brand_id,
+            name: self.name,
+            description: self.description,
+            price: self.price,
+            stock: self.stock,
+            like_count: self.like_count,
+            brand_name: self.brand_name,
+        }
+    }
+}
+
+async fn load(conn: &mut AsyncPgConnection, id: i64) -> Result<ProductRow> {
+    products::table
+        .inner_join(brands::table)
+        .filter(products::id.eq(id))
+        .select(product_columns())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound(Missing::Product))
+}
+
+/// A product's detail.
+pub async fn product(conn: &mut AsyncPgConnection, id: i64) -> Result<ProductView> {
+    load(conn, id).await.map(ProductRow::view)
+}
+
+/// Creates a brand.
+pub async fn create_brand(conn: &mut AsyncPgConnection, new: &NewBrand) -> Result<BrandView> {
+    Ok(diesel::insert_into(brands::table)
+        .values((
+            brands::name.eq(&new.name),
+            brands::description.eq(&new.description),
+        ))
+        .returning(BrandView::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// A brand.
+pub async fn brand(conn: &mut AsyncPgConnection, id: i64) -> Result<BrandView> {
+    brands::table
+        .find(id)
+        .select(BrandView::as_select())
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound(Missing::Brand))
+}
+
+/// Inserts a product and its `ProductCreated` event in one transaction.
+pub async fn create_product(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    new: &NewProduct,
+) -> Result<ProductView> {
+    let row = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let inserted = diesel::insert_into(products::table)
+                .values((
+                    products::brand_id.eq(new.brand_id),
+                    products::name.eq(&new.name),
+                    products::description.eq(&new.description),
+                    products::price.eq(new.price),
+                    products::stock.eq(new.stock),
+                ))
+                .returning(products::id)
+                .get_result::<i64>(conn)
+                .await;
+            let id = match inserted {
+                Ok(id) => id,
+                Err(e) if is_foreign_key_violation(&e) => {
+                    return Err(Error::NotFound(Missing::Brand));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let row = load(conn, id).await?;
+            outbox::record(conn, topics, vec![Event::ProductCreated(row.snapshot())]).await?;
+            Ok(row)
+        })
+        .await?;
+    tracing::info!(product.id = row.id, "product created");
+    Ok(row.view())
+}
+
+/// Changes a product and records `ProductUpdated` with its new version, in one transaction.
+pub async fn update_product(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    id: i64,
+    patch: &ProductPatch,
+) -> Result<ProductView> {
+    let row = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let updated = diesel::update(products::table.find(id))
+                .set((
+                    patch,
+                    products::version.eq(products::version + 1),
+                    products::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?;
+            if updated == 0 {
+                return Err(Error::NotFound(Missing::Product));
+            }
+            let row = load(conn, id).await?;
+            outbox::record(conn, topics, vec![Event::ProductUpdated(row.snapshot())]).await?;
+            Ok(row)
+        })
+        .await?;
+    Ok(row.view())
+}
+
+/// A page of products (optionally of one brand) and how many there are in all.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    brand_id: Option<i64>,
+    sort: Sort,
+    page: i64,
+    size: i64,
+) -> Result<(Vec<ProductSummary>, i64)> {
+    let mut query = products::table
+        .inner_join(brands::table)
+        .select((
+            products::id,
+            products::name,
+            products::brand_id,
+            brands::name,
+            products::price,
+            products::like_count,
+        ))
+        .into_boxed();
+    let mut count = products::table.count().into_boxed();
+    if let Some(brand_id) = brand_id {
+        query = query.filter(products::brand_id.eq(brand_id));
+        count = count.filter(products::brand_id.eq(brand_id));
+    }
+    query = match sort {
+        Sort::PriceAsc => query.order((products::price.asc(), products::id.asc())),
+        Sort::LikesDesc => query.order((products::like_count.desc(), products::id.desc())),
+        Sort::Latest => query.order(products::id.desc()),
+    };
+    let content: Vec<ProductSummary> = query.limit(size).offset(page * size).load(conn).await?;
+    let total: i64 = count.get_result(conn).await?;
+    Ok((content, total))
+}
+
+/// Adds (`liked`) or removes a user's like. Returns the like's state and whether it changed.
+pub async fn set_like(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    user_id: i64,
+    product_id: i64,
+    liked: bool,
+) -> Result<(LikeView, bool)> {
+    let (like_count, changed) = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let changed = if liked {
+                let inserted = diesel::insert_into(product_likes::table)
+                    .values((
+                        product_likes::user_id.eq(user_id),
+                        product_likes::product_id.eq(product_id),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await;
+                match inserted {
+                    Ok(n) => n == 1,
+                    Err(e) if is_foreign_key_violation(&e) => {
+                        return Err(Error::NotFound(Missing::Product));
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                diesel::delete(product_likes::table.find((user_id, product_id)))
+                    .execute(conn)
+                    .await?
+                    == 1
+            };
+            let delta: i64 = match (changed, liked) {
+                (false, _) => 0,
+                (true, true) => 1,
+                (true, false) => -1,
+            };
+            let like_count: Option<i64> = if delta == 0 {
+                products::table
+                    .find(product_id)
+                    .select(products::like_count)
+                    .first(conn)
+                    .await
+                    .optional()?
+            } else {
+                diesel::update(products::table.find(product_id))
+                    .set(products::like_count.eq(products::like_count + delta))
+                    .returning(products::like_count)
+                    .get_result(conn)
+                    .await
+                    .optional()?
+            };
+            let like_count = like_count.ok_or(Error::NotFound(Missing::Product))?;
+            if changed {
+                let change = LikeChanged {
+                    product_id,
+                    user_id,
+                };
+                let event = if liked {
+                    Event::ProductLiked(change)
+                } else {
+                    Event::ProductUnliked(change)
+                };
+                outbox::record(conn, topics, vec![event]).await?;
+            }
+            Ok((like_count, changed))
+        })
+        .await?;
+    Ok((
+        LikeView {
+            product_id,
+            liked,
+            like_count,
+        },
+        changed,
+    ))
+}
+
+/// Products `user_id` likes, most recent first (at most 1,000).
+pub async fn liked_by(conn: &mut AsyncPgConnection, user_id: i64) -> Result<Vec<ProductSummary>> {
+    Ok(product_likes::table
+        .inner_join(products::table.inner_join(brands::table))
+        .filter(product_likes::user_id.eq(user_id))
+        .order(product_likes::created_at.desc())
+        .limit(1000)
+        .select((
+            products::id,
+            products::name,
+            products::brand_id,
+            brands::name,
+            products::price,
+            products::like_count,
+        ))
+        .load(conn)
+        .await?)
+}

@@ -1,0 +1,91 @@
+//! What an order holds while it stands: its lines' stock, the points it used, its coupon; and
+//! the one place they are given back.
+//!
+//! Rule: [`release`] runs inside a transaction that holds the order's row lock, so it runs once
+//! per order whoever triggers it (a cancellation, a failed payment) and whatever races it.
+
+use chrono::{DateTime, Utc};
+use commerce_events::OrderLine;
+use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::domain::Result;
+use crate::domain::states::{CouponStatus, LedgerKind};
+use crate::infra::schema::{order_items, orders, point_ledger, user_coupons, users};
+
+/// The order's lines, in product-id order.
+pub async fn lines(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<OrderLine>> {
+    let items: Vec<(i64, i64, i64)> = order_items::table
+        .filter(order_items::order_id.eq(order_id))
+        .order(order_items::product_id)
+        .select((
+            order_items::product_id,
+            order_items::quantity,
+            order_items::unit_price,
+        ))
+        .load(conn)
+        .await?;
+    Ok(items
+        .into_iter()
+        .map(|(product_id, quantity, unit_price)| OrderLine {
+            product_id,
+            quantity,
+            unit_price,
+        })
+        .collect())
+}
+
+/// Gives back everything an order holds, inside the caller's transaction (which must hold the
+/// order's row lock, so this runs once per order): its stock, its points (if any were used) and
+/// its coupon. Returns the order's lines.
+pub async fn release(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<OrderLine>> {
+    let (user_id, points_used, user_coupon_id): (i64, i64, Option<i64>) = orders::table
+        .find(order_id)
+        .select((orders::user_id, orders::points_used, orders::user_coupon_id))
+        .first(conn)
+        .await?;
+    let lines = lines(conn, order_id).await?;
+    let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    // Same lock order as placing orders.
+    diesel::sql_query("SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind::<Array<BigInt>, _>(&ids)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE products p SET stock = p.stock + l.quantity
+           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
+          WHERE p.id = l.id",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&quantities)
+    .execute(conn)
+    .await?;
+    if points_used > 0 {
+        diesel::update(users::table.find(user_id))
+            .set(users::point_balance.eq(users::point_balance + points_used))
+            .execute(conn)
+            .await?;
+        diesel::insert_into(point_ledger::table)
+            .values((
+                point_ledger::user_id.eq(user_id),
+                point_ledger::amount.eq(points_used),
+                point_ledger::kind.eq(LedgerKind::Refund),
+                point_ledger::order_id.eq(order_id),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    if let Some(uc) = user_coupon_id {
+        diesel::update(user_coupons::table.find(uc))
+            .set((
+                user_coupons::status.eq(CouponStatus::Available),
+                user_coupons::used_at.eq(None::<DateTime<Utc>>),
+                user_coupons::order_id.eq(None::<i64>),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    Ok(lines)
+}

@@ -1,0 +1,136 @@
+//! The storefront's business rules: accounts and points, catalog writes, coupons, orders and
+//! their payments.
+//!
+//! Rules kept here:
+//! - functions take a connection (a transactional body runs inside the caller's transaction) or
+//!   a context holding what they need, and return [`Error`], never an HTTP type;
+//! - every change another service cares about writes its outbox event in the same transaction;
+//! - the domain calls `crate::infra` (schema, outbox, gateway) and nothing above it: handlers
+//!   (`crate::http`) and background jobs call the domain, never the other way.
+
+pub mod accounts;
+pub mod card;
+pub mod catalog;
+pub mod coupons;
+pub mod holds;
+pub mod orders;
+pub mod payments;
+pub mod reconcile;
+pub mod states;
+
+use commerce_web::FieldError;
+
+/// What a domain operation can refuse, or fail with. Every refusal changes nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The input does not describe a valid request.
+    #[error("validation failed")]
+    Invalid(Vec<FieldError>),
+    #[error("no such {}", .0.noun())]
+    NotFound(Missing),
+    #[error("not enough stock for an ordered product")]
+    InsufficientStock,
+    #[error("the point balance does not cover the order")]
+    InsufficientPoints,
+    /// Why the coupon cannot be used for this order.
+    #[error("{0}")]
+    CouponNotUsable(&'static str),
+    #[error("no coupons are left")]
+    CouponSoldOut,
+    #[error("this coupon was already issued to you")]
+    CouponAlreadyIssued,
+    #[error("the coupon cannot be issued now")]
+    CouponNotActive,
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("an order in status {0} cannot be cancelled")]
+    OrderNotCancellable(states::OrderStatus),
+    #[error("that login id is already taken")]
+    LoginIdTaken,
+    /// The gateway does not confirm what a callback claims.
+    #[error("{0}")]
+    PaymentNotVerified(&'static str),
+    /// The gateway has not settled the payment yet.
+    #[error("{0}")]
+    PaymentNotSettled(&'static str),
+    /// A dependency (the database pool, the gateway) cannot be reached right now.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// What [`Error::NotFound`] did not find.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missing {
+    Brand,
+    Product,
+    Coupon,
+    Order,
+    Payment,
+    User,
+}
+
+impl Missing {
+    /// The thing, as a word for messages.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Missing::Brand => "brand",
+            Missing::Product => "product",
+            Missing::Coupon => "coupon",
+            Missing::Order => "order",
+            Missing::Payment => "card payment",
+            Missing::User => "user",
+        }
+    }
+}
+
+impl Error {
+    /// One invalid field.
+    pub fn field(field: &str, message: impl Into<String>) -> Self {
+        Self::Invalid(vec![FieldError::new(field, message)])
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        Error::Internal(anyhow::Error::new(e))
+    }
+}
+
+impl From<commerce_db::PoolError> for Error {
+    fn from(e: commerce_db::PoolError) -> Self {
+        Error::Unavailable(format!("database pool: {e}"))
+    }
+}
+
+/// The result of domain operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Collects field errors: `Ok(())` when there are none.
+pub fn check(errors: Vec<FieldError>) -> Result<()> {
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Invalid(errors))
+    }
+}
+
+/// Whether a database error is a unique-constraint violation.
+pub(crate) fn is_unique_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
+    )
+}
+
+/// Whether a database error is a foreign-key violation (a referenced row does not exist).
+pub(crate) fn is_foreign_key_violation(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::ForeignKeyViolation,
+            _
+        )
+    )
+}

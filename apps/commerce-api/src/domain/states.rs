@@ -1,0 +1,129 @@
+//! Every state an order, a payment and a coupon can be in, and how an order is paid.
+//!
+//! Each is mapped to its `TEXT` column and its JSON string once (see [`crate::text_enum`]); the
+//! tables' CHECK constraints list the same values.
+
+use crate::domain::card::CardNumber;
+
+crate::text_enum! {
+    /// `orders.status`.
+    pub enum OrderStatus {
+        /// Placed by card; the gateway has not settled the payment yet.
+        PendingPayment => "PENDING_PAYMENT",
+        Paid => "PAID",
+        /// The card payment failed; everything the order held was given back.
+        PaymentFailed => "PAYMENT_FAILED",
+        Cancelled => "CANCELLED",
+    }
+}
+
+crate::text_enum! {
+    /// `payments.status`: a card payment at the gateway, as this API knows it.
+    pub enum PaymentStatus {
+        Pending => "PENDING",
+        Success => "SUCCESS",
+        Failed => "FAILED",
+        /// The order was cancelled while the payment was pending; still watched at the gateway.
+        Cancelled => "CANCELLED",
+        /// Money was taken for an order that is no longer payable: it must go back.
+        RefundRequired => "REFUND_REQUIRED",
+    }
+}
+
+crate::text_enum! {
+    /// `orders.payment_method`: how an order is paid, without the card's details.
+    pub enum PaymentKind {
+        Point => "POINT",
+        Card => "CARD",
+    }
+}
+
+crate::text_enum! {
+    /// The card types the gateway accepts (`payments.card_type`).
+    pub enum CardType {
+        Samsung => "SAMSUNG",
+        Kb => "KB",
+        Hyundai => "HYUNDAI",
+    }
+}
+
+crate::text_enum! {
+    /// `user_coupons.status`.
+    pub enum CouponStatus {
+        Available => "AVAILABLE",
+        Used => "USED",
+    }
+}
+
+crate::text_enum! {
+    /// `coupons.discount_type`.
+    pub enum DiscountType {
+        /// Won off.
+        Fixed => "FIXED",
+        /// Percent off, 1..=100.
+        Rate => "RATE",
+    }
+}
+
+crate::text_enum! {
+    /// `point_ledger.kind`.
+    pub enum LedgerKind {
+        Charge => "CHARGE",
+        Use => "USE",
+        Refund => "REFUND",
+    }
+}
+
+/// How an order is paid, with the card's details inside the card variant. Deliberately neither
+/// `Serialize` nor `Clone`: it holds a card number.
+pub enum PaymentMethod {
+    Point,
+    Card {
+        card_type: CardType,
+        card_no: CardNumber,
+    },
+}
+
+impl PaymentMethod {
+    /// The stored kind.
+    pub fn kind(&self) -> PaymentKind {
+        match self {
+            PaymentMethod::Point => PaymentKind::Point,
+            PaymentMethod::Card { .. } => PaymentKind::Card,
+        }
+    }
+}
+
+impl std::fmt::Debug for PaymentMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PaymentMethod::Point => f.write_str("Point"),
+            PaymentMethod::Card { card_type, card_no } => f
+                .debug_struct("Card")
+                .field("card_type", card_type)
+                .field("card_no", &card_no.masked())
+                .finish(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_round_trip_through_their_text() {
+        for s in OrderStatus::ALL {
+            assert_eq!(s.as_str().parse::<OrderStatus>(), Ok(*s));
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::json!(s.as_str())
+            );
+        }
+        for s in PaymentStatus::ALL {
+            assert_eq!(s.as_str().parse::<PaymentStatus>(), Ok(*s));
+        }
+        assert_eq!(OrderStatus::PendingPayment.as_str(), "PENDING_PAYMENT");
+        assert!("PAYED".parse::<OrderStatus>().is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! Who is calling: the bearer-token extractors.
+//!
+//! A valid token is not enough: the user must still exist, and the role is the current one (as
+//! of at most `USER_CHECK_TTL` ago, see [`crate::infra::auth::UserCheckCache`]).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use crate::domain::accounts;
+use crate::http::error::{ApiError, ApiResult};
+use crate::infra::auth::Role;
+use crate::state::AppState;
+
+/// The authenticated caller.
+#[derive(Debug, Clone, Copy)]
+pub struct AuthUser {
+    pub id: i64,
+    pub role: Role,
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or(ApiError::Unauthenticated("a bearer token is required"))?;
+        let (id, _claimed_role) = state
+            .auth
+            .verify(token.trim())
+            .ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
+        // The token of a deleted user is refused, and the role is the current one (as of at
+        // most USER_CHECK_TTL ago).
+        if let Some(role) = state.auth.checked.get(id) {
+            return Ok(AuthUser { id, role });
+        }
+        let mut conn = state.db.get().await?;
+        let role = accounts::role_of(&mut conn, id)
+            .await?
+            .ok_or(ApiError::Unauthenticated("the token's user does not exist"))?;
+        state.auth.checked.put(id, role);
+        Ok(AuthUser { id, role })
+    }
+}
+
+/// The authenticated caller, required to be an admin (403 otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct AdminUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Admin {
+            return Err(ApiError::Forbidden);
+        }
+        Ok(AdminUser(user))
+    }
+}

@@ -3,7 +3,7 @@
 //! Every scenario runs a fixed number of connections, each with one request in flight, for a
 //! bounded time (or a bounded count), against loopback addresses only, and stops by itself.
 //! Setup that is not under test (bulk users and products) goes straight to the database.
-//! `supports/loadgen/run-benchmarks` runs every scenario in order.
+//! `apps/loadgen/run-benchmarks` runs every scenario in order.
 
 mod http;
 mod pipeline;
@@ -233,7 +233,7 @@ async fn card_orders(
     let tokens: Vec<String> = users
         .iter()
         .map(|id| {
-            auth.issue(*id, commerce_api::auth::Role::User)
+            auth.issue(*id, commerce_api::infra::auth::Role::User)
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })
         .collect::<Result<_, _>>()?;
@@ -494,10 +494,10 @@ async fn bulk_users(
     Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
-fn authenticator() -> commerce_api::auth::Authenticator {
+fn authenticator() -> commerce_api::infra::auth::Authenticator {
     let secret = std::env::var("COMMERCE_JWT_SECRET")
         .unwrap_or_else(|_| commerce_api::config::DEV_JWT_SECRET.to_owned());
-    commerce_api::auth::Authenticator::new(secret.as_bytes(), 3600)
+    commerce_api::infra::auth::Authenticator::new(secret.as_bytes(), 3600)
 }
 
 fn run_id() -> String {
@@ -545,7 +545,7 @@ async fn orders(
     let tokens: Vec<String> = users[..connections]
         .iter()
         .map(|id| {
-            auth.issue(*id, commerce_api::auth::Role::User)
+            auth.issue(*id, commerce_api::infra::auth::Role::User)
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })
         .collect::<Result<_, _>>()?;
@@ -677,7 +677,7 @@ async fn coupons(
         .iter()
         .map(|id| {
             let token = auth
-                .issue(*id, commerce_api::auth::Role::User)
+                .issue(*id, commerce_api::infra::auth::Role::User)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             Ok(http::request("POST", &api, &path, Some(&token), Some("{}")))
         })

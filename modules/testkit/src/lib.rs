@@ -9,6 +9,11 @@
 //!
 //! so `cargo nextest run` runs tests in parallel without one seeing another's data.
 //!
+//! It also holds the one way tests start an app ([`Spawned`], from the app's
+//! [`commerce_web::Server`], with the environment built by [`TestEnv`]) and the one way they
+//! wait for the system to act ([`eventually`]): poll for a positive signal, then assert exact
+//! figures, never sleep and accept whatever is there.
+//!
 //! A server that is not reachable fails the test with a message naming it and saying how to
 //! start it. Nothing is skipped.
 //!
@@ -16,6 +21,7 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`), `REDIS_URL` (default
 //! `redis://127.0.0.1:6379`) and `KAFKA_BROKERS` (default `127.0.0.1:9092`).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use commerce_cache::Cache;
@@ -52,6 +58,122 @@ fn env_or(name: &str, default: &str) -> String {
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.to_owned())
+}
+
+/// Polls `probe` every 50 ms until it returns `Ok`, and returns that value. After `within`, fails
+/// the test naming `what` and showing the probe's last `Err` (what it saw instead).
+pub async fn eventually<T, E: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(last) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{what}: not done within {within:?}; last seen: {last:?}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// [`eventually`] for a condition: polls until `done` holds.
+pub async fn until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> bool) {
+    eventually(what, within, async || {
+        if done().await { Ok(()) } else { Err("not yet") }
+    })
+    .await
+}
+
+/// The environment an app under test reads instead of the process's: port 0, the test's own
+/// database, Redis key prefix and broker, plus whatever the test adds.
+#[derive(Debug, Clone)]
+pub struct TestEnv(HashMap<String, String>);
+
+impl TestEnv {
+    /// Port 0, `database_url`, the test Redis under `redis_prefix`, and `kafka`'s brokers.
+    pub fn new(database_url: &str, redis_prefix: &str, kafka: &KafkaSettings) -> Self {
+        Self(HashMap::from([
+            ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
+            ("DATABASE_URL".into(), database_url.to_owned()),
+            ("REDIS_URL".into(), redis_url()),
+            ("REDIS_KEY_PREFIX".into(), redis_prefix.to_owned()),
+            ("KAFKA_BROKERS".into(), kafka.brokers.clone()),
+        ]))
+    }
+
+    /// The event topics (`CATALOG_TOPIC`, `ORDER_TOPIC`) with the test topics' 3 partitions.
+    pub fn topics(self, catalog: &str, order: &str) -> Self {
+        self.with(&[
+            ("CATALOG_TOPIC", catalog),
+            ("ORDER_TOPIC", order),
+            ("KAFKA_TOPIC_PARTITIONS", "3"),
+        ])
+    }
+
+    /// Sets (or overrides) variables.
+    pub fn with(mut self, vars: &[(&str, &str)]) -> Self {
+        for (k, v) in vars {
+            self.0.insert((*k).to_owned(), (*v).to_owned());
+        }
+        self
+    }
+
+    /// The variables, for the app's `Config::read`.
+    pub fn vars(self) -> HashMap<String, String> {
+        self.0
+    }
+}
+
+/// An app running in the test's process on a port of its own.
+pub struct Spawned {
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+    pub port: u16,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Spawned {
+    /// Runs `server` (an app's runner, background tasks included) until stopped or killed.
+    pub fn start(server: commerce_web::Server) -> Self {
+        let port = server.port();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Self {
+            base: format!("http://127.0.0.1:{port}"),
+            port,
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    /// Shuts the app down gracefully (as SIGTERM would) and waits until it has stopped.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        (&mut self.task).await?
+    }
+
+    /// Kills the app: no graceful shutdown, no final offset commit, no flush.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        // An app left running would outlive its test's database.
+        self.task.abort();
+    }
 }
 
 /// A short unique suffix for names (databases, topics, groups, key prefixes).

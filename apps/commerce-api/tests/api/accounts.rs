@@ -1,8 +1,6 @@
 //! Sign-up, tokens, auth rules and points.
 
-mod common;
-
-use common::spawn_app;
+use crate::support::spawn_app;
 use reqwest::StatusCode;
 use serde_json::json;
 

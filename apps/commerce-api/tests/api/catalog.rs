@@ -1,10 +1,8 @@
 //! Brands, products, the list, caching and likes.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::spawn_app;
+use crate::support::spawn_app;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
@@ -263,7 +261,7 @@ async fn concurrent_likes_and_unlikes_keep_the_count_equal_to_the_likes_table() 
 
 #[tokio::test]
 async fn reads_keep_working_from_the_database_when_redis_is_down() {
-    let app = common::spawn_app_with(&[("REDIS_URL", "redis://127.0.0.1:1")]).await;
+    let app = crate::support::spawn_app_with(&[("REDIS_URL", "redis://127.0.0.1:1")]).await;
     let product = app.product(app.brand().await, 100, 3).await;
     for _ in 0..3 {
         let (status, body) = app.get(&format!("/api/v1/products/{product}"), None).await;

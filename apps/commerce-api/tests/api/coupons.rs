@@ -1,10 +1,8 @@
 //! First-come coupons: exact quantities under concurrency, with and without Redis.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{TestApp, spawn_app, spawn_app_with};
+use crate::support::{TestApp, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::json;
 

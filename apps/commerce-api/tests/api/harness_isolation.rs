@@ -9,7 +9,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 const SHARED_EVENT_ID: &str = "0193a000-0000-7000-8000-000000000001";
 
 async fn write_same_key_and_see_only_own(marker: &str) {
-    use commerce_api::schema::outbox::dsl::*;
+    use commerce_api::infra::schema::outbox::dsl::*;
     let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
     let shared = uuid_from(SHARED_EVENT_ID);

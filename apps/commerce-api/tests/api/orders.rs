@@ -1,10 +1,8 @@
 //! Orders paid by points, over HTTP against real PostgreSQL and Redis.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{TestApp, spawn_app};
+use crate::support::{TestApp, spawn_app};
 use reqwest::StatusCode;
 use serde_json::json;
 

@@ -2,12 +2,10 @@
 //! aggregate, with `event_id`, `event_type` and the request's `traceparent` as headers, and
 //! marks each row published only after the broker acknowledged it.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::spawn_app;
+use crate::support::spawn_app;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Headers, Message};
 use reqwest::StatusCode;
@@ -84,7 +82,7 @@ async fn committed_events_reach_kafka_with_their_headers_and_are_marked() {
 #[tokio::test]
 async fn two_api_instances_share_one_relay_and_every_row_is_published_once() {
     let first = spawn_app().await;
-    let second = common::spawn_app_with(&[
+    let second = crate::support::spawn_app_with(&[
         ("DATABASE_URL", first.db.url.as_str()),
         ("CATALOG_TOPIC", first.state.config.catalog_topic.as_str()),
         ("ORDER_TOPIC", first.state.config.order_topic.as_str()),

@@ -1,87 +1,93 @@
 //! Shared test helpers: a running API on a port of its own, with a database, Redis prefix and
 //! topics of its own, and an HTTP client speaking to it.
-#![allow(dead_code)]
 
-use std::collections::HashMap;
-
-use commerce_api::auth::Role;
 use commerce_api::config::Config;
+use commerce_api::infra::auth::Role;
 use commerce_api::startup::Application;
 use commerce_api::state::AppState;
 use commerce_config::Reader;
-use commerce_testkit::TestDb;
+use commerce_testkit::{Spawned, TestDb, TestEnv};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
+/// A running API with its own database, Redis prefix and topics.
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
     pub state: AppState,
     pub db: TestDb,
+    /// The admin's token (empty for [`start_api`], which does not wait for the admin).
     pub admin: String,
+    /// The running API (stopped when the test ends).
+    pub _running: Spawned,
 }
 
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
+/// An API with `overrides` on top of the test environment, once its admin can log in.
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    let mut test = start_api(overrides).await;
+    // The admin account is ensured in the background at start.
+    let body = commerce_testkit::eventually(
+        "the admin account can log in",
+        std::time::Duration::from_secs(10),
+        async || {
+            let (status, body) = test
+                .call(
+                    Method::POST,
+                    "/api/v1/auth/token",
+                    None,
+                    Some(json!({"login_id": "admin", "password": commerce_api::config::DEV_ADMIN_PASSWORD})),
+                )
+                .await;
+            if status == StatusCode::OK {
+                Ok(body)
+            } else {
+                Err(format!("{status} {body}"))
+            }
+        },
+    )
+    .await;
+    test.admin = body["access_token"].as_str().unwrap().to_owned();
+    test
+}
+
+/// An API with `overrides` on top of the test environment, as soon as it listens (for tests of
+/// an API whose dependencies are down).
+pub async fn start_api(overrides: &[(&str, &str)]) -> TestApp {
     let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
     let suffix = commerce_testkit::unique_suffix();
-    let mut vars: HashMap<String, String> = HashMap::from([
-        ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
-        ("DATABASE_URL".into(), db.url.clone()),
-        ("DATABASE_POOL_SIZE".into(), "20".into()),
-        ("REDIS_URL".into(), commerce_testkit::redis_url()),
-        ("REDIS_KEY_PREFIX".into(), format!("test:{suffix}:")),
-        (
-            "KAFKA_BROKERS".into(),
-            commerce_testkit::kafka_settings().brokers,
-        ),
-        ("CATALOG_TOPIC".into(), format!("catalog-events-{suffix}")),
-        ("ORDER_TOPIC".into(), format!("order-events-{suffix}")),
-    ]);
-    for (k, v) in overrides {
-        vars.insert((*k).into(), (*v).into());
-    }
-    let config = Config::read(&Reader::new(vars)).expect("valid test config");
+    let env = TestEnv::new(
+        &db.url,
+        &format!("test:{suffix}:"),
+        &commerce_testkit::kafka_settings(),
+    )
+    .topics(
+        &format!("catalog-events-{suffix}"),
+        &format!("order-events-{suffix}"),
+    )
+    .with(&[("DATABASE_POOL_SIZE", "20")])
+    .with(overrides);
+    let config = Config::read(&Reader::new(env.vars())).expect("valid test config");
     let app = Application::build(config).await.expect("app builds");
-    let base = format!("http://127.0.0.1:{}", app.port());
     let state = app.state().clone();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let running = Spawned::start(app.into_server());
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
         .unwrap();
-    let mut test = TestApp {
-        base,
+    TestApp {
+        base: running.base.clone(),
         client,
         state,
         db,
         admin: String::new(),
-    };
-    // The admin account is ensured in the background at start.
-    let mut attempts = 0;
-    let body = loop {
-        let (status, body) = test
-            .call(
-                Method::POST,
-                "/api/v1/auth/token",
-                None,
-                Some(json!({"login_id": "admin", "password": commerce_api::config::DEV_ADMIN_PASSWORD})),
-            )
-            .await;
-        if status == StatusCode::OK {
-            break body;
-        }
-        attempts += 1;
-        assert!(attempts < 100, "admin login: {status} {body}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    };
-    test.admin = body["access_token"].as_str().unwrap().to_owned();
-    test
+        _running: running,
+    }
 }
 
 impl TestApp {
@@ -129,7 +135,7 @@ impl TestApp {
     /// A user created directly in the database (no password hashing: fast for mass tests),
     /// with a token minted by the app's own authenticator.
     pub async fn user_with_points(&self, login: &str, points: i64) -> (i64, String) {
-        use commerce_api::schema::users;
+        use commerce_api::infra::schema::users;
         let mut conn = self.conn().await;
         let id: i64 = diesel::insert_into(users::table)
             .values((
@@ -171,7 +177,7 @@ impl TestApp {
     }
 
     pub async fn stock(&self, product_id: i64) -> i64 {
-        use commerce_api::schema::products;
+        use commerce_api::infra::schema::products;
         products::table
             .find(product_id)
             .select(products::stock)
@@ -181,7 +187,7 @@ impl TestApp {
     }
 
     pub async fn balance(&self, user_id: i64) -> i64 {
-        use commerce_api::schema::users;
+        use commerce_api::infra::schema::users;
         users::table
             .find(user_id)
             .select(users::point_balance)
@@ -192,7 +198,7 @@ impl TestApp {
 
     /// Outbox event types, in insertion order.
     pub async fn outbox_types(&self) -> Vec<String> {
-        use commerce_api::schema::outbox;
+        use commerce_api::infra::schema::outbox;
         outbox::table
             .order(outbox::id)
             .select(outbox::event_type)

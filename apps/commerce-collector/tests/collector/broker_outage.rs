@@ -9,12 +9,10 @@
 //! port. librdkafka 2.12 crashed (SIGSEGV in `rd_kafka_metadata_cache_find`) on the metadata the
 //! development broker returned after such a restart; see README, "Known issues".
 
-mod common;
-
 use std::time::{Duration, Instant};
 
+use crate::support::{Api, Pipeline, eventually};
 use commerce_testkit::PrivateBroker;
-use common::{Api, Pipeline, eventually};
 use serde_json::json;
 
 struct Shop {
@@ -93,7 +91,8 @@ async fn a_frozen_broker_delays_events_but_loses_none() {
     let broker = PrivateBroker::start().await;
     let p = pipeline_on(&broker).await;
     let shop = Shop::open(&p).await;
-    let (collector, _task) = p.collector().await;
+    let _task = p.collector().await;
+    let collector = _task.base.clone();
     let metrics = format!("{collector}/api/v1/product-metrics/{}", shop.product);
 
     shop.order(10).await;

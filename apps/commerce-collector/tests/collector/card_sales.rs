@@ -1,34 +1,38 @@
 //! Card orders through the whole pipeline: only an order whose payment succeeded is a sale.
 
-mod common;
+use std::time::Duration;
 
-use std::time::{Duration, Instant};
-
-use common::{Api, Pipeline, eventually};
+use crate::support::{Api, Pipeline, eventually};
 use pg_simulator::behaviour::Behaviour;
 use serde_json::{Value, json};
 
 use commerce_testkit::count;
 
 async fn settled(api: &Api, token: &str, order: &Value) -> String {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let body: Value = api
-            .client
-            .get(format!("{}/api/v1/orders/{}", api.base, order["order_id"]))
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["status"] != "PENDING_PAYMENT" {
-            return body["status"].as_str().unwrap().to_owned();
-        }
-        assert!(Instant::now() < deadline, "never settled: {body}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let url = format!("{}/api/v1/orders/{}", api.base, order["order_id"]);
+    let body = commerce_testkit::eventually(
+        "the card order settles",
+        Duration::from_secs(20),
+        async || {
+            let body: Value = api
+                .client
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["status"] != "PENDING_PAYMENT" {
+                Ok(body)
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+    body["status"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -43,13 +47,14 @@ async fn a_declined_card_order_is_never_counted_as_a_sale() {
     })
     .await
     .unwrap();
-    let gw_base = format!("http://127.0.0.1:{}", gateway.port());
     let sim = gateway.simulator();
-    tokio::spawn(gateway.run_until_stopped(std::future::pending()));
+    let gateway = commerce_testkit::Spawned::start(gateway.into_server());
+    let gw_base = gateway.base.clone();
 
     let p = Pipeline::new().await;
     let api = Api::start_with(&p, &[("PG_BASE_URL", gw_base.as_str())]).await;
-    let (collector, _task) = p.collector().await;
+    let _task = p.collector().await;
+    let collector = _task.base.clone();
     let admin = api
         .token("admin", commerce_api::config::DEV_ADMIN_PASSWORD)
         .await;
@@ -101,19 +106,21 @@ async fn a_declined_card_order_is_never_counted_as_a_sale() {
     assert_eq!(m["sales_amount"], 2000);
     // Once the collector has handled every event the API wrote (OrderCreated and PaymentFailed
     // included), the declined order has still not counted.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let written = count(&api.db.url, "SELECT count(*) AS n FROM outbox").await;
-        let handled = count(&p.db.url, "SELECT count(*) AS n FROM event_handled").await;
-        if handled >= written {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{handled} of {written} events handled"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    commerce_testkit::eventually(
+        "the collector handles every event the API wrote",
+        Duration::from_secs(60),
+        async || {
+            let written = count(&api.db.url, "SELECT count(*) AS n FROM outbox").await;
+            let handled = count(&p.db.url, "SELECT count(*) AS n FROM event_handled").await;
+            if handled >= written {
+                Ok(())
+            } else {
+                Err(format!("{handled} of {written}"))
+            }
+        },
+    )
+    .await;
+    p.wait_consumed().await;
     assert_eq!(
         count(
             &api.db.url,
@@ -122,12 +129,18 @@ async fn a_declined_card_order_is_never_counted_as_a_sale() {
         .await,
         1
     );
-    let m: Value = reqwest::get(format!("{collector}/api/v1/product-metrics/{declined}"))
-        .await
-        .unwrap()
-        .json()
+    let res = reqwest::get(format!("{collector}/api/v1/product-metrics/{declined}"))
         .await
         .unwrap();
-    assert_eq!(m["order_count"].as_i64().unwrap_or(0), 0, "{m}");
-    assert_eq!(m["sales_quantity"].as_i64().unwrap_or(0), 0, "{m}");
+    assert_eq!(res.status(), 200);
+    let m: Value = res.json().await.unwrap();
+    assert_eq!(
+        (
+            m["product_id"].as_i64(),
+            m["order_count"].as_i64(),
+            m["sales_quantity"].as_i64()
+        ),
+        (Some(declined), Some(0), Some(0)),
+        "{m}"
+    );
 }

@@ -2,11 +2,9 @@
 //! the broker and the collector into metrics and rankings, once, even when the relay publishes
 //! rows again (a crash between publish and mark).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Api, Pipeline, eventually};
+use crate::support::{Api, Pipeline, eventually, get_json, metric};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::json;
 
@@ -14,7 +12,8 @@ use serde_json::json;
 async fn orders_and_likes_on_the_api_reach_the_rankings_once() {
     let p = Pipeline::new().await;
     let api = Api::start(&p).await;
-    let (collector, _task) = p.collector().await;
+    let _task = p.collector().await;
+    let collector = _task.base.clone();
 
     let admin = api
         .token("admin", commerce_api::config::DEV_ADMIN_PASSWORD)
@@ -93,28 +92,17 @@ async fn orders_and_likes_on_the_api_reach_the_rankings_once() {
 
     // Every outbox row was published and marked.
     let mut conn = AsyncPgConnection::establish(&api.db.url).await.unwrap();
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let pending: N =
-            diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
-                .get_result(&mut conn)
-                .await
-                .unwrap();
-        if pending.n == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} rows never published",
-            pending.n
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let unpublished = "SELECT count(*) AS n FROM outbox WHERE published_at IS NULL";
+    let all_published = async || match commerce_testkit::count(&api.db.url, unpublished).await {
+        0 => Ok(()),
+        n => Err(format!("{n} rows unpublished")),
+    };
+    commerce_testkit::eventually(
+        "the relay publishes every row",
+        Duration::from_secs(30),
+        all_published,
+    )
+    .await;
 
     // A relay that crashed between publishing and marking publishes the rows again: nothing
     // is counted twice.
@@ -122,29 +110,25 @@ async fn orders_and_likes_on_the_api_reach_the_rankings_once() {
         .execute(&mut conn)
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let pending: N =
-            diesel::sql_query("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
-                .get_result(&mut conn)
-                .await
-                .unwrap();
-        if pending.n == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "republish never finished"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let m = eventually(
-        &format!("{collector}/api/v1/product-metrics/{hot}"),
-        5,
-        |_| true,
+    commerce_testkit::eventually(
+        "the relay republishes every row",
+        Duration::from_secs(30),
+        all_published,
     )
     .await;
+    // Every republished message has been handled (the group committed them all): the
+    // collector saw the repeats and counted none of them.
+    p.wait_consumed().await;
+    let republished =
+        commerce_testkit::count(&api.db.url, "SELECT count(*) AS n FROM outbox").await;
+    let duplicates = metric(&collector, "collector_events_duplicate_total").await;
+    assert!(
+        duplicates >= republished as f64,
+        "{republished} rows were republished but only {duplicates} duplicates were seen"
+    );
+    let m = get_json(&format!("{collector}/api/v1/product-metrics/{hot}"))
+        .await
+        .unwrap();
     assert_eq!(
         (
             m["order_count"].as_i64(),
@@ -153,12 +137,9 @@ async fn orders_and_likes_on_the_api_reach_the_rankings_once() {
         ),
         (Some(1), Some(3), Some(1))
     );
-    let m = eventually(
-        &format!("{collector}/api/v1/product-metrics/{cold}"),
-        5,
-        |_| true,
-    )
-    .await;
+    let m = get_json(&format!("{collector}/api/v1/product-metrics/{cold}"))
+        .await
+        .unwrap();
     assert_eq!(
         (m["order_count"].as_i64(), m["sales_quantity"].as_i64()),
         (Some(1), Some(1))

@@ -1,32 +1,23 @@
 //! Readiness of the collector over real HTTP: the database and Kafka are critical to it.
 
-use std::collections::HashMap;
-
 use commerce_collector::config::Config;
 use commerce_collector::startup::Application;
 use commerce_config::Reader;
-use commerce_testkit::TestDb;
+use commerce_testkit::{Spawned, TestDb, TestEnv};
 
 async fn ready(overrides: &[(&str, &str)]) -> (u16, serde_json::Value) {
     let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
-    let mut vars: HashMap<String, String> = HashMap::from([
-        ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
-        ("DATABASE_URL".into(), db.url.clone()),
-        ("REDIS_URL".into(), commerce_testkit::redis_url()),
-        (
-            "KAFKA_BROKERS".into(),
-            commerce_testkit::kafka_settings().brokers,
-        ),
-    ]);
-    for (k, v) in overrides {
-        vars.insert((*k).into(), (*v).into());
-    }
+    let prefix = format!("test:{}:", commerce_testkit::unique_suffix());
+    let vars = TestEnv::new(&db.url, &prefix, &commerce_testkit::kafka_settings())
+        .with(overrides)
+        .vars();
     let app = Application::build(Config::read(&Reader::new(vars)).unwrap())
         .await
         .unwrap();
-    let url = format!("http://127.0.0.1:{}/health/ready", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
-    let res = reqwest::get(url).await.unwrap();
+    let running = Spawned::start(app.into_server());
+    let res = reqwest::get(format!("{}/health/ready", running.base))
+        .await
+        .unwrap();
     (res.status().as_u16(), res.json().await.unwrap())
 }
 

@@ -1,16 +1,16 @@
 //! Helpers for pipeline tests: collectors (and an API) wired to one test's topics, database,
 //! consumer group and Redis prefix.
-#![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use commerce_collector::config::Config;
 use commerce_collector::startup::Application;
 use commerce_config::Reader;
 use commerce_events::Envelope;
-use commerce_testkit::{TestDb, TestKafka};
+use commerce_testkit::{Spawned, TestDb, TestEnv, TestKafka};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::FutureRecord;
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value, json};
 
 pub struct Pipeline {
@@ -45,29 +45,87 @@ impl Pipeline {
         }
     }
 
-    pub fn vars(&self) -> HashMap<String, String> {
-        HashMap::from([
-            ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
-            ("DATABASE_URL".into(), self.db.url.clone()),
-            ("REDIS_URL".into(), commerce_testkit::redis_url()),
-            ("REDIS_KEY_PREFIX".into(), self.redis_prefix.clone()),
-            ("KAFKA_BROKERS".into(), self.kafka.settings.brokers.clone()),
-            ("CATALOG_TOPIC".into(), self.catalog_topic.clone()),
-            ("ORDER_TOPIC".into(), self.order_topic.clone()),
-            ("KAFKA_TOPIC_PARTITIONS".into(), "3".into()),
-            ("COLLECTOR_GROUP_ID".into(), self.group.clone()),
-            ("COLLECTOR_BATCH_WAIT_MS".into(), "50".into()),
-        ])
+    /// The collector's environment for this pipeline.
+    pub fn env(&self) -> TestEnv {
+        TestEnv::new(&self.db.url, &self.redis_prefix, &self.kafka.settings)
+            .topics(&self.catalog_topic, &self.order_topic)
+            .with(&[
+                ("COLLECTOR_GROUP_ID", &self.group),
+                ("COLLECTOR_BATCH_WAIT_MS", "50"),
+            ])
     }
 
-    /// Starts a collector; returns its base URL and the task serving it (abort it to "kill" it:
-    /// no graceful shutdown, no final offset commit).
-    pub async fn collector(&self) -> (String, tokio::task::JoinHandle<anyhow::Result<()>>) {
-        let config = Config::read(&Reader::new(self.vars())).expect("valid collector config");
+    /// Starts a collector. Keep the returned value alive; [`Spawned::kill`] "kills" it (no
+    /// graceful shutdown, no final offset commit).
+    pub async fn collector(&self) -> Spawned {
+        self.collector_with(&[]).await
+    }
+
+    /// A collector with extra settings.
+    pub async fn collector_with(&self, extra: &[(&str, &str)]) -> Spawned {
+        let vars = self.env().with(extra).vars();
+        let config = Config::read(&Reader::new(vars)).expect("valid collector config");
         let app = Application::build(config).await.expect("collector builds");
-        let base = format!("http://127.0.0.1:{}", app.port());
-        let task = tokio::spawn(app.run_until_stopped(std::future::pending()));
-        (base, task)
+        Spawned::start(app.into_server())
+    }
+
+    /// `Ok` once the collectors' group has committed every message of both topics: every
+    /// message produced so far (redeliveries included) has been applied or deduplicated. The
+    /// positive signal to wait for before asserting that nothing was counted twice.
+    pub async fn consumed_all(&self) -> Result<(), String> {
+        let settings = self.kafka.settings.clone();
+        let group = self.group.clone();
+        let topics = [self.catalog_topic.clone(), self.order_topic.clone()];
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = settings
+                .consumer_config(&group)
+                .create()
+                .map_err(|e| e.to_string())?;
+            let timeout = Duration::from_secs(5);
+            let mut wanted = TopicPartitionList::new();
+            for topic in &topics {
+                for partition in 0..3 {
+                    wanted.add_partition(topic, partition);
+                }
+            }
+            let committed = consumer
+                .committed_offsets(wanted, timeout)
+                .map_err(|e| e.to_string())?;
+            let mut behind = Vec::new();
+            for entry in committed.elements() {
+                let (_, high) = consumer
+                    .fetch_watermarks(entry.topic(), entry.partition(), timeout)
+                    .map_err(|e| e.to_string())?;
+                let at = match entry.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                };
+                if at < high {
+                    behind.push(format!(
+                        "{}[{}] at {at} of {high}",
+                        entry.topic(),
+                        entry.partition()
+                    ));
+                }
+            }
+            if behind.is_empty() {
+                Ok(())
+            } else {
+                Err(behind.join(", "))
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Waits until [`Pipeline::consumed_all`] holds.
+    pub async fn wait_consumed(&self) {
+        commerce_testkit::eventually(
+            "the collector group commits every message",
+            Duration::from_secs(60),
+            async || self.consumed_all().await,
+        )
+        .await;
     }
 
     /// Produces envelopes straight to their topic (as the relay would).
@@ -107,25 +165,35 @@ impl Pipeline {
 }
 
 /// Polls `url` until `check` accepts the JSON body, or fails after `secs` seconds.
-pub async fn eventually(
-    url: &str,
-    secs: u64,
-    check: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    let mut last = serde_json::Value::Null;
-    while tokio::time::Instant::now() < deadline {
-        if let Ok(res) = reqwest::get(url).await
-            && let Ok(body) = res.json::<serde_json::Value>().await
-        {
-            if check(&body) {
-                return body;
-            }
-            last = body;
+pub async fn eventually(url: &str, secs: u64, check: impl Fn(&Value) -> bool) -> Value {
+    commerce_testkit::eventually(url, Duration::from_secs(secs), async || {
+        let body = get_json(url).await?;
+        if check(&body) {
+            Ok(body)
+        } else {
+            Err(body.to_string())
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{url} never satisfied the check; last body: {last}");
+    })
+    .await
+}
+
+/// The JSON body of `url`.
+pub async fn get_json(url: &str) -> Result<Value, String> {
+    let res = reqwest::get(url).await.map_err(|e| e.to_string())?;
+    res.json::<Value>().await.map_err(|e| e.to_string())
+}
+
+/// The value of an unlabelled counter or gauge on `base`'s `/metrics` (0 when absent).
+pub async fn metric(base: &str, name: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A running commerce-api wired to the pipeline's topics and Redis prefix.
@@ -133,6 +201,7 @@ pub struct Api {
     pub base: String,
     pub client: reqwest::Client,
     pub db: TestDb,
+    pub _running: Spawned,
 }
 
 impl Api {
@@ -143,32 +212,21 @@ impl Api {
     /// An API with extra settings (e.g. `PG_BASE_URL`).
     pub async fn start_with(p: &Pipeline, extra: &[(&str, &str)]) -> Self {
         let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
-        let mut vars: HashMap<String, String> = HashMap::from([
-            ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
-            ("DATABASE_URL".into(), db.url.clone()),
-            ("REDIS_URL".into(), commerce_testkit::redis_url()),
-            ("REDIS_KEY_PREFIX".into(), p.redis_prefix.clone()),
-            ("KAFKA_BROKERS".into(), p.kafka.settings.brokers.clone()),
-            ("CATALOG_TOPIC".into(), p.catalog_topic.clone()),
-            ("ORDER_TOPIC".into(), p.order_topic.clone()),
-            ("KAFKA_TOPIC_PARTITIONS".into(), "3".into()),
-            ("OUTBOX_POLL_INTERVAL_MS".into(), "200".into()),
-        ]);
-        vars.extend(
-            extra
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        let vars = TestEnv::new(&db.url, &p.redis_prefix, &p.kafka.settings)
+            .topics(&p.catalog_topic, &p.order_topic)
+            .with(&[("OUTBOX_POLL_INTERVAL_MS", "200")])
+            .with(extra)
+            .vars();
         let config = commerce_api::config::Config::read(&Reader::new(vars)).unwrap();
         let app = commerce_api::startup::Application::build(config)
             .await
             .unwrap();
-        let base = format!("http://127.0.0.1:{}", app.port());
-        tokio::spawn(app.run_until_stopped(std::future::pending()));
+        let running = Spawned::start(app.into_server());
         Self {
-            base,
+            base: running.base.clone(),
             client: reqwest::Client::new(),
             db,
+            _running: running,
         }
     }
 

@@ -1,0 +1,13 @@
+//! commerce-api's integration tests: one binary (one link), one module per area. Every test
+//! runs the API in-process on a port of its own against real PostgreSQL, Redis and the broker
+//! (see `commerce_testkit`), and asserts on the wire and in the database.
+
+mod accounts;
+mod catalog;
+mod coupons;
+mod harness_isolation;
+mod orders;
+mod payments;
+mod platform;
+mod relay;
+mod support;

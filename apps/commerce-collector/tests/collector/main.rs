@@ -1,0 +1,11 @@
+//! commerce-collector's integration tests: one binary (one link), one module per area. Every
+//! test runs collectors (and, for end-to-end tests, an API and a gateway) in-process against
+//! real PostgreSQL, Redis and the broker, with topics, a group and a database of its own.
+
+mod broker_outage;
+mod card_sales;
+mod end_to_end;
+mod pipeline;
+mod platform;
+mod rollup;
+mod support;

@@ -4,7 +4,9 @@
 //! 1. the batch's event ids go into `event_handled` in one statement (`ON CONFLICT DO NOTHING
 //!    RETURNING`), which tells which events are new;
 //! 2. only the new events are folded, in memory, into per-product and per-(day, product) deltas
-//!    and catalog snapshots, then applied with one set-based upsert per table;
+//!    and catalog snapshots, then applied with one set-based upsert per table: all-time totals,
+//!    days, and the weeks and months those days fall in (so the current week and month are as
+//!    live as the day);
 //! 3. commit. The caller stores Kafka offsets only after this returns.
 //!
 //! A redelivered event (after a crash, a rebalance or a relay re-publish) is already in
@@ -19,6 +21,8 @@ use commerce_events::{Envelope, Event, OrderLine};
 use diesel::sql_types::{Array, BigInt, Date, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
+
+use crate::ranking::Period;
 
 /// Counter deltas.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -128,6 +132,9 @@ pub async fn apply_batch(
     ids.sort_unstable();
     ids.dedup();
     conn.transaction::<_, anyhow::Error, _>(async |conn| {
+        // Batches share the period tables; a rollup recomputing a period waits for them (and
+        // they for it), so it never overwrites a delta committed while it ran.
+        crate::rollup::PERIOD_LOCK.share(conn).await?;
         #[derive(diesel::QueryableByName)]
         struct New {
             #[diesel(sql_type = SqlUuid)]
@@ -177,7 +184,10 @@ pub async fn apply_batch(
                 totals.entry(*product).or_default().add(*d);
             }
             upsert_totals(conn, &totals).await?;
-            upsert_daily(conn, &daily).await?;
+            upsert_period(conn, Period::Daily, &daily).await?;
+            // The current week and month stay live (the rollup only reconciles them).
+            upsert_period(conn, Period::Weekly, &roll(&daily, Period::Weekly)).await?;
+            upsert_period(conn, Period::Monthly, &roll(&daily, Period::Monthly)).await?;
         }
         if !catalog.is_empty() {
             upsert_catalog(conn, &catalog).await?;
@@ -229,26 +239,35 @@ async fn upsert_totals(
     Ok(())
 }
 
-async fn upsert_daily(
+/// Adds `deltas` to a period table's rows keyed by (period start, product). Keys are sorted, so
+/// concurrent batches lock rows in one order and cannot deadlock.
+async fn upsert_period(
     conn: &mut AsyncPgConnection,
-    daily: &BTreeMap<(NaiveDate, i64), Delta>,
+    period: Period,
+    deltas: &BTreeMap<(NaiveDate, i64), Delta>,
 ) -> anyhow::Result<()> {
-    let days: Vec<NaiveDate> = daily.keys().map(|(d, _)| *d).collect();
-    let products: Vec<i64> = daily.keys().map(|(_, p)| *p).collect();
-    let [v, l, o, q, a] = columns(daily);
-    diesel::sql_query(
-        "INSERT INTO product_metrics_daily AS m
-               (business_date, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
+    let (table, column) = period.source();
+    // Only the daily table records when a row changed (the scheduled jobs look for changed days).
+    let touch = if period == Period::Daily {
+        ", updated_at = now()"
+    } else {
+        ""
+    };
+    let starts: Vec<NaiveDate> = deltas.keys().map(|(d, _)| *d).collect();
+    let products: Vec<i64> = deltas.keys().map(|(_, p)| *p).collect();
+    let [v, l, o, q, a] = columns(deltas);
+    diesel::sql_query(format!(
+        "INSERT INTO {table} AS m
+               ({column}, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
          SELECT * FROM unnest($1::date[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-         ON CONFLICT (business_date, product_id) DO UPDATE SET
+         ON CONFLICT ({column}, product_id) DO UPDATE SET
              view_count = m.view_count + EXCLUDED.view_count,
              like_count = m.like_count + EXCLUDED.like_count,
              order_count = m.order_count + EXCLUDED.order_count,
              sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
-             sales_amount = m.sales_amount + EXCLUDED.sales_amount,
-             updated_at = now()",
-    )
-    .bind::<Array<Date>, _>(&days)
+             sales_amount = m.sales_amount + EXCLUDED.sales_amount{touch}"
+    ))
+    .bind::<Array<Date>, _>(&starts)
     .bind::<Array<BigInt>, _>(&products)
     .bind::<Array<BigInt>, _>(&v)
     .bind::<Array<BigInt>, _>(&l)
@@ -258,6 +277,20 @@ async fn upsert_daily(
     .execute(conn)
     .await?;
     Ok(())
+}
+
+/// The daily deltas summed into the periods of `period` (weeks or months), by period start.
+fn roll(
+    daily: &BTreeMap<(NaiveDate, i64), Delta>,
+    period: Period,
+) -> BTreeMap<(NaiveDate, i64), Delta> {
+    let mut out: BTreeMap<(NaiveDate, i64), Delta> = BTreeMap::new();
+    for ((day, product), d) in daily {
+        out.entry((period.bounds(*day).0, *product))
+            .or_default()
+            .add(*d);
+    }
+    out
 }
 
 async fn upsert_catalog(

@@ -24,7 +24,8 @@
 //! | `RANKING_WEIGHT_VIEW` / `_LIKE` / `_ORDER` | `0.1` / `0.2` / `0.7` | score weights |
 //! | `RANKING_CARRYOVER_RATIO` | `0.1` | share of yesterday's score carried into today |
 //! | `EVENT_HANDLED_RETENTION_HOURS` | `192` | keep dedupe rows this long (longer than topic retention) |
-//! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups refresh (6-field cron, UTC) |
+//! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups reconcile (6-field cron, UTC) |
+//! | `RANKING_SNAPSHOT_CRON` | `30 * * * * *` | when changed rankings are materialised in PostgreSQL (the fallback's age bound) |
 
 use std::net::SocketAddr;
 
@@ -55,6 +56,7 @@ pub struct Config {
     pub weights: crate::ranking::Weights,
     pub carryover_ratio: f64,
     pub rollup_cron: String,
+    pub ranking_snapshot_cron: String,
     pub event_handled_retention_hours: u64,
 }
 
@@ -103,6 +105,7 @@ impl Config {
             },
             carryover_ratio: r.in_range("RANKING_CARRYOVER_RATIO", 0.1, 0.0..=1.0)?,
             rollup_cron: r.string_or("ROLLUP_CRON", "0 */10 * * * *"),
+            ranking_snapshot_cron: r.string_or("RANKING_SNAPSHOT_CRON", "30 * * * * *"),
             event_handled_retention_hours: r.in_range(
                 "EVENT_HANDLED_RETENTION_HOURS",
                 192,

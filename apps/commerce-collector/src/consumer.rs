@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use commerce_cache::Cache;
+use crate::ranking::live::Live;
 use commerce_db::Pool;
 use commerce_events::Envelope;
 use rdkafka::consumer::{
@@ -95,11 +95,11 @@ fn describe_metrics() {
 }
 
 /// Runs the consumer until `shutdown` turns true, recreating it after persistent failures.
-pub async fn run(config: Config, pool: Pool, cache: Cache, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(config: Config, pool: Pool, live: Live, mut shutdown: watch::Receiver<bool>) {
     describe_metrics();
     let mut delay = Duration::from_millis(500);
     while !*shutdown.borrow() {
-        match consume(&config, &pool, &cache, &mut shutdown).await {
+        match consume(&config, &pool, &live, &mut shutdown).await {
             Ok(()) => break,
             Err(e) => {
                 metrics::counter!("collector_consumer_restarts_total").increment(1);
@@ -130,7 +130,7 @@ const STORE_CHECK: Duration = Duration::from_millis(20);
 async fn consume(
     config: &Config,
     pool: &Pool,
-    cache: &Cache,
+    live: &Live,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let wanted = topics(config);
@@ -214,16 +214,16 @@ async fn consume(
         for ((topic, partition), offset) in next {
             offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
         }
-        let (config, pool, cache, dlq, mut stop) = (
+        let (config, pool, live, dlq, mut stop) = (
             config.clone(),
             pool.clone(),
-            cache.clone(),
+            live.clone(),
             dlq.clone(),
             shutdown.clone(),
         );
         let handle =
             tokio::spawn(
-                async move { process(&config, &pool, &cache, &dlq, &batch, &mut stop).await },
+                async move { process(&config, &pool, &live, &dlq, &batch, &mut stop).await },
             );
         in_flight.push_back((handle, offsets));
     }
@@ -240,7 +240,7 @@ fn store(consumer: &StreamConsumer<RebalanceLogger>, offsets: &TopicPartitionLis
 async fn process(
     config: &Config,
     pool: &Pool,
-    cache: &Cache,
+    live: &Live,
     dlq: &FutureProducer,
     batch: &[OwnedMessage],
     shutdown: &mut watch::Receiver<bool>,
@@ -256,7 +256,7 @@ async fn process(
     }
     let mut delay = Duration::from_millis(200);
     loop {
-        match apply(config, pool, cache, dlq, &good, &poison).await {
+        match apply(config, pool, live, dlq, &good, &poison).await {
             Ok(()) => break,
             Err(e) => {
                 metrics::counter!("collector_batch_failures_total").increment(1);
@@ -285,7 +285,7 @@ fn parse(m: &OwnedMessage) -> Result<Envelope, String> {
 async fn apply(
     config: &Config,
     pool: &Pool,
-    cache: &Cache,
+    live: &Live,
     dlq: &FutureProducer,
     good: &[Envelope],
     poison: &[(&OwnedMessage, String)],
@@ -301,18 +301,8 @@ async fn apply(
     let mut conn = pool.get().await?;
     let applied =
         crate::apply::apply_batch(&mut conn, &config.group_id, good, config.time_zone).await?;
-    // After the commit: refresh the real-time ranking. A failure here is healed by the next
-    // batch touching the product (scores are recomputed, not incremented), so it only logs.
-    if !applied.touched.is_empty() {
-        let today = crate::apply::business_date(chrono::Utc::now(), config.time_zone);
-        if let Err(e) =
-            crate::ranking::refresh_daily(&mut conn, cache, config.weights, today, &applied.touched)
-                .await
-        {
-            metrics::counter!("collector_ranking_refresh_failures_total").increment(1);
-            tracing::debug!(error = %format!("{e:#}"), "could not refresh the real-time ranking");
-        }
-    }
+    // After the commit, off the batch's path: the live rankings re-read these products.
+    live.mark(&applied.touched);
     Ok(())
 }
 

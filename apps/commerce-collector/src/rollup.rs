@@ -1,9 +1,12 @@
 //! Weekly and monthly rollups from the daily table, and the scheduled jobs.
 //!
-//! A rollup of a period recomputes it whole from the daily rows with one set-based statement
-//! (`INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE` setting absolute values), so re-running
-//! it is idempotent, and then rewrites the period's materialized top 100. The scheduled job only
-//! touches the periods containing days whose figures changed since its last run.
+//! Every batch keeps the weekly and monthly figures live (deltas, in its transaction); a rollup
+//! of a period recomputes them whole from the daily rows with one set-based statement
+//! (`INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE` setting absolute values), so it is a
+//! reconciliation (and the backfill of periods older than the live tables), idempotent, and then
+//! materialises the period's ranks. It holds [`PERIOD_LOCK`] exclusively, which batches take
+//! shared: it never overwrites a delta committed while it ran. The scheduled job only touches
+//! the periods containing days whose figures changed since its last run.
 //!
 //! With several collectors, each scheduled run happens once: the instance that manages to insert
 //! the (job, period) row into `scheduled_job_runs` runs it; the others skip (ShedLock's idea,
@@ -13,16 +16,19 @@ use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 use chrono::{Duration, NaiveDate, Utc};
-use commerce_cache::Cache;
-use commerce_db::Pool;
+use commerce_db::{Pool, XactLock};
 use diesel::sql_types::{Date, Double, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
 use crate::config::Config;
-use crate::ranking::{Period, Weights};
+use crate::ranking::live::Live;
+use crate::ranking::{Period, Ranking, Weights, snapshot};
 
-/// Recomputes one week or month (`start` is its first day) and its top 100.
+/// Taken shared by every batch and exclusively by a rollup (see the module documentation).
+pub const PERIOD_LOCK: XactLock = XactLock::named("commerce-collector:period-figures");
+
+/// Recomputes one week or month (`start` is its first day) and materialises its ranks.
 pub async fn rollup_period(
     conn: &mut AsyncPgConnection,
     period: Period,
@@ -36,6 +42,7 @@ pub async fn rollup_period(
         Period::Daily => anyhow::bail!("daily figures are not rolled up"),
     };
     conn.transaction::<_, anyhow::Error, _>(async |conn| {
+        PERIOD_LOCK.exclusive(conn).await?;
         diesel::sql_query(format!(
             "INSERT INTO {table} AS r ({column}, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
              SELECT $1, product_id, sum(view_count), sum(like_count), sum(order_count), sum(sales_quantity), sum(sales_amount)
@@ -54,41 +61,17 @@ pub async fn rollup_period(
         .bind::<Date, _>(to)
         .execute(conn)
         .await?;
-        materialize_top(conn, period, from, weights).await
+        anyhow::Ok(())
     })
-    .await
-}
-
-/// Rewrites the top 100 of a period from its figures.
-pub async fn materialize_top(
-    conn: &mut AsyncPgConnection,
-    period: Period,
-    start: NaiveDate,
-    weights: Weights,
-) -> anyhow::Result<()> {
-    let (table, column) = match period {
-        Period::Daily => ("product_metrics_daily", "business_date"),
-        Period::Weekly => ("product_metrics_weekly", "week_start"),
-        Period::Monthly => ("product_metrics_monthly", "month_start"),
-    };
-    diesel::sql_query("DELETE FROM ranking_top WHERE period = $1 AND period_start = $2")
-        .bind::<Text, _>(period.as_str())
-        .bind::<Date, _>(start)
-        .execute(conn)
-        .await?;
-    diesel::sql_query(format!(
-        "INSERT INTO ranking_top (period, period_start, rank, product_id, score)
-         SELECT $1, $2, row_number() OVER (ORDER BY s.score DESC, s.product_id), s.product_id, s.score
-           FROM (SELECT product_id, ($3 * view_count + $4 * like_count + $5 * sales_quantity)::float8 AS score
-                   FROM {table} WHERE {column} = $2
-                  ORDER BY score DESC, product_id LIMIT 100) s"
-    ))
-    .bind::<Text, _>(period.as_str())
-    .bind::<Date, _>(start)
-    .bind::<Double, _>(weights.view)
-    .bind::<Double, _>(weights.like)
-    .bind::<Double, _>(weights.order)
-    .execute(conn)
+    .await?;
+    snapshot::materialize(
+        conn,
+        Ranking {
+            period,
+            start: from,
+        },
+        weights,
+    )
     .await?;
     Ok(())
 }
@@ -128,7 +111,11 @@ pub async fn rollup_range(
 }
 
 /// Claims `(job, period_key)` for this instance; false when another instance ran it.
-async fn claim(conn: &mut AsyncPgConnection, job: &str, period_key: &str) -> anyhow::Result<bool> {
+pub(crate) async fn claim(
+    conn: &mut AsyncPgConnection,
+    job: &str,
+    period_key: &str,
+) -> anyhow::Result<bool> {
     let n = diesel::sql_query(
         "INSERT INTO scheduled_job_runs (job, period_key, instance) VALUES ($1, $2, $3)
          ON CONFLICT DO NOTHING",
@@ -186,17 +173,30 @@ pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyh
         };
         rollup_period(&mut conn, period, start, weights).await?;
     }
-    diesel::sql_query("UPDATE scheduled_job_runs SET finished_at = now() WHERE job = 'rollup' AND period_key = $1")
-        .bind::<Text, _>(slot)
-        .execute(&mut conn)
-        .await?;
+    finish(&mut conn, "rollup", slot).await
+}
+
+/// Records that this instance's claimed run of `(job, period_key)` finished.
+pub(crate) async fn finish(
+    conn: &mut AsyncPgConnection,
+    job: &str,
+    period_key: &str,
+) -> anyhow::Result<()> {
+    diesel::sql_query(
+        "UPDATE scheduled_job_runs SET finished_at = now() WHERE job = $1 AND period_key = $2",
+    )
+    .bind::<Text, _>(job)
+    .bind::<Text, _>(period_key)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
-/// Closes yesterday: its top 100 and the carry-over into today. Once per business day.
+/// Closes yesterday: materialises its ranks and carries its scores into today. Once per
+/// business day.
 pub async fn close_day(
     pool: &Pool,
-    cache: &Cache,
+    live: &Live,
     config: &Config,
     today: NaiveDate,
 ) -> anyhow::Result<()> {
@@ -205,20 +205,52 @@ pub async fn close_day(
     if !claim(&mut conn, "close-day", &yesterday.to_string()).await? {
         return Ok(());
     }
-    materialize_top(&mut conn, Period::Daily, yesterday, config.weights).await?;
-    crate::ranking::carry_over(
+    snapshot::materialize(
         &mut conn,
-        cache,
+        Ranking::of(Period::Daily, yesterday),
         config.weights,
-        yesterday,
-        config.carryover_ratio,
     )
     .await?;
-    diesel::sql_query("UPDATE scheduled_job_runs SET finished_at = now() WHERE job = 'close-day' AND period_key = $1")
-        .bind::<Text, _>(yesterday.to_string())
-        .execute(&mut conn)
-        .await?;
+    carry_over(&mut conn, config.weights, yesterday, config.carryover_ratio).await?;
+    // Today's live set gains the carried scores at the refresher's next check.
+    live.invalidate();
+    finish(&mut conn, "close-day", &yesterday.to_string()).await?;
     tracing::info!(%yesterday, "business day closed");
+    Ok(())
+}
+
+/// Carries `ratio` of `yesterday`'s scores into the next day (kept in the database, so every
+/// copy of the ranking can be rebuilt). Idempotent.
+pub async fn carry_over(
+    conn: &mut AsyncPgConnection,
+    weights: Weights,
+    yesterday: NaiveDate,
+    ratio: f64,
+) -> anyhow::Result<()> {
+    let today = yesterday + Duration::days(1);
+    diesel::sql_query(
+        "INSERT INTO ranking_carryover (business_date, product_id, score)
+         SELECT $2, product_id, $6 * ($3 * view_count + $4 * like_count + $5 * sales_quantity)
+           FROM product_metrics_daily WHERE business_date = $1
+         ON CONFLICT (business_date, product_id) DO UPDATE SET score = EXCLUDED.score",
+    )
+    .bind::<Date, _>(yesterday)
+    .bind::<Date, _>(today)
+    .bind::<Double, _>(weights.view)
+    .bind::<Double, _>(weights.like)
+    .bind::<Double, _>(weights.order)
+    .bind::<Double, _>(ratio)
+    .execute(conn)
+    .await?;
+    // Products with a carried score but no activity today yet still rank.
+    diesel::sql_query(
+        "INSERT INTO product_metrics_daily (business_date, product_id)
+         SELECT business_date, product_id FROM ranking_carryover WHERE business_date = $1
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Date, _>(today)
+    .execute(conn)
+    .await?;
     Ok(())
 }
 
@@ -255,12 +287,13 @@ pub async fn prune_event_handled(
     Ok(total)
 }
 
-/// Starts the scheduled jobs: the incremental rollup on `ROLLUP_CRON`, and the day close checked
+/// Starts the scheduled jobs: the incremental rollup on `ROLLUP_CRON`, the ranking snapshots on
+/// `RANKING_SNAPSHOT_CRON`, and the day close checked
 /// every minute (it runs once, right after midnight in the business time zone).
 pub async fn start_scheduler(
     config: Config,
     pool: Pool,
-    cache: Cache,
+    live: Live,
 ) -> anyhow::Result<JobScheduler> {
     let scheduler = JobScheduler::new()
         .await
@@ -277,12 +310,27 @@ pub async fn start_scheduler(
             })
         })?)
         .await?;
+    let (p, w) = (pool.clone(), config.weights);
+    scheduler
+        .add(Job::new_async(
+            config.ranking_snapshot_cron.as_str(),
+            move |_, _| {
+                let pool = p.clone();
+                Box::pin(async move {
+                    let slot = Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
+                    if let Err(e) = snapshot::scheduled_snapshot(&pool, w, &slot).await {
+                        tracing::warn!(error = %format!("{e:#}"), "scheduled ranking snapshot failed");
+                    }
+                })
+            },
+        )?)
+        .await?;
     scheduler
         .add(Job::new_async("0 * * * * *", move |_, _| {
-            let (pool, cache, config) = (pool.clone(), cache.clone(), config.clone());
+            let (pool, live, config) = (pool.clone(), live.clone(), config.clone());
             Box::pin(async move {
                 let today = crate::apply::business_date(Utc::now(), config.time_zone);
-                if let Err(e) = close_day(&pool, &cache, &config, today).await {
+                if let Err(e) = close_day(&pool, &live, &config, today).await {
                     tracing::warn!(error = %format!("{e:#}"), "closing the business day failed");
                 }
                 let retention =

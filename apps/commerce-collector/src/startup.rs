@@ -4,14 +4,19 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
 use commerce_cache::{Cache, RedisCheck};
 use commerce_db::DbCheck;
 use commerce_kafka::KafkaCheck;
 use commerce_web::Server;
 use commerce_web::health::Dependency;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 use crate::config::Config;
+use crate::ranking::http;
+use crate::ranking::live::Live;
 use crate::state::{App, AppState};
 
 /// A built, bound, not yet running collector.
@@ -27,10 +32,13 @@ impl Application {
         let cache = Cache::new(&config.redis_url, &config.redis_key_prefix)?;
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-collector", config.http_addr).await?;
+        let live = Live::new(cache.clone(), db.clone(), config.weights, config.time_zone);
         let state = AppState(Arc::new(App {
             config,
             db: db.clone(),
             cache: cache.clone(),
+            live,
+            materializing: tokio::sync::Mutex::new(()),
         }));
         let dependencies = vec![
             Dependency::critical(DbCheck(db)),
@@ -54,21 +62,21 @@ impl Application {
     }
 
     /// The runner, with the collector's background tasks: the consumer (unless disabled; it
-    /// commits stored offsets when it stops), the scheduled jobs, and a rebuild of today's
-    /// real-time ranking from the database (Redis may have lost it).
+    /// commits stored offsets when it stops), the scheduled jobs, and the live rankings'
+    /// refresher (which also rebuilds them from the database at start: Redis may have lost them).
     pub fn into_server(self) -> Server {
         let state = self.state;
         let config = state.config.clone();
         let mut server = self.server;
         if config.consume {
-            let (config, db, cache) = (config.clone(), state.db.clone(), state.cache.clone());
+            let (config, db, live) = (config.clone(), state.db.clone(), state.live.clone());
             server = server.task("consumer", move |stop| {
-                crate::consumer::run(config, db, cache, stop)
+                crate::consumer::run(config, db, live, stop)
             });
         }
-        let (jobs_config, db, cache) = (config.clone(), state.db.clone(), state.cache.clone());
+        let (db, live) = (state.db.clone(), state.live.clone());
         server = server.task("scheduled jobs", move |mut stop| async move {
-            match crate::rollup::start_scheduler(jobs_config, db, cache).await {
+            match crate::rollup::start_scheduler(config, db, live).await {
                 Ok(mut scheduler) => {
                     let _ = stop.wait_for(|s| *s).await;
                     let _ = scheduler.shutdown().await;
@@ -76,18 +84,8 @@ impl Application {
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "scheduler did not start"),
             }
         });
-        let (db, cache) = (state.db.clone(), state.cache.clone());
-        server.task("daily ranking rebuild", move |_stop| async move {
-            let today = crate::apply::business_date(chrono::Utc::now(), config.time_zone);
-            let result = async {
-                let mut conn = db.get().await?;
-                crate::ranking::rebuild_daily(&mut conn, &cache, config.weights, today).await
-            }
-            .await;
-            if let Err(e) = result {
-                tracing::warn!(error = %format!("{e:#}"), "could not rebuild today's ranking in Redis");
-            }
-        })
+        let live = state.live.clone();
+        server.task("live rankings", move |stop| live.run(stop))
     }
 
     /// Consumes, runs the scheduled jobs and serves until `shutdown` resolves; then stops
@@ -100,17 +98,20 @@ impl Application {
     }
 }
 
+#[derive(OpenApi)]
+#[openapi(info(
+    title = "commerce-collector",
+    description = "Rankings and product figures, read from the event stream. Errors are application/problem+json with a stable `code`."
+))]
+struct ApiDoc;
+
 fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
     let body_limit = state.config.body_limit_bytes;
-    let api = Router::new()
-        .route("/api/v1/rankings", get(crate::ranking::rankings))
-        .route(
-            "/api/v1/rankings/products/{product_id}",
-            get(crate::ranking::product_rank),
-        )
-        .route(
-            "/api/v1/product-metrics/{product_id}",
-            get(crate::ranking::product_metrics),
-        );
+    let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(http::rankings))
+        .routes(routes!(http::product_rank))
+        .routes(routes!(http::product_metrics))
+        .split_for_parts();
+    let api = api.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc));
     commerce_web::with_platform_routes(api, dependencies, body_limit).with_state(state)
 }

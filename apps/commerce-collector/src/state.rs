@@ -6,6 +6,7 @@ use commerce_cache::Cache;
 use commerce_db::Pool;
 
 use crate::config::Config;
+use crate::ranking::live::Live;
 
 /// Cheap-to-clone handle to everything a handler needs.
 #[derive(Clone)]
@@ -17,6 +18,10 @@ pub struct App {
     /// The primary's pool: every write and every read that must see the latest write.
     pub db: Pool,
     pub cache: Cache,
+    /// The live rankings in Redis.
+    pub live: Live,
+    /// Rankings materialised on a first read are materialised one at a time.
+    pub materializing: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for AppState {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel::sql_types::{BigInt, Bool, Text};
-use diesel::{QueryableByName, sql_query};
+use diesel::{QueryResult, QueryableByName, sql_query};
 use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::pooled_connection::deadpool as pooled;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
@@ -138,14 +138,47 @@ pub async fn migrate(url: &str, migrations: EmbeddedMigrations) -> anyhow::Resul
 }
 
 /// A stable advisory-lock key for `name`.
-fn lock_key(name: &str) -> i64 {
+const fn lock_key(name: &str) -> i64 {
     // FNV-1a: stable across builds and platforms, unlike `DefaultHasher`.
+    let bytes = name.as_bytes();
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        hash ^= u64::from(b);
+    let mut i = 0;
+    while i < bytes.len() {
+        hash ^= bytes[i] as u64;
         hash = hash.wrapping_mul(0x0100_0000_01b3);
+        i += 1;
     }
     hash as i64
+}
+
+/// A transaction-scoped advisory lock: held from the statement that takes it until the
+/// transaction ends, so it cannot leak past a failed transaction or a lost connection.
+#[derive(Debug, Clone, Copy)]
+pub struct XactLock(i64);
+
+impl XactLock {
+    /// The lock named `name` (the same name is the same lock in every process).
+    pub const fn named(name: &str) -> Self {
+        Self(lock_key(name))
+    }
+
+    /// Takes the lock shared: shared holders run together, and wait for an exclusive holder.
+    pub async fn share(self, conn: &mut AsyncPgConnection) -> QueryResult<()> {
+        sql_query("SELECT pg_advisory_xact_lock_shared($1)")
+            .bind::<BigInt, _>(self.0)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
+
+    /// Takes the lock exclusively, waiting for every holder.
+    pub async fn exclusive(self, conn: &mut AsyncPgConnection) -> QueryResult<()> {
+        sql_query("SELECT pg_advisory_xact_lock($1)")
+            .bind::<BigInt, _>(self.0)
+            .execute(conn)
+            .await
+            .map(drop)
+    }
 }
 
 /// Applies pending migrations to the database at `url`, holding an advisory lock so that

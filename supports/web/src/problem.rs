@@ -9,6 +9,7 @@ use serde::Serialize;
 
 /// One field that failed validation.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FieldError {
     pub field: String,
     pub message: String,
@@ -23,8 +24,9 @@ impl FieldError {
     }
 }
 
-/// A problem details body.
+/// A problem details body (`application/problem+json`).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI reference naming the problem type; we use `urn:problem:<code>`.
     #[serde(rename = "type")]

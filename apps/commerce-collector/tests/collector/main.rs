@@ -7,5 +7,6 @@ mod card_sales;
 mod end_to_end;
 mod pipeline;
 mod platform;
+mod rankings;
 mod rollup;
 mod support;

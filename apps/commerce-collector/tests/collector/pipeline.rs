@@ -101,9 +101,12 @@ async fn events_become_metrics_and_rankings() {
     let today = chrono::Utc::now()
         .with_timezone(&chrono_tz::Asia::Seoul)
         .date_naive();
-    let key = commerce_collector::ranking::daily_key(&cache, today);
+    let key = commerce_collector::ranking::live::key(
+        &cache,
+        commerce_collector::ranking::Ranking::of(commerce_collector::ranking::Period::Daily, today),
+    );
     let mut redis = cache.conn().await.unwrap();
-    let top: Vec<(i64, f64)> = redis::cmd("ZREVRANGE")
+    let top: Vec<(i64, f64)> = redis::cmd("ZRANGE")
         .arg(&key)
         .arg(0)
         .arg(-1)
@@ -111,7 +114,18 @@ async fn events_become_metrics_and_rankings() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), [2, 1]);
+    // Stored negated, so that ZRANGE is the ranking's order (ties by product id ascending),
+    // and bit for bit the scores the API served.
+    let served: Vec<(i64, f64)> = [0, 1]
+        .map(|i| {
+            let row = &ranking["content"][i];
+            (
+                row["product_id"].as_i64().unwrap(),
+                -row["score"].as_f64().unwrap(),
+            )
+        })
+        .to_vec();
+    assert_eq!(top, served);
 
     for bad in ["period=yearly", "date=2026-13-01", "size=0", "page=-1"] {
         let res = reqwest::get(format!("{base}/api/v1/rankings?{bad}"))

@@ -1,0 +1,458 @@
+//! The live rankings: the current day, week and month as Redis sorted sets.
+//!
+//! **Keys** (one hash slot per ranking, so a Redis Cluster needs no change): for the ranking
+//! `daily:2026-12-02`,
+//! - `{prefix}ranking:{daily:2026-12-02}`: the sorted set, member = the product id zero-padded to
+//!   19 digits, score = the *negated* score. `ZRANGE` then lists score descending and, within a
+//!   tie, member ascending, which is product id ascending: exactly the ranking's order, so a page
+//!   is `ZRANGE start stop` and a rank is `ZRANK + 1`, both O(log N + page).
+//! - `…:ready`: written in the same `MULTI` that installs a complete rebuild. A set without it
+//!   (Redis flushed or restarted, a new period just begun) is never served.
+//! - `…:build:{uuid}`: a rebuild in progress, renamed over the set when complete.
+//!
+//! **Updates.** After a batch commits, the consumer [`Live::mark`]s the (day, product) pairs it
+//! changed; this instance's refresher reads those products' scores back from PostgreSQL (the
+//! truth, so a write that Redis lost heals on the next one) and sets them with `ZADD`. It reads
+//! them again two seconds later, which repairs the one reordering it cannot prevent: another
+//! collector's older `ZADD` for the same product landing after this one's newer one.
+//!
+//! **Rebuilds.** At start, when a set's `ready` marker is missing, when Redis answers with a new
+//! `run_id` (it restarted, possibly from an old snapshot), and after an update failed, the set
+//! is rebuilt whole from PostgreSQL. The refresher checks once a second.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::{NaiveDate, Utc};
+use chrono_tz::Tz;
+use commerce_cache::Cache;
+use commerce_db::Pool;
+use diesel::sql_types::{Array, BigInt, Double};
+use diesel_async::RunQueryDsl;
+use tokio::sync::{Notify, watch};
+
+use super::{Ranking, Weights, score_sql, scored_query};
+
+/// How often the refresher checks that every live set is there and complete.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// When a refreshed product is read again (see the module documentation).
+const SECOND_PASS_AFTER: Duration = Duration::from_secs(2);
+/// After a failed Redis read, reads go straight to PostgreSQL for this long.
+const READ_BACKOFF: Duration = Duration::from_secs(1);
+/// Members per `ZADD` command in a rebuild.
+const CHUNK: usize = 1000;
+
+/// Handle to the live rankings. Cheap to clone.
+#[derive(Clone)]
+pub struct Live(Arc<Inner>);
+
+struct Inner {
+    cache: Cache,
+    db: Pool,
+    weights: Weights,
+    time_zone: Tz,
+    dirty: Mutex<BTreeSet<(NaiveDate, i64)>>,
+    wake: Notify,
+    /// Set when an update failed (the sets may miss it) or the sets were invalidated: rebuild
+    /// them when Redis answers.
+    stale: AtomicBool,
+    started: Instant,
+    /// Reads skip Redis until this many milliseconds after `started`.
+    reads_paused_until: AtomicU64,
+}
+
+/// A page of a live ranking.
+pub struct LivePage {
+    /// (product id, score), best first.
+    pub entries: Vec<(i64, f64)>,
+    pub total: i64,
+}
+
+/// A product's place in a live ranking.
+pub struct LiveRank {
+    /// 1-based; `None` when the product has no figures in the period.
+    pub rank: Option<i64>,
+    pub score: f64,
+    pub total: i64,
+}
+
+impl Live {
+    pub fn new(cache: Cache, db: Pool, weights: Weights, time_zone: Tz) -> Self {
+        metrics::describe_counter!(
+            "ranking_live_rebuilds_total",
+            "Live ranking sets rebuilt whole from PostgreSQL, by reason."
+        );
+        metrics::describe_counter!(
+            "ranking_live_refresh_failures_total",
+            "Rounds of live ranking updates that failed (the sets are rebuilt afterwards)."
+        );
+        metrics::describe_histogram!(
+            "ranking_live_refresh_seconds",
+            "Time to read changed scores from PostgreSQL and set them in Redis, per round."
+        );
+        Self(Arc::new(Inner {
+            cache,
+            db,
+            weights,
+            time_zone,
+            dirty: Mutex::new(BTreeSet::new()),
+            wake: Notify::new(),
+            stale: AtomicBool::new(false),
+            started: Instant::now(),
+            reads_paused_until: AtomicU64::new(0),
+        }))
+    }
+
+    /// Today, in the business time zone.
+    pub fn today(&self) -> NaiveDate {
+        crate::apply::business_date(Utc::now(), self.0.time_zone)
+    }
+
+    /// Queues the (day, product) pairs a committed batch changed for the refresher.
+    pub fn mark(&self, touched: &BTreeSet<(NaiveDate, i64)>) {
+        if touched.is_empty() {
+            return;
+        }
+        self.0
+            .dirty
+            .lock()
+            .expect("lock poisoned")
+            .extend(touched.iter().copied());
+        self.0.wake.notify_one();
+    }
+
+    /// Has the refresher rebuild every current set at its next check (after a change that
+    /// moves many scores at once, such as the day's carry-over).
+    pub fn invalidate(&self) {
+        self.0.stale.store(true, Ordering::Relaxed);
+    }
+
+    /// The refresher: applies marked changes, repeats them once, and rebuilds missing or stale
+    /// sets. Runs until `stop`.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+        let mut second_pass: VecDeque<(Instant, BTreeSet<(NaiveDate, i64)>)> = VecDeque::new();
+        let mut run_id: Option<String> = None;
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let due = second_pass.front().map(|(at, _)| *at);
+            tokio::select! {
+                _ = self.0.wake.notified() => {
+                    let dirty = std::mem::take(&mut *self.0.dirty.lock().expect("lock poisoned"));
+                    if self.refresh(&dirty).await {
+                        second_pass.push_back((Instant::now() + SECOND_PASS_AFTER, dirty));
+                    }
+                }
+                _ = sleep_until(due) => {
+                    if let Some((_, again)) = second_pass.pop_front() {
+                        self.refresh(&again).await;
+                    }
+                }
+                _ = check.tick() => {
+                    if let Err(e) = self.check(&mut run_id).await {
+                        tracing::debug!(error = %format!("{e:#}"), "live ranking check failed");
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// Sets the current scores of `dirty`'s products in the live sets. False on failure.
+    async fn refresh(&self, dirty: &BTreeSet<(NaiveDate, i64)>) -> bool {
+        let started = Instant::now();
+        let current = Ranking::current(self.today());
+        let mut products: BTreeMap<Ranking, Vec<i64>> = BTreeMap::new();
+        for (day, product) in dirty {
+            for ranking in Ranking::containing(*day) {
+                if current.contains(&ranking) {
+                    products.entry(ranking).or_default().push(*product);
+                }
+            }
+        }
+        if products.is_empty() {
+            return true;
+        }
+        let result = async {
+            let mut conn = self.0.db.get().await?;
+            let mut pipe = redis::pipe();
+            for (ranking, ids) in &products {
+                let scores = scores(&mut conn, *ranking, self.0.weights, Some(ids)).await?;
+                add_members(&mut pipe, &self.key(*ranking), &scores);
+                expire(&mut pipe, &self.key(*ranking), *ranking, self.today());
+            }
+            let mut redis = self.0.cache.conn().await?;
+            let () = pipe.query_async(&mut redis).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        metrics::histogram!("ranking_live_refresh_seconds").record(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::counter!("ranking_live_refresh_failures_total").increment(1);
+                tracing::debug!(error = %format!("{e:#}"), "could not update the live rankings");
+                self.0.stale.store(true, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Rebuilds every current set that is missing, incomplete or possibly stale.
+    async fn check(&self, run_id: &mut Option<String>) -> anyhow::Result<()> {
+        let current = Ranking::current(self.today());
+        let mut redis = self.0.cache.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("INFO").arg("server");
+        for ranking in current {
+            pipe.exists(self.ready_key(ranking));
+        }
+        let (info, ready): (String, Vec<bool>) = {
+            let mut reply: Vec<redis::Value> = pipe.query_async(&mut redis).await?;
+            let info: String = redis::from_redis_value(reply.remove(0))?;
+            let ready = reply
+                .into_iter()
+                .map(redis::from_redis_value)
+                .collect::<Result<Vec<bool>, _>>()?;
+            (info, ready)
+        };
+        let now_run_id = info
+            .lines()
+            .find_map(|l| l.strip_prefix("run_id:"))
+            .map(|s| s.trim().to_owned());
+        let restarted = run_id.is_some() && *run_id != now_run_id;
+        let first = run_id.is_none();
+        let stale = self.0.stale.swap(false, Ordering::Relaxed);
+        for (ranking, ready) in current.into_iter().zip(ready) {
+            let reason = if first {
+                Some("start")
+            } else if restarted {
+                Some("redis_restarted")
+            } else if stale {
+                Some("invalidated")
+            } else if !ready {
+                Some("missing")
+            } else {
+                None
+            };
+            if let Some(reason) = reason
+                && let Err(e) = self.rebuild(ranking, reason).await
+            {
+                self.0.stale.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+        }
+        *run_id = now_run_id;
+        Ok(())
+    }
+
+    /// Rebuilds a ranking's set whole from PostgreSQL; returns the number of products.
+    pub async fn rebuild(&self, ranking: Ranking, reason: &'static str) -> anyhow::Result<usize> {
+        let scores = {
+            let mut conn = self.0.db.get().await?;
+            scores(&mut conn, ranking, self.0.weights, None).await?
+        };
+        let key = self.key(ranking);
+        let ready = self.ready_key(ranking);
+        let mut redis = self.0.cache.conn().await?;
+        let mut install = redis::pipe();
+        install.atomic();
+        if scores.is_empty() {
+            install.del(&key).ignore();
+        } else {
+            let building = format!("{key}:build:{}", uuid::Uuid::now_v7());
+            let mut fill = redis::pipe();
+            for chunk in scores.chunks(CHUNK) {
+                add_members(&mut fill, &building, chunk);
+            }
+            fill.expire(&building, 600).ignore();
+            let () = fill
+                .query_async(&mut redis)
+                .await
+                .context("filling a live ranking")?;
+            install.rename(&building, &key).ignore();
+        }
+        install.set(&ready, 1).ignore();
+        expire(&mut install, &key, ranking, self.today());
+        expire(&mut install, &ready, ranking, self.today());
+        let () = install
+            .query_async(&mut redis)
+            .await
+            .context("installing a live ranking")?;
+        metrics::counter!("ranking_live_rebuilds_total", "reason" => reason).increment(1);
+        tracing::info!(%ranking, products = scores.len(), reason, "live ranking rebuilt");
+        Ok(scores.len())
+    }
+
+    /// A page of a live ranking, or `None` when the set is not ready to be served.
+    pub async fn page(
+        &self,
+        ranking: Ranking,
+        offset: i64,
+        size: i64,
+    ) -> anyhow::Result<Option<LivePage>> {
+        let mut redis = self.reader().await?;
+        let key = self.key(ranking);
+        type Reply = (bool, Vec<(String, f64)>, i64);
+        let result: redis::RedisResult<Reply> = redis::pipe()
+            .exists(self.ready_key(ranking))
+            .zrange_withscores(&key, offset as isize, (offset + size - 1) as isize)
+            .zcard(&key)
+            .query_async(&mut redis)
+            .await;
+        let (ready, members, total) = self.read_result(result)?;
+        if !ready {
+            return Ok(None);
+        }
+        let entries = members
+            .into_iter()
+            .map(|(m, s)| Ok((decode(&m)?, 0.0 - s)))
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Some(LivePage { entries, total }))
+    }
+
+    /// A product's place in a live ranking, or `None` when the set is not ready to be served.
+    pub async fn rank(&self, ranking: Ranking, product: i64) -> anyhow::Result<Option<LiveRank>> {
+        let mut redis = self.reader().await?;
+        let key = self.key(ranking);
+        let member = encode(product);
+        let result: redis::RedisResult<(bool, Option<i64>, Option<f64>, i64)> = redis::pipe()
+            .exists(self.ready_key(ranking))
+            .zrank(&key, &member)
+            .zscore(&key, &member)
+            .zcard(&key)
+            .query_async(&mut redis)
+            .await;
+        let (ready, rank, score, total) = self.read_result(result)?;
+        if !ready {
+            return Ok(None);
+        }
+        Ok(Some(LiveRank {
+            rank: rank.map(|r| r + 1),
+            score: score.map_or(0.0, |s| 0.0 - s),
+            total,
+        }))
+    }
+
+    /// A connection for a read, unless a recent read failed.
+    async fn reader(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+        let now = self.0.started.elapsed().as_millis() as u64;
+        anyhow::ensure!(
+            now >= AtomicU64::load(&self.0.reads_paused_until, Ordering::Relaxed),
+            "Redis failed a moment ago"
+        );
+        match self.0.cache.conn().await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                self.pause_reads();
+                Err(e)
+            }
+        }
+    }
+
+    fn read_result<T>(&self, result: redis::RedisResult<T>) -> anyhow::Result<T> {
+        result.map_err(|e| {
+            self.pause_reads();
+            anyhow::Error::new(e).context("reading a live ranking")
+        })
+    }
+
+    fn pause_reads(&self) {
+        let until = self.0.started.elapsed() + READ_BACKOFF;
+        self.0
+            .reads_paused_until
+            .store(until.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn key(&self, ranking: Ranking) -> String {
+        key(&self.0.cache, ranking)
+    }
+
+    fn ready_key(&self, ranking: Ranking) -> String {
+        format!("{}:ready", self.key(ranking))
+    }
+}
+
+/// The sorted set of `ranking` (its hash tag is the ranking: `{daily:2026-12-02}`).
+pub fn key(cache: &Cache, ranking: Ranking) -> String {
+    cache.key(&format!("ranking:{{{ranking}}}"))
+}
+
+/// A ranking's scores from PostgreSQL, for `products` or for all of its products.
+async fn scores(
+    conn: &mut diesel_async::AsyncPgConnection,
+    ranking: Ranking,
+    weights: Weights,
+    products: Option<&[i64]>,
+) -> anyhow::Result<Vec<(i64, f64)>> {
+    #[derive(diesel::QueryableByName)]
+    struct Scored {
+        #[diesel(sql_type = BigInt)]
+        product_id: i64,
+        #[diesel(sql_type = Double)]
+        score: f64,
+    }
+    let filter = if products.is_some() {
+        " AND m.product_id = ANY($5)"
+    } else {
+        ""
+    };
+    let sql = format!("SELECT m.product_id, {}{filter}", score_sql(ranking.period));
+    let query = scored_query(sql, ranking, weights);
+    let rows: Vec<Scored> = match products {
+        Some(ids) => query.bind::<Array<BigInt>, _>(ids).load(conn).await?,
+        None => query.load(conn).await?,
+    };
+    Ok(rows.into_iter().map(|s| (s.product_id, s.score)).collect())
+}
+
+fn add_members(pipe: &mut redis::Pipeline, key: &str, scores: &[(i64, f64)]) {
+    if scores.is_empty() {
+        return;
+    }
+    let members: Vec<(f64, String)> = scores
+        .iter()
+        .map(|(product, score)| (0.0 - score, encode(*product)))
+        .collect();
+    pipe.zadd_multiple(key, &members).ignore();
+}
+
+/// Keeps a set two days past its period's end.
+fn expire(pipe: &mut redis::Pipeline, key: &str, ranking: Ranking, today: NaiveDate) {
+    let days = (ranking.end() - today).num_days().max(0) + 2;
+    pipe.expire(key, days * 24 * 3600).ignore();
+}
+
+/// A product id as a member whose byte order is numeric order.
+fn encode(product: i64) -> String {
+    format!("{product:019}")
+}
+
+fn decode(member: &str) -> anyhow::Result<i64> {
+    member
+        .parse()
+        .with_context(|| format!("a live ranking member is not a product id: {member:?}"))
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_sort_as_numbers() {
+        let mut members = [encode(10), encode(9), encode(100), encode(1)];
+        members.sort();
+        let ids: Vec<i64> = members.iter().map(|m| decode(m).unwrap()).collect();
+        assert_eq!(ids, [1, 9, 10, 100]);
+    }
+}

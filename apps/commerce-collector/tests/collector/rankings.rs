@@ -1,0 +1,485 @@
+//! The ranking API serves exactly the ranking's definition, computed by brute force over
+//! `product_metrics_daily`, for every period, from Redis (live) and from PostgreSQL (snapshot):
+//! at several dates, on every page and for every product, with ties, negative scores and
+//! carry-over; with Redis stopped, after Redis lost its keys, and from two collectors at once.
+
+use std::time::Duration;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use chrono_tz::Tz;
+use commerce_collector::apply::{apply_batch, business_date};
+use commerce_collector::ranking::{Period, Ranking, Weights};
+use commerce_events::{Envelope, Event, LikeChanged, OrderLine, OrderPlaced, ProductViewed};
+use diesel::sql_types::{BigInt, Date, Double};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use serde_json::Value;
+
+use crate::support::{Pipeline, get_json};
+
+const TZ: Tz = chrono_tz::Asia::Seoul;
+const WEIGHTS: Weights = Weights {
+    view: 0.1,
+    like: 0.2,
+    order: 0.7,
+};
+const PRODUCTS: i64 = 40;
+const PAGE: usize = 7;
+
+fn today() -> NaiveDate {
+    business_date(Utc::now(), TZ)
+}
+
+/// Days with activity: today, yesterday, earlier this month or last, and a past month.
+fn active_days() -> Vec<NaiveDate> {
+    let t = today();
+    [0, 1, 3, 9, 40]
+        .map(|d| t - chrono::Duration::days(d))
+        .to_vec()
+}
+
+/// The dates the API is asked about (every period containing them is checked).
+fn asked_dates() -> Vec<NaiveDate> {
+    let t = today();
+    [0, 1, 9, 40]
+        .map(|d| t - chrono::Duration::days(d))
+        .to_vec()
+}
+
+fn at(day: NaiveDate) -> chrono::DateTime<Utc> {
+    TZ.from_local_datetime(&day.and_hms_opt(12, 0, 0).unwrap())
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// Activity chosen for ties (small figures, many equal), negative scores (unlikes without a
+/// like) and products absent on some days.
+fn events() -> Vec<Envelope> {
+    let mut out = Vec::new();
+    for (n, day) in active_days().into_iter().enumerate() {
+        let n = n as i64;
+        let when = at(day);
+        for p in 1..=PRODUCTS {
+            if (p + n) % 5 == 0 {
+                continue;
+            }
+            for _ in 0..(p * 7 + n) % 4 {
+                out.push(Envelope::at(
+                    Event::ProductViewed(ProductViewed {
+                        product_id: p,
+                        user_id: None,
+                    }),
+                    when,
+                ));
+            }
+            let like = LikeChanged {
+                product_id: p,
+                user_id: 1,
+            };
+            match (p + 2 * n) % 3 {
+                0 => out.push(Envelope::at(Event::ProductLiked(like), when)),
+                1 => out.push(Envelope::at(Event::ProductUnliked(like), when)),
+                _ => {}
+            }
+            let quantity = (p * 3 + n) % 3;
+            if quantity > 0 {
+                out.push(Envelope::at(
+                    Event::OrderPaid(OrderPlaced {
+                        order_id: n * 1000 + p,
+                        user_id: 1,
+                        lines: vec![OrderLine {
+                            product_id: p,
+                            quantity,
+                            unit_price: 10,
+                        }],
+                        total_amount: quantity * 10,
+                        discount_amount: 0,
+                        final_amount: quantity * 10,
+                        payment_method: "POINT".into(),
+                    }),
+                    when,
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Applies the fixture to the pipeline's database, with yesterday carried into today.
+async fn load_fixture(p: &Pipeline) {
+    let mut conn = AsyncPgConnection::establish(&p.db.url).await.unwrap();
+    for chunk in events().chunks(100) {
+        apply_batch(&mut conn, "fixture", chunk, TZ).await.unwrap();
+    }
+    let yesterday = today() - chrono::Duration::days(1);
+    commerce_collector::rollup::carry_over(&mut conn, WEIGHTS, yesterday, 0.1)
+        .await
+        .unwrap();
+}
+
+#[derive(diesel::QueryableByName, Debug, Clone, PartialEq)]
+struct Expected {
+    #[diesel(sql_type = BigInt)]
+    product_id: i64,
+    #[diesel(sql_type = Double)]
+    score: f64,
+}
+
+/// The ranking of `period` containing `date`, by brute force over the daily rows:
+/// (rank, product, score).
+async fn brute_force(
+    conn: &mut AsyncPgConnection,
+    period: Period,
+    date: NaiveDate,
+) -> Vec<(i64, i64, f64)> {
+    let (from, to) = period.bounds(date);
+    let carry = if period == Period::Daily {
+        "+ coalesce((SELECT c.score FROM ranking_carryover c
+                      WHERE c.business_date = $1 AND c.product_id = d.product_id), 0)"
+    } else {
+        ""
+    };
+    let rows: Vec<Expected> = diesel::sql_query(format!(
+        "SELECT d.product_id,
+                ($3 * sum(d.view_count)::bigint + $4 * sum(d.like_count)::bigint
+                  + $5 * sum(d.sales_quantity)::bigint {carry})::float8 AS score
+           FROM product_metrics_daily d
+          WHERE d.business_date BETWEEN $1 AND $2
+          GROUP BY d.product_id"
+    ))
+    .bind::<Date, _>(from)
+    .bind::<Date, _>(to)
+    .bind::<Double, _>(WEIGHTS.view)
+    .bind::<Double, _>(WEIGHTS.like)
+    .bind::<Double, _>(WEIGHTS.order)
+    .load(conn)
+    .await
+    .unwrap();
+    let mut rows = rows;
+    rows.sort_by(|a, b| {
+        b.score
+            .partial_cmp(&a.score)
+            .unwrap()
+            .then(a.product_id.cmp(&b.product_id))
+    });
+    rows.into_iter()
+        .zip(1..)
+        .map(|(r, rank)| (rank, r.product_id, r.score))
+        .collect()
+}
+
+fn served(page: &Value) -> Vec<(i64, i64, f64)> {
+    page["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["rank"].as_i64().unwrap(),
+                r["product_id"].as_i64().unwrap(),
+                r["score"].as_f64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn is_current(period: Period, date: NaiveDate) -> bool {
+    Ranking::current(today()).contains(&Ranking::of(period, date))
+}
+
+/// Checks every page and every product's rank of every asked ranking against the brute force;
+/// `source(period, date)` is the source each must come from. Returns the number of requests
+/// made for current rankings.
+async fn check_everything(
+    base: &str,
+    conn: &mut AsyncPgConnection,
+    source: impl Fn(Period, NaiveDate) -> &'static str,
+) -> usize {
+    let mut current_requests = 0;
+    for date in asked_dates() {
+        for period in Period::ALL {
+            let expected = brute_force(conn, period, date).await;
+            assert!(
+                expected.len() > PAGE * 2,
+                "the fixture ranks {} products in {period:?} {date}",
+                expected.len()
+            );
+            let what = format!("{} {date}", period.as_str());
+            let pages = expected.len().div_ceil(PAGE);
+            // Every page, and one past the end (empty, with the total).
+            for page in 0..=pages {
+                let body = get_json(&format!(
+                    "{base}/api/v1/rankings?period={}&date={date}&page={page}&size={PAGE}",
+                    period.as_str()
+                ))
+                .await
+                .unwrap();
+                let want: Vec<_> = expected
+                    .iter()
+                    .skip(page * PAGE)
+                    .take(PAGE)
+                    .cloned()
+                    .collect();
+                assert_eq!(served(&body), want, "{what} page {page}");
+                assert_eq!(body["total_elements"], expected.len(), "{what}");
+                assert_eq!(body["source"], source(period, date), "{what}");
+                if is_current(period, date) {
+                    current_requests += 1;
+                }
+            }
+            for (rank, product, score) in &expected {
+                let body = get_json(&format!(
+                    "{base}/api/v1/rankings/products/{product}?period={}&date={date}",
+                    period.as_str()
+                ))
+                .await
+                .unwrap();
+                assert_eq!(body["rank"], *rank, "{what} product {product}");
+                assert_eq!(
+                    body["score"].as_f64().unwrap(),
+                    *score,
+                    "{what} product {product}"
+                );
+                assert_eq!(body["source"], source(period, date), "{what}");
+                if is_current(period, date) {
+                    current_requests += 1;
+                }
+            }
+            let unranked = get_json(&format!(
+                "{base}/api/v1/rankings/products/999999?period={}&date={date}",
+                period.as_str()
+            ))
+            .await
+            .unwrap();
+            assert_eq!(unranked["rank"], Value::Null, "{what}");
+            assert_eq!(unranked["total_elements"], expected.len(), "{what}");
+            if is_current(period, date) {
+                current_requests += 1;
+            }
+        }
+    }
+    current_requests
+}
+
+fn live_when_current(period: Period, date: NaiveDate) -> &'static str {
+    if is_current(period, date) {
+        "live"
+    } else {
+        "snapshot"
+    }
+}
+
+/// Waits until the collector at `base` serves the current rankings from Redis.
+async fn wait_live(base: &str) {
+    for period in Period::ALL {
+        let url = format!("{base}/api/v1/rankings?period={}", period.as_str());
+        crate::support::eventually(&url, 30, |b| b["source"] == "live").await;
+    }
+}
+
+#[tokio::test]
+async fn every_period_page_and_product_matches_a_brute_force_ranking() {
+    let p = Pipeline::new().await;
+    load_fixture(&p).await;
+    let collector = p.collector_with(&[("COLLECTOR_CONSUME", "false")]).await;
+    wait_live(&collector.base).await;
+    let mut conn = AsyncPgConnection::establish(&p.db.url).await.unwrap();
+    check_everything(&collector.base, &mut conn, live_when_current).await;
+}
+
+/// The value of a labelled series on `/metrics` (0 when absent).
+async fn series(base: &str, series: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn with_redis_stopped_rankings_come_from_postgresql_exactly_and_readiness_is_degraded() {
+    let p = Pipeline::new().await;
+    load_fixture(&p).await;
+    // Nothing listens on port 1: Redis is down for this collector from the start.
+    let collector = p
+        .collector_with(&[
+            ("COLLECTOR_CONSUME", "false"),
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+        ])
+        .await;
+    let base = &collector.base;
+    let mut conn = AsyncPgConnection::establish(&p.db.url).await.unwrap();
+    let current_requests = check_everything(base, &mut conn, |_, _| "snapshot").await;
+
+    let res = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let health: Value = res.json().await.unwrap();
+    assert_eq!(health["status"], "DEGRADED", "{health}");
+    assert_eq!(
+        series(
+            base,
+            "ranking_fallbacks_total{reason=\"redis_unavailable\"}"
+        )
+        .await,
+        current_requests as f64,
+        "every read of a current ranking fell back, and was counted"
+    );
+}
+
+#[tokio::test]
+async fn rankings_lost_by_redis_are_rebuilt_by_the_collector() {
+    let p = Pipeline::new().await;
+    load_fixture(&p).await;
+    let collector = p.collector_with(&[("COLLECTOR_CONSUME", "false")]).await;
+    let base = &collector.base;
+    wait_live(base).await;
+    let rebuilds = |reason: &str| format!("ranking_live_rebuilds_total{{reason=\"{reason}\"}}");
+    assert_eq!(series(base, &rebuilds("start")).await, 3.0);
+
+    // Redis loses every key of this collector (as FLUSHALL or a restart without persistence
+    // would), in one command.
+    let cache =
+        commerce_cache::Cache::new(&commerce_testkit::redis_url(), &p.redis_prefix).unwrap();
+    let mut redis = cache.conn().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}*", p.redis_prefix))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        6,
+        "three sets and their ready markers: {keys:?}"
+    );
+    let () = redis::cmd("DEL")
+        .arg(&keys)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+
+    commerce_testkit::eventually(
+        "the collector rebuilds the three current rankings",
+        Duration::from_secs(10),
+        async || match series(base, &rebuilds("missing")).await {
+            3.0 => Ok(()),
+            n => Err(format!("{n} rebuilt")),
+        },
+    )
+    .await;
+    wait_live(base).await;
+    let mut conn = AsyncPgConnection::establish(&p.db.url).await.unwrap();
+    check_everything(base, &mut conn, live_when_current).await;
+}
+
+#[tokio::test]
+async fn two_collectors_consuming_together_serve_the_same_exact_ranking() {
+    let p = Pipeline::new().await;
+    let a = p.collector().await;
+    let b = p.collector().await;
+    // Today's activity only, through the broker: both collectors apply a share of it.
+    let today = today();
+    let events: Vec<Envelope> = events()
+        .into_iter()
+        .filter(|e| business_date(e.occurred_at, TZ) == today)
+        .map(|e| Envelope::new(e.event))
+        .collect();
+    p.produce(&events).await;
+    p.wait_consumed().await;
+    let mut conn = AsyncPgConnection::establish(&p.db.url).await.unwrap();
+    let expected = brute_force(&mut conn, Period::Daily, today).await;
+    assert!(expected.len() > PAGE, "{} ranked", expected.len());
+    for base in [&a.base, &b.base] {
+        let url = format!("{base}/api/v1/rankings?period=daily&size=100");
+        let page = crate::support::eventually(&url, 10, |b| {
+            b["source"] == "live" && served(b) == expected
+        })
+        .await;
+        assert_eq!(page["total_elements"], expected.len());
+    }
+    let week = brute_force(&mut conn, Period::Weekly, today).await;
+    for base in [&a.base, &b.base] {
+        let url = format!("{base}/api/v1/rankings?period=weekly&size=100");
+        crate::support::eventually(&url, 10, |b| b["source"] == "live" && served(b) == week).await;
+    }
+}
+
+#[tokio::test]
+async fn bad_ranking_requests_are_400_problems() {
+    let p = Pipeline::new().await;
+    let collector = p.collector_with(&[("COLLECTOR_CONSUME", "false")]).await;
+    let base = &collector.base;
+    let tomorrow = today() + chrono::Duration::days(1);
+    for bad in [
+        "/api/v1/rankings?period=yearly".to_owned(),
+        "/api/v1/rankings?date=2026-13-01".to_owned(),
+        "/api/v1/rankings?date=1999-12-31".to_owned(),
+        format!("/api/v1/rankings?date={tomorrow}"),
+        "/api/v1/rankings?size=0".to_owned(),
+        "/api/v1/rankings?size=101".to_owned(),
+        "/api/v1/rankings?page=-1".to_owned(),
+        "/api/v1/rankings?page=100001".to_owned(),
+        "/api/v1/rankings?page=abc".to_owned(),
+        "/api/v1/rankings?sort=score".to_owned(),
+        "/api/v1/rankings/products/abc".to_owned(),
+        "/api/v1/rankings/products/1?period=hourly".to_owned(),
+        "/api/v1/product-metrics/1?date=yesterday".to_owned(),
+    ] {
+        let res = reqwest::get(format!("{base}{bad}")).await.unwrap();
+        assert_eq!(res.status(), 400, "{bad}");
+        assert_eq!(
+            res.headers()["content-type"],
+            "application/problem+json",
+            "{bad}"
+        );
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["code"], "VALIDATION_FAILED", "{bad}");
+    }
+    // A ranking with no products is an empty first page, not an error.
+    let empty = get_json(&format!("{base}/api/v1/rankings?page=3"))
+        .await
+        .unwrap();
+    assert_eq!(empty["content"], serde_json::json!([]));
+    assert_eq!(empty["total_elements"], 0);
+}
+
+#[tokio::test]
+async fn the_collector_describes_every_route_in_openapi_and_serves_swagger_ui() {
+    let p = Pipeline::new().await;
+    let collector = p.collector_with(&[("COLLECTOR_CONSUME", "false")]).await;
+    let base = &collector.base;
+    let doc = get_json(&format!("{base}/openapi.json")).await.unwrap();
+    let paths: Vec<&str> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/api/v1/product-metrics/{product_id}",
+            "/api/v1/rankings",
+            "/api/v1/rankings/products/{product_id}"
+        ]
+    );
+    for path in &paths {
+        let responses = &doc["paths"][path]["get"]["responses"];
+        assert_eq!(
+            responses["400"]["content"]["application/problem+json"]["schema"]["$ref"],
+            "#/components/schemas/Problem",
+            "{path}"
+        );
+    }
+    let ui = reqwest::get(format!("{base}/swagger-ui/")).await.unwrap();
+    assert_eq!(ui.status(), 200);
+    assert!(ui.text().await.unwrap().contains("swagger-ui"));
+}

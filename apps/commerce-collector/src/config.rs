@@ -25,6 +25,7 @@
 //! | `RANKING_CARRYOVER_RATIO` | `0.1` | share of yesterday's score carried into today |
 //! | `EVENT_HANDLED_RETENTION_HOURS` | `192` | keep dedupe rows this long (longer than topic retention) |
 //! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups reconcile (6-field cron, UTC) |
+//! | `RANKING_CACHE_TTL_MS` | `100` | how long a ranking response is reused in process (0: never) |
 //! | `RANKING_SNAPSHOT_CRON` | `30 * * * * *` | when changed rankings are materialised in PostgreSQL (the fallback's age bound) |
 
 use std::net::SocketAddr;
@@ -57,6 +58,7 @@ pub struct Config {
     pub carryover_ratio: f64,
     pub rollup_cron: String,
     pub ranking_snapshot_cron: String,
+    pub ranking_cache_ttl_ms: u64,
     pub event_handled_retention_hours: u64,
 }
 
@@ -106,6 +108,7 @@ impl Config {
             carryover_ratio: r.in_range("RANKING_CARRYOVER_RATIO", 0.1, 0.0..=1.0)?,
             rollup_cron: r.string_or("ROLLUP_CRON", "0 */10 * * * *"),
             ranking_snapshot_cron: r.string_or("RANKING_SNAPSHOT_CRON", "30 * * * * *"),
+            ranking_cache_ttl_ms: r.in_range("RANKING_CACHE_TTL_MS", 100, 0..=10_000)?,
             event_handled_retention_hours: r.in_range(
                 "EVENT_HANDLED_RETENTION_HOURS",
                 192,

@@ -33,8 +33,13 @@ impl Application {
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-collector", config.http_addr).await?;
         let live = Live::new(cache.clone(), db.clone(), config.weights, config.time_zone);
+        let responses = commerce_cache::Local::new(
+            std::time::Duration::from_millis(config.ranking_cache_ttl_ms),
+            10_000,
+        );
         let state = AppState(Arc::new(App {
             config,
+            responses,
             db: db.clone(),
             cache: cache.clone(),
             live,

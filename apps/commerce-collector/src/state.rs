@@ -20,6 +20,8 @@ pub struct App {
     pub cache: Cache,
     /// The live rankings in Redis.
     pub live: Live,
+    /// Ranking responses reused for `RANKING_CACHE_TTL_MS` (serialised bodies).
+    pub responses: commerce_cache::Local<bytes::Bytes>,
     /// Rankings materialised on a first read are materialised one at a time.
     pub materializing: tokio::sync::Mutex<()>,
 }

@@ -7,6 +7,7 @@
 
 mod http;
 mod pipeline;
+mod rankings;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -83,6 +84,26 @@ enum Command {
         brokers: String,
         #[arg(long, default_value_t = 100_000)]
         rows: i64,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: String,
+    },
+    /// The ranking API with PRODUCTS products and DAYS days of activity, events flowing in:
+    /// each route vs hello-world, then with Redis unreachable; freshness; memory.
+    Rankings {
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        server: String,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "127.0.0.1:18080")]
+        hello: SocketAddr,
+        #[arg(long, default_value_t = 100_000)]
+        products: i64,
+        #[arg(long, default_value_t = 31)]
+        days: i64,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
         #[arg(long, default_value = "target/release")]
         bin_dir: String,
     },
@@ -179,6 +200,28 @@ async fn main() -> anyhow::Result<()> {
             days,
             products,
         } => pipeline::rollup(&server, days, products).await,
+        Command::Rankings {
+            server,
+            brokers,
+            hello,
+            products,
+            days,
+            connections,
+            seconds,
+            bin_dir,
+        } => {
+            rankings::rankings(rankings::Options {
+                server: &server,
+                brokers: &brokers,
+                hello,
+                products,
+                days,
+                connections,
+                seconds,
+                bin_dir: &bin_dir,
+            })
+            .await
+        }
         Command::Coupons {
             api,
             database_url,

@@ -27,7 +27,7 @@ async fn count(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {
 }
 
 /// Drops and recreates database `name`, migrated with `migrations`; returns its URL.
-async fn fresh_database(
+pub(crate) async fn fresh_database(
     server: &str,
     name: &str,
     migrations: diesel_migrations::EmbeddedMigrations,
@@ -44,7 +44,7 @@ async fn fresh_database(
     Ok(url)
 }
 
-fn peak_rss_kb(child: &Child) -> Option<u64> {
+pub(crate) fn peak_rss_kb(child: &Child) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
     status
         .lines()
@@ -55,7 +55,7 @@ fn peak_rss_kb(child: &Child) -> Option<u64> {
         .ok()
 }
 
-fn stop(mut child: Child) {
+pub(crate) fn stop(mut child: Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -15,6 +15,9 @@ use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
 
+pub mod local;
+
+pub use local::Local;
 pub use redis;
 
 /// How long after a failed connection attempt commands fail fast instead of trying again, so a

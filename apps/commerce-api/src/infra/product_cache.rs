@@ -14,13 +14,11 @@
 //! Redis failures never fail a read: they count as misses, are counted in
 //! `product_cache_requests_total{result="error"}` and logged at most every ten seconds.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use commerce_cache::Cache;
+use commerce_cache::{Cache, Local};
 use redis::AsyncCommands;
 
 /// Lifetime of in-process entries.
@@ -31,7 +29,7 @@ const LOCAL_CAPACITY: usize = 20_000;
 const LIST_INDEX: &str = "products:list:index";
 
 pub struct ProductCache {
-    local: RwLock<HashMap<String, (Instant, Bytes)>>,
+    local: Local<Bytes>,
     redis: Cache,
     ttl: Duration,
     last_warning: AtomicU64,
@@ -45,7 +43,7 @@ impl ProductCache {
             "Product cache lookups by level and result (hit, miss, error)."
         );
         Self {
-            local: RwLock::new(HashMap::new()),
+            local: Local::new(LOCAL_TTL, LOCAL_CAPACITY),
             redis,
             ttl,
             last_warning: AtomicU64::new(0),
@@ -68,12 +66,10 @@ impl ProductCache {
 
     /// The cached body under `key`, from L1 or else L2.
     pub async fn get(&self, key: &str) -> Option<Bytes> {
-        if let Some((at, body)) = self.local.read().expect("lock poisoned").get(key)
-            && at.elapsed() < LOCAL_TTL
-        {
+        if let Some(body) = self.local.get(key) {
             metrics::counter!("product_cache_requests_total", "level" => "local", "result" => "hit")
                 .increment(1);
-            return Some(body.clone());
+            return Some(body);
         }
         let full = self.redis.key(key);
         let result: anyhow::Result<Option<Vec<u8>>> = async {
@@ -127,7 +123,7 @@ impl ProductCache {
     /// Evicts a product's detail (after any change to it, likes included).
     pub async fn evict_product(&self, id: i64) {
         let key = Self::detail_key(id);
-        self.local.write().expect("lock poisoned").remove(&key);
+        self.local.remove(&key);
         let full = self.redis.key(&key);
         let result: anyhow::Result<()> = async {
             let mut conn = self.redis.conn().await?;
@@ -142,10 +138,7 @@ impl ProductCache {
 
     /// Evicts every cached list page (after a product is created or changed).
     pub async fn evict_lists(&self) {
-        self.local
-            .write()
-            .expect("lock poisoned")
-            .retain(|k, _| !k.starts_with("products:list:"));
+        self.local.retain(|k| !k.starts_with("products:list:"));
         let index = self.redis.key(LIST_INDEX);
         let script = redis::Script::new(
             r"local keys = redis.call('SMEMBERS', KEYS[1])
@@ -167,11 +160,7 @@ impl ProductCache {
     }
 
     fn put_local(&self, key: &str, body: Bytes) {
-        let mut local = self.local.write().expect("lock poisoned");
-        if local.len() >= LOCAL_CAPACITY {
-            local.clear();
-        }
-        local.insert(key.to_owned(), (Instant::now(), body));
+        self.local.put(key, body);
     }
 
     fn redis_failed(&self, op: &'static str, error: &anyhow::Error) {

@@ -10,6 +10,9 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use chrono::{DateTime, NaiveDate, Utc};
 use commerce_web::{FieldError, Path, Problem, Query};
 use diesel::sql_types::{Array, BigInt, Date, Nullable, Text};
@@ -28,6 +31,26 @@ const MAX_PAGE: i64 = 100_000;
 const EPOCH: NaiveDate = NaiveDate::from_ymd_opt(2000, 1, 1).expect("a valid date");
 
 type ApiResult<T> = Result<commerce_web::Json<T>, CollectorError>;
+
+/// A ranking response, reused by identical requests for `RANKING_CACHE_TTL_MS` (ranks move
+/// within a second of an event; this keeps the hottest pages off Redis and PostgreSQL).
+async fn cached<T: Serialize>(
+    state: &AppState,
+    key: String,
+    build: impl Future<Output = Result<T, CollectorError>>,
+) -> Result<Response, CollectorError> {
+    if let Some(body) = state.responses.get(&key) {
+        metrics::counter!("ranking_cache_hits_total").increment(1);
+        return Ok(json_bytes(body));
+    }
+    let body = Bytes::from(serde_json::to_vec(&build.await?).map_err(anyhow::Error::new)?);
+    state.responses.put(key, body.clone());
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
 
 /// Where a response's ranks were read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
@@ -183,7 +206,7 @@ fn fell_back(reason: &'static str, error: Option<&anyhow::Error>) {
 pub async fn rankings(
     State(state): State<AppState>,
     Query(params): Query<RankingParams>,
-) -> ApiResult<RankingPage> {
+) -> Result<Response, CollectorError> {
     let mut errors = Vec::new();
     let parsed = parse(
         &state,
@@ -201,10 +224,20 @@ pub async fn rankings(
     }
     check(errors)?;
     let (period, date) = parsed.expect("checked above");
+    let key = format!("page:{}:{date}:{page}:{size}", period.as_str());
+    cached(&state, key, build_page(&state, period, date, page, size)).await
+}
+
+async fn build_page(
+    state: &AppState,
+    period: Period,
+    date: NaiveDate,
+    page: i64,
+    size: i64,
+) -> Result<RankingPage, CollectorError> {
     let ranking = Ranking::of(period, date);
     let offset = page * size;
-
-    let (source, as_of, total, entries) = read_page(&state, ranking, offset, size).await?;
+    let (source, as_of, total, entries) = read_page(state, ranking, offset, size).await?;
     let mut conn = state.db.get().await?;
     let ids: Vec<i64> = entries.iter().map(|(_, id, _)| *id).collect();
     let mut details = details(&mut conn, ranking, &ids).await?;
@@ -228,7 +261,7 @@ pub async fn rankings(
         .collect();
     metrics::counter!("ranking_reads_total", "route" => "page", "source" => source_label(source))
         .increment(1);
-    Ok(commerce_web::Json(RankingPage {
+    Ok(RankingPage {
         period: period.as_str(),
         date,
         from: ranking.start,
@@ -240,7 +273,7 @@ pub async fn rankings(
         total_pages: (total + size - 1) / size,
         source,
         as_of,
-    }))
+    })
 }
 
 /// (source, as of, total, [(rank, product, score)]) of a page, from Redis when it can serve it.
@@ -369,7 +402,7 @@ pub async fn product_rank(
     State(state): State<AppState>,
     Path(product_id): Path<i64>,
     Query(params): Query<ProductRankParams>,
-) -> ApiResult<ProductRank> {
+) -> Result<Response, CollectorError> {
     let mut errors = Vec::new();
     let parsed = parse(
         &state,
@@ -379,6 +412,16 @@ pub async fn product_rank(
     );
     check(errors)?;
     let (period, date) = parsed.expect("checked above");
+    let key = format!("product:{}:{date}:{product_id}", period.as_str());
+    cached(&state, key, build_rank(&state, period, date, product_id)).await
+}
+
+async fn build_rank(
+    state: &AppState,
+    period: Period,
+    date: NaiveDate,
+    product_id: i64,
+) -> Result<ProductRank, CollectorError> {
     let ranking = Ranking::of(period, date);
     let answer = |source, as_of, total_elements, found: Option<(i64, f64)>| ProductRank {
         product_id,
@@ -398,12 +441,7 @@ pub async fn product_rank(
                 metrics::counter!("ranking_reads_total", "route" => "product", "source" => "live")
                     .increment(1);
                 let found = live.rank.map(|r| (r, live.score));
-                return Ok(commerce_web::Json(answer(
-                    Source::Live,
-                    Utc::now(),
-                    live.total,
-                    found,
-                )));
+                return Ok(answer(Source::Live, Utc::now(), live.total, found));
             }
             Ok(None) => fell_back("not_ready", None),
             Err(e) => fell_back("redis_unavailable", Some(&e)),
@@ -412,7 +450,7 @@ pub async fn product_rank(
     let mut conn = state.db.get().await?;
     let (taken, found) = match snapshot::rank(&mut conn, ranking, product_id).await? {
         Some(found) => found,
-        None => match materialize_now(&state, &mut conn, ranking).await? {
+        None => match materialize_now(state, &mut conn, ranking).await? {
             Some(_) => snapshot::rank(&mut conn, ranking, product_id)
                 .await?
                 .unwrap_or((
@@ -433,12 +471,7 @@ pub async fn product_rank(
     };
     metrics::counter!("ranking_reads_total", "route" => "product", "source" => "snapshot")
         .increment(1);
-    Ok(commerce_web::Json(answer(
-        Source::Snapshot,
-        taken.at,
-        taken.total,
-        found,
-    )))
+    Ok(answer(Source::Snapshot, taken.at, taken.total, found))
 }
 
 #[derive(Deserialize, IntoParams)]

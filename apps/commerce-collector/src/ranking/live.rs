@@ -40,6 +40,9 @@ use super::{Ranking, Weights, score_sql, scored_query};
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// When a refreshed product is read again (see the module documentation).
 const SECOND_PASS_AFTER: Duration = Duration::from_secs(2);
+/// A live read slower than this is abandoned for the snapshot (Redis answers in well under a
+/// millisecond when healthy).
+const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// After a failed Redis read, reads go straight to PostgreSQL for this long.
 const READ_BACKOFF: Duration = Duration::from_secs(1);
 /// Members per `ZADD` command in a rebuild.
@@ -294,16 +297,12 @@ impl Live {
         offset: i64,
         size: i64,
     ) -> anyhow::Result<Option<LivePage>> {
-        let mut redis = self.reader().await?;
         let key = self.key(ranking);
-        type Reply = (bool, Vec<(String, f64)>, i64);
-        let result: redis::RedisResult<Reply> = redis::pipe()
-            .exists(self.ready_key(ranking))
+        let mut pipe = redis::pipe();
+        pipe.exists(self.ready_key(ranking))
             .zrange_withscores(&key, offset as isize, (offset + size - 1) as isize)
-            .zcard(&key)
-            .query_async(&mut redis)
-            .await;
-        let (ready, members, total) = self.read_result(result)?;
+            .zcard(&key);
+        let (ready, members, total): (bool, Vec<(String, f64)>, i64) = self.read(pipe).await?;
         if !ready {
             return Ok(None);
         }
@@ -316,17 +315,15 @@ impl Live {
 
     /// A product's place in a live ranking, or `None` when the set is not ready to be served.
     pub async fn rank(&self, ranking: Ranking, product: i64) -> anyhow::Result<Option<LiveRank>> {
-        let mut redis = self.reader().await?;
         let key = self.key(ranking);
         let member = encode(product);
-        let result: redis::RedisResult<(bool, Option<i64>, Option<f64>, i64)> = redis::pipe()
-            .exists(self.ready_key(ranking))
+        let mut pipe = redis::pipe();
+        pipe.exists(self.ready_key(ranking))
             .zrank(&key, &member)
             .zscore(&key, &member)
-            .zcard(&key)
-            .query_async(&mut redis)
-            .await;
-        let (ready, rank, score, total) = self.read_result(result)?;
+            .zcard(&key);
+        let (ready, rank, score, total): (bool, Option<i64>, Option<f64>, i64) =
+            self.read(pipe).await?;
         if !ready {
             return Ok(None);
         }
@@ -337,27 +334,30 @@ impl Live {
         }))
     }
 
-    /// A connection for a read, unless a recent read failed.
-    async fn reader(&self) -> anyhow::Result<redis::aio::ConnectionManager> {
+    /// Runs a read, unless a read failed less than [`READ_BACKOFF`] ago. A read that fails or
+    /// takes longer than [`READ_TIMEOUT`] (Redis stopped, or reconnecting) pauses reads, so an
+    /// outage costs requests a branch, not a wait.
+    async fn read<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> anyhow::Result<T> {
         let now = self.0.started.elapsed().as_millis() as u64;
         anyhow::ensure!(
             now >= AtomicU64::load(&self.0.reads_paused_until, Ordering::Relaxed),
             "Redis failed a moment ago"
         );
-        match self.0.cache.conn().await {
-            Ok(c) => Ok(c),
-            Err(e) => {
+        let attempt = async {
+            let mut redis = self.0.cache.conn().await?;
+            anyhow::Ok(pipe.query_async::<T>(&mut redis).await?)
+        };
+        match tokio::time::timeout(READ_TIMEOUT, attempt).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
                 self.pause_reads();
-                Err(e)
+                Err(e.context("reading a live ranking"))
+            }
+            Err(_) => {
+                self.pause_reads();
+                anyhow::bail!("Redis did not answer within {READ_TIMEOUT:?}")
             }
         }
-    }
-
-    fn read_result<T>(&self, result: redis::RedisResult<T>) -> anyhow::Result<T> {
-        result.map_err(|e| {
-            self.pause_reads();
-            anyhow::Error::new(e).context("reading a live ranking")
-        })
     }
 
     fn pause_reads(&self) {

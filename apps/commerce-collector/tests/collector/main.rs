@@ -5,6 +5,7 @@
 mod broker_outage;
 mod card_sales;
 mod end_to_end;
+mod migrations;
 mod pipeline;
 mod platform;
 mod rankings;

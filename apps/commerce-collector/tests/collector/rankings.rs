@@ -483,3 +483,96 @@ async fn the_collector_describes_every_route_in_openapi_and_serves_swagger_ui() 
     assert_eq!(ui.status(), 200);
     assert!(ui.text().await.unwrap().contains("swagger-ui"));
 }
+
+/// A Redis server of the test's own, killed when dropped.
+struct PrivateRedis {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl PrivateRedis {
+    /// Starts `redis-server` without persistence on `port` (0: a free one) and waits for it.
+    async fn start(port: u16) -> Self {
+        let port = match port {
+            0 => std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port(),
+            p => p,
+        };
+        let child = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (supports/dev/stack installs Redis)");
+        let url = format!("redis://127.0.0.1:{port}");
+        commerce_testkit::eventually(
+            "the private Redis answers",
+            Duration::from_secs(10),
+            async || {
+                let cache = commerce_cache::Cache::new(&url, "").map_err(|e| e.to_string())?;
+                cache.ping().await.map_err(|e| e.to_string())
+            },
+        )
+        .await;
+        Self { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_redis_gets_its_rankings_back_from_the_collector() {
+    let p = Pipeline::new().await;
+    load_fixture(&p).await;
+    let redis = PrivateRedis::start(0).await;
+    let collector = p
+        .collector_with(&[("COLLECTOR_CONSUME", "false"), ("REDIS_URL", &redis.url())])
+        .await;
+    let base = &collector.base;
+    wait_live(base).await;
+
+    // Redis goes away: the current rankings are served from PostgreSQL meanwhile.
+    let port = redis.port;
+    drop(redis);
+    for period in Period::ALL {
+        let url = format!("{base}/api/v1/rankings?period={}", period.as_str());
+        crate::support::eventually(&url, 10, |b| b["source"] == "snapshot").await;
+    }
+    // It comes back empty, as a restart without persistence leaves it.
+    let _redis = PrivateRedis::start(port).await;
+    commerce_testkit::eventually(
+        "the collector sees the restart and rebuilds the three current rankings",
+        Duration::from_secs(15),
+        async || match series(
+            base,
+            "ranking_live_rebuilds_total{reason=\"redis_restarted\"}",
+        )
+        .await
+        {
+            3.0 => Ok(()),
+            n => Err(format!("{n} rebuilt")),
+        },
+    )
+    .await;
+    wait_live(base).await;
+    let mut conn = AsyncPgConnection::establish(&p.db.url).await.unwrap();
+    check_everything(base, &mut conn, live_when_current).await;
+}

@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use chrono_tz::Tz;
 use commerce_events::{Envelope, Event, OrderLine};
 use diesel::sql_types::{Array, BigInt, Date, Text, Uuid as SqlUuid};
@@ -55,10 +55,12 @@ pub struct Applied {
     pub touched: BTreeSet<(NaiveDate, i64)>,
 }
 
-/// The business date of an instant.
-pub fn business_date(at: DateTime<Utc>, tz: Tz) -> NaiveDate {
-    at.with_timezone(&tz).date_naive()
-}
+pub use crate::ranking::business_date;
+
+/// Taken shared by every batch and exclusively by a rollup recomputing a week or month, so the
+/// rollup never overwrites a delta committed while it ran.
+pub const PERIOD_LOCK: commerce_db::XactLock =
+    commerce_db::XactLock::named("commerce-collector:period-figures");
 
 /// The effect of one event: deltas keyed by (business date, product).
 fn effects(envelope: &Envelope, tz: Tz) -> Vec<(NaiveDate, i64, Delta)> {
@@ -134,7 +136,7 @@ pub async fn apply_batch(
     conn.transaction::<_, anyhow::Error, _>(async |conn| {
         // Batches share the period tables; a rollup recomputing a period waits for them (and
         // they for it), so it never overwrites a delta committed while it ran.
-        crate::rollup::PERIOD_LOCK.share(conn).await?;
+        PERIOD_LOCK.share(conn).await?;
         #[derive(diesel::QueryableByName)]
         struct New {
             #[diesel(sql_type = SqlUuid)]
@@ -371,7 +373,9 @@ mod tests {
 
     #[test]
     fn a_cancelled_paid_order_subtracts_on_the_day_it_was_paid() {
-        let paid_at = "2026-11-20T16:00:00Z".parse::<DateTime<Utc>>().unwrap(); // 01:00 on the 21st in Seoul
+        let paid_at = "2026-11-20T16:00:00Z"
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .unwrap(); // 01:00 on the 21st in Seoul
         let e = Envelope::new(Event::OrderCancelled(OrderCancelled {
             order_id: 1,
             user_id: 1,

@@ -106,8 +106,8 @@ impl Config {
                 order: r.in_range("RANKING_WEIGHT_ORDER", 0.7, 0.0..=1000.0)?,
             },
             carryover_ratio: r.in_range("RANKING_CARRYOVER_RATIO", 0.1, 0.0..=1.0)?,
-            rollup_cron: r.string_or("ROLLUP_CRON", "0 */10 * * * *"),
-            ranking_snapshot_cron: r.string_or("RANKING_SNAPSHOT_CRON", "30 * * * * *"),
+            rollup_cron: cron(r, "ROLLUP_CRON", "0 */10 * * * *")?,
+            ranking_snapshot_cron: cron(r, "RANKING_SNAPSHOT_CRON", "30 * * * * *")?,
             ranking_cache_ttl_ms: r.in_range("RANKING_CACHE_TTL_MS", 100, 0..=10_000)?,
             event_handled_retention_hours: r.in_range(
                 "EVENT_HANDLED_RETENTION_HOURS",
@@ -115,5 +115,45 @@ impl Config {
                 1..=24 * 365,
             )?,
         })
+    }
+}
+
+/// A schedule, refused at start if the scheduler could not run it (a typo would otherwise stop
+/// the job silently).
+fn cron<S: commerce_config::Source>(
+    r: &Reader<S>,
+    name: &str,
+    default: &str,
+) -> Result<String, ConfigError> {
+    let expr = r.string_or(name, default);
+    tokio_cron_scheduler::Job::new_async(expr.as_str(), |_, _| Box::pin(async {})).map_err(
+        |e| {
+            ConfigError::new(
+                name,
+                format!("is not a schedule (6-field cron, seconds first): {e}"),
+            )
+        },
+    )?;
+    Ok(expr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_schedule_typo_is_refused_naming_its_variable() {
+        for var in ["ROLLUP_CRON", "RANKING_SNAPSHOT_CRON"] {
+            let vars =
+                std::collections::HashMap::from([(var.to_owned(), "0 */10 * * *x".to_owned())]);
+            let err = Config::read(&Reader::new(vars)).expect_err("a typo is refused");
+            assert_eq!(err.var, var);
+        }
+        let ok =
+            std::collections::HashMap::from([("ROLLUP_CRON".to_owned(), "0 0 * * * *".to_owned())]);
+        assert_eq!(
+            Config::read(&Reader::new(ok)).unwrap().rollup_cron,
+            "0 0 * * * *"
+        );
     }
 }

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod config;
 pub mod consumer;
 pub mod error;
+pub mod jobs;
 pub mod ranking;
 pub mod rollup;
 pub mod schema;

@@ -19,7 +19,7 @@ enum Command {
     Serve,
     /// Create the database if it is missing and apply pending migrations, then exit.
     Migrate,
-    /// Rebuild the weekly and monthly rollups (and their top 100) of every period touching
+    /// Rebuild the weekly and monthly rollups (and their ranks) of every period touching
     /// FROM..=TO, with a progress bar.
     Rollup {
         /// First business date, YYYY-MM-DD.

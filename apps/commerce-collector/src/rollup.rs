@@ -8,16 +8,14 @@
 //! shared: it never overwrites a delta committed while it ran. The scheduled job only touches
 //! the periods containing days whose figures changed since its last run.
 //!
-//! With several collectors, each scheduled run happens once: the instance that manages to insert
-//! the (job, period) row into `scheduled_job_runs` runs it; the others skip (ShedLock's idea,
-//! kept in PostgreSQL).
+//! With several collectors, each scheduled run happens once ([`crate::jobs`]).
 
 use std::collections::BTreeSet;
 
 use anyhow::Context as _;
 use chrono::{Duration, NaiveDate, Utc};
-use commerce_db::{Pool, XactLock};
-use diesel::sql_types::{Date, Double, Text, Timestamptz};
+use commerce_db::Pool;
+use diesel::sql_types::{Date, Double, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tokio_cron_scheduler::{Job, JobScheduler};
 
@@ -25,8 +23,8 @@ use crate::config::Config;
 use crate::ranking::live::Live;
 use crate::ranking::{Period, Ranking, Weights, snapshot};
 
-/// Taken shared by every batch and exclusively by a rollup (see the module documentation).
-pub const PERIOD_LOCK: XactLock = XactLock::named("commerce-collector:period-figures");
+use crate::apply::PERIOD_LOCK;
+use crate::jobs::{claim, finish};
 
 /// Recomputes one week or month (`start` is its first day) and materialises its ranks.
 pub async fn rollup_period(
@@ -110,32 +108,6 @@ pub async fn rollup_range(
     Ok(total)
 }
 
-/// Claims `(job, period_key)` for this instance; false when another instance ran it.
-pub(crate) async fn claim(
-    conn: &mut AsyncPgConnection,
-    job: &str,
-    period_key: &str,
-) -> anyhow::Result<bool> {
-    let n = diesel::sql_query(
-        "INSERT INTO scheduled_job_runs (job, period_key, instance) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind::<Text, _>(job)
-    .bind::<Text, _>(period_key)
-    .bind::<Text, _>(instance_name())
-    .execute(conn)
-    .await?;
-    Ok(n == 1)
-}
-
-fn instance_name() -> String {
-    format!(
-        "{}:{}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
-        std::process::id()
-    )
-}
-
 /// One run of the incremental rollup: the periods of days changed since the last run.
 pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
@@ -174,22 +146,6 @@ pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyh
         rollup_period(&mut conn, period, start, weights).await?;
     }
     finish(&mut conn, "rollup", slot).await
-}
-
-/// Records that this instance's claimed run of `(job, period_key)` finished.
-pub(crate) async fn finish(
-    conn: &mut AsyncPgConnection,
-    job: &str,
-    period_key: &str,
-) -> anyhow::Result<()> {
-    diesel::sql_query(
-        "UPDATE scheduled_job_runs SET finished_at = now() WHERE job = $1 AND period_key = $2",
-    )
-    .bind::<Text, _>(job)
-    .bind::<Text, _>(period_key)
-    .execute(conn)
-    .await?;
-    Ok(())
 }
 
 /// Closes yesterday: materialises its ranks and carries its scores into today. Once per
@@ -329,7 +285,7 @@ pub async fn start_scheduler(
         .add(Job::new_async("0 * * * * *", move |_, _| {
             let (pool, live, config) = (pool.clone(), live.clone(), config.clone());
             Box::pin(async move {
-                let today = crate::apply::business_date(Utc::now(), config.time_zone);
+                let today = crate::ranking::business_date(Utc::now(), config.time_zone);
                 if let Err(e) = close_day(&pool, &live, &config, today).await {
                     tracing::warn!(error = %format!("{e:#}"), "closing the business day failed");
                 }

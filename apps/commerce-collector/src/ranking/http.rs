@@ -299,44 +299,33 @@ async fn read_page(
         }
     }
     let mut conn = state.db.get().await?;
-    match snapshot::page(&mut conn, ranking, offset, size).await? {
-        Some((taken, entries)) => Ok((Source::Snapshot, taken.at, taken.total, entries)),
-        None => {
-            let taken = materialize_now(state, &mut conn, ranking).await?;
-            let entries = match taken {
-                Some(_) => snapshot::page(&mut conn, ranking, offset, size)
-                    .await?
-                    .map(|(_, e)| e)
-                    .unwrap_or_default(),
-                None => Vec::new(),
-            };
-            let (total, at) = taken.map_or((0, Utc::now()), |t| (t.total, t.at));
-            Ok((Source::Snapshot, at, total, entries))
-        }
+    let mut found = snapshot::page(&mut conn, ranking, offset, size).await?;
+    if found.is_none() && materialize_now(state, &mut conn, ranking).await? {
+        found = snapshot::page(&mut conn, ranking, offset, size).await?;
     }
+    Ok(match found {
+        Some((taken, entries)) => (Source::Snapshot, taken.at, taken.total, entries),
+        None => (Source::Snapshot, Utc::now(), 0, Vec::new()),
+    })
 }
 
 /// Materialises a ranking that has figures but no snapshot yet (one at a time per instance);
-/// `None` if it has no figures at all.
+/// false if it has no figures at all.
 async fn materialize_now(
     state: &AppState,
     conn: &mut AsyncPgConnection,
     ranking: Ranking,
-) -> Result<Option<Taken>, CollectorError> {
+) -> Result<bool, CollectorError> {
     if !has_rows(conn, ranking).await? {
-        return Ok(None);
+        return Ok(false);
     }
     let _one_at_a_time = state.materializing.lock().await;
     // Another request may have materialised it while this one waited.
-    if let Some((taken, _)) = snapshot::page(conn, ranking, 0, 0).await? {
-        return Ok(Some(taken));
+    if snapshot::page(conn, ranking, 0, 0).await?.is_none() {
+        let total = snapshot::materialize(conn, ranking, state.config.weights).await?;
+        tracing::info!(%ranking, total, "materialised a ranking on its first read");
     }
-    let total = snapshot::materialize(conn, ranking, state.config.weights).await?;
-    tracing::info!(%ranking, total, "materialised a ranking on its first read");
-    Ok(Some(Taken {
-        total,
-        at: Utc::now(),
-    }))
+    Ok(true)
 }
 
 #[derive(Default, diesel::QueryableByName)]
@@ -448,27 +437,17 @@ async fn build_rank(
         }
     }
     let mut conn = state.db.get().await?;
-    let (taken, found) = match snapshot::rank(&mut conn, ranking, product_id).await? {
-        Some(found) => found,
-        None => match materialize_now(state, &mut conn, ranking).await? {
-            Some(_) => snapshot::rank(&mut conn, ranking, product_id)
-                .await?
-                .unwrap_or((
-                    Taken {
-                        total: 0,
-                        at: Utc::now(),
-                    },
-                    None,
-                )),
-            None => (
-                Taken {
-                    total: 0,
-                    at: Utc::now(),
-                },
-                None,
-            ),
+    let mut found = snapshot::rank(&mut conn, ranking, product_id).await?;
+    if found.is_none() && materialize_now(state, &mut conn, ranking).await? {
+        found = snapshot::rank(&mut conn, ranking, product_id).await?;
+    }
+    let (taken, found) = found.unwrap_or((
+        Taken {
+            total: 0,
+            at: Utc::now(),
         },
-    };
+        None,
+    ));
     metrics::counter!("ranking_reads_total", "route" => "product", "source" => "snapshot")
         .increment(1);
     Ok(answer(Source::Snapshot, taken.at, taken.total, found))

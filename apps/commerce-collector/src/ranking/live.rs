@@ -111,7 +111,7 @@ impl Live {
 
     /// Today, in the business time zone.
     pub fn today(&self) -> NaiveDate {
-        crate::apply::business_date(Utc::now(), self.0.time_zone)
+        super::business_date(Utc::now(), self.0.time_zone)
     }
 
     /// Queues the (day, product) pairs a committed batch changed for the refresher.

@@ -29,6 +29,11 @@ use diesel::sql_types::{Date, Double};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 
+/// The business date of an instant: the day it belongs to in the business time zone.
+pub fn business_date(at: chrono::DateTime<chrono::Utc>, tz: chrono_tz::Tz) -> NaiveDate {
+    at.with_timezone(&tz).date_naive()
+}
+
 /// Score weights.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Weights {

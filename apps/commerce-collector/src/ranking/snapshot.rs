@@ -166,7 +166,7 @@ type QueryResult<T> = Result<T, diesel::result::Error>;
 /// figures changed since the previous run. Once per slot across instances.
 pub async fn scheduled_snapshot(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
     let mut conn = pool.get().await?;
-    if !crate::rollup::claim(&mut conn, "rank-snapshot", slot).await? {
+    if !crate::jobs::claim(&mut conn, "rank-snapshot", slot).await? {
         return Ok(());
     }
     #[derive(diesel::QueryableByName)]
@@ -192,5 +192,5 @@ pub async fn scheduled_snapshot(pool: &Pool, weights: Weights, slot: &str) -> an
     for ranking in rankings {
         materialize(&mut conn, ranking, weights).await?;
     }
-    crate::rollup::finish(&mut conn, "rank-snapshot", slot).await
+    crate::jobs::finish(&mut conn, "rank-snapshot", slot).await
 }

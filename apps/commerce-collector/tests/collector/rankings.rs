@@ -14,7 +14,7 @@ use diesel::sql_types::{BigInt, Date, Double};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde_json::Value;
 
-use crate::support::{Pipeline, get_json};
+use crate::support::{Pipeline, get_json, metric};
 
 const TZ: Tz = chrono_tz::Asia::Seoul;
 const WEIGHTS: Weights = Weights {
@@ -286,25 +286,6 @@ async fn every_period_page_and_product_matches_a_brute_force_ranking() {
     check_everything(&collector.base, &mut conn, live_when_current).await;
 }
 
-/// The value of a labelled series on `/metrics` (0 when absent).
-async fn series(base: &str, series: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)?
-                .strip_prefix(' ')?
-                .trim()
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn with_redis_stopped_rankings_come_from_postgresql_exactly_and_readiness_is_degraded() {
     let p = Pipeline::new().await;
@@ -325,7 +306,7 @@ async fn with_redis_stopped_rankings_come_from_postgresql_exactly_and_readiness_
     let health: Value = res.json().await.unwrap();
     assert_eq!(health["status"], "DEGRADED", "{health}");
     assert_eq!(
-        series(
+        metric(
             base,
             "ranking_fallbacks_total{reason=\"redis_unavailable\"}"
         )
@@ -342,8 +323,10 @@ async fn rankings_lost_by_redis_are_rebuilt_by_the_collector() {
     let collector = p.collector_with(&[("COLLECTOR_CONSUME", "false")]).await;
     let base = &collector.base;
     wait_live(base).await;
-    let rebuilds = |reason: &str| format!("ranking_live_rebuilds_total{{reason=\"{reason}\"}}");
-    assert_eq!(series(base, &rebuilds("start")).await, 3.0);
+    assert_eq!(
+        metric(base, "ranking_live_rebuilds_total{reason=\"start\"}").await,
+        3.0
+    );
 
     // Redis loses every key of this collector (as FLUSHALL or a restart without persistence
     // would), in one command.
@@ -366,10 +349,17 @@ async fn rankings_lost_by_redis_are_rebuilt_by_the_collector() {
         .await
         .unwrap();
 
+    rebuilt_then_exact(&p, base, "missing").await;
+}
+
+/// Waits until the collector at `base` has rebuilt the three current rankings for `reason`,
+/// then checks everything it serves live.
+async fn rebuilt_then_exact(p: &Pipeline, base: &str, reason: &str) {
+    let series = format!("ranking_live_rebuilds_total{{reason=\"{reason}\"}}");
     commerce_testkit::eventually(
         "the collector rebuilds the three current rankings",
-        Duration::from_secs(10),
-        async || match series(base, &rebuilds("missing")).await {
+        Duration::from_secs(15),
+        async || match metric(base, &series).await {
             3.0 => Ok(()),
             n => Err(format!("{n} rebuilt")),
         },
@@ -558,21 +548,5 @@ async fn a_restarted_redis_gets_its_rankings_back_from_the_collector() {
     }
     // It comes back empty, as a restart without persistence leaves it.
     let _redis = PrivateRedis::start(port).await;
-    commerce_testkit::eventually(
-        "the collector sees the restart and rebuilds the three current rankings",
-        Duration::from_secs(15),
-        async || match series(
-            base,
-            "ranking_live_rebuilds_total{reason=\"redis_restarted\"}",
-        )
-        .await
-        {
-            3.0 => Ok(()),
-            n => Err(format!("{n} rebuilt")),
-        },
-    )
-    .await;
-    wait_live(base).await;
-    let mut conn = AsyncPgConnection::establish(&p.db.url).await.unwrap();
-    check_everything(base, &mut conn, live_when_current).await;
+    rebuilt_then_exact(&p, base, "redis_restarted").await;
 }

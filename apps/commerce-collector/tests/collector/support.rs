@@ -183,7 +183,8 @@ pub async fn get_json(url: &str) -> Result<Value, String> {
     res.json::<Value>().await.map_err(|e| e.to_string())
 }
 
-/// The value of an unlabelled counter or gauge on `base`'s `/metrics` (0 when absent).
+/// The value of a counter or gauge on `base`'s `/metrics` (0 when absent): `name` is the series
+/// as exported, with its labels if it has any (`ranking_fallbacks_total{reason="not_ready"}`).
 pub async fn metric(base: &str, name: &str) -> f64 {
     let text = reqwest::get(format!("{base}/metrics"))
         .await

@@ -22,7 +22,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use commerce_events::{Event, OrderCancelled, OrderLine, OrderPlaced};
 use commerce_web::FieldError;
 use diesel::prelude::*;
@@ -425,6 +425,10 @@ async fn create(
         }
     }
 
+    // One instant for the column and the events: every consumer dates the sale by it, and a
+    // cancellation (which carries `paid_at`) subtracts from the same business day.
+    let now = Utc::now().trunc_subsecs(6);
+    let paid_at = (status == OrderStatus::Paid).then_some(now);
     let order: OrderRow = diesel::insert_into(orders::table)
         .values((
             orders::user_id.eq(user_id),
@@ -437,7 +441,7 @@ async fn create(
             orders::payment_method.eq(req.payment.kind()),
             orders::idempotency_key.eq(key),
             orders::request_hash.eq(hash),
-            orders::paid_at.eq((status == OrderStatus::Paid).then(Utc::now)),
+            orders::paid_at.eq(paid_at),
         ))
         .returning(order_columns())
         .get_result(conn)
@@ -507,7 +511,7 @@ async fn create(
             Event::OrderPaid(placed),
         ],
     };
-    outbox::record(conn, ctx.topics, events).await?;
+    outbox::record_at(conn, ctx.topics, events, now).await?;
     Ok(OrderView {
         order_id: order.id,
         status: order.status,

@@ -425,10 +425,12 @@ pub async fn settle(
     };
     match settlement {
         Settlement::Paid { transaction_key } => {
+            // The sale's instant: the column and the events carry the same one.
+            let paid_at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
             diesel::update(order_rows::table.find(order_id))
                 .set((
                     order_rows::status.eq(OrderStatus::Paid),
-                    order_rows::paid_at.eq(diesel::dsl::now),
+                    order_rows::paid_at.eq(paid_at),
                 ))
                 .execute(conn)
                 .await?;
@@ -449,13 +451,14 @@ pub async fn settle(
                 final_amount: order.final_amount,
                 payment_method: order.payment_method.as_str().to_owned(),
             };
-            outbox::record(
+            outbox::record_at(
                 conn,
                 topics,
                 vec![
                     Event::OrderPaid(placed),
                     Event::PaymentCompleted(settled(Some(transaction_key.clone()), None)),
                 ],
+                paid_at,
             )
             .await?;
             Ok((OrderStatus::Paid, true))

@@ -4,6 +4,7 @@
 //! the change the event describes. The event is then published if and only if the change
 //! commits; the relay (see `relay`) does the publishing.
 
+use chrono::{DateTime, Utc};
 use commerce_events::{Envelope, Event, Stream};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -32,11 +33,22 @@ pub async fn record(
     topics: &Topics,
     events: Vec<Event>,
 ) -> QueryResult<()> {
+    record_at(conn, topics, events, Utc::now()).await
+}
+
+/// [`record`], with the events' `occurred_at` set to `at`: the instant the state change is
+/// stored with (an order's `paid_at`), so every consumer dates it the same way.
+pub async fn record_at(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    events: Vec<Event>,
+    at: DateTime<Utc>,
+) -> QueryResult<()> {
     let traceparent = crate::infra::trace::current();
     let rows: Vec<_> = events
         .into_iter()
         .map(|event| {
-            let envelope = Envelope::new(event);
+            let envelope = Envelope::at(event, at);
             let topic = topics.for_stream(envelope.event.stream()).to_owned();
             (
                 outbox::event_id.eq(envelope.event_id),

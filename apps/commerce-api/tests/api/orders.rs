@@ -177,6 +177,11 @@ async fn cancel_restores_everything_once() {
             .await,
         1
     );
+    assert_eq!(
+        app.events_dated_by_paid_at(id).await,
+        2,
+        "the sale and its cancellation are dated by the same instant"
+    );
 }
 
 #[tokio::test]

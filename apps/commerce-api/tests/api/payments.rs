@@ -407,6 +407,11 @@ async fn cancelling_a_paid_card_order_flags_its_payment_for_refund() {
             .await,
         1
     );
+    assert_eq!(
+        app.events_dated_by_paid_at(id).await,
+        2,
+        "the settled sale and its cancellation are dated by the same instant"
+    );
 }
 
 #[tokio::test]

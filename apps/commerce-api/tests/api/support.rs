@@ -210,4 +210,19 @@ impl TestApp {
     pub async fn count(&self, sql: &str) -> i64 {
         commerce_testkit::count(&self.db.url, sql).await
     }
+
+    /// How many of the order's `OrderPaid` and `OrderCancelled` events carry exactly the order's
+    /// `paid_at` (as `occurred_at`, and as the cancellation's `paid_at`): the collector dates a
+    /// sale and its cancellation by them, so they must agree to the microsecond.
+    pub async fn events_dated_by_paid_at(&self, order_id: i64) -> i64 {
+        self.count(&format!(
+            "SELECT count(*) AS n FROM outbox e JOIN orders o ON o.id = {order_id}
+              WHERE (e.envelope->'payload'->>'order_id')::bigint = o.id AND o.paid_at IS NOT NULL
+                AND ((e.event_type = 'OrderPaid'
+                      AND (e.envelope->>'occurred_at')::timestamptz = o.paid_at)
+                  OR (e.event_type = 'OrderCancelled'
+                      AND (e.envelope->'payload'->>'paid_at')::timestamptz = o.paid_at))"
+        ))
+        .await
+    }
 }

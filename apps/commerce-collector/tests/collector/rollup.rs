@@ -159,3 +159,73 @@ async fn a_scheduled_job_runs_once_per_period_across_instances() {
     .unwrap();
     assert_eq!(finished.n, 1);
 }
+
+#[tokio::test]
+async fn a_sale_cancelled_after_midnight_is_subtracted_from_its_own_day_week_and_month() {
+    let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let tz = chrono_tz::Asia::Seoul;
+    // The last microsecond of Monday 2026-11-30 in Seoul: the last day of a month.
+    let paid_at = tz
+        .with_ymd_and_hms(2026, 11, 30, 23, 59, 59)
+        .unwrap()
+        .with_timezone(&Utc)
+        + Duration::microseconds(999_999);
+    let lines = vec![OrderLine {
+        product_id: 9,
+        quantity: 2,
+        unit_price: 500,
+    }];
+    let sale = Envelope::at(
+        Event::OrderPaid(OrderPlaced {
+            order_id: 1,
+            user_id: 1,
+            lines: lines.clone(),
+            total_amount: 1000,
+            discount_amount: 0,
+            final_amount: 1000,
+            payment_method: "CARD".into(),
+        }),
+        paid_at,
+    );
+    // Cancelled a second later: already the 1st of December.
+    let cancel = Envelope::at(
+        Event::OrderCancelled(commerce_events::OrderCancelled {
+            order_id: 1,
+            user_id: 1,
+            lines,
+            was_paid: true,
+            paid_at: Some(paid_at),
+        }),
+        paid_at + Duration::seconds(1),
+    );
+    apply_batch(&mut conn, "g", &[sale], tz).await.unwrap();
+    apply_batch(&mut conn, "g", &[cancel], tz).await.unwrap();
+    let figures = |table: &str, column: &str, start: &str| {
+        format!(
+            "SELECT count(*) AS n FROM {table}
+              WHERE {column} = '{start}' AND product_id = 9 AND order_count = 0
+                AND sales_quantity = 0 AND sales_amount = 0"
+        )
+    };
+    for (table, column, start) in [
+        ("product_metrics_daily", "business_date", "2026-11-30"),
+        ("product_metrics_weekly", "week_start", "2026-11-30"),
+        ("product_metrics_monthly", "month_start", "2026-11-01"),
+    ] {
+        assert_eq!(
+            commerce_testkit::count(&db.url, &figures(table, column, start)).await,
+            1,
+            "{table} {start}: the sale and its cancellation cancel out"
+        );
+    }
+    assert_eq!(
+        commerce_testkit::count(
+            &db.url,
+            "SELECT count(*) AS n FROM product_metrics_monthly WHERE month_start = '2026-12-01'"
+        )
+        .await,
+        0,
+        "December never saw the sale, nor its cancellation"
+    );
+}

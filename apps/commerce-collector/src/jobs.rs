@@ -1,23 +1,112 @@
-//! Scheduled jobs that run once per period across all collector instances: the instance whose
-//! insert into `scheduled_job_runs` succeeds runs it (in the spirit of ShedLock), and records
-//! when it finished.
+//! Scheduled jobs that run once per period across all collector instances, and are never lost.
+//!
+//! A run is a row of `scheduled_job_runs` keyed by `(job, period_key)`. An instance *claims* it
+//! with a lease: by inserting the row, or by taking over a row whose run never finished and
+//! whose lease has expired (its claimer crashed, or failed and let go). The claimer does the work
+//! and records `finished_at`; on failure it records the error and ends its lease at once, so the
+//! next firing on any instance retries it. Every job's steps are idempotent, so a run repeated
+//! after a crash half-way does no harm.
+//!
+//! Metrics per job: `collector_job_runs_total{job, result}` (success, failure),
+//! `collector_job_duration_seconds{job}`, `collector_job_last_success_timestamp_seconds{job}`.
 
-use diesel::sql_types::Text;
+use std::time::{Duration, Instant};
+
+use commerce_db::Pool;
+use diesel::sql_types::{Double, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
-/// Claims `(job, period_key)` for this instance; false when another instance ran it.
+/// The jobs, for their metrics to exist from the start.
+pub const JOBS: [&str; 4] = [
+    "rollup",
+    "rank-snapshot",
+    "close-day",
+    "prune-event-handled",
+];
+
+/// Registers every job's metrics at zero.
+pub fn describe() {
+    metrics::describe_counter!(
+        "collector_job_runs_total",
+        "Scheduled job runs this instance claimed, by job and result."
+    );
+    metrics::describe_histogram!(
+        "collector_job_duration_seconds",
+        "Time a claimed scheduled job run took, by job."
+    );
+    metrics::describe_gauge!(
+        "collector_job_last_success_timestamp_seconds",
+        "Unix time of this instance's last successful run of each job (0: none yet)."
+    );
+    for job in JOBS {
+        for result in ["success", "failure"] {
+            metrics::counter!("collector_job_runs_total", "job" => job, "result" => result)
+                .increment(0);
+        }
+        metrics::gauge!("collector_job_last_success_timestamp_seconds", "job" => job).set(0.0);
+    }
+}
+
+/// Runs `work` as the run `(job, period_key)` if this instance can claim it; `lease` must
+/// exceed the longest the work takes. Returns whether it ran here.
+pub async fn run(
+    pool: &Pool,
+    job: &'static str,
+    period_key: &str,
+    lease: Duration,
+    work: impl Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<bool> {
+    {
+        let mut conn = pool.get().await?;
+        if !claim(&mut conn, job, period_key, lease).await? {
+            return Ok(false);
+        }
+    }
+    let started = Instant::now();
+    let result = work.await;
+    metrics::histogram!("collector_job_duration_seconds", "job" => job)
+        .record(started.elapsed().as_secs_f64());
+    let mut conn = pool.get().await?;
+    match result {
+        Ok(()) => {
+            finish(&mut conn, job, period_key).await?;
+            metrics::counter!("collector_job_runs_total", "job" => job, "result" => "success")
+                .increment(1);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            metrics::gauge!("collector_job_last_success_timestamp_seconds", "job" => job)
+                .set(now.as_secs_f64());
+            Ok(true)
+        }
+        Err(e) => {
+            metrics::counter!("collector_job_runs_total", "job" => job, "result" => "failure")
+                .increment(1);
+            release(&mut conn, job, period_key, &format!("{e:#}")).await?;
+            Err(e)
+        }
+    }
+}
+
+/// Claims `(job, period_key)` for `lease`: true when this instance got it.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
     job: &str,
     period_key: &str,
+    lease: Duration,
 ) -> anyhow::Result<bool> {
     let n = diesel::sql_query(
-        "INSERT INTO scheduled_job_runs (job, period_key, instance) VALUES ($1, $2, $3)
-         ON CONFLICT DO NOTHING",
+        "INSERT INTO scheduled_job_runs AS r (job, period_key, instance, lease_until)
+         VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+         ON CONFLICT (job, period_key) DO UPDATE
+            SET instance = EXCLUDED.instance, started_at = now(),
+                lease_until = EXCLUDED.lease_until, attempts = r.attempts + 1
+          WHERE r.finished_at IS NULL AND r.lease_until < now()",
     )
     .bind::<Text, _>(job)
     .bind::<Text, _>(period_key)
     .bind::<Text, _>(instance_name())
+    .bind::<Double, _>(lease.as_secs_f64())
     .execute(conn)
     .await?;
     Ok(n == 1)
@@ -38,10 +127,30 @@ pub async fn finish(
     period_key: &str,
 ) -> anyhow::Result<()> {
     diesel::sql_query(
-        "UPDATE scheduled_job_runs SET finished_at = now() WHERE job = $1 AND period_key = $2",
+        "UPDATE scheduled_job_runs SET finished_at = now(), last_error = NULL
+          WHERE job = $1 AND period_key = $2",
     )
     .bind::<Text, _>(job)
     .bind::<Text, _>(period_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records a failed run and ends its lease, so the next firing (on any instance) retries it.
+async fn release(
+    conn: &mut AsyncPgConnection,
+    job: &str,
+    period_key: &str,
+    error: &str,
+) -> anyhow::Result<()> {
+    diesel::sql_query(
+        "UPDATE scheduled_job_runs SET lease_until = now(), last_error = left($3, 2000)
+          WHERE job = $1 AND period_key = $2 AND finished_at IS NULL",
+    )
+    .bind::<Text, _>(job)
+    .bind::<Text, _>(period_key)
+    .bind::<Text, _>(error)
     .execute(conn)
     .await?;
     Ok(())

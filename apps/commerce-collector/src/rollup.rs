@@ -8,7 +8,8 @@
 //! shared: it never overwrites a delta committed while it ran. The scheduled job only touches
 //! the periods containing days whose figures changed since its last run.
 //!
-//! With several collectors, each scheduled run happens once ([`crate::jobs`]).
+//! With several collectors, each scheduled run happens once, and a failed or crashed run is
+//! retried ([`crate::jobs`]).
 
 use std::collections::BTreeSet;
 
@@ -24,7 +25,7 @@ use crate::ranking::live::Live;
 use crate::ranking::{Period, Ranking, Weights, snapshot};
 
 use crate::apply::PERIOD_LOCK;
-use crate::jobs::{claim, finish};
+use crate::jobs;
 
 /// Recomputes one week or month (`start` is its first day) and materialises its ranks.
 pub async fn rollup_period(
@@ -110,43 +111,49 @@ pub async fn rollup_range(
 
 /// One run of the incremental rollup: the periods of days changed since the last run.
 pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
-    let mut conn = pool.get().await?;
-    if !claim(&mut conn, "rollup", slot).await? {
-        return Ok(());
-    }
-    #[derive(diesel::QueryableByName)]
-    struct Since {
-        #[diesel(sql_type = diesel::sql_types::Nullable<Timestamptz>)]
-        at: Option<chrono::DateTime<Utc>>,
-    }
-    let since: Since = diesel::sql_query(
-        "SELECT max(started_at) AS at FROM scheduled_job_runs
-          WHERE job = 'rollup' AND finished_at IS NOT NULL",
-    )
-    .get_result(&mut conn)
-    .await?;
-    #[derive(diesel::QueryableByName)]
-    struct Day {
-        #[diesel(sql_type = Date)]
-        business_date: NaiveDate,
-    }
-    let since = since.at.unwrap_or(chrono::DateTime::<Utc>::UNIX_EPOCH);
-    let days: Vec<Day> = diesel::sql_query(
-        "SELECT DISTINCT business_date FROM product_metrics_daily WHERE updated_at >= $1 - interval '1 minute'",
-    )
-    .bind::<Timestamptz, _>(since)
-    .load(&mut conn)
-    .await?;
-    for (kind, start) in periods_of(days.into_iter().map(|d| d.business_date)) {
-        let period = if kind == 0 {
-            Period::Weekly
-        } else {
-            Period::Monthly
-        };
-        rollup_period(&mut conn, period, start, weights).await?;
-    }
-    finish(&mut conn, "rollup", slot).await
+    jobs::run(pool, "rollup", slot, LEASE, async {
+        let mut conn = pool.get().await?;
+        #[derive(diesel::QueryableByName)]
+        struct Since {
+            #[diesel(sql_type = diesel::sql_types::Nullable<Timestamptz>)]
+            at: Option<chrono::DateTime<Utc>>,
+        }
+        let since: Since = diesel::sql_query(
+            "SELECT max(started_at) AS at FROM scheduled_job_runs
+              WHERE job = 'rollup' AND finished_at IS NOT NULL",
+        )
+        .get_result(&mut conn)
+        .await?;
+        #[derive(diesel::QueryableByName)]
+        struct Day {
+            #[diesel(sql_type = Date)]
+            business_date: NaiveDate,
+        }
+        let since = since.at.unwrap_or(chrono::DateTime::<Utc>::UNIX_EPOCH);
+        let days: Vec<Day> = diesel::sql_query(
+            "SELECT DISTINCT business_date FROM product_metrics_daily WHERE updated_at >= $1 - interval '1 minute'",
+        )
+        .bind::<Timestamptz, _>(since)
+        .load(&mut conn)
+        .await?;
+        for (kind, start) in periods_of(days.into_iter().map(|d| d.business_date)) {
+            let period = if kind == 0 {
+                Period::Weekly
+            } else {
+                Period::Monthly
+            };
+            rollup_period(&mut conn, period, start, weights).await?;
+        }
+        Ok(())
+    })
+    .await
+    .map(drop)
 }
+
+/// How long a claimed run of a job may take before another instance may take it over: far
+/// longer than any run takes (a takeover while the first still runs is harmless, as every step
+/// is idempotent, but wasted work).
+const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Closes yesterday: materialises its ranks and carries its scores into today. Once per
 /// business day.
@@ -157,21 +164,23 @@ pub async fn close_day(
     today: NaiveDate,
 ) -> anyhow::Result<()> {
     let yesterday = today - Duration::days(1);
-    let mut conn = pool.get().await?;
-    if !claim(&mut conn, "close-day", &yesterday.to_string()).await? {
-        return Ok(());
-    }
-    snapshot::materialize(
-        &mut conn,
-        Ranking::of(Period::Daily, yesterday),
-        config.weights,
-    )
+    let ran = jobs::run(pool, "close-day", &yesterday.to_string(), LEASE, async {
+        let mut conn = pool.get().await?;
+        snapshot::materialize(
+            &mut conn,
+            Ranking::of(Period::Daily, yesterday),
+            config.weights,
+        )
+        .await?;
+        carry_over(&mut conn, config.weights, yesterday, config.carryover_ratio).await?;
+        // Today's live set gains the carried scores at the refresher's next check.
+        live.invalidate();
+        Ok(())
+    })
     .await?;
-    carry_over(&mut conn, config.weights, yesterday, config.carryover_ratio).await?;
-    // Today's live set gains the carried scores at the refresher's next check.
-    live.invalidate();
-    finish(&mut conn, "close-day", &yesterday.to_string()).await?;
-    tracing::info!(%yesterday, "business day closed");
+    if ran {
+        tracing::info!(%yesterday, "business day closed");
+    }
     Ok(())
 }
 
@@ -218,25 +227,32 @@ pub async fn prune_event_handled(
     retention: std::time::Duration,
     day: NaiveDate,
 ) -> anyhow::Result<u64> {
-    let mut conn = pool.get().await?;
-    if !claim(&mut conn, "prune-event-handled", &day.to_string()).await? {
-        return Ok(0);
-    }
     let mut total = 0u64;
-    loop {
-        let n = diesel::sql_query(
-            "DELETE FROM event_handled WHERE ctid IN (
-                SELECT ctid FROM event_handled
-                 WHERE handled_at < now() - make_interval(secs => $1) LIMIT 50000)",
-        )
-        .bind::<Double, _>(retention.as_secs_f64())
-        .execute(&mut conn)
-        .await?;
-        total += n as u64;
-        if n == 0 {
-            break;
-        }
-    }
+    jobs::run(
+        pool,
+        "prune-event-handled",
+        &day.to_string(),
+        LEASE,
+        async {
+            let mut conn = pool.get().await?;
+            loop {
+                let n = diesel::sql_query(
+                    "DELETE FROM event_handled WHERE ctid IN (
+                    SELECT ctid FROM event_handled
+                     WHERE handled_at < now() - make_interval(secs => $1) LIMIT 50000)",
+                )
+                .bind::<Double, _>(retention.as_secs_f64())
+                .execute(&mut conn)
+                .await?;
+                total += n as u64;
+                if n == 0 {
+                    break;
+                }
+            }
+            Ok(())
+        },
+    )
+    .await?;
     if total > 0 {
         tracing::info!(rows = total, "pruned event_handled past retention");
     }
@@ -251,6 +267,7 @@ pub async fn start_scheduler(
     pool: Pool,
     live: Live,
 ) -> anyhow::Result<JobScheduler> {
+    jobs::describe();
     let scheduler = JobScheduler::new()
         .await
         .context("creating the scheduler")?;

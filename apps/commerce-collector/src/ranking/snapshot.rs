@@ -165,32 +165,34 @@ type QueryResult<T> = Result<T, diesel::result::Error>;
 /// The scheduled snapshot run for `slot`: materialises every ranking containing a day whose
 /// figures changed since the previous run. Once per slot across instances.
 pub async fn scheduled_snapshot(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
-    let mut conn = pool.get().await?;
-    if !crate::jobs::claim(&mut conn, "rank-snapshot", slot).await? {
-        return Ok(());
-    }
-    #[derive(diesel::QueryableByName)]
-    struct Day {
-        #[diesel(sql_type = Date)]
-        business_date: NaiveDate,
-    }
-    // Changed since the last finished run started (with a minute of overlap for transactions
-    // that committed late); on the first run, the last day.
-    let days: Vec<Day> = diesel::sql_query(
-        "SELECT DISTINCT business_date FROM product_metrics_daily
-          WHERE updated_at >= coalesce(
-                  (SELECT max(started_at) FROM scheduled_job_runs
-                    WHERE job = 'rank-snapshot' AND finished_at IS NOT NULL),
-                  now() - interval '1 day') - interval '1 minute'",
-    )
-    .load(&mut conn)
-    .await?;
-    let rankings: std::collections::BTreeSet<Ranking> = days
-        .iter()
-        .flat_map(|d| Ranking::containing(d.business_date))
-        .collect();
-    for ranking in rankings {
-        materialize(&mut conn, ranking, weights).await?;
-    }
-    crate::jobs::finish(&mut conn, "rank-snapshot", slot).await
+    let lease = std::time::Duration::from_secs(300);
+    crate::jobs::run(pool, "rank-snapshot", slot, lease, async {
+        let mut conn = pool.get().await?;
+        #[derive(diesel::QueryableByName)]
+        struct Day {
+            #[diesel(sql_type = Date)]
+            business_date: NaiveDate,
+        }
+        // Changed since the last finished run started (with a minute of overlap for
+        // transactions that committed late); on the first run, the last day.
+        let days: Vec<Day> = diesel::sql_query(
+            "SELECT DISTINCT business_date FROM product_metrics_daily
+              WHERE updated_at >= coalesce(
+                      (SELECT max(started_at) FROM scheduled_job_runs
+                        WHERE job = 'rank-snapshot' AND finished_at IS NOT NULL),
+                      now() - interval '1 day') - interval '1 minute'",
+        )
+        .load(&mut conn)
+        .await?;
+        let rankings: std::collections::BTreeSet<Ranking> = days
+            .iter()
+            .flat_map(|d| Ranking::containing(d.business_date))
+            .collect();
+        for ranking in rankings {
+            materialize(&mut conn, ranking, weights).await?;
+        }
+        Ok(())
+    })
+    .await
+    .map(drop)
 }

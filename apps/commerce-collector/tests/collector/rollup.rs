@@ -229,3 +229,119 @@ async fn a_sale_cancelled_after_midnight_is_subtracted_from_its_own_day_week_and
         "December never saw the sale, nor its cancellation"
     );
 }
+
+#[tokio::test]
+async fn a_failed_or_abandoned_job_run_is_retried_by_another_instance() {
+    use commerce_collector::jobs;
+    let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
+    let pool = commerce_db::pool(&db.url, 4).unwrap();
+    let lease = std::time::Duration::from_secs(600);
+
+    // A run that fails is recorded with its error, and its lease ends at once...
+    let failed = jobs::run(&pool, "close-day", "2026-12-01", lease, async {
+        Err(anyhow::anyhow!("the database went away"))
+    })
+    .await;
+    assert!(failed.is_err());
+    assert_eq!(
+        commerce_testkit::count(
+            &db.url,
+            "SELECT count(*) AS n FROM scheduled_job_runs
+              WHERE job = 'close-day' AND finished_at IS NULL
+                AND last_error = 'the database went away' AND lease_until <= now()"
+        )
+        .await,
+        1
+    );
+    // ...so the next firing, on any instance, runs it again; then it is done for good.
+    let ran = jobs::run(&pool, "close-day", "2026-12-01", lease, async { Ok(()) })
+        .await
+        .unwrap();
+    assert!(ran);
+    assert_eq!(
+        commerce_testkit::count(
+            &db.url,
+            "SELECT count(*) AS n FROM scheduled_job_runs
+              WHERE job = 'close-day' AND finished_at IS NOT NULL AND attempts = 2
+                AND last_error IS NULL"
+        )
+        .await,
+        1
+    );
+    let again = jobs::run(&pool, "close-day", "2026-12-01", lease, async {
+        Err(anyhow::anyhow!("a finished run must not run again"))
+    })
+    .await
+    .unwrap();
+    assert!(!again);
+
+    // A claimer that crashes mid-run keeps the run only until its lease passes.
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let short = std::time::Duration::from_millis(500);
+    assert!(
+        jobs::claim(&mut conn, "prune-event-handled", "2026-12-01", short)
+            .await
+            .unwrap()
+    );
+    let while_held = jobs::run(&pool, "prune-event-handled", "2026-12-01", lease, async {
+        Err(anyhow::anyhow!("must wait for the lease"))
+    })
+    .await
+    .unwrap();
+    assert!(!while_held, "the run is held while its lease lasts");
+    commerce_testkit::eventually(
+        "another instance takes the abandoned run over after its lease",
+        std::time::Duration::from_secs(10),
+        async || match jobs::run(&pool, "prune-event-handled", "2026-12-01", lease, async {
+            Ok(())
+        })
+        .await
+        {
+            Ok(true) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    assert_eq!(
+        commerce_testkit::count(
+            &db.url,
+            "SELECT count(*) AS n FROM scheduled_job_runs
+              WHERE job = 'prune-event-handled' AND finished_at IS NOT NULL AND attempts = 2"
+        )
+        .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn every_job_reports_its_metrics_from_the_start() {
+    let p = crate::support::Pipeline::new().await;
+    let collector = p.collector_with(&[("COLLECTOR_CONSUME", "false")]).await;
+    let url = format!("{}/metrics", collector.base);
+    for job in commerce_collector::jobs::JOBS {
+        let wanted = [
+            format!("collector_job_runs_total{{job=\"{job}\",result=\"failure\"}} 0"),
+            format!("collector_job_last_success_timestamp_seconds{{job=\"{job}\"}} 0"),
+        ];
+        commerce_testkit::eventually(
+            &format!("{job}'s metrics are exported"),
+            std::time::Duration::from_secs(10),
+            async || {
+                let text = reqwest::get(&url)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .text()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match wanted
+                    .iter()
+                    .find(|w| !text.lines().any(|l| l == w.as_str()))
+                {
+                    None => Ok(()),
+                    Some(missing) => Err(format!("no line {missing}")),
+                }
+            },
+        )
+        .await;
+    }
+}

@@ -345,3 +345,71 @@ async fn every_job_reports_its_metrics_from_the_start() {
         .await;
     }
 }
+
+#[tokio::test]
+async fn a_late_event_for_a_rolled_up_week_and_month_is_counted_at_once_and_kept_by_the_next_run() {
+    let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let pool = commerce_db::pool(&db.url, 2).unwrap();
+    let tz = chrono_tz::UTC;
+    let day = NaiveDate::from_ymd_opt(2026, 10, 14).unwrap();
+    let at = |d: NaiveDate| Utc.from_utc_datetime(&d.and_hms_opt(12, 0, 0).unwrap());
+    let view = |d: NaiveDate| {
+        Envelope::at(
+            Event::ProductViewed(ProductViewed {
+                product_id: 3,
+                user_id: None,
+            }),
+            at(d),
+        )
+    };
+    apply_batch(&mut conn, "g", &[view(day), view(day)], tz)
+        .await
+        .unwrap();
+    rollup_range(&mut conn, day, day, WEIGHTS, |_, _| {})
+        .await
+        .unwrap();
+    let views = async |table: &str, column: &str, start: &str| {
+        commerce_testkit::count(
+            &db.url,
+            &format!(
+                "SELECT coalesce(sum(view_count), 0)::bigint AS n FROM {table}
+                  WHERE {column} = '{start}' AND product_id = 3"
+            ),
+        )
+        .await
+    };
+    // Weeks later, an event for that day arrives (a replay, a slow producer).
+    apply_batch(&mut conn, "g", &[view(day)], tz).await.unwrap();
+    assert_eq!(
+        views("product_metrics_weekly", "week_start", "2026-10-12").await,
+        3
+    );
+    assert_eq!(
+        views("product_metrics_monthly", "month_start", "2026-10-01").await,
+        3
+    );
+    // The next scheduled run reconciles the changed day's week and month and keeps the figure,
+    // and materialises their ranks again.
+    commerce_collector::rollup::scheduled_rollup(&pool, WEIGHTS, "2026-11-15T00:00")
+        .await
+        .unwrap();
+    assert_eq!(
+        views("product_metrics_weekly", "week_start", "2026-10-12").await,
+        3
+    );
+    assert_eq!(
+        views("product_metrics_monthly", "month_start", "2026-10-01").await,
+        3
+    );
+    assert_eq!(
+        commerce_testkit::count(
+            &db.url,
+            "SELECT count(*) AS n FROM ranking_ranks r JOIN ranking_snapshots s USING (period, period_start)
+              WHERE r.period = 'weekly' AND r.period_start = '2026-10-12' AND r.product_id = 3
+                AND r.score = 0.30000000000000004 AND s.total = 1"
+        )
+        .await,
+        1
+    );
+}

@@ -22,8 +22,13 @@
 //!   commit and then conflicts).
 //! - **Broker outages:** librdkafka reconnects by itself; if the consumer keeps failing, it is
 //!   dropped and recreated (topics are re-created first, in case the broker lost them).
+//! - **Supervision:** a batch task that panics is not taken for a shutdown: the consumer is
+//!   dropped (its batch's offsets unstored, so the batch is redelivered) and recreated with
+//!   backoff. While the consumer is not running, readiness reports `consumer` DOWN.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::ranking::live::Live;
@@ -39,6 +44,41 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+
+/// Whether the consumer is running, for readiness. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Health(Arc<AtomicBool>);
+
+impl Health {
+    fn set(&self, up: bool) {
+        self.0.store(up, Ordering::Relaxed);
+    }
+}
+
+impl commerce_web::health::ReadinessCheck for Health {
+    fn name(&self) -> &'static str {
+        "consumer"
+    }
+    fn check(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
+        let up = self.0.load(Ordering::Relaxed);
+        Box::pin(async move {
+            if up {
+                Ok(())
+            } else {
+                Err(
+                    "the Kafka consumer is not running (starting, or recreating after a failure)"
+                        .into(),
+                )
+            }
+        })
+    }
+}
+
+/// How a batch task ended: committed, or stopped by shutdown before it committed. A task
+/// that panicked is an error: the consumer must be recreated, not stopped.
+fn outcome(joined: Result<bool, tokio::task::JoinError>) -> anyhow::Result<bool> {
+    joined.map_err(|e| anyhow::anyhow!("a batch task failed: {e}"))
+}
 
 /// Logs and counts rebalances.
 struct RebalanceLogger;
@@ -95,11 +135,19 @@ fn describe_metrics() {
 }
 
 /// Runs the consumer until `shutdown` turns true, recreating it after persistent failures.
-pub async fn run(config: Config, pool: Pool, live: Live, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    config: Config,
+    pool: Pool,
+    live: Live,
+    health: Health,
+    mut shutdown: watch::Receiver<bool>,
+) {
     describe_metrics();
     let mut delay = Duration::from_millis(500);
     while !*shutdown.borrow() {
-        match consume(&config, &pool, &live, &mut shutdown).await {
+        let result = consume(&config, &pool, &live, &health, &mut shutdown).await;
+        health.set(false);
+        match result {
             Ok(()) => break,
             Err(e) => {
                 metrics::counter!("collector_consumer_restarts_total").increment(1);
@@ -131,6 +179,7 @@ async fn consume(
     config: &Config,
     pool: &Pool,
     live: &Live,
+    health: &Health,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let wanted = topics(config);
@@ -143,6 +192,7 @@ async fn consume(
     consumer.subscribe(&[&config.catalog_topic, &config.order_topic])?;
     let dlq: FutureProducer = config.kafka.producer()?;
     tracing::info!(group = %config.group_id, "consumer subscribed");
+    health.set(true);
 
     let wait = Duration::from_millis(config.batch_wait_ms);
     let mut consecutive_errors = 0;
@@ -155,7 +205,7 @@ async fn consume(
             || in_flight.len() >= config.max_in_flight
         {
             let (handle, offsets) = in_flight.pop_front().expect("checked non-empty");
-            if !handle.await.unwrap_or(false) {
+            if !outcome(handle.await)? {
                 // Stopped before it committed: leave its offsets (and later ones) unstored.
                 return Ok(());
             }
@@ -171,7 +221,7 @@ async fn consume(
                 // then commit synchronously before leaving the group (a short blocking call,
                 // acceptable once at shutdown).
                 while let Some((handle, offsets)) = in_flight.pop_front() {
-                    if !handle.await.unwrap_or(false) {
+                    if !matches!(outcome(handle.await), Ok(true)) {
                         break;
                     }
                     store(&consumer, &offsets);
@@ -358,4 +408,29 @@ async fn send_to_dlq(
     metrics::counter!("collector_poison_messages_total", "reason" => reason_label).increment(1);
     tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "poison message sent to the dead-letter topic");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicked_batch_is_a_failure_not_a_stop() {
+        let panicked = tokio::spawn(async { panic!("a bug in a batch") }).await;
+        let err = outcome(panicked.map(|()| true)).unwrap_err();
+        assert!(format!("{err}").contains("panicked"), "{err}");
+        assert!(outcome(Ok(true)).unwrap());
+        assert!(!outcome(Ok(false)).unwrap());
+    }
+
+    #[tokio::test]
+    async fn readiness_names_the_consumer_until_it_runs() {
+        use commerce_web::health::ReadinessCheck;
+        let health = Health::default();
+        assert!(health.check().await.is_err(), "down until subscribed");
+        health.set(true);
+        assert!(health.check().await.is_ok());
+        health.set(false);
+        assert!(health.check().await.is_err(), "down again while recreated");
+    }
 }

@@ -23,6 +23,7 @@ use crate::state::{App, AppState};
 pub struct Application {
     server: Server,
     state: AppState,
+    consumer: crate::consumer::Health,
 }
 
 impl Application {
@@ -45,15 +46,25 @@ impl Application {
             live,
             materializing: tokio::sync::Mutex::new(()),
         }));
-        let dependencies = vec![
+        let consumer = crate::consumer::Health::default();
+        let mut dependencies = vec![
             Dependency::critical(DbCheck(db)),
             // Rankings are rebuilt from PostgreSQL, so Redis only degrades the collector;
             // without Kafka it has nothing to consume.
             Dependency::optional(RedisCheck(cache)),
             Dependency::critical(kafka_check),
         ];
+        if state.config.consume {
+            // A collector whose consumer is down (starting, or recreated after a failure or a
+            // panicking batch) is not doing its job, even if it still serves rankings.
+            dependencies.push(Dependency::critical(consumer.clone()));
+        }
         let server = server.router(router(state.clone(), dependencies));
-        Ok(Self { server, state })
+        Ok(Self {
+            server,
+            state,
+            consumer,
+        })
     }
 
     /// The bound port (useful when the config asked for port 0).
@@ -75,8 +86,9 @@ impl Application {
         let mut server = self.server;
         if config.consume {
             let (config, db, live) = (config.clone(), state.db.clone(), state.live.clone());
+            let health = self.consumer;
             server = server.task("consumer", move |stop| {
-                crate::consumer::run(config, db, live, stop)
+                crate::consumer::run(config, db, live, health, stop)
             });
         }
         let (db, live) = (state.db.clone(), state.live.clone());

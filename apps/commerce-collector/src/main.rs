@@ -48,8 +48,10 @@ async fn main() -> anyhow::Result<()> {
             let pool = commerce_db::pool(&config.database_url, 2)?;
             let mut conn = pool.get().await?;
             let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} periods {elapsed}")
-                    .expect("valid template"),
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} periods, {elapsed} elapsed, ETA {eta}",
+                )
+                .expect("valid template"),
             );
             let n = commerce_collector::rollup::rollup_range(
                 &mut conn,

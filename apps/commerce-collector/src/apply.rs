@@ -1,13 +1,13 @@
 //! Applying a batch of events: exactly once in effect.
 //!
-//! One transaction per batch:
-//! 1. the batch's event ids go into `event_handled` in one statement (`ON CONFLICT DO NOTHING
-//!    RETURNING`), which tells which events are new;
-//! 2. only the new events are folded, in memory, into per-product and per-(day, product) deltas
-//!    and catalog snapshots, then applied with one set-based upsert per table: all-time totals,
-//!    days, and the weeks and months those days fall in (so the current week and month are as
-//!    live as the day);
-//! 3. commit. The caller stores Kafka offsets only after this returns.
+//! One statement per batch (so one round trip and one transaction):
+//! 1. the batch's event ids go into `event_handled` (`ON CONFLICT DO NOTHING RETURNING`), which
+//!    tells which events are new;
+//! 2. the effects of every event, computed in memory, are sent along as columns, and only the
+//!    new events' are summed into one set-based upsert per table: all-time totals, days, and the
+//!    weeks and months those days fall in (so the current week and month are as live as the
+//!    day), and the catalog projection;
+//! 3. the statement commits. The caller stores Kafka offsets only after this returns.
 //!
 //! A redelivered event (after a crash, a rebalance or a relay re-publish) is already in
 //! `event_handled`, so it changes nothing. The fold is order-insensitive (sums, and
@@ -19,10 +19,8 @@ use chrono::NaiveDate;
 use chrono_tz::Tz;
 use commerce_events::{Envelope, Event, OrderLine};
 use diesel::sql_types::{Array, BigInt, Date, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
-
-use crate::ranking::Period;
 
 /// Counter deltas.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -32,16 +30,6 @@ pub struct Delta {
     pub orders: i64,
     pub quantity: i64,
     pub amount: i64,
-}
-
-impl Delta {
-    fn add(&mut self, other: Delta) {
-        self.views += other.views;
-        self.likes += other.likes;
-        self.orders += other.orders;
-        self.quantity += other.quantity;
-        self.amount += other.amount;
-    }
 }
 
 /// What a batch changed, for the caller to refresh caches with.
@@ -133,193 +121,200 @@ pub async fn apply_batch(
     let mut ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
     ids.sort_unstable();
     ids.dedup();
-    conn.transaction::<_, anyhow::Error, _>(async |conn| {
-        // Batches share the period tables; a rollup recomputing a period waits for them (and
-        // they for it), so it never overwrites a delta committed while it ran.
-        PERIOD_LOCK.share(conn).await?;
-        #[derive(diesel::QueryableByName)]
-        struct New {
-            #[diesel(sql_type = SqlUuid)]
-            event_id: Uuid,
+    // Every event's effects, keyed by its id; the statement keeps those of the new ones.
+    let mut fx = Effects::default();
+    let mut snapshots = Snapshots::default();
+    let mut seen = BTreeSet::new();
+    for envelope in events {
+        if !seen.insert(envelope.event_id) {
+            continue;
         }
-        let new: Vec<New> = diesel::sql_query(
-            "INSERT INTO event_handled (consumer_group, event_id)
-             SELECT $1, id FROM unnest($2::uuid[]) AS id
-             ON CONFLICT DO NOTHING
-             RETURNING event_id",
-        )
+        for (day, product, d) in effects(envelope, tz) {
+            fx.push(envelope.event_id, day, product, d);
+        }
+        if let Event::ProductCreated(s) | Event::ProductUpdated(s) = &envelope.event {
+            snapshots.push(envelope.event_id, s);
+        }
+    }
+    #[derive(diesel::QueryableByName)]
+    struct New {
+        #[diesel(sql_type = SqlUuid)]
+        event_id: Uuid,
+    }
+    let new: Vec<New> = diesel::sql_query(BATCH_SQL)
         .bind::<Text, _>(group)
         .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<SqlUuid>, _>(&fx.event_ids)
+        .bind::<Array<Date>, _>(&fx.days)
+        .bind::<Array<BigInt>, _>(&fx.products)
+        .bind::<Array<BigInt>, _>(&fx.views)
+        .bind::<Array<BigInt>, _>(&fx.likes)
+        .bind::<Array<BigInt>, _>(&fx.orders)
+        .bind::<Array<BigInt>, _>(&fx.quantities)
+        .bind::<Array<BigInt>, _>(&fx.amounts)
+        .bind::<Array<SqlUuid>, _>(&snapshots.event_ids)
+        .bind::<Array<BigInt>, _>(&snapshots.products)
+        .bind::<Array<Text>, _>(&snapshots.names)
+        .bind::<Array<Text>, _>(&snapshots.brands)
+        .bind::<Array<BigInt>, _>(&snapshots.prices)
+        .bind::<Array<BigInt>, _>(&snapshots.versions)
+        .bind::<BigInt, _>(PERIOD_LOCK.key())
         .load(conn)
         .await?;
-        let new: BTreeSet<Uuid> = new.into_iter().map(|n| n.event_id).collect();
+    let new: BTreeSet<Uuid> = new.into_iter().map(|n| n.event_id).collect();
 
-        let mut daily: BTreeMap<(NaiveDate, i64), Delta> = BTreeMap::new();
-        let mut catalog: BTreeMap<i64, &commerce_events::ProductSnapshot> = BTreeMap::new();
-        let mut applied = Applied::default();
-        let mut seen = BTreeSet::new();
-        for envelope in events {
-            if !new.contains(&envelope.event_id) || !seen.insert(envelope.event_id) {
-                applied.duplicates += 1;
-                continue;
-            }
-            applied.applied += 1;
-            metrics::counter!("collector_events_applied_total", "event_type" => envelope.event_type())
-                .increment(1);
-            for (day, product, delta) in effects(envelope, tz) {
-                daily.entry((day, product)).or_default().add(delta);
-            }
-            if let Event::ProductCreated(s) | Event::ProductUpdated(s) = &envelope.event {
-                let keep = catalog.get(&s.product_id).is_none_or(|k| k.version < s.version);
-                if keep {
-                    catalog.insert(s.product_id, s);
-                }
-            }
+    let mut applied = Applied::default();
+    let mut counted = BTreeSet::new();
+    for envelope in events {
+        if !new.contains(&envelope.event_id) || !counted.insert(envelope.event_id) {
+            applied.duplicates += 1;
+            continue;
         }
-        if applied.duplicates > 0 {
-            metrics::counter!("collector_events_duplicate_total").increment(applied.duplicates as u64);
-        }
-
-        if !daily.is_empty() {
-            let mut totals: BTreeMap<i64, Delta> = BTreeMap::new();
-            for ((_, product), d) in &daily {
-                totals.entry(*product).or_default().add(*d);
-            }
-            upsert_totals(conn, &totals).await?;
-            upsert_period(conn, Period::Daily, &daily).await?;
-            // The current week and month stay live (the rollup only reconciles them).
-            upsert_period(conn, Period::Weekly, &roll(&daily, Period::Weekly)).await?;
-            upsert_period(conn, Period::Monthly, &roll(&daily, Period::Monthly)).await?;
-        }
-        if !catalog.is_empty() {
-            upsert_catalog(conn, &catalog).await?;
-        }
-        applied.touched = daily.keys().copied().collect();
-        Ok(applied)
-    })
-    .await
-}
-
-fn columns<K>(map: &BTreeMap<K, Delta>) -> [Vec<i64>; 5] {
-    let mut cols: [Vec<i64>; 5] = Default::default();
-    for d in map.values() {
-        cols[0].push(d.views);
-        cols[1].push(d.likes);
-        cols[2].push(d.orders);
-        cols[3].push(d.quantity);
-        cols[4].push(d.amount);
+        applied.applied += 1;
+        metrics::counter!("collector_events_applied_total", "event_type" => envelope.event_type())
+            .increment(1);
     }
-    cols
-}
-
-async fn upsert_totals(
-    conn: &mut AsyncPgConnection,
-    totals: &BTreeMap<i64, Delta>,
-) -> anyhow::Result<()> {
-    let products: Vec<i64> = totals.keys().copied().collect();
-    let [v, l, o, q, a] = columns(totals);
-    diesel::sql_query(
-        "INSERT INTO product_metrics AS m
-               (product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-         SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
-         ON CONFLICT (product_id) DO UPDATE SET
-             view_count = m.view_count + EXCLUDED.view_count,
-             like_count = m.like_count + EXCLUDED.like_count,
-             order_count = m.order_count + EXCLUDED.order_count,
-             sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
-             sales_amount = m.sales_amount + EXCLUDED.sales_amount,
-             updated_at = now()",
-    )
-    .bind::<Array<BigInt>, _>(&products)
-    .bind::<Array<BigInt>, _>(&v)
-    .bind::<Array<BigInt>, _>(&l)
-    .bind::<Array<BigInt>, _>(&o)
-    .bind::<Array<BigInt>, _>(&q)
-    .bind::<Array<BigInt>, _>(&a)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Adds `deltas` to a period table's rows keyed by (period start, product). Keys are sorted, so
-/// concurrent batches lock rows in one order and cannot deadlock.
-async fn upsert_period(
-    conn: &mut AsyncPgConnection,
-    period: Period,
-    deltas: &BTreeMap<(NaiveDate, i64), Delta>,
-) -> anyhow::Result<()> {
-    let (table, column) = period.source();
-    // Only the daily table records when a row changed (the scheduled jobs look for changed days).
-    let touch = if period == Period::Daily {
-        ", updated_at = now()"
-    } else {
-        ""
-    };
-    let starts: Vec<NaiveDate> = deltas.keys().map(|(d, _)| *d).collect();
-    let products: Vec<i64> = deltas.keys().map(|(_, p)| *p).collect();
-    let [v, l, o, q, a] = columns(deltas);
-    diesel::sql_query(format!(
-        "INSERT INTO {table} AS m
-               ({column}, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-         SELECT * FROM unnest($1::date[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[])
-         ON CONFLICT ({column}, product_id) DO UPDATE SET
-             view_count = m.view_count + EXCLUDED.view_count,
-             like_count = m.like_count + EXCLUDED.like_count,
-             order_count = m.order_count + EXCLUDED.order_count,
-             sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
-             sales_amount = m.sales_amount + EXCLUDED.sales_amount{touch}"
-    ))
-    .bind::<Array<Date>, _>(&starts)
-    .bind::<Array<BigInt>, _>(&products)
-    .bind::<Array<BigInt>, _>(&v)
-    .bind::<Array<BigInt>, _>(&l)
-    .bind::<Array<BigInt>, _>(&o)
-    .bind::<Array<BigInt>, _>(&q)
-    .bind::<Array<BigInt>, _>(&a)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// The daily deltas summed into the periods of `period` (weeks or months), by period start.
-fn roll(
-    daily: &BTreeMap<(NaiveDate, i64), Delta>,
-    period: Period,
-) -> BTreeMap<(NaiveDate, i64), Delta> {
-    let mut out: BTreeMap<(NaiveDate, i64), Delta> = BTreeMap::new();
-    for ((day, product), d) in daily {
-        out.entry((period.bounds(*day).0, *product))
-            .or_default()
-            .add(*d);
+    if applied.duplicates > 0 {
+        metrics::counter!("collector_events_duplicate_total").increment(applied.duplicates as u64);
     }
-    out
+    applied.touched = fx
+        .event_ids
+        .iter()
+        .zip(fx.days.iter().zip(&fx.products))
+        .filter(|(id, _)| new.contains(id))
+        .map(|(_, (day, product))| (*day, *product))
+        .collect();
+    Ok(applied)
 }
 
-async fn upsert_catalog(
-    conn: &mut AsyncPgConnection,
-    catalog: &BTreeMap<i64, &commerce_events::ProductSnapshot>,
-) -> anyhow::Result<()> {
-    let ids: Vec<i64> = catalog.keys().copied().collect();
-    let names: Vec<&str> = catalog.values().map(|s| s.name.as_str()).collect();
-    let brands: Vec<&str> = catalog.values().map(|s| s.brand_name.as_str()).collect();
-    let prices: Vec<i64> = catalog.values().map(|s| s.price).collect();
-    let versions: Vec<i64> = catalog.values().map(|s| s.version).collect();
-    diesel::sql_query(
-        "INSERT INTO product_catalog AS c (product_id, name, brand_name, price, version)
-         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[])
-         ON CONFLICT (product_id) DO UPDATE SET
-             name = EXCLUDED.name, brand_name = EXCLUDED.brand_name, price = EXCLUDED.price,
-             version = EXCLUDED.version, updated_at = now()
-         WHERE c.version < EXCLUDED.version",
-    )
-    .bind::<Array<BigInt>, _>(&ids)
-    .bind::<Array<Text>, _>(&names)
-    .bind::<Array<Text>, _>(&brands)
-    .bind::<Array<BigInt>, _>(&prices)
-    .bind::<Array<BigInt>, _>(&versions)
-    .execute(conn)
-    .await?;
-    Ok(())
+/// A batch in one statement, so in one round trip and one implicit transaction: the dedupe
+/// rows, then (only for the events that were new) the all-time, daily, weekly and monthly
+/// figures and the catalog projection. It takes [`PERIOD_LOCK`] shared first. Each upsert feeds
+/// its rows in key order, so concurrent batches lock rows in one order and cannot deadlock.
+const BATCH_SQL: &str = "
+WITH lock AS (SELECT pg_advisory_xact_lock_shared($17)),
+new AS (
+    INSERT INTO event_handled (consumer_group, event_id)
+    SELECT $1, id FROM unnest($2::uuid[]) AS id, lock
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+fx AS (
+    SELECT f.* FROM unnest($3::uuid[], $4::date[], $5::bigint[], $6::bigint[], $7::bigint[],
+                           $8::bigint[], $9::bigint[], $10::bigint[])
+             AS f(event_id, day, product_id, v, l, o, q, a)
+     WHERE f.event_id IN (SELECT event_id FROM new)
+),
+totals AS (
+    INSERT INTO product_metrics AS m
+           (product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
+    SELECT product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
+     GROUP BY product_id ORDER BY product_id
+    ON CONFLICT (product_id) DO UPDATE SET
+        view_count = m.view_count + EXCLUDED.view_count,
+        like_count = m.like_count + EXCLUDED.like_count,
+        order_count = m.order_count + EXCLUDED.order_count,
+        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
+        sales_amount = m.sales_amount + EXCLUDED.sales_amount,
+        updated_at = now()
+),
+daily AS (
+    INSERT INTO product_metrics_daily AS m
+           (business_date, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
+    SELECT day, product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
+     GROUP BY day, product_id ORDER BY day, product_id
+    ON CONFLICT (business_date, product_id) DO UPDATE SET
+        view_count = m.view_count + EXCLUDED.view_count,
+        like_count = m.like_count + EXCLUDED.like_count,
+        order_count = m.order_count + EXCLUDED.order_count,
+        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
+        sales_amount = m.sales_amount + EXCLUDED.sales_amount,
+        updated_at = now()
+),
+weekly AS (
+    INSERT INTO product_metrics_weekly AS m
+           (week_start, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
+    SELECT date_trunc('week', day)::date, product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
+     GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (week_start, product_id) DO UPDATE SET
+        view_count = m.view_count + EXCLUDED.view_count,
+        like_count = m.like_count + EXCLUDED.like_count,
+        order_count = m.order_count + EXCLUDED.order_count,
+        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
+        sales_amount = m.sales_amount + EXCLUDED.sales_amount
+),
+monthly AS (
+    INSERT INTO product_metrics_monthly AS m
+           (month_start, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
+    SELECT date_trunc('month', day)::date, product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
+     GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (month_start, product_id) DO UPDATE SET
+        view_count = m.view_count + EXCLUDED.view_count,
+        like_count = m.like_count + EXCLUDED.like_count,
+        order_count = m.order_count + EXCLUDED.order_count,
+        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
+        sales_amount = m.sales_amount + EXCLUDED.sales_amount
+),
+catalog AS (
+    INSERT INTO product_catalog AS c (product_id, name, brand_name, price, version)
+    SELECT DISTINCT ON (s.product_id) s.product_id, s.name, s.brand_name, s.price, s.version
+      FROM unnest($11::uuid[], $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::bigint[])
+           AS s(event_id, product_id, name, brand_name, price, version)
+     WHERE s.event_id IN (SELECT event_id FROM new)
+     ORDER BY s.product_id, s.version DESC
+    ON CONFLICT (product_id) DO UPDATE SET
+        name = EXCLUDED.name, brand_name = EXCLUDED.brand_name, price = EXCLUDED.price,
+        version = EXCLUDED.version, updated_at = now()
+    WHERE c.version < EXCLUDED.version
+)
+SELECT event_id FROM new";
+
+/// Effects of a batch's events as columns: (event, day, product, deltas).
+#[derive(Default)]
+struct Effects {
+    event_ids: Vec<Uuid>,
+    days: Vec<NaiveDate>,
+    products: Vec<i64>,
+    views: Vec<i64>,
+    likes: Vec<i64>,
+    orders: Vec<i64>,
+    quantities: Vec<i64>,
+    amounts: Vec<i64>,
+}
+
+impl Effects {
+    fn push(&mut self, event: Uuid, day: NaiveDate, product: i64, d: Delta) {
+        self.event_ids.push(event);
+        self.days.push(day);
+        self.products.push(product);
+        self.views.push(d.views);
+        self.likes.push(d.likes);
+        self.orders.push(d.orders);
+        self.quantities.push(d.quantity);
+        self.amounts.push(d.amount);
+    }
+}
+
+/// Catalog snapshots of a batch's events as columns.
+#[derive(Default)]
+struct Snapshots<'a> {
+    event_ids: Vec<Uuid>,
+    products: Vec<i64>,
+    names: Vec<&'a str>,
+    brands: Vec<&'a str>,
+    prices: Vec<i64>,
+    versions: Vec<i64>,
+}
+
+impl<'a> Snapshots<'a> {
+    fn push(&mut self, event: Uuid, s: &'a commerce_events::ProductSnapshot) {
+        self.event_ids.push(event);
+        self.products.push(s.product_id);
+        self.names.push(&s.name);
+        self.brands.push(&s.brand_name);
+        self.prices.push(s.price);
+        self.versions.push(s.version);
+    }
 }
 
 #[cfg(test)]

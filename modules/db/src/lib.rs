@@ -162,6 +162,11 @@ impl XactLock {
         Self(lock_key(name))
     }
 
+    /// The lock's key, for statements that take it themselves.
+    pub const fn key(self) -> i64 {
+        self.0
+    }
+
     /// Takes the lock shared: shared holders run together, and wait for an exclusive holder.
     pub async fn share(self, conn: &mut AsyncPgConnection) -> QueryResult<()> {
         sql_query("SELECT pg_advisory_xact_lock_shared($1)")

@@ -14,6 +14,7 @@
 //! version-guarded snapshots), so events that arrive out of order give the same result.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::LazyLock;
 
 use chrono::NaiveDate;
 use chrono_tz::Tz;
@@ -141,7 +142,7 @@ pub async fn apply_batch(
         #[diesel(sql_type = SqlUuid)]
         event_id: Uuid,
     }
-    let new: Vec<New> = diesel::sql_query(BATCH_SQL)
+    let new: Vec<New> = diesel::sql_query(BATCH_SQL.as_str())
         .bind::<Text, _>(group)
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Array<SqlUuid>, _>(&fx.event_ids)
@@ -191,7 +192,64 @@ pub async fn apply_batch(
 /// rows, then (only for the events that were new) the all-time, daily, weekly and monthly
 /// figures and the catalog projection. It takes [`PERIOD_LOCK`] shared first. Each upsert feeds
 /// its rows in key order, so concurrent batches lock rows in one order and cannot deadlock.
-const BATCH_SQL: &str = "
+static BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
+    // (CTE, table, key columns, the key as computed from fx's day, whether the row records
+    // when it changed)
+    let figures = [
+        ("totals", "product_metrics", "product_id", None, true),
+        (
+            "daily",
+            "product_metrics_daily",
+            "business_date, product_id",
+            Some("day"),
+            true,
+        ),
+        (
+            "weekly",
+            "product_metrics_weekly",
+            "week_start, product_id",
+            Some("date_trunc('week', day)::date"),
+            false,
+        ),
+        (
+            "monthly",
+            "product_metrics_monthly",
+            "month_start, product_id",
+            Some("date_trunc('month', day)::date"),
+            false,
+        ),
+    ];
+    let upserts: String = figures
+        .iter()
+        .map(|(cte, table, key, start, touch)| {
+            let (select_key, group) = match start {
+                Some(start) => (format!("{start}, product_id"), "1, 2"),
+                None => ("product_id".to_owned(), "1"),
+            };
+            let touch = if *touch {
+                ",\n        updated_at = now()"
+            } else {
+                ""
+            };
+            format!(
+                "{cte} AS (
+    INSERT INTO {table} AS m
+           ({key}, view_count, like_count, order_count, sales_quantity, sales_amount)
+    SELECT {select_key}, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
+     GROUP BY {group} ORDER BY {group}
+    ON CONFLICT ({key}) DO UPDATE SET
+        view_count = m.view_count + EXCLUDED.view_count,
+        like_count = m.like_count + EXCLUDED.like_count,
+        order_count = m.order_count + EXCLUDED.order_count,
+        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
+        sales_amount = m.sales_amount + EXCLUDED.sales_amount{touch}
+),
+"
+            )
+        })
+        .collect();
+    format!(
+        "
 WITH lock AS (SELECT pg_advisory_xact_lock_shared($17)),
 new AS (
     INSERT INTO event_handled (consumer_group, event_id)
@@ -205,57 +263,7 @@ fx AS (
              AS f(event_id, day, product_id, v, l, o, q, a)
      WHERE f.event_id IN (SELECT event_id FROM new)
 ),
-totals AS (
-    INSERT INTO product_metrics AS m
-           (product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-    SELECT product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
-     GROUP BY product_id ORDER BY product_id
-    ON CONFLICT (product_id) DO UPDATE SET
-        view_count = m.view_count + EXCLUDED.view_count,
-        like_count = m.like_count + EXCLUDED.like_count,
-        order_count = m.order_count + EXCLUDED.order_count,
-        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
-        sales_amount = m.sales_amount + EXCLUDED.sales_amount,
-        updated_at = now()
-),
-daily AS (
-    INSERT INTO product_metrics_daily AS m
-           (business_date, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-    SELECT day, product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
-     GROUP BY day, product_id ORDER BY day, product_id
-    ON CONFLICT (business_date, product_id) DO UPDATE SET
-        view_count = m.view_count + EXCLUDED.view_count,
-        like_count = m.like_count + EXCLUDED.like_count,
-        order_count = m.order_count + EXCLUDED.order_count,
-        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
-        sales_amount = m.sales_amount + EXCLUDED.sales_amount,
-        updated_at = now()
-),
-weekly AS (
-    INSERT INTO product_metrics_weekly AS m
-           (week_start, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-    SELECT date_trunc('week', day)::date, product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
-     GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (week_start, product_id) DO UPDATE SET
-        view_count = m.view_count + EXCLUDED.view_count,
-        like_count = m.like_count + EXCLUDED.like_count,
-        order_count = m.order_count + EXCLUDED.order_count,
-        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
-        sales_amount = m.sales_amount + EXCLUDED.sales_amount
-),
-monthly AS (
-    INSERT INTO product_metrics_monthly AS m
-           (month_start, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-    SELECT date_trunc('month', day)::date, product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
-     GROUP BY 1, 2 ORDER BY 1, 2
-    ON CONFLICT (month_start, product_id) DO UPDATE SET
-        view_count = m.view_count + EXCLUDED.view_count,
-        like_count = m.like_count + EXCLUDED.like_count,
-        order_count = m.order_count + EXCLUDED.order_count,
-        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
-        sales_amount = m.sales_amount + EXCLUDED.sales_amount
-),
-catalog AS (
+{upserts}catalog AS (
     INSERT INTO product_catalog AS c (product_id, name, brand_name, price, version)
     SELECT DISTINCT ON (s.product_id) s.product_id, s.name, s.brand_name, s.price, s.version
       FROM unnest($11::uuid[], $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::bigint[])
@@ -267,7 +275,9 @@ catalog AS (
         version = EXCLUDED.version, updated_at = now()
     WHERE c.version < EXCLUDED.version
 )
-SELECT event_id FROM new";
+SELECT event_id FROM new"
+    )
+});
 
 /// Effects of a batch's events as columns: (event, day, product, deltas).
 #[derive(Default)]

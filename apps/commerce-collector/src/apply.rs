@@ -2,7 +2,7 @@
 //!
 //! One statement per batch (so one round trip and one transaction):
 //! 1. the batch's event ids go into `event_handled` (`ON CONFLICT DO NOTHING RETURNING`), which
-//!    tells which events are new;
+//!    tells which events are new, whichever group applied them before ([`crate::dedupe`]);
 //! 2. the effects of every event, computed in memory, are sent along as columns, and only the
 //!    new events' are summed into one set-based upsert per table: all-time totals, days, and the
 //!    weeks and months those days fall in (so the current week and month are as live as the
@@ -16,10 +16,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::LazyLock;
 
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
 use commerce_events::{Envelope, Event, OrderLine};
-use diesel::sql_types::{Array, BigInt, Date, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Date, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
@@ -51,8 +51,13 @@ pub use crate::ranking::business_date;
 pub const PERIOD_LOCK: commerce_db::XactLock =
     commerce_db::XactLock::named("commerce-collector:period-figures");
 
+/// Whether an event's figures can be computed (they fit in 64 bits): the error says why not.
+pub fn check(envelope: &Envelope, tz: Tz) -> Result<(), String> {
+    effects(envelope, tz).map(drop)
+}
+
 /// The effect of one event: deltas keyed by (business date, product).
-fn effects(envelope: &Envelope, tz: Tz) -> Vec<(NaiveDate, i64, Delta)> {
+fn effects(envelope: &Envelope, tz: Tz) -> Result<Vec<(NaiveDate, i64, Delta)>, String> {
     let day = business_date(envelope.occurred_at, tz);
     let sale = |lines: &[OrderLine], sign: i64, day: NaiveDate| {
         // One order counts once per product even if it had several lines of it.
@@ -60,15 +65,27 @@ fn effects(envelope: &Envelope, tz: Tz) -> Vec<(NaiveDate, i64, Delta)> {
         for line in lines {
             let d = per_product.entry(line.product_id).or_default();
             d.orders = sign;
-            d.quantity += sign * line.quantity;
-            d.amount += sign * line.quantity * line.unit_price;
+            let quantity = sign.checked_mul(line.quantity);
+            let amount = quantity.and_then(|q| q.checked_mul(line.unit_price));
+            match (
+                quantity.and_then(|q| d.quantity.checked_add(q)),
+                amount.and_then(|a| d.amount.checked_add(a)),
+            ) {
+                (Some(q), Some(a)) => (d.quantity, d.amount) = (q, a),
+                _ => {
+                    return Err(format!(
+                        "the sale of product {} overflows 64-bit figures",
+                        line.product_id
+                    ));
+                }
+            }
         }
-        per_product
+        Ok(per_product
             .into_iter()
             .map(|(p, d)| (day, p, d))
-            .collect::<Vec<_>>()
+            .collect::<Vec<_>>())
     };
-    match &envelope.event {
+    Ok(match &envelope.event {
         Event::ProductViewed(v) => vec![(
             day,
             v.product_id,
@@ -93,14 +110,14 @@ fn effects(envelope: &Envelope, tz: Tz) -> Vec<(NaiveDate, i64, Delta)> {
                 ..Delta::default()
             },
         )],
-        Event::OrderPaid(o) => sale(&o.lines, 1, day),
+        Event::OrderPaid(o) => sale(&o.lines, 1, day)?,
         // A cancelled sale is subtracted from the business day it was paid on, so a day's
         // figures stay the sales that day kept.
         Event::OrderCancelled(c) if c.was_paid => sale(
             &c.lines,
             -1,
             c.paid_at.map_or(day, |p| business_date(p, tz)),
-        ),
+        )?,
         // Only `OrderPaid` is a sale: a failed card payment never produced one, and a completed
         // one is counted from the `OrderPaid` committed with it.
         Event::OrderCancelled(_)
@@ -109,7 +126,7 @@ fn effects(envelope: &Envelope, tz: Tz) -> Vec<(NaiveDate, i64, Delta)> {
         | Event::OrderCreated(_)
         | Event::ProductCreated(_)
         | Event::ProductUpdated(_) => Vec::new(),
-    }
+    })
 }
 
 /// Applies `events` for `group` in one transaction.
@@ -119,9 +136,17 @@ pub async fn apply_batch(
     events: &[Envelope],
     tz: Tz,
 ) -> anyhow::Result<Applied> {
-    let mut ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+    let mut ids: Vec<(Uuid, DateTime<Utc>)> = events
+        .iter()
+        .map(|e| {
+            crate::dedupe::recorded_at(e)
+                .map(|at| (e.event_id, at))
+                .ok_or_else(|| anyhow::anyhow!("event {} has no UUIDv7 id", e.event_id))
+        })
+        .collect::<anyhow::Result<_>>()?;
     ids.sort_unstable();
     ids.dedup();
+    let (ids, recorded): (Vec<Uuid>, Vec<DateTime<Utc>>) = ids.into_iter().unzip();
     // Every event's effects, keyed by its id; the statement keeps those of the new ones.
     let mut fx = Effects::default();
     let mut snapshots = Snapshots::default();
@@ -130,7 +155,7 @@ pub async fn apply_batch(
         if !seen.insert(envelope.event_id) {
             continue;
         }
-        for (day, product, d) in effects(envelope, tz) {
+        for (day, product, d) in effects(envelope, tz).map_err(anyhow::Error::msg)? {
             fx.push(envelope.event_id, day, product, d);
         }
         if let Event::ProductCreated(s) | Event::ProductUpdated(s) = &envelope.event {
@@ -142,26 +167,36 @@ pub async fn apply_batch(
         #[diesel(sql_type = SqlUuid)]
         event_id: Uuid,
     }
-    let new: Vec<New> = diesel::sql_query(BATCH_SQL.as_str())
-        .bind::<Text, _>(group)
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .bind::<Array<SqlUuid>, _>(&fx.event_ids)
-        .bind::<Array<Date>, _>(&fx.days)
-        .bind::<Array<BigInt>, _>(&fx.products)
-        .bind::<Array<BigInt>, _>(&fx.views)
-        .bind::<Array<BigInt>, _>(&fx.likes)
-        .bind::<Array<BigInt>, _>(&fx.orders)
-        .bind::<Array<BigInt>, _>(&fx.quantities)
-        .bind::<Array<BigInt>, _>(&fx.amounts)
-        .bind::<Array<SqlUuid>, _>(&snapshots.event_ids)
-        .bind::<Array<BigInt>, _>(&snapshots.products)
-        .bind::<Array<Text>, _>(&snapshots.names)
-        .bind::<Array<Text>, _>(&snapshots.brands)
-        .bind::<Array<BigInt>, _>(&snapshots.prices)
-        .bind::<Array<BigInt>, _>(&snapshots.versions)
-        .bind::<BigInt, _>(PERIOD_LOCK.key())
-        .load(conn)
-        .await?;
+    let statement = || {
+        diesel::sql_query(BATCH_SQL.as_str())
+            .bind::<Text, _>(group)
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .bind::<Array<SqlUuid>, _>(&fx.event_ids)
+            .bind::<Array<Date>, _>(&fx.days)
+            .bind::<Array<BigInt>, _>(&fx.products)
+            .bind::<Array<BigInt>, _>(&fx.views)
+            .bind::<Array<BigInt>, _>(&fx.likes)
+            .bind::<Array<BigInt>, _>(&fx.orders)
+            .bind::<Array<BigInt>, _>(&fx.quantities)
+            .bind::<Array<BigInt>, _>(&fx.amounts)
+            .bind::<Array<SqlUuid>, _>(&snapshots.event_ids)
+            .bind::<Array<BigInt>, _>(&snapshots.products)
+            .bind::<Array<Text>, _>(&snapshots.names)
+            .bind::<Array<Text>, _>(&snapshots.brands)
+            .bind::<Array<BigInt>, _>(&snapshots.prices)
+            .bind::<Array<BigInt>, _>(&snapshots.versions)
+            .bind::<BigInt, _>(PERIOD_LOCK.key())
+            .bind::<Array<Timestamptz>, _>(&recorded)
+    };
+    let new: Vec<New> = match statement().load(conn).await {
+        Err(e) if missing_partition(&e) => {
+            // The first event of a new day (the daily job creates them ahead, so rarely).
+            let days: BTreeSet<NaiveDate> = recorded.iter().map(|at| at.date_naive()).collect();
+            crate::dedupe::ensure_partitions(conn, days).await?;
+            statement().load(conn).await?
+        }
+        result => result?,
+    };
     let new: BTreeSet<Uuid> = new.into_iter().map(|n| n.event_id).collect();
 
     let mut applied = Applied::default();
@@ -252,8 +287,8 @@ static BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
         "
 WITH lock AS (SELECT pg_advisory_xact_lock_shared($17)),
 new AS (
-    INSERT INTO event_handled (consumer_group, event_id)
-    SELECT $1, id FROM unnest($2::uuid[]) AS id, lock
+    INSERT INTO event_handled (event_id, recorded_at, consumer_group)
+    SELECT id, at, $1 FROM unnest($2::uuid[], $18::timestamptz[]) AS t(id, at), lock
     ON CONFLICT DO NOTHING
     RETURNING event_id
 ),
@@ -278,6 +313,15 @@ fx AS (
 SELECT event_id FROM new"
     )
 });
+
+/// Whether a statement failed because `event_handled` has no partition for a row yet.
+fn missing_partition(e: &diesel::result::Error) -> bool {
+    matches!(
+        e,
+        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::CheckViolation, info)
+            if info.message().starts_with("no partition of relation")
+    )
+}
 
 /// Effects of a batch's events as columns: (event, day, product, deltas).
 #[derive(Default)]
@@ -363,7 +407,7 @@ mod tests {
                 unit_price: 50,
             },
         ]);
-        let fx = effects(&e, chrono_tz::Asia::Seoul);
+        let fx = effects(&e, chrono_tz::Asia::Seoul).unwrap();
         assert_eq!(fx.len(), 2);
         assert_eq!(
             fx[0].2,
@@ -392,7 +436,7 @@ mod tests {
             was_paid: true,
             paid_at: Some(paid_at),
         }));
-        let fx = effects(&e, chrono_tz::Asia::Seoul);
+        let fx = effects(&e, chrono_tz::Asia::Seoul).unwrap();
         assert_eq!(fx[0].0, NaiveDate::from_ymd_opt(2026, 11, 21).unwrap());
         assert_eq!(
             fx[0].2,
@@ -406,6 +450,17 @@ mod tests {
     }
 
     #[test]
+    fn a_sale_whose_figures_overflow_is_refused_not_wrapped() {
+        let e = paid(vec![OrderLine {
+            product_id: 5,
+            quantity: 3,
+            unit_price: i64::MAX / 2,
+        }]);
+        let err = check(&e, chrono_tz::UTC).unwrap_err();
+        assert!(err.contains("product 5"), "{err}");
+    }
+
+    #[test]
     fn order_created_alone_is_not_a_sale() {
         let Event::OrderPaid(o) = paid(vec![OrderLine {
             product_id: 5,
@@ -416,7 +471,11 @@ mod tests {
         else {
             unreachable!()
         };
-        assert!(effects(&Envelope::new(Event::OrderCreated(o)), chrono_tz::UTC).is_empty());
+        assert!(
+            effects(&Envelope::new(Event::OrderCreated(o)), chrono_tz::UTC)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -438,7 +497,11 @@ mod tests {
             Event::PaymentFailed(settled.clone()),
             Event::PaymentCompleted(settled),
         ] {
-            assert!(effects(&Envelope::new(event), chrono_tz::UTC).is_empty());
+            assert!(
+                effects(&Envelope::new(event), chrono_tz::UTC)
+                    .unwrap()
+                    .is_empty()
+            );
         }
     }
 }

@@ -23,7 +23,8 @@
 //! | `BUSINESS_TIME_ZONE` | `Asia/Seoul` | time zone of business dates |
 //! | `RANKING_WEIGHT_VIEW` / `_LIKE` / `_ORDER` | `0.1` / `0.2` / `0.7` | score weights |
 //! | `RANKING_CARRYOVER_RATIO` | `0.1` | share of yesterday's score carried into today |
-//! | `EVENT_HANDLED_RETENTION_HOURS` | `192` | keep dedupe rows this long (longer than topic retention) |
+//! | `EVENT_HANDLED_RETENTION_HOURS` | `192` | the dedupe horizon: rows are kept this long, older events are dead-lettered |
+//! | `KAFKA_TOPIC_RETENTION_HOURS` | `168` | the source topics' retention; must be shorter than the horizon |
 //! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups reconcile (6-field cron, UTC) |
 //! | `RANKING_CACHE_TTL_MS` | `100` | how long a ranking response is reused in process (0: never) |
 //! | `RANKING_SNAPSHOT_CRON` | `30 * * * * *` | when changed rankings are materialised in PostgreSQL (the fallback's age bound) |
@@ -60,6 +61,7 @@ pub struct Config {
     pub ranking_snapshot_cron: String,
     pub ranking_cache_ttl_ms: u64,
     pub event_handled_retention_hours: u64,
+    pub topic_retention_hours: u64,
 }
 
 impl Config {
@@ -75,6 +77,20 @@ impl Config {
             r.in_range("KAFKA_SESSION_TIMEOUT_MS", 6_000, 1_000..=300_000)?;
         kafka.max_poll_interval_ms =
             r.in_range("KAFKA_MAX_POLL_INTERVAL_MS", 10_000, 1_000..=3_600_000)?;
+        let event_handled_retention_hours =
+            r.in_range("EVENT_HANDLED_RETENTION_HOURS", 192, 1..=24 * 365)?;
+        let topic_retention_hours = r.in_range("KAFKA_TOPIC_RETENTION_HOURS", 168, 1..=24 * 365)?;
+        if event_handled_retention_hours <= topic_retention_hours {
+            // Events the broker can still redeliver would be past the horizon: dead-lettered
+            // instead of deduplicated.
+            return Err(ConfigError::new(
+                "EVENT_HANDLED_RETENTION_HOURS",
+                format!(
+                    "must exceed KAFKA_TOPIC_RETENTION_HOURS ({topic_retention_hours}): \
+                     every event the topics still hold must be deduplicated"
+                ),
+            ));
+        }
         Ok(Self {
             profile: r.or("APP_PROFILE", Profile::Dev)?,
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
@@ -109,11 +125,8 @@ impl Config {
             rollup_cron: cron(r, "ROLLUP_CRON", "0 */10 * * * *")?,
             ranking_snapshot_cron: cron(r, "RANKING_SNAPSHOT_CRON", "30 * * * * *")?,
             ranking_cache_ttl_ms: r.in_range("RANKING_CACHE_TTL_MS", 100, 0..=10_000)?,
-            event_handled_retention_hours: r.in_range(
-                "EVENT_HANDLED_RETENTION_HOURS",
-                192,
-                1..=24 * 365,
-            )?,
+            event_handled_retention_hours,
+            topic_retention_hours,
         })
     }
 }
@@ -140,6 +153,24 @@ fn cron<S: commerce_config::Source>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dedupe_horizon_must_outlast_the_topics() {
+        let vars = std::collections::HashMap::from([
+            ("EVENT_HANDLED_RETENTION_HOURS".to_owned(), "168".to_owned()),
+            ("KAFKA_TOPIC_RETENTION_HOURS".to_owned(), "168".to_owned()),
+        ]);
+        let err = Config::read(&Reader::new(vars)).expect_err("refused");
+        assert_eq!(err.var, "EVENT_HANDLED_RETENTION_HOURS");
+        let defaults = Config::read(&Reader::new(std::collections::HashMap::new())).unwrap();
+        assert_eq!(
+            (
+                defaults.event_handled_retention_hours,
+                defaults.topic_retention_hours
+            ),
+            (192, 168)
+        );
+    }
 
     #[test]
     fn a_schedule_typo_is_refused_naming_its_variable() {

@@ -37,21 +37,33 @@ use commerce_events::Envelope;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
+use crate::dedupe::Horizon;
 
-/// Whether the consumer is running, for readiness. Cheap to clone.
+/// Whether the consumer is running and its batches commit, for readiness. Cheap to clone.
 #[derive(Clone, Default)]
-pub struct Health(Arc<AtomicBool>);
+pub struct Health(Arc<HealthState>);
+
+#[derive(Default)]
+struct HealthState {
+    running: AtomicBool,
+    /// Set while a batch is being retried because the database is unavailable.
+    stalled: std::sync::Mutex<Option<String>>,
+}
 
 impl Health {
     fn set(&self, up: bool) {
-        self.0.store(up, Ordering::Relaxed);
+        self.0.running.store(up, Ordering::Relaxed);
+    }
+
+    fn stalled(&self, error: Option<String>) {
+        *self.0.stalled.lock().expect("not poisoned") = error;
     }
 }
 
@@ -60,15 +72,20 @@ impl commerce_web::health::ReadinessCheck for Health {
         "consumer"
     }
     fn check(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
-        let up = self.0.load(Ordering::Relaxed);
+        let up = self.0.running.load(Ordering::Relaxed);
+        let stalled = self.0.stalled.lock().expect("not poisoned").clone();
         Box::pin(async move {
-            if up {
-                Ok(())
-            } else {
+            if !up {
                 Err(
                     "the Kafka consumer is not running (starting, or recreating after a failure)"
                         .into(),
                 )
+            } else if let Some(error) = stalled {
+                Err(format!(
+                    "batches cannot commit, the database is unavailable: {error}"
+                ))
+            } else {
+                Ok(())
             }
         })
     }
@@ -113,10 +130,6 @@ fn describe_metrics() {
         "collector_events_duplicate_total",
         "Redelivered events skipped through event_handled."
     );
-    metrics::describe_counter!(
-        "collector_poison_messages_total",
-        "Messages sent to a dead-letter topic, by reason."
-    );
     metrics::describe_counter!("collector_batches_total", "Batches committed.");
     metrics::describe_counter!(
         "collector_batch_failures_total",
@@ -143,6 +156,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     describe_metrics();
+    crate::dlq::describe();
     let mut delay = Duration::from_millis(500);
     while !*shutdown.borrow() {
         let result = consume(&config, &pool, &live, &health, &mut shutdown).await;
@@ -175,6 +189,16 @@ fn topics(config: &Config) -> Vec<(String, i32)> {
 /// How often finished batches are looked for while no message arrives.
 const STORE_CHECK: Duration = Duration::from_millis(20);
 
+/// Everything a batch task needs, shared by every batch of one consumer.
+struct Batcher {
+    config: Config,
+    pool: Pool,
+    live: Live,
+    dlq: FutureProducer,
+    health: Health,
+    horizon: Horizon,
+}
+
 async fn consume(
     config: &Config,
     pool: &Pool,
@@ -190,7 +214,14 @@ async fn consume(
         .consumer_config(&config.group_id)
         .create_with_context(RebalanceLogger)?;
     consumer.subscribe(&[&config.catalog_topic, &config.order_topic])?;
-    let dlq: FutureProducer = config.kafka.producer()?;
+    let batcher = Arc::new(Batcher {
+        config: config.clone(),
+        pool: pool.clone(),
+        live: live.clone(),
+        dlq: config.kafka.producer()?,
+        health: health.clone(),
+        horizon: Horizon::hours(config.event_handled_retention_hours),
+    });
     tracing::info!(group = %config.group_id, "consumer subscribed");
     health.set(true);
 
@@ -200,10 +231,11 @@ async fn consume(
     // flight (on separate connections), but offsets are stored strictly in batch order: a
     // batch's offsets only once it *and every batch before it* committed.
     let mut in_flight: VecDeque<(JoinHandle<bool>, TopicPartitionList)> = VecDeque::new();
+    // Messages received while every batch slot was taken: the start of the next batch.
+    let mut carried: VecDeque<OwnedMessage> = VecDeque::new();
+    let mut paused = false;
     loop {
-        while in_flight.front().is_some_and(|(h, _)| h.is_finished())
-            || in_flight.len() >= config.max_in_flight
-        {
+        while in_flight.front().is_some_and(|(h, _)| h.is_finished()) {
             let (handle, offsets) = in_flight.pop_front().expect("checked non-empty");
             if !outcome(handle.await)? {
                 // Stopped before it committed: leave its offsets (and later ones) unstored.
@@ -211,37 +243,60 @@ async fn consume(
             }
             store(&consumer, &offsets);
         }
-        let first = tokio::select! {
-            m = consumer.recv() => m,
-            // A finished batch's offsets are stored without waiting for the next message: an idle
-            // consumer still commits everything it applied (the loop's head stores them).
-            () = tokio::time::sleep(STORE_CHECK), if !in_flight.is_empty() => continue,
-            _ = shutdown.changed() => {
-                // Let the batches in flight finish (or stop), storing what committed in order,
-                // then commit synchronously before leaving the group (a short blocking call,
-                // acceptable once at shutdown).
-                while let Some((handle, offsets)) = in_flight.pop_front() {
-                    if !matches!(outcome(handle.await), Ok(true)) {
-                        break;
+        let full = in_flight.len() >= config.max_in_flight;
+        // At capacity the loop keeps polling, so the group never takes a slow commit for a
+        // stuck member (`max.poll.interval.ms`), with its partitions paused so nothing piles up;
+        // the few messages fetched before the pause are carried into the next batch.
+        if full && !paused {
+            set_paused(&consumer, true)?;
+            paused = true;
+        } else if !full && paused {
+            set_paused(&consumer, false)?;
+            paused = false;
+        }
+        let first = if full || carried.is_empty() {
+            tokio::select! {
+                m = consumer.recv() => Some(m),
+                // A finished batch's offsets are stored without waiting for the next message: an
+                // idle consumer still commits everything it applied (the loop's head stores them).
+                () = tokio::time::sleep(STORE_CHECK), if !in_flight.is_empty() => None,
+                _ = shutdown.changed() => {
+                    // Let the batches in flight finish (or stop), storing what committed in
+                    // order, then commit synchronously before leaving the group (a short
+                    // blocking call, acceptable once at shutdown).
+                    while let Some((handle, offsets)) = in_flight.pop_front() {
+                        if !matches!(outcome(handle.await), Ok(true)) {
+                            break;
+                        }
+                        store(&consumer, &offsets);
                     }
-                    store(&consumer, &offsets);
+                    let _ = consumer.commit_consumer_state(CommitMode::Sync);
+                    return Ok(());
                 }
-                let _ = consumer.commit_consumer_state(CommitMode::Sync);
-                return Ok(());
             }
+        } else {
+            None
         };
-        let first = match first {
-            Ok(m) => m.detach(),
-            Err(e) => {
+        match first {
+            Some(Ok(m)) => {
+                consecutive_errors = 0;
+                carried.push_back(m.detach());
+            }
+            Some(Err(e)) => {
                 consecutive_errors += 1;
                 tracing::warn!(error = %e, "consume error");
                 anyhow::ensure!(consecutive_errors < 20, "the consumer keeps failing: {e}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
-        };
-        consecutive_errors = 0;
-        let mut batch = vec![first];
+            None => {}
+        }
+        if full || carried.is_empty() {
+            continue;
+        }
+        let mut batch: Vec<OwnedMessage> = carried
+            .drain(..carried.len().min(config.batch_size))
+            .collect();
         let deadline = tokio::time::Instant::now() + wait;
         while batch.len() < config.batch_size {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
@@ -253,30 +308,36 @@ async fn consume(
                 Err(_) => break,
             }
         }
-        let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for m in &batch {
-            let e = next
-                .entry((m.topic().to_owned(), m.partition()))
-                .or_insert(0);
-            *e = (*e).max(m.offset() + 1);
-        }
-        let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), offset) in next {
-            offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
-        }
-        let (config, pool, live, dlq, mut stop) = (
-            config.clone(),
-            pool.clone(),
-            live.clone(),
-            dlq.clone(),
-            shutdown.clone(),
-        );
-        let handle =
-            tokio::spawn(
-                async move { process(&config, &pool, &live, &dlq, &batch, &mut stop).await },
-            );
+        let offsets = next_offsets(&batch)?;
+        let (batcher, mut stop) = (batcher.clone(), shutdown.clone());
+        let handle = tokio::spawn(async move { batcher.process(&batch, &mut stop).await });
         in_flight.push_back((handle, offsets));
     }
+}
+
+/// The offsets a batch completes: one past its last message, per partition.
+fn next_offsets(batch: &[OwnedMessage]) -> anyhow::Result<TopicPartitionList> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for m in batch {
+        let e = next.entry((m.topic(), m.partition())).or_insert(0);
+        *e = (*e).max(m.offset() + 1);
+    }
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        offsets.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(offsets)
+}
+
+/// Pauses or resumes fetching for every assigned partition.
+fn set_paused(consumer: &StreamConsumer<RebalanceLogger>, pause: bool) -> anyhow::Result<()> {
+    let assignment = consumer.assignment()?;
+    if pause {
+        consumer.pause(&assignment)?;
+    } else {
+        consumer.resume(&assignment)?;
+    }
+    Ok(())
 }
 
 fn store(consumer: &StreamConsumer<RebalanceLogger>, offsets: &TopicPartitionList) {
@@ -286,128 +347,240 @@ fn store(consumer: &StreamConsumer<RebalanceLogger>, offsets: &TopicPartitionLis
     }
 }
 
-/// Applies one batch, retrying until it commits. Returns false if stopped first.
-async fn process(
-    config: &Config,
-    pool: &Pool,
-    live: &Live,
-    dlq: &FutureProducer,
-    batch: &[OwnedMessage],
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
-    let started = std::time::Instant::now();
-    let mut good = Vec::with_capacity(batch.len());
-    let mut poison = Vec::new();
-    for m in batch {
-        match parse(m) {
-            Ok(e) => good.push(e),
-            Err(reason) => poison.push((m, reason)),
-        }
+/// How many times a batch that fails for a data reason is retried before its events are tried
+/// one by one, and each of those before it is dead-lettered.
+const DATA_RETRIES: u32 = 3;
+
+/// Why a batch did not commit.
+enum Failure {
+    /// The database cannot be reached or cannot work now (connection refused or lost, pool
+    /// timeout, failover, serialization, deadlock, statement or lock timeout, resources): retried
+    /// until it can, never dead-lettered.
+    Unavailable(anyhow::Error),
+    /// The database refused the data (an overflow, a value it cannot store, a constraint).
+    Refused(String),
+}
+
+/// Tells an outage from a refusal. Only an error the server raised while running the statement
+/// on a live connection can be the data's fault, and not even all of those.
+fn classify(e: anyhow::Error) -> Failure {
+    use diesel::result::{DatabaseErrorKind as Kind, Error};
+    let Some(Error::DatabaseError(kind, info)) = e.downcast_ref::<Error>() else {
+        return Failure::Unavailable(e);
+    };
+    // Conditions of the server, not of the data (PostgreSQL's own messages).
+    const TRANSIENT: [&str; 9] = [
+        "deadlock detected",
+        "canceling statement",
+        "could not serialize",
+        "terminating connection",
+        "the database system is",
+        "out of memory",
+        "could not extend file",
+        "no space left",
+        "too many connections",
+    ];
+    let message = info.message().to_owned();
+    let transient = matches!(
+        kind,
+        Kind::ClosedConnection
+            | Kind::UnableToSendCommand
+            | Kind::SerializationFailure
+            | Kind::ReadOnlyTransaction
+    ) || TRANSIENT
+        .iter()
+        .any(|t| message.to_ascii_lowercase().contains(t));
+    if transient {
+        Failure::Unavailable(e)
+    } else {
+        Failure::Refused(message)
     }
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match apply(config, pool, live, dlq, &good, &poison).await {
-            Ok(()) => break,
-            Err(e) => {
-                metrics::counter!("collector_batch_failures_total").increment(1);
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "applying a batch failed; retrying it");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return false,
+}
+
+/// A message that is not applied, and why.
+struct Poison<'a> {
+    message: &'a OwnedMessage,
+    reason: &'static str,
+    detail: String,
+}
+
+impl Batcher {
+    /// Applies one batch, retrying until it commits. Returns false if stopped first.
+    async fn process(&self, batch: &[OwnedMessage], shutdown: &mut watch::Receiver<bool>) -> bool {
+        let started = std::time::Instant::now();
+        let now = chrono::Utc::now();
+        let mut good = Vec::with_capacity(batch.len());
+        let mut poison = Vec::new();
+        for m in batch {
+            match admit(m, &self.horizon, now, self.config.time_zone) {
+                Ok(e) => good.push((m, e)),
+                Err((reason, detail)) => poison.push(Poison {
+                    message: m,
+                    reason,
+                    detail,
+                }),
+            }
+        }
+        // Dead letters first: if they cannot be written, nothing of the batch is stored.
+        for p in &poison {
+            if !self.dead_letter(p, shutdown).await {
+                return false;
+            }
+        }
+        let mut refused = 0;
+        let mut delay = Duration::from_millis(200);
+        loop {
+            let events: Vec<Envelope> = good.iter().map(|(_, e)| e.clone()).collect();
+            let failure = match self.apply(&events).await {
+                Ok(()) => break,
+                Err(e) => classify(e),
+            };
+            metrics::counter!("collector_batch_failures_total").increment(1);
+            match failure {
+                Failure::Unavailable(e) => {
+                    refused = 0;
+                    self.health.stalled(Some(format!("{e:#}")));
+                    tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "the database is unavailable; retrying the batch");
                 }
-                delay = (delay * 2).min(Duration::from_secs(10));
+                Failure::Refused(message) => {
+                    refused += 1;
+                    tracing::warn!(error = %message, attempt = refused, "the database refused a batch");
+                    if refused >= DATA_RETRIES {
+                        match self.isolate(&good, shutdown).await {
+                            Some(Some(bad)) => {
+                                // The refused events are dead-lettered; the rest committed.
+                                for (m, detail) in bad {
+                                    let p = Poison {
+                                        message: m,
+                                        reason: "database",
+                                        detail,
+                                    };
+                                    if !self.dead_letter(&p, shutdown).await {
+                                        return false;
+                                    }
+                                }
+                                break;
+                            }
+                            // Every event fails alone: the database, not the data.
+                            Some(None) => refused = 0,
+                            None => return false,
+                        }
+                    }
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return false,
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        self.health.stalled(None);
+        metrics::counter!("collector_batches_total").increment(1);
+        metrics::histogram!("collector_batch_size").record(batch.len() as f64);
+        metrics::histogram!("collector_batch_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        true
+    }
+
+    async fn apply(&self, events: &[Envelope]) -> anyhow::Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.pool.get().await?;
+        let applied = crate::apply::apply_batch(
+            &mut conn,
+            &self.config.group_id,
+            events,
+            self.config.time_zone,
+        )
+        .await?;
+        // After the commit, off the batch's path: the live rankings re-read these products.
+        self.live.mark(&applied.touched);
+        Ok(())
+    }
+
+    /// Applies a refused batch's events one by one, each retried [`DATA_RETRIES`] times.
+    /// Returns the events the database refused alone, with its message, or `Some(None)` if it
+    /// refused every one of several (then the database is at fault, and the batch is retried
+    /// whole); `None` if stopped.
+    #[allow(clippy::type_complexity)]
+    async fn isolate<'a>(
+        &self,
+        good: &[(&'a OwnedMessage, Envelope)],
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Option<Vec<(&'a OwnedMessage, String)>>> {
+        let mut bad = Vec::new();
+        for (m, e) in good {
+            let mut attempt = 0;
+            loop {
+                match self.apply(std::slice::from_ref(e)).await.map_err(classify) {
+                    Ok(()) => break,
+                    Err(Failure::Refused(message)) => {
+                        attempt += 1;
+                        if attempt >= DATA_RETRIES {
+                            bad.push((*m, message));
+                            break;
+                        }
+                    }
+                    // An outage meanwhile: the batch is retried whole (what committed is
+                    // deduplicated).
+                    Err(Failure::Unavailable(_)) => return Some(None),
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        }
+        if good.len() > 1 && bad.len() == good.len() {
+            tracing::warn!("the database refuses every event of the batch alone; retrying it");
+            return Some(None);
+        }
+        Some(Some(bad))
+    }
+
+    /// Writes a poison message to its dead-letter topic, retrying until it is written. Returns
+    /// false if stopped first.
+    async fn dead_letter(&self, p: &Poison<'_>, shutdown: &mut watch::Receiver<bool>) -> bool {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match crate::dlq::send(&self.config, &self.dlq, p.message, p.reason, &p.detail).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "writing a dead letter failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return false,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
             }
         }
     }
-    metrics::counter!("collector_batches_total").increment(1);
-    metrics::histogram!("collector_batch_size").record(batch.len() as f64);
-    metrics::histogram!("collector_batch_duration_seconds").record(started.elapsed().as_secs_f64());
-    true
 }
 
-/// Reasons a message is poison.
-fn parse(m: &OwnedMessage) -> Result<Envelope, String> {
-    let payload = m.payload().ok_or_else(|| "empty message".to_owned())?;
-    serde_json::from_slice::<Envelope>(payload)
-        .map_err(|e| format!("not a valid event envelope: {e}"))
-}
-
-async fn apply(
-    config: &Config,
-    pool: &Pool,
-    live: &Live,
-    dlq: &FutureProducer,
-    good: &[Envelope],
-    poison: &[(&OwnedMessage, String)],
-) -> anyhow::Result<()> {
-    // Dead letters first: if they cannot be written, the batch is retried as a whole (good
-    // events that were applied meanwhile are skipped through event_handled).
-    for (m, reason) in poison {
-        send_to_dlq(config, dlq, m, reason).await?;
-    }
-    if good.is_empty() {
-        return Ok(());
-    }
-    let mut conn = pool.get().await?;
-    let applied =
-        crate::apply::apply_batch(&mut conn, &config.group_id, good, config.time_zone).await?;
-    // After the commit, off the batch's path: the live rankings re-read these products.
-    live.mark(&applied.touched);
-    Ok(())
-}
-
-async fn send_to_dlq(
-    config: &Config,
-    dlq: &FutureProducer,
+/// Parses a message and checks it can be applied: a valid envelope, within the dedupe horizon,
+/// with figures that fit. The error is the poison reason label and a description.
+fn admit(
     m: &OwnedMessage,
-    reason: &str,
-) -> anyhow::Result<()> {
-    let topic = format!("{}{}", m.topic(), config.dlq_suffix);
-    let partition = m.partition().to_string();
-    let offset = m.offset().to_string();
-    let mut headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "dlq_error",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "dlq_source_topic",
-            value: Some(m.topic()),
-        })
-        .insert(Header {
-            key: "dlq_source_partition",
-            value: Some(partition.as_str()),
-        })
-        .insert(Header {
-            key: "dlq_source_offset",
-            value: Some(offset.as_str()),
-        });
-    if let Some(original) = m.headers() {
-        for h in original.iter() {
-            headers = headers.insert(Header {
-                key: h.key,
-                value: h.value,
-            });
-        }
-    }
-    let mut record = FutureRecord::to(&topic).headers(headers);
-    if let Some(key) = m.key() {
-        record = record.key(key);
-    }
-    if let Some(payload) = m.payload() {
-        record = record.payload(payload);
-    }
-    dlq.send(record, Duration::from_secs(10))
-        .await
-        .map_err(|(e, _)| anyhow::anyhow!("writing to {topic}: {e}"))?;
-    let reason_label = if reason.starts_with("empty") {
-        "empty"
-    } else {
-        "invalid_envelope"
-    };
-    metrics::counter!("collector_poison_messages_total", "reason" => reason_label).increment(1);
-    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), %reason, "poison message sent to the dead-letter topic");
-    Ok(())
+    horizon: &Horizon,
+    now: chrono::DateTime<chrono::Utc>,
+    tz: chrono_tz::Tz,
+) -> Result<Envelope, (&'static str, String)> {
+    let payload = m
+        .payload()
+        .ok_or_else(|| ("empty", "empty message".to_owned()))?;
+    let envelope = serde_json::from_slice::<Envelope>(payload).map_err(|e| {
+        (
+            "invalid_envelope",
+            format!("not a valid event envelope: {e}"),
+        )
+    })?;
+    horizon
+        .admit(&envelope, now)
+        .map_err(|r| (r.label(), r.to_string()))?;
+    crate::apply::check(&envelope, tz).map_err(|e| ("invalid_envelope", e))?;
+    Ok(envelope)
 }
 
 #[cfg(test)]
@@ -429,6 +602,11 @@ mod tests {
         let health = Health::default();
         assert!(health.check().await.is_err(), "down until subscribed");
         health.set(true);
+        assert!(health.check().await.is_ok());
+        health.stalled(Some("connection refused".into()));
+        let err = health.check().await.unwrap_err();
+        assert!(err.contains("database is unavailable"), "{err}");
+        health.stalled(None);
         assert!(health.check().await.is_ok());
         health.set(false);
         assert!(health.check().await.is_err(), "down again while recreated");

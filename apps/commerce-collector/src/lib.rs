@@ -7,6 +7,8 @@
 pub mod apply;
 pub mod config;
 pub mod consumer;
+pub mod dedupe;
+pub mod dlq;
 pub mod error;
 pub mod jobs;
 pub mod ranking;

@@ -29,6 +29,32 @@ enum Command {
         #[arg(long)]
         to: chrono::NaiveDate,
     },
+    /// Dead letters.
+    Dlq {
+        #[command(subcommand)]
+        command: Dlq,
+    },
+}
+
+#[derive(Subcommand)]
+enum Dlq {
+    /// Re-publish dead letters to their source topic, with a progress bar. Events applied
+    /// meanwhile, or replayed before, are skipped by the consumer's dedupe.
+    Replay {
+        /// Only these event types (repeatable), e.g. `--type OrderPaid`.
+        #[arg(long = "type")]
+        event_types: Vec<String>,
+        /// Only these reasons (repeatable): empty, invalid_envelope, invalid_event_id,
+        /// past_horizon, database.
+        #[arg(long = "reason")]
+        reasons: Vec<String>,
+        /// Only dead letters written at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only dead letters written before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
 }
 
 #[tokio::main]
@@ -66,6 +92,39 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             bar.finish();
             println!("rebuilt {n} weekly and monthly periods between {from} and {to}");
+            Ok(())
+        }
+        Command::Dlq {
+            command:
+                Dlq::Replay {
+                    event_types,
+                    reasons,
+                    since,
+                    until,
+                },
+        } => {
+            let filter = commerce_collector::dlq::Filter {
+                event_types,
+                reasons,
+                since,
+                until,
+            };
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:40} {pos}/{len} dead letters read, {elapsed} elapsed, ETA {eta}",
+                )
+                .expect("valid template"),
+            );
+            let done = commerce_collector::dlq::replay(&config, &filter, |read, total| {
+                bar.set_length(total);
+                bar.set_position(read);
+            })
+            .await?;
+            bar.finish();
+            println!(
+                "replayed {} of {} dead letters to their source topics",
+                done.replayed, done.read
+            );
             Ok(())
         }
     }

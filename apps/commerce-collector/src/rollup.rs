@@ -153,7 +153,7 @@ pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyh
 /// How long a claimed run of a job may take before another instance may take it over: far
 /// longer than any run takes (a takeover while the first still runs is harmless, as every step
 /// is idempotent, but wasted work).
-const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Closes yesterday: materialises its ranks and carries its scores into today. Once per
 /// business day.
@@ -219,46 +219,6 @@ pub async fn carry_over(
     Ok(())
 }
 
-/// Deletes `event_handled` rows older than `retention`, in bounded batches, once per day across
-/// instances. Safe once the broker can no longer redeliver those events: keep the retention
-/// longer than the topics' (Kafka's default is 7 days; ours 8).
-pub async fn prune_event_handled(
-    pool: &Pool,
-    retention: std::time::Duration,
-    day: NaiveDate,
-) -> anyhow::Result<u64> {
-    let mut total = 0u64;
-    jobs::run(
-        pool,
-        "prune-event-handled",
-        &day.to_string(),
-        LEASE,
-        async {
-            let mut conn = pool.get().await?;
-            loop {
-                let n = diesel::sql_query(
-                    "DELETE FROM event_handled WHERE ctid IN (
-                    SELECT ctid FROM event_handled
-                     WHERE handled_at < now() - make_interval(secs => $1) LIMIT 50000)",
-                )
-                .bind::<Double, _>(retention.as_secs_f64())
-                .execute(&mut conn)
-                .await?;
-                total += n as u64;
-                if n == 0 {
-                    break;
-                }
-            }
-            Ok(())
-        },
-    )
-    .await?;
-    if total > 0 {
-        tracing::info!(rows = total, "pruned event_handled past retention");
-    }
-    Ok(total)
-}
-
 /// Starts the scheduled jobs: the incremental rollup on `ROLLUP_CRON`, the ranking snapshots on
 /// `RANKING_SNAPSHOT_CRON`, and the day close checked
 /// every minute (it runs once, right after midnight in the business time zone).
@@ -306,9 +266,8 @@ pub async fn start_scheduler(
                 if let Err(e) = close_day(&pool, &live, &config, today).await {
                     tracing::warn!(error = %format!("{e:#}"), "closing the business day failed");
                 }
-                let retention =
-                    std::time::Duration::from_secs(config.event_handled_retention_hours * 3600);
-                if let Err(e) = prune_event_handled(&pool, retention, today).await {
+                let horizon = crate::dedupe::Horizon::hours(config.event_handled_retention_hours);
+                if let Err(e) = crate::dedupe::prune(&pool, horizon, today).await {
                     tracing::warn!(error = %format!("{e:#}"), "pruning event_handled failed");
                 }
             })

@@ -233,6 +233,26 @@ impl TestDb {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Simulates an outage of this database (and its end): while unavailable, every open
+    /// connection is terminated and new ones are refused, as a failed-over or restarting
+    /// server does; the rest of the server keeps running for other tests.
+    pub async fn set_available(&self, available: bool) {
+        let mut admin = connect_admin(&self.server_url).await;
+        let name = quote_ident(&self.name);
+        let mut sql = format!("ALTER DATABASE {name} WITH ALLOW_CONNECTIONS {available};");
+        if !available {
+            sql.push_str(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                  WHERE datname = '{}' AND pid <> pg_backend_pid();",
+                self.name.replace('\'', "''")
+            ));
+        }
+        admin
+            .batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("changing the availability of {}: {e}", self.name));
+    }
 }
 
 impl Drop for TestDb {

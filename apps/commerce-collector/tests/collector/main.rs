@@ -4,7 +4,9 @@
 
 mod broker_outage;
 mod card_sales;
+mod dead_letters;
 mod end_to_end;
+mod group;
 mod migrations;
 mod pipeline;
 mod platform;

@@ -77,3 +77,78 @@ async fn the_ranking_read_model_keeps_the_top_ranks_and_makes_weeks_and_months_e
         "a product missing from its week is added"
     );
 }
+
+#[tokio::test]
+async fn dedupe_rows_of_every_group_move_to_the_event_keyed_log_and_still_dedupe() {
+    const BY_EVENT: &str = "2026-12-03-000001_event_handled_by_event";
+    let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    conn.batch_execute(include_str!(
+        "../../migrations/2026-12-03-000001_event_handled_by_event/down.sql"
+    ))
+    .await
+    .unwrap();
+    let seen = commerce_events::Envelope::new(commerce_events::Event::ProductViewed(
+        commerce_events::ProductViewed {
+            product_id: 1,
+            user_id: None,
+        },
+    ));
+    let legacy = uuid::Uuid::new_v4();
+    conn.batch_execute(&format!(
+        "DELETE FROM __diesel_schema_migrations WHERE version = '{}';
+         INSERT INTO event_handled (consumer_group, event_id, handled_at)
+              VALUES ('blue', '{id}', now() - interval '2 hours'),
+                     ('green', '{id}', now() - interval '1 hour'),
+                     ('blue', '{legacy}', '2026-11-30T12:00:00Z');",
+        BY_EVENT.replace('-', "").split('_').next().unwrap(),
+        id = seen.event_id,
+    ))
+    .await
+    .unwrap();
+
+    commerce_db::run_migrations(&db.url, commerce_collector::MIGRATIONS)
+        .await
+        .unwrap();
+
+    let recorded_ms = commerce_collector::dedupe::recorded_at(&seen)
+        .unwrap()
+        .timestamp_millis();
+    assert_eq!(
+        count(
+            &db.url,
+            &format!(
+                "SELECT count(*) AS n FROM event_handled
+                  WHERE event_id = '{}' AND consumer_group = 'blue'
+                    AND (extract(epoch FROM recorded_at) * 1000)::bigint = {recorded_ms}",
+                seen.event_id
+            )
+        )
+        .await,
+        1,
+        "one row per event, the first group's, at the id's time"
+    );
+    assert_eq!(
+        count(
+            &db.url,
+            &format!(
+                "SELECT count(*) AS n FROM event_handled
+                  WHERE event_id = '{legacy}' AND recorded_at = '2026-11-30T12:00:00Z'"
+            )
+        )
+        .await,
+        1,
+        "an id without a time keeps its handling time"
+    );
+    // Delivered again after the upgrade, under yet another group: still skipped.
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let applied = commerce_collector::apply::apply_batch(
+        &mut conn,
+        "renamed",
+        &[seen],
+        chrono_tz::Asia::Seoul,
+    )
+    .await
+    .unwrap();
+    assert_eq!((applied.applied, applied.duplicates), (0, 1));
+}

@@ -413,3 +413,58 @@ async fn a_late_event_for_a_rolled_up_week_and_month_is_counted_at_once_and_kept
         1
     );
 }
+
+#[tokio::test]
+async fn dedupe_retention_drops_whole_partitions_past_the_horizon_and_creates_the_next_days() {
+    use commerce_collector::dedupe::{self, Horizon};
+    let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
+    let pool = commerce_db::pool(&db.url, 2).unwrap();
+    let mut conn = pool.get().await.unwrap();
+    let today = Utc::now().date_naive();
+    let old = today - Duration::days(10);
+    let recent = today - Duration::days(7);
+    dedupe::ensure_partitions(&mut conn, [old, recent])
+        .await
+        .unwrap();
+    diesel::sql_query(
+        "INSERT INTO event_handled (event_id, recorded_at, consumer_group)
+         VALUES (gen_random_uuid(), $1::timestamp AT TIME ZONE 'UTC', 'g'),
+                (gen_random_uuid(), $2::timestamp AT TIME ZONE 'UTC', 'g')",
+    )
+    .bind::<Date, _>(old)
+    .bind::<Date, _>(recent)
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let dropped = dedupe::prune(&pool, Horizon::hours(192), today)
+        .await
+        .unwrap();
+    assert_eq!(
+        dropped,
+        [format!("event_handled_p{}", old.format("%Y%m%d"))]
+    );
+    let partitions = |day: NaiveDate| {
+        format!(
+            "SELECT count(*) AS n FROM pg_class WHERE relname = 'event_handled_p{}'",
+            day.format("%Y%m%d")
+        )
+    };
+    for kept in [
+        recent,
+        today,
+        today + Duration::days(1),
+        today + Duration::days(2),
+    ] {
+        assert_eq!(
+            commerce_testkit::count(&db.url, &partitions(kept)).await,
+            1,
+            "{kept}"
+        );
+    }
+    assert_eq!(
+        commerce_testkit::count(&db.url, "SELECT count(*) AS n FROM event_handled").await,
+        1,
+        "the recent row stays"
+    );
+}

@@ -73,8 +73,13 @@ impl Pipeline {
     /// message produced so far (redeliveries included) has been applied or deduplicated. The
     /// positive signal to wait for before asserting that nothing was counted twice.
     pub async fn consumed_all(&self) -> Result<(), String> {
+        self.consumed_all_by(&self.group).await
+    }
+
+    /// [`Pipeline::consumed_all`] for another consumer group.
+    pub async fn consumed_all_by(&self, group: &str) -> Result<(), String> {
         let settings = self.kafka.settings.clone();
-        let group = self.group.clone();
+        let group = group.to_owned();
         let topics = [self.catalog_topic.clone(), self.order_topic.clone()];
         tokio::task::spawn_blocking(move || {
             let consumer: BaseConsumer = settings
@@ -128,6 +133,89 @@ impl Pipeline {
         .await;
     }
 
+    /// Waits until [`Pipeline::consumed_all_by`] holds for `group`.
+    pub async fn wait_consumed_by(&self, group: &str) {
+        commerce_testkit::eventually(
+            &format!("group {group} commits every message"),
+            Duration::from_secs(60),
+            async || self.consumed_all_by(group).await,
+        )
+        .await;
+    }
+
+    /// Sets the group's committed offsets back to the start of both topics (as
+    /// `kafka-consumer-groups --reset-offsets --to-earliest` does; no member may be running).
+    pub async fn reset_offsets_to_earliest(&self) {
+        let settings = self.kafka.settings.clone();
+        let group = self.group.clone();
+        let topics = [self.catalog_topic.clone(), self.order_topic.clone()];
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = settings.consumer_config(&group).create().unwrap();
+            let mut earliest = TopicPartitionList::new();
+            for topic in &topics {
+                for partition in 0..3 {
+                    earliest
+                        .add_partition_offset(topic, partition, Offset::Offset(0))
+                        .unwrap();
+                }
+            }
+            consumer
+                .commit(&earliest, rdkafka::consumer::CommitMode::Sync)
+                .expect("offsets reset");
+            let committed = consumer
+                .committed_offsets(earliest, Duration::from_secs(5))
+                .unwrap();
+            assert!(
+                committed
+                    .elements()
+                    .iter()
+                    .all(|e| e.offset() == Offset::Offset(0)),
+                "the reset took: {committed:?}"
+            );
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Reads `n` dead letters of `topic` (its dead-letter topic is read), failing after a minute.
+    pub async fn dead_letters(&self, topic: &str, n: usize) -> Vec<DeadLetter> {
+        use rdkafka::consumer::StreamConsumer;
+        use rdkafka::message::{Headers, Message};
+        let dlq: StreamConsumer = self
+            .kafka
+            .settings
+            .consumer_config(&self.kafka.group("dlq-reader"))
+            .create()
+            .unwrap();
+        dlq.subscribe(&[&format!("{topic}.dlq")]).unwrap();
+        let mut letters = Vec::new();
+        while letters.len() < n {
+            let msg = tokio::time::timeout(Duration::from_secs(60), dlq.recv())
+                .await
+                .unwrap_or_else(|_| panic!("{n} dead letters arrive; got {letters:?}"))
+                .unwrap();
+            let headers = msg.headers().expect("dead letters carry headers");
+            let header = |name: &str| {
+                headers
+                    .iter()
+                    .find(|h| h.key == name)
+                    .and_then(|h| h.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+                    .unwrap_or_default()
+            };
+            letters.push(DeadLetter {
+                reason: header("dlq_reason"),
+                error: header("dlq_error"),
+                source_topic: header("dlq_source_topic"),
+                source_offset: header("dlq_source_offset"),
+                payload: msg
+                    .payload()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+            });
+        }
+        letters
+    }
+
     /// Produces envelopes straight to their topic (as the relay would).
     pub async fn produce(&self, envelopes: &[Envelope]) {
         let producer = self.kafka.settings.producer().unwrap();
@@ -162,6 +250,16 @@ impl Pipeline {
             .map_err(|(e, _)| e)
             .expect("delivered");
     }
+}
+
+/// A dead letter as read back from a dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub reason: String,
+    pub error: String,
+    pub source_topic: String,
+    pub source_offset: String,
+    pub payload: Option<String>,
 }
 
 /// Polls `url` until `check` accepts the JSON body, or fails after `secs` seconds.

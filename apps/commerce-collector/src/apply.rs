@@ -167,26 +167,12 @@ pub async fn apply_batch(
         #[diesel(sql_type = SqlUuid)]
         event_id: Uuid,
     }
-    let statement = || {
-        diesel::sql_query(BATCH_SQL.as_str())
-            .bind::<Text, _>(group)
-            .bind::<Array<SqlUuid>, _>(&ids)
-            .bind::<Array<SqlUuid>, _>(&fx.event_ids)
-            .bind::<Array<Date>, _>(&fx.days)
-            .bind::<Array<BigInt>, _>(&fx.products)
-            .bind::<Array<BigInt>, _>(&fx.views)
-            .bind::<Array<BigInt>, _>(&fx.likes)
-            .bind::<Array<BigInt>, _>(&fx.orders)
-            .bind::<Array<BigInt>, _>(&fx.quantities)
-            .bind::<Array<BigInt>, _>(&fx.amounts)
-            .bind::<Array<SqlUuid>, _>(&snapshots.event_ids)
-            .bind::<Array<BigInt>, _>(&snapshots.products)
-            .bind::<Array<Text>, _>(&snapshots.names)
-            .bind::<Array<Text>, _>(&snapshots.brands)
-            .bind::<Array<BigInt>, _>(&snapshots.prices)
-            .bind::<Array<BigInt>, _>(&snapshots.versions)
-            .bind::<BigInt, _>(PERIOD_LOCK.key())
-            .bind::<Array<Timestamptz>, _>(&recorded)
+    let statement = || BatchStatement {
+        group,
+        ids: &ids,
+        recorded: &recorded,
+        fx: &fx,
+        snapshots: &snapshots,
     };
     let new: Vec<New> = match statement().load(conn).await {
         Err(e) if missing_partition(&e) => {
@@ -227,7 +213,7 @@ pub async fn apply_batch(
 /// rows, then (only for the events that were new) the all-time, daily, weekly and monthly
 /// figures and the catalog projection. It takes [`PERIOD_LOCK`] shared first. Each upsert feeds
 /// its rows in key order, so concurrent batches lock rows in one order and cannot deadlock.
-static BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
+pub static BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
     // (CTE, table, key columns, the key as computed from fx's day, whether the row records
     // when it changed)
     let figures = [
@@ -313,6 +299,83 @@ fx AS (
 SELECT event_id FROM new"
     )
 });
+
+/// [`BATCH_SQL`] with its parameters, as a query diesel prepares once per connection and then
+/// reuses (diesel never caches `sql_query`'s statements; this one is keyed by its SQL, which is
+/// fixed): a batch costs one Bind/Execute round trip, with no parse and no planning.
+struct BatchStatement<'a> {
+    group: &'a str,
+    ids: &'a [Uuid],
+    recorded: &'a [DateTime<Utc>],
+    fx: &'a Effects,
+    snapshots: &'a Snapshots<'a>,
+}
+
+/// [`BATCH_SQL`] split at its `$n` placeholders: diesel numbers parameters in the order they are
+/// pushed, so each is pushed where its placeholder stands.
+static BATCH_PIECES: LazyLock<Vec<(&'static str, Option<u8>)>> = LazyLock::new(|| {
+    let sql: &'static str = BATCH_SQL.as_str();
+    let mut pieces = Vec::new();
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        let digits = rest[at + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - at - 1);
+        let n = rest[at + 1..at + 1 + digits]
+            .parse()
+            .expect("a placeholder is $ and a number");
+        pieces.push((&rest[..at], Some(n)));
+        rest = &rest[at + 1 + digits..];
+    }
+    pieces.push((rest, None));
+    pieces
+});
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for BatchStatement<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> diesel::QueryResult<()> {
+        let (fx, s) = (self.fx, self.snapshots);
+        for (sql, param) in BATCH_PIECES.iter() {
+            out.push_sql(sql);
+            match param {
+                None => {}
+                Some(1) => out.push_bind_param::<Text, _>(&self.group)?,
+                Some(2) => out.push_bind_param::<Array<SqlUuid>, _>(&self.ids)?,
+                Some(3) => out.push_bind_param::<Array<SqlUuid>, _>(&fx.event_ids)?,
+                Some(4) => out.push_bind_param::<Array<Date>, _>(&fx.days)?,
+                Some(5) => out.push_bind_param::<Array<BigInt>, _>(&fx.products)?,
+                Some(6) => out.push_bind_param::<Array<BigInt>, _>(&fx.views)?,
+                Some(7) => out.push_bind_param::<Array<BigInt>, _>(&fx.likes)?,
+                Some(8) => out.push_bind_param::<Array<BigInt>, _>(&fx.orders)?,
+                Some(9) => out.push_bind_param::<Array<BigInt>, _>(&fx.quantities)?,
+                Some(10) => out.push_bind_param::<Array<BigInt>, _>(&fx.amounts)?,
+                Some(11) => out.push_bind_param::<Array<SqlUuid>, _>(&s.event_ids)?,
+                Some(12) => out.push_bind_param::<Array<BigInt>, _>(&s.products)?,
+                Some(13) => out.push_bind_param::<Array<Text>, _>(&s.names)?,
+                Some(14) => out.push_bind_param::<Array<Text>, _>(&s.brands)?,
+                Some(15) => out.push_bind_param::<Array<BigInt>, _>(&s.prices)?,
+                Some(16) => out.push_bind_param::<Array<BigInt>, _>(&s.versions)?,
+                Some(17) => out.push_bind_param::<BigInt, _>(&PERIOD_LOCK_KEY)?,
+                Some(18) => out.push_bind_param::<Array<Timestamptz>, _>(&self.recorded)?,
+                Some(n) => unreachable!("BATCH_SQL has no parameter ${n}"),
+            }
+        }
+        Ok(())
+    }
+}
+
+const PERIOD_LOCK_KEY: i64 = PERIOD_LOCK.key();
+
+impl diesel::query_builder::QueryId for BatchStatement<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for BatchStatement<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
 
 /// Whether a statement failed because `event_handled` has no partition for a row yet.
 fn missing_partition(e: &diesel::result::Error) -> bool {

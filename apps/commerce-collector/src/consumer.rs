@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ranking::live::Live;
 use commerce_db::Pool;
@@ -186,8 +186,20 @@ fn topics(config: &Config) -> Vec<(String, i32)> {
     t
 }
 
-/// How often finished batches are looked for while no message arrives.
+/// How often a full read-ahead is looked at again (to pause fetching when a batch is slow).
 const STORE_CHECK: Duration = Duration::from_millis(20);
+
+/// Batches of messages taken ahead while every batch slot is busy.
+const READ_AHEAD: usize = 10;
+
+/// What woke the consumer loop.
+enum Wake {
+    Message(rdkafka::error::KafkaResult<OwnedMessage>),
+    /// The oldest batch in flight ended (committed, stopped, or panicked).
+    Finished(Result<bool, tokio::task::JoinError>),
+    Stop,
+    Tick,
+}
 
 /// Everything a batch task needs, shared by every batch of one consumer.
 struct Batcher {
@@ -230,66 +242,84 @@ async fn consume(
     // Batches being applied, oldest first, each with the offsets it completes. Several may be in
     // flight (on separate connections), but offsets are stored strictly in batch order: a
     // batch's offsets only once it *and every batch before it* committed.
-    let mut in_flight: VecDeque<(JoinHandle<bool>, TopicPartitionList)> = VecDeque::new();
-    // Messages received while every batch slot was taken: the start of the next batch.
+    let mut in_flight: VecDeque<(JoinHandle<bool>, TopicPartitionList, Instant)> = VecDeque::new();
+    // Messages received while every batch slot was taken: the next batches.
     let mut carried: VecDeque<OwnedMessage> = VecDeque::new();
+    let read_ahead = READ_AHEAD * config.batch_size;
+    // A batch in flight this long while the read-ahead is full pauses fetching, so the loop can
+    // keep polling (a member that stops polling for `max.poll.interval.ms` is evicted from the
+    // group) without piling messages up.
+    let pause_after = Duration::from_millis(u64::from(config.kafka.max_poll_interval_ms) / 4);
     let mut paused = false;
     loop {
-        while in_flight.front().is_some_and(|(h, _)| h.is_finished()) {
-            let (handle, offsets) = in_flight.pop_front().expect("checked non-empty");
-            if !outcome(handle.await)? {
-                // Stopped before it committed: leave its offsets (and later ones) unstored.
-                return Ok(());
-            }
-            store(&consumer, &offsets);
-        }
         let full = in_flight.len() >= config.max_in_flight;
-        // At capacity the loop keeps polling, so the group never takes a slow commit for a
-        // stuck member (`max.poll.interval.ms`), with its partitions paused so nothing piles up;
-        // the few messages fetched before the pause are carried into the next batch.
-        if full && !paused {
+        let oldest_age = in_flight.front().map(|(_, _, at)| at.elapsed());
+        if !paused
+            && full
+            && carried.len() >= read_ahead
+            && oldest_age.is_some_and(|age| age >= pause_after)
+        {
             set_paused(&consumer, true)?;
             paused = true;
-        } else if !full && paused {
+        } else if paused && carried.len() < read_ahead {
             set_paused(&consumer, false)?;
             paused = false;
         }
-        let first = if full || carried.is_empty() {
-            tokio::select! {
-                m = consumer.recv() => Some(m),
-                // A finished batch's offsets are stored without waiting for the next message: an
-                // idle consumer still commits everything it applied (the loop's head stores them).
-                () = tokio::time::sleep(STORE_CHECK), if !in_flight.is_empty() => None,
-                _ = shutdown.changed() => {
-                    // Let the batches in flight finish (or stop), storing what committed in
-                    // order, then commit synchronously before leaving the group (a short
-                    // blocking call, acceptable once at shutdown).
-                    while let Some((handle, offsets)) = in_flight.pop_front() {
-                        if !matches!(outcome(handle.await), Ok(true)) {
-                            break;
-                        }
-                        store(&consumer, &offsets);
-                    }
-                    let _ = consumer.commit_consumer_state(CommitMode::Sync);
-                    return Ok(());
+        // Take more messages unless the read-ahead is full; once paused, keep polling anyway.
+        let receive = carried.len() < read_ahead || paused;
+        let wake = if full || carried.is_empty() {
+            let oldest = async {
+                match in_flight.front_mut() {
+                    Some((handle, _, _)) => handle.await,
+                    None => std::future::pending().await,
                 }
+            };
+            tokio::select! {
+                m = consumer.recv(), if receive => Wake::Message(m.map(|m| m.detach())),
+                // A finished batch's offsets are stored at once, without waiting for the next
+                // message: an idle consumer still commits everything it applied.
+                done = oldest => Wake::Finished(done),
+                () = tokio::time::sleep(STORE_CHECK), if !receive => Wake::Tick,
+                _ = shutdown.changed() => Wake::Stop,
             }
         } else {
-            None
+            Wake::Tick
         };
-        match first {
-            Some(Ok(m)) => {
+        match wake {
+            Wake::Message(Ok(m)) => {
                 consecutive_errors = 0;
-                carried.push_back(m.detach());
+                carried.push_back(m);
             }
-            Some(Err(e)) => {
+            Wake::Message(Err(e)) => {
                 consecutive_errors += 1;
                 tracing::warn!(error = %e, "consume error");
                 anyhow::ensure!(consecutive_errors < 20, "the consumer keeps failing: {e}");
                 tokio::time::sleep(Duration::from_millis(250)).await;
                 continue;
             }
-            None => {}
+            Wake::Finished(done) => {
+                let (_, offsets, _) = in_flight.pop_front().expect("the oldest batch finished");
+                if !outcome(done)? {
+                    // Stopped before it committed: leave its offsets (and later ones) unstored.
+                    return Ok(());
+                }
+                store(&consumer, &offsets);
+                continue;
+            }
+            Wake::Stop => {
+                // Let the batches in flight finish (or stop), storing what committed in order,
+                // then commit synchronously before leaving the group (a short blocking call,
+                // acceptable once at shutdown).
+                while let Some((handle, offsets, _)) = in_flight.pop_front() {
+                    if !matches!(outcome(handle.await), Ok(true)) {
+                        break;
+                    }
+                    store(&consumer, &offsets);
+                }
+                let _ = consumer.commit_consumer_state(CommitMode::Sync);
+                return Ok(());
+            }
+            Wake::Tick => {}
         }
         if full || carried.is_empty() {
             continue;
@@ -311,7 +341,7 @@ async fn consume(
         let offsets = next_offsets(&batch)?;
         let (batcher, mut stop) = (batcher.clone(), shutdown.clone());
         let handle = tokio::spawn(async move { batcher.process(&batch, &mut stop).await });
-        in_flight.push_back((handle, offsets));
+        in_flight.push_back((handle, offsets, Instant::now()));
     }
 }
 

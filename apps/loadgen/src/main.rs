@@ -654,20 +654,39 @@ SELECT gen_random_uuid(), 'order-events', o.id::text, t, '{{}}'::jsonb FROM o, u
 COMMIT;
 "
     );
-    let path = std::env::temp_dir().join(format!("{tag}-orders.sql"));
+    let (tps, latency) = pgbench(&script, connections, seconds, database_url, &[]).await?;
+    println!("pgbench same transaction      {tps:>9.0} tps    {latency}");
+    println!(
+        "ratio api/pgbench = {:.2} (target >= 0.7)",
+        report.rps() / tps
+    );
+    Ok(())
+}
+
+/// Runs pgbench with `script` for `seconds` with `clients` clients; returns its transactions per
+/// second and its average latency line.
+pub(crate) async fn pgbench(
+    script: &str,
+    clients: usize,
+    seconds: u64,
+    database_url: &str,
+    extra: &[&str],
+) -> anyhow::Result<(f64, String)> {
+    let path = std::env::temp_dir().join(format!("loadgen-{}-{clients}.sql", std::process::id()));
     std::fs::write(&path, script)?;
     let out = tokio::process::Command::new("pgbench")
         .args([
             "-n",
             "-c",
-            &connections.to_string(),
+            &clients.to_string(),
             "-j",
-            "2",
+            &clients.min(2).to_string(),
             "-T",
             &seconds.to_string(),
             "-r",
-            "-f",
         ])
+        .args(extra)
+        .arg("-f")
         .arg(&path)
         .arg(database_url)
         .output()
@@ -688,13 +707,9 @@ COMMIT;
     let latency = text
         .lines()
         .find(|l| l.starts_with("latency average"))
-        .unwrap_or("");
-    println!("pgbench same transaction      {tps:>9.0} tps    {latency}");
-    println!(
-        "ratio api/pgbench = {:.2} (target >= 0.7)",
-        report.rps() / tps
-    );
-    Ok(())
+        .unwrap_or("")
+        .to_owned();
+    Ok((tps, latency))
 }
 
 async fn coupons(

@@ -468,3 +468,32 @@ async fn dedupe_retention_drops_whole_partitions_past_the_horizon_and_creates_th
         "the recent row stays"
     );
 }
+
+#[tokio::test]
+async fn a_batch_is_one_statement_prepared_once_per_connection() {
+    let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let view = || {
+        Envelope::new(Event::ProductViewed(ProductViewed {
+            product_id: 3,
+            user_id: None,
+        }))
+    };
+    for _ in 0..3 {
+        apply_batch(&mut conn, "g", &[view(), view()], chrono_tz::Asia::Seoul)
+            .await
+            .unwrap();
+    }
+    #[derive(diesel::QueryableByName)]
+    struct Prepared {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let prepared: Prepared = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_prepared_statements WHERE statement LIKE '%INSERT INTO event_handled%' AND statement NOT LIKE '%pg_prepared_statements%'",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(prepared.n, 1, "prepared once, reused by the next batches");
+}

@@ -2,7 +2,7 @@
 //!
 //! Every batch keeps the weekly and monthly figures live (deltas, in its transaction); a rollup
 //! of a period recomputes them whole from the daily rows with one set-based statement
-//! (`INSERT … SELECT … GROUP BY … ON CONFLICT DO UPDATE` setting absolute values), so it is a
+//! (`MERGE … USING (SELECT … GROUP BY)` setting absolute values), so it is a
 //! reconciliation (and the backfill of periods older than the live tables), idempotent, and then
 //! materialises the period's ranks. It holds [`PERIOD_LOCK`] exclusively, which batches take
 //! shared: it never overwrites a delta committed while it ran. The scheduled job only touches
@@ -42,19 +42,24 @@ pub async fn rollup_period(
     };
     conn.transaction::<_, anyhow::Error, _>(async |conn| {
         PERIOD_LOCK.exclusive(conn).await?;
+        // A MERGE joins the period's sums with its existing rows in one pass (a hash join), where
+        // an upsert probes the unique index row by row: a re-run that changes nothing costs
+        // about the GROUP BY alone.
         diesel::sql_query(format!(
-            "INSERT INTO {table} AS r ({column}, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-             SELECT $1, product_id, sum(view_count), sum(like_count), sum(order_count), sum(sales_quantity), sum(sales_amount)
-               FROM product_metrics_daily
-              WHERE business_date BETWEEN $1 AND $2
-              GROUP BY product_id
-             ON CONFLICT ({column}, product_id) DO UPDATE SET
-                 view_count = EXCLUDED.view_count, like_count = EXCLUDED.like_count,
-                 order_count = EXCLUDED.order_count, sales_quantity = EXCLUDED.sales_quantity,
-                 sales_amount = EXCLUDED.sales_amount
-             WHERE (r.view_count, r.like_count, r.order_count, r.sales_quantity, r.sales_amount)
-                IS DISTINCT FROM (EXCLUDED.view_count, EXCLUDED.like_count, EXCLUDED.order_count,
-                                  EXCLUDED.sales_quantity, EXCLUDED.sales_amount)"
+            "MERGE INTO {table} AS r
+             USING (SELECT product_id, sum(view_count) AS v, sum(like_count) AS l,
+                           sum(order_count) AS o, sum(sales_quantity) AS q, sum(sales_amount) AS a
+                      FROM product_metrics_daily
+                     WHERE business_date BETWEEN $1 AND $2
+                     GROUP BY product_id) AS s
+                ON r.{column} = $1 AND r.product_id = s.product_id
+             WHEN MATCHED AND (r.view_count, r.like_count, r.order_count, r.sales_quantity, r.sales_amount)
+                              IS DISTINCT FROM (s.v, s.l, s.o, s.q, s.a) THEN
+                 UPDATE SET view_count = s.v, like_count = s.l, order_count = s.o,
+                            sales_quantity = s.q, sales_amount = s.a
+             WHEN NOT MATCHED THEN
+                 INSERT ({column}, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
+                 VALUES ($1, s.product_id, s.v, s.l, s.o, s.q, s.a)"
         ))
         .bind::<Date, _>(from)
         .bind::<Date, _>(to)

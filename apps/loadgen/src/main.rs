@@ -654,7 +654,7 @@ SELECT gen_random_uuid(), 'order-events', o.id::text, t, '{{}}'::jsonb FROM o, u
 COMMIT;
 "
     );
-    let (tps, latency) = pgbench(&script, connections, seconds, database_url, &[]).await?;
+    let (tps, latency) = pgbench(&script, connections, Some(seconds), database_url, &[]).await?;
     println!("pgbench same transaction      {tps:>9.0} tps    {latency}");
     println!(
         "ratio api/pgbench = {:.2} (target >= 0.7)",
@@ -663,12 +663,12 @@ COMMIT;
     Ok(())
 }
 
-/// Runs pgbench with `script` for `seconds` with `clients` clients; returns its transactions per
-/// second and its average latency line.
+/// Runs pgbench with `script` for `seconds` (or as `extra` says) with `clients` clients; returns
+/// its transactions per second and its average latency line.
 pub(crate) async fn pgbench(
     script: &str,
     clients: usize,
-    seconds: u64,
+    seconds: Option<u64>,
     database_url: &str,
     extra: &[&str],
 ) -> anyhow::Result<(f64, String)> {
@@ -681,10 +681,14 @@ pub(crate) async fn pgbench(
             &clients.to_string(),
             "-j",
             &clients.min(2).to_string(),
-            "-T",
-            &seconds.to_string(),
             "-r",
         ])
+        .args(
+            seconds
+                .map(|s| ["-T".to_owned(), s.to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .args(extra)
         .arg("-f")
         .arg(&path)

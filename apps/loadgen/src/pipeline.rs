@@ -44,6 +44,13 @@ pub(crate) async fn fresh_database(
     Ok(url)
 }
 
+/// Flushes PostgreSQL's dirty pages now.
+async fn checkpoint(server: &str) -> anyhow::Result<()> {
+    let mut admin = AsyncPgConnection::establish(&format!("{server}/postgres")).await?;
+    admin.batch_execute("CHECKPOINT").await?;
+    Ok(())
+}
+
 /// A log file for a child app, under the system's temporary directory (named on stderr).
 pub(crate) fn log_file(name: &str) -> anyhow::Result<std::fs::File> {
     let path = std::env::temp_dir().join(format!("loadgen-{name}.log"));
@@ -169,14 +176,17 @@ pub async fn ingest(
     println!("consume-only loop            {read_rate:>9.0} events/s ({read:.1} s)");
     drop(consumer);
 
+    // Each phase starts from a checkpoint, so none pays for the previous one's dirty pages.
+    checkpoint(server).await?;
     // The ceiling: the collector's own batch statement driven by pgbench, as many clients as the
     // collector has batches in flight, on a fresh database.
-    let (ceiling_tps, ceiling_latency) = batch_ceiling(server, products, 3, 20).await?;
+    let (ceiling_tps, ceiling_latency) = batch_ceiling(server, products, 3, events / 100).await?;
     let ceiling = ceiling_tps * 100.0;
     println!(
         "pgbench batch statement      {ceiling:>9.0} events/s ({ceiling_tps:.0} batches of 100/s, 3 clients; {ceiling_latency})"
     );
 
+    checkpoint(server).await?;
     // The collector, as its release binary, on a fresh database.
     let url = fresh_database(
         server,
@@ -247,7 +257,8 @@ pub async fn ingest(
 }
 
 /// pgbench running the collector's batch statement (its very SQL, prepared as the collector
-/// prepares it) with batches of 100 shaped like the benchmark's events (3 views to 1 sale,
+/// prepares it) `batches` times, so over as many rows as the collector then writes, with
+/// batches of 100 shaped like the benchmark's events (3 views to 1 sale,
 /// products uniform over `products`, time-ordered ids): returns batches per second and the
 /// latency line. The parameters are computed in the statement from a random seed (the ids
 /// twice, as the dedupe rows and as the effects' keys), a little work the collector does not do.
@@ -255,7 +266,7 @@ async fn batch_ceiling(
     server: &str,
     products: u64,
     clients: usize,
-    seconds: u64,
+    batches: u64,
 ) -> anyhow::Result<(f64, String)> {
     let url = fresh_database(
         server,
@@ -306,7 +317,15 @@ async fn batch_ceiling(
         "\\set seed random(1, 1000000000000)\n{};\n",
         statement.trim().replace('\n', " ")
     );
-    crate::pgbench(&script, clients, seconds, &url, &["-M", "prepared"]).await
+    let per_client = batches.div_ceil(clients as u64).to_string();
+    crate::pgbench(
+        &script,
+        clients,
+        None,
+        &url,
+        &["-M", "prepared", "-t", &per_client],
+    )
+    .await
 }
 
 /// Relay: drain of pending rows, then idle commit → publish latency.

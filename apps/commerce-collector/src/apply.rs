@@ -311,9 +311,10 @@ struct BatchStatement<'a> {
     snapshots: &'a Snapshots<'a>,
 }
 
-/// [`BATCH_SQL`] split at its `$n` placeholders: diesel numbers parameters in the order they are
-/// pushed, so each is pushed where its placeholder stands.
-static BATCH_PIECES: LazyLock<Vec<(&'static str, Option<u8>)>> = LazyLock::new(|| {
+/// [`BATCH_SQL`] split at its `$n` placeholders: each piece of text, then the number of the
+/// parameter that follows it (none after the last). Diesel numbers parameters in the order they
+/// are pushed, so each is pushed where its placeholder stands.
+pub static BATCH_PIECES: LazyLock<Vec<(&'static str, Option<u8>)>> = LazyLock::new(|| {
     let sql: &'static str = BATCH_SQL.as_str();
     let mut pieces = Vec::new();
     let mut rest = sql;

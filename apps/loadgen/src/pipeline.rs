@@ -300,18 +300,13 @@ async fn batch_ceiling(
             _ => unreachable!("the batch statement has 18 parameters"),
         }
     };
-    let sql = commerce_collector::apply::BATCH_SQL.as_str();
     let mut statement = String::new();
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        let digits = rest[at + 1..]
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len() - at - 1);
-        statement.push_str(&rest[..at]);
-        statement.push_str(&param(rest[at + 1..at + 1 + digits].parse()?));
-        rest = &rest[at + 1 + digits..];
+    for (sql, n) in commerce_collector::apply::BATCH_PIECES.iter() {
+        statement.push_str(sql);
+        if let Some(n) = n {
+            statement.push_str(&param(u32::from(*n)));
+        }
     }
-    statement.push_str(rest);
     // pgbench reads one command per line unless it ends with a semicolon.
     let script = format!(
         "\\set seed random(1, 1000000000000)\n{};\n",

@@ -592,3 +592,14 @@ impl Drop for PrivateBroker {
         let _ = self.child.wait();
     }
 }
+
+/// The value of a Kafka message's header `name`, as text.
+pub fn header(message: &impl commerce_kafka::rdkafka::Message, name: &str) -> Option<String> {
+    use commerce_kafka::rdkafka::message::Headers;
+    message
+        .headers()?
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}

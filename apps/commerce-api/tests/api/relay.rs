@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::support::spawn_app;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -45,14 +45,8 @@ async fn committed_events_reach_kafka_with_their_headers_and_are_marked() {
             .await
             .expect("published")
             .unwrap();
-        let headers = msg.headers().unwrap();
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|h| h.key == name)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        };
+        assert!(msg.headers().is_some(), "relayed messages carry headers");
+        let header = |name: &str| commerce_testkit::header(&msg, name);
         let envelope: serde_json::Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
         assert_eq!(msg.key(), Some(order["order_id"].to_string().as_bytes()));
         assert_eq!(

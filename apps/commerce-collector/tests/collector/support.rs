@@ -180,7 +180,7 @@ impl Pipeline {
     /// Reads `n` dead letters of `topic` (its dead-letter topic is read), failing after a minute.
     pub async fn dead_letters(&self, topic: &str, n: usize) -> Vec<DeadLetter> {
         use rdkafka::consumer::StreamConsumer;
-        use rdkafka::message::{Headers, Message};
+        use rdkafka::message::Message;
         let dlq: StreamConsumer = self
             .kafka
             .settings
@@ -194,15 +194,7 @@ impl Pipeline {
                 .await
                 .unwrap_or_else(|_| panic!("{n} dead letters arrive; got {letters:?}"))
                 .unwrap();
-            let headers = msg.headers().expect("dead letters carry headers");
-            let header = |name: &str| {
-                headers
-                    .iter()
-                    .find(|h| h.key == name)
-                    .and_then(|h| h.value)
-                    .map(|v| String::from_utf8_lossy(v).into_owned())
-                    .unwrap_or_default()
-            };
+            let header = |name: &str| commerce_testkit::header(&msg, name).unwrap_or_default();
             letters.push(DeadLetter {
                 reason: header("dlq_reason"),
                 error: header("dlq_error"),

@@ -22,6 +22,10 @@ pub struct Behaviour {
     /// Extra delay *after* an accepted payment is recorded, before the answer: a client that
     /// times out meanwhile does not learn of a payment the gateway has.
     pub response_delay_ms: u64,
+    /// Delay between deciding to accept a payment and recording it. Every request is processed
+    /// to the end, as a real gateway does, even when the client has hung up: with a delay longer
+    /// than the client's timeout, the payment appears after the client gave up on it.
+    pub record_delay_ms: u64,
     /// Share of payment requests answered with HTTP 500 (and not recorded).
     pub request_failure_rate: f64,
     pub settle_min_ms: u64,
@@ -40,6 +44,7 @@ impl Default for Behaviour {
             latency_min_ms: 100,
             latency_max_ms: 500,
             response_delay_ms: 0,
+            record_delay_ms: 0,
             request_failure_rate: 0.4,
             settle_min_ms: 1000,
             settle_max_ms: 5000,
@@ -57,6 +62,7 @@ impl Behaviour {
             latency_min_ms: 0,
             latency_max_ms: 0,
             response_delay_ms: 0,
+            record_delay_ms: 0,
             request_failure_rate: 0.0,
             settle_min_ms: 50,
             settle_max_ms: 150,
@@ -132,7 +138,12 @@ impl Dice {
         Ok(())
     }
 
-    /// Payment requests received so far (accepted or not).
+    /// Counts a payment request as received.
+    pub fn receive(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Payment requests received so far (accepted, refused, replayed or not).
     pub fn requests_received(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
@@ -148,9 +159,12 @@ impl Dice {
         Duration::from_millis(self.behaviour().response_delay_ms)
     }
 
+    pub fn record_delay(&self) -> Duration {
+        Duration::from_millis(self.behaviour().record_delay_ms)
+    }
+
     /// A payment request's latency and whether it fails.
     pub fn request(&self) -> (Duration, bool) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
         self.with_rng(&self.requests_rng, |rng, b| {
             let latency = rng.random_range(b.latency_min_ms..=b.latency_max_ms);
             let fails = rng.random_bool(b.request_failure_rate);

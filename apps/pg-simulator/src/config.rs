@@ -8,6 +8,8 @@
 //! | `PG_SIM_SEED` | unset (random) | fixed seed: the same requests draw the same outcomes |
 //! | `PG_SIM_LATENCY_MIN_MS` / `PG_SIM_LATENCY_MAX_MS` | `100` / `500` | how long a payment request takes |
 //! | `PG_SIM_RESPONSE_DELAY_MS` | `0` | delay between recording an accepted payment and answering (a slow answer the client may give up on) |
+//! | `PG_SIM_RECORD_DELAY_MS` | `0` | delay before an accepted payment is recorded; requests run to the end even if the client hung up, so a long delay records payments after the client gave up |
+//! | `PG_SIM_IDEMPOTENCY_TTL_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
 //! | `PG_SIM_REQUEST_FAILURE_RATE` | `0.4` | share of requests answered HTTP 500 (nothing recorded) |
 //! | `PG_SIM_SETTLE_MIN_MS` / `PG_SIM_SETTLE_MAX_MS` | `1000` / `5000` | delay until an accepted payment is settled |
 //! | `PG_SIM_SUCCESS_RATE` | `0.7` | share of settlements that succeed |
@@ -20,6 +22,8 @@ use commerce_config::{ConfigError, Reader, Source};
 
 use crate::behaviour::Behaviour;
 
+const DEFAULT_IDEMPOTENCY_TTL_HOURS: u64 = 24;
+
 /// Everything the simulator reads from its environment.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -28,9 +32,23 @@ pub struct Config {
     pub database_pool_size: usize,
     pub seed: Option<u64>,
     pub behaviour: Behaviour,
+    pub idempotency_ttl_hours: u64,
 }
 
 impl Config {
+    /// A simulator on an ephemeral local port with a fixed seed and the documented defaults
+    /// otherwise: what tests and embedders start.
+    pub fn local(database_url: &str, behaviour: Behaviour, seed: u64) -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url: database_url.to_owned(),
+            database_pool_size: 8,
+            seed: Some(seed),
+            behaviour,
+            idempotency_ttl_hours: DEFAULT_IDEMPOTENCY_TTL_HOURS,
+        }
+    }
+
     /// Reads and validates the process environment.
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::read(&Reader::default())
@@ -45,6 +63,7 @@ impl Config {
             latency_min_ms: ms("PG_SIM_LATENCY_MIN_MS", d.latency_min_ms)?,
             latency_max_ms: ms("PG_SIM_LATENCY_MAX_MS", d.latency_max_ms)?,
             response_delay_ms: ms("PG_SIM_RESPONSE_DELAY_MS", d.response_delay_ms)?,
+            record_delay_ms: ms("PG_SIM_RECORD_DELAY_MS", d.record_delay_ms)?,
             request_failure_rate: rate("PG_SIM_REQUEST_FAILURE_RATE", d.request_failure_rate)?,
             settle_min_ms: ms("PG_SIM_SETTLE_MIN_MS", d.settle_min_ms)?,
             settle_max_ms: ms("PG_SIM_SETTLE_MAX_MS", d.settle_max_ms)?,
@@ -67,6 +86,11 @@ impl Config {
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 8, 1..=256)?,
             seed: r.optional("PG_SIM_SEED")?,
             behaviour,
+            idempotency_ttl_hours: r.in_range(
+                "PG_SIM_IDEMPOTENCY_TTL_HOURS",
+                DEFAULT_IDEMPOTENCY_TTL_HOURS,
+                1..=24 * 30,
+            )?,
         })
     }
 }

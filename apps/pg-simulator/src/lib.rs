@@ -33,6 +33,8 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 pub struct Simulator {
     pub db: Pool,
     pub dice: Dice,
+    /// How long an `Idempotency-Key` is remembered.
+    pub idempotency_ttl: chrono::Duration,
     http: reqwest::Client,
 }
 
@@ -54,6 +56,7 @@ impl Application {
         let sim = Arc::new(Simulator {
             db: db.clone(),
             dice: Dice::new(config.behaviour, config.seed),
+            idempotency_ttl: chrono::Duration::hours(config.idempotency_ttl_hours as i64),
             http,
         });
         let api = Router::new()

@@ -12,7 +12,7 @@ use commerce_web::{FieldError, Json, Path, Problem, Query};
 
 use crate::error::SimError;
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use crate::Simulator;
@@ -37,7 +37,7 @@ pub struct PaymentRequest {
 #[derive(Serialize)]
 pub struct Accepted {
     transaction_key: String,
-    status: &'static str,
+    status: String,
     reason: Option<String>,
 }
 
@@ -152,18 +152,198 @@ fn validate(req: &PaymentRequest) -> Result<()> {
     }
 }
 
+/// How long a key's first request may stay in progress before another request may take the key
+/// over (a simulator that crashed mid-request never finishes it).
+const ABANDONED_AFTER: chrono::Duration = chrono::Duration::seconds(60);
+const MAX_KEY_LEN: usize = 255;
+
+/// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .map(|k| Some(k.to_owned()))
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::BAD_REQUEST,
+                "INVALID_IDEMPOTENCY_KEY",
+                format!("Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"),
+            )
+            .into()
+        })
+}
+
+/// A digest of what the request asks for (never stored in the clear: it holds the card number).
+fn request_hash(req: &PaymentRequest) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        req.order_id.as_str(),
+        req.card_type.as_str(),
+        req.card_no.as_str(),
+        &req.amount.to_string(),
+        req.callback_url.as_str(),
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// What an earlier request with the same key left.
+enum Earlier {
+    /// This request holds the key now.
+    None,
+    /// The key's payment, as it stands.
+    Done(Accepted),
+    InProgress,
+    OtherBody,
+}
+
+/// Reserves `key` for this request, or says what an earlier request with it left.
+async fn reserve(sim: &Simulator, user: &str, key: &str, hash: &str) -> Result<Earlier> {
+    use crate::schema::idempotency_keys as k;
+    let mut conn = sim.db.get().await?;
+    for _ in 0..3 {
+        let reserved = diesel::insert_into(k::table)
+            .values((
+                k::user_id.eq(user),
+                k::idempotency_key.eq(key),
+                k::request_hash.eq(hash),
+            ))
+            .on_conflict_do_nothing()
+            .execute(&mut conn)
+            .await?;
+        if reserved == 1 {
+            return Ok(Earlier::None);
+        }
+        let found: Option<(String, Option<String>, chrono::DateTime<Utc>)> = k::table
+            .find((user, key))
+            .select((k::request_hash, k::transaction_key, k::created_at))
+            .first(&mut conn)
+            .await
+            .optional()?;
+        let Some((stored, transaction, created_at)) = found else {
+            continue; // expired and removed meanwhile: reserve again
+        };
+        let now = Utc::now();
+        if created_at < now - sim.idempotency_ttl {
+            // Forgotten: the key may be used afresh.
+            diesel::delete(k::table.find((user, key)))
+                .filter(k::created_at.eq(created_at))
+                .execute(&mut conn)
+                .await?;
+            continue;
+        }
+        if stored != hash {
+            return Ok(Earlier::OtherBody);
+        }
+        let Some(transaction) = transaction else {
+            // Still being processed, unless its simulator died: then this request takes it over.
+            let taken = diesel::update(k::table.find((user, key)))
+                .filter(k::transaction_key.is_null())
+                .filter(k::created_at.lt(now - ABANDONED_AFTER))
+                .set(k::created_at.eq(now))
+                .execute(&mut conn)
+                .await?;
+            return Ok(if taken == 1 {
+                Earlier::None
+            } else {
+                Earlier::InProgress
+            });
+        };
+        let (status, reason): (String, Option<String>) = payments::table
+            .find(&transaction)
+            .select((payments::status, payments::reason))
+            .first(&mut conn)
+            .await?;
+        return Ok(Earlier::Done(Accepted {
+            transaction_key: transaction,
+            status,
+            reason,
+        }));
+    }
+    Err(anyhow::anyhow!("the idempotency key kept changing").into())
+}
+
 /// Accepts a payment (after a simulated delay) or fails with HTTP 500, recording nothing.
+///
+/// With an `Idempotency-Key`, a repeat of an earlier request (same user, key and body) gets the
+/// original transaction back; another body with the key gets 422; a repeat while the first is
+/// still being processed gets 409 with `Retry-After`. Every request is processed to the end in a
+/// task of its own, whether or not the client is still waiting, as a real gateway does.
 pub async fn request_payment(
     State(sim): State<Arc<Simulator>>,
     headers: HeaderMap,
     Json(req): Json<PaymentRequest>,
-) -> Result<Json<Accepted>> {
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
+    sim.dice.receive();
     let user = user_id(&headers)?;
+    let key = idempotency_key(&headers)?;
     validate(&req)?;
+    if let Some(key) = &key {
+        match reserve(&sim, &user, key, &request_hash(&req)).await? {
+            Earlier::None => {}
+            Earlier::Done(accepted) => {
+                metrics::counter!("pg_sim_requests_total", "outcome" => "replayed").increment(1);
+                return Ok(Json(accepted).into_response());
+            }
+            Earlier::InProgress => {
+                metrics::counter!("pg_sim_requests_total", "outcome" => "in_progress").increment(1);
+                let mut res = Problem::new(
+                    StatusCode::CONFLICT,
+                    "REQUEST_IN_PROGRESS",
+                    "a request with this Idempotency-Key is still being processed; retry later",
+                )
+                .into_response();
+                res.headers_mut()
+                    .insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                return Ok(res);
+            }
+            Earlier::OtherBody => {
+                return Err(Problem::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "this Idempotency-Key was used with a different request",
+                )
+                .into());
+            }
+        }
+    }
+    let task = tokio::spawn(process(sim, user, key, req));
+    let accepted = task
+        .await
+        .map_err(|e| anyhow::anyhow!("payment task failed: {e}"))??;
+    Ok(Json(accepted).into_response())
+}
+
+/// Processes one payment request to the end: latency, failure, recording, answer delay.
+async fn process(
+    sim: Arc<Simulator>,
+    user: String,
+    key: Option<String>,
+    req: PaymentRequest,
+) -> Result<Accepted> {
+    use crate::schema::idempotency_keys as k;
     let (latency, fails) = sim.dice.request();
     tokio::time::sleep(latency).await;
     if fails {
         metrics::counter!("pg_sim_requests_total", "outcome" => "failed").increment(1);
+        if let Some(key) = &key {
+            // Nothing was recorded: the key is free for the retry.
+            let mut conn = sim.db.get().await?;
+            diesel::delete(k::table.find((&user, key)))
+                .filter(k::transaction_key.is_null())
+                .execute(&mut conn)
+                .await?;
+        }
         return Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "GATEWAY_ERROR",
@@ -171,43 +351,68 @@ pub async fn request_payment(
         )
         .into());
     }
+    tokio::time::sleep(sim.dice.record_delay()).await;
     let settle_at =
         Utc::now() + chrono::Duration::from_std(sim.dice.settlement_delay()).unwrap_or_default();
     let mut conn = sim.db.get().await?;
     // Six hex digits collide now and then: draw again.
     for _ in 0..8 {
-        let key = format!(
+        let transaction_key = format!(
             "{}:TR:{}",
             Utc::now().format("%Y%m%d"),
             sim.dice.key_suffix()
         );
-        let inserted = diesel::insert_into(payments::table)
-            .values((
-                payments::transaction_key.eq(&key),
-                payments::user_id.eq(&user),
-                payments::order_id.eq(&req.order_id),
-                payments::card_type.eq(&req.card_type),
-                payments::card_no.eq(mask(&req.card_no)),
-                payments::amount.eq(req.amount),
-                payments::callback_url.eq(&req.callback_url),
-                payments::settle_at.eq(settle_at),
-            ))
-            .on_conflict_do_nothing()
-            .execute(&mut conn)
+        let recorded = conn
+            .transaction::<_, diesel::result::Error, _>(async |conn| {
+                let inserted = diesel::insert_into(payments::table)
+                    .values((
+                        payments::transaction_key.eq(&transaction_key),
+                        payments::user_id.eq(&user),
+                        payments::order_id.eq(&req.order_id),
+                        payments::card_type.eq(&req.card_type),
+                        payments::card_no.eq(mask(&req.card_no)),
+                        payments::amount.eq(req.amount),
+                        payments::callback_url.eq(&req.callback_url),
+                        payments::settle_at.eq(settle_at),
+                    ))
+                    .on_conflict_do_nothing()
+                    .execute(conn)
+                    .await?;
+                if inserted == 1
+                    && let Some(key) = &key
+                {
+                    diesel::update(k::table.find((&user, key)))
+                        .set(k::transaction_key.eq(&transaction_key))
+                        .execute(conn)
+                        .await?;
+                }
+                Ok(inserted == 1)
+            })
             .await?;
-        if inserted == 1 {
+        if recorded {
             metrics::counter!("pg_sim_requests_total", "outcome" => "accepted").increment(1);
-            tracing::info!(transaction_key = %key, order_id = %req.order_id, amount = req.amount, "payment accepted");
+            tracing::info!(%transaction_key, order_id = %req.order_id, amount = req.amount, "payment accepted");
             drop(conn);
             tokio::time::sleep(sim.dice.response_delay()).await;
-            return Ok(Json(Accepted {
-                transaction_key: key,
-                status: "PENDING",
+            return Ok(Accepted {
+                transaction_key,
+                status: "PENDING".into(),
                 reason: None,
-            }));
+            });
         }
     }
     Err(anyhow::anyhow!("no free transaction key").into())
+}
+
+/// Forgets idempotency keys older than their time to live.
+pub async fn forget_expired_keys(sim: &Simulator) -> anyhow::Result<usize> {
+    use crate::schema::idempotency_keys as k;
+    let mut conn = sim.db.get().await?;
+    Ok(
+        diesel::delete(k::table.filter(k::created_at.lt(Utc::now() - sim.idempotency_ttl)))
+            .execute(&mut conn)
+            .await?,
+    )
 }
 
 /// One payment, if it is the caller's.
@@ -261,7 +466,6 @@ struct Due {
 /// Returns how many were settled. Safe with several simulators on one database: rows are
 /// claimed with `SKIP LOCKED`.
 pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
-    use diesel_async::AsyncConnection;
     let mut conn = sim.db.get().await?;
     let settled = conn
         .transaction::<_, diesel::result::Error, _>(async |conn| {
@@ -335,9 +539,17 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
     Ok(n)
 }
 
-/// The settlement worker: runs until `stop` turns true.
+/// The settlement worker (which also forgets expired idempotency keys, once a minute): runs
+/// until `stop` turns true.
 pub async fn run_settler(sim: Arc<Simulator>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut forgotten_at = std::time::Instant::now();
     loop {
+        if forgotten_at.elapsed() >= std::time::Duration::from_secs(60) {
+            forgotten_at = std::time::Instant::now();
+            if let Err(e) = forget_expired_keys(&sim).await {
+                tracing::warn!(error = %format!("{e:#}"), "forgetting expired idempotency keys failed");
+            }
+        }
         let pause = match settle_due(&sim, 200).await {
             Ok(200) => std::time::Duration::ZERO,
             Ok(_) => std::time::Duration::from_millis(50),

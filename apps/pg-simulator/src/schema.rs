@@ -17,3 +17,16 @@ diesel::table! {
         callback_status -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    idempotency_keys (user_id, idempotency_key) {
+        user_id -> Text,
+        idempotency_key -> Text,
+        request_hash -> Text,
+        transaction_key -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(idempotency_keys -> payments (transaction_key));
+diesel::allow_tables_to_appear_in_same_query!(payments, idempotency_keys);

@@ -23,13 +23,11 @@ struct Sim {
 
 impl Sim {
     async fn start(database_url: &str, behaviour: Behaviour, seed: u64) -> Self {
-        let app = pg_simulator::Application::build(pg_simulator::config::Config {
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            database_url: database_url.to_owned(),
-            database_pool_size: 8,
-            seed: Some(seed),
+        let app = pg_simulator::Application::build(pg_simulator::config::Config::local(
+            database_url,
             behaviour,
-        })
+            seed,
+        ))
         .await
         .unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -61,6 +59,33 @@ impl Sim {
             .await
             .unwrap();
         (res.status(), res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A payment request with an `Idempotency-Key`, given up on after `timeout`.
+    async fn pay_with_key(
+        &self,
+        user: &str,
+        key: &str,
+        body: &Value,
+        timeout: Duration,
+    ) -> Result<(StatusCode, Option<String>, Value), reqwest::Error> {
+        let res = reqwest::Client::new()
+            .post(format!("{}/api/v1/payments", self.base))
+            .header("X-USER-ID", user)
+            .header("Idempotency-Key", key)
+            .json(body)
+            .timeout(timeout)
+            .send()
+            .await?;
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_owned());
+        Ok((
+            res.status(),
+            retry_after,
+            res.json().await.unwrap_or(Value::Null),
+        ))
     }
 
     async fn get(&self, user: &str, path: &str) -> (StatusCode, Value) {
@@ -301,4 +326,87 @@ async fn accepted_payments_survive_a_restart_and_two_simulators_settle_each_once
         let (_, tx) = sim.get("9", &format!("/api/v1/payments/{}", keys[0])).await;
         assert_eq!(tx["status"], "SUCCESS");
     }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_original_payment_and_refuses_another_body() {
+    let db = db().await;
+    let sim = Sim::start(&db.url, Behaviour::reliable(), 7).await;
+    let receiver = Receiver::start().await;
+    let body = payment("700", &receiver.url);
+    let long = Duration::from_secs(10);
+    let (status, _, first) = sim.pay_with_key("7", "k-700", &body, long).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, _, again) = sim.pay_with_key("7", "k-700", &body, long).await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["transaction_key"], first["transaction_key"]);
+    let mut other = body.clone();
+    other["amount"] = json!(9999);
+    let (status, _, refused) = sim.pay_with_key("7", "k-700", &other, long).await.unwrap();
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["code"], "IDEMPOTENCY_KEY_REUSED");
+    // Keys are per user: another user's same key is another payment.
+    let (status, _, theirs) = sim.pay_with_key("8", "k-700", &body, long).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(theirs["transaction_key"], first["transaction_key"]);
+    assert_eq!(recorded(&db.url).await, 2);
+    let (status, bad) = {
+        let res = reqwest::Client::new()
+            .post(format!("{}/api/v1/payments", sim.base))
+            .header("X-USER-ID", "7")
+            .header("Idempotency-Key", "has space")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(bad["code"], "INVALID_IDEMPOTENCY_KEY");
+}
+
+#[tokio::test]
+async fn a_late_recording_gateway_finishes_after_the_client_hung_up_and_a_retry_waits_for_it() {
+    let db = db().await;
+    let sim = Sim::start(
+        &db.url,
+        Behaviour {
+            record_delay_ms: 1000,
+            ..Behaviour::reliable()
+        },
+        8,
+    )
+    .await;
+    let receiver = Receiver::start().await;
+    let body = payment("800", &receiver.url);
+    let gave_up = sim
+        .pay_with_key("8", "k-800", &body, Duration::from_millis(200))
+        .await;
+    assert!(gave_up.is_err_and(|e| e.is_timeout()), "the client hung up");
+    // Still being processed: a retry with the key is asked to come back, and records nothing.
+    let (status, retry_after, busy) = sim
+        .pay_with_key("8", "k-800", &body, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CONFLICT, "{busy}");
+    assert_eq!(busy["code"], "REQUEST_IN_PROGRESS");
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    // The first request is recorded although nobody waits for it any more.
+    commerce_testkit::until(
+        "the payment is recorded",
+        Duration::from_secs(10),
+        async || recorded(&db.url).await == 1,
+    )
+    .await;
+    let (status, _, replayed) = sim
+        .pay_with_key("8", "k-800", &body, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (_, listed) = sim.get("8", "/api/v1/payments?order_id=800").await;
+    assert_eq!(listed["transactions"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        replayed["transaction_key"],
+        listed["transactions"][0]["transaction_key"]
+    );
 }

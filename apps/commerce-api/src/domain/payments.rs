@@ -144,6 +144,7 @@ impl Payments {
             card_type: card_type.as_str(),
             card_no: card_no.expose(),
             amount,
+            idempotency_key: PaymentRequest::key_for(order_id),
         };
         let result = self.gateway.request_payment(&request).await;
         let outcome = match result {

@@ -313,6 +313,7 @@ async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
         card_type: due.card_type.as_str(),
         card_no: card_no.expose(),
         amount: due.amount,
+        idempotency_key: PaymentRequest::key_for(due.order_id),
     };
     match gateway.request_payment(&request).await {
         Ok(tx) => {

@@ -109,10 +109,20 @@ impl Transaction {
 /// What a payment request carries.
 pub struct PaymentRequest<'a> {
     pub user_id: i64,
+    /// Sent as `Idempotency-Key` on every attempt ([`PaymentRequest::key_for`]).
     pub order_id: i64,
     pub card_type: &'a str,
     pub card_no: &'a str,
     pub amount: i64,
+    pub idempotency_key: String,
+}
+
+impl PaymentRequest<'_> {
+    /// The order's payment key: the same on every attempt, retry, reconciliation re-request
+    /// and instance (an order has one payment), so the gateway charges it at most once.
+    pub fn key_for(order_id: i64) -> String {
+        format!("commerce-order-{order_id}")
+    }
 }
 
 /// Why a gateway call did not succeed.
@@ -128,7 +138,8 @@ pub enum GatewayError {
         /// The request may have reached the gateway (timeout or connection lost after sending).
         unknown_outcome: bool,
     },
-    /// The gateway refused the request (4xx other than 404): final, retrying cannot help.
+    /// The gateway refused the request (a 4xx other than 404, 408, 409 and 429): final, retrying
+    /// cannot help.
     #[error("the payment gateway refused the request: {0}")]
     Refused(String),
 }
@@ -358,6 +369,7 @@ impl Gateway {
                 .http
                 .post(endpoint(&self.base, &[]))
                 .header("X-USER-ID", req.user_id.to_string())
+                .header("Idempotency-Key", &req.idempotency_key)
                 .json(&body)
                 .send()
                 .await;
@@ -457,8 +469,25 @@ fn endpoint(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
     url
 }
 
-/// Classifies a response: `Ok(None)` for 404, `Refused` for other 4xx, `Unavailable` for 5xx
-/// and transport failures.
+/// Whether an HTTP status is worth retrying, and if so whether the request may have been acted
+/// on. 408 (the gateway gave up reading), 429 (rate limited) and 500/503 say it was not; 409 (a
+/// request with the same idempotency key is still being processed) and other 5xx (a proxy's 502
+/// or 504 after forwarding it) say it may have been. Every other 4xx is an explicit refusal.
+fn retryable_status(status: reqwest::StatusCode) -> Option<bool> {
+    use reqwest::StatusCode as S;
+    match status {
+        S::REQUEST_TIMEOUT
+        | S::TOO_MANY_REQUESTS
+        | S::INTERNAL_SERVER_ERROR
+        | S::SERVICE_UNAVAILABLE => Some(false),
+        S::CONFLICT => Some(true),
+        s if s.is_server_error() => Some(true),
+        _ => None,
+    }
+}
+
+/// Classifies a response: `Ok(None)` for 404, `Unavailable` for retryable statuses
+/// ([`retryable_status`]) and transport failures, `Refused` for other 4xx.
 async fn parse<T: serde::de::DeserializeOwned>(
     sent: reqwest::Result<reqwest::Response>,
 ) -> Result<Option<T>, GatewayError> {
@@ -475,10 +504,10 @@ async fn parse<T: serde::de::DeserializeOwned>(
     if status == reqwest::StatusCode::NOT_FOUND {
         return Ok(None);
     }
-    if status.is_server_error() {
+    if let Some(unknown_outcome) = retryable_status(status) {
         return Err(GatewayError::Unavailable {
             detail: format!("HTTP {status}"),
-            unknown_outcome: false,
+            unknown_outcome,
         });
     }
     if !status.is_success() {
@@ -558,6 +587,29 @@ mod tests {
         assert_eq!(settings.worst_case_lookup(), Duration::from_millis(3600));
         // And two lookups between them.
         assert_eq!(settings.worst_case_request(), Duration::from_millis(5600));
+    }
+
+    #[test]
+    fn only_explicit_refusals_are_final() {
+        use reqwest::StatusCode as S;
+        for status in [
+            S::REQUEST_TIMEOUT,
+            S::TOO_MANY_REQUESTS,
+            S::INTERNAL_SERVER_ERROR,
+        ] {
+            assert_eq!(retryable_status(status), Some(false), "{status}");
+        }
+        for status in [S::CONFLICT, S::BAD_GATEWAY, S::GATEWAY_TIMEOUT] {
+            assert_eq!(retryable_status(status), Some(true), "{status}");
+        }
+        for status in [
+            S::BAD_REQUEST,
+            S::UNPROCESSABLE_ENTITY,
+            S::FORBIDDEN,
+            S::PAYMENT_REQUIRED,
+        ] {
+            assert_eq!(retryable_status(status), None, "{status}");
+        }
     }
 
     #[test]

@@ -28,11 +28,8 @@ impl Gateway {
     async fn start(behaviour: Behaviour) -> Self {
         let db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
         let config = pg_simulator::config::Config {
-            http_addr: "127.0.0.1:0".parse().unwrap(),
-            database_url: db.url.clone(),
             database_pool_size: 16,
-            seed: Some(20261122),
-            behaviour,
+            ..pg_simulator::config::Config::local(&db.url, behaviour, 20261122)
         };
         let app = pg_simulator::Application::build(config).await.unwrap();
         let sim = app.simulator();
@@ -376,6 +373,52 @@ async fn a_timed_out_request_the_gateway_recorded_is_adopted_not_repeated() {
         paid["payment"]["transaction_key"],
         order["payment"]["transaction_key"]
     );
+}
+
+#[tokio::test]
+async fn a_gateway_that_records_after_the_client_gave_up_charges_each_order_once() {
+    // Every first attempt times out (the gateway records 1.5 s in, the client waits 1 s), every
+    // payment succeeds, and no callback is ever sent: reconciliation settles every order.
+    let gw = Gateway::start(Behaviour {
+        record_delay_ms: 1500,
+        callback_drop_rate: 1.0,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(
+        &gw,
+        &[
+            ("PG_TIMEOUT_MS", "1000"),
+            ("PG_MAX_ATTEMPTS", "3"),
+            ("PAYMENT_RECHECK_AFTER_MS", "2000"),
+        ],
+    )
+    .await;
+    let product = app.product(app.brand().await, 1000, 100).await;
+    let (_, token) = app.user_with_points("late", 0).await;
+    let orders: Vec<Value> = futures::stream::iter(0..20)
+        .map(|_| place(&app, &token, card_order(product, 1, None)))
+        .buffer_unordered(10)
+        .collect()
+        .await;
+    for order in &orders {
+        let id = order["order_id"].as_i64().unwrap();
+        let paid = settled(&app, &token, id, Duration::from_secs(30)).await;
+        assert_eq!(paid["status"], "PAID", "{paid}");
+        assert_eq!(gw.payments_for(id).await, 1, "order {id} charged once");
+    }
+    assert_eq!(gw.count("SELECT count(*) AS n FROM payments").await, 20);
+    assert!(
+        gw.sim.dice.requests_received() > 20,
+        "first attempts timed out and were retried"
+    );
+    assert_eq!(
+        gw.count("SELECT count(*) AS n FROM payments WHERE callback_status = 'DROPPED'")
+            .await,
+        20
+    );
+    assert_eq!(events(&app, "OrderPaid").await, 20);
+    assert_eq!(app.stock(product).await, 80);
 }
 
 #[tokio::test]

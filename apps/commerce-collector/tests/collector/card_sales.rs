@@ -38,13 +38,11 @@ async fn settled(api: &Api, token: &str, order: &Value) -> String {
 #[tokio::test]
 async fn a_declined_card_order_is_never_counted_as_a_sale() {
     let gw_db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
-    let gateway = pg_simulator::Application::build(pg_simulator::config::Config {
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        database_url: gw_db.url.clone(),
-        database_pool_size: 4,
-        seed: Some(1),
-        behaviour: Behaviour::reliable(),
-    })
+    let gateway = pg_simulator::Application::build(pg_simulator::config::Config::local(
+        &gw_db.url,
+        Behaviour::reliable(),
+        1,
+    ))
     .await
     .unwrap();
     let sim = gateway.simulator();

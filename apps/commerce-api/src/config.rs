@@ -32,7 +32,9 @@
 //! | `PAYMENT_RECONCILE_ENABLED` | `true` | run payment reconciliation inside `serve` (instances share the work) |
 //! | `PAYMENT_RECONCILE_INTERVAL_MS` | `1000` | how often reconciliation looks for due payments |
 //! | `PAYMENT_RECHECK_AFTER_MS` | `10000` | a pending payment is first looked up at the gateway this long after it was placed, and again this often; outside `dev` it must exceed a worst-case lookup plus a worst-case request (9.2 s with the defaults) |
-//! | `PAYMENT_REQUEST_DEADLINE_SECONDS` | `600` | a payment the gateway never received is failed (and compensated) after this |
+//! | `PAYMENT_REQUEST_DEADLINE_SECONDS` | `600` | a payment the gateway never received is failed (and compensated) after this; a payment still pending after it is listed for an operator |
+//! | `PAYMENT_REFUNDS_ENABLED` | `true` | run the refund worker inside `serve` (instances share the work; a claim lasts `PAYMENT_RECHECK_AFTER_MS`) |
+//! | `PAYMENT_REFUND_RETRY_BASE_MS` | `1000` | wait after a refund's first failed attempt, doubling per attempt up to 5 minutes |
 
 use std::net::SocketAddr;
 
@@ -231,6 +233,8 @@ impl Config {
                 600,
                 1..=7 * 86_400,
             )?),
+            refunds_enabled: r.or("PAYMENT_REFUNDS_ENABLED", true)?,
+            refund_retry_base: ms("PAYMENT_REFUND_RETRY_BASE_MS", 1000, 10..=600_000)?,
         };
         // Reconciliation must not re-request a payment whose request may still be in flight (the
         // order's own call, or another instance's reconciliation of it): the recheck interval,

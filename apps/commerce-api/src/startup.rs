@@ -97,8 +97,8 @@ impl Application {
 
     /// The runner, with the API's background tasks: the admin account (ensured in the
     /// background, retrying until the database answers, so the API starts and reports itself
-    /// unready while PostgreSQL is down), the outbox relay and payment reconciliation (unless
-    /// disabled), and a final flush of the view publisher.
+    /// unready while PostgreSQL is down), the outbox relay, payment reconciliation and the refund
+    /// worker (each unless disabled), and a final flush of the view publisher.
     pub fn into_server(self) -> Server {
         let state = self.state;
         let mut server = self.server;
@@ -116,6 +116,12 @@ impl Application {
             let payments = state.payments.clone();
             server = server.task("payment reconciliation", move |stop| {
                 crate::domain::reconcile::run(payments, stop)
+            });
+        }
+        if state.config.payments.refunds_enabled {
+            let payments = state.payments.clone();
+            server = server.task("payment refunds", move |stop| {
+                crate::domain::refunds::run(payments, stop)
             });
         }
         server.last_step(move || state.views.flush())

@@ -119,10 +119,13 @@ fn effects(envelope: &Envelope, tz: Tz) -> Result<Vec<(NaiveDate, i64, Delta)>, 
             c.paid_at.map_or(day, |p| business_date(p, tz)),
         )?,
         // Only `OrderPaid` is a sale: a failed card payment never produced one, and a completed
-        // one is counted from the `OrderPaid` committed with it.
+        // one is counted from the `OrderPaid` committed with it. A refund subtracts nothing: a
+        // refunded sale was subtracted once, by its cancellation, and the other refunds (a second
+        // charge, a charge of a closed order) were never sales.
         Event::OrderCancelled(_)
         | Event::PaymentCompleted(_)
         | Event::PaymentFailed(_)
+        | Event::PaymentRefunded(_)
         | Event::OrderCreated(_)
         | Event::ProductCreated(_)
         | Event::ProductUpdated(_) => Vec::new(),
@@ -557,9 +560,18 @@ mod tests {
                 unit_price: 100,
             }],
         };
+        let refunded = commerce_events::PaymentRefunded {
+            order_id: 1,
+            user_id: 1,
+            amount: 100,
+            transaction_key: "20261121:TR:9577c5".into(),
+            refund_key: "20261121:RF:0a1b2c".into(),
+            cause: "ORDER_CANCELLED".into(),
+        };
         for event in [
             Event::PaymentFailed(settled.clone()),
             Event::PaymentCompleted(settled),
+            Event::PaymentRefunded(refunded),
         ] {
             assert!(
                 effects(&Envelope::new(event), chrono_tz::UTC)

@@ -28,6 +28,12 @@ pub struct Behaviour {
     pub record_delay_ms: u64,
     /// Share of payment requests answered with HTTP 500 (and not recorded).
     pub request_failure_rate: f64,
+    /// Share of refund requests answered with HTTP 500 (and not recorded). Refunds take the same
+    /// latency, record delay and response delay as payments.
+    pub refund_failure_rate: f64,
+    /// The HTTP status of those failures (500 by default; 408, 409, 429 or any 5xx model other
+    /// gateways and the proxies in front of them).
+    pub failure_status: u16,
     pub settle_min_ms: u64,
     pub settle_max_ms: u64,
     /// Share of settlements that succeed.
@@ -46,6 +52,8 @@ impl Default for Behaviour {
             response_delay_ms: 0,
             record_delay_ms: 0,
             request_failure_rate: 0.4,
+            refund_failure_rate: 0.2,
+            failure_status: 500,
             settle_min_ms: 1000,
             settle_max_ms: 5000,
             success_rate: 0.7,
@@ -64,6 +72,8 @@ impl Behaviour {
             response_delay_ms: 0,
             record_delay_ms: 0,
             request_failure_rate: 0.0,
+            refund_failure_rate: 0.0,
+            failure_status: 500,
             settle_min_ms: 50,
             settle_max_ms: 150,
             success_rate: 1.0,
@@ -79,6 +89,9 @@ impl Behaviour {
         }
         if self.settle_min_ms > self.settle_max_ms {
             return Err("settlement delay minimum exceeds the maximum".into());
+        }
+        if !(400..=599).contains(&self.failure_status) || self.failure_status == 404 {
+            return Err("the failure status must be a 4xx or 5xx other than 404".into());
         }
         if self.success_rate + self.limit_exceeded_rate > 1.0 + f64::EPSILON {
             return Err("success and limit-exceeded rates add up to more than 1".into());
@@ -138,12 +151,12 @@ impl Dice {
         Ok(())
     }
 
-    /// Counts a payment request as received.
+    /// Counts a payment or refund request as received.
     pub fn receive(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Payment requests received so far (accepted, refused, replayed or not).
+    /// Payment and refund requests received so far (accepted, refused, replayed or not).
     pub fn requests_received(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
@@ -168,6 +181,21 @@ impl Dice {
         self.with_rng(&self.requests_rng, |rng, b| {
             let latency = rng.random_range(b.latency_min_ms..=b.latency_max_ms);
             let fails = rng.random_bool(b.request_failure_rate);
+            (Duration::from_millis(latency), fails)
+        })
+    }
+
+    /// The status a simulated failure is answered with.
+    pub fn failure_status(&self) -> axum::http::StatusCode {
+        axum::http::StatusCode::from_u16(self.behaviour().failure_status)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    /// A refund request's latency and whether it fails.
+    pub fn refund(&self) -> (Duration, bool) {
+        self.with_rng(&self.requests_rng, |rng, b| {
+            let latency = rng.random_range(b.latency_min_ms..=b.latency_max_ms);
+            let fails = rng.random_bool(b.refund_failure_rate);
             (Duration::from_millis(latency), fails)
         })
     }

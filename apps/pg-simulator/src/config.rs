@@ -11,6 +11,8 @@
 //! | `PG_SIM_RECORD_DELAY_MS` | `0` | delay before an accepted payment is recorded; requests run to the end even if the client hung up, so a long delay records payments after the client gave up |
 //! | `PG_SIM_IDEMPOTENCY_TTL_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
 //! | `PG_SIM_REQUEST_FAILURE_RATE` | `0.4` | share of requests answered HTTP 500 (nothing recorded) |
+//! | `PG_SIM_REFUND_FAILURE_RATE` | `0.2` | share of refund requests answered HTTP 500 (nothing recorded); refunds take the payments' latency and delays |
+//! | `PG_SIM_FAILURE_STATUS` | `500` | the HTTP status of those failures (any 4xx but 404, or 5xx) |
 //! | `PG_SIM_SETTLE_MIN_MS` / `PG_SIM_SETTLE_MAX_MS` | `1000` / `5000` | delay until an accepted payment is settled |
 //! | `PG_SIM_SUCCESS_RATE` | `0.7` | share of settlements that succeed |
 //! | `PG_SIM_LIMIT_EXCEEDED_RATE` | `0.2` | share failed with `limit exceeded`; the rest fail with `invalid card` |
@@ -65,6 +67,8 @@ impl Config {
             response_delay_ms: ms("PG_SIM_RESPONSE_DELAY_MS", d.response_delay_ms)?,
             record_delay_ms: ms("PG_SIM_RECORD_DELAY_MS", d.record_delay_ms)?,
             request_failure_rate: rate("PG_SIM_REQUEST_FAILURE_RATE", d.request_failure_rate)?,
+            refund_failure_rate: rate("PG_SIM_REFUND_FAILURE_RATE", d.refund_failure_rate)?,
+            failure_status: r.in_range("PG_SIM_FAILURE_STATUS", d.failure_status, 400..=599)?,
             settle_min_ms: ms("PG_SIM_SETTLE_MIN_MS", d.settle_min_ms)?,
             settle_max_ms: ms("PG_SIM_SETTLE_MAX_MS", d.settle_max_ms)?,
             success_rate: rate("PG_SIM_SUCCESS_RATE", d.success_rate)?,

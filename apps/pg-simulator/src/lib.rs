@@ -4,7 +4,8 @@
 //! with HTTP 500 40% of the time (recording nothing); an accepted payment is `PENDING`, settled
 //! 1–5 s later (70% `SUCCESS`, 20% `FAILED` "limit exceeded", 10% `FAILED` "invalid card"), and
 //! the result is POSTed once to the payment's `callback_url`, never retried, and sometimes
-//! deliberately not sent at all. Every rate is a dial ([`behaviour::Behaviour`]); a fixed seed
+//! deliberately not sent at all. A successful payment can be refunded in full, once
+//! ([`refunds`]); refund requests fail and take time like payment requests. Every rate is a dial ([`behaviour::Behaviour`]); a fixed seed
 //! makes the dice reproducible. Accepted payments live in the simulator's own database, so a
 //! restart forgets nothing: overdue payments are settled as soon as it is back.
 
@@ -12,6 +13,7 @@ pub mod behaviour;
 pub mod config;
 pub mod error;
 pub mod payments;
+pub mod refunds;
 pub mod schema;
 
 use std::sync::Arc;
@@ -67,6 +69,10 @@ impl Application {
             .route(
                 "/api/v1/payments/{transaction_key}",
                 get(payments::get_payment),
+            )
+            .route(
+                "/api/v1/payments/{transaction_key}/refunds",
+                post(refunds::request_refund),
             )
             .with_state(sim.clone());
         let router = commerce_web::with_platform_routes(

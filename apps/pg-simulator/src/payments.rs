@@ -1,4 +1,5 @@
-//! The gateway's HTTP API: request a payment, read one, list an order's payments.
+//! The gateway's HTTP API: request a payment, read one, list an order's payments (refunds are
+//! in [`crate::refunds`]).
 //!
 //! Every route needs the `X-USER-ID` header; a payment is visible only to the user who made it
 //! (anyone else gets 404, as if it did not exist).
@@ -85,7 +86,7 @@ fn columns() -> (
     )
 }
 
-fn user_id(headers: &HeaderMap) -> Result<String> {
+pub(crate) fn user_id(headers: &HeaderMap) -> Result<String> {
     headers
         .get("x-user-id")
         .and_then(|v| v.to_str().ok())
@@ -158,7 +159,7 @@ const ABANDONED_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 const MAX_KEY_LEN: usize = 255;
 
 /// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
+pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
     };
@@ -345,7 +346,7 @@ async fn process(
                 .await?;
         }
         return Err(Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
+            sim.dice.failure_status(),
             "GATEWAY_ERROR",
             "the gateway could not process the request; try again",
         )

@@ -30,3 +30,18 @@ diesel::table! {
 
 diesel::joinable!(idempotency_keys -> payments (transaction_key));
 diesel::allow_tables_to_appear_in_same_query!(payments, idempotency_keys);
+
+diesel::table! {
+    refunds (refund_key) {
+        refund_key -> Text,
+        transaction_key -> Text,
+        user_id -> Text,
+        idempotency_key -> Nullable<Text>,
+        amount -> BigInt,
+        reason -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(refunds -> payments (transaction_key));
+diesel::allow_tables_to_appear_in_same_query!(payments, refunds);

@@ -88,6 +88,27 @@ impl Sim {
         ))
     }
 
+    async fn refund(
+        &self,
+        user: &str,
+        transaction_key: &str,
+        key: Option<&str>,
+        body: &Value,
+    ) -> (StatusCode, Value) {
+        let mut req = reqwest::Client::new()
+            .post(format!(
+                "{}/api/v1/payments/{transaction_key}/refunds",
+                self.base
+            ))
+            .header("X-USER-ID", user)
+            .json(body);
+        if let Some(key) = key {
+            req = req.header("Idempotency-Key", key);
+        }
+        let res = req.send().await.unwrap();
+        (res.status(), res.json().await.unwrap_or(Value::Null))
+    }
+
     async fn get(&self, user: &str, path: &str) -> (StatusCode, Value) {
         let res = reqwest::Client::new()
             .get(format!("{}{path}", self.base))
@@ -409,4 +430,102 @@ async fn a_late_recording_gateway_finishes_after_the_client_hung_up_and_a_retry_
         replayed["transaction_key"],
         listed["transactions"][0]["transaction_key"]
     );
+}
+
+#[tokio::test]
+async fn a_settled_payment_is_refunded_in_full_once_whatever_the_retries() {
+    let db = db().await;
+    let sim = Sim::start(&db.url, Behaviour::reliable(), 11).await;
+    let receiver = Receiver::start().await;
+    let long = Duration::from_secs(10);
+    let (status, _, paid) = sim
+        .pay_with_key("7", "pay-1", &payment("900", &receiver.url), long)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{paid}");
+    let key = paid["transaction_key"].as_str().unwrap().to_owned();
+    let full = json!({"amount": 5000, "reason": "order cancelled"});
+
+    // Not settled yet: come back later.
+    let (status, early) = sim.refund("7", &key, Some("rf-1"), &full).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{early}");
+    assert_eq!(early["code"], "PAYMENT_NOT_SETTLED");
+    receiver.wait_for(1, long).await;
+
+    // Someone else's payment does not exist; a partial amount is refused; failures record nothing.
+    let (status, _) = sim.refund("8", &key, Some("rf-1"), &full).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, partial) = sim
+        .refund("7", &key, Some("rf-1"), &json!({"amount": 10}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{partial}");
+    sim.sim
+        .dice
+        .set(|b| {
+            b.refund_failure_rate = 1.0;
+            b.failure_status = 503;
+        })
+        .unwrap();
+    let (status, failed) = sim.refund("7", &key, Some("rf-1"), &full).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{failed}");
+    sim.sim.dice.set(|b| b.refund_failure_rate = 0.0).unwrap();
+    let (_, still) = sim.get("7", &format!("/api/v1/payments/{key}")).await;
+    assert_eq!(still["status"], "SUCCESS");
+
+    let (status, refund) = sim.refund("7", &key, Some("rf-1"), &full).await;
+    assert_eq!(status, StatusCode::OK, "{refund}");
+    assert_eq!(refund["transaction_key"], key.as_str());
+    assert_eq!(refund["amount"], 5000);
+    assert_eq!(refund["status"], "REFUNDED");
+    let (status, again) = sim.refund("7", &key, Some("rf-1"), &full).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(
+        again["refund_key"], refund["refund_key"],
+        "a repeat gets the original"
+    );
+    let (status, other_key) = sim.refund("7", &key, Some("rf-2"), &full).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{other_key}");
+    assert_eq!(other_key["code"], "ALREADY_REFUNDED");
+    let (status, no_key) = sim.refund("7", &key, None, &full).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{no_key}");
+    let (_, now) = sim.get("7", &format!("/api/v1/payments/{key}")).await;
+    assert_eq!(now["status"], "REFUNDED");
+
+    // The key belongs to that refund: using it for another payment is refused.
+    let (_, _, second) = sim
+        .pay_with_key("7", "pay-2", &payment("901", &receiver.url), long)
+        .await
+        .unwrap();
+    receiver.wait_for(2, long).await;
+    let second_key = second["transaction_key"].as_str().unwrap();
+    let (status, reused) = sim.refund("7", second_key, Some("rf-1"), &full).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reused}");
+    assert_eq!(reused["code"], "IDEMPOTENCY_KEY_REUSED");
+
+    // A declined payment has nothing to refund.
+    sim.sim.dice.set(|b| b.success_rate = 0.0).unwrap();
+    let (_, _, declined) = sim
+        .pay_with_key("7", "pay-3", &payment("902", &receiver.url), long)
+        .await
+        .unwrap();
+    receiver.wait_for(3, long).await;
+    let declined_key = declined["transaction_key"].as_str().unwrap();
+    let (status, refused) = sim.refund("7", declined_key, Some("rf-3"), &full).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert_eq!(refused["code"], "PAYMENT_NOT_REFUNDABLE");
+
+    let refunds = {
+        #[derive(QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+        diesel::sql_query("SELECT count(*) AS n FROM refunds")
+            .get_result::<N>(&mut conn)
+            .await
+            .unwrap()
+            .n
+    };
+    assert_eq!(refunds, 1);
 }

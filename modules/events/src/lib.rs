@@ -95,6 +95,10 @@ pub enum Event {
     PaymentCompleted(PaymentSettled),
     /// A card payment failed: the order's stock, coupon and points were given back. Not a sale.
     PaymentFailed(PaymentSettled),
+    /// The gateway confirmed a card payment's refund. Not a change in sales: a cancelled sale was
+    /// subtracted by its `OrderCancelled`, and the other refunds (a second charge, a charge of a
+    /// closed order) were never counted.
+    PaymentRefunded(PaymentRefunded),
 }
 
 impl Event {
@@ -111,6 +115,7 @@ impl Event {
             Event::OrderCancelled(_) => "OrderCancelled",
             Event::PaymentCompleted(_) => "PaymentCompleted",
             Event::PaymentFailed(_) => "PaymentFailed",
+            Event::PaymentRefunded(_) => "PaymentRefunded",
         }
     }
 
@@ -134,7 +139,8 @@ impl Event {
             | Event::OrderPaid(_)
             | Event::OrderCancelled(_)
             | Event::PaymentCompleted(_)
-            | Event::PaymentFailed(_) => Stream::Order,
+            | Event::PaymentFailed(_)
+            | Event::PaymentRefunded(_) => Stream::Order,
         }
     }
 
@@ -147,6 +153,7 @@ impl Event {
             Event::OrderCreated(o) | Event::OrderPaid(o) => o.order_id,
             Event::OrderCancelled(c) => c.order_id,
             Event::PaymentCompleted(p) | Event::PaymentFailed(p) => p.order_id,
+            Event::PaymentRefunded(r) => r.order_id,
         }
     }
 }
@@ -236,6 +243,21 @@ pub struct PaymentSettled {
     pub reason: Option<String>,
     /// The lines whose stock was reserved (and, on failure, restored).
     pub lines: Vec<OrderLine>,
+}
+
+/// A refund the gateway confirmed (for `PaymentRefunded`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentRefunded {
+    pub order_id: i64,
+    pub user_id: i64,
+    /// The amount given back, in won (refunds are in full).
+    pub amount: i64,
+    /// The gateway transaction refunded.
+    pub transaction_key: String,
+    /// The gateway's refund.
+    pub refund_key: String,
+    /// `ORDER_CANCELLED`, `CHARGED_AFTER_CLOSE` or `DUPLICATE_CHARGE`.
+    pub cause: String,
 }
 
 mod rfc3339_utc {

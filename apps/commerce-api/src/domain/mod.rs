@@ -16,6 +16,7 @@ pub mod holds;
 pub mod orders;
 pub mod payments;
 pub mod reconcile;
+pub mod refunds;
 pub mod states;
 
 use commerce_web::FieldError;
@@ -53,6 +54,9 @@ pub enum Error {
     /// The gateway has not settled the payment yet.
     #[error("{0}")]
     PaymentNotSettled(&'static str),
+    /// An operator asked to retry a payment that has nothing left to retry.
+    #[error("this payment has no refund or lookup to retry")]
+    NothingToRetry,
     /// A dependency (the database pool, the gateway) cannot be reached right now.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -700,15 +700,16 @@ pub async fn get(conn: &mut AsyncPgConnection, user_id: i64, order_id: i64) -> R
 }
 
 /// Cancels one of the user's orders in one transaction: stock restored, points refunded, coupon
-/// returned, `OrderCancelled` recorded. Cancelling again changes nothing. Returns whether this
-/// call cancelled it.
+/// returned, a paid card order's refund required, `OrderCancelled` recorded. Cancelling again
+/// changes nothing. Returns the order's status afterwards (`CANCELLED`, or `REFUNDED` once a
+/// card refund was confirmed).
 pub async fn cancel(
     conn: &mut AsyncPgConnection,
     topics: &Topics,
     user_id: i64,
     order_id: i64,
-) -> Result<bool> {
-    let cancelled_now = conn
+) -> Result<OrderStatus> {
+    let (status, cancelled_now) = conn
         .transaction::<_, Error, _>(async |conn| {
             // The order row lock serialises concurrent cancels: the second sees CANCELLED.
             let order: OrderRow = orders::table
@@ -721,7 +722,7 @@ pub async fn cancel(
                 .optional()?
                 .ok_or(Error::NotFound(Missing::Order))?;
             match order.status {
-                OrderStatus::Cancelled => return Ok(false),
+                OrderStatus::Cancelled | OrderStatus::Refunded => return Ok((order.status, false)),
                 OrderStatus::PaymentFailed => {
                     return Err(Error::OrderNotCancellable(order.status));
                 }
@@ -766,13 +767,13 @@ pub async fn cancel(
                 })],
             )
             .await?;
-            Ok(true)
+            Ok((OrderStatus::Cancelled, true))
         })
         .await?;
     if cancelled_now {
         tracing::info!(order.id = order_id, user.id = user_id, "order cancelled");
     }
-    Ok(cancelled_now)
+    Ok(status)
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@
 //!   `PAYMENT_FAILED`, payment `FAILED`, outbox `PaymentFailed`.
 //!
 //! A success reported for an order that was cancelled or failed meanwhile marks the payment
-//! `REFUND_REQUIRED` (and counts `payments_refund_required_total`): the money must go back.
+//! `REFUND_REQUIRED` and requires its refund (`crate::domain::refunds`, counted in
+//! `payments_refund_required_total`); a second success for a paid order requires a refund of that
+//! charge (`payments_duplicate_charges_total`).
 
 use std::sync::Arc;
 
@@ -28,7 +30,8 @@ use utoipa::ToSchema;
 
 use crate::domain::card::{CardNumber, CardVault};
 use crate::domain::holds;
-use crate::domain::states::{CardType, OrderStatus, PaymentKind, PaymentStatus};
+use crate::domain::refunds::{self, Refundable};
+use crate::domain::states::{CardType, OrderStatus, PaymentKind, PaymentStatus, RefundCause};
 use crate::domain::{Error, Missing, Result};
 use crate::infra::gateway::{Gateway, GatewayError, PaymentRequest, Transaction, TxStatus};
 use crate::infra::outbox::{self, Topics};
@@ -67,6 +70,9 @@ pub struct PaymentSettings {
     pub reconcile_interval: std::time::Duration,
     pub recheck_after: std::time::Duration,
     pub request_deadline: std::time::Duration,
+    /// Refunds: the wait after a refund's first failed attempt, doubled per attempt.
+    pub refund_retry_base: std::time::Duration,
+    pub refunds_enabled: bool,
 }
 
 /// Shown while a payment waits for the gateway to come back.
@@ -300,7 +306,7 @@ impl Payments {
             ));
         }
         let settlement = match tx.status {
-            TxStatus::Success => Settlement::Paid {
+            TxStatus::Success | TxStatus::Refunded => Settlement::Paid {
                 transaction_key: tx.transaction_key,
             },
             TxStatus::Failed => {
@@ -312,11 +318,7 @@ impl Payments {
                     .await
                     .map_err(|e| Error::Unavailable(e.to_string()))?;
                 let mine = |t: &&Transaction| t.belongs_to(order_id, amount);
-                if let Some(paid) = all
-                    .iter()
-                    .filter(mine)
-                    .find(|t| t.status == TxStatus::Success)
-                {
+                if let Some(paid) = all.iter().filter(mine).find(|t| t.status.charged()) {
                     Settlement::Paid {
                         transaction_key: paid.transaction_key.clone(),
                     }
@@ -391,24 +393,38 @@ pub async fn settle(
         .await
         .optional()?
         .ok_or(Error::NotFound(Missing::Order))?;
-    let (payment_status, amount, current_key): (PaymentStatus, i64, Option<String>) =
-        payments::table
-            .filter(payments::order_id.eq(order_id))
-            .select((
-                payments::status,
-                payments::amount,
-                payments::transaction_key,
-            ))
-            .for_update()
-            .first(conn)
-            .await
-            .optional()?
-            .ok_or(Error::NotFound(Missing::Payment))?;
+    let (payment_id, payment_status, amount, current_key): (
+        i64,
+        PaymentStatus,
+        i64,
+        Option<String>,
+    ) = payments::table
+        .filter(payments::order_id.eq(order_id))
+        .select((
+            payments::id,
+            payments::status,
+            payments::amount,
+            payments::transaction_key,
+        ))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound(Missing::Payment))?;
     match order.status {
         OrderStatus::PendingPayment => {}
-        OrderStatus::Paid | OrderStatus::PaymentFailed | OrderStatus::Cancelled => {
+        OrderStatus::Paid
+        | OrderStatus::PaymentFailed
+        | OrderStatus::Cancelled
+        | OrderStatus::Refunded => {
             if let Settlement::Paid { transaction_key } = settlement {
-                charged_after_close(conn, order_id, payment_status, current_key, transaction_key)
+                let payment = Refundable {
+                    payment_id,
+                    order_id,
+                    user_id: order.user_id,
+                    amount,
+                };
+                charged_after_close(conn, &payment, payment_status, current_key, transaction_key)
                     .await?;
             }
             return Ok((order.status, false));
@@ -496,35 +512,32 @@ pub async fn settle(
 }
 
 /// A success reported for an order that is no longer pending: a second charge of a paid order,
-/// or a charge of a closed one. Either way the money must go back; it is recorded, not lost in a
-/// log line.
+/// or a charge of a closed one. Either way the money must go back: a refund is required (once per
+/// charge, however often it is reported).
 async fn charged_after_close(
     conn: &mut AsyncPgConnection,
-    order_id: i64,
+    payment: &Refundable,
     payment_status: PaymentStatus,
     current_key: Option<String>,
     transaction_key: &str,
 ) -> Result<()> {
+    let order_id = payment.order_id;
     match payment_status {
-        PaymentStatus::Success if current_key.as_deref() != Some(transaction_key) => {
-            // Two successful gateway payments for one order: kept once per key.
-            let recorded = diesel::sql_query(
-                "UPDATE payments SET refund_keys = array_append(refund_keys, $2)
-                  WHERE order_id = $1 AND NOT ($2 = ANY (refund_keys))",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(order_id)
-            .bind::<diesel::sql_types::Text, _>(transaction_key)
-            .execute(conn)
-            .await?;
-            if recorded == 1 {
-                tracing::error!(order.id = order_id, transaction_key = %transaction_key, "a second gateway payment succeeded for a paid order; a refund is required");
+        PaymentStatus::Success | PaymentStatus::RefundRequired | PaymentStatus::Refunded
+            if current_key.as_deref() != Some(transaction_key) =>
+        {
+            // Two successful gateway payments for one order: the second goes back.
+            if refunds::require(conn, payment, transaction_key, RefundCause::DuplicateCharge)
+                .await?
+            {
+                tracing::error!(order.id = order_id, transaction_key = %transaction_key, "a second gateway payment succeeded for a paid order; refunding it");
                 metrics::counter!("payments_duplicate_charges_total").increment(1);
             }
         }
         PaymentStatus::Cancelled | PaymentStatus::Failed => {
-            tracing::warn!(order.id = order_id, transaction_key = %transaction_key, "the gateway charged an order that is no longer payable; a refund is required");
+            tracing::warn!(order.id = order_id, transaction_key = %transaction_key, "the gateway charged an order that is no longer payable; refunding it");
             metrics::counter!("payments_refund_required_total").increment(1);
-            diesel::update(payments::table.filter(payments::order_id.eq(order_id)))
+            diesel::update(payments::table.find(payment.payment_id))
                 .set((
                     payments::status.eq(PaymentStatus::RefundRequired),
                     payments::transaction_key.eq(transaction_key),
@@ -532,22 +545,52 @@ async fn charged_after_close(
                 ))
                 .execute(conn)
                 .await?;
+            refunds::require(
+                conn,
+                payment,
+                transaction_key,
+                RefundCause::ChargedAfterClose,
+            )
+            .await?;
         }
-        PaymentStatus::Success | PaymentStatus::Pending | PaymentStatus::RefundRequired => {}
+        PaymentStatus::Success
+        | PaymentStatus::Pending
+        | PaymentStatus::RefundRequired
+        | PaymentStatus::Refunded => {}
     }
     Ok(())
 }
 
-/// Flags a paid card order's payment for a refund (the gateway's refund is an operator's step
-/// until it has an API for it), inside the cancellation's transaction.
+/// Requires the refund of a paid card order's payment, inside the cancellation's transaction.
 pub async fn require_refund(conn: &mut AsyncPgConnection, order_id: i64) -> Result<()> {
-    diesel::update(payments::table.filter(payments::order_id.eq(order_id)))
+    let (payment_id, user_id, amount, key): (i64, i64, i64, Option<String>) = payments::table
+        .filter(payments::order_id.eq(order_id))
+        .select((
+            payments::id,
+            payments::user_id,
+            payments::amount,
+            payments::transaction_key,
+        ))
+        .for_update()
+        .first(conn)
+        .await?;
+    // A paid card payment always has its transaction key: the gateway's success names it.
+    let key =
+        key.ok_or_else(|| anyhow::anyhow!("paid card order {order_id} has no transaction"))?;
+    diesel::update(payments::table.find(payment_id))
         .set((
             payments::status.eq(PaymentStatus::RefundRequired),
-            payments::reason.eq("the paid order was cancelled; refund required"),
+            payments::reason.eq("the paid order was cancelled; refund requested"),
         ))
         .execute(conn)
         .await?;
+    let payment = Refundable {
+        payment_id,
+        order_id,
+        user_id,
+        amount,
+    };
+    refunds::require(conn, &payment, &key, RefundCause::OrderCancelled).await?;
     metrics::counter!("payments_refund_required_total").increment(1);
     Ok(())
 }

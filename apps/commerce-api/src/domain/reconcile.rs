@@ -15,8 +15,8 @@
 //! - the gateway cannot be asked (breaker open, unavailable) → looked at again next round.
 //!
 //! A payment whose order was cancelled while it was pending is looked up too, until the gateway
-//! has settled it: a success there is a charge for a closed order, flagged `REFUND_REQUIRED`
-//! even when its callback was lost.
+//! has settled it: a success there is a charge for a closed order, refunded
+//! (`crate::domain::refunds`) even when its callback was lost.
 //!
 //! Metrics: `payments_reconciled_total{result}`, `payments_pending` (due or not, as of the last
 //! pass) and `payments_pending_oldest_seconds`.
@@ -220,10 +220,7 @@ async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
         }
         return Ok("key_unknown_at_gateway");
     }
-    let successes: Vec<&Transaction> = found
-        .iter()
-        .filter(|t| t.status == TxStatus::Success)
-        .collect();
+    let successes: Vec<&Transaction> = found.iter().filter(|t| t.status.charged()).collect();
     if let Some((first, extra)) = successes.split_first() {
         let label = settle_labelled(
             state,

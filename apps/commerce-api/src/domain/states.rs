@@ -14,6 +14,8 @@ crate::text_enum! {
         /// The card payment failed; everything the order held was given back.
         PaymentFailed => "PAYMENT_FAILED",
         Cancelled => "CANCELLED",
+        /// Cancelled after it was paid by card, and the gateway confirmed the refund.
+        Refunded => "REFUNDED",
     }
 }
 
@@ -25,8 +27,35 @@ crate::text_enum! {
         Failed => "FAILED",
         /// The order was cancelled while the payment was pending; still watched at the gateway.
         Cancelled => "CANCELLED",
-        /// Money was taken for an order that is no longer payable: it must go back.
+        /// Money was taken for an order that is no longer payable: it must go back (a
+        /// `refunds` row carries it to the gateway).
         RefundRequired => "REFUND_REQUIRED",
+        /// The gateway confirmed the refund of this payment's transaction.
+        Refunded => "REFUNDED",
+    }
+}
+
+crate::text_enum! {
+    /// `refunds.status`.
+    pub enum RefundStatus {
+        /// To be sent to the gateway, or being retried.
+        Requested => "REQUESTED",
+        /// The gateway refused it: an operator's turn (the admin retry sends it again).
+        Failed => "FAILED",
+        /// The gateway confirmed it.
+        Refunded => "REFUNDED",
+    }
+}
+
+crate::text_enum! {
+    /// `refunds.cause`: why money goes back.
+    pub enum RefundCause {
+        /// A paid card order was cancelled.
+        OrderCancelled => "ORDER_CANCELLED",
+        /// The gateway charged an order after it was cancelled or had failed.
+        ChargedAfterClose => "CHARGED_AFTER_CLOSE",
+        /// A second successful charge of a paid order.
+        DuplicateCharge => "DUPLICATE_CHARGE",
     }
 }
 

@@ -62,6 +62,7 @@ impl ApiError {
                     E::OrderNotCancellable(_) => conflict("ORDER_NOT_CANCELLABLE", detail),
                     E::LoginIdTaken => conflict("LOGIN_ID_TAKEN", detail),
                     E::PaymentNotSettled(_) => conflict("PAYMENT_NOT_SETTLED", detail),
+                    E::NothingToRetry => conflict("NOTHING_TO_RETRY", detail),
                     E::IdempotencyKeyReused => Problem::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "IDEMPOTENCY_KEY_REUSED",

@@ -5,6 +5,7 @@
 //! to HTTP; it holds no business rule and writes no table itself. Nothing below this layer
 //! imports it.
 
+pub mod admin;
 pub mod auth;
 pub mod catalog;
 pub mod coupons;
@@ -68,6 +69,8 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(orders::get_order))
         .routes(routes!(orders::cancel_order))
         .routes(routes!(payments::callback))
+        .routes(routes!(admin::attention))
+        .routes(routes!(admin::retry_payment))
         .split_for_parts();
     router.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", api))
 }

@@ -186,8 +186,10 @@ pub async fn get_order(
     Ok(Json(orders::get(&mut conn, user.id, id).await?))
 }
 
-/// Cancel an order: stock restored, points refunded, coupon returned, in one transaction.
-/// Cancelling again returns the same result and refunds nothing.
+/// Cancel an order: stock restored, points refunded, coupon returned, in one transaction; a
+/// paid card order's refund is sent to the gateway in the background, and the order ends
+/// `REFUNDED` once the gateway confirms it. Cancelling again returns the order's status and
+/// refunds nothing.
 #[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders", security(("bearer" = [])),
     responses((status = 200, body = CancelView), (status = 401), (status = 404), (status = 409, description = "ORDER_NOT_CANCELLABLE")))]
 pub async fn cancel_order(
@@ -196,9 +198,9 @@ pub async fn cancel_order(
     Path(id): Path<i64>,
 ) -> ApiResult<Json<CancelView>> {
     let mut conn = state.db.get().await?;
-    orders::cancel(&mut conn, &state.topics, user.id, id).await?;
+    let status = orders::cancel(&mut conn, &state.topics, user.id, id).await?;
     Ok(Json(CancelView {
         order_id: id,
-        status: OrderStatus::Cancelled,
+        status,
     }))
 }

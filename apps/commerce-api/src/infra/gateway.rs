@@ -4,10 +4,12 @@
 //! - Every call has a connect timeout and a total timeout.
 //! - A 5xx, a timeout or a broken connection is retried (up to `max_attempts` in all), with
 //!   exponential backoff and jitter ([`backon`]). A 4xx is final.
-//! - Requesting a payment is not idempotent at the gateway, so a retry after an *unknown* outcome
-//!   (a timeout or a connection lost after the request was sent) first looks the order up at the
-//!   gateway and adopts the payment it finds; only when there is none is the payment requested
-//!   again. A 5xx or a refused connection means nothing was recorded, and is re-requested at once.
+//! - Every payment request carries the order's `Idempotency-Key` ([`PaymentRequest::key_for`]), so
+//!   the gateway charges an order once however often it is asked. Besides, a retry after an
+//!   *unknown* outcome (a timeout or a connection lost after the request was sent) first looks the
+//!   order up at the gateway and adopts the payment it finds.
+//! - A refund carries its transaction's key ([`RefundRequest::key_for`]): the gateway refunds a
+//!   charge once however often, from however many instances, it is asked.
 //! - The breaker ([`failsafe`]) sees each call's final outcome after retries: the gateway's
 //!   everyday transient failures are absorbed by retrying, and the breaker opens when retrying
 //!   stops helping (by default when at least half of the last 20 calls failed, once 10 were
@@ -81,9 +83,18 @@ pub enum TxStatus {
     Pending,
     Success,
     Failed,
+    /// Charged, then refunded.
+    Refunded,
     /// A status this client does not know: treated as not settled.
     #[serde(other)]
     Unknown,
+}
+
+impl TxStatus {
+    /// Whether the gateway took the money (it may have given it back since).
+    pub fn charged(self) -> bool {
+        matches!(self, TxStatus::Success | TxStatus::Refunded)
+    }
 }
 
 /// A payment as the gateway reports it.
@@ -123,6 +134,29 @@ impl PaymentRequest<'_> {
     pub fn key_for(order_id: i64) -> String {
         format!("commerce-order-{order_id}")
     }
+}
+
+/// What a refund request carries: a full refund of one gateway transaction.
+pub struct RefundRequest<'a> {
+    pub user_id: i64,
+    pub transaction_key: &'a str,
+    pub amount: i64,
+    pub reason: &'a str,
+}
+
+impl RefundRequest<'_> {
+    /// The refund's key: one per refunded transaction, the same on every attempt and instance.
+    pub fn key_for(transaction_key: &str) -> String {
+        format!("commerce-refund-{transaction_key}")
+    }
+}
+
+/// A refund the gateway confirmed.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct ConfirmedRefund {
+    pub refund_key: String,
+    pub transaction_key: String,
+    pub amount: i64,
 }
 
 /// Why a gateway call did not succeed.
@@ -407,6 +441,27 @@ impl Gateway {
                 });
             }
             result
+        })
+        .await
+    }
+
+    /// Refunds a transaction in full. Retried (with the same key) like any call: the gateway
+    /// answers a repeat with the original refund.
+    pub async fn refund(&self, req: &RefundRequest<'_>) -> Result<ConfirmedRefund, GatewayError> {
+        let key = RefundRequest::key_for(req.transaction_key);
+        let body = serde_json::json!({ "amount": req.amount, "reason": req.reason });
+        self.call("refund", || async {
+            let sent = self
+                .http
+                .post(endpoint(&self.base, &[req.transaction_key, "refunds"]))
+                .header("X-USER-ID", req.user_id.to_string())
+                .header("Idempotency-Key", &key)
+                .json(&body)
+                .send()
+                .await;
+            parse::<ConfirmedRefund>(sent)
+                .await?
+                .ok_or_else(|| GatewayError::Refused("HTTP 404 PAYMENT_NOT_FOUND".into()))
         })
         .await
     }

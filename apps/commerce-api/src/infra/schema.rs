@@ -140,7 +140,6 @@ diesel::table! {
         card_no_sealed -> Nullable<Binary>,
         status -> Text,
         transaction_key -> Nullable<Text>,
-        refund_keys -> Array<Text>,
         reason -> Nullable<Text>,
         next_check_at -> Timestamptz,
         checks -> Integer,
@@ -154,6 +153,27 @@ diesel::joinable!(product_likes -> products (product_id));
 diesel::joinable!(user_coupons -> coupons (coupon_id));
 diesel::joinable!(order_items -> orders (order_id));
 
+diesel::table! {
+    refunds (id) {
+        id -> BigInt,
+        payment_id -> BigInt,
+        order_id -> BigInt,
+        user_id -> BigInt,
+        transaction_key -> Text,
+        amount -> BigInt,
+        cause -> Text,
+        status -> Text,
+        gateway_refund_key -> Nullable<Text>,
+        attempts -> Integer,
+        last_error -> Nullable<Text>,
+        next_attempt_at -> Timestamptz,
+        created_at -> Timestamptz,
+        refunded_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::joinable!(refunds -> payments (payment_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     users,
@@ -166,4 +186,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     orders,
     order_items,
     payments,
+    refunds,
 );

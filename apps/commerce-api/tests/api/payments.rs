@@ -15,17 +15,17 @@ use serde_json::{Value, json};
 
 use crate::support::{TestApp, spawn_app_with};
 
-const CARD_NO: &str = "1234-5678-9012-3456";
+pub(crate) const CARD_NO: &str = "1234-5678-9012-3456";
 
-struct Gateway {
-    base: String,
-    sim: Arc<Simulator>,
-    db: commerce_testkit::TestDb,
+pub(crate) struct Gateway {
+    pub base: String,
+    pub sim: Arc<Simulator>,
+    pub db: commerce_testkit::TestDb,
     _running: Spawned,
 }
 
 impl Gateway {
-    async fn start(behaviour: Behaviour) -> Self {
+    pub async fn start(behaviour: Behaviour) -> Self {
         let db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
         let config = pg_simulator::config::Config {
             database_pool_size: 16,
@@ -42,12 +42,12 @@ impl Gateway {
         }
     }
 
-    async fn count(&self, sql: &str) -> i64 {
+    pub async fn count(&self, sql: &str) -> i64 {
         commerce_testkit::count(&self.db.url, sql).await
     }
 
     /// Payments the gateway holds for an order.
-    async fn payments_for(&self, order_id: i64) -> i64 {
+    pub async fn payments_for(&self, order_id: i64) -> i64 {
         self.count(&format!(
             "SELECT count(*) AS n FROM payments WHERE order_id = '{order_id}'"
         ))
@@ -55,25 +55,94 @@ impl Gateway {
     }
 }
 
+/// The sum of a query's `n` over rows (0 for none).
+async fn sum(url: &str, sql: &str) -> i64 {
+    commerce_testkit::count(
+        url,
+        &format!("SELECT COALESCE(sum(x), 0)::bigint AS n FROM ({sql}) s"),
+    )
+    .await
+}
+
+/// Money balances between the gateway and the API: what the gateway charged and kept is what
+/// paid orders owe plus refunds still to go back, and what it gave back is what the API's
+/// confirmed refunds say, one refund per refunded charge.
+pub(crate) async fn assert_money_balances(app: &TestApp, gw: &Gateway) {
+    let url = &app.db.url;
+    let charged = sum(
+        &gw.db.url,
+        "SELECT amount AS x FROM payments WHERE status IN ('SUCCESS', 'REFUNDED')",
+    )
+    .await;
+    let refunded_at_gateway = sum(&gw.db.url, "SELECT amount AS x FROM refunds").await;
+    let paid = sum(
+        url,
+        "SELECT final_amount AS x FROM orders WHERE status = 'PAID' AND payment_method = 'CARD'",
+    )
+    .await;
+    let owed_back = sum(url, "SELECT amount AS x FROM refunds").await;
+    let refunded = sum(
+        url,
+        "SELECT amount AS x FROM refunds WHERE status = 'REFUNDED'",
+    )
+    .await;
+    assert_eq!(charged, paid + owed_back, "charged = paid orders + refunds");
+    assert_eq!(
+        refunded_at_gateway, refunded,
+        "refunded at the gateway = refunds confirmed"
+    );
+    assert_eq!(
+        gw.count("SELECT count(*) AS n FROM refunds").await,
+        gw.count("SELECT count(DISTINCT transaction_key) AS n FROM refunds")
+            .await,
+    );
+}
+
+/// Waits until the order's status is `status`.
+pub(crate) async fn reaches(
+    app: &TestApp,
+    token: &str,
+    order_id: i64,
+    status: &str,
+    within: Duration,
+) -> Value {
+    let path = format!("/api/v1/orders/{order_id}");
+    eventually(
+        &format!("order {order_id} is {status}"),
+        within,
+        async || {
+            let (code, order) = app.get(&path, Some(token)).await;
+            assert_eq!(code, StatusCode::OK, "{order}");
+            if order["status"] == status {
+                Ok(order)
+            } else {
+                Err(order)
+            }
+        },
+    )
+    .await
+}
+
 /// An API talking to `gw`, with quick test timings; `extra` overrides them.
-async fn api(gw: &Gateway, extra: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn api(gw: &Gateway, extra: &[(&str, &str)]) -> TestApp {
     let mut vars = vec![
         ("PG_BASE_URL", gw.base.as_str()),
         ("PG_TIMEOUT_MS", "1000"),
         ("PG_RETRY_BASE_MS", "20"),
         ("PAYMENT_RECONCILE_INTERVAL_MS", "100"),
         ("PAYMENT_RECHECK_AFTER_MS", "1500"),
+        ("PAYMENT_REFUND_RETRY_BASE_MS", "50"),
     ];
     vars.extend_from_slice(extra);
     spawn_app_with(&vars).await
 }
 
-fn card_order(product: i64, quantity: i64, coupon: Option<i64>) -> Value {
+pub(crate) fn card_order(product: i64, quantity: i64, coupon: Option<i64>) -> Value {
     json!({"items": [{"product_id": product, "quantity": quantity}], "user_coupon_id": coupon,
            "payment": {"method": "CARD", "card_type": "KB", "card_no": CARD_NO}})
 }
 
-async fn place(app: &TestApp, token: &str, body: Value) -> Value {
+pub(crate) async fn place(app: &TestApp, token: &str, body: Value) -> Value {
     let (status, order) = app.post("/api/v1/orders", Some(token), body).await;
     assert_eq!(status, StatusCode::CREATED, "{order}");
     assert!(
@@ -84,7 +153,7 @@ async fn place(app: &TestApp, token: &str, body: Value) -> Value {
 }
 
 /// Polls the order until its status is not `PENDING_PAYMENT`.
-async fn settled(app: &TestApp, token: &str, order_id: i64, within: Duration) -> Value {
+pub(crate) async fn settled(app: &TestApp, token: &str, order_id: i64, within: Duration) -> Value {
     let path = format!("/api/v1/orders/{order_id}");
     eventually(&format!("order {order_id} settles"), within, async || {
         let (status, order) = app.get(&path, Some(token)).await;
@@ -98,7 +167,7 @@ async fn settled(app: &TestApp, token: &str, order_id: i64, within: Duration) ->
     .await
 }
 
-async fn events(app: &TestApp, event_type: &str) -> i64 {
+pub(crate) async fn events(app: &TestApp, event_type: &str) -> i64 {
     app.count(&format!(
         "SELECT count(*) AS n FROM outbox WHERE event_type = '{event_type}'"
     ))
@@ -422,7 +491,7 @@ async fn a_gateway_that_records_after_the_client_gave_up_charges_each_order_once
 }
 
 #[tokio::test]
-async fn cancelling_a_paid_card_order_flags_its_payment_for_refund() {
+async fn cancelling_a_paid_card_order_refunds_it_once_the_gateway_confirms() {
     let gw = Gateway::start(Behaviour::reliable()).await;
     let app = api(&gw, &[]).await;
     let product = app.product(app.brand().await, 1000, 10).await;
@@ -441,10 +510,41 @@ async fn cancelling_a_paid_card_order_flags_its_payment_for_refund() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, now) = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
-    assert_eq!(now["status"], "CANCELLED");
-    assert_eq!(now["payment"]["status"], "REFUND_REQUIRED");
-    assert_eq!(app.stock(product).await, 10);
+    assert_eq!(body["status"], "CANCELLED");
+    assert_eq!(app.stock(product).await, 10, "stock is back at once");
+    let now = reaches(&app, &token, id, "REFUNDED", Duration::from_secs(10)).await;
+    assert_eq!(now["payment"]["status"], "REFUNDED");
+    let key = order["payment"]["transaction_key"].as_str().unwrap();
+    assert_eq!(
+        gw.count(&format!(
+            "SELECT count(*) AS n FROM refunds WHERE transaction_key = '{key}'
+                AND amount = 2000 AND idempotency_key = 'commerce-refund-{key}'"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        gw.count(&format!(
+            "SELECT count(*) AS n FROM payments WHERE transaction_key = '{key}' AND status = 'REFUNDED'"
+        ))
+        .await,
+        1
+    );
+    // Cancelling again says where the order stands and refunds nothing more.
+    let (status, again) = app
+        .post(
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["status"], "REFUNDED");
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM outbox WHERE event_type = 'PaymentRefunded' AND envelope->'payload'->>'cause' = 'ORDER_CANCELLED'")
+            .await,
+        1
+    );
     assert_eq!(
         app.count("SELECT count(*) AS n FROM outbox WHERE event_type = 'OrderCancelled' AND envelope->'payload'->>'was_paid' = 'true'")
             .await,
@@ -455,6 +555,7 @@ async fn cancelling_a_paid_card_order_flags_its_payment_for_refund() {
         2,
         "the settled sale and its cancellation are dated by the same instant"
     );
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -595,7 +696,7 @@ async fn duplicate_and_late_callbacks_change_nothing() {
 }
 
 #[tokio::test]
-async fn a_second_successful_gateway_payment_for_an_order_is_recorded_for_refund() {
+async fn a_second_successful_gateway_payment_for_an_order_is_refunded() {
     let gw = Gateway::start(Behaviour {
         callback_drop_rate: 1.0,
         ..Behaviour::reliable()
@@ -623,17 +724,32 @@ async fn a_second_successful_gateway_payment_for_an_order_is_recorded_for_refund
         settled(&app, &token, id, Duration::from_secs(10)).await["status"],
         "PAID"
     );
-    let recorded = format!(
-        "SELECT count(*) AS n FROM payments WHERE order_id = {id} AND refund_keys = ARRAY['{}']",
-        second["transaction_key"].as_str().unwrap()
+    let second_key = second["transaction_key"].as_str().unwrap();
+    let refunded = format!(
+        "SELECT count(*) AS n FROM refunds WHERE order_id = {id} AND transaction_key = '{second_key}'
+            AND cause = 'DUPLICATE_CHARGE' AND status = 'REFUNDED'"
     );
     until(
-        "the second charge was never recorded",
+        "the second charge was never refunded",
         Duration::from_secs(10),
-        async || app.count(&recorded).await == 1,
+        async || app.count(&refunded).await == 1,
     )
     .await;
+    let (_, now) = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+    assert_eq!(now["status"], "PAID", "the order keeps its own payment");
+    assert_eq!(now["payment"]["status"], "SUCCESS");
+    assert_ne!(now["payment"]["transaction_key"], second_key);
+    assert_eq!(
+        gw.count(&format!(
+            "SELECT count(*) AS n FROM payments WHERE order_id = '{id}' AND status = 'REFUNDED'
+                AND transaction_key = '{second_key}'"
+        ))
+        .await,
+        1
+    );
     assert_eq!(events(&app, "OrderPaid").await, 1, "still one sale");
+    assert_eq!(events(&app, "PaymentRefunded").await, 1);
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -798,8 +914,7 @@ async fn callback_reconciliation_and_cancel_racing_compensate_exactly_once() {
 }
 
 #[tokio::test]
-async fn a_charge_landing_after_the_order_was_cancelled_is_flagged_for_refund_without_its_callback()
-{
+async fn a_charge_landing_after_the_order_was_cancelled_is_refunded_without_its_callback() {
     let gw = Gateway::start(Behaviour {
         settle_min_ms: 800,
         settle_max_ms: 800,
@@ -822,28 +937,24 @@ async fn a_charge_landing_after_the_order_was_cancelled_is_flagged_for_refund_wi
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(app.stock(product).await, 10);
 
-    let path = format!("/api/v1/orders/{id}");
-    let now = eventually(
-        "the late charge is flagged",
-        Duration::from_secs(10),
-        async || {
-            let (_, now) = app.get(&path, Some(&token)).await;
-            assert_eq!(now["status"], "CANCELLED");
-            if now["payment"]["status"] == "REFUND_REQUIRED" {
-                Ok(now)
-            } else {
-                Err(now)
-            }
-        },
-    )
-    .await;
+    let now = reaches(&app, &token, id, "REFUNDED", Duration::from_secs(10)).await;
+    assert_eq!(now["payment"]["status"], "REFUNDED");
     assert_eq!(
         now["payment"]["transaction_key"],
         order["payment"]["transaction_key"]
     );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM refunds WHERE order_id = {id} AND cause = 'CHARGED_AFTER_CLOSE'"
+        ))
+        .await,
+        1
+    );
     assert_eq!(app.stock(product).await, 10, "the cancel stands");
     assert_eq!(events(&app, "OrderPaid").await, 0);
     assert_eq!(events(&app, "OrderCancelled").await, 1);
+    assert_eq!(events(&app, "PaymentRefunded").await, 1);
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]

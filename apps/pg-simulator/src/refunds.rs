@@ -1,0 +1,210 @@
+//! Refunds: `POST /api/v1/payments/{transaction_key}/refunds` gives a successful payment's money
+//! back, in full and once.
+//!
+//! - The body names the amount, which must be the payment's (partial refunds are not offered),
+//!   and optionally a reason.
+//! - Like a payment request it takes the configured latency, fails (HTTP 500, or the configured
+//!   failure status) at `refund_failure_rate`, recording nothing, and is processed to the end in a task of its
+//!   own, whether or not the client is still waiting (record and response delays apply).
+//! - With an `Idempotency-Key`, a repeat gets the original refund back; the key used for another
+//!   payment's refund gets 422 `IDEMPOTENCY_KEY_REUSED`. Without one, a payment already refunded
+//!   gets 422 `ALREADY_REFUNDED`, as it does with a key other than the refund's.
+//! - A payment still `PENDING` gets 409 `PAYMENT_NOT_SETTLED` (retry later); a failed one 422
+//!   `PAYMENT_NOT_REFUNDABLE`; someone else's or an unknown one 404.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use chrono::Utc;
+use commerce_web::{FieldError, Json, Path, Problem};
+use diesel::prelude::*;
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::{Deserialize, Serialize};
+
+use crate::Simulator;
+use crate::error::SimError;
+use crate::payments::{idempotency_key, user_id};
+use crate::schema::{payments, refunds};
+
+type Result<T> = std::result::Result<T, SimError>;
+
+const MAX_REASON_LEN: usize = 200;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefundRequest {
+    /// The payment's whole amount.
+    amount: i64,
+    reason: Option<String>,
+}
+
+/// A refund as the gateway reports it.
+#[derive(Serialize, Queryable, Selectable, Clone, Debug)]
+#[diesel(table_name = refunds)]
+pub struct Refund {
+    pub refund_key: String,
+    pub transaction_key: String,
+    pub amount: i64,
+    pub reason: Option<String>,
+    /// Always `REFUNDED`: a refund is recorded only once the money went back.
+    #[diesel(select_expression = diesel::dsl::sql::<diesel::sql_types::Text>("'REFUNDED'"))]
+    #[diesel(select_expression_type = diesel::expression::SqlLiteral<diesel::sql_types::Text>)]
+    pub status: String,
+}
+
+fn validate(req: &RefundRequest) -> Result<()> {
+    let mut errors = Vec::new();
+    if req.amount <= 0 {
+        errors.push(FieldError::new("amount", "must be positive"));
+    }
+    if let Some(reason) = &req.reason
+        && (reason.len() > MAX_REASON_LEN || reason.contains('\0'))
+    {
+        errors.push(FieldError::new(
+            "reason",
+            format!("must be at most {MAX_REASON_LEN} bytes of text"),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(Problem::validation(errors).into())
+    }
+}
+
+fn refusal(status: StatusCode, code: &'static str, detail: &'static str) -> SimError {
+    Problem::new(status, code, detail).into()
+}
+
+/// Refunds a payment in full (see the module documentation for every answer).
+pub async fn request_refund(
+    State(sim): State<Arc<Simulator>>,
+    headers: HeaderMap,
+    Path(transaction_key): Path<String>,
+    Json(req): Json<RefundRequest>,
+) -> Result<Json<Refund>> {
+    sim.dice.receive();
+    let user = user_id(&headers)?;
+    let key = idempotency_key(&headers)?;
+    validate(&req)?;
+    let task = tokio::spawn(process(sim, user, key, transaction_key, req));
+    let refund = task
+        .await
+        .map_err(|e| anyhow::anyhow!("refund task failed: {e}"))??;
+    Ok(Json(refund))
+}
+
+async fn process(
+    sim: Arc<Simulator>,
+    user: String,
+    key: Option<String>,
+    transaction_key: String,
+    req: RefundRequest,
+) -> Result<Refund> {
+    let (latency, fails) = sim.dice.refund();
+    tokio::time::sleep(latency).await;
+    if fails {
+        metrics::counter!("pg_sim_refunds_total", "outcome" => "failed").increment(1);
+        return Err(refusal(
+            sim.dice.failure_status(),
+            "GATEWAY_ERROR",
+            "the gateway could not process the refund; try again",
+        ));
+    }
+    tokio::time::sleep(sim.dice.record_delay()).await;
+    let mut conn = sim.db.get().await?;
+    let suffix = sim.dice.key_suffix();
+    let (refund, replayed) = conn
+        .transaction::<_, SimError, _>(async |conn| {
+            // The payment row lock serialises refunds of one payment.
+            let payment: Option<(String, i64)> = payments::table
+                .filter(payments::transaction_key.eq(&transaction_key))
+                .filter(payments::user_id.eq(&user))
+                .select((payments::status, payments::amount))
+                .for_update()
+                .first(conn)
+                .await
+                .optional()?;
+            let Some((status, amount)) = payment else {
+                return Err(Problem::not_found("PAYMENT_NOT_FOUND", "no such payment").into());
+            };
+            if let Some(key) = &key {
+                let earlier: Option<Refund> = refunds::table
+                    .filter(refunds::user_id.eq(&user))
+                    .filter(refunds::idempotency_key.eq(key))
+                    .select(Refund::as_select())
+                    .first(conn)
+                    .await
+                    .optional()?;
+                if let Some(refund) = earlier {
+                    if refund.transaction_key != transaction_key || refund.amount != req.amount {
+                        return Err(refusal(
+                            StatusCode::UNPROCESSABLE_ENTITY,
+                            "IDEMPOTENCY_KEY_REUSED",
+                            "this Idempotency-Key was used with a different request",
+                        ));
+                    }
+                    return Ok((refund, true));
+                }
+            }
+            match status.as_str() {
+                "SUCCESS" => {}
+                "REFUNDED" => {
+                    return Err(refusal(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "ALREADY_REFUNDED",
+                        "this payment has already been refunded",
+                    ));
+                }
+                "PENDING" => {
+                    return Err(refusal(
+                        StatusCode::CONFLICT,
+                        "PAYMENT_NOT_SETTLED",
+                        "this payment is not settled yet; retry later",
+                    ));
+                }
+                _ => {
+                    return Err(refusal(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        "PAYMENT_NOT_REFUNDABLE",
+                        "only a successful payment can be refunded",
+                    ));
+                }
+            }
+            if req.amount != amount {
+                return Err(Problem::validation(vec![FieldError::new(
+                    "amount",
+                    "must be the payment's amount (refunds are in full)",
+                )])
+                .into());
+            }
+            let refund_key = format!("{}:RF:{suffix}", Utc::now().format("%Y%m%d"));
+            let refund: Refund = diesel::insert_into(refunds::table)
+                .values((
+                    refunds::refund_key.eq(&refund_key),
+                    refunds::transaction_key.eq(&transaction_key),
+                    refunds::user_id.eq(&user),
+                    refunds::idempotency_key.eq(&key),
+                    refunds::amount.eq(amount),
+                    refunds::reason.eq(&req.reason),
+                ))
+                .returning(Refund::as_returning())
+                .get_result(conn)
+                .await?;
+            diesel::update(payments::table.find(&transaction_key))
+                .set(payments::status.eq("REFUNDED"))
+                .execute(conn)
+                .await?;
+            Ok((refund, false))
+        })
+        .await?;
+    drop(conn);
+    let outcome = if replayed { "replayed" } else { "refunded" };
+    metrics::counter!("pg_sim_refunds_total", "outcome" => outcome).increment(1);
+    if !replayed {
+        tracing::info!(refund_key = %refund.refund_key, %transaction_key, amount = refund.amount, "payment refunded");
+        tokio::time::sleep(sim.dice.response_delay()).await;
+    }
+    Ok(refund)
+}

@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod card;
 pub mod catalog;
 pub mod coupons;
+pub mod history;
 pub mod holds;
 pub mod orders;
 pub mod payments;

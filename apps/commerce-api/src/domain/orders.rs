@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
 use crate::domain::card::{CardNumber, CardVault};
+use crate::domain::history::{self, PaymentEvent, PaymentEventKind, Source};
 use crate::domain::payments::{self, PaymentView};
 use crate::domain::states::{
     CardType, CouponStatus, LedgerKind, OrderStatus, PaymentKind, PaymentMethod, PaymentStatus,
@@ -181,6 +182,10 @@ pub struct OrderView {
     pub items: Vec<OrderItemView>,
     /// The card payment, for `CARD` orders.
     pub payment: Option<PaymentView>,
+    /// Every change of the card payment, oldest first: in the order's detail
+    /// (`GET /api/v1/orders/{id}`), not in lists or answers to writes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payment_history: Option<Vec<PaymentEvent>>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -522,6 +527,7 @@ async fn create(
         user_coupon_id: order.user_coupon_id,
         items,
         payment,
+        payment_history: None,
         created_at: order.created_at,
     })
 }
@@ -620,6 +626,7 @@ fn assemble(order: OrderRow, items: Vec<OrderLine>, payment: Option<PaymentView>
             })
             .collect(),
         payment,
+        payment_history: None,
         created_at: order.created_at,
     }
 }
@@ -696,7 +703,12 @@ pub async fn get(conn: &mut AsyncPgConnection, user_id: i64, order_id: i64) -> R
         .await
         .optional()?
         .ok_or(Error::NotFound(Missing::Order))?;
-    order_view(conn, row).await
+    let card = row.payment_method == PaymentKind::Card;
+    let mut view = order_view(conn, row).await?;
+    if card {
+        view.payment_history = Some(history::of_order(conn, view.order_id).await?);
+    }
+    Ok(view)
 }
 
 /// Cancels one of the user's orders in one transaction: stock restored, points refunded, coupon
@@ -737,6 +749,15 @@ pub async fn cancel(
                         conn,
                         order.id,
                         PaymentStatus::Cancelled,
+                        None,
+                        Some("the order was cancelled"),
+                    )
+                    .await?;
+                    history::append(
+                        conn,
+                        order.id,
+                        PaymentEventKind::Cancelled,
+                        Source::Cancel,
                         None,
                         Some("the order was cancelled"),
                     )

@@ -29,6 +29,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::card::{CardNumber, CardVault};
+use crate::domain::history::{self, PaymentEventKind as Kind, Source};
 use crate::domain::holds;
 use crate::domain::refunds::{self, Refundable};
 use crate::domain::states::{CardType, OrderStatus, PaymentKind, PaymentStatus, RefundCause};
@@ -123,6 +124,7 @@ pub async fn open(
         ))
         .execute(conn)
         .await?;
+    history::append(conn, order_id, Kind::Requested, Source::Order, None, None).await?;
     Ok(PaymentView {
         status: PaymentStatus::Pending,
         card_type,
@@ -155,7 +157,7 @@ impl Payments {
         let result = self.gateway.request_payment(&request).await;
         let outcome = match result {
             Ok(tx) => self
-                .record_transaction(order_id, &tx.transaction_key)
+                .record_transaction(order_id, &tx.transaction_key, Source::Order)
                 .await
                 .map(|()| None),
             Err(GatewayError::Refused(detail)) => {
@@ -166,14 +168,21 @@ impl Payments {
                         transaction_key: None,
                         reason: "the payment gateway refused the payment".into(),
                     },
-                    "order",
+                    Source::Order,
                 )
                 .await
                 .map(|_| None)
             }
             Err(e) => {
                 tracing::info!(order.id = order_id, error = %e, "payment left for reconciliation");
-                Ok(Some(GATEWAY_UNAVAILABLE_REASON))
+                self.note(
+                    order_id,
+                    Kind::GatewayUnavailable,
+                    Source::Order,
+                    &e.to_string(),
+                )
+                .await
+                .map(|()| Some(GATEWAY_UNAVAILABLE_REASON))
             }
         };
         if let Err(e) = &outcome {
@@ -216,38 +225,59 @@ impl Payments {
 
     /// Records the gateway's transaction key for a still-pending payment and erases the sealed
     /// card number (the gateway has it now).
-    pub async fn record_transaction(&self, order_id: i64, key: &str) -> Result<()> {
+    pub async fn record_transaction(&self, order_id: i64, key: &str, source: Source) -> Result<()> {
         let mut conn = self.db.get().await?;
-        diesel::update(
-            payments::table
-                .filter(payments::order_id.eq(order_id))
-                .filter(payments::status.eq(PaymentStatus::Pending)),
-        )
-        .set((
-            payments::transaction_key.eq(key),
-            payments::card_no_sealed.eq(None::<Vec<u8>>),
-            payments::reason.eq(None::<String>),
-        ))
-        .execute(&mut conn)
-        .await?;
-        Ok(())
+        conn.transaction::<_, Error, _>(async |conn| {
+            let recorded = diesel::update(
+                payments::table
+                    .filter(payments::order_id.eq(order_id))
+                    .filter(payments::status.eq(PaymentStatus::Pending))
+                    .filter(payments::transaction_key.is_distinct_from(key)),
+            )
+            .set((
+                payments::transaction_key.eq(key),
+                payments::card_no_sealed.eq(None::<Vec<u8>>),
+                payments::reason.eq(None::<String>),
+            ))
+            .execute(conn)
+            .await?;
+            if recorded == 1 {
+                history::append(conn, order_id, Kind::Accepted, source, Some(key), None).await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
-    /// [`settle`] in a transaction of its own, counting the outcome under `via`. Returns the
-    /// order's status afterwards and whether this call changed it.
+    /// Appends a history entry that changes nothing else (a gateway outage, a request made
+    /// again).
+    pub async fn note(
+        &self,
+        order_id: i64,
+        kind: Kind,
+        source: Source,
+        reason: &str,
+    ) -> Result<()> {
+        let mut conn = self.db.get().await?;
+        history::append(&mut conn, order_id, kind, source, None, Some(reason)).await
+    }
+
+    /// [`settle`] in a transaction of its own, counting the outcome under its source. Returns
+    /// the order's status afterwards and whether this call changed it.
     pub async fn settle_with(
         &self,
         order_id: i64,
         settlement: Settlement,
-        via: &'static str,
+        source: Source,
     ) -> Result<(OrderStatus, bool)> {
         let mut conn = self.db.get().await?;
         let topics = &self.topics;
         let (status, changed) = conn
             .transaction::<_, Error, _>(async |conn| {
-                settle(conn, topics, order_id, &settlement).await
+                settle(conn, topics, order_id, &settlement, source).await
             })
             .await?;
+        let via = source.as_str();
         if changed {
             metrics::counter!("payments_settled_total", "status" => status.as_str(), "via" => via)
                 .increment(1);
@@ -348,7 +378,9 @@ impl Payments {
                 ));
             }
         };
-        let (order_status, _) = self.settle_with(order_id, settlement, "callback").await?;
+        let (order_status, _) = self
+            .settle_with(order_id, settlement, Source::Callback)
+            .await?;
         metrics::counter!("payment_callbacks_total", "result" => "accepted").increment(1);
         Ok(order_status)
     }
@@ -369,13 +401,14 @@ struct Locked {
     payment_method: PaymentKind,
 }
 
-/// Ends a pending payment inside the caller's transaction. Returns the order's status afterwards
-/// and whether this call changed it.
+/// Ends a pending payment inside the caller's transaction, in the history under `source`.
+/// Returns the order's status afterwards and whether this call changed it.
 pub async fn settle(
     conn: &mut AsyncPgConnection,
     topics: &Topics,
     order_id: i64,
     settlement: &Settlement,
+    source: Source,
 ) -> Result<(OrderStatus, bool)> {
     // The order row lock serialises every settlement and cancellation of this order.
     let order: Locked = order_rows::table
@@ -424,8 +457,15 @@ pub async fn settle(
                     user_id: order.user_id,
                     amount,
                 };
-                charged_after_close(conn, &payment, payment_status, current_key, transaction_key)
-                    .await?;
+                charged_after_close(
+                    conn,
+                    &payment,
+                    payment_status,
+                    current_key,
+                    transaction_key,
+                    source,
+                )
+                .await?;
             }
             return Ok((order.status, false));
         }
@@ -455,6 +495,15 @@ pub async fn settle(
                 conn,
                 order_id,
                 PaymentStatus::Success,
+                Some(transaction_key),
+                None,
+            )
+            .await?;
+            history::append(
+                conn,
+                order_id,
+                Kind::Paid,
+                source,
                 Some(transaction_key),
                 None,
             )
@@ -497,6 +546,15 @@ pub async fn settle(
                 Some(reason),
             )
             .await?;
+            history::append(
+                conn,
+                order_id,
+                Kind::Failed,
+                source,
+                transaction_key.as_deref(),
+                Some(reason),
+            )
+            .await?;
             outbox::record(
                 conn,
                 topics,
@@ -520,6 +578,7 @@ async fn charged_after_close(
     payment_status: PaymentStatus,
     current_key: Option<String>,
     transaction_key: &str,
+    source: Source,
 ) -> Result<()> {
     let order_id = payment.order_id;
     match payment_status {
@@ -527,9 +586,24 @@ async fn charged_after_close(
             if current_key.as_deref() != Some(transaction_key) =>
         {
             // Two successful gateway payments for one order: the second goes back.
-            if refunds::require(conn, payment, transaction_key, RefundCause::DuplicateCharge)
-                .await?
+            if refunds::require(
+                conn,
+                payment,
+                transaction_key,
+                RefundCause::DuplicateCharge,
+                source,
+            )
+            .await?
             {
+                history::append(
+                    conn,
+                    order_id,
+                    Kind::DuplicateCharge,
+                    source,
+                    Some(transaction_key),
+                    None,
+                )
+                .await?;
                 tracing::error!(order.id = order_id, transaction_key = %transaction_key, "a second gateway payment succeeded for a paid order; refunding it");
                 metrics::counter!("payments_duplicate_charges_total").increment(1);
             }
@@ -545,11 +619,21 @@ async fn charged_after_close(
                 ))
                 .execute(conn)
                 .await?;
+            history::append(
+                conn,
+                order_id,
+                Kind::ChargedAfterClose,
+                source,
+                Some(transaction_key),
+                None,
+            )
+            .await?;
             refunds::require(
                 conn,
                 payment,
                 transaction_key,
                 RefundCause::ChargedAfterClose,
+                source,
             )
             .await?;
         }
@@ -590,7 +674,14 @@ pub async fn require_refund(conn: &mut AsyncPgConnection, order_id: i64) -> Resu
         user_id,
         amount,
     };
-    refunds::require(conn, &payment, &key, RefundCause::OrderCancelled).await?;
+    refunds::require(
+        conn,
+        &payment,
+        &key,
+        RefundCause::OrderCancelled,
+        Source::Cancel,
+    )
+    .await?;
     metrics::counter!("payments_refund_required_total").increment(1);
     Ok(())
 }

@@ -31,6 +31,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::domain::Result;
+use crate::domain::history::{PaymentEventKind as Kind, Source};
 use crate::domain::payments::{Payments, Settlement};
 use crate::domain::states::{CardType, PaymentStatus};
 use crate::infra::gateway::{GatewayError, PaymentRequest, Transaction, TxStatus};
@@ -182,7 +183,7 @@ async fn settle_labelled(
     label: &'static str,
 ) -> Result<&'static str> {
     let (_, changed) = state
-        .settle_with(order_id, settlement, "reconciliation")
+        .settle_with(order_id, settlement, Source::Reconciliation)
         .await?;
     Ok(if changed { label } else { "already_settled" })
 }
@@ -239,7 +240,7 @@ async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
                     Settlement::Paid {
                         transaction_key: t.transaction_key.clone(),
                     },
-                    "reconciliation",
+                    Source::Reconciliation,
                 )
                 .await?;
         }
@@ -256,7 +257,11 @@ async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
     if let Some(pending) = found.iter().find(|t| t.status == TxStatus::Pending) {
         if due.transaction_key.is_none() {
             state
-                .record_transaction(due.order_id, &pending.transaction_key)
+                .record_transaction(
+                    due.order_id,
+                    &pending.transaction_key,
+                    Source::Reconciliation,
+                )
                 .await?;
         }
         return Ok("still_pending");
@@ -312,10 +317,18 @@ async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
         amount: due.amount,
         idempotency_key: PaymentRequest::key_for(due.order_id),
     };
+    state
+        .note(
+            due.order_id,
+            Kind::Requested,
+            Source::Reconciliation,
+            "the gateway never received the payment: requested again",
+        )
+        .await?;
     match gateway.request_payment(&request).await {
         Ok(tx) => {
             state
-                .record_transaction(due.order_id, &tx.transaction_key)
+                .record_transaction(due.order_id, &tx.transaction_key, Source::Reconciliation)
                 .await?;
             Ok("requested")
         }

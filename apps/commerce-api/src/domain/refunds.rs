@@ -38,6 +38,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
+use crate::domain::history::{self, PaymentEventKind as Kind, Source};
 use crate::domain::payments::Payments;
 use crate::domain::states::{OrderStatus, PaymentStatus, RefundCause, RefundStatus};
 use crate::domain::{Error, Missing, Result};
@@ -62,13 +63,14 @@ pub struct Refundable {
     pub amount: i64,
 }
 
-/// Requires a refund of `transaction_key`, inside the caller's transaction. Returns whether
-/// this call required it (false: it already was).
+/// Requires a refund of `transaction_key`, inside the caller's transaction (and its history,
+/// under `source`). Returns whether this call required it (false: it already was).
 pub async fn require(
     conn: &mut AsyncPgConnection,
     payment: &Refundable,
     transaction_key: &str,
     cause: RefundCause,
+    source: Source,
 ) -> Result<bool> {
     let inserted = diesel::insert_into(refunds::table)
         .values((
@@ -84,6 +86,15 @@ pub async fn require(
         .execute(conn)
         .await?;
     if inserted == 1 {
+        history::append(
+            conn,
+            payment.order_id,
+            Kind::RefundRequested,
+            source,
+            Some(transaction_key),
+            Some(reason_text(cause)),
+        )
+        .await?;
         metrics::counter!("payments_refunds_requested_total", "cause" => cause.as_str())
             .increment(1);
         tracing::info!(order.id = payment.order_id, %transaction_key, cause = cause.as_str(), "refund required");
@@ -297,6 +308,15 @@ async fn confirm(state: &Payments, due: &Due, refund_key: &str) -> Result<bool> 
                     .execute(conn)
                     .await?;
             }
+            history::append(
+                conn,
+                due.order_id,
+                Kind::RefundConfirmed,
+                Source::RefundWorker,
+                Some(&due.transaction_key),
+                Some(&format!("gateway refund {refund_key}")),
+            )
+            .await?;
             outbox::record(
                 conn,
                 topics,
@@ -347,16 +367,30 @@ async fn retry_later(state: &Payments, due: &Due, error: &str) -> Result<()> {
 async fn fail(state: &Payments, due: &Due, error: &str) -> Result<()> {
     tracing::error!(order.id = due.order_id, transaction_key = %due.transaction_key, %error, "a refund failed; an operator must look at it");
     let mut conn = state.db.get().await?;
-    diesel::sql_query(
-        "UPDATE refunds SET status = 'FAILED', last_error = $1
-          WHERE id = $2 AND status = 'REQUESTED' AND next_attempt_at = $3",
-    )
-    .bind::<Text, _>(error)
-    .bind::<BigInt, _>(due.id)
-    .bind::<Timestamptz, _>(due.next_attempt_at)
-    .execute(&mut conn)
-    .await?;
-    Ok(())
+    conn.transaction::<_, Error, _>(async |conn| {
+        let failed = diesel::sql_query(
+            "UPDATE refunds SET status = 'FAILED', last_error = $1
+              WHERE id = $2 AND status = 'REQUESTED' AND next_attempt_at = $3",
+        )
+        .bind::<Text, _>(error)
+        .bind::<BigInt, _>(due.id)
+        .bind::<Timestamptz, _>(due.next_attempt_at)
+        .execute(conn)
+        .await?;
+        if failed == 1 {
+            history::append(
+                conn,
+                due.order_id,
+                Kind::RefundRefused,
+                Source::RefundWorker,
+                Some(&due.transaction_key),
+                Some(error),
+            )
+            .await?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// A payment that needs an operator's attention.
@@ -449,6 +483,17 @@ pub async fn retry(state: &Payments, order_id: i64) -> Result<Retried> {
             .set(payments::next_check_at.eq(diesel::dsl::now))
             .execute(conn)
             .await?;
+            if refunds > 0 || payment == 1 {
+                history::append(
+                    conn,
+                    order_id,
+                    Kind::RetryRequested,
+                    Source::Admin,
+                    None,
+                    None,
+                )
+                .await?;
+            }
             Ok((refunds, payment == 1))
         })
         .await?;

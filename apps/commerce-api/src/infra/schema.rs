@@ -174,6 +174,20 @@ diesel::table! {
 
 diesel::joinable!(refunds -> payments (payment_id));
 
+diesel::table! {
+    payment_events (id) {
+        id -> BigInt,
+        payment_id -> BigInt,
+        order_id -> BigInt,
+        at -> Timestamptz,
+        kind -> Text,
+        source -> Text,
+        status -> Text,
+        transaction_key -> Nullable<Text>,
+        reason -> Nullable<Text>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     users,
@@ -187,4 +201,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     order_items,
     payments,
     refunds,
+    payment_events,
 );

@@ -4,18 +4,19 @@ use commerce_testkit::{TestDb, count};
 use diesel_async::{AsyncConnection, AsyncPgConnection, SimpleAsyncConnection};
 
 #[tokio::test]
-async fn refunds_take_over_every_payment_flagged_before_them() {
+async fn refunds_and_the_payment_history_take_over_every_payment_made_before_them() {
     let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
     // Back to the schema before refunds, with what it flagged: a cancelled paid order, a charge
     // that landed after its order was cancelled, and a paid order charged twice more.
-    conn.batch_execute(include_str!(
-        "../../migrations/2026-12-03-000001_refunds/down.sql"
-    ))
-    .await
-    .unwrap();
+    for down in [
+        include_str!("../../migrations/2026-12-03-000002_payment_history/down.sql"),
+        include_str!("../../migrations/2026-12-03-000001_refunds/down.sql"),
+    ] {
+        conn.batch_execute(down).await.unwrap();
+    }
     conn.batch_execute(
-        "DELETE FROM __diesel_schema_migrations WHERE version = '20261203000001';
+        "DELETE FROM __diesel_schema_migrations WHERE version IN ('20261203000001', '20261203000002');
          INSERT INTO users (id, login_id, password_hash, name, email)
               VALUES (1, 'old', 'x', 'Old', 'old@example.com');
          INSERT INTO orders (id, user_id, status, total_amount, discount_amount, final_amount,
@@ -64,4 +65,15 @@ async fn refunds_take_over_every_payment_flagged_before_them() {
         2
     );
     assert_eq!(count(&db.url, "SELECT count(*) AS n FROM refunds").await, 4);
+    // The payment history starts with what each payment was before it.
+    assert_eq!(
+        count(
+            &db.url,
+            "SELECT count(*) AS n FROM payment_events WHERE source = 'migration'
+                AND ((kind = 'REQUESTED' AND status = 'PENDING')
+                  OR (kind = 'RECORDED' AND status IN ('REFUND_REQUIRED', 'SUCCESS')))"
+        )
+        .await,
+        6
+    );
 }

@@ -98,6 +98,27 @@ pub(crate) async fn assert_money_balances(app: &TestApp, gw: &Gateway) {
     );
 }
 
+/// The order's payment history as `kind/source` pairs, and checks no entry carries a card number.
+pub(crate) fn history(order: &Value) -> Vec<String> {
+    let entries = order["payment_history"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no payment history: {order}"));
+    assert!(
+        !order.to_string().contains("5678"),
+        "a card number leaked: {order}"
+    );
+    entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}/{}",
+                e["kind"].as_str().unwrap(),
+                e["source"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 /// Waits until the order's status is `status`.
 pub(crate) async fn reaches(
     app: &TestApp,
@@ -220,9 +241,20 @@ async fn a_card_order_is_accepted_pending_and_paid_by_the_gateways_callback() {
     );
     assert_eq!(app.stock(product).await, 8, "stock is reserved at once");
 
+    assert!(
+        order.get("payment_history").is_none(),
+        "the answer to a write has no history"
+    );
     let id = order["order_id"].as_i64().unwrap();
     let paid = settled(&app, &token, id, Duration::from_secs(10)).await;
     assert_eq!(paid["status"], "PAID");
+    assert_eq!(
+        history(&paid),
+        ["REQUESTED/order", "ACCEPTED/order", "PAID/callback"]
+    );
+    let last = &paid["payment_history"][2];
+    assert_eq!(last["status"], "SUCCESS");
+    assert_eq!(last["transaction_key"], key);
     assert_eq!(paid["payment"]["status"], "SUCCESS");
     assert_eq!(paid["payment"]["transaction_key"], key);
     assert_eq!(app.stock(product).await, 8);
@@ -514,6 +546,16 @@ async fn cancelling_a_paid_card_order_refunds_it_once_the_gateway_confirms() {
     assert_eq!(app.stock(product).await, 10, "stock is back at once");
     let now = reaches(&app, &token, id, "REFUNDED", Duration::from_secs(10)).await;
     assert_eq!(now["payment"]["status"], "REFUNDED");
+    assert_eq!(
+        history(&now),
+        [
+            "REQUESTED/order",
+            "ACCEPTED/order",
+            "PAID/callback",
+            "REFUND_REQUESTED/cancel",
+            "REFUND_CONFIRMED/refund_worker"
+        ]
+    );
     let key = order["payment"]["transaction_key"].as_str().unwrap();
     assert_eq!(
         gw.count(&format!(
@@ -651,6 +693,28 @@ async fn lost_callbacks_are_settled_by_reconciliation() {
     assert_eq!(events(&app, "OrderPaid").await, paid);
     assert_eq!(events(&app, "PaymentFailed").await, 10 - paid);
     assert_eq!(app.stock(product).await, 100 - paid);
+    for id in &ids {
+        let (_, order) = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
+        let outcome = if order["status"] == "PAID" {
+            "PAID"
+        } else {
+            "FAILED"
+        };
+        assert_eq!(
+            history(&order),
+            [
+                "REQUESTED/order".to_owned(),
+                "ACCEPTED/order".to_owned(),
+                format!("{outcome}/reconciliation")
+            ],
+            "{order}"
+        );
+    }
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM payment_events WHERE kind = 'FAILED' AND reason = 'limit exceeded'")
+            .await,
+        10 - paid
+    );
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::payments::{
-    Gateway, api, assert_money_balances, card_order, events, place, reaches, settled,
+    Gateway, api, assert_money_balances, card_order, events, history, place, reaches, settled,
 };
 use crate::support::TestApp;
 
@@ -247,7 +247,19 @@ async fn a_refused_refund_is_listed_for_an_operator_and_retried_on_request() {
         retried,
         json!({"order_id": id, "refunds": 1, "payment": false})
     );
-    reaches(&app, &token, id, "REFUNDED", Duration::from_secs(10)).await;
+    let refunded = reaches(&app, &token, id, "REFUNDED", Duration::from_secs(10)).await;
+    assert_eq!(
+        history(&refunded),
+        [
+            "REQUESTED/order",
+            "ACCEPTED/order",
+            "PAID/callback",
+            "REFUND_REQUESTED/cancel",
+            "REFUND_REFUSED/refund_worker",
+            "RETRY_REQUESTED/admin",
+            "REFUND_CONFIRMED/refund_worker"
+        ]
+    );
     let (_, list) = app
         .get("/api/v1/admin/payments/attention", Some(&app.admin))
         .await;

@@ -36,7 +36,7 @@ async fn settled(api: &Api, token: &str, order: &Value) -> String {
 }
 
 #[tokio::test]
-async fn a_declined_card_order_is_never_counted_as_a_sale() {
+async fn a_card_sale_counts_once_paid_never_declined_and_leaves_once_when_refunded() {
     let gw_db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
     let gateway = pg_simulator::Application::build(pg_simulator::config::Config::local(
         &gw_db.url,
@@ -83,8 +83,8 @@ async fn a_declined_card_order_is_never_counted_as_a_sale() {
         "payment": {"method": "CARD", "card_type": "SAMSUNG", "card_no": "9876-5432-1098-7654"}})
     };
 
-    let order = api.post("/api/v1/orders", &buyer, card(paid)).await;
-    assert_eq!(settled(&api, &buyer, &order).await, "PAID");
+    let paid_order = api.post("/api/v1/orders", &buyer, card(paid)).await;
+    assert_eq!(settled(&api, &buyer, &paid_order).await, "PAID");
     sim.dice
         .set(|b| {
             b.success_rate = 0.0;
@@ -141,4 +141,89 @@ async fn a_declined_card_order_is_never_counted_as_a_sale() {
         (Some(declined), Some(0), Some(0)),
         "{m}"
     );
+
+    // The paid order is cancelled and refunded: its sale leaves the figures once, not twice.
+    let order_url = format!("{}/api/v1/orders/{}", api.base, paid_order["order_id"]);
+    let res = api
+        .client
+        .post(format!("{order_url}/cancel"))
+        .bearer_auth(&buyer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    commerce_testkit::until(
+        "the refund is confirmed",
+        Duration::from_secs(20),
+        async || {
+            let body: Value = api
+                .client
+                .get(&order_url)
+                .bearer_auth(&buyer)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body["status"] == "REFUNDED"
+        },
+    )
+    .await;
+    commerce_testkit::until(
+        "the collector handles the cancellation and the refund",
+        Duration::from_secs(60),
+        async || {
+            count(
+                &p.db.url,
+                &format!(
+                    "SELECT count(*) AS n FROM event_handled WHERE event_id IN ({})",
+                    outbox_ids(&api, "('OrderCancelled', 'PaymentRefunded')").await
+                ),
+            )
+            .await
+                == 2
+        },
+    )
+    .await;
+    p.wait_consumed().await;
+    let m: Value = reqwest::get(format!("{collector}/api/v1/product-metrics/{paid}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            m["order_count"].as_i64(),
+            m["sales_quantity"].as_i64(),
+            m["sales_amount"].as_i64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{m}"
+    );
+}
+
+/// The event ids of the API's outbox rows of `types`, as a SQL list.
+async fn outbox_ids(api: &Api, types: &str) -> String {
+    #[derive(diesel::QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        event_id: uuid::Uuid,
+    }
+    use diesel_async::{AsyncConnection, RunQueryDsl};
+    let mut conn = diesel_async::AsyncPgConnection::establish(&api.db.url)
+        .await
+        .unwrap();
+    let ids: Vec<Id> = diesel::sql_query(format!(
+        "SELECT event_id FROM outbox WHERE event_type IN {types}"
+    ))
+    .load(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(ids.len(), 2, "one cancellation and one refund");
+    ids.iter()
+        .map(|i| format!("'{}'", i.event_id))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -10,6 +10,8 @@
 //!   order up at the gateway and adopts the payment it finds.
 //! - A refund carries its transaction's key ([`RefundRequest::key_for`]): the gateway refunds a
 //!   charge once however often, from however many instances, it is asked.
+//! - A 409 (the gateway still processing a request with the same key) is retried too, and is an
+//!   answer, not a failure: the breaker counts timeouts, broken connections, 408, 429 and 5xx.
 //! - The breaker ([`failsafe`]) sees each call's final outcome after retries: the gateway's
 //!   everyday transient failures are absorbed by retrying, and the breaker opens when retrying
 //!   stops helping (by default when at least half of the last 20 calls failed, once 10 were
@@ -172,6 +174,11 @@ pub enum GatewayError {
         /// The request may have reached the gateway (timeout or connection lost after sending).
         unknown_outcome: bool,
     },
+    /// HTTP 409: the gateway holds the request (a request with the same idempotency key is still
+    /// being processed, or the payment to refund is not settled yet) and asks to come back.
+    /// Retried; the gateway is answering, so the breaker does not count it as a failure.
+    #[error("the payment gateway asks to retry later: {detail}")]
+    Busy { detail: String },
     /// The gateway refused the request (a 4xx other than 404, 408, 409 and 429): final, retrying
     /// cannot help.
     #[error("the payment gateway refused the request: {0}")]
@@ -180,6 +187,14 @@ pub enum GatewayError {
 
 impl GatewayError {
     fn retryable(&self) -> bool {
+        matches!(
+            self,
+            GatewayError::Unavailable { .. } | GatewayError::Busy { .. }
+        )
+    }
+
+    /// Whether the call's outcome says the gateway is unwell (what the breaker counts).
+    fn gateway_unwell(&self) -> bool {
         matches!(self, GatewayError::Unavailable { .. })
     }
 
@@ -187,6 +202,7 @@ impl GatewayError {
         match self {
             GatewayError::BreakerOpen => "rejected",
             GatewayError::Unavailable { .. } => "unavailable",
+            GatewayError::Busy { .. } => "busy",
             GatewayError::Refused(_) => "refused",
         }
     }
@@ -357,7 +373,7 @@ impl Gateway {
             })
             .await;
         match &result {
-            Err(e) if e.retryable() => self.breaker.on_error(),
+            Err(e) if e.gateway_unwell() => self.breaker.on_error(),
             _ => self.breaker.on_success(),
         }
         metrics::histogram!("payment_gateway_call_duration_seconds", "operation" => operation)
@@ -423,10 +439,13 @@ impl Gateway {
                 }),
                 Err(e) => Err(e),
             };
-            if let Err(GatewayError::Unavailable {
-                unknown_outcome: true,
-                ..
-            }) = &result
+            if let Err(
+                GatewayError::Unavailable {
+                    unknown_outcome: true,
+                    ..
+                }
+                | GatewayError::Busy { .. },
+            ) = &result
             {
                 unknown.store(true, Ordering::Relaxed);
             }
@@ -524,25 +543,42 @@ fn endpoint(base: &reqwest::Url, segments: &[&str]) -> reqwest::Url {
     url
 }
 
-/// Whether an HTTP status is worth retrying, and if so whether the request may have been acted
-/// on. 408 (the gateway gave up reading), 429 (rate limited) and 500/503 say it was not; 409 (a
-/// request with the same idempotency key is still being processed) and other 5xx (a proxy's 502
-/// or 504 after forwarding it) say it may have been. Every other 4xx is an explicit refusal.
-fn retryable_status(status: reqwest::StatusCode) -> Option<bool> {
+/// What an unsuccessful HTTP status means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// 404: no such payment.
+    NotFound,
+    /// 409: the gateway holds the request and asks to come back ([`GatewayError::Busy`]).
+    Busy,
+    /// Worth retrying; `unknown_outcome` when the request may have been acted on.
+    Retry { unknown_outcome: bool },
+    /// An explicit refusal: final.
+    Refused,
+}
+
+/// 408 (the gateway gave up reading), 429 (rate limited) and 500/503 say the request was not
+/// acted on; other 5xx (a proxy's 502 or 504 after forwarding it) say it may have been; 409 is
+/// the gateway still at work on it. Every other 4xx is an explicit refusal.
+fn classify(status: reqwest::StatusCode) -> Answer {
     use reqwest::StatusCode as S;
     match status {
+        S::NOT_FOUND => Answer::NotFound,
+        S::CONFLICT => Answer::Busy,
         S::REQUEST_TIMEOUT
         | S::TOO_MANY_REQUESTS
         | S::INTERNAL_SERVER_ERROR
-        | S::SERVICE_UNAVAILABLE => Some(false),
-        S::CONFLICT => Some(true),
-        s if s.is_server_error() => Some(true),
-        _ => None,
+        | S::SERVICE_UNAVAILABLE => Answer::Retry {
+            unknown_outcome: false,
+        },
+        s if s.is_server_error() => Answer::Retry {
+            unknown_outcome: true,
+        },
+        _ => Answer::Refused,
     }
 }
 
-/// Classifies a response: `Ok(None)` for 404, `Unavailable` for retryable statuses
-/// ([`retryable_status`]) and transport failures, `Refused` for other 4xx.
+/// Reads a response: `Ok(None)` for 404, `Busy` for 409, `Unavailable` for the other retryable
+/// statuses ([`classify`]) and transport failures, `Refused` for other 4xx.
 async fn parse<T: serde::de::DeserializeOwned>(
     sent: reqwest::Result<reqwest::Response>,
 ) -> Result<Option<T>, GatewayError> {
@@ -556,16 +592,22 @@ async fn parse<T: serde::de::DeserializeOwned>(
         },
     })?;
     let status = response.status();
-    if status == reqwest::StatusCode::NOT_FOUND {
-        return Ok(None);
-    }
-    if let Some(unknown_outcome) = retryable_status(status) {
-        return Err(GatewayError::Unavailable {
-            detail: format!("HTTP {status}"),
-            unknown_outcome,
-        });
-    }
     if !status.is_success() {
+        match classify(status) {
+            Answer::NotFound => return Ok(None),
+            Answer::Busy => {
+                return Err(GatewayError::Busy {
+                    detail: format!("HTTP {status}"),
+                });
+            }
+            Answer::Retry { unknown_outcome } => {
+                return Err(GatewayError::Unavailable {
+                    detail: format!("HTTP {status}"),
+                    unknown_outcome,
+                });
+            }
+            Answer::Refused => {}
+        }
         // Only the status and the problem's code: a gateway's body may echo the request, and
         // with it the card number.
         let code = response
@@ -647,24 +689,44 @@ mod tests {
     #[test]
     fn only_explicit_refusals_are_final() {
         use reqwest::StatusCode as S;
+        let not_acted_on = Answer::Retry {
+            unknown_outcome: false,
+        };
         for status in [
             S::REQUEST_TIMEOUT,
             S::TOO_MANY_REQUESTS,
             S::INTERNAL_SERVER_ERROR,
+            S::SERVICE_UNAVAILABLE,
         ] {
-            assert_eq!(retryable_status(status), Some(false), "{status}");
+            assert_eq!(classify(status), not_acted_on, "{status}");
         }
-        for status in [S::CONFLICT, S::BAD_GATEWAY, S::GATEWAY_TIMEOUT] {
-            assert_eq!(retryable_status(status), Some(true), "{status}");
+        for status in [S::BAD_GATEWAY, S::GATEWAY_TIMEOUT] {
+            let maybe_acted_on = Answer::Retry {
+                unknown_outcome: true,
+            };
+            assert_eq!(classify(status), maybe_acted_on, "{status}");
         }
+        assert_eq!(classify(S::CONFLICT), Answer::Busy);
+        assert_eq!(classify(S::NOT_FOUND), Answer::NotFound);
         for status in [
             S::BAD_REQUEST,
             S::UNPROCESSABLE_ENTITY,
             S::FORBIDDEN,
             S::PAYMENT_REQUIRED,
         ] {
-            assert_eq!(retryable_status(status), None, "{status}");
+            assert_eq!(classify(status), Answer::Refused, "{status}");
         }
+        // A gateway at work on a request is answering: only unwell answers count for the breaker.
+        let busy = GatewayError::Busy {
+            detail: "HTTP 409".into(),
+        };
+        assert!(busy.retryable() && !busy.gateway_unwell());
+        let down = GatewayError::Unavailable {
+            detail: "timed out".into(),
+            unknown_outcome: true,
+        };
+        assert!(down.retryable() && down.gateway_unwell());
+        assert!(!GatewayError::Refused("HTTP 422".into()).retryable());
     }
 
     #[test]

@@ -69,14 +69,36 @@ struct Due {
 }
 
 /// Runs reconciliation passes until `stop` turns true.
-pub async fn run(state: Arc<Payments>, mut stop: watch::Receiver<bool>) {
+pub async fn run(state: Arc<Payments>, stop: watch::Receiver<bool>) {
     let interval = state.settings.reconcile_interval;
+    run_passes(
+        "payment reconciliation",
+        interval,
+        BATCH,
+        || pass(&state),
+        stop,
+    )
+    .await
+}
+
+/// Runs `pass` until `stop` turns true: again at once after a full batch of `batch`, after
+/// `interval` otherwise, and after at least a second when it failed.
+pub(crate) async fn run_passes<F, Fut>(
+    what: &'static str,
+    interval: std::time::Duration,
+    batch: i64,
+    mut pass: F,
+    mut stop: watch::Receiver<bool>,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<usize>>,
+{
     loop {
-        let pause = match pass(&state).await {
-            Ok(n) if n as i64 == BATCH => std::time::Duration::ZERO,
+        let pause = match pass().await {
+            Ok(n) if n as i64 == batch => std::time::Duration::ZERO,
             Ok(_) => interval,
             Err(e) => {
-                tracing::warn!(error = %e, "payment reconciliation pass failed; retrying");
+                tracing::warn!(error = %e, "{what} pass failed; retrying");
                 interval.max(std::time::Duration::from_secs(1))
             }
         };

@@ -49,7 +49,7 @@ use crate::infra::schema::{orders, payments, refunds};
 /// Refunds claimed per pass.
 const BATCH: i64 = 128;
 /// Gateway calls in flight per pass.
-const CONCURRENCY: usize = 16;
+const CONCURRENCY: usize = 32;
 /// The longest wait between two attempts of a refund.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Attempts after which a refund still not confirmed is listed for an operator.
@@ -125,22 +125,9 @@ struct Due {
 }
 
 /// Runs refund passes until `stop` turns true.
-pub async fn run(state: Arc<Payments>, mut stop: watch::Receiver<bool>) {
+pub async fn run(state: Arc<Payments>, stop: watch::Receiver<bool>) {
     let interval = state.settings.reconcile_interval;
-    loop {
-        let pause = match pass(&state).await {
-            Ok(n) if n as i64 == BATCH => Duration::ZERO,
-            Ok(_) => interval,
-            Err(e) => {
-                tracing::warn!(error = %e, "refund pass failed; retrying");
-                interval.max(Duration::from_secs(1))
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
+    crate::domain::reconcile::run_passes("refund", interval, BATCH, || pass(&state), stop).await
 }
 
 /// One pass: claims up to a batch of due refunds and sends them. Returns how many.

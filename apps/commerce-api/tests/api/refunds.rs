@@ -9,7 +9,8 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::payments::{
-    Gateway, api, assert_money_balances, card_order, events, history, place, reaches, settled,
+    Gateway, api, assert_money_balances, card_order, child_api, events, history, place, reaches,
+    settled,
 };
 use crate::support::TestApp;
 
@@ -126,30 +127,18 @@ async fn a_crash_between_the_gateways_answer_and_the_commit_refunds_once() {
     gw.sim.dice.set(|b| b.response_delay_ms = 5000).unwrap();
 
     // A real API process sends the refund and is killed while it waits for the answer.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
-        .env("APP_PROFILE", "dev")
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &setup.db.url)
-        .env("REDIS_URL", commerce_testkit::redis_url())
-        .env("REDIS_KEY_PREFIX", &setup.state.config.redis_key_prefix)
-        .env("KAFKA_BROKERS", &setup.state.config.kafka.brokers)
-        .env("OUTBOX_RELAY_ENABLED", "false")
-        .env("PAYMENT_RECONCILE_ENABLED", "false")
-        .env("PAYMENT_RECONCILE_INTERVAL_MS", "100")
-        // The claim (a lease) outlasts the child, not the test.
-        .env("PAYMENT_RECHECK_AFTER_MS", "3000")
-        .env("PG_BASE_URL", &gw.base)
-        .env("PG_TIMEOUT_MS", "10000")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the commerce-api binary starts");
+    let (mut child, _) = child_api(
+        &setup,
+        &gw,
+        &[
+            ("PAYMENT_RECONCILE_ENABLED", "false"),
+            ("PAYMENT_RECONCILE_INTERVAL_MS", "100"),
+            // The claim (a lease) outlasts the child, not the test.
+            ("PAYMENT_RECHECK_AFTER_MS", "3000"),
+            ("PG_TIMEOUT_MS", "10000"),
+        ],
+    )
+    .await;
     until(
         "the gateway never recorded the child's refund",
         Duration::from_secs(20),

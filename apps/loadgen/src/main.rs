@@ -116,8 +116,10 @@ enum Command {
         #[arg(long, default_value_t = 10_000)]
         products: i64,
     },
-    /// Card orders against pg-simulator at its default rates: acceptance throughput and
-    /// latency, then the time until every order is PAID or PAYMENT_FAILED.
+    /// Card orders against pg-simulator (at the rates it was started with): acceptance
+    /// throughput and latency, the time until every order is PAID or PAYMENT_FAILED, and how many
+    /// orders the gateway charged twice. With --cancel-paid, every paid order is then cancelled
+    /// and the time until all are REFUNDED measured, with the refunds checked at the gateway.
     CardOrders {
         #[arg(long, default_value = "127.0.0.1:8080")]
         api: SocketAddr,
@@ -134,6 +136,15 @@ enum Command {
         /// Give up waiting for final states after this long.
         #[arg(long, default_value_t = 300)]
         settle_timeout_seconds: u64,
+        /// pg-simulator's database, to count charges and refunds per order.
+        #[arg(
+            long,
+            default_value = "postgres://postgres@127.0.0.1:5432/pg_simulator"
+        )]
+        gateway_database_url: String,
+        /// Then cancel every paid order and wait until all are refunded.
+        #[arg(long)]
+        cancel_paid: bool,
     },
     /// First-come coupon issuance: ATTEMPTS distinct users race for QUANTITY coupons.
     Coupons {
@@ -235,27 +246,45 @@ async fn main() -> anyhow::Result<()> {
             orders,
             connections,
             settle_timeout_seconds,
+            gateway_database_url,
+            cancel_paid,
         } => {
             card_orders(
-                api,
-                &database_url,
-                orders,
-                connections,
-                Duration::from_secs(settle_timeout_seconds),
+                CardRun {
+                    api,
+                    database_url: &database_url,
+                    gateway_database_url: &gateway_database_url,
+                    n_orders: orders,
+                    connections,
+                    settle_timeout: Duration::from_secs(settle_timeout_seconds),
+                },
+                cancel_paid,
             )
             .await
         }
     }
 }
 
-async fn card_orders(
+struct CardRun<'a> {
     api: SocketAddr,
-    database_url: &str,
+    database_url: &'a str,
+    gateway_database_url: &'a str,
     n_orders: usize,
     connections: usize,
     settle_timeout: Duration,
-) -> anyhow::Result<()> {
+}
+
+async fn card_orders(run_config: CardRun<'_>, cancel_paid: bool) -> anyhow::Result<()> {
+    let CardRun {
+        api,
+        database_url,
+        gateway_database_url,
+        n_orders,
+        connections,
+        settle_timeout,
+    } = run_config;
     let mut db = connect_db(database_url).await?;
+    let mut gateway_db = connect_db(gateway_database_url).await?;
     let tag = run_id();
     let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
         .bind::<Text, _>(&tag)
@@ -280,6 +309,8 @@ async fn card_orders(
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })
         .collect::<Result<_, _>>()?;
+    let token_of: std::collections::HashMap<i64, String> =
+        users.iter().copied().zip(tokens.iter().cloned()).collect();
     let started = Instant::now();
     let report = run(
         "card orders accepted",
@@ -336,6 +367,180 @@ async fn card_orders(
         states.pending
     );
     ensure!(states.pending == 0, "orders left pending");
+
+    // What the gateway holds for these orders: never two charges for one.
+    let orders: Vec<OrderOf> = diesel::sql_query(
+        "SELECT o.id, o.user_id, o.status FROM orders o JOIN users u ON u.id = o.user_id
+          WHERE u.login_id LIKE $1 ORDER BY o.id",
+    )
+    .bind::<Text, _>(format!("{tag}-c-%"))
+    .load(&mut db)
+    .await?;
+    let ids: Vec<String> = orders.iter().map(|o| o.id.to_string()).collect();
+    let twice = gateway_count(
+        &mut gateway_db,
+        "SELECT count(*) AS n FROM (SELECT order_id FROM payments
+          WHERE order_id = ANY($1) AND status IN ('SUCCESS', 'REFUNDED')
+          GROUP BY order_id HAVING count(*) > 1) t",
+        &ids,
+    )
+    .await?;
+    let payments = gateway_count(
+        &mut gateway_db,
+        "SELECT count(*) AS n FROM payments WHERE order_id = ANY($1)",
+        &ids,
+    )
+    .await?;
+    println!(
+        "gateway: {payments} payments for {} orders; {twice} orders charged twice",
+        ids.len()
+    );
+    ensure!(twice == 0, "orders charged twice");
+    if cancel_paid {
+        let paid: Vec<&OrderOf> = orders.iter().filter(|o| o.status == "PAID").collect();
+        refund_all(
+            api,
+            &mut db,
+            &mut gateway_db,
+            &paid,
+            &token_of,
+            settle_timeout,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct OrderOf {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = Text)]
+    status: String,
+}
+
+async fn gateway_count(
+    db: &mut AsyncPgConnection,
+    sql: &str,
+    order_ids: &[String],
+) -> anyhow::Result<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    Ok(diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Array<Text>, _>(order_ids)
+        .get_result::<N>(db)
+        .await?
+        .n)
+}
+
+/// Cancels every paid order (each user's in turn, users concurrently) and waits until all are
+/// `REFUNDED`; then checks one refund per order at the gateway and one `PaymentRefunded` each.
+async fn refund_all(
+    api: SocketAddr,
+    db: &mut AsyncPgConnection,
+    gateway_db: &mut AsyncPgConnection,
+    paid: &[&OrderOf],
+    token_of: &std::collections::HashMap<i64, String>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let mut per_user: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+    for o in paid {
+        per_user.entry(o.user_id).or_default().push(o.id);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (user, ids) in per_user {
+        let token = token_of[&user].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut conn = http::Conn::open(api).await?;
+            let mut refused = 0usize;
+            for id in ids {
+                let req = http::request(
+                    "POST",
+                    &api,
+                    &format!("/api/v1/orders/{id}/cancel"),
+                    Some(&token),
+                    None,
+                );
+                let (status, _) = conn.send(&req).await?;
+                refused += usize::from(status != 200);
+            }
+            anyhow::Ok(refused)
+        }));
+    }
+    let mut refused = 0;
+    for t in tasks {
+        refused += t.await??;
+    }
+    let cancelled_in = started.elapsed();
+    ensure!(refused == 0, "{refused} cancels were refused");
+    let ids: Vec<i64> = paid.iter().map(|o| o.id).collect();
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let deadline = Instant::now() + timeout;
+    let refunded = loop {
+        let n: N = diesel::sql_query(
+            "SELECT count(*) AS n FROM orders WHERE id = ANY($1) AND status = 'REFUNDED'",
+        )
+        .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
+        .get_result(db)
+        .await?;
+        if n.n as usize == ids.len() || Instant::now() > deadline {
+            break n.n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let all_refunded = started.elapsed();
+    let events: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM outbox WHERE event_type = 'PaymentRefunded'
+            AND (envelope->'payload'->>'order_id')::bigint = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
+    .get_result(db)
+    .await?;
+    let attempts: N = diesel::sql_query(
+        "SELECT COALESCE(sum(attempts), 0)::bigint AS n FROM refunds WHERE order_id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
+    .get_result(db)
+    .await?;
+    let texts: Vec<String> = ids.iter().map(i64::to_string).collect();
+    let at_gateway = gateway_count(
+        gateway_db,
+        "SELECT count(*) AS n FROM refunds r JOIN payments p USING (transaction_key)
+          WHERE p.order_id = ANY($1)",
+        &texts,
+    )
+    .await?;
+    let doubled = gateway_count(
+        gateway_db,
+        "SELECT count(*) AS n FROM (SELECT p.order_id FROM refunds r
+          JOIN payments p USING (transaction_key) WHERE p.order_id = ANY($1)
+          GROUP BY p.order_id HAVING count(*) > 1) t",
+        &texts,
+    )
+    .await?;
+    println!(
+        "refunds: {} paid orders cancelled in {:.1} s; all refunded after {:.1} s: {refunded} REFUNDED, {} attempts, {at_gateway} refunds at the gateway, {doubled} orders refunded twice, {} PaymentRefunded events",
+        ids.len(),
+        cancelled_in.as_secs_f64(),
+        all_refunded.as_secs_f64(),
+        attempts.n,
+        events.n,
+    );
+    ensure!(refunded as usize == ids.len(), "orders left unrefunded");
+    ensure!(
+        doubled == 0 && at_gateway == refunded && events.n == refunded,
+        "refunds do not balance"
+    );
     Ok(())
 }
 

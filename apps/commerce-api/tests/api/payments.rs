@@ -557,6 +557,7 @@ async fn a_gateway_that_records_after_the_client_gave_up_charges_each_order_once
     );
     assert_eq!(events(&app, "OrderPaid").await, 20);
     assert_eq!(app.stock(product).await, 80);
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -1336,4 +1337,5 @@ async fn five_hundred_card_orders_at_default_rates_all_end_paid_or_failed_and_ba
         }
     }
     assert!(paid > 250, "about 70% succeed: {paid}");
+    assert_money_balances(&first, &gw).await;
 }

@@ -2,13 +2,14 @@
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
-//! | `APP_PROFILE` | `dev` | `dev` or `prod`; `prod` refuses insecure defaults |
+//! | `APP_PROFILE` | `prod` | `prod` (also `production`, `staging`) or `dev` (also `development`, `test`); outside `dev` the secrets below are required and their development defaults refused. Unset means production: a forgotten setting never runs with the repository's secrets |
 //! | `HTTP_ADDR` | `127.0.0.1:8080` | listen address (`0.0.0.0:8080` in containers) |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce` | the API's own database |
 //! | `DATABASE_POOL_SIZE` | `16` | pooled connections (1..=512) |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | cache and first-come coupon gate |
 //! | `REDIS_KEY_PREFIX` | `commerce:` | namespace for every key the API writes |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
+//! | `KAFKA_REPLICATION_FACTOR` / `KAFKA_MIN_INSYNC_REPLICAS` | `3` / `2` (`1` / `1` in dev) | of the topics this app creates; producers write with `acks=all` and idempotence |
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
 //! | `COMMERCE_JWT_SECRET` | dev-only default | HS256 key, at least 32 bytes; required outside `dev` |
 //! | `COMMERCE_JWT_TTL_SECONDS` | `3600` | access token lifetime |
@@ -120,22 +121,25 @@ impl Config {
         Self::read(&Reader::default())
     }
 
-    /// Reads and validates configuration from any source.
-    pub fn read<S: commerce_config::Source>(r: &Reader<S>) -> Result<Self, ConfigError> {
-        let mut kafka = KafkaSettings::new(r.string_or("KAFKA_BROKERS", "127.0.0.1:9092"));
-        kafka.session_timeout_ms =
-            r.in_range("KAFKA_SESSION_TIMEOUT_MS", 6_000, 1_000..=300_000)?;
-        kafka.max_poll_interval_ms =
-            r.in_range("KAFKA_MAX_POLL_INTERVAL_MS", 10_000, 1_000..=3_600_000)?;
-        let database_url = commerce_db::validate_url(
+    /// Only `DATABASE_URL`: what `migrate` needs (no secrets).
+    pub fn read_database_url<S: commerce_config::Source>(
+        r: &Reader<S>,
+    ) -> Result<String, ConfigError> {
+        commerce_db::validate_url(
             "DATABASE_URL",
             r.string_or(
                 "DATABASE_URL",
                 "postgres://postgres@127.0.0.1:5432/commerce",
             ),
-        )?;
-        let profile = r.or("APP_PROFILE", Profile::Dev)?;
+        )
+    }
+
+    /// Reads and validates configuration from any source.
+    pub fn read<S: commerce_config::Source>(r: &Reader<S>) -> Result<Self, ConfigError> {
+        let database_url = Self::read_database_url(r)?;
+        let profile = r.or("APP_PROFILE", Profile::Prod)?;
         let dev = profile == Profile::Dev;
+        let kafka = KafkaSettings::read(r, !dev)?;
         let jwt_secret = match r.optional::<String>("COMMERCE_JWT_SECRET")? {
             Some(s) => s,
             None if dev => DEV_JWT_SECRET.to_owned(),
@@ -301,6 +305,38 @@ mod tests {
         ))
     }
 
+    /// `pairs` in the dev profile.
+    fn dev(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut all = vec![("APP_PROFILE", "dev")];
+        all.extend_from_slice(pairs);
+        read(&all)
+    }
+
+    #[test]
+    fn no_profile_is_production_and_refuses_to_start_without_secrets() {
+        // An operator who forgets APP_PROFILE gets production, never the repository's secrets.
+        let err = read(&[]).err().unwrap();
+        assert_eq!(err.var, "COMMERCE_JWT_SECRET");
+        for (var, value) in [
+            ("COMMERCE_JWT_SECRET", DEV_JWT_SECRET),
+            ("COMMERCE_ADMIN_PASSWORD", DEV_ADMIN_PASSWORD),
+            ("PAYMENT_CARD_KEY", DEV_CARD_KEY),
+        ] {
+            let mut vars = vec![
+                ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
+                ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
+                (
+                    "PAYMENT_CARD_KEY",
+                    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+                ),
+            ];
+            vars.retain(|(v, _)| *v != var);
+            vars.push((var, value));
+            assert_eq!(read(&vars).err().unwrap().var, var, "{var}'s dev default");
+        }
+        assert!(dev(&[]).is_ok(), "dev runs on the development defaults");
+    }
+
     #[test]
     fn prod_profile_refuses_the_dev_card_key() {
         let err = read(&[
@@ -313,7 +349,7 @@ mod tests {
         .unwrap();
         assert_eq!(err.var, "PAYMENT_CARD_KEY");
         assert_eq!(
-            read(&[("PAYMENT_CARD_KEY", "abcd")]).err().unwrap().var,
+            dev(&[("PAYMENT_CARD_KEY", "abcd")]).err().unwrap().var,
             "PAYMENT_CARD_KEY"
         );
     }
@@ -333,9 +369,14 @@ mod tests {
         let mut short = prod.to_vec();
         short.push(("PAYMENT_RECHECK_AFTER_MS", "5000"));
         assert_eq!(read(&short).err().unwrap().var, "PAYMENT_RECHECK_AFTER_MS");
-        let mut dev = vec![("PAYMENT_RECHECK_AFTER_MS", "5000")];
-        dev.push(("PG_TIMEOUT_MS", "1000"));
-        assert!(read(&dev).is_ok(), "dev only warns");
+        assert!(
+            dev(&[
+                ("PAYMENT_RECHECK_AFTER_MS", "5000"),
+                ("PG_TIMEOUT_MS", "1000")
+            ])
+            .is_ok(),
+            "dev only warns"
+        );
     }
 
     #[test]
@@ -357,21 +398,21 @@ mod tests {
             "COMMERCE_JWT_SECRET"
         );
         assert_eq!(
-            read(&[("COMMERCE_JWT_SECRET", "short")]).err().unwrap().var,
+            dev(&[("COMMERCE_JWT_SECRET", "short")]).err().unwrap().var,
             "COMMERCE_JWT_SECRET"
         );
     }
 
     #[test]
     fn bad_port_names_the_variable() {
-        let err = read(&[("HTTP_ADDR", "localhost:http")]).err().unwrap();
+        let err = dev(&[("HTTP_ADDR", "localhost:http")]).err().unwrap();
         assert_eq!(err.var, "HTTP_ADDR");
     }
 
     #[test]
     fn summary_contains_no_secret() {
         let config =
-            read(&[("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!")]).unwrap();
+            dev(&[("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!")]).unwrap();
         assert!(!config.to_string().contains("s3cret"));
     }
 }

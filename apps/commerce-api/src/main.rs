@@ -26,15 +26,19 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     commerce_telemetry::init_tracing();
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Migrate = command {
+        // A migration job needs the database, not the server's secrets.
+        let url = commerce_config::from_env_or_exit("commerce-api", Config::read_database_url);
+        return commerce_db::migrate(&url, commerce_api::MIGRATIONS).await;
+    }
     let config = commerce_config::from_env_or_exit("commerce-api", Config::read);
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => {
             let app = commerce_api::startup::Application::build(config).await?;
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
-        Command::Migrate => {
-            commerce_db::migrate(&config.database_url, commerce_api::MIGRATIONS).await
-        }
+        Command::Migrate => unreachable!("handled above"),
         Command::Relay => {
             let pool = commerce_db::pool(&config.database_url, 4)?;
             let (stop_rx, stop) = commerce_web::stop_flag(commerce_web::shutdown_signal());

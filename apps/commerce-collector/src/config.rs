@@ -2,13 +2,14 @@
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
-//! | `APP_PROFILE` | `dev` | `dev` or `prod` |
+//! | `APP_PROFILE` | `prod` | `prod` or `dev`; unset means production |
 //! | `HTTP_ADDR` | `127.0.0.1:8081` | listen address (`0.0.0.0:8081` in containers) |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce_metrics` | the collector's own database |
 //! | `DATABASE_POOL_SIZE` | `8` | pooled connections (1..=512) |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | real-time ranking sorted sets |
 //! | `REDIS_KEY_PREFIX` | `commerce:` | namespace for every key the collector writes |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
+//! | `KAFKA_REPLICATION_FACTOR` / `KAFKA_MIN_INSYNC_REPLICAS` | `3` / `2` (`1` / `1` in dev) | of the topics this app creates; producers write with `acks=all` and idempotence |
 //! | `KAFKA_SESSION_TIMEOUT_MS` | `6000` | consumer group session timeout |
 //! | `KAFKA_MAX_POLL_INTERVAL_MS` | `10000` | longest gap between polls |
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
@@ -72,11 +73,8 @@ impl Config {
 
     /// Reads and validates configuration from any source.
     pub fn read<S: commerce_config::Source>(r: &Reader<S>) -> Result<Self, ConfigError> {
-        let mut kafka = KafkaSettings::new(r.string_or("KAFKA_BROKERS", "127.0.0.1:9092"));
-        kafka.session_timeout_ms =
-            r.in_range("KAFKA_SESSION_TIMEOUT_MS", 6_000, 1_000..=300_000)?;
-        kafka.max_poll_interval_ms =
-            r.in_range("KAFKA_MAX_POLL_INTERVAL_MS", 10_000, 1_000..=3_600_000)?;
+        let profile = r.or("APP_PROFILE", Profile::Prod)?;
+        let kafka = KafkaSettings::read(r, profile == Profile::Prod)?;
         let event_handled_retention_hours =
             r.in_range("EVENT_HANDLED_RETENTION_HOURS", 192, 1..=24 * 365)?;
         let topic_retention_hours = r.in_range("KAFKA_TOPIC_RETENTION_HOURS", 168, 1..=24 * 365)?;
@@ -92,7 +90,7 @@ impl Config {
             ));
         }
         Ok(Self {
-            profile: r.or("APP_PROFILE", Profile::Dev)?,
+            profile,
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
             database_url: commerce_db::validate_url(
                 "DATABASE_URL",

@@ -196,6 +196,7 @@ pub async fn ingest(
     .await?;
     let child = Command::new(format!("{bin_dir}/commerce-collector"))
         .arg("serve")
+        .env("APP_PROFILE", "dev")
         .env("HTTP_ADDR", "127.0.0.1:18081")
         .env("DATABASE_URL", &url)
         .env("KAFKA_BROKERS", brokers)
@@ -341,6 +342,7 @@ pub async fn relay(server: &str, brokers: &str, rows: i64, bin_dir: &str) -> any
         .await?;
     let child = Command::new(format!("{bin_dir}/commerce-api"))
         .arg("relay")
+        .env("APP_PROFILE", "dev")
         .env("DATABASE_URL", &url)
         .env("KAFKA_BROKERS", brokers)
         .env("CATALOG_TOPIC", &topic)

@@ -89,6 +89,7 @@ fn collector(
 ) -> anyhow::Result<Running> {
     let mut cmd = Command::new(format!("{}/commerce-collector", o.bin_dir));
     cmd.arg("serve")
+        .env("APP_PROFILE", "dev")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("DATABASE_URL", url)
         .env("KAFKA_BROKERS", o.brokers)

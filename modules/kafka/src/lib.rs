@@ -31,15 +31,55 @@ pub struct KafkaSettings {
     pub session_timeout_ms: u32,
     /// Longest gap between polls before the member is considered stuck.
     pub max_poll_interval_ms: u32,
+    /// Replication factor of the topics the apps create.
+    pub replication_factor: i32,
+    /// `min.insync.replicas` of the topics the apps create: with `acks=all`, how many replicas
+    /// hold a write before it is acknowledged.
+    pub min_insync_replicas: i32,
 }
 
 impl KafkaSettings {
+    /// Development settings: one broker, topics with one replica.
     pub fn new(brokers: impl Into<String>) -> Self {
         Self {
             brokers: brokers.into(),
             session_timeout_ms: 6_000,
             max_poll_interval_ms: 10_000,
+            replication_factor: 1,
+            min_insync_replicas: 1,
         }
+    }
+
+    /// Reads `KAFKA_BROKERS`, `KAFKA_SESSION_TIMEOUT_MS`, `KAFKA_MAX_POLL_INTERVAL_MS`,
+    /// `KAFKA_REPLICATION_FACTOR` and `KAFKA_MIN_INSYNC_REPLICAS`. Topics get 3 replicas, 2 in
+    /// sync, in production (one broker may be lost without losing an acknowledged write or
+    /// refusing writes), 1 and 1 in development.
+    pub fn read<S: commerce_config::Source>(
+        r: &commerce_config::Reader<S>,
+        production: bool,
+    ) -> Result<Self, commerce_config::ConfigError> {
+        let (replicas, in_sync) = if production { (3, 2) } else { (1, 1) };
+        let settings = Self {
+            brokers: r.string_or("KAFKA_BROKERS", "127.0.0.1:9092"),
+            session_timeout_ms: r.in_range("KAFKA_SESSION_TIMEOUT_MS", 6_000, 1_000..=300_000)?,
+            max_poll_interval_ms: r.in_range(
+                "KAFKA_MAX_POLL_INTERVAL_MS",
+                10_000,
+                1_000..=3_600_000,
+            )?,
+            replication_factor: r.in_range("KAFKA_REPLICATION_FACTOR", replicas, 1..=32)?,
+            min_insync_replicas: r.in_range("KAFKA_MIN_INSYNC_REPLICAS", in_sync, 1..=32)?,
+        };
+        if settings.min_insync_replicas > settings.replication_factor {
+            return Err(commerce_config::ConfigError::new(
+                "KAFKA_MIN_INSYNC_REPLICAS",
+                format!(
+                    "must not exceed KAFKA_REPLICATION_FACTOR ({}): no write could be acknowledged",
+                    settings.replication_factor
+                ),
+            ));
+        }
+        Ok(settings)
     }
 
     fn base(&self) -> ClientConfig {
@@ -93,15 +133,24 @@ impl KafkaSettings {
         c
     }
 
-    /// Creates the given topics (name, partitions) if they do not exist yet.
+    /// Creates the given topics (name, partitions) if they do not exist yet, with the configured
+    /// replication factor and `min.insync.replicas`. Existing topics are left as they are.
     pub async fn ensure_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
+        let min_insync = self.min_insync_replicas.to_string();
         let admin: AdminClient<DefaultClientContext> = self
             .base()
             .create()
             .context("creating Kafka admin client")?;
         let new: Vec<NewTopic<'_>> = topics
             .iter()
-            .map(|(name, partitions)| NewTopic::new(name, *partitions, TopicReplication::Fixed(1)))
+            .map(|(name, partitions)| {
+                NewTopic::new(
+                    name,
+                    *partitions,
+                    TopicReplication::Fixed(self.replication_factor),
+                )
+                .set("min.insync.replicas", &min_insync)
+            })
             .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin
@@ -184,5 +233,53 @@ pub fn event_headers(
             value: Some(tp),
         }),
         None => headers,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn read(pairs: &[(&str, &str)], production: bool) -> Result<KafkaSettings, String> {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        KafkaSettings::read(&commerce_config::Reader::new(vars), production)
+            .map_err(|e| e.var.to_string())
+    }
+
+    #[test]
+    fn production_topics_survive_a_lost_broker_and_dev_topics_fit_one() {
+        let prod = read(&[], true).unwrap();
+        assert_eq!((prod.replication_factor, prod.min_insync_replicas), (3, 2));
+        let dev = read(&[], false).unwrap();
+        assert_eq!((dev.replication_factor, dev.min_insync_replicas), (1, 1));
+        let set = read(
+            &[
+                ("KAFKA_REPLICATION_FACTOR", "5"),
+                ("KAFKA_MIN_INSYNC_REPLICAS", "3"),
+            ],
+            true,
+        )
+        .unwrap();
+        assert_eq!((set.replication_factor, set.min_insync_replicas), (5, 3));
+        assert_eq!(
+            read(&[("KAFKA_REPLICATION_FACTOR", "1")], true).unwrap_err(),
+            "KAFKA_MIN_INSYNC_REPLICAS",
+            "2 in sync of 1 replica could never be acknowledged"
+        );
+        assert_eq!(
+            read(&[("KAFKA_REPLICATION_FACTOR", "0")], false).unwrap_err(),
+            "KAFKA_REPLICATION_FACTOR"
+        );
+    }
+
+    #[test]
+    fn producers_wait_for_every_in_sync_replica_and_never_duplicate() {
+        let c = KafkaSettings::new("127.0.0.1:9092").producer_config();
+        assert_eq!(c.get("acks"), Some("all"));
+        assert_eq!(c.get("enable.idempotence"), Some("true"));
     }
 }

@@ -96,9 +96,11 @@ pub async fn until(what: &str, within: Duration, mut done: impl AsyncFnMut() -> 
 pub struct TestEnv(HashMap<String, String>);
 
 impl TestEnv {
-    /// Port 0, `database_url`, the test Redis under `redis_prefix`, and `kafka`'s brokers.
+    /// The dev profile, port 0, `database_url`, the test Redis under `redis_prefix`, and
+    /// `kafka`'s brokers.
     pub fn new(database_url: &str, redis_prefix: &str, kafka: &KafkaSettings) -> Self {
         Self(HashMap::from([
+            ("APP_PROFILE".into(), "dev".into()),
             ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
             ("DATABASE_URL".into(), database_url.to_owned()),
             ("REDIS_URL".into(), redis_url()),

@@ -97,3 +97,46 @@ async fn unknown_route_is_a_problem_json_404() {
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["code"], "ROUTE_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn without_a_profile_the_api_is_production_and_refuses_the_dev_secrets() {
+    let api = env!("CARGO_BIN_EXE_commerce-api");
+    let refused = tokio::process::Command::new(api)
+        .env_clear()
+        .arg("serve")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(
+        lines[0].starts_with("commerce-api: ") && lines[0].contains("COMMERCE_JWT_SECRET"),
+        "{stderr}"
+    );
+    let dev_secret = tokio::process::Command::new(api)
+        .env_clear()
+        .env("COMMERCE_JWT_SECRET", commerce_api::config::DEV_JWT_SECRET)
+        .arg("serve")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(dev_secret.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&dev_secret.stderr).contains("development default"));
+
+    // A migration job needs only the database.
+    let db = commerce_testkit::TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
+    let migrated = tokio::process::Command::new(api)
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .arg("migrate")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        migrated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+}

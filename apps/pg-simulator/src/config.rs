@@ -9,6 +9,7 @@
 //! | `PG_SIM_LATENCY_MIN_MS` / `PG_SIM_LATENCY_MAX_MS` | `100` / `500` | how long a payment request takes |
 //! | `PG_SIM_RESPONSE_DELAY_MS` | `0` | delay between recording an accepted payment and answering (a slow answer the client may give up on) |
 //! | `PG_SIM_RECORD_DELAY_MS` | `0` | delay before an accepted payment is recorded; requests run to the end even if the client hung up, so a long delay records payments after the client gave up |
+//! | `PG_SIM_CALLBACK_HOSTS` | `localhost,127.0.0.1,[::1]` | the only hosts a payment's `callback_url` may name (comma-separated; others get 400) |
 //! | `PG_SIM_IDEMPOTENCY_TTL_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
 //! | `PG_SIM_REQUEST_FAILURE_RATE` | `0.4` | share of requests answered HTTP 500 (nothing recorded) |
 //! | `PG_SIM_REFUND_FAILURE_RATE` | `0.2` | share of refund requests answered HTTP 500 (nothing recorded); refunds take the payments' latency and delays |
@@ -25,6 +26,14 @@ use commerce_config::{ConfigError, Reader, Source};
 use crate::behaviour::Behaviour;
 
 const DEFAULT_IDEMPOTENCY_TTL_HOURS: u64 = 24;
+const DEFAULT_CALLBACK_HOSTS: &str = "localhost,127.0.0.1,[::1]";
+
+fn hosts(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect()
+}
 
 /// Everything the simulator reads from its environment.
 #[derive(Debug, Clone)]
@@ -35,6 +44,8 @@ pub struct Config {
     pub seed: Option<u64>,
     pub behaviour: Behaviour,
     pub idempotency_ttl_hours: u64,
+    /// Hosts a `callback_url` may name.
+    pub callback_hosts: Vec<String>,
 }
 
 impl Config {
@@ -48,6 +59,7 @@ impl Config {
             seed: Some(seed),
             behaviour,
             idempotency_ttl_hours: DEFAULT_IDEMPOTENCY_TTL_HOURS,
+            callback_hosts: hosts(DEFAULT_CALLBACK_HOSTS),
         }
     }
 
@@ -78,6 +90,13 @@ impl Config {
         behaviour
             .validate()
             .map_err(|reason| ConfigError::new("PG_SIM_*", reason))?;
+        let callback_hosts = hosts(&r.string_or("PG_SIM_CALLBACK_HOSTS", DEFAULT_CALLBACK_HOSTS));
+        if callback_hosts.is_empty() {
+            return Err(ConfigError::new(
+                "PG_SIM_CALLBACK_HOSTS",
+                "must name at least one host",
+            ));
+        }
         Ok(Self {
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             database_url: commerce_db::validate_url(
@@ -95,6 +114,7 @@ impl Config {
                 DEFAULT_IDEMPOTENCY_TTL_HOURS,
                 1..=24 * 30,
             )?,
+            callback_hosts,
         })
     }
 }

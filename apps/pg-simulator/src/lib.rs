@@ -37,6 +37,8 @@ pub struct Simulator {
     pub dice: Dice,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl: chrono::Duration,
+    /// The hosts callbacks may be sent to.
+    pub callback_hosts: Vec<String>,
     http: reqwest::Client,
 }
 
@@ -59,6 +61,7 @@ impl Application {
             db: db.clone(),
             dice: Dice::new(config.behaviour, config.seed),
             idempotency_ttl: chrono::Duration::hours(config.idempotency_ttl_hours as i64),
+            callback_hosts: config.callback_hosts,
             http,
         });
         let api = Router::new()

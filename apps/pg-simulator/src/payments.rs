@@ -116,7 +116,7 @@ pub fn mask(card_no: &str) -> String {
     format!("{}-****-****-{}", &card_no[..4], &card_no[15..])
 }
 
-fn validate(req: &PaymentRequest) -> Result<()> {
+fn validate(req: &PaymentRequest, callback_hosts: &[String]) -> Result<()> {
     let mut errors = Vec::new();
     if req.order_id.trim().is_empty() || req.order_id.len() > MAX_ID_LEN {
         errors.push(FieldError::new(
@@ -139,12 +139,24 @@ fn validate(req: &PaymentRequest) -> Result<()> {
     if req.amount <= 0 {
         errors.push(FieldError::new("amount", "must be positive"));
     }
-    let url_ok = (req.callback_url.starts_with("http://")
-        || req.callback_url.starts_with("https://"))
-        && req.callback_url.len() <= MAX_URL_LEN
-        && reqwest::Url::parse(&req.callback_url).is_ok();
-    if !url_ok {
-        errors.push(FieldError::new("callback_url", "must be an http(s) URL"));
+    let url = reqwest::Url::parse(&req.callback_url).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https") && req.callback_url.len() <= MAX_URL_LEN
+    });
+    match url {
+        None => errors.push(FieldError::new("callback_url", "must be an http(s) URL")),
+        // Callbacks go only where the operator allows: the gateway must not be a way to make
+        // requests to arbitrary hosts.
+        Some(u)
+            if !u
+                .host_str()
+                .is_some_and(|h| callback_hosts.iter().any(|allowed| allowed == h)) =>
+        {
+            errors.push(FieldError::new(
+                "callback_url",
+                "the host is not on the callback allowlist (PG_SIM_CALLBACK_HOSTS)",
+            ));
+        }
+        Some(_) => {}
     }
     if errors.is_empty() {
         Ok(())
@@ -288,7 +300,7 @@ pub async fn request_payment(
     sim.dice.receive();
     let user = user_id(&headers)?;
     let key = idempotency_key(&headers)?;
-    validate(&req)?;
+    validate(&req, &sim.callback_hosts)?;
     if let Some(key) = &key {
         match reserve(&sim, &user, key, &request_hash(&req)).await? {
             Earlier::None => {}

@@ -529,3 +529,54 @@ async fn a_settled_payment_is_refunded_in_full_once_whatever_the_retries() {
     };
     assert_eq!(refunds, 1);
 }
+
+#[tokio::test]
+async fn callbacks_go_only_to_allowed_hosts() {
+    let db = db().await;
+    let sim = Sim::start(&db.url, Behaviour::reliable(), 13).await;
+    let long = Duration::from_secs(10);
+    for url in [
+        "http://169.254.169.254/latest/meta-data",
+        "http://example.com/callback",
+        "http://127.0.0.1.example.com/callback",
+    ] {
+        let (status, _, refused) = sim
+            .pay_with_key("7", &format!("k-{url}"), &payment("950", url), long)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {refused}");
+        assert_eq!(refused["errors"][0]["field"], "callback_url", "{refused}");
+    }
+    assert_eq!(recorded(&db.url).await, 0, "nothing was accepted");
+    let receiver = Receiver::start().await;
+    let (status, _, accepted) = sim
+        .pay_with_key("7", "k-local", &payment("951", &receiver.url), long)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{accepted}");
+    receiver.wait_for(1, long).await;
+}
+
+#[tokio::test]
+async fn nul_characters_are_refused_in_paths_queries_and_bodies() {
+    let db = db().await;
+    let sim = Sim::start(&db.url, Behaviour::reliable(), 17).await;
+    let (status, body) = sim.get("7", "/api/v1/payments/a%00b").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_TEXT");
+    let (status, body) = sim.get("7", "/api/v1/payments?order_id=1%00").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_TEXT");
+    let (status, _, body) = sim
+        .pay_with_key(
+            "7",
+            "k-nul",
+            &payment("9\u{0}60", "http://127.0.0.1:9/cb"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_TEXT");
+    assert_eq!(recorded(&db.url).await, 0);
+}

@@ -2,7 +2,8 @@
 //!
 //! axum's own `Json` rejects with plain text. Ours maps each rejection to a stable code:
 //! `MALFORMED_JSON` (syntax), `VALIDATION_FAILED` (wrong type, missing or unknown field, with
-//! the field path), `UNSUPPORTED_MEDIA_TYPE`, `PAYLOAD_TOO_LARGE`.
+//! the field path), `UNSUPPORTED_MEDIA_TYPE`, `PAYLOAD_TOO_LARGE`, and `INVALID_TEXT` for a NUL
+//! character in any string ([`crate::text`]).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
@@ -25,11 +26,42 @@ where
     type Rejection = Problem;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
+        if !json_content_type(req.headers()) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "UNSUPPORTED_MEDIA_TYPE",
+                "expected `Content-Type: application/json`",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| problem_from(JsonRejection::BytesRejection(e)))?;
+        if crate::text::json_has_nul(&bytes) {
+            return Err(crate::text::invalid_text("request body"));
+        }
+        match axum::Json::<T>::from_bytes(&bytes) {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(problem_from(rejection)),
         }
     }
+}
+
+/// `application/json` or `application/<anything>+json`, parameters allowed.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn problem_from(rejection: JsonRejection) -> Problem {

@@ -13,6 +13,7 @@ mod json;
 mod problem;
 mod query;
 mod serve;
+pub mod text;
 
 pub use json::Json;
 pub use problem::{FieldError, Problem, internal_error, route_not_found, unavailable_error};

@@ -224,3 +224,46 @@ async fn openapi_describes_every_route_and_swagger_ui_is_served() {
     assert_eq!(res.status(), StatusCode::OK);
     assert!(res.text().await.unwrap().contains("swagger"));
 }
+
+#[tokio::test]
+async fn text_a_database_cannot_store_is_refused_before_any_handler_and_changes_nothing() {
+    let app = spawn_app().await;
+    let nul = "a\u{0}b";
+    let (status, body) = app
+        .post(
+            "/api/v1/auth/token",
+            None,
+            json!({"login_id": nul, "password": "whatever-password"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_TEXT");
+    let (status, body) = app
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"login_id": "nulname", "password": "correct horse", "name": nul,
+                   "email": "nul@example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_TEXT");
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM users WHERE login_id = 'nulname'")
+            .await,
+        0
+    );
+    let (status, body) = app.get("/api/v1/products?sort=%00", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["code"], "INVALID_TEXT");
+    // A backslash before `u0000` is ordinary text.
+    let (status, body) = app
+        .post(
+            "/api/v1/users",
+            None,
+            json!({"login_id": "backslash", "password": "correct horse", "name": "a\\u0000b",
+                   "email": "bs@example.com"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

@@ -206,7 +206,7 @@ fn request_hash(req: &PaymentRequest) -> String {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    format!("{:x}", h.finalize())
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What an earlier request with the same key left.

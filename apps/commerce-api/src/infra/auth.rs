@@ -52,6 +52,7 @@ pub struct Authenticator {
 impl Authenticator {
     /// `secret` must be at least 32 bytes (checked by the config).
     pub fn new(secret: &[u8], ttl_seconds: i64) -> Self {
+        crate::infra::jwt::install();
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);

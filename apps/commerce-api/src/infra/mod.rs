@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod gateway;
+pub mod jwt;
 pub mod outbox;
 pub mod product_cache;
 pub mod relay;

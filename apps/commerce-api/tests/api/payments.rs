@@ -310,6 +310,7 @@ async fn a_card_order_is_accepted_pending_and_paid_by_the_gateways_callback() {
             .await,
         1
     );
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -355,6 +356,7 @@ async fn a_declined_payment_gives_back_stock_and_coupon_and_is_not_a_sale() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(app.stock(product).await, 10);
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -384,6 +386,7 @@ async fn bad_card_details_are_refused_and_change_nothing() {
     assert_eq!(app.stock(product).await, 10);
     assert_eq!(app.count("SELECT count(*) AS n FROM orders").await, 0);
     assert_eq!(gw.sim.dice.requests_received(), 0);
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -414,6 +417,7 @@ async fn gateway_500s_are_retried_until_the_payment_is_accepted() {
         gw.sim.dice.requests_received()
     );
     assert_eq!(app.stock(product).await, 80);
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -458,6 +462,7 @@ async fn a_timed_out_payment_is_looked_up_before_it_is_requested_again() {
     let paid = settled(&app, &token, id, Duration::from_secs(15)).await;
     assert_eq!(paid["status"], "PAID");
     assert_eq!(gw.payments_for(id).await, 1, "exactly one gateway payment");
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -511,6 +516,7 @@ async fn a_timed_out_request_the_gateway_recorded_is_adopted_not_repeated() {
         paid["payment"]["transaction_key"],
         order["payment"]["transaction_key"]
     );
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -698,6 +704,7 @@ async fn the_breaker_opens_on_failures_accepts_orders_meanwhile_and_closes_again
         assert_eq!(gw.payments_for(*id).await, 1);
     }
     assert_eq!(app.state.payments.gateway.breaker_state(), "closed");
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -753,6 +760,7 @@ async fn lost_callbacks_are_settled_by_reconciliation() {
             .await,
         10 - paid
     );
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -795,6 +803,7 @@ async fn duplicate_and_late_callbacks_change_nothing() {
             .contains(r#"payment_callbacks_total{result="repeat"} 5"#),
         "{metrics}"
     );
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -924,6 +933,7 @@ async fn forged_callbacks_are_rejected_and_change_nothing() {
         outbox_before
     );
     assert_eq!(app.stock(product).await, 7);
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -1013,6 +1023,7 @@ async fn callback_reconciliation_and_cancel_racing_compensate_exactly_once() {
         .await,
         10
     );
+    assert_money_balances(&app, &gw).await;
 }
 
 #[tokio::test]
@@ -1134,6 +1145,7 @@ async fn an_api_crash_between_commit_and_gateway_call_is_recovered_by_reconcilia
     assert_eq!(paid["status"], "PAID");
     assert_eq!(gw.payments_for(id).await, 1, "one gateway payment");
     assert_eq!(setup.stock(product).await, 9);
+    assert_money_balances(&setup, &gw).await;
 }
 
 #[tokio::test]

@@ -64,7 +64,7 @@ impl Application {
         });
         tracing::info!(%config, "starting commerce-api");
         let state = AppState(Arc::new(App {
-            coupons: Coupons::new(db.clone(), cache.clone()),
+            coupons: Arc::new(Coupons::new(db.clone(), cache.clone())),
             config,
             db: db.clone(),
             cache: cache.clone(),
@@ -118,6 +118,14 @@ impl Application {
                 crate::domain::reconcile::run(payments, stop)
             });
         }
+        let coupons = state.coupons.clone();
+        server = server.task("coupon gate reconciliation", move |stop| {
+            crate::domain::coupons::run_gate_reconciliation(
+                coupons,
+                COUPON_GATE_RECONCILE_EVERY,
+                stop,
+            )
+        });
         if state.config.payments.refunds_enabled {
             let payments = state.payments.clone();
             server = server.task("payment refunds", move |stop| {
@@ -136,6 +144,9 @@ impl Application {
         self.into_server().run_until_stopped(shutdown).await
     }
 }
+
+/// How often each instance makes the coupon gates in Redis agree with the database.
+const COUPON_GATE_RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 async fn ensure_admin_until_done(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut delay = std::time::Duration::from_millis(200);

@@ -29,7 +29,7 @@ pub struct App {
     pub views: ViewPublisher,
     pub product_cache: ProductCache,
     /// First-come coupon issuing (the Redis gate and the terms cache).
-    pub coupons: Coupons,
+    pub coupons: Arc<Coupons>,
     /// Card payments: the gateway's client, the card vault, settling and reconciliation.
     pub payments: Arc<Payments>,
 }

@@ -6,7 +6,10 @@
 //! and the unique (coupon, user) constraint hold the guarantees on their own. So when Redis is
 //! down every attempt takes the database path with the same guarantees, just slower; and when
 //! the database write fails after Redis admitted a user, the user is removed from the Redis set
-//! so the seat is not lost.
+//! so the seat is not lost. The write runs in a task of its own once the gate admitted the user,
+//! so a client that disconnects (or a request that times out) cannot abandon it half way: it
+//! commits, or it fails and gives the seat back. And the gate is reconciled with the database at
+//! start and periodically ([`Coupons::reconcile_gates`]), for whatever a crash left behind.
 
 use chrono::{DateTime, Utc};
 use commerce_cache::Cache;
@@ -301,10 +304,31 @@ impl Coupons {
             Gate::Admitted => "redis",
             Gate::Bypassed => "database",
         };
-        let result = match self.db.get().await {
-            Ok(mut conn) => issue_in_db(&mut conn, coupon_id, user_id).await,
-            Err(e) => Err(e.into()),
-        };
+        // Detached: dropping this request (a client that hung up) must not drop the write with
+        // the seat taken; the task commits, or fails and gives the seat back.
+        let (db, cache, key) = (
+            self.db.clone(),
+            self.cache.clone(),
+            self.gate_key(coupon_id),
+        );
+        let admitted = matches!(gate, Gate::Admitted);
+        let task = tokio::spawn(async move {
+            let result = match db.get().await {
+                Ok(mut conn) => issue_in_db(&mut conn, coupon_id, user_id).await,
+                Err(e) => Err(e.into()),
+            };
+            // Give the seat back in Redis unless the user really holds a coupon now.
+            if admitted
+                && let Err(e) = &result
+                && !matches!(e, Error::CouponAlreadyIssued)
+            {
+                release(&cache, &key, coupon_id, user_id).await;
+            }
+            result
+        });
+        let result = task
+            .await
+            .unwrap_or_else(|e| Err(anyhow::anyhow!("coupon issue task failed: {e}").into()));
         let label = match &result {
             Ok(_) => Some("issued"),
             Err(Error::CouponSoldOut) => Some("sold_out"),
@@ -314,14 +338,77 @@ impl Coupons {
         if let Some(label) = label {
             metrics::counter!("coupon_issue_total", "result" => label, "path" => path).increment(1);
         }
-        // Give the seat back in Redis unless the user really holds a coupon now.
-        if matches!(gate, Gate::Admitted)
-            && let Err(e) = &result
-            && !matches!(e, Error::CouponAlreadyIssued)
-        {
-            self.release(coupon_id, user_id).await;
-        }
         result
+    }
+
+    /// Makes each open campaign's Redis gate agree with the database: holders missing from the
+    /// set are added (the set never admits more than the quantity left), and members without a
+    /// coupon are removed once they were missing at the previous pass as well (a member admitted
+    /// a moment ago may still be committing). Returns how many seats were given back.
+    pub async fn reconcile_gates(&self, suspects: &mut GateSuspects) -> anyhow::Result<usize> {
+        let mut conn = self.db.get().await?;
+        let open: Vec<i64> = coupons::table
+            .filter(
+                coupons::valid_until
+                    .is_null()
+                    .or(coupons::valid_until.gt(diesel::dsl::now)),
+            )
+            .select(coupons::id)
+            .load(&mut conn)
+            .await?;
+        let mut redis = self.cache.conn().await?;
+        let mut released = 0;
+        let mut next = GateSuspects::default();
+        for coupon_id in open {
+            let key = self.gate_key(coupon_id);
+            let members: Vec<i64> = redis::cmd("SMEMBERS")
+                .arg(&key)
+                .query_async(&mut redis)
+                .await?;
+            let holders: std::collections::HashSet<i64> = user_coupons::table
+                .filter(user_coupons::coupon_id.eq(coupon_id))
+                .select(user_coupons::user_id)
+                .load::<i64>(&mut conn)
+                .await?
+                .into_iter()
+                .collect();
+            let missing: Vec<i64> = holders
+                .iter()
+                .filter(|h| !members.contains(h))
+                .copied()
+                .collect();
+            if !missing.is_empty() {
+                let _: i64 = redis::cmd("SADD")
+                    .arg(&key)
+                    .arg(&missing)
+                    .query_async(&mut redis)
+                    .await?;
+            }
+            let previous = suspects.0.remove(&coupon_id).unwrap_or_default();
+            let (stale, fresh): (Vec<i64>, Vec<i64>) = members
+                .into_iter()
+                .filter(|m| !holders.contains(m))
+                .partition(|m| previous.contains(m));
+            if !stale.is_empty() {
+                let n: usize = redis::cmd("SREM")
+                    .arg(&key)
+                    .arg(&stale)
+                    .query_async(&mut redis)
+                    .await?;
+                released += n;
+                tracing::warn!(
+                    coupon.id = coupon_id,
+                    seats = n,
+                    "gave back coupon seats held in Redis without a coupon"
+                );
+                metrics::counter!("coupon_seats_reconciled_total").increment(n as u64);
+            }
+            if !fresh.is_empty() {
+                next.0.insert(coupon_id, fresh.into_iter().collect());
+            }
+        }
+        *suspects = next;
+        Ok(released)
     }
 
     async fn issue_terms(&self, coupon_id: i64) -> Result<IssueTerms> {
@@ -378,22 +465,44 @@ impl Coupons {
             }
         }
     }
+}
 
-    /// Removes a user admitted by the gate whose database write failed.
-    async fn release(&self, coupon_id: i64, user_id: i64) {
-        let result: anyhow::Result<()> = async {
-            let mut conn = self.cache.conn().await?;
-            let _: i64 = redis::cmd("SREM")
-                .arg(self.gate_key(coupon_id))
-                .arg(user_id)
-                .query_async(&mut conn)
-                .await?;
-            Ok(())
+/// Gate members without a coupon at the last reconciliation, per campaign.
+#[derive(Default, Debug)]
+pub struct GateSuspects(std::collections::HashMap<i64, std::collections::HashSet<i64>>);
+
+/// Reconciles the coupon gates at start and every `every`, until `stop` turns true.
+pub async fn run_gate_reconciliation(
+    coupons: std::sync::Arc<Coupons>,
+    every: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut suspects = GateSuspects::default();
+    loop {
+        if let Err(e) = coupons.reconcile_gates(&mut suspects).await {
+            tracing::debug!(error = %format!("{e:#}"), "coupon gate reconciliation skipped");
         }
-        .await;
-        if let Err(e) = result {
-            tracing::warn!(coupon.id = coupon_id, user.id = user_id, error = %format!("{e:#}"), "could not release a coupon seat in Redis");
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Removes a user admitted by the gate whose database write failed.
+async fn release(cache: &Cache, key: &str, coupon_id: i64, user_id: i64) {
+    let result: anyhow::Result<()> = async {
+        let mut conn = cache.conn().await?;
+        let _: i64 = redis::cmd("SREM")
+            .arg(key)
+            .arg(user_id)
+            .query_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(coupon.id = coupon_id, user.id = user_id, error = %format!("{e:#}"), "could not release a coupon seat in Redis");
     }
 }
 

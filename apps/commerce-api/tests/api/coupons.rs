@@ -193,3 +193,217 @@ async fn unlimited_coupons_issue_to_everyone_once() {
     assert_eq!(already, 30);
     assert_db_issued(&app, id, 30).await;
 }
+
+/// The coupon's Redis gate: its members, sorted.
+async fn gate(app: &TestApp, coupon_id: i64) -> Vec<i64> {
+    let mut conn = app.state.cache.conn().await.expect("Redis answers");
+    let mut members: Vec<i64> = redis::cmd("SMEMBERS")
+        .arg(app.state.cache.key(&format!("coupon:{coupon_id}:issued")))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    members.sort_unstable();
+    members
+}
+
+/// Holds the coupon's row lock (as a long transaction would) until the returned sender fires.
+async fn lock_coupon(app: &TestApp, coupon_id: i64) -> tokio::sync::oneshot::Sender<()> {
+    use diesel_async::SimpleAsyncConnection;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (locked, is_locked) = tokio::sync::oneshot::channel::<()>();
+    let mut conn = app.conn().await;
+    tokio::spawn(async move {
+        conn.batch_execute(&format!(
+            "BEGIN; SELECT id FROM coupons WHERE id = {coupon_id} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+        locked.send(()).unwrap();
+        let _ = released.await;
+        conn.batch_execute("ROLLBACK").await.unwrap();
+    });
+    is_locked.await.unwrap();
+    release
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_issue_leaves_no_seat_without_a_coupon() {
+    let app = spawn_app().await;
+    let coupon_id = coupon(&app, Some(1)).await;
+    let (user, token) = app.user_with_points("hangs-up", 0).await;
+    let release = lock_coupon(&app, coupon_id).await;
+    let hung_up = app
+        .client
+        .post(format!("{}/api/v1/coupons/{coupon_id}/issue", app.base))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(
+        hung_up.is_err(),
+        "the client gave up while the issue waited"
+    );
+    assert_eq!(
+        gate(&app, coupon_id).await,
+        vec![user],
+        "the seat is taken meanwhile"
+    );
+    release.send(()).unwrap();
+    // The issue the client abandoned still completes: the seat has its coupon.
+    commerce_testkit::until(
+        "the abandoned issue committed",
+        std::time::Duration::from_secs(10),
+        async || {
+            app.count(&format!(
+                "SELECT count(*) AS n FROM user_coupons WHERE coupon_id = {coupon_id} AND user_id = {user}"
+            ))
+            .await
+                == 1
+        },
+    )
+    .await;
+    assert_db_issued(&app, coupon_id, 1).await;
+    assert_eq!(gate(&app, coupon_id).await, vec![user]);
+    let (_, other) = app.user_with_points("too-late", 0).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/coupons/{coupon_id}/issue"),
+            Some(&other),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "COUPON_SOLD_OUT");
+}
+
+#[tokio::test]
+async fn a_pool_timeout_gives_the_seat_back() {
+    let app = Arc::new(spawn_app_with(&[("DATABASE_POOL_SIZE", "1")]).await);
+    let coupon_id = coupon(&app, Some(2)).await;
+    let (first, first_token) = app.user_with_points("holds-the-pool", 0).await;
+    let (second, second_token) = app.user_with_points("waits-for-the-pool", 0).await;
+    let release = lock_coupon(&app, coupon_id).await;
+    // The first issue takes the pool's only connection and waits on the row lock.
+    let holder = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.post(
+                &format!("/api/v1/coupons/{coupon_id}/issue"),
+                Some(&first_token),
+                json!({}),
+            )
+            .await
+        })
+    };
+    commerce_testkit::until(
+        "the first issue is admitted",
+        std::time::Duration::from_secs(5),
+        async || gate(&app, coupon_id).await == vec![first],
+    )
+    .await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/coupons/{coupon_id}/issue"),
+            Some(&second_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(
+        gate(&app, coupon_id).await,
+        vec![first],
+        "the second seat is back"
+    );
+    release.send(()).unwrap();
+    let (status, body) = holder.await.unwrap();
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/coupons/{coupon_id}/issue"),
+            Some(&second_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "the retry gets the seat: {body}"
+    );
+    assert_db_issued(&app, coupon_id, 2).await;
+    let mut both = vec![first, second];
+    both.sort_unstable();
+    assert_eq!(gate(&app, coupon_id).await, both);
+}
+
+#[tokio::test]
+async fn reconciliation_gives_back_seats_without_coupons_and_restores_lost_holders() {
+    let app = spawn_app().await;
+    let coupon_id = coupon(&app, Some(2)).await;
+    let (holder, token) = app.user_with_points("holder", 0).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/coupons/{coupon_id}/issue"),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // What a crash and a Redis failover leave: a seat with no coupon, a coupon with no seat.
+    let ghost = 987_654_321;
+    {
+        let mut conn = app.state.cache.conn().await.unwrap();
+        let key = app.state.cache.key(&format!("coupon:{coupon_id}:issued"));
+        let _: i64 = redis::cmd("SADD")
+            .arg(&key)
+            .arg(ghost)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let _: i64 = redis::cmd("SREM")
+            .arg(&key)
+            .arg(holder)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let mut suspects = commerce_api::domain::coupons::GateSuspects::default();
+    let released = app
+        .state
+        .coupons
+        .reconcile_gates(&mut suspects)
+        .await
+        .unwrap();
+    assert_eq!(
+        released, 0,
+        "a member without a coupon may still be committing"
+    );
+    let mut both = vec![holder, ghost];
+    both.sort_unstable();
+    assert_eq!(
+        gate(&app, coupon_id).await,
+        both,
+        "the holder is back in the gate"
+    );
+    let released = app
+        .state
+        .coupons
+        .reconcile_gates(&mut suspects)
+        .await
+        .unwrap();
+    assert_eq!(
+        released, 1,
+        "still without a coupon a pass later: given back"
+    );
+    assert_eq!(gate(&app, coupon_id).await, vec![holder]);
+    let (_, other) = app.user_with_points("gets-the-seat", 0).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/coupons/{coupon_id}/issue"),
+            Some(&other),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_db_issued(&app, coupon_id, 2).await;
+}

@@ -55,6 +55,16 @@ async fn rush(app: Arc<TestApp>, coupon_id: i64, tokens: Vec<String>) -> (usize,
     counts
 }
 
+/// One attempt to issue `coupon_id` with `token`.
+async fn issue(app: &TestApp, coupon_id: i64, token: &str) -> (StatusCode, serde_json::Value) {
+    app.post(
+        &format!("/api/v1/coupons/{coupon_id}/issue"),
+        Some(token),
+        json!({}),
+    )
+    .await
+}
+
 async fn assert_db_issued(app: &TestApp, coupon_id: i64, expected: i64) {
     assert_eq!(
         app.count(&format!(
@@ -266,13 +276,7 @@ async fn a_client_that_hangs_up_mid_issue_leaves_no_seat_without_a_coupon() {
     assert_db_issued(&app, coupon_id, 1).await;
     assert_eq!(gate(&app, coupon_id).await, vec![user]);
     let (_, other) = app.user_with_points("too-late", 0).await;
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/coupons/{coupon_id}/issue"),
-            Some(&other),
-            json!({}),
-        )
-        .await;
+    let (status, body) = issue(&app, coupon_id, &other).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["code"], "COUPON_SOLD_OUT");
 }
@@ -287,14 +291,7 @@ async fn a_pool_timeout_gives_the_seat_back() {
     // The first issue takes the pool's only connection and waits on the row lock.
     let holder = {
         let app = app.clone();
-        tokio::spawn(async move {
-            app.post(
-                &format!("/api/v1/coupons/{coupon_id}/issue"),
-                Some(&first_token),
-                json!({}),
-            )
-            .await
-        })
+        tokio::spawn(async move { issue(&app, coupon_id, &first_token).await })
     };
     commerce_testkit::until(
         "the first issue is admitted",
@@ -302,13 +299,7 @@ async fn a_pool_timeout_gives_the_seat_back() {
         async || gate(&app, coupon_id).await == vec![first],
     )
     .await;
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/coupons/{coupon_id}/issue"),
-            Some(&second_token),
-            json!({}),
-        )
-        .await;
+    let (status, body) = issue(&app, coupon_id, &second_token).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(
         gate(&app, coupon_id).await,
@@ -318,13 +309,7 @@ async fn a_pool_timeout_gives_the_seat_back() {
     release.send(()).unwrap();
     let (status, body) = holder.await.unwrap();
     assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/coupons/{coupon_id}/issue"),
-            Some(&second_token),
-            json!({}),
-        )
-        .await;
+    let (status, body) = issue(&app, coupon_id, &second_token).await;
     assert_eq!(
         status,
         StatusCode::CREATED,
@@ -341,13 +326,7 @@ async fn reconciliation_gives_back_seats_without_coupons_and_restores_lost_holde
     let app = spawn_app().await;
     let coupon_id = coupon(&app, Some(2)).await;
     let (holder, token) = app.user_with_points("holder", 0).await;
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/coupons/{coupon_id}/issue"),
-            Some(&token),
-            json!({}),
-        )
-        .await;
+    let (status, body) = issue(&app, coupon_id, &token).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     // What a crash and a Redis failover leave: a seat with no coupon, a coupon with no seat.
     let ghost = 987_654_321;
@@ -397,13 +376,7 @@ async fn reconciliation_gives_back_seats_without_coupons_and_restores_lost_holde
     );
     assert_eq!(gate(&app, coupon_id).await, vec![holder]);
     let (_, other) = app.user_with_points("gets-the-seat", 0).await;
-    let (status, body) = app
-        .post(
-            &format!("/api/v1/coupons/{coupon_id}/issue"),
-            Some(&other),
-            json!({}),
-        )
-        .await;
+    let (status, body) = issue(&app, coupon_id, &other).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_db_issued(&app, coupon_id, 2).await;
 }

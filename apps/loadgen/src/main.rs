@@ -421,19 +421,28 @@ struct OrderOf {
     status: String,
 }
 
+/// A count over pg-simulator's rows of `order_ids` (its order ids are text), bound as `$1`.
 async fn gateway_count(
     db: &mut AsyncPgConnection,
     sql: &str,
     order_ids: &[String],
 ) -> anyhow::Result<i64> {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
     Ok(diesel::sql_query(sql)
         .bind::<diesel::sql_types::Array<Text>, _>(order_ids)
-        .get_result::<N>(db)
+        .get_result::<pipeline::N>(db)
+        .await?
+        .n)
+}
+
+/// A count over the API's rows of `order_ids`, bound as `$1`.
+async fn orders_count(
+    db: &mut AsyncPgConnection,
+    sql: &str,
+    order_ids: &[i64],
+) -> anyhow::Result<i64> {
+    Ok(diesel::sql_query(sql)
+        .bind::<diesel::sql_types::Array<BigInt>, _>(order_ids)
+        .get_result::<pipeline::N>(db)
         .await?
         .n)
 }
@@ -480,37 +489,32 @@ async fn refund_all(
     let cancelled_in = started.elapsed();
     ensure!(refused == 0, "{refused} cancels were refused");
     let ids: Vec<i64> = paid.iter().map(|o| o.id).collect();
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
     let deadline = Instant::now() + timeout;
     let refunded = loop {
-        let n: N = diesel::sql_query(
+        let n = orders_count(
+            db,
             "SELECT count(*) AS n FROM orders WHERE id = ANY($1) AND status = 'REFUNDED'",
+            &ids,
         )
-        .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
-        .get_result(db)
         .await?;
-        if n.n as usize == ids.len() || Instant::now() > deadline {
-            break n.n;
+        if n as usize == ids.len() || Instant::now() > deadline {
+            break n;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let all_refunded = started.elapsed();
-    let events: N = diesel::sql_query(
+    let events = orders_count(
+        db,
         "SELECT count(*) AS n FROM outbox WHERE event_type = 'PaymentRefunded'
             AND (envelope->'payload'->>'order_id')::bigint = ANY($1)",
+        &ids,
     )
-    .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
-    .get_result(db)
     .await?;
-    let attempts: N = diesel::sql_query(
+    let attempts = orders_count(
+        db,
         "SELECT COALESCE(sum(attempts), 0)::bigint AS n FROM refunds WHERE order_id = ANY($1)",
+        &ids,
     )
-    .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
-    .get_result(db)
     .await?;
     let texts: Vec<String> = ids.iter().map(i64::to_string).collect();
     let at_gateway = gateway_count(
@@ -533,12 +537,12 @@ async fn refund_all(
         ids.len(),
         cancelled_in.as_secs_f64(),
         all_refunded.as_secs_f64(),
-        attempts.n,
-        events.n,
+        attempts,
+        events,
     );
     ensure!(refunded as usize == ids.len(), "orders left unrefunded");
     ensure!(
-        doubled == 0 && at_gateway == refunded && events.n == refunded,
+        doubled == 0 && at_gateway == refunded && events == refunded,
         "refunds do not balance"
     );
     Ok(())

@@ -16,10 +16,11 @@ use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+/// A query's single figure, named `n`.
 #[derive(diesel::QueryableByName)]
-struct N {
+pub(crate) struct N {
     #[diesel(sql_type = BigInt)]
-    n: i64,
+    pub(crate) n: i64,
 }
 
 async fn count(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {

@@ -8,31 +8,35 @@ use serde_json::{Value, json};
 
 use commerce_testkit::count;
 
+/// The order's status, as its owner reads it.
+async fn status(api: &Api, token: &str, order_id: &Value) -> String {
+    let body: Value = api
+        .client
+        .get(format!("{}/api/v1/orders/{order_id}", api.base))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["status"].as_str().unwrap().to_owned()
+}
+
 async fn settled(api: &Api, token: &str, order: &Value) -> String {
-    let url = format!("{}/api/v1/orders/{}", api.base, order["order_id"]);
-    let body = commerce_testkit::eventually(
+    commerce_testkit::eventually(
         "the card order settles",
         Duration::from_secs(20),
         async || {
-            let body: Value = api
-                .client
-                .get(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            if body["status"] != "PENDING_PAYMENT" {
-                Ok(body)
+            let now = status(api, token, &order["order_id"]).await;
+            if now != "PENDING_PAYMENT" {
+                Ok(now)
             } else {
-                Err(body)
+                Err(now)
             }
         },
     )
-    .await;
-    body["status"].as_str().unwrap().to_owned()
+    .await
 }
 
 #[tokio::test]
@@ -155,19 +159,7 @@ async fn a_card_sale_counts_once_paid_never_declined_and_leaves_once_when_refund
     commerce_testkit::until(
         "the refund is confirmed",
         Duration::from_secs(20),
-        async || {
-            let body: Value = api
-                .client
-                .get(&order_url)
-                .bearer_auth(&buyer)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            body["status"] == "REFUNDED"
-        },
+        async || status(&api, &buyer, &paid_order["order_id"]).await == "REFUNDED",
     )
     .await;
     commerce_testkit::until(

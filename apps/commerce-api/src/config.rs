@@ -36,6 +36,13 @@
 //! | `PAYMENT_REQUEST_DEADLINE_SECONDS` | `600` | a payment the gateway never received is failed (and compensated) after this; a payment still pending after it is listed for an operator |
 //! | `PAYMENT_REFUNDS_ENABLED` | `true` | run the refund worker inside `serve` (instances share the work; a claim lasts `PAYMENT_RECHECK_AFTER_MS`) |
 //! | `PAYMENT_REFUND_RETRY_BASE_MS` | `1000` | wait after a refund's first failed attempt, doubling per attempt up to 5 minutes |
+//! | `RATE_LIMITS_ENABLED` | `true` | `false` turns every `RATE_LIMIT_*` off (load tests from one address) |
+//! | `RATE_LIMIT_SIGN_UP` / `RATE_LIMIT_TOKEN` | `10/min` / `30/min` | per client address; `<n>/s`, `<n>/min`, `<n>/h` (a burst of n, refilled evenly) or `off` |
+//! | `RATE_LIMIT_PAYMENT_CALLBACK` | `100/s` | per client address; must exceed the gateway's peak callback rate |
+//! | `RATE_LIMIT_ORDERS` / `RATE_LIMIT_COUPON_ISSUE` / `RATE_LIMIT_POINTS_CHARGE` | `60/min` / `10/min` / `30/min` | per signed-in user |
+//! | `TRUSTED_PROXIES` | none | addresses or networks (`10.0.0.0/8,192.168.1.7`) whose `X-Forwarded-For` names the client; from anyone else it is ignored |
+//! | `AUTH_HASH_THREADS` | CPU count | password-hashing threads, 19 MiB of memory each |
+//! | `AUTH_HASH_QUEUE` | `32` | sign-ups and logins that may wait for a hashing thread; beyond that they get 503 `AUTH_BUSY` |
 
 use std::net::SocketAddr;
 
@@ -43,7 +50,9 @@ use commerce_config::{ConfigError, Profile, Reader};
 use commerce_kafka::KafkaSettings;
 
 pub use crate::domain::payments::PaymentSettings;
+use crate::infra::auth::HashingSettings;
 use crate::infra::gateway::GatewaySettings;
+use crate::infra::limits::{LimitSettings, RateSpec, TrustedProxies};
 use crate::infra::outbox::Topics;
 use crate::infra::relay::RelayConfig;
 
@@ -74,6 +83,9 @@ pub struct Config {
     pub payment_callback_url: Option<String>,
     pub card_key: [u8; 32],
     pub payments: PaymentSettings,
+    pub limits: LimitSettings,
+    pub trusted_proxies: TrustedProxies,
+    pub hashing: HashingSettings,
 }
 
 /// The development JWT key. Refused by any profile but `dev`.
@@ -88,8 +100,14 @@ impl std::fmt::Display for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "profile={:?} http_addr={} pool={} kafka={}",
-            self.profile, self.http_addr, self.database_pool_size, self.kafka.brokers
+            "profile={:?} http_addr={} pool={} kafka={} limits={:?} trusted_proxies=[{}] hashing={:?}",
+            self.profile,
+            self.http_addr,
+            self.database_pool_size,
+            self.kafka.brokers,
+            self.limits,
+            self.trusted_proxies,
+            self.hashing
         )
     }
 }
@@ -262,7 +280,28 @@ impl Config {
                 ));
             }
         }
+        let limits_on = r.or("RATE_LIMITS_ENABLED", true)?;
+        let rate = |name: &str, default: &str| -> Result<RateSpec, ConfigError> {
+            let spec = r.or(name, default.parse().expect("valid default rate"))?;
+            Ok(if limits_on { spec } else { RateSpec::OFF })
+        };
+        let limits = LimitSettings {
+            sign_up_per_ip: rate("RATE_LIMIT_SIGN_UP", "10/min")?,
+            token_per_ip: rate("RATE_LIMIT_TOKEN", "30/min")?,
+            callback_per_ip: rate("RATE_LIMIT_PAYMENT_CALLBACK", "100/s")?,
+            orders_per_user: rate("RATE_LIMIT_ORDERS", "60/min")?,
+            coupon_issue_per_user: rate("RATE_LIMIT_COUPON_ISSUE", "10/min")?,
+            points_charge_per_user: rate("RATE_LIMIT_POINTS_CHARGE", "30/min")?,
+        };
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hashing = HashingSettings {
+            threads: r.in_range("AUTH_HASH_THREADS", cpus, 1..=256)?,
+            queue: r.in_range("AUTH_HASH_QUEUE", 32, 0..=10_000)?,
+        };
         Ok(Self {
+            limits,
+            trusted_proxies: r.or("TRUSTED_PROXIES", TrustedProxies::default())?,
+            hashing,
             gateway,
             payment_callback_url,
             card_key,
@@ -400,6 +439,29 @@ mod tests {
         assert_eq!(
             dev(&[("COMMERCE_JWT_SECRET", "short")]).err().unwrap().var,
             "COMMERCE_JWT_SECRET"
+        );
+    }
+
+    #[test]
+    fn limits_are_on_by_default_and_configurable() {
+        let config = dev(&[]).unwrap();
+        assert_eq!(config.limits.sign_up_per_ip.to_string(), "10/min");
+        assert_eq!(config.limits.orders_per_user.to_string(), "60/min");
+        let config = dev(&[("RATE_LIMIT_ORDERS", "5/s"), ("RATE_LIMIT_TOKEN", "off")]).unwrap();
+        assert_eq!(config.limits.orders_per_user.to_string(), "5/s");
+        assert_eq!(config.limits.token_per_ip, RateSpec::OFF);
+        let off = dev(&[("RATE_LIMITS_ENABLED", "false")]).unwrap();
+        assert_eq!(off.limits.sign_up_per_ip, RateSpec::OFF);
+        assert_eq!(
+            dev(&[("RATE_LIMIT_SIGN_UP", "lots")]).err().unwrap().var,
+            "RATE_LIMIT_SIGN_UP"
+        );
+        assert_eq!(
+            dev(&[("TRUSTED_PROXIES", "10.0.0.0/99")])
+                .err()
+                .unwrap()
+                .var,
+            "TRUSTED_PROXIES"
         );
     }
 

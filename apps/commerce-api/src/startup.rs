@@ -18,6 +18,7 @@ use crate::domain::coupons::Coupons;
 use crate::domain::payments::Payments;
 use crate::infra::auth::Authenticator;
 use crate::infra::gateway::Gateway;
+use crate::infra::limits::Limits;
 use crate::infra::product_cache::ProductCache;
 use crate::infra::views::ViewPublisher;
 use crate::state::{App, AppState};
@@ -38,6 +39,7 @@ impl Application {
         let auth = Arc::new(Authenticator::new(
             config.jwt_secret.as_bytes(),
             config.jwt_ttl_seconds,
+            config.hashing,
         ));
         let topics = config.topics();
         let views = ViewPublisher::new(&config.kafka, topics.catalog.clone())?;
@@ -63,7 +65,9 @@ impl Application {
             settings: config.payments.clone(),
         });
         tracing::info!(%config, "starting commerce-api");
+        let limits = Arc::new(Limits::new(&config.limits));
         let state = AppState(Arc::new(App {
+            limits,
             coupons: Arc::new(Coupons::new(db.clone(), cache.clone())),
             config,
             db: db.clone(),
@@ -126,6 +130,10 @@ impl Application {
                 stop,
             )
         });
+        let edge = state.clone();
+        server = server.task("rate limit housekeeping", move |stop| {
+            edge_housekeeping(edge, stop)
+        });
         if state.config.payments.refunds_enabled {
             let payments = state.payments.clone();
             server = server.task("payment refunds", move |stop| {
@@ -147,6 +155,35 @@ impl Application {
 
 /// How often each instance makes the coupon gates in Redis agree with the database.
 const COUPON_GATE_RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Every minute, forgets rate-limit keys whose allowance is full again (the tables then hold
+/// only recent clients); every hour, purges failed-login counts idle for a day.
+async fn edge_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for minute in 0u64.. {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        state.limits.forget_idle();
+        if minute % 60 == 0 {
+            let purged = match state.db.get().await {
+                Ok(mut conn) => crate::domain::logins::purge_idle(&mut conn)
+                    .await
+                    .map_err(anyhow::Error::new),
+                Err(e) => Err(anyhow::Error::new(e)),
+            };
+            match purged {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "purged idle failed-login counts"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not purge failed-login counts")
+                }
+            }
+        }
+    }
+}
 
 async fn ensure_admin_until_done(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut delay = std::time::Duration::from_millis(200);

@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::domain::coupons::Coupons;
 use crate::domain::payments::Payments;
 use crate::infra::auth::Authenticator;
+use crate::infra::limits::Limits;
 use crate::infra::outbox::Topics;
 use crate::infra::product_cache::ProductCache;
 use crate::infra::views::ViewPublisher;
@@ -24,6 +25,8 @@ pub struct App {
     pub db: Pool,
     pub cache: Cache,
     pub auth: Arc<Authenticator>,
+    /// The rate limits (this instance's share; see [`crate::infra::limits`]).
+    pub limits: Arc<Limits>,
     pub topics: Topics,
     /// Best-effort publisher of `ProductViewed` (no outbox row: views are high volume).
     pub views: ViewPublisher,

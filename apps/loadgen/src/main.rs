@@ -749,7 +749,12 @@ async fn bulk_users(
 fn authenticator() -> commerce_api::infra::auth::Authenticator {
     let secret = std::env::var("COMMERCE_JWT_SECRET")
         .unwrap_or_else(|_| commerce_api::config::DEV_JWT_SECRET.to_owned());
-    commerce_api::infra::auth::Authenticator::new(secret.as_bytes(), 3600)
+    // Only issues tokens: an idle hashing pool holds no memory.
+    let hashing = commerce_api::infra::auth::HashingSettings {
+        threads: 1,
+        queue: 0,
+    };
+    commerce_api::infra::auth::Authenticator::new(secret.as_bytes(), 3600, hashing)
 }
 
 fn run_id() -> String {

@@ -97,10 +97,12 @@ pub struct TestEnv(HashMap<String, String>);
 
 impl TestEnv {
     /// The dev profile, port 0, `database_url`, the test Redis under `redis_prefix`, and
-    /// `kafka`'s brokers.
+    /// `kafka`'s brokers; rate limits off (every test client shares one address; the tests of
+    /// the limits turn them on).
     pub fn new(database_url: &str, redis_prefix: &str, kafka: &KafkaSettings) -> Self {
         Self(HashMap::from([
             ("APP_PROFILE".into(), "dev".into()),
+            ("RATE_LIMITS_ENABLED".into(), "false".into()),
             ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
             ("DATABASE_URL".into(), database_url.to_owned()),
             ("REDIS_URL".into(), redis_url()),

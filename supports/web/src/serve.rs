@@ -132,10 +132,14 @@ impl Server {
             .map(|(task, start)| (task, tokio::spawn(start(stop_rx.clone()))))
             .collect();
         tracing::info!(app = self.name, %addr, "{} listening", self.name);
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(stop)
-            .await
-            .with_context(|| format!("{}: serving", self.name))?;
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stop)
+        .await
+        .with_context(|| format!("{}: serving", self.name))?;
         for (task, handle) in running {
             if let Err(e) = handle.await
                 && e.is_panic()

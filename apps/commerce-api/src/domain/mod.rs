@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod history;
 pub mod holds;
+pub mod logins;
 pub mod orders;
 pub mod payments;
 pub mod reconcile;
@@ -49,6 +50,9 @@ pub enum Error {
     OrderNotCancellable(states::OrderStatus),
     #[error("that login id is already taken")]
     LoginIdTaken,
+    /// Too many wrong passwords for this login id: wait this long (see [`logins`]).
+    #[error("too many failed logins for this login id; retry later")]
+    LoginThrottled(std::time::Duration),
     /// The gateway does not confirm what a callback claims.
     #[error("{0}")]
     PaymentNotVerified(&'static str),

@@ -1,4 +1,4 @@
-//! Who is calling: the bearer-token extractors.
+//! Who is calling: the bearer-token extractors, and the client address rate limits key by.
 //!
 //! A valid token is not enough: the user must still exist, and the role is the current one (as
 //! of at most `USER_CHECK_TTL` ago, see [`crate::infra::auth::UserCheckCache`]).
@@ -9,6 +9,7 @@ use axum::http::request::Parts;
 use crate::domain::accounts;
 use crate::http::error::{ApiError, ApiResult};
 use crate::infra::auth::Role;
+use crate::infra::limits::{self, Limit};
 use crate::state::AppState;
 
 /// The authenticated caller.
@@ -63,4 +64,34 @@ impl FromRequestParts<AppState> for AdminUser {
         }
         Ok(AdminUser(user))
     }
+}
+
+/// The client's address, as the rate limits key it (see [`crate::infra::limits`]): the
+/// connection's peer, or what trusted proxies forwarded.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        // Absent only when the router is called without a listener (in-process unit tests).
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
+        let forwarded: Vec<&str> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let client = state.config.trusted_proxies.client(peer, &forwarded);
+        Ok(ClientIp(limits::limit_key(client)))
+    }
+}
+
+/// Admits one request under `limit` for `key`, or refuses it with 429 and `Retry-After`.
+pub fn admit<K: std::hash::Hash + Eq + Clone>(limit: &Limit<K>, key: &K) -> ApiResult<()> {
+    limit.check(key).map_err(ApiError::RateLimited)
 }

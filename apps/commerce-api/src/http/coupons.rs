@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::domain::coupons::{self, CouponView, HeldCoupon};
 use crate::domain::states::CouponStatus;
-use crate::http::auth::{AdminUser, AuthUser};
+use crate::http::auth::{AdminUser, AuthUser, admit};
 use crate::http::error::ApiResult;
 use crate::http::{Json, Path};
 use crate::state::AppState;
@@ -58,15 +58,18 @@ pub async fn create_coupon(
     Ok((StatusCode::CREATED, Json(coupon)))
 }
 
-/// Issue a coupon to the caller, first come first served.
+/// Issue a coupon to the caller, first come first served. Rate limited per user
+/// (`RATE_LIMIT_COUPON_ISSUE`).
 #[utoipa::path(post, path = "/api/v1/coupons/{id}/issue", tag = "coupons", security(("bearer" = [])),
     responses((status = 201, body = IssuedCoupon), (status = 401), (status = 404),
-        (status = 409, description = "COUPON_SOLD_OUT, COUPON_ALREADY_ISSUED, COUPON_NOT_ACTIVE")))]
+        (status = 409, description = "COUPON_SOLD_OUT, COUPON_ALREADY_ISSUED, COUPON_NOT_ACTIVE"),
+        (status = 429, description = "RATE_LIMITED, with Retry-After")))]
 pub async fn issue(
     State(state): State<AppState>,
     user: AuthUser,
     Path(coupon_id): Path<i64>,
 ) -> ApiResult<(StatusCode, Json<IssuedCoupon>)> {
+    admit(&state.limits.coupon_issue, &user.id)?;
     let user_coupon_id = state.coupons.issue(coupon_id, user.id).await?;
     Ok((
         StatusCode::CREATED,

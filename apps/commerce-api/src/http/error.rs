@@ -9,7 +9,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use commerce_web::{FieldError, Problem};
 
+use std::time::Duration;
+
 use crate::domain::{self, Missing};
+use crate::infra::passwords::PasswordError;
 
 /// Every way a request can fail.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +24,12 @@ pub enum ApiError {
     Unauthenticated(&'static str),
     #[error("forbidden")]
     Forbidden,
+    /// A rate limit refused the request; retry after this long.
+    #[error("rate limited")]
+    RateLimited(std::time::Duration),
+    /// Password hashing is saturated: retry shortly.
+    #[error("password hashing is saturated")]
+    HashingBusy,
     /// A rejection that already carries its problem (malformed JSON, body too large, …).
     #[error("{}", .0.detail)]
     Rejected(Problem),
@@ -47,6 +56,16 @@ impl ApiError {
                 "FORBIDDEN",
                 "this route needs the admin role",
             ),
+            ApiError::RateLimited(_) => Problem::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "too many requests; retry after the time in Retry-After",
+            ),
+            ApiError::HashingBusy => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "AUTH_BUSY",
+                "too many sign-ins at once; retry shortly",
+            ),
             ApiError::Rejected(p) => p.clone(),
             ApiError::Domain(e) => {
                 let detail = e.to_string();
@@ -61,6 +80,9 @@ impl ApiError {
                     E::CouponNotActive => conflict("COUPON_NOT_ACTIVE", detail),
                     E::OrderNotCancellable(_) => conflict("ORDER_NOT_CANCELLABLE", detail),
                     E::LoginIdTaken => conflict("LOGIN_ID_TAKEN", detail),
+                    E::LoginThrottled(_) => {
+                        Problem::new(StatusCode::TOO_MANY_REQUESTS, "LOGIN_THROTTLED", detail)
+                    }
                     E::PaymentNotSettled(_) => conflict("PAYMENT_NOT_SETTLED", detail),
                     E::NothingToRetry => conflict("NOTHING_TO_RETRY", detail),
                     E::IdempotencyKeyReused => Problem::new(
@@ -104,13 +126,38 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = self.problem().into_response();
-        if matches!(self, ApiError::Unauthenticated(_)) {
-            response.headers_mut().insert(
-                axum::http::header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Bearer"),
-            );
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthenticated(_) => {
+                headers.insert(
+                    axum::http::header::WWW_AUTHENTICATE,
+                    axum::http::HeaderValue::from_static("Bearer"),
+                );
+            }
+            ApiError::RateLimited(wait) | ApiError::Domain(domain::Error::LoginThrottled(wait)) => {
+                headers.insert(axum::http::header::RETRY_AFTER, retry_after(wait));
+            }
+            ApiError::HashingBusy => {
+                headers.insert(axum::http::header::RETRY_AFTER, retry_after(Duration::ZERO));
+            }
+            _ => {}
         }
         response
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_after(wait: Duration) -> axum::http::HeaderValue {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    axum::http::HeaderValue::from(seconds.max(1))
+}
+
+impl From<PasswordError> for ApiError {
+    fn from(e: PasswordError) -> Self {
+        match e {
+            PasswordError::Busy => ApiError::HashingBusy,
+            PasswordError::Failed(e) => ApiError::Domain(anyhow::anyhow!(e).into()),
+        }
     }
 }
 
@@ -165,6 +212,11 @@ mod tests {
                 "PAYMENT_NOT_VERIFIED",
             ),
             (
+                domain::Error::LoginThrottled(Duration::from_secs(3)),
+                429,
+                "LOGIN_THROTTLED",
+            ),
+            (
                 domain::Error::Unavailable("pool".into()),
                 503,
                 "SERVICE_UNAVAILABLE",
@@ -180,5 +232,28 @@ mod tests {
             assert_eq!((problem.status, problem.code), (status, code));
             assert!(!problem.detail.contains("secret"), "{}", problem.detail);
         }
+    }
+
+    #[test]
+    fn refusals_to_retry_say_when() {
+        let after = |e: ApiError| {
+            let response = e.into_response();
+            let status = response.status().as_u16();
+            let header = response.headers()[axum::http::header::RETRY_AFTER].clone();
+            (status, header.to_str().unwrap().to_owned())
+        };
+        assert_eq!(
+            after(ApiError::RateLimited(Duration::from_millis(5_200))),
+            (429, "6".into())
+        );
+        assert_eq!(
+            after(ApiError::RateLimited(Duration::from_millis(10))),
+            (429, "1".into())
+        );
+        assert_eq!(after(ApiError::HashingBusy), (503, "1".into()));
+        assert_eq!(
+            after(domain::Error::LoginThrottled(Duration::from_secs(4)).into()),
+            (429, "4".into())
+        );
     }
 }

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::orders::{self, MAX_KEY_LEN, OrderRequest, OrderView, Placed, Placement};
 use crate::domain::states::{OrderStatus, PaymentMethod};
-use crate::http::auth::AuthUser;
+use crate::http::auth::{AuthUser, admit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{Json, Path, Query};
 use crate::state::AppState;
@@ -86,20 +86,22 @@ fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
     Ok(Some(key.to_owned()))
 }
 
-/// Place an order paid by points or by card.
+/// Place an order paid by points or by card. Rate limited per user (`RATE_LIMIT_ORDERS`).
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, description = "replays return the original order")),
     request_body = NewOrder,
     responses((status = 201, body = OrderView), (status = 400), (status = 401),
         (status = 404, description = "PRODUCT_NOT_FOUND"),
         (status = 409, description = "INSUFFICIENT_STOCK, INSUFFICIENT_POINTS, COUPON_NOT_USABLE"),
-        (status = 422, description = "IDEMPOTENCY_KEY_REUSED")))]
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED"),
+        (status = 429, description = "RATE_LIMITED, with Retry-After")))]
 pub async fn place_order(
     State(state): State<AppState>,
     user: AuthUser,
     headers: HeaderMap,
     Json(req): Json<NewOrder>,
 ) -> ApiResult<(StatusCode, Json<OrderView>)> {
+    admit(&state.limits.orders, &user.id)?;
     let items: Vec<(i64, i64)> = req
         .items
         .iter()

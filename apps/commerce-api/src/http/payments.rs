@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 
 use crate::domain::states::OrderStatus;
 use crate::http::Json;
+use crate::http::auth::{ClientIp, admit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -29,18 +30,22 @@ pub struct CallbackResult {
     order_status: OrderStatus,
 }
 
-/// Receive a payment result from the gateway.
+/// Receive a payment result from the gateway. Rate limited per client address
+/// (`RATE_LIMIT_PAYMENT_CALLBACK`): each callback costs a lookup at the gateway.
 #[utoipa::path(post, path = "/api/v1/payments/callback", tag = "payments",
     request_body = PaymentCallback,
     responses((status = 200, body = CallbackResult),
         (status = 400, description = "VALIDATION_FAILED, PAYMENT_NOT_VERIFIED (unknown transaction, or it does not match the order)"),
         (status = 404, description = "PAYMENT_NOT_FOUND"),
         (status = 409, description = "PAYMENT_NOT_SETTLED (the gateway has not settled it yet)"),
+        (status = 429, description = "RATE_LIMITED, with Retry-After"),
         (status = 503, description = "the gateway cannot be reached to verify the callback")))]
 pub async fn callback(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(body): Json<PaymentCallback>,
 ) -> ApiResult<(StatusCode, Json<CallbackResult>)> {
+    admit(&state.limits.callback, &ip)?;
     let key = body.transaction_key.trim();
     if key.is_empty() || key.len() > 64 {
         return Err(ApiError::field(

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::accounts::{self, UserView};
+use crate::domain::logins;
 use crate::http::Json;
-use crate::http::auth::AuthUser;
+use crate::http::auth::{AuthUser, ClientIp, admit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
@@ -50,13 +51,17 @@ pub struct Charge {
     amount: i64,
 }
 
-/// Sign up.
+/// Sign up. Rate limited per client address (`RATE_LIMIT_SIGN_UP`).
 #[utoipa::path(post, path = "/api/v1/users", tag = "users", request_body = SignUp,
-    responses((status = 201, body = UserView), (status = 400), (status = 409, description = "LOGIN_ID_TAKEN")))]
+    responses((status = 201, body = UserView), (status = 400), (status = 409, description = "LOGIN_ID_TAKEN"),
+        (status = 429, description = "RATE_LIMITED, with Retry-After"),
+        (status = 503, description = "AUTH_BUSY: too many sign-ins at once, with Retry-After")))]
 pub async fn sign_up(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(req): Json<SignUp>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
+    admit(&state.limits.sign_up, &ip)?;
     let new = accounts::SignUp::parse(req.login_id, req.password, &req.name, req.email)?;
     let hash = state.auth.hash_password(new.password.clone()).await?;
     let mut conn = state.db.get().await?;
@@ -65,23 +70,45 @@ pub async fn sign_up(
 }
 
 /// Exchange a login id and password for a bearer token.
+///
+/// Rate limited per client address (`RATE_LIMIT_TOKEN`). From the 5th consecutive wrong
+/// password for a login id on, that login id is blocked for 1 s, 2 s, 4 s, … up to 15 minutes
+/// (429 `LOGIN_THROTTLED` with Retry-After, even with the right password); a successful login
+/// clears the count. Unknown login ids are treated exactly like wrong passwords.
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "users", request_body = TokenRequest,
-    responses((status = 200, body = TokenResponse), (status = 401)))]
+    responses((status = 200, body = TokenResponse), (status = 401),
+        (status = 429, description = "RATE_LIMITED or LOGIN_THROTTLED, with Retry-After"),
+        (status = 503, description = "AUTH_BUSY: too many sign-ins at once, with Retry-After")))]
 pub async fn token(
     State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
     Json(req): Json<TokenRequest>,
 ) -> ApiResult<Json<TokenResponse>> {
     const WRONG: ApiError = ApiError::Unauthenticated("wrong login id or password");
-    let found = {
+    admit(&state.limits.token, &ip)?;
+    let (has_failures, found) = {
         let mut conn = state.db.get().await?;
-        accounts::credentials(&mut conn, &req.login_id).await?
+        let has_failures = logins::check(&mut conn, &req.login_id).await?;
+        (
+            has_failures,
+            accounts::credentials(&mut conn, &req.login_id).await?,
+        )
     };
-    let Some((id, hash, role)) = found else {
+    // An unknown login id costs the same argon2 run as a wrong password.
+    let (account, hash) = match found {
+        Some((id, hash, role)) => (Some((id, role)), Some(hash)),
+        None => (None, None),
+    };
+    let verified = state.auth.verify_password(req.password, hash).await?;
+    let mut conn = state.db.get().await?;
+    let Some((id, role)) = account.filter(|_| verified) else {
+        logins::record_failure(&mut conn, &req.login_id).await?;
         return Err(WRONG);
     };
-    if !state.auth.verify_password(req.password, hash).await {
-        return Err(WRONG);
+    if has_failures {
+        logins::clear(&mut conn, &req.login_id).await?;
     }
+    drop(conn);
     Ok(Json(TokenResponse {
         access_token: state.auth.issue(id, role)?,
         token_type: "Bearer",
@@ -106,14 +133,17 @@ pub async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult
     Ok(Json(Balance { balance }))
 }
 
-/// Charge points (1 ..= 10,000,000 won per call).
+/// Charge points (1 ..= 10,000,000 won per call). Rate limited per user
+/// (`RATE_LIMIT_POINTS_CHARGE`).
 #[utoipa::path(post, path = "/api/v1/points/charge", tag = "points", security(("bearer" = [])),
-    request_body = Charge, responses((status = 200, body = Balance), (status = 400), (status = 401)))]
+    request_body = Charge, responses((status = 200, body = Balance), (status = 400), (status = 401),
+        (status = 429, description = "RATE_LIMITED, with Retry-After")))]
 pub async fn charge(
     State(state): State<AppState>,
     user: AuthUser,
     Json(req): Json<Charge>,
 ) -> ApiResult<Json<Balance>> {
+    admit(&state.limits.points_charge, &user.id)?;
     let mut conn = state.db.get().await?;
     let balance = accounts::charge(&mut conn, user.id, req.amount).await?;
     Ok(Json(Balance { balance }))

@@ -3,17 +3,18 @@
 //! Rules kept here:
 //! - the JWT algorithm is pinned (HS256), `exp`, `iss` and `aud` are required and checked, and a
 //!   token of a user that no longer exists is refused;
-//! - password hashing (deliberately slow) runs on the blocking pool behind a semaphore, so a
-//!   burst of sign-ups or logins cannot stall the async workers that serve everything else;
+//! - password hashing (deliberately slow) runs on a fixed pool of threads with a bounded queue
+//!   ([`crate::infra::passwords`]), so a burst of sign-ups or logins can neither stall the async
+//!   workers that serve everything else nor grow the process's memory, and a flood is refused
+//!   instead of queued;
+//! - a login for an unknown account costs the same argon2 computation as a wrong password;
 //! - neither passwords nor tokens are ever logged.
 
-use std::sync::Arc;
-
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::Params;
 use jsonwebtoken::{DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+
+use crate::infra::passwords::{PasswordError, PasswordPool};
 
 /// Token issuer and audience.
 const ISSUER: &str = "commerce-api";
@@ -43,15 +44,15 @@ pub struct Authenticator {
     decoding: DecodingKey,
     validation: Validation,
     ttl_seconds: i64,
-    argon2: Argon2<'static>,
-    hashing: Arc<Semaphore>,
+    passwords: PasswordPool,
     /// Users whose existence and role were checked recently.
     pub checked: UserCheckCache,
 }
 
 impl Authenticator {
-    /// `secret` must be at least 32 bytes (checked by the config).
-    pub fn new(secret: &[u8], ttl_seconds: i64) -> Self {
+    /// `secret` must be at least 32 bytes (checked by the config); `hashing` sizes the
+    /// password-hashing threads and their queue.
+    pub fn new(secret: &[u8], ttl_seconds: i64, hashing: HashingSettings) -> Self {
         crate::infra::jwt::install();
         let mut validation = Validation::new(jsonwebtoken::Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
@@ -60,14 +61,12 @@ impl Authenticator {
         validation.leeway = 5;
         // OWASP's minimum for argon2id: 19 MiB, 2 iterations, 1 lane.
         let params = Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters");
-        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl_seconds,
-            argon2: Argon2::new(Algorithm::Argon2id, Version::V0x13, params),
-            hashing: Arc::new(Semaphore::new(workers)),
+            passwords: PasswordPool::new(params, hashing.threads, hashing.queue),
             checked: UserCheckCache::default(),
         }
     }
@@ -103,38 +102,33 @@ impl Authenticator {
     }
 
     /// Hashes a password (argon2id, random salt) off the async workers.
-    pub async fn hash_password(self: &Arc<Self>, password: String) -> anyhow::Result<String> {
-        let _permit = self.hashing.acquire().await.map_err(anyhow::Error::new)?;
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
-            this.argon2
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| anyhow::anyhow!("hashing a password: {e}"))
-        })
-        .await
-        .map_err(anyhow::Error::new)?
+    pub async fn hash_password(&self, password: String) -> Result<String, PasswordError> {
+        self.passwords.hash(password).await
     }
 
-    /// Checks a password against a stored hash off the async workers.
-    pub async fn verify_password(self: &Arc<Self>, password: String, hash: String) -> bool {
-        let Ok(_permit) = self.hashing.acquire().await else {
-            return false;
-        };
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|parsed| {
-                    this.argon2
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false)
+    /// Checks a password against a stored hash off the async workers; with no stored hash (an
+    /// unknown account) the same work is done and the answer is `false`.
+    pub async fn verify_password(
+        &self,
+        password: String,
+        hash: Option<String>,
+    ) -> Result<bool, PasswordError> {
+        self.passwords.verify(password, hash).await
     }
+
+    /// How many argon2 computations this instance has run.
+    pub fn password_work_done(&self) -> u64 {
+        self.passwords.computed()
+    }
+}
+
+/// The password-hashing pool's size.
+#[derive(Debug, Clone, Copy)]
+pub struct HashingSettings {
+    /// Threads computing hashes, each holding 19 MiB of working memory.
+    pub threads: usize,
+    /// Jobs that may wait for a thread; beyond that a sign-up or login is refused with 503.
+    pub queue: usize,
 }
 
 /// How long a verified user's existence and role are trusted without asking the database.

@@ -7,7 +7,9 @@
 pub mod auth;
 pub mod gateway;
 pub mod jwt;
+pub mod limits;
 pub mod outbox;
+pub mod passwords;
 pub mod product_cache;
 pub mod relay;
 pub mod schema;

@@ -5,6 +5,7 @@
 mod accounts;
 mod catalog;
 mod coupons;
+mod edge;
 mod harness_isolation;
 mod migrations;
 mod orders;

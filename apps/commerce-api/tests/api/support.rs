@@ -91,6 +91,23 @@ pub async fn start_api(overrides: &[(&str, &str)]) -> TestApp {
 }
 
 impl TestApp {
+    /// Another API instance on this one's database, Redis prefix and topics, in this process,
+    /// with the relay off and `overrides` on top.
+    pub async fn another_instance(&self, overrides: &[(&str, &str)]) -> Spawned {
+        let config = &self.state.config;
+        let env = TestEnv::new(
+            &self.db.url,
+            &config.redis_key_prefix,
+            &commerce_testkit::kafka_settings(),
+        )
+        .topics(&config.catalog_topic, &config.order_topic)
+        .with(&[("OUTBOX_RELAY_ENABLED", "false")])
+        .with(overrides);
+        let config = Config::read(&Reader::new(env.vars())).expect("valid test config");
+        let app = Application::build(config).await.expect("app builds");
+        Spawned::start(app.into_server())
+    }
+
     /// Sends a request; returns the status and the JSON body (`null` when empty).
     pub async fn call(
         &self,

@@ -4,11 +4,15 @@
 //! | --- | --- | --- |
 //! | `APP_PROFILE` | `prod` | `prod` (also `production`, `staging`) or `dev` (also `development`, `test`); outside `dev` the secrets below are required and their development defaults refused. Unset means production: a forgotten setting never runs with the repository's secrets |
 //! | `HTTP_ADDR` | `127.0.0.1:8080` | listen address (`0.0.0.0:8080` in containers) |
-//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce` | the API's own database |
+//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce` | the API's own database; TLS by `?sslmode=require\|verify-ca\|verify-full` and `sslrootcert=<PEM>` (see `commerce_db::tls`) |
 //! | `DATABASE_POOL_SIZE` | `16` | pooled connections (1..=512) |
-//! | `REDIS_URL` | `redis://127.0.0.1:6379` | cache and first-come coupon gate |
+//! | `REDIS_URL` | `redis://127.0.0.1:6379` | cache and first-come coupon gate; `rediss://` for TLS |
+//! | `REDIS_CA_FILE` | system roots | PEM file of the CA that signed a `rediss://` server's certificate |
 //! | `REDIS_KEY_PREFIX` | `commerce:` | namespace for every key the API writes |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
+//! | `KAFKA_SECURITY_PROTOCOL` | `PLAINTEXT` | `SSL` or `SASL_SSL` for managed clusters (also `SASL_PLAINTEXT`) |
+//! | `KAFKA_SASL_MECHANISM` / `KAFKA_SASL_USERNAME` / `KAFKA_SASL_PASSWORD` | — | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` (with username and password) or `OAUTHBEARER` |
+//! | `KAFKA_SSL_CA_LOCATION`, `KAFKA_SSL_CERTIFICATE_LOCATION`, `KAFKA_SSL_KEY_LOCATION`, `KAFKA_SSL_KEY_PASSWORD`, `KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM` | librdkafka's | passed through to librdkafka unchanged |
 //! | `KAFKA_REPLICATION_FACTOR` / `KAFKA_MIN_INSYNC_REPLICAS` | `3` / `2` (`1` / `1` in dev) | of the topics this app creates; producers write with `acks=all` and idempotence |
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
 //! | `COMMERCE_JWT_SECRET` | dev-only default | HS256 key, at least 32 bytes; required outside `dev` |
@@ -64,6 +68,7 @@ pub struct Config {
     pub database_url: String,
     pub database_pool_size: usize,
     pub redis_url: String,
+    pub redis_ca_file: Option<String>,
     pub redis_key_prefix: String,
     pub kafka: KafkaSettings,
     pub body_limit_bytes: usize,
@@ -323,6 +328,7 @@ impl Config {
             database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 16, 1..=512)?,
             redis_url: r.string_or("REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_ca_file: r.optional("REDIS_CA_FILE")?,
             redis_key_prefix: r.string_or("REDIS_KEY_PREFIX", "commerce:"),
             kafka,
             body_limit_bytes: r.in_range("HTTP_BODY_LIMIT_BYTES", 64 * 1024, 1024..=16 << 20)?,

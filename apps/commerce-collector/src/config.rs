@@ -4,11 +4,15 @@
 //! | --- | --- | --- |
 //! | `APP_PROFILE` | `prod` | `prod` or `dev`; unset means production |
 //! | `HTTP_ADDR` | `127.0.0.1:8081` | listen address (`0.0.0.0:8081` in containers) |
-//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce_metrics` | the collector's own database |
+//! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce_metrics` | the collector's own database; TLS by `?sslmode=…&sslrootcert=…` as for the API |
 //! | `DATABASE_POOL_SIZE` | `8` | pooled connections (1..=512) |
-//! | `REDIS_URL` | `redis://127.0.0.1:6379` | real-time ranking sorted sets |
+//! | `REDIS_URL` | `redis://127.0.0.1:6379` | real-time ranking sorted sets; `rediss://` for TLS |
+//! | `REDIS_CA_FILE` | system roots | PEM file of the CA that signed a `rediss://` server's certificate |
 //! | `REDIS_KEY_PREFIX` | `commerce:` | namespace for every key the collector writes |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
+//! | `KAFKA_SECURITY_PROTOCOL` | `PLAINTEXT` | `SSL` or `SASL_SSL` for managed clusters (also `SASL_PLAINTEXT`) |
+//! | `KAFKA_SASL_MECHANISM` / `KAFKA_SASL_USERNAME` / `KAFKA_SASL_PASSWORD` | — | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` (with username and password) or `OAUTHBEARER` |
+//! | `KAFKA_SSL_CA_LOCATION`, `KAFKA_SSL_CERTIFICATE_LOCATION`, `KAFKA_SSL_KEY_LOCATION`, `KAFKA_SSL_KEY_PASSWORD`, `KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM` | librdkafka's | passed through to librdkafka unchanged |
 //! | `KAFKA_REPLICATION_FACTOR` / `KAFKA_MIN_INSYNC_REPLICAS` | `3` / `2` (`1` / `1` in dev) | of the topics this app creates; producers write with `acks=all` and idempotence |
 //! | `KAFKA_SESSION_TIMEOUT_MS` | `6000` | consumer group session timeout |
 //! | `KAFKA_MAX_POLL_INTERVAL_MS` | `10000` | longest gap between polls |
@@ -43,6 +47,7 @@ pub struct Config {
     pub database_url: String,
     pub database_pool_size: usize,
     pub redis_url: String,
+    pub redis_ca_file: Option<String>,
     pub redis_key_prefix: String,
     pub kafka: KafkaSettings,
     pub body_limit_bytes: usize,
@@ -101,6 +106,7 @@ impl Config {
             )?,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 8, 1..=512)?,
             redis_url: r.string_or("REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_ca_file: r.optional("REDIS_CA_FILE")?,
             redis_key_prefix: r.string_or("REDIS_KEY_PREFIX", "commerce:"),
             kafka,
             body_limit_bytes: r.in_range("HTTP_BODY_LIMIT_BYTES", 64 * 1024, 1024..=16 << 20)?,

@@ -30,7 +30,11 @@ impl Application {
     /// Connects the pools, binds `config.http_addr` and builds the router.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = commerce_db::pool(&config.database_url, config.database_pool_size)?;
-        let cache = Cache::new(&config.redis_url, &config.redis_key_prefix)?;
+        let cache = Cache::with_ca(
+            &config.redis_url,
+            &config.redis_key_prefix,
+            config.redis_ca_file.as_deref(),
+        )?;
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-collector", config.http_addr).await?;
         let live = Live::new(cache.clone(), db.clone(), config.weights, config.time_zone);

@@ -6,6 +6,10 @@
 //!
 //! Keys are namespaced by a prefix (`REDIS_KEY_PREFIX`), which lets several environments (and
 //! parallel tests) share one server without seeing each other's keys.
+//!
+//! TLS: a `rediss://` URL connects over TLS (rustls), checking the server's certificate against
+//! the system's roots, or against the PEM file given as `ca_file` (`REDIS_CA_FILE`);
+//! `rediss://…/#insecure` skips the check (test servers only).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -47,7 +51,33 @@ impl std::fmt::Debug for Cache {
 impl Cache {
     /// A handle for the server at `url` with keys under `prefix`. Does not connect yet.
     pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).context("REDIS_URL is not a valid Redis URL")?;
+        Self::with_ca(url, prefix, None)
+    }
+
+    /// As [`Cache::new`], trusting the root certificates in the PEM file `ca_file` for a
+    /// `rediss://` URL.
+    pub fn with_ca(url: &str, prefix: &str, ca_file: Option<&str>) -> anyhow::Result<Self> {
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .context("REDIS_URL is not a valid Redis URL")?;
+        let tls = matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. });
+        if tls {
+            // redis builds its rustls client on the process's default provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = match ca_file {
+            Some(path) if tls => {
+                let root_cert = std::fs::read(path)
+                    .with_context(|| format!("REDIS_CA_FILE: reading {path}"))?;
+                let certs = redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                };
+                redis::Client::build_with_tls(info, certs)
+                    .context("REDIS_CA_FILE holds no usable certificate")?
+            }
+            Some(_) => anyhow::bail!("REDIS_CA_FILE is set but REDIS_URL is not rediss://"),
+            None => redis::Client::open(info).context("REDIS_URL is not a valid Redis URL")?,
+        };
         Ok(Self {
             client,
             conn: Arc::new(OnceCell::new()),

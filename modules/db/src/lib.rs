@@ -6,20 +6,33 @@
 //! - migrations run under a PostgreSQL advisory lock, so two instances starting at once never
 //!   apply the same migration twice;
 //! - a connection returned to the pool while a transaction is still open (a cancelled request)
-//!   is discarded by the pool's recycle check rather than reused.
+//!   is discarded by the pool's recycle check rather than reused;
+//! - every connection, pooled or not, is opened by [`connect`], which honours the URL's
+//!   `sslmode` and `sslrootcert` ([`tls`]).
+
+pub mod tls;
 
 use std::time::Duration;
 
 use anyhow::Context as _;
 use diesel::sql_types::{BigInt, Bool, Text};
 use diesel::{QueryResult, QueryableByName, sql_query};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use std::sync::Arc;
+
 use diesel_async::pooled_connection::deadpool as pooled;
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
+use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use diesel_migrations::EmbeddedMigrations;
 use futures::future::BoxFuture;
 
 pub use diesel_async;
+pub use tls::{ConnectOptions, SslMode};
+
+/// Opens one connection to `url`, with TLS as its `sslmode` asks.
+pub async fn connect(url: &str) -> anyhow::Result<AsyncPgConnection> {
+    let options = ConnectOptions::from_url(url).map_err(anyhow::Error::msg)?;
+    options.connect().await.map_err(anyhow::Error::new)
+}
 
 /// The connection pool.
 pub type Pool = pooled::Pool<AsyncPgConnection>;
@@ -28,9 +41,16 @@ pub type PooledConn = pooled::Object<AsyncPgConnection>;
 /// Error from checking a connection out of the pool.
 pub type PoolError = pooled::PoolError;
 
-/// Builds a pool of at most `max_size` connections. Connections are opened lazily.
+/// Builds a pool of at most `max_size` connections. Connections are opened lazily, each by the
+/// same [`ConnectOptions`] (the URL and trusted roots are read once, here).
 pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
-    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+    let options = Arc::new(ConnectOptions::from_url(url).map_err(anyhow::Error::msg)?);
+    let mut setup = ManagerConfig::default();
+    setup.custom_setup = Box::new(move |_url| {
+        let options = options.clone();
+        Box::pin(async move { options.connect().await })
+    });
+    let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, setup);
     pooled::Pool::builder(manager)
         .max_size(max_size)
         .wait_timeout(Some(Duration::from_secs(5)))
@@ -55,6 +75,7 @@ pub fn validate_url(var: &str, url: String) -> Result<String, commerce_config::C
             "must name a database",
         ));
     }
+    ConnectOptions::from_url(&url).map_err(|e| commerce_config::ConfigError::new(var, e))?;
     Ok(url)
 }
 
@@ -101,7 +122,7 @@ pub fn quote_ident(name: &str) -> String {
 /// `postgres` maintenance database.
 pub async fn create_database_if_missing(url: &str) -> anyhow::Result<bool> {
     let name = database_name(url).context("DATABASE_URL names no database")?;
-    let mut admin = AsyncPgConnection::establish(&with_database(url, "postgres"))
+    let mut admin = connect(&with_database(url, "postgres"))
         .await
         .context("connecting to the `postgres` maintenance database")?;
     let found: Exists =
@@ -192,7 +213,7 @@ pub async fn run_migrations(
     url: &str,
     migrations: EmbeddedMigrations,
 ) -> anyhow::Result<Vec<String>> {
-    let mut lock_conn = AsyncPgConnection::establish(url)
+    let mut lock_conn = connect(url)
         .await
         .context("connecting to the database to migrate")?;
     let key = lock_key("commerce:migrations");
@@ -227,7 +248,7 @@ async fn apply(url: &str, migrations: EmbeddedMigrations) -> anyhow::Result<Vec<
                 .build()
                 .context("starting the migration runtime")?;
             rt.block_on(async move {
-                let conn = AsyncPgConnection::establish(&url)
+                let conn = connect(&url)
                     .await
                     .context("connecting to the database to migrate")?;
                 let mut harness = diesel_async::AsyncMigrationHarness::new(conn);

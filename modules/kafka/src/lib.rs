@@ -22,8 +22,30 @@ use rdkafka::producer::FutureProducer;
 
 pub use rdkafka;
 
+/// The librdkafka properties for TLS and SASL, each read from the variable named after it
+/// (`security.protocol` from `KAFKA_SECURITY_PROTOCOL`, …) and passed through unchanged.
+pub const SECURITY_PROPERTIES: &[&str] = &[
+    "security.protocol",
+    "sasl.mechanism",
+    "sasl.username",
+    "sasl.password",
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.key.password",
+    "ssl.endpoint.identification.algorithm",
+];
+
+/// Properties whose values are never shown.
+const SECRET_PROPERTIES: &[&str] = &["sasl.password", "ssl.key.password"];
+
+/// The environment variable a security property is read from.
+pub fn security_variable(property: &str) -> String {
+    format!("KAFKA_{}", property.to_ascii_uppercase().replace('.', "_"))
+}
+
 /// Connection settings shared by every client an app creates.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct KafkaSettings {
     /// Comma-separated `host:port` list (`KAFKA_BROKERS`).
     pub brokers: String,
@@ -36,6 +58,85 @@ pub struct KafkaSettings {
     /// `min.insync.replicas` of the topics the apps create: with `acks=all`, how many replicas
     /// hold a write before it is acknowledged.
     pub min_insync_replicas: i32,
+    /// TLS and SASL properties ([`SECURITY_PROPERTIES`]) set on every client.
+    pub security: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for KafkaSettings {
+    /// Secrets redacted.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let security: Vec<String> = self
+            .security
+            .iter()
+            .map(|(k, v)| {
+                if SECRET_PROPERTIES.contains(k) {
+                    format!("{k}=<redacted>")
+                } else {
+                    format!("{k}={v}")
+                }
+            })
+            .collect();
+        f.debug_struct("KafkaSettings")
+            .field("brokers", &self.brokers)
+            .field("replication_factor", &self.replication_factor)
+            .field("min_insync_replicas", &self.min_insync_replicas)
+            .field("security", &security)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the security properties, checking what can be checked before connecting: the protocol
+/// and mechanism are ones this build supports, and SASL PLAIN and SCRAM have credentials.
+fn read_security<S: commerce_config::Source>(
+    r: &commerce_config::Reader<S>,
+) -> Result<Vec<(&'static str, String)>, commerce_config::ConfigError> {
+    use commerce_config::ConfigError;
+    let mut security = Vec::new();
+    for property in SECURITY_PROPERTIES {
+        if let Some(value) = r.optional::<String>(&security_variable(property))? {
+            security.push((*property, value));
+        }
+    }
+    let get = |name: &str| {
+        security
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let protocol = get("security.protocol")
+        .unwrap_or("plaintext")
+        .to_ascii_lowercase();
+    if !["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"].contains(&protocol.as_str()) {
+        return Err(ConfigError::new(
+            "KAFKA_SECURITY_PROTOCOL",
+            "must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        ));
+    }
+    if protocol.starts_with("sasl") {
+        let mechanism = get("sasl.mechanism")
+            .unwrap_or("GSSAPI")
+            .to_ascii_uppercase();
+        match mechanism.as_str() {
+            "PLAIN" | "SCRAM-SHA-256" | "SCRAM-SHA-512" => {
+                for property in ["sasl.username", "sasl.password"] {
+                    if get(property).is_none() {
+                        return Err(ConfigError::new(
+                            &security_variable(property),
+                            format!("is required for SASL {mechanism}"),
+                        ));
+                    }
+                }
+            }
+            "OAUTHBEARER" => {}
+            _ => {
+                return Err(ConfigError::new(
+                    "KAFKA_SASL_MECHANISM",
+                    "must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER (GSSAPI is not built in)",
+                ));
+            }
+        }
+    }
+    Ok(security)
 }
 
 impl KafkaSettings {
@@ -47,6 +148,7 @@ impl KafkaSettings {
             max_poll_interval_ms: 10_000,
             replication_factor: 1,
             min_insync_replicas: 1,
+            security: Vec::new(),
         }
     }
 
@@ -69,6 +171,7 @@ impl KafkaSettings {
             )?,
             replication_factor: r.in_range("KAFKA_REPLICATION_FACTOR", replicas, 1..=32)?,
             min_insync_replicas: r.in_range("KAFKA_MIN_INSYNC_REPLICAS", in_sync, 1..=32)?,
+            security: read_security(r)?,
         };
         if settings.min_insync_replicas > settings.replication_factor {
             return Err(commerce_config::ConfigError::new(
@@ -89,6 +192,9 @@ impl KafkaSettings {
             .set("socket.timeout.ms", "10000")
             .set("reconnect.backoff.max.ms", "2000")
             .set("topic.metadata.refresh.interval.ms", "10000");
+        for (property, value) in &self.security {
+            c.set(*property, value);
+        }
         c
     }
 
@@ -281,5 +387,58 @@ mod tests {
         let c = KafkaSettings::new("127.0.0.1:9092").producer_config();
         assert_eq!(c.get("acks"), Some("all"));
         assert_eq!(c.get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn tls_and_sasl_settings_reach_every_client_and_this_build_supports_them() {
+        let settings = read_ok(&[
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("KAFKA_SASL_USERNAME", "commerce"),
+            ("KAFKA_SASL_PASSWORD", "hunter2-kafka"),
+            ("KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM", "https"),
+        ]);
+        let producer = settings.producer_config();
+        assert_eq!(producer.get("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(producer.get("sasl.password"), Some("hunter2-kafka"));
+        let consumer = settings.consumer_config("g");
+        assert_eq!(consumer.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        // librdkafka refuses SSL and SCRAM at client creation when built without OpenSSL.
+        let _: FutureProducer = producer
+            .create()
+            .expect("this build speaks SASL_SSL with SCRAM");
+        let _: BaseConsumer = consumer
+            .create()
+            .expect("this build speaks SASL_SSL with SCRAM");
+        assert!(!format!("{settings:?}").contains("hunter2"), "{settings:?}");
+    }
+
+    #[test]
+    fn unusable_security_settings_are_refused_at_start() {
+        assert_eq!(
+            read(&[("KAFKA_SECURITY_PROTOCOL", "TLS")], true).unwrap_err(),
+            "KAFKA_SECURITY_PROTOCOL"
+        );
+        assert_eq!(
+            read(
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+                    ("KAFKA_SASL_MECHANISM", "PLAIN"),
+                    ("KAFKA_SASL_USERNAME", "u")
+                ],
+                true
+            )
+            .unwrap_err(),
+            "KAFKA_SASL_PASSWORD"
+        );
+        assert_eq!(
+            read(&[("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")], true).unwrap_err(),
+            "KAFKA_SASL_MECHANISM",
+            "GSSAPI, librdkafka's default, is not built in"
+        );
+    }
+
+    fn read_ok(pairs: &[(&str, &str)]) -> KafkaSettings {
+        read(pairs, false).unwrap()
     }
 }

@@ -30,7 +30,7 @@ use commerce_db::Pool;
 use commerce_kafka::KafkaSettings;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures::StreamExt;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use tokio::sync::watch;
@@ -131,7 +131,7 @@ async fn lead(
     pool: &Pool,
     shutdown: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<Leadership> {
-    let mut leader_conn = AsyncPgConnection::establish(&config.database_url)
+    let mut leader_conn = commerce_db::connect(&config.database_url)
         .await
         .context("connecting the relay's leader session")?;
     #[derive(QueryableByName)]

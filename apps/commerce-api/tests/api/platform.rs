@@ -140,3 +140,61 @@ async fn without_a_profile_the_api_is_production_and_refuses_the_dev_secrets() {
         String::from_utf8_lossy(&migrated.stderr)
     );
 }
+
+#[tokio::test]
+async fn an_instance_on_verified_tls_to_postgres_and_redis_serves_and_is_ready() {
+    let app = crate::support::spawn_app().await;
+    let dir = std::env::var("COMMERCE_TEST_TLS_DIR")
+        .unwrap_or_else(|_| "/var/lib/postgresql/commerce-test-tls".into());
+    let ca = format!("{dir}/ca.crt");
+    assert!(
+        std::path::Path::new(&ca).is_file(),
+        "the test TLS certificates are missing from {dir}: run `supports/dev/stack infra` as root"
+    );
+    let database_url = format!("{}?sslmode=verify-full&sslrootcert={ca}", app.db.url);
+    let tls = app
+        .another_instance(&[
+            ("DATABASE_URL", &database_url),
+            ("REDIS_URL", "rediss://127.0.0.1:6390"),
+            ("REDIS_CA_FILE", &ca),
+        ])
+        .await;
+    let res = reqwest::get(format!("{}/health/ready", tls.base))
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    let status = |name: &str| {
+        body["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| c["status"].clone())
+    };
+    assert_eq!(
+        (status("database"), status("redis")),
+        (Some("UP".into()), Some("UP".into())),
+        "{body}"
+    );
+    let res = reqwest::Client::new()
+        .post(format!("{}/api/v1/users", tls.base))
+        .json(&serde_json::json!({"login_id": "over-tls", "password": "correct horse", "name": "T", "email": "t@example.com"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM users WHERE login_id = 'over-tls'")
+            .await,
+        1
+    );
+    // The instance's sessions are the encrypted ones; the test's own connection is plain.
+    assert!(
+        app.count(
+            "SELECT count(*) AS n FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+              WHERE a.datname = current_database() AND s.ssl"
+        )
+        .await
+            >= 1
+    );
+}

@@ -133,6 +133,7 @@ fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
         .routes(routes!(http::product_rank))
         .routes(routes!(http::product_metrics))
         .split_for_parts();
+    let doc = commerce_web::openapi::with_problem_responses(doc);
     let api = api.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc));
     commerce_web::with_platform_routes(api, dependencies, body_limit).with_state(state)
 }

@@ -10,6 +10,8 @@
 
 pub mod health;
 mod json;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod problem;
 mod query;
 mod serve;

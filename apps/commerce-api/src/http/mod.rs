@@ -48,6 +48,12 @@ impl Modify for BearerAuth {
 
 /// All API routes plus `/openapi.json` and `/swagger-ui`.
 pub fn router() -> Router<AppState> {
+    let (router, api) = parts();
+    router.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", api))
+}
+
+/// The routes and their OpenAPI description.
+fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(users::sign_up))
         .routes(routes!(users::token))
@@ -72,5 +78,19 @@ pub fn router() -> Router<AppState> {
         .routes(routes!(admin::attention))
         .routes(routes!(admin::retry_payment))
         .split_for_parts();
-    router.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", api))
+    (router, commerce_web::openapi::with_problem_responses(api))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stored_states_are_documented_as_their_text() {
+        let doc = serde_json::to_value(super::parts().1).unwrap();
+        let status = &doc["components"]["schemas"]["CouponStatus"]["enum"];
+        assert_eq!(
+            status,
+            &serde_json::json!(["AVAILABLE", "USED"]),
+            "{status}"
+        );
+    }
 }

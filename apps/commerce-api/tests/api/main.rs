@@ -4,6 +4,7 @@
 
 mod accounts;
 mod catalog;
+mod contract;
 mod coupons;
 mod edge;
 mod harness_isolation;

@@ -4,6 +4,7 @@
 
 mod broker_outage;
 mod card_sales;
+mod contract;
 mod dead_letters;
 mod end_to_end;
 mod group;

@@ -6,6 +6,7 @@
 //! `apps/loadgen/run-benchmarks` runs every scenario in order.
 
 mod http;
+mod logins;
 mod pipeline;
 mod rankings;
 
@@ -146,6 +147,20 @@ enum Command {
         #[arg(long)]
         cancel_paid: bool,
     },
+    /// Sign-ups, then a login flood (right, wrong and unknown passwords) against the release
+    /// commerce-api in a child process: answers, latency, and the process's memory.
+    Logins {
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        server: String,
+        #[arg(long, default_value_t = 300)]
+        users: usize,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: String,
+    },
     /// First-come coupon issuance: ATTEMPTS distinct users race for QUANTITY coupons.
     Coupons {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -230,6 +245,22 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 seconds,
                 bin_dir: &bin_dir,
+            })
+            .await
+        }
+        Command::Logins {
+            server,
+            users,
+            connections,
+            seconds,
+            bin_dir,
+        } => {
+            logins::logins(logins::Logins {
+                server: &server,
+                bin_dir: &bin_dir,
+                users,
+                connections,
+                seconds,
             })
             .await
         }

@@ -46,6 +46,7 @@
 //! | `RATE_LIMIT_ORDERS` / `RATE_LIMIT_COUPON_ISSUE` / `RATE_LIMIT_POINTS_CHARGE` | `60/min` / `10/min` / `30/min` | per signed-in user |
 //! | `TRUSTED_PROXIES` | none | addresses or networks (`10.0.0.0/8,192.168.1.7`) whose `X-Forwarded-For` names the client; from anyone else it is ignored |
 //! | `AUTH_HASH_THREADS` | CPU count | password-hashing threads, 19 MiB of memory each |
+//! | `CORS_ALLOWED_ORIGINS` | none | browser origins allowed to call the API (`https://shop.example.com,https://m.example.com`); none answers no cross-origin request |
 //! | `AUTH_HASH_QUEUE` | `32` | sign-ups and logins that may wait for a hashing thread; beyond that they get 503 `AUTH_BUSY` |
 
 use std::net::SocketAddr;
@@ -91,6 +92,8 @@ pub struct Config {
     pub limits: LimitSettings,
     pub trusted_proxies: TrustedProxies,
     pub hashing: HashingSettings,
+    /// Origins allowed by CORS (exact `scheme://host[:port]`).
+    pub cors_allowed_origins: Vec<String>,
 }
 
 /// The development JWT key. Refused by any profile but `dev`.
@@ -303,7 +306,31 @@ impl Config {
             threads: r.in_range("AUTH_HASH_THREADS", cpus, 1..=256)?,
             queue: r.in_range("AUTH_HASH_QUEUE", 32, 0..=10_000)?,
         };
+        let cors_allowed_origins: Vec<String> = r
+            .string_or("CORS_ALLOWED_ORIGINS", "")
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for origin in &cors_allowed_origins {
+            let parsed = reqwest::Url::parse(origin).ok();
+            let is_origin = parsed.as_ref().is_some_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+            });
+            if !is_origin || origin == "*" {
+                return Err(ConfigError::new(
+                    "CORS_ALLOWED_ORIGINS",
+                    format!(
+                        "{origin:?} is not an origin (scheme://host[:port], no path, no wildcard)"
+                    ),
+                ));
+            }
+        }
         Ok(Self {
+            cors_allowed_origins,
             limits,
             trusted_proxies: r.or("TRUSTED_PROXIES", TrustedProxies::default())?,
             hashing,
@@ -469,6 +496,32 @@ mod tests {
                 .var,
             "TRUSTED_PROXIES"
         );
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins() {
+        let config = dev(&[(
+            "CORS_ALLOWED_ORIGINS",
+            "https://shop.example.com/, http://localhost:3000",
+        )])
+        .unwrap();
+        assert_eq!(
+            config.cors_allowed_origins,
+            ["https://shop.example.com", "http://localhost:3000"]
+        );
+        assert!(dev(&[]).unwrap().cors_allowed_origins.is_empty());
+        for bad in [
+            "*",
+            "shop.example.com",
+            "https://shop.example.com/path",
+            "ftp://x.example",
+        ] {
+            assert_eq!(
+                dev(&[("CORS_ALLOWED_ORIGINS", bad)]).err().unwrap().var,
+                "CORS_ALLOWED_ORIGINS",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -47,10 +47,10 @@ impl Application {
         ));
         let topics = config.topics();
         let views = ViewPublisher::new(&config.kafka, topics.catalog.clone())?;
-        let product_cache = ProductCache::new(
+        let product_cache = Arc::new(ProductCache::new(
             cache.clone(),
             std::time::Duration::from_secs(config.product_cache_ttl_seconds),
-        );
+        ));
         let callback_url = match &config.payment_callback_url {
             Some(url) => url.clone(),
             None => {
@@ -133,6 +133,13 @@ impl Application {
                 COUPON_GATE_RECONCILE_EVERY,
                 stop,
             )
+        });
+        let (products, url) = (
+            state.product_cache.clone(),
+            state.config.database_url.clone(),
+        );
+        server = server.task("product change listener", move |stop| {
+            crate::infra::product_cache::listen(products, url, stop)
         });
         let edge = state.clone();
         server = server.task("rate limit housekeeping", move |stop| {
@@ -227,7 +234,43 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
 fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
     let body_limit = state.config.body_limit_bytes;
     let api = crate::http::router();
+    let cors = cors(&state.config.cors_allowed_origins);
     commerce_web::with_platform_routes(api, dependencies, body_limit)
         .layer(axum::middleware::from_fn(crate::infra::trace::propagate))
+        .layer(cors)
         .with_state(state)
+}
+
+/// CORS for browser storefronts on the configured origins (none by default: no cross-origin
+/// request is allowed). Preflights are answered here; clients may send the bearer token, an
+/// `Idempotency-Key` and a `traceparent`, and may read `Location`, `Retry-After` and
+/// `traceparent`.
+fn cors(
+    origins: &[String],
+) -> tower::util::Either<tower_http::cors::CorsLayer, tower::layer::util::Identity> {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    if origins.is_empty() {
+        return tower::util::Either::Right(tower::layer::util::Identity::new());
+    }
+    let origins: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| HeaderValue::from_str(o).ok())
+        .collect();
+    tower::util::Either::Left(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(origins)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("traceparent"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("traceparent"),
+            ])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }

@@ -30,7 +30,7 @@ pub struct App {
     pub topics: Topics,
     /// Best-effort publisher of `ProductViewed` (no outbox row: views are high volume).
     pub views: ViewPublisher,
-    pub product_cache: ProductCache,
+    pub product_cache: Arc<ProductCache>,
     /// First-come coupon issuing (the Redis gate and the terms cache).
     pub coupons: Arc<Coupons>,
     /// Card payments: the gateway's client, the card vault, settling and reconciliation.

@@ -70,10 +70,11 @@ pub async fn logins(o: Logins<'_>) -> anyhow::Result<()> {
 
     let users = o.users;
     let tag = std::process::id();
+    // Within what the hashing pool admits (threads + queue), so that every sign-up is hashed.
     let sign_up = run(
-        "sign-ups",
+        "sign-ups (8 connections)",
         addr,
-        o.connections,
+        8,
         Duration::from_secs(600),
         Some(users),
         move |c, i| {

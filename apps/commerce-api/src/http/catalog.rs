@@ -199,19 +199,18 @@ pub async fn get_product(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
-    let key = ProductCache::detail_key(id);
-    let body = match state.product_cache.get(&key).await {
-        Some(body) => body,
-        None => {
+    let body = state
+        .product_cache
+        .detail(id, || async {
             let product = {
                 let mut conn = state.db.get().await?;
                 catalog::product(&mut conn, id).await?
             };
-            let body = Bytes::from(serde_json::to_vec(&product).map_err(anyhow::Error::new)?);
-            state.product_cache.put(&key, body.clone(), false).await;
-            body
-        }
-    };
+            ApiResult::Ok(Bytes::from(
+                serde_json::to_vec(&product).map_err(anyhow::Error::new)?,
+            ))
+        })
+        .await?;
     state.views.publish(id, None);
     Ok(json_bytes(body))
 }

@@ -6,20 +6,34 @@
 //! - L2, Redis (shared by all instances): `PRODUCT_CACHE_TTL_SECONDS`, evicted on every product
 //!   change by the instance making it.
 //!
-//! Staleness, as documented for clients: a product's detail is evicted on any change to it
-//! (including a like), so it is at most [`LOCAL_TTL`] old. List pages are evicted when a product
-//! is created or changed, but *not* on likes (likes are frequent and would empty the cache
-//! constantly): a list's `like_count` may lag by up to the Redis TTL (30 s by default).
+//! Staleness, as documented for clients: a product's detail is evicted on any change to its row
+//! (stock taken by an order or given back by a cancellation or a failed payment, an admin edit,
+//! a like), on every instance: a trigger NOTIFYs `product_changed` at commit and each instance's
+//! listener ([`listen`]) evicts its own L1 and the shared L2. A detail is therefore at most
+//! [`LOCAL_TTL`] old. Fills are versioned: every eviction bumps the product's generation in
+//! Redis, and a fill is stored only if the generation it read before loading is still current,
+//! so a slow fill that loaded before a change never puts the older body back. Concurrent misses
+//! of one product on one instance wait for a single load (single flight).
+//!
+//! List pages are evicted when a product is created or edited by an admin, but *not* on likes or
+//! stock changes (those are frequent and would empty the cache constantly): a list's
+//! `like_count` and `stock` may lag by up to the Redis TTL (30 s by default).
 //!
 //! Redis failures never fail a read: they count as misses, are counted in
 //! `product_cache_requests_total{result="error"}` and logged at most every ten seconds.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use commerce_cache::{Cache, Local};
+use diesel_async::SimpleAsyncConnection;
+use futures::StreamExt;
 use redis::AsyncCommands;
+use tokio::sync::{OnceCell, watch};
 
 /// Lifetime of in-process entries.
 pub const LOCAL_TTL: Duration = Duration::from_secs(1);
@@ -28,12 +42,20 @@ const LOCAL_CAPACITY: usize = 20_000;
 /// Redis set indexing the cached list keys, so that one change evicts them all.
 const LIST_INDEX: &str = "products:list:index";
 
+/// How long a product's generation outlives its last eviction (far longer than any fill).
+const GENERATION_TTL_SECONDS: i64 = 3600;
+
+/// One load in flight per key; its result is shared with every caller that waited for it.
+type Flight = Arc<OnceCell<Option<Bytes>>>;
+
 pub struct ProductCache {
     local: Local<Bytes>,
     redis: Cache,
     ttl: Duration,
     last_warning: AtomicU64,
     started: Instant,
+    flights: Mutex<HashMap<i64, Flight>>,
+    loads: AtomicU64,
 }
 
 impl ProductCache {
@@ -48,7 +70,156 @@ impl ProductCache {
             ttl,
             last_warning: AtomicU64::new(0),
             started: Instant::now(),
+            flights: Mutex::new(HashMap::new()),
+            loads: AtomicU64::new(0),
         }
+    }
+
+    /// How many product details this instance has loaded from the database.
+    pub fn detail_loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// A product's detail body: from L1, else L2, else `load`d from the database. Concurrent
+    /// misses on this instance share one `load`; a body loaded while the product changed is
+    /// returned but not cached.
+    pub async fn detail<F, Fut, E>(&self, id: i64, load: F) -> Result<Bytes, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+    {
+        let key = Self::detail_key(id);
+        if let Some(body) = self.local.get(&key) {
+            metrics::counter!("product_cache_requests_total", "level" => "local", "result" => "hit")
+                .increment(1);
+            return Ok(body);
+        }
+        let flight = self
+            .flights
+            .lock()
+            .expect("lock poisoned")
+            .entry(id)
+            .or_default()
+            .clone();
+        let mut load = Some(load);
+        let mut failure = None;
+        let shared = flight
+            .get_or_init(|| async {
+                let load = load.take().expect("the first caller loads");
+                match self.fill_detail(id, &key, load).await {
+                    Ok(body) => Some(body),
+                    Err(e) => {
+                        failure = Some(e);
+                        None
+                    }
+                }
+            })
+            .await
+            .clone();
+        {
+            let mut flights = self.flights.lock().expect("lock poisoned");
+            if flights.get(&id).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+                flights.remove(&id);
+            }
+        }
+        match (shared, failure, load) {
+            (Some(body), _, _) => Ok(body),
+            (None, Some(e), _) => Err(e),
+            // The load this caller waited for failed: it tries on its own, for its own error.
+            (None, None, Some(load)) => self.fill_detail(id, &key, load).await,
+            (None, None, None) => unreachable!("a failed load reports its error"),
+        }
+    }
+
+    /// L2, else `load` (stored in L2 only if the product's generation did not move meanwhile).
+    async fn fill_detail<F, Fut, E>(&self, id: i64, key: &str, load: F) -> Result<Bytes, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Bytes, E>>,
+    {
+        let full = self.redis.key(key);
+        let generation_key = self.redis.key(&Self::generation_key(id));
+        let looked: anyhow::Result<(Option<Vec<u8>>, Option<String>)> = async {
+            let mut conn = self.redis.conn().await?;
+            Ok(redis::cmd("MGET")
+                .arg(&full)
+                .arg(&generation_key)
+                .query_async(&mut conn)
+                .await?)
+        }
+        .await;
+        let generation = match looked {
+            Ok((Some(body), _)) => {
+                metrics::counter!("product_cache_requests_total", "level" => "redis", "result" => "hit")
+                    .increment(1);
+                let body = Bytes::from(body);
+                self.put_local(key, body.clone());
+                return Ok(body);
+            }
+            Ok((None, generation)) => {
+                metrics::counter!("product_cache_requests_total", "level" => "redis", "result" => "miss")
+                    .increment(1);
+                Some(generation.unwrap_or_default())
+            }
+            Err(e) => {
+                self.redis_failed("get", &e);
+                None
+            }
+        };
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let body = load().await?;
+        let cached = match generation {
+            Some(generation) => {
+                self.put_if_generation(&full, &generation_key, &body, &generation)
+                    .await
+            }
+            // Redis is down: this instance's L1 only (bounded by LOCAL_TTL).
+            None => true,
+        };
+        if cached {
+            self.put_local(key, body.clone());
+        }
+        Ok(body)
+    }
+
+    /// Stores `body` under `full` unless the generation moved away from `generation` (`""`:
+    /// none yet); whether it was stored.
+    async fn put_if_generation(
+        &self,
+        full: &str,
+        generation_key: &str,
+        body: &Bytes,
+        generation: &str,
+    ) -> bool {
+        let script = redis::Script::new(
+            r"local current = redis.call('GET', KEYS[2]) or ''
+              if current ~= ARGV[2] then return 0 end
+              redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+              return 1",
+        );
+        let result: anyhow::Result<i64> = async {
+            let mut conn = self.redis.conn().await?;
+            Ok(script
+                .key(full)
+                .key(generation_key)
+                .arg(body.as_ref())
+                .arg(generation)
+                .arg(self.ttl.as_secs())
+                .invoke_async(&mut conn)
+                .await?)
+        }
+        .await;
+        match result {
+            Ok(stored) => stored == 1,
+            Err(e) => {
+                self.redis_failed("put", &e);
+                false
+            }
+        }
+    }
+
+    fn generation_key(id: i64) -> String {
+        format!("product:{id}:gen")
     }
 
     /// Key of a product's detail.
@@ -120,14 +291,25 @@ impl ProductCache {
         }
     }
 
-    /// Evicts a product's detail (after any change to it, likes included).
+    /// Evicts a product's detail (after any change to it) and moves its generation on, so that
+    /// no fill that loaded before the change can store its body.
     pub async fn evict_product(&self, id: i64) {
         let key = Self::detail_key(id);
         self.local.remove(&key);
         let full = self.redis.key(&key);
+        let generation = self.redis.key(&Self::generation_key(id));
         let result: anyhow::Result<()> = async {
             let mut conn = self.redis.conn().await?;
-            let () = conn.del(&full).await?;
+            let () = redis::pipe()
+                .atomic()
+                .incr(&generation, 1)
+                .ignore()
+                .expire(&generation, GENERATION_TTL_SECONDS)
+                .ignore()
+                .del(&full)
+                .ignore()
+                .query_async(&mut conn)
+                .await?;
             Ok(())
         }
         .await;
@@ -175,6 +357,65 @@ impl ProductCache {
                 .is_ok()
         {
             tracing::warn!(op, error = %format!("{error:#}"), "Redis unavailable; serving product reads from PostgreSQL");
+        }
+    }
+}
+
+/// Evicts every product detail whose row changes, on this instance and in Redis, for as long as
+/// the app runs: `LISTEN product_changed` (a trigger NOTIFYs at commit) on a session of its own,
+/// reconnecting after a loss. Notifications sent while the session was down are lost, so this
+/// instance's L1 details are dropped at every (re)connect; other instances' listeners evict L2.
+pub async fn listen(
+    cache: Arc<ProductCache>,
+    database_url: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match listen_once(&cache, &database_url, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "product change listener lost; reconnecting");
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn listen_once(
+    cache: &ProductCache,
+    database_url: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let mut conn = commerce_db::connect(database_url).await?;
+    conn.batch_execute("LISTEN product_changed").await?;
+    // Whatever changed while nobody here was listening.
+    cache.local.retain(|k| !k.starts_with("product:"));
+    loop {
+        let changed = {
+            let mut notifications = std::pin::pin!(conn.notifications_stream());
+            tokio::select! {
+                n = notifications.next() => match n {
+                    Some(Ok(n)) => Some(n.payload),
+                    Some(Err(e)) => return Err(anyhow::Error::new(e)),
+                    None => anyhow::bail!("the listening session closed"),
+                },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => None,
+                _ = stop.changed() => return Ok(()),
+            }
+        };
+        match changed {
+            Some(payload) => {
+                if let Ok(id) = payload.parse::<i64>() {
+                    cache.evict_product(id).await;
+                }
+            }
+            // A dead connection delivers nothing: prove it is alive.
+            None => conn.batch_execute("SELECT 1").await.map(drop)?,
         }
     }
 }

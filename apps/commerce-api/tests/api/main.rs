@@ -12,6 +12,7 @@ mod migrations;
 mod orders;
 mod payments;
 mod platform;
+mod product_cache;
 mod refunds;
 mod relay;
 mod support;

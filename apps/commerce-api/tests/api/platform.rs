@@ -198,3 +198,80 @@ async fn an_instance_on_verified_tls_to_postgres_and_redis_serves_and_is_ready()
             >= 1
     );
 }
+
+#[tokio::test]
+async fn a_browser_storefront_on_an_allowed_origin_passes_the_preflight_and_reads_the_headers() {
+    let shop = "https://shop.example.com";
+    let app = start_api(&[(
+        "CORS_ALLOWED_ORIGINS",
+        "https://shop.example.com,https://m.example.com",
+    )])
+    .await;
+    let client = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        client
+            .request(
+                reqwest::Method::OPTIONS,
+                format!("{}/api/v1/orders", app.base),
+            )
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header(
+                "access-control-request-headers",
+                "authorization,content-type,idempotency-key",
+            )
+            .send()
+    };
+    let res = preflight(shop).await.unwrap();
+    assert!(res.status().is_success(), "{}", res.status());
+    let header = |res: &reqwest::Response, name: &str| {
+        res.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+    };
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some(shop)
+    );
+    let allowed = header(&res, "access-control-allow-headers").unwrap();
+    for h in ["authorization", "content-type", "idempotency-key"] {
+        assert!(allowed.contains(h), "{allowed}");
+    }
+    assert!(
+        header(&res, "access-control-allow-methods")
+            .unwrap()
+            .contains("post")
+    );
+
+    // A real cross-origin request may read Location, Retry-After and traceparent.
+    let res = client
+        .get(format!("{}/api/v1/products", app.base))
+        .header("origin", shop)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&res, "access-control-allow-origin").as_deref(),
+        Some(shop)
+    );
+    let exposed = header(&res, "access-control-expose-headers").unwrap();
+    for h in ["location", "retry-after", "traceparent"] {
+        assert!(exposed.contains(h), "{exposed}");
+    }
+
+    // Another origin is not allowed.
+    let res = preflight("https://evil.example.net").await.unwrap();
+    assert_eq!(header(&res, "access-control-allow-origin"), None);
+}
+
+#[tokio::test]
+async fn without_configured_origins_no_cross_origin_request_is_allowed() {
+    let app = start_api(&[]).await;
+    let res = reqwest::Client::new()
+        .get(format!("{}/api/v1/products", app.base))
+        .header("origin", "https://shop.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+}

@@ -1,0 +1,156 @@
+//! The product page's stock is never stale beyond the in-process second: every change to a
+//! product row evicts its detail on every instance, and concurrent misses load it once.
+
+use std::time::Duration;
+
+use pg_simulator::behaviour::Behaviour;
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+
+use crate::payments::{Gateway, api, card_order, place, settled};
+use crate::support::TestApp;
+
+/// Waits until `base`'s detail of `product` shows `stock` (a positive signal), then returns it.
+/// Without eviction the old figure would stay for the Redis TTL (30 s): the wait is far shorter.
+async fn stock_on(app: &TestApp, base: &str, product: i64, stock: i64) {
+    let url = format!("{base}/api/v1/products/{product}");
+    let seen = commerce_testkit::eventually(
+        &format!("{url} shows stock {stock}"),
+        Duration::from_secs(3),
+        async || {
+            let body: serde_json::Value = app
+                .client
+                .get(&url)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            if body["stock"] == stock {
+                Ok(body)
+            } else {
+                Err(body.to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(seen["stock"], stock);
+}
+
+#[tokio::test]
+async fn orders_cancellations_failed_payments_and_edits_reach_another_instances_product_page() {
+    let gw = Gateway::start(Behaviour {
+        success_rate: 0.0,
+        limit_exceeded_rate: 1.0,
+        ..Behaviour::reliable()
+    })
+    .await;
+    let app = api(&gw, &[]).await;
+    let other = app.another_instance(&[("PG_BASE_URL", &gw.base)]).await;
+    let product = app.product(app.brand().await, 1000, 20).await;
+    let (_, token) = app.user_with_points("shopper", 100_000).await;
+    // The other instance has the detail cached (L1 and Redis).
+    stock_on(&app, &other.base, product, 20).await;
+
+    // An order on this instance.
+    let (status, order) = app
+        .post(
+            "/api/v1/orders",
+            Some(&token),
+            json!({"items": [{"product_id": product, "quantity": 5}], "payment": {"method": "POINT"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    stock_on(&app, &other.base, product, 15).await;
+
+    // Its cancellation.
+    let id = order["order_id"].as_i64().unwrap();
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/orders/{id}/cancel"),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    stock_on(&app, &other.base, product, 20).await;
+
+    // A card payment the gateway declines: the stock comes back when it settles, in the
+    // background, wherever that happens.
+    let order = place(&app, &token, card_order(product, 3, None)).await;
+    stock_on(&app, &other.base, product, 17).await;
+    let failed = settled(
+        &app,
+        &token,
+        order["order_id"].as_i64().unwrap(),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(failed["status"], "PAYMENT_FAILED", "{failed}");
+    stock_on(&app, &other.base, product, 20).await;
+
+    // An admin edit.
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/admin/products/{product}"),
+            Some(&app.admin),
+            Some(json!({"stock": 8})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    stock_on(&app, &other.base, product, 8).await;
+    assert_eq!(app.stock(product).await, 8);
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_misses_of_one_product_load_it_once() {
+    let app = crate::support::spawn_app().await;
+    let product = app.product(app.brand().await, 1000, 20).await;
+    let before = app.state.product_cache.detail_loads();
+    let url = format!("{}/api/v1/products/{product}", app.base);
+    let reads = (0..200).map(|_| {
+        let (client, url) = (app.client.clone(), url.clone());
+        async move {
+            let res = client.get(&url).send().await.unwrap();
+            let status = res.status();
+            let body: serde_json::Value = res.json().await.unwrap();
+            (status, body["stock"].as_i64())
+        }
+    });
+    let answers = futures::future::join_all(reads).await;
+    assert!(
+        answers.iter().all(|a| *a == (StatusCode::OK, Some(20))),
+        "{answers:?}"
+    );
+    assert_eq!(app.state.product_cache.detail_loads() - before, 1);
+}
+
+#[tokio::test]
+async fn a_fill_that_loaded_before_a_change_does_not_put_the_older_body_back() {
+    let app = crate::support::spawn_app().await;
+    let product = app.product(app.brand().await, 1000, 20).await;
+    let cache = app.state.product_cache.clone();
+    // A slow fill: it has read the old row when the product changes and is evicted.
+    let old = cache
+        .detail(product, || async {
+            app.call(
+                Method::PATCH,
+                &format!("/api/v1/admin/products/{product}"),
+                Some(&app.admin),
+                Some(json!({"stock": 3})),
+            )
+            .await;
+            // The edit has committed and evicted (moving the generation) before it answered.
+            Ok::<_, ()>(bytes::Bytes::from_static(br#"{"stock":20}"#))
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        &old[..],
+        br#"{"stock":20}"#,
+        "the slow fill's caller gets what it read"
+    );
+    stock_on(&app, &app.base, product, 3).await;
+}

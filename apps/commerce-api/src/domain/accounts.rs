@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 use crate::domain::states::LedgerKind;
 use crate::domain::{Error, Missing, Result, check, is_unique_violation};
 use crate::infra::auth::Role;
-use crate::infra::schema::{point_ledger, users};
+use crate::infra::schema::{point_charges, point_ledger, users};
 
 /// Largest single charge, in won.
 pub const MAX_CHARGE: i64 = 10_000_000;
@@ -146,8 +146,15 @@ pub async fn balance(conn: &mut AsyncPgConnection, id: i64) -> Result<i64> {
 }
 
 /// Adds `amount` points (1 ..= [`MAX_CHARGE`]) to user `id` with its ledger row; returns the
-/// new balance.
-pub async fn charge(conn: &mut AsyncPgConnection, id: i64, amount: i64) -> Result<i64> {
+/// new balance. With an idempotency `key`, a repeat with the same key and amount charges nothing
+/// and returns the balance the first one returned (also when the two race: the key is locked);
+/// the same key with another amount is refused with [`Error::IdempotencyKeyReused`].
+pub async fn charge(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    amount: i64,
+    key: Option<&str>,
+) -> Result<i64> {
     if !(1..=MAX_CHARGE).contains(&amount) {
         return Err(Error::field(
             "amount",
@@ -155,6 +162,26 @@ pub async fn charge(conn: &mut AsyncPgConnection, id: i64, amount: i64) -> Resul
         ));
     }
     conn.transaction::<_, Error, _>(async |conn| {
+        if let Some(key) = key {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
+                .bind::<diesel::sql_types::Text, _>(format!("points-charge:{key}"))
+                .bind::<diesel::sql_types::BigInt, _>(id)
+                .execute(conn)
+                .await?;
+            let earlier: Option<(i64, i64)> = point_charges::table
+                .find((id, key))
+                .select((point_charges::amount, point_charges::balance_after))
+                .first(conn)
+                .await
+                .optional()?;
+            if let Some((earlier_amount, balance_after)) = earlier {
+                return if earlier_amount == amount {
+                    Ok(balance_after)
+                } else {
+                    Err(Error::IdempotencyKeyReused)
+                };
+            }
+        }
         let balance: i64 = diesel::update(users::table.find(id))
             .set(users::point_balance.eq(users::point_balance + amount))
             .returning(users::point_balance)
@@ -162,17 +189,83 @@ pub async fn charge(conn: &mut AsyncPgConnection, id: i64, amount: i64) -> Resul
             .await
             .optional()?
             .ok_or(Error::NotFound(Missing::User))?;
-        diesel::insert_into(point_ledger::table)
+        let ledger_id: i64 = diesel::insert_into(point_ledger::table)
             .values((
                 point_ledger::user_id.eq(id),
                 point_ledger::amount.eq(amount),
                 point_ledger::kind.eq(LedgerKind::Charge),
             ))
-            .execute(conn)
+            .returning(point_ledger::id)
+            .get_result(conn)
             .await?;
+        if let Some(key) = key {
+            diesel::insert_into(point_charges::table)
+                .values((
+                    point_charges::user_id.eq(id),
+                    point_charges::idempotency_key.eq(key),
+                    point_charges::amount.eq(amount),
+                    point_charges::balance_after.eq(balance),
+                    point_charges::ledger_id.eq(ledger_id),
+                ))
+                .execute(conn)
+                .await?;
+        }
         Ok(balance)
     })
     .await
+}
+
+/// One line of a user's points ledger, as its owner sees it.
+#[derive(Serialize, ToSchema, diesel::QueryableByName, Debug)]
+pub struct LedgerEntry {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    /// Signed: positive for charges and refunds, negative for points spent.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub amount: i64,
+    /// The balance right after this entry.
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub balance_after: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    pub reason: LedgerKind,
+    /// The order that spent or got back the points, if any.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub order_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A page of user `id`'s ledger, newest first, and the number of entries. Each entry's balance
+/// after it is the current balance less everything newer (every change to a balance writes its
+/// entry in the same transaction, so the two agree), read in one statement.
+pub async fn points_history(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    page: i64,
+    size: i64,
+) -> Result<(Vec<LedgerEntry>, i64)> {
+    use diesel::sql_types::BigInt;
+    let entries: Vec<LedgerEntry> = diesel::sql_query(
+        "SELECT id, amount, kind AS reason, order_id, created_at,
+                (balance - coalesce(sum(amount) OVER (ORDER BY id DESC
+                    ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::bigint AS balance_after
+           FROM point_ledger,
+                (SELECT point_balance AS balance FROM users WHERE id = $1) AS u
+          WHERE user_id = $1
+          ORDER BY id DESC
+          LIMIT $2 OFFSET $3",
+    )
+    .bind::<BigInt, _>(id)
+    .bind::<BigInt, _>(size)
+    .bind::<BigInt, _>(page * size)
+    .load(conn)
+    .await?;
+    let total: i64 = point_ledger::table
+        .filter(point_ledger::user_id.eq(id))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok((entries, total))
 }
 
 /// Creates the admin account `login_id` with an already hashed password unless it exists

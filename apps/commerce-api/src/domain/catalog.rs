@@ -327,6 +327,23 @@ pub async fn brand(conn: &mut AsyncPgConnection, id: i64) -> Result<BrandView> {
         .ok_or(Error::NotFound(Missing::Brand))
 }
 
+/// A page of brands in creation order, and the number of brands.
+pub async fn brands(
+    conn: &mut AsyncPgConnection,
+    page: i64,
+    size: i64,
+) -> Result<(Vec<BrandView>, i64)> {
+    let total: i64 = brands::table.count().get_result(conn).await?;
+    let content = brands::table
+        .order(brands::id)
+        .limit(size)
+        .offset(page * size)
+        .select(BrandView::as_select())
+        .load(conn)
+        .await?;
+    Ok((content, total))
+}
+
 /// Inserts a product and its `ProductCreated` event in one transaction.
 pub async fn create_product(
     conn: &mut AsyncPgConnection,

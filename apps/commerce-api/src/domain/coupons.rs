@@ -83,6 +83,65 @@ pub struct CouponView {
     pub valid_until: Option<DateTime<Utc>>,
 }
 
+/// A campaign open now, as the storefront lists it.
+#[derive(Serialize, ToSchema, Debug)]
+pub struct OpenCampaign {
+    #[serde(flatten)]
+    pub coupon: CouponView,
+    /// Coupons left to issue; `null` for an unlimited campaign.
+    pub remaining_quantity: Option<i64>,
+}
+
+/// A page of the campaigns open at `now` (started, not ended, not sold out), newest first, and
+/// how many there are.
+pub async fn open_campaigns(
+    conn: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+    page: i64,
+    size: i64,
+) -> Result<(Vec<OpenCampaign>, i64)> {
+    let open = || {
+        coupons::valid_from
+            .is_null()
+            .or(coupons::valid_from.le(now))
+            .and(
+                coupons::valid_until
+                    .is_null()
+                    .or(coupons::valid_until.gt(now)),
+            )
+            .and(
+                coupons::total_quantity
+                    .is_null()
+                    .or(coupons::issued_count.nullable().lt(coupons::total_quantity)),
+            )
+    };
+    let total: i64 = coupons::table
+        .filter(open())
+        .count()
+        .get_result(conn)
+        .await?;
+    let content: Vec<CouponView> = coupons::table
+        .filter(open())
+        .order(coupons::id.desc())
+        .limit(size)
+        .offset(page * size)
+        .select(CouponView::as_select())
+        .load(conn)
+        .await?;
+    Ok((
+        content
+            .into_iter()
+            .map(|coupon| OpenCampaign {
+                remaining_quantity: coupon
+                    .total_quantity
+                    .map(|q| (q - coupon.issued_count).max(0)),
+                coupon,
+            })
+            .collect(),
+        total,
+    ))
+}
+
 /// A validated new campaign.
 #[derive(Debug)]
 pub struct NewCoupon {

@@ -13,6 +13,7 @@ use crate::domain::catalog::{self, BrandView, LikeView, ProductSummary, ProductV
 use crate::domain::check;
 use crate::http::auth::{AdminUser, AuthUser};
 use crate::http::error::ApiResult;
+use crate::http::paging::{Page, PageParams};
 use crate::http::{Json, Path, Query};
 use crate::infra::product_cache::ProductCache;
 use crate::state::AppState;
@@ -262,4 +263,17 @@ pub async fn my_likes(
 ) -> ApiResult<Json<Vec<ProductSummary>>> {
     let mut conn = state.db.get().await?;
     Ok(Json(catalog::liked_by(&mut conn, user.id).await?))
+}
+
+/// Every brand, in creation order.
+#[utoipa::path(get, path = "/api/v1/brands", tag = "catalog", params(PageParams),
+    responses((status = 200, body = Page<BrandView>)))]
+pub async fn list_brands(
+    State(state): State<AppState>,
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<Page<BrandView>>> {
+    let (page, size) = params.parse()?;
+    let mut conn = state.db.get().await?;
+    let (brands, total) = catalog::brands(&mut conn, page, size).await?;
+    Ok(Json(Page::new(brands, page, size, total)))
 }

@@ -6,11 +6,12 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::coupons::{self, CouponView, HeldCoupon};
+use crate::domain::coupons::{self, CouponView, HeldCoupon, OpenCampaign};
 use crate::domain::states::CouponStatus;
 use crate::http::auth::{AdminUser, AuthUser, admit};
 use crate::http::error::ApiResult;
-use crate::http::{Json, Path};
+use crate::http::paging::{Page, PageParams};
+use crate::http::{Json, Path, Query};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -90,4 +91,18 @@ pub async fn my_coupons(
 ) -> ApiResult<Json<Vec<HeldCoupon>>> {
     let mut conn = state.db.get().await?;
     Ok(Json(coupons::held_by(&mut conn, user.id).await?))
+}
+
+/// The campaigns open now (started, not ended, not sold out), newest first, with their terms,
+/// validity and remaining quantity.
+#[utoipa::path(get, path = "/api/v1/coupons", tag = "coupons", params(PageParams),
+    responses((status = 200, body = Page<OpenCampaign>)))]
+pub async fn open_campaigns(
+    State(state): State<AppState>,
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<Page<OpenCampaign>>> {
+    let (page, size) = params.parse()?;
+    let mut conn = state.db.get().await?;
+    let (campaigns, total) = coupons::open_campaigns(&mut conn, Utc::now(), page, size).await?;
+    Ok(Json(Page::new(campaigns, page, size, total)))
 }

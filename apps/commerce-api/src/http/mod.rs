@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod coupons;
 pub mod error;
 pub mod orders;
+pub mod paging;
 pub mod payments;
 pub mod users;
 
@@ -22,6 +23,28 @@ use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub use commerce_web::{Json, Path, Query};
+
+use crate::domain::orders::MAX_KEY_LEN;
+use crate::http::error::{ApiError, ApiResult};
+
+/// The request's `Idempotency-Key`, if it sent one (order creation, points charges).
+pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<String>> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
+        .ok_or_else(|| {
+            ApiError::field(
+                "Idempotency-Key",
+                format!("must be 1-{MAX_KEY_LEN} visible ASCII characters"),
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}
 
 use crate::state::AppState;
 
@@ -60,6 +83,9 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(users::me))
         .routes(routes!(users::balance))
         .routes(routes!(users::charge))
+        .routes(routes!(users::points_history))
+        .routes(routes!(catalog::list_brands))
+        .routes(routes!(coupons::open_campaigns))
         .routes(routes!(catalog::create_brand))
         .routes(routes!(catalog::get_brand))
         .routes(routes!(catalog::create_product))

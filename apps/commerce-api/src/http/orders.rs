@@ -6,15 +6,15 @@
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use commerce_web::FieldError;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
-use crate::domain::orders::{self, MAX_KEY_LEN, OrderRequest, OrderView, Placed, Placement};
+use crate::domain::orders::{self, OrderRequest, OrderView, Placed, Placement};
 use crate::domain::states::{OrderStatus, PaymentMethod};
 use crate::http::auth::{AuthUser, admit};
-use crate::http::error::{ApiError, ApiResult};
-use crate::http::{Json, Path, Query};
+use crate::http::error::ApiResult;
+use crate::http::paging::PageParams;
+use crate::http::{Json, Path, Query, idempotency_key};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -55,35 +55,10 @@ pub struct OrderPage {
     total_pages: i64,
 }
 
-#[derive(Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct PageParams {
-    page: Option<i64>,
-    size: Option<i64>,
-}
-
 #[derive(Serialize, ToSchema)]
 pub struct CancelView {
     order_id: i64,
     status: OrderStatus,
-}
-
-fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
-        .ok_or_else(|| {
-            ApiError::field(
-                "Idempotency-Key",
-                format!("must be 1-{MAX_KEY_LEN} visible ASCII characters"),
-            )
-        })?;
-    Ok(Some(key.to_owned()))
 }
 
 /// Place an order paid by points or by card. Rate limited per user (`RATE_LIMIT_ORDERS`).
@@ -157,14 +132,7 @@ pub async fn list_orders(
     user: AuthUser,
     Query(params): Query<PageParams>,
 ) -> ApiResult<Json<OrderPage>> {
-    let page = params.page.unwrap_or(0);
-    let size = params.size.unwrap_or(20);
-    if !(0..=10_000).contains(&page) || !(1..=100).contains(&size) {
-        return Err(ApiError::Validation(vec![FieldError::new(
-            "page/size",
-            "page must be 0..=10000 and size 1..=100",
-        )]));
-    }
+    let (page, size) = params.parse()?;
     let mut conn = state.db.get().await?;
     let (content, total_elements) = orders::list(&mut conn, user.id, page, size).await?;
     Ok(Json(OrderPage {

@@ -5,11 +5,14 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::domain::accounts::{self, UserView};
+use axum::http::HeaderMap;
+
+use crate::domain::accounts::{self, LedgerEntry, UserView};
 use crate::domain::logins;
-use crate::http::Json;
 use crate::http::auth::{AuthUser, ClientIp, admit};
 use crate::http::error::{ApiError, ApiResult};
+use crate::http::paging::{Page, PageParams};
+use crate::http::{Json, Query, idempotency_key};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -134,17 +137,37 @@ pub async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult
 }
 
 /// Charge points (1 ..= 10,000,000 won per call). Rate limited per user
-/// (`RATE_LIMIT_POINTS_CHARGE`).
+/// (`RATE_LIMIT_POINTS_CHARGE`). With an `Idempotency-Key`, a retry with the same key and amount
+/// charges nothing more and answers the balance the first one answered.
 #[utoipa::path(post, path = "/api/v1/points/charge", tag = "points", security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and amount charges once")),
     request_body = Charge, responses((status = 200, body = Balance), (status = 400), (status = 401),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED: the key was used with another amount"),
         (status = 429, description = "RATE_LIMITED, with Retry-After")))]
 pub async fn charge(
     State(state): State<AppState>,
     user: AuthUser,
+    headers: HeaderMap,
     Json(req): Json<Charge>,
 ) -> ApiResult<Json<Balance>> {
     admit(&state.limits.points_charge, &user.id)?;
+    let key = idempotency_key(&headers)?;
     let mut conn = state.db.get().await?;
-    let balance = accounts::charge(&mut conn, user.id, req.amount).await?;
+    let balance = accounts::charge(&mut conn, user.id, req.amount, key.as_deref()).await?;
     Ok(Json(Balance { balance }))
+}
+
+/// The caller's points ledger, newest first: each entry's amount (signed), the balance after
+/// it, its reason (`CHARGE`, `USE`, `REFUND`) and its order.
+#[utoipa::path(get, path = "/api/v1/points/history", tag = "points", security(("bearer" = [])),
+    params(PageParams), responses((status = 200, body = Page<LedgerEntry>), (status = 401)))]
+pub async fn points_history(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Query(params): Query<PageParams>,
+) -> ApiResult<Json<Page<LedgerEntry>>> {
+    let (page, size) = params.parse()?;
+    let mut conn = state.db.get().await?;
+    let (entries, total) = accounts::points_history(&mut conn, user.id, page, size).await?;
+    Ok(Json(Page::new(entries, page, size, total)))
 }

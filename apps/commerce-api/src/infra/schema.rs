@@ -31,6 +31,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    point_charges (user_id, idempotency_key) {
+        user_id -> BigInt,
+        idempotency_key -> Text,
+        amount -> BigInt,
+        balance_after -> BigInt,
+        ledger_id -> BigInt,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     point_ledger (id) {
         id -> BigInt,
         user_id -> BigInt,

@@ -6,6 +6,7 @@ mod accounts;
 mod catalog;
 mod contract;
 mod coupons;
+mod discovery;
 mod edge;
 mod harness_isolation;
 mod migrations;

@@ -1,0 +1,68 @@
+//! Paged lists: one query shape (`page`, `size`) and one answer shape for every list route.
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::http::error::{ApiError, ApiResult};
+
+/// Largest page number accepted.
+const MAX_PAGE: i64 = 10_000;
+/// Largest page size accepted.
+const MAX_SIZE: i64 = 100;
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageParams {
+    /// 0-based, at most 10,000 (default 0).
+    page: Option<i64>,
+    /// 1 ..= 100 (default 20).
+    size: Option<i64>,
+}
+
+impl PageParams {
+    /// The page and size, validated.
+    pub fn parse(&self) -> ApiResult<(i64, i64)> {
+        let page = self.page.unwrap_or(0);
+        let size = self.size.unwrap_or(20);
+        let mut errors = Vec::new();
+        if !(0..=MAX_PAGE).contains(&page) {
+            errors.push(commerce_web::FieldError::new(
+                "page",
+                format!("must be 0..={MAX_PAGE}"),
+            ));
+        }
+        if !(1..=MAX_SIZE).contains(&size) {
+            errors.push(commerce_web::FieldError::new(
+                "size",
+                format!("must be 1..={MAX_SIZE}"),
+            ));
+        }
+        if errors.is_empty() {
+            Ok((page, size))
+        } else {
+            Err(ApiError::Validation(errors))
+        }
+    }
+}
+
+/// One page of a list.
+#[derive(Serialize, ToSchema)]
+pub struct Page<T: ToSchema> {
+    pub content: Vec<T>,
+    pub page: i64,
+    pub size: i64,
+    pub total_elements: i64,
+    pub total_pages: i64,
+}
+
+impl<T: ToSchema> Page<T> {
+    pub fn new(content: Vec<T>, page: i64, size: i64, total_elements: i64) -> Self {
+        Self {
+            content,
+            page,
+            size,
+            total_elements,
+            total_pages: (total_elements + size - 1) / size,
+        }
+    }
+}

@@ -66,6 +66,7 @@ pub async fn seed(database_url: &str, topics: &Topics) -> anyhow::Result<()> {
                 description: format!("{name} by {brand}"),
                 price: *price,
                 stock: *stock,
+                rules: Default::default(),
             };
             catalog::create_product(&mut conn, topics, &req)
                 .await

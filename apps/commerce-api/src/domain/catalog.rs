@@ -5,6 +5,7 @@
 //! `like_count` change in one transaction, and the count moves only when a row was actually
 //! inserted or deleted, so `like_count` always equals the number of like rows.
 
+use chrono::{DateTime, Utc};
 use commerce_events::{Event, LikeChanged, ProductSnapshot};
 use commerce_web::FieldError;
 use diesel::prelude::*;
@@ -39,6 +40,45 @@ pub struct ProductView {
     pub price: i64,
     pub stock: i64,
     pub like_count: i64,
+    /// Units one user may hold across their standing orders; `null`: no limit.
+    pub max_per_user: Option<i32>,
+    /// On sale from (inclusive); `null`: since it was created.
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    /// On sale until (exclusive); `null`: no end.
+    pub sale_ends_at: Option<DateTime<Utc>>,
+}
+
+/// A limited drop's rules: a per-user limit and a sale window.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SaleRules {
+    pub max_per_user: Option<i32>,
+    pub sale_starts_at: Option<DateTime<Utc>>,
+    pub sale_ends_at: Option<DateTime<Utc>>,
+}
+
+/// Largest `max_per_user`.
+const MAX_PER_USER: i32 = 1_000_000;
+
+fn check_rules(
+    errors: &mut Vec<FieldError>,
+    max_per_user: Option<i32>,
+    starts: Option<DateTime<Utc>>,
+    ends: Option<DateTime<Utc>>,
+) {
+    if max_per_user.is_some_and(|m| !(1..=MAX_PER_USER).contains(&m)) {
+        errors.push(FieldError::new(
+            "max_per_user",
+            format!("must be 1..={MAX_PER_USER} or null"),
+        ));
+    }
+    if let (Some(starts), Some(ends)) = (starts, ends)
+        && ends <= starts
+    {
+        errors.push(FieldError::new(
+            "sale_ends_at",
+            "must be after sale_starts_at",
+        ));
+    }
 }
 
 /// A product in a list.
@@ -122,6 +162,7 @@ pub struct NewProduct {
     pub description: String,
     pub price: i64,
     pub stock: i64,
+    pub rules: SaleRules,
 }
 
 impl NewProduct {
@@ -131,8 +172,15 @@ impl NewProduct {
         description: String,
         price: i64,
         stock: i64,
+        rules: SaleRules,
     ) -> Result<Self> {
         let mut errors = Vec::new();
+        check_rules(
+            &mut errors,
+            rules.max_per_user,
+            rules.sale_starts_at,
+            rules.sale_ends_at,
+        );
         check_text(&mut errors, "name", name, 200);
         check_amount(&mut errors, "price", price);
         check_amount(&mut errors, "stock", stock);
@@ -149,6 +197,7 @@ impl NewProduct {
             description,
             price,
             stock,
+            rules,
         })
     }
 }
@@ -161,6 +210,18 @@ pub struct ProductPatch {
     pub description: Option<String>,
     pub price: Option<i64>,
     pub stock: Option<i64>,
+    /// `Some(None)` clears the limit.
+    pub max_per_user: Option<Option<i32>>,
+    pub sale_starts_at: Option<Option<DateTime<Utc>>>,
+    pub sale_ends_at: Option<Option<DateTime<Utc>>>,
+}
+
+/// A patch's drop rules: for each, absent (unchanged), `null` (cleared) or a value.
+#[derive(Debug, Default)]
+pub struct RulesPatch {
+    pub max_per_user: Option<Option<i32>>,
+    pub sale_starts_at: Option<Option<DateTime<Utc>>>,
+    pub sale_ends_at: Option<Option<DateTime<Utc>>>,
 }
 
 impl ProductPatch {
@@ -169,8 +230,16 @@ impl ProductPatch {
         description: Option<String>,
         price: Option<i64>,
         stock: Option<i64>,
+        rules: RulesPatch,
     ) -> Result<Self> {
         let mut errors = Vec::new();
+        // The window against the product's current ends is checked when it is applied.
+        check_rules(
+            &mut errors,
+            rules.max_per_user.flatten(),
+            rules.sale_starts_at.flatten(),
+            rules.sale_ends_at.flatten(),
+        );
         if let Some(name) = &name {
             check_text(&mut errors, "name", name, 200);
         }
@@ -189,10 +258,14 @@ impl ProductPatch {
                 "must be at most 5000 characters",
             ));
         }
-        if name.is_none() && description.is_none() && price.is_none() && stock.is_none() {
+        let no_rules = rules.max_per_user.is_none()
+            && rules.sale_starts_at.is_none()
+            && rules.sale_ends_at.is_none();
+        if name.is_none() && description.is_none() && price.is_none() && stock.is_none() && no_rules
+        {
             errors.push(FieldError::new(
                 "",
-                "at least one of name, description, price, stock is required",
+                "at least one of name, description, price, stock, max_per_user, sale_starts_at, sale_ends_at is required",
             ));
         }
         check(errors)?;
@@ -201,6 +274,9 @@ impl ProductPatch {
             description,
             price,
             stock,
+            max_per_user: rules.max_per_user,
+            sale_starts_at: rules.sale_starts_at,
+            sale_ends_at: rules.sale_ends_at,
         })
     }
 }
@@ -235,6 +311,9 @@ struct ProductRow {
     like_count: i64,
     version: i64,
     brand_name: String,
+    max_per_user: Option<i32>,
+    sale_starts_at: Option<DateTime<Utc>>,
+    sale_ends_at: Option<DateTime<Utc>>,
 }
 
 fn product_columns() -> (
@@ -247,6 +326,9 @@ fn product_columns() -> (
     products::like_count,
     products::version,
     brands::name,
+    products::max_per_user,
+    products::sale_starts_at,
+    products::sale_ends_at,
 ) {
     (
         products::id,
@@ -258,6 +340,9 @@ fn product_columns() -> (
         products::like_count,
         products::version,
         brands::name,
+        products::max_per_user,
+        products::sale_starts_at,
+        products::sale_ends_at,
     )
 }
 
@@ -284,6 +369,9 @@ impl ProductRow {
             stock: self.stock,
             like_count: self.like_count,
             brand_name: self.brand_name,
+            max_per_user: self.max_per_user,
+            sale_starts_at: self.sale_starts_at,
+            sale_ends_at: self.sale_ends_at,
         }
     }
 }
@@ -359,6 +447,9 @@ pub async fn create_product(
                     products::description.eq(&new.description),
                     products::price.eq(new.price),
                     products::stock.eq(new.stock),
+                    products::max_per_user.eq(new.rules.max_per_user),
+                    products::sale_starts_at.eq(new.rules.sale_starts_at),
+                    products::sale_ends_at.eq(new.rules.sale_ends_at),
                 ))
                 .returning(products::id)
                 .get_result::<i64>(conn)
@@ -395,7 +486,15 @@ pub async fn update_product(
                     products::updated_at.eq(diesel::dsl::now),
                 ))
                 .execute(conn)
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    // The window as it would stand (one end may be the product's current one).
+                    diesel::result::Error::DatabaseError(
+                        diesel::result::DatabaseErrorKind::CheckViolation,
+                        _,
+                    ) => Error::field("sale_ends_at", "must be after sale_starts_at"),
+                    e => e.into(),
+                })?;
             if updated == 0 {
                 return Err(Error::NotFound(Missing::Product));
             }

@@ -33,6 +33,12 @@ pub enum Error {
     NotFound(Missing),
     #[error("not enough stock for an ordered product")]
     InsufficientStock,
+    /// The order would take the user above a product's `max_per_user`.
+    #[error("this order would exceed how many units of a product one customer may hold")]
+    PurchaseLimitExceeded,
+    /// An ordered product's sale has not started or has ended.
+    #[error("an ordered product is not on sale now")]
+    ProductNotOnSale,
     #[error("the point balance does not cover the order")]
     InsufficientPoints,
     /// Why the coupon cannot be used for this order.

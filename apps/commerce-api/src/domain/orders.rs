@@ -298,6 +298,8 @@ fn refused(error: Error) -> Error {
     let reason = match &error {
         Error::InsufficientStock => "INSUFFICIENT_STOCK",
         Error::InsufficientPoints => "INSUFFICIENT_POINTS",
+        Error::PurchaseLimitExceeded => "PURCHASE_LIMIT_EXCEEDED",
+        Error::ProductNotOnSale => "PRODUCT_NOT_ON_SALE",
         _ => "OTHER",
     };
     metrics::counter!("orders_refused_total", "reason" => reason).increment(1);
@@ -351,6 +353,69 @@ struct LockedProduct {
     price: i64,
     #[diesel(sql_type = BigInt)]
     stock: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Integer>)]
+    max_per_user: Option<i32>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    sale_starts_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
+    sale_ends_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Held {
+    #[diesel(sql_type = BigInt)]
+    product_id: i64,
+    #[diesel(sql_type = BigInt)]
+    held: i64,
+}
+
+/// Refuses an order for a product outside its sale window, or one that would take the user
+/// above a product's `max_per_user` counting their standing (pending or paid) orders. Runs
+/// under the products' row locks, which every order for them takes: two orders of one user for
+/// one limited product are counted one after the other, never both against the same total.
+async fn check_drop_rules(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    locked: &[LockedProduct],
+    lines: &BTreeMap<i64, i64>,
+) -> Result<()> {
+    let now = chrono::Utc::now();
+    if locked.iter().any(|p| {
+        p.sale_starts_at.is_some_and(|starts| now < starts)
+            || p.sale_ends_at.is_some_and(|ends| now >= ends)
+    }) {
+        return Err(refused(Error::ProductNotOnSale));
+    }
+    let limited: Vec<i64> = locked
+        .iter()
+        .filter(|p| p.max_per_user.is_some())
+        .map(|p| p.id)
+        .collect();
+    if limited.is_empty() {
+        return Ok(());
+    }
+    let held: Vec<Held> = diesel::sql_query(
+        "SELECT i.product_id, sum(i.quantity)::bigint AS held
+           FROM orders o JOIN order_items i ON i.order_id = o.id
+          WHERE o.user_id = $1 AND i.product_id = ANY($2)
+            AND o.status IN ('PENDING_PAYMENT', 'PAID')
+          GROUP BY i.product_id",
+    )
+    .bind::<BigInt, _>(user_id)
+    .bind::<Array<BigInt>, _>(&limited)
+    .load(conn)
+    .await?;
+    for p in locked {
+        let Some(max) = p.max_per_user else { continue };
+        let already = held
+            .iter()
+            .find(|h| h.product_id == p.id)
+            .map_or(0, |h| h.held);
+        if already + lines[&p.id] > i64::from(max) {
+            return Err(refused(Error::PurchaseLimitExceeded));
+        }
+    }
+    Ok(())
 }
 
 /// The transactional body of placing an order.
@@ -367,7 +432,8 @@ async fn create(
     let quantities: Vec<i64> = lines.values().copied().collect();
     // Lock in product-id order: every transaction takes these locks in the same order.
     let locked: Vec<LockedProduct> = diesel::sql_query(
-        "SELECT id, price, stock FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT id, price, stock, max_per_user, sale_starts_at, sale_ends_at
+           FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
     )
     .bind::<Array<BigInt>, _>(&ids)
     .load(conn)
@@ -375,6 +441,7 @@ async fn create(
     if locked.len() != ids.len() {
         return Err(Error::NotFound(Missing::Product));
     }
+    check_drop_rules(conn, user_id, &locked, lines).await?;
     if locked.iter().any(|p| p.stock < lines[&p.id]) {
         return Err(refused(Error::InsufficientStock));
     }

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
 use commerce_web::FieldError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -40,9 +41,19 @@ pub struct NewProduct {
     price: i64,
     /// 0 ..= 1,000,000,000.
     stock: i64,
+    /// Units one user may hold across their standing orders (1 ..= 1,000,000); none by default.
+    #[serde(default)]
+    max_per_user: Option<i32>,
+    /// On sale from (inclusive); from now by default.
+    #[serde(default)]
+    sale_starts_at: Option<DateTime<Utc>>,
+    /// On sale until (exclusive); no end by default.
+    #[serde(default)]
+    sale_ends_at: Option<DateTime<Utc>>,
 }
 
-/// Any subset of a product's editable fields.
+/// Any subset of a product's editable fields. For the drop rules, `null` clears the rule and an
+/// absent field leaves it as it is.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProductPatch {
@@ -50,6 +61,15 @@ pub struct ProductPatch {
     description: Option<String>,
     price: Option<i64>,
     stock: Option<i64>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i32>)]
+    max_per_user: Option<Option<i32>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    sale_starts_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<DateTime<Utc>>)]
+    sale_ends_at: Option<Option<DateTime<Utc>>>,
 }
 
 /// One page of products.
@@ -107,12 +127,18 @@ pub async fn create_product(
     _admin: AdminUser,
     Json(req): Json<NewProduct>,
 ) -> ApiResult<(StatusCode, Json<ProductView>)> {
+    let rules = catalog::SaleRules {
+        max_per_user: req.max_per_user,
+        sale_starts_at: req.sale_starts_at,
+        sale_ends_at: req.sale_ends_at,
+    };
     let new = catalog::NewProduct::parse(
         req.brand_id,
         &req.name,
         req.description,
         req.price,
         req.stock,
+        rules,
     )?;
     let mut conn = state.db.get().await?;
     let product = catalog::create_product(&mut conn, &state.topics, &new).await?;
@@ -130,14 +156,34 @@ pub async fn update_product(
     Path(id): Path<i64>,
     Json(patch): Json<ProductPatch>,
 ) -> ApiResult<Json<ProductView>> {
-    let patch =
-        catalog::ProductPatch::parse(patch.name, patch.description, patch.price, patch.stock)?;
+    let rules = catalog::RulesPatch {
+        max_per_user: patch.max_per_user,
+        sale_starts_at: patch.sale_starts_at,
+        sale_ends_at: patch.sale_ends_at,
+    };
+    let patch = catalog::ProductPatch::parse(
+        patch.name,
+        patch.description,
+        patch.price,
+        patch.stock,
+        rules,
+    )?;
     let mut conn = state.db.get().await?;
     let product = catalog::update_product(&mut conn, &state.topics, id, &patch).await?;
     drop(conn);
     state.product_cache.evict_product(id).await;
     state.product_cache.evict_lists().await;
     Ok(Json(product))
+}
+
+/// A field that is present (`null` included) is `Some`; with `#[serde(default)]`, an absent one
+/// is `None`.
+fn present<'de, T, D>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
 }
 
 fn json_bytes(body: Bytes) -> Response {

@@ -73,6 +73,8 @@ impl ApiError {
                     E::Invalid(errors) => Problem::validation(errors.clone()),
                     E::NotFound(missing) => Problem::not_found(not_found_code(*missing), detail),
                     E::InsufficientStock => conflict("INSUFFICIENT_STOCK", detail),
+                    E::PurchaseLimitExceeded => conflict("PURCHASE_LIMIT_EXCEEDED", detail),
+                    E::ProductNotOnSale => conflict("PRODUCT_NOT_ON_SALE", detail),
                     E::InsufficientPoints => conflict("INSUFFICIENT_POINTS", detail),
                     E::CouponNotUsable(_) => conflict("COUPON_NOT_USABLE", detail),
                     E::CouponSoldOut => conflict("COUPON_SOLD_OUT", detail),

@@ -73,6 +73,9 @@ diesel::table! {
         version -> BigInt,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        max_per_user -> Nullable<Integer>,
+        sale_starts_at -> Nullable<Timestamptz>,
+        sale_ends_at -> Nullable<Timestamptz>,
     }
 }
 

@@ -7,6 +7,7 @@ mod catalog;
 mod contract;
 mod coupons;
 mod discovery;
+mod drops;
 mod edge;
 mod harness_isolation;
 mod migrations;

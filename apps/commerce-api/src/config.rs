@@ -46,6 +46,8 @@
 //! | `RATE_LIMIT_ORDERS` / `RATE_LIMIT_COUPON_ISSUE` / `RATE_LIMIT_POINTS_CHARGE` | `60/min` / `10/min` / `30/min` | per signed-in user |
 //! | `TRUSTED_PROXIES` | none | addresses or networks (`10.0.0.0/8,192.168.1.7`) whose `X-Forwarded-For` names the client; from anyone else it is ignored |
 //! | `AUTH_HASH_THREADS` | CPU count | password-hashing threads, 19 MiB of memory each |
+//! | `ORDER_EVENTS_HEARTBEAT_SECONDS` | `15` | comment lines on an idle order-status stream, so proxies keep it open |
+//! | `ORDER_EVENTS_PER_USER` | `5` | order-status streams one user may hold open on one instance |
 //! | `CORS_ALLOWED_ORIGINS` | none | browser origins allowed to call the API (`https://shop.example.com,https://m.example.com`); none answers no cross-origin request |
 //! | `AUTH_HASH_QUEUE` | `32` | sign-ups and logins that may wait for a hashing thread; beyond that they get 503 `AUTH_BUSY` |
 
@@ -94,6 +96,8 @@ pub struct Config {
     pub hashing: HashingSettings,
     /// Origins allowed by CORS (exact `scheme://host[:port]`).
     pub cors_allowed_origins: Vec<String>,
+    pub order_events_heartbeat: std::time::Duration,
+    pub order_events_per_user: usize,
 }
 
 /// The development JWT key. Refused by any profile but `dev`.
@@ -331,6 +335,12 @@ impl Config {
         }
         Ok(Self {
             cors_allowed_origins,
+            order_events_heartbeat: std::time::Duration::from_secs(r.in_range(
+                "ORDER_EVENTS_HEARTBEAT_SECONDS",
+                15,
+                1..=300,
+            )?),
+            order_events_per_user: r.in_range("ORDER_EVENTS_PER_USER", 5, 1..=100)?,
             limits,
             trusted_proxies: r.or("TRUSTED_PROXIES", TrustedProxies::default())?,
             hashing,

@@ -19,6 +19,7 @@ use crate::domain::payments::Payments;
 use crate::infra::auth::Authenticator;
 use crate::infra::gateway::Gateway;
 use crate::infra::limits::Limits;
+use crate::infra::order_events::OrderEvents;
 use crate::infra::product_cache::ProductCache;
 use crate::infra::views::ViewPublisher;
 use crate::state::{App, AppState};
@@ -70,8 +71,10 @@ impl Application {
         });
         tracing::info!(%config, "starting commerce-api");
         let limits = Arc::new(Limits::new(&config.limits));
+        let order_events = OrderEvents::new(config.order_events_per_user);
         let state = AppState(Arc::new(App {
             limits,
+            order_events,
             coupons: Arc::new(Coupons::new(db.clone(), cache.clone())),
             config,
             db: db.clone(),
@@ -140,6 +143,13 @@ impl Application {
         );
         server = server.task("product change listener", move |stop| {
             crate::infra::product_cache::listen(products, url, stop)
+        });
+        let (events, url) = (
+            state.order_events.clone(),
+            state.config.database_url.clone(),
+        );
+        server = server.task("order status listener", move |stop| {
+            crate::infra::order_events::listen(events, url, stop)
         });
         let edge = state.clone();
         server = server.task("rate limit housekeeping", move |stop| {

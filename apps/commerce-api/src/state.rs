@@ -10,6 +10,7 @@ use crate::domain::coupons::Coupons;
 use crate::domain::payments::Payments;
 use crate::infra::auth::Authenticator;
 use crate::infra::limits::Limits;
+use crate::infra::order_events::OrderEvents;
 use crate::infra::outbox::Topics;
 use crate::infra::product_cache::ProductCache;
 use crate::infra::views::ViewPublisher;
@@ -31,6 +32,8 @@ pub struct App {
     /// Best-effort publisher of `ProductViewed` (no outbox row: views are high volume).
     pub views: ViewPublisher,
     pub product_cache: Arc<ProductCache>,
+    /// Order status changes for the order-status streams.
+    pub order_events: Arc<OrderEvents>,
     /// First-come coupon issuing (the Redis gate and the terms cache).
     pub coupons: Arc<Coupons>,
     /// Card payments: the gateway's client, the card vault, settling and reconciliation.

@@ -761,6 +761,43 @@ pub async fn list(
 }
 
 /// One of the user's orders ([`Missing::Order`] for anyone else's).
+/// The status of one of the user's orders (404 for anyone else's).
+pub async fn status_of(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    order_id: i64,
+) -> Result<OrderStatus> {
+    orders::table
+        .filter(orders::id.eq(order_id))
+        .filter(orders::user_id.eq(user_id))
+        .select(orders::status)
+        .first(conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound(Missing::Order))
+}
+
+/// Whether `status` is the last an order's status stream will see: settled (`PAID`,
+/// `PAYMENT_FAILED`), refunded, or cancelled with no card refund still to come.
+pub async fn is_settled(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    status: OrderStatus,
+) -> Result<bool> {
+    Ok(match status {
+        OrderStatus::PendingPayment => false,
+        OrderStatus::Paid | OrderStatus::PaymentFailed | OrderStatus::Refunded => true,
+        OrderStatus::Cancelled => {
+            let refunds: i64 = crate::infra::schema::refunds::table
+                .filter(crate::infra::schema::refunds::order_id.eq(order_id))
+                .count()
+                .get_result(conn)
+                .await?;
+            refunds == 0
+        }
+    })
+}
+
 pub async fn get(conn: &mut AsyncPgConnection, user_id: i64, order_id: i64) -> Result<OrderView> {
     let row: OrderRow = orders::table
         .filter(orders::id.eq(order_id))

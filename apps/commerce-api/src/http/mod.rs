@@ -100,6 +100,7 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(orders::place_order, orders::list_orders))
         .routes(routes!(orders::get_order))
         .routes(routes!(orders::cancel_order))
+        .routes(routes!(orders::order_events))
         .routes(routes!(payments::callback))
         .routes(routes!(admin::attention))
         .routes(routes!(admin::retry_payment))

@@ -4,17 +4,23 @@
 //! Placing a card order commits first and only then calls the gateway, holding no database
 //! connection while it waits.
 
+use std::convert::Infallible;
+use std::time::Duration;
+
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::domain::orders::{self, OrderRequest, OrderView, Placed, Placement};
 use crate::domain::states::{OrderStatus, PaymentMethod};
 use crate::http::auth::{AuthUser, admit};
-use crate::http::error::ApiResult;
+use crate::http::error::{ApiError, ApiResult};
 use crate::http::paging::PageParams;
 use crate::http::{Json, Path, Query, idempotency_key};
+use crate::infra::order_events::{Change, StreamSlot};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -173,4 +179,102 @@ pub async fn cancel_order(
         order_id: id,
         status,
     }))
+}
+
+/// Follow an order's status as Server-Sent Events: its current status at once, then each
+/// change (`PAID`, `PAYMENT_FAILED`, `CANCELLED`, `REFUNDED`) as it commits, whichever instance
+/// made it; a comment line every `ORDER_EVENTS_HEARTBEAT_SECONDS` meanwhile. The stream ends
+/// after a settled status (`PAID`, `PAYMENT_FAILED`, `REFUNDED`, or `CANCELLED` with no refund
+/// to come). Each event is `event: status` with data `{"order_id":…,"status":…}`. At most
+/// `ORDER_EVENTS_PER_USER` streams per user per instance (429 beyond).
+#[utoipa::path(get, path = "/api/v1/orders/{id}/events", tag = "orders", security(("bearer" = [])),
+    responses((status = 200, content_type = "text/event-stream", description = "the order's status, then each change"),
+        (status = 401), (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)"),
+        (status = 429, description = "RATE_LIMITED: too many open streams, with Retry-After")))]
+pub async fn order_events(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path(id): Path<i64>,
+) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let slot = state
+        .order_events
+        .open(user.id)
+        .ok_or(ApiError::RateLimited(Duration::from_secs(1)))?;
+    // Subscribed before the first read: no change after it is missed.
+    let changes = state.order_events.subscribe();
+    let first = {
+        let mut conn = state.db.get().await?;
+        let status = orders::status_of(&mut conn, user.id, id).await?;
+        (status, orders::is_settled(&mut conn, id, status).await?)
+    };
+    let heartbeat = state.config.order_events_heartbeat;
+    let watch = Watch {
+        state,
+        user_id: user.id,
+        id,
+        changes,
+        next: Some(first),
+        last: None,
+        done: false,
+        _slot: slot,
+    };
+    let events = futures::stream::unfold(watch, |mut w| async move {
+        let (status, settled) = w.next_status().await?;
+        w.done = settled;
+        w.last = Some(status);
+        let data = serde_json::json!({"order_id": w.id, "status": status});
+        Some((
+            Ok(Event::default().event("status").data(data.to_string())),
+            w,
+        ))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat)))
+}
+
+/// One order-status stream's state.
+struct Watch {
+    state: AppState,
+    user_id: i64,
+    id: i64,
+    changes: tokio::sync::broadcast::Receiver<Change>,
+    /// A status to send before waiting for changes.
+    next: Option<(OrderStatus, bool)>,
+    last: Option<OrderStatus>,
+    done: bool,
+    _slot: StreamSlot,
+}
+
+impl Watch {
+    /// The next status to send and whether it is the last; `None` ends the stream.
+    async fn next_status(&mut self) -> Option<(OrderStatus, bool)> {
+        use tokio::sync::broadcast::error::RecvError;
+        if self.done {
+            return None;
+        }
+        if let Some(next) = self.next.take() {
+            return Some(next);
+        }
+        loop {
+            let status = match self.changes.recv().await {
+                Ok(Change::Status(id, status)) if id == self.id => status.parse().ok(),
+                Ok(Change::Status(..)) => continue,
+                // Changes may have been missed: read the order again.
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => None,
+                Err(RecvError::Closed) => return None,
+            };
+            let mut conn = self.state.db.get().await.ok()?;
+            let status = match status {
+                Some(status) => status,
+                None => orders::status_of(&mut conn, self.user_id, self.id)
+                    .await
+                    .ok()
+                    .or(self.last)?,
+            };
+            if Some(status) == self.last {
+                continue;
+            }
+            let settled = orders::is_settled(&mut conn, self.id, status).await.ok()?;
+            return Some((status, settled));
+        }
+    }
 }

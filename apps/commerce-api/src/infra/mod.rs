@@ -8,6 +8,8 @@ pub mod auth;
 pub mod gateway;
 pub mod jwt;
 pub mod limits;
+pub mod listener;
+pub mod order_events;
 pub mod outbox;
 pub mod passwords;
 pub mod product_cache;

@@ -30,10 +30,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use commerce_cache::{Cache, Local};
-use diesel_async::SimpleAsyncConnection;
-use futures::StreamExt;
 use redis::AsyncCommands;
 use tokio::sync::{OnceCell, watch};
+
+use crate::infra::listener::Heard;
 
 /// Lifetime of in-process entries.
 pub const LOCAL_TTL: Duration = Duration::from_secs(1);
@@ -362,60 +362,22 @@ impl ProductCache {
 }
 
 /// Evicts every product detail whose row changes, on this instance and in Redis, for as long as
-/// the app runs: `LISTEN product_changed` (a trigger NOTIFYs at commit) on a session of its own,
-/// reconnecting after a loss. Notifications sent while the session was down are lost, so this
-/// instance's L1 details are dropped at every (re)connect; other instances' listeners evict L2.
-pub async fn listen(
-    cache: Arc<ProductCache>,
-    database_url: String,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match listen_once(&cache, &database_url, &mut stop).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "product change listener lost; reconnecting");
-            }
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = stop.changed() => return,
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-async fn listen_once(
-    cache: &ProductCache,
-    database_url: &str,
-    stop: &mut watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let mut conn = commerce_db::connect(database_url).await?;
-    conn.batch_execute("LISTEN product_changed").await?;
-    // Whatever changed while nobody here was listening.
-    cache.local.retain(|k| !k.starts_with("product:"));
-    loop {
-        let changed = {
-            let mut notifications = std::pin::pin!(conn.notifications_stream());
-            tokio::select! {
-                n = notifications.next() => match n {
-                    Some(Ok(n)) => Some(n.payload),
-                    Some(Err(e)) => return Err(anyhow::Error::new(e)),
-                    None => anyhow::bail!("the listening session closed"),
-                },
-                _ = tokio::time::sleep(Duration::from_secs(5)) => None,
-                _ = stop.changed() => return Ok(()),
-            }
-        };
-        match changed {
-            Some(payload) => {
-                if let Ok(id) = payload.parse::<i64>() {
-                    cache.evict_product(id).await;
+/// the app runs: `LISTEN product_changed` (a trigger NOTIFYs at commit). Notifications sent while
+/// the session was down are lost, so this instance's L1 details are dropped at every
+/// (re)connect; other instances' listeners evict L2.
+pub async fn listen(cache: Arc<ProductCache>, database_url: String, stop: watch::Receiver<bool>) {
+    let on = |heard: Heard| {
+        let cache = cache.clone();
+        async move {
+            match heard {
+                Heard::Connected => cache.local.retain(|k| !k.starts_with("product:")),
+                Heard::Notified(payload) => {
+                    if let Ok(id) = payload.parse::<i64>() {
+                        cache.evict_product(id).await;
+                    }
                 }
             }
-            // A dead connection delivers nothing: prove it is alive.
-            None => conn.batch_execute("SELECT 1").await.map(drop)?,
         }
-    }
+    };
+    crate::infra::listener::listen(database_url, "product_changed", on, stop).await;
 }

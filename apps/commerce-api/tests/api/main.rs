@@ -11,6 +11,7 @@ mod drops;
 mod edge;
 mod harness_isolation;
 mod migrations;
+mod order_events;
 mod orders;
 mod payments;
 mod platform;

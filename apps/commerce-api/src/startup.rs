@@ -151,6 +151,10 @@ impl Application {
         server = server.task("order status listener", move |stop| {
             crate::infra::order_events::listen(events, url, stop)
         });
+        let warming = state.clone();
+        server = server.task("product cache warm-up", move |_stop| {
+            crate::http::catalog::warm(warming)
+        });
         let edge = state.clone();
         server = server.task("rate limit housekeeping", move |stop| {
             edge_housekeeping(edge, stop)

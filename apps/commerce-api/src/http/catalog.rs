@@ -215,15 +215,26 @@ pub async fn list_products(
     }
     check(errors)?;
     let sort = sort.expect("checked above");
+    let body = list_body(&state, params.brand_id, sort, page, size).await?;
+    Ok(json_bytes(body))
+}
 
+/// A list page's body: cached for the first [`CACHED_PAGES`] pages.
+async fn list_body(
+    state: &AppState,
+    brand_id: Option<i64>,
+    sort: Sort,
+    page: i64,
+    size: i64,
+) -> ApiResult<Bytes> {
     let cacheable = page < CACHED_PAGES;
-    let key = ProductCache::list_key(params.brand_id, sort.as_str(), page, size);
+    let key = ProductCache::list_key(brand_id, sort.as_str(), page, size);
     if cacheable && let Some(body) = state.product_cache.get(&key).await {
-        return Ok(json_bytes(body));
+        return Ok(body);
     }
     let (content, total_elements) = {
         let mut conn = state.db.get().await?;
-        catalog::list(&mut conn, params.brand_id, sort, page, size).await?
+        catalog::list(&mut conn, brand_id, sort, page, size).await?
     };
     let body = ProductPage {
         content,
@@ -236,7 +247,7 @@ pub async fn list_products(
     if cacheable {
         state.product_cache.put(&key, body.clone(), true).await;
     }
-    Ok(json_bytes(body))
+    Ok(body)
 }
 
 /// A product's detail. Publishes `ProductViewed` (best effort).
@@ -246,7 +257,14 @@ pub async fn get_product(
     State(state): State<AppState>,
     Path(id): Path<i64>,
 ) -> ApiResult<Response> {
-    let body = state
+    let body = detail_body(&state, id).await?;
+    state.views.publish(id, None);
+    Ok(json_bytes(body))
+}
+
+/// A product's detail body, through the cache.
+async fn detail_body(state: &AppState, id: i64) -> ApiResult<Bytes> {
+    state
         .product_cache
         .detail(id, || async {
             let product = {
@@ -257,9 +275,41 @@ pub async fn get_product(
                 serde_json::to_vec(&product).map_err(anyhow::Error::new)?,
             ))
         })
-        .await?;
-    state.views.publish(id, None);
-    Ok(json_bytes(body))
+        .await
+}
+
+/// Products whose details are warmed at start.
+const WARM_DETAILS: i64 = 100;
+
+/// Fills the product cache at start, so a deploy does not send its first rush to PostgreSQL:
+/// the cached pages of the default list (newest first, 20 a page) and the details of the
+/// [`WARM_DETAILS`] most liked products (the API's own measure of interest; views are counted by
+/// the collector). Best effort: a failure is logged and serving goes on cold.
+pub async fn warm(state: AppState) {
+    let started = std::time::Instant::now();
+    let result: ApiResult<usize> = async {
+        for page in 0..CACHED_PAGES {
+            list_body(&state, None, Sort::Latest, page, 20).await?;
+        }
+        let (top, _) = {
+            let mut conn = state.db.get().await?;
+            catalog::list(&mut conn, None, Sort::LikesDesc, 0, WARM_DETAILS).await?
+        };
+        for product in &top {
+            detail_body(&state, product.id).await?;
+        }
+        Ok(top.len())
+    }
+    .await;
+    match result {
+        Ok(details) => tracing::info!(
+            list_pages = CACHED_PAGES,
+            details,
+            ms = started.elapsed().as_millis() as u64,
+            "product cache warmed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not warm the product cache; serving cold"),
+    }
 }
 
 /// Like a product (idempotent). Emits `ProductLiked` only on a real change.

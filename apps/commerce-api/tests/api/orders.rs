@@ -390,3 +390,42 @@ async fn a_coupon_discounts_the_order_and_comes_back_on_cancel() {
     assert_eq!(mine[0]["status"], "AVAILABLE");
     assert_eq!(app.balance(user).await, 100_000);
 }
+
+#[tokio::test]
+async fn a_page_of_orders_costs_the_same_queries_whatever_its_length() {
+    use diesel::connection::InstrumentationEvent;
+    use diesel_async::AsyncConnection as _;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let (app, product, user, token) = setup(100, 100, 100_000).await;
+    let (few, _) = app.user_with_points("few", 0).await;
+    for _ in 0..20 {
+        let (status, body) = app
+            .post("/api/v1/orders", Some(&token), order(product, 1))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let queries = Arc::new(AtomicUsize::new(0));
+    let mut conn = app.conn().await;
+    let counted = queries.clone();
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+        if matches!(event, InstrumentationEvent::StartQuery { .. }) {
+            counted.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    let mut cost = Vec::new();
+    for user_id in [user, few] {
+        let before = queries.load(Ordering::Relaxed);
+        let (orders, _) = commerce_api::domain::orders::list(&mut conn, user_id, 0, 20)
+            .await
+            .unwrap();
+        cost.push((orders.len(), queries.load(Ordering::Relaxed) - before));
+    }
+    assert_eq!((cost[0].0, cost[1].0), (20, 0));
+    assert_eq!(
+        cost[0].1, cost[1].1,
+        "queries do not grow with the page: {cost:?}"
+    );
+    assert!(cost[0].1 <= 4, "{cost:?}");
+}

@@ -154,3 +154,68 @@ async fn a_fill_that_loaded_before_a_change_does_not_put_the_older_body_back() {
     );
     stock_on(&app, &app.base, product, 3).await;
 }
+
+#[tokio::test]
+async fn a_new_instance_starts_with_the_first_list_pages_and_the_most_liked_details_cached() {
+    use redis::AsyncCommands;
+    let app = crate::support::spawn_app().await;
+    let brand = app.brand().await;
+    let mut products = Vec::new();
+    for stock in [5, 6, 7] {
+        products.push(app.product(brand, 1000, stock).await);
+    }
+    let (_, token) = app.user_with_points("fan", 0).await;
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/products/{}/likes", products[1]),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let cache = app.state.cache.clone();
+    let mut conn = cache.conn().await.unwrap();
+    for id in &products {
+        let cached: Option<Vec<u8>> = conn.get(cache.key(&format!("product:{id}"))).await.unwrap();
+        assert!(cached.is_none(), "nothing has read product {id} yet");
+    }
+
+    let _deployed = app.another_instance(&[]).await;
+    let details = commerce_testkit::eventually(
+        "the new instance warmed the cache",
+        Duration::from_secs(10),
+        async || {
+            let mut found = Vec::new();
+            for id in &products {
+                let cached: Option<Vec<u8>> = conn
+                    .get(cache.key(&format!("product:{id}")))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                found.push(cached.ok_or(format!("product {id} not warmed"))?);
+            }
+            Ok::<_, String>(found)
+        },
+    )
+    .await;
+    let stocks: Vec<i64> = details
+        .iter()
+        .map(|d| {
+            serde_json::from_slice::<serde_json::Value>(d).unwrap()["stock"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(stocks, [5, 6, 7]);
+    let list: Vec<u8> = conn
+        .get(cache.key("products:list:all:latest:0:20"))
+        .await
+        .unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
+    let ids: Vec<i64> = list["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [products[2], products[1], products[0]]);
+}

@@ -161,6 +161,24 @@ enum Command {
         #[arg(long, default_value = "target/release")]
         bin_dir: String,
     },
+    /// A limited drop: USERS customers try twice each for UNITS units at one per customer, the
+    /// sale opening a second after the load starts (each customer's two attempts race).
+    Drop {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        api: SocketAddr,
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/commerce"
+        )]
+        database_url: String,
+        #[arg(long, default_value_t = 10_000)]
+        users: usize,
+        #[arg(long, default_value_t = 500)]
+        units: i64,
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+    },
     /// First-come coupon issuance: ATTEMPTS distinct users race for QUANTITY coupons.
     Coupons {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -264,6 +282,13 @@ async fn main() -> anyhow::Result<()> {
             })
             .await
         }
+        Command::Drop {
+            api,
+            database_url,
+            users,
+            units,
+            connections,
+        } => drop_sale(api, &database_url, users, units, connections).await,
         Command::Coupons {
             api,
             database_url,
@@ -741,6 +766,23 @@ async fn list(
         cached.rps() / base.rps(),
         cached.percentile_ms(0.99)
     );
+    let detail_req = http::request("GET", &api, "/api/v1/products/1", None, None);
+    let d = detail_req.clone();
+    let detail = run(
+        "cached product detail",
+        api,
+        connections,
+        duration,
+        None,
+        move |_, _| d.clone(),
+    )
+    .await?;
+    detail.print();
+    println!(
+        "ratio detail/hello = {:.2} (target >= 0.6); detail p99 = {:.2} ms (target <= 5 ms)",
+        detail.rps() / base.rps(),
+        detail.percentile_ms(0.99)
+    );
     Ok(())
 }
 
@@ -959,6 +1001,102 @@ pub(crate) async fn pgbench(
         .unwrap_or("")
         .to_owned();
     Ok((tps, latency))
+}
+
+/// A limited drop: `users` customers with points, a product of `units` units at one per
+/// customer whose sale opens a second after the load starts; every customer tries twice.
+async fn drop_sale(
+    api: SocketAddr,
+    database_url: &str,
+    users: usize,
+    units: i64,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let mut db = connect_db(database_url).await?;
+    let tag = run_id();
+    let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
+        .bind::<Text, _>(&tag)
+        .get_result(&mut db)
+        .await?;
+    let product: Id = diesel::sql_query(
+        "INSERT INTO products (brand_id, name, price, stock, max_per_user, sale_starts_at)
+         VALUES ($1, $2, 1000, $3, 1, now() + interval '1 hour') RETURNING id",
+    )
+    .bind::<BigInt, _>(brand.id)
+    .bind::<Text, _>(format!("{tag} drop"))
+    .bind::<BigInt, _>(units)
+    .get_result(&mut db)
+    .await?;
+    let ids = bulk_users(&mut db, &format!("{tag}-d-"), users, 10_000).await?;
+    let auth = authenticator();
+    let body = format!(
+        r#"{{"items":[{{"product_id":{}, "quantity":1}}],"payment":{{"method":"POINT"}}}}"#,
+        product.id
+    );
+    let requests: Vec<Vec<u8>> = ids
+        .iter()
+        .map(|id| {
+            let token = auth
+                .issue(*id, commerce_api::infra::auth::Role::User)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(http::request("POST", &api, "/api/v1/orders", Some(&token), Some(&body)))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // The window opens a second into the load: the first attempts meet a closed sale.
+    diesel::sql_query("UPDATE products SET sale_starts_at = now() + interval '1 second' WHERE id = $1")
+        .bind::<BigInt, _>(product.id)
+        .execute(&mut db)
+        .await?;
+    let requests = Arc::new(requests);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = requests.clone();
+    let report = run(
+        "drop order attempts",
+        api,
+        connections,
+        Duration::from_secs(300),
+        Some(users * 2),
+        move |_, _| {
+            // Each customer's two attempts go out one after the other, racing each other.
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r[(n / 2) % r.len()].clone()
+        },
+    )
+    .await?;
+    report.print();
+    #[derive(diesel::QueryableByName)]
+    struct Sold {
+        #[diesel(sql_type = BigInt)]
+        sold: i64,
+        #[diesel(sql_type = BigInt)]
+        most: i64,
+        #[diesel(sql_type = BigInt)]
+        stock: i64,
+    }
+    let sold: Sold = diesel::sql_query(
+        "SELECT coalesce(sum(held), 0)::bigint AS sold, coalesce(max(held), 0)::bigint AS most,
+                (SELECT stock FROM products WHERE id = $1) AS stock
+           FROM (SELECT o.user_id, sum(i.quantity) AS held
+                   FROM orders o JOIN order_items i ON i.order_id = o.id
+                  WHERE i.product_id = $1 AND o.status IN ('PENDING_PAYMENT', 'PAID')
+                  GROUP BY o.user_id) h",
+    )
+    .bind::<BigInt, _>(product.id)
+    .get_result(&mut db)
+    .await?;
+    println!(
+        "drop: {} attempts by {users} customers, {:.0} attempts/s, p99 {:.1} ms; {} units sold (expected {units}), most held by one customer {} (limit 1), stock left {}",
+        report.latencies_us.len(),
+        report.rps(),
+        report.percentile_ms(0.99),
+        sold.sold,
+        sold.most,
+        sold.stock
+    );
+    if sold.sold != units || sold.most > 1 || sold.stock != 0 {
+        bail!("the drop oversold, undersold or let a customer above the limit");
+    }
+    Ok(())
 }
 
 async fn coupons(

@@ -1039,14 +1039,22 @@ async fn drop_sale(
             let token = auth
                 .issue(*id, commerce_api::infra::auth::Role::User)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(http::request("POST", &api, "/api/v1/orders", Some(&token), Some(&body)))
+            Ok(http::request(
+                "POST",
+                &api,
+                "/api/v1/orders",
+                Some(&token),
+                Some(&body),
+            ))
         })
         .collect::<anyhow::Result<_>>()?;
     // The window opens a second into the load: the first attempts meet a closed sale.
-    diesel::sql_query("UPDATE products SET sale_starts_at = now() + interval '1 second' WHERE id = $1")
-        .bind::<BigInt, _>(product.id)
-        .execute(&mut db)
-        .await?;
+    diesel::sql_query(
+        "UPDATE products SET sale_starts_at = now() + interval '1 second' WHERE id = $1",
+    )
+    .bind::<BigInt, _>(product.id)
+    .execute(&mut db)
+    .await?;
     let requests = Arc::new(requests);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let r = requests.clone();

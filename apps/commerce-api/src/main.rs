@@ -18,7 +18,7 @@ enum Command {
     Migrate,
     /// Insert a small demo catalog unless products exist, then exit.
     Seed,
-    /// Run only the outbox relay (no HTTP), until SIGTERM.
+    /// Run only the outbox relay, until SIGTERM; `/metrics` and `/health/*` on `HTTP_ADDR`.
     Relay,
 }
 
@@ -40,11 +40,10 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => unreachable!("handled above"),
         Command::Relay => {
-            let pool = commerce_db::pool(&config.database_url, 4)?;
-            let (stop_rx, stop) = commerce_web::stop_flag(commerce_web::shutdown_signal());
-            tokio::spawn(stop);
-            commerce_api::infra::relay::run(config.relay(), pool, stop_rx).await;
-            Ok(())
+            commerce_api::startup::relay_server(config)
+                .await?
+                .run_until_stopped(commerce_web::shutdown_signal())
+                .await
         }
         Command::Seed => commerce_api::seed::seed(&config.database_url, &config.topics()).await,
     }

@@ -117,6 +117,10 @@ impl Application {
         server = server.task("admin account", move |stop| {
             ensure_admin_until_done(admin, stop)
         });
+        let backlog = state.db.clone();
+        server = server.task("outbox backlog gauges", move |stop| {
+            crate::infra::relay::report_backlog_until_stopped(backlog, stop)
+        });
         if state.config.relay_enabled {
             let (config, db) = (state.config.relay(), state.db.clone());
             server = server.task("outbox relay", move |stop| {
@@ -243,6 +247,31 @@ async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
     accounts::ensure_admin(&mut conn, login_id, &hash).await?;
     tracing::info!(login_id = %login_id, "admin account ensured");
     Ok(())
+}
+
+/// `commerce-api relay`: the outbox relay alone, with `/metrics` and `/health/*` on
+/// `HTTP_ADDR` (and the backlog gauges), so a relay-only deployment is watched like the rest.
+pub async fn relay_server(config: Config) -> anyhow::Result<Server> {
+    let pool = commerce_db::pool(&config.database_url, 4)?;
+    let kafka_check = KafkaCheck::new(&config.kafka)?;
+    let dependencies = vec![
+        Dependency::critical(DbCheck(pool.clone())),
+        Dependency::optional(kafka_check),
+    ];
+    let router =
+        commerce_web::with_platform_routes(Router::new(), dependencies, config.body_limit_bytes);
+    let backlog = pool.clone();
+    let relay = config.relay();
+    tracing::info!(%config, "starting commerce-api relay");
+    Ok(Server::bind("commerce-api-relay", config.http_addr)
+        .await?
+        .router(router)
+        .task("outbox backlog gauges", move |stop| {
+            crate::infra::relay::report_backlog_until_stopped(backlog, stop)
+        })
+        .task("outbox relay", move |stop| {
+            crate::infra::relay::run(relay, pool, stop)
+        }))
 }
 
 fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {

@@ -660,3 +660,17 @@ pub async fn schemathesis(base: &str, headers: &[(&str, &str)], max_examples: u3
         "Schemathesis ran no cases:\n{stdout}"
     );
 }
+
+/// The value of a counter or gauge on `base`'s `/metrics`, `None` when it is not exported:
+/// `name` is the series as exported, with its labels if it has any
+/// (`orders_refused_total{reason="INSUFFICIENT_STOCK"}`).
+pub async fn metric(base: &str, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("scraping {base}/metrics: {e}"))
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

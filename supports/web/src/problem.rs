@@ -119,7 +119,15 @@ pub fn unavailable_error(app: &'static str, cause: &str) -> Response {
     Problem::unavailable("a dependency is temporarily unavailable; retry shortly").into_response()
 }
 
-/// Fallback for unknown routes: a problem body instead of an empty 404.
-pub async fn route_not_found() -> Problem {
+/// Fallback for unknown routes: a problem body instead of an empty 404, counted as
+/// `route="unmatched"` (the request metrics layer sees matched routes only).
+pub async fn route_not_found(method: axum::http::Method) -> Problem {
+    let labels = [
+        ("method", method.as_str().to_owned()),
+        ("route", "unmatched".to_owned()),
+        ("status", "404".to_owned()),
+    ];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels).record(0.0);
     Problem::not_found("ROUTE_NOT_FOUND", "no such route")
 }

@@ -94,6 +94,7 @@ fn describe_metrics() {
 /// Runs the relay until `shutdown` turns true.
 pub async fn run(config: RelayConfig, pool: Pool, mut shutdown: watch::Receiver<bool>) {
     describe_metrics();
+    metrics::gauge!("outbox_relay_leader").set(0.0);
     let mut backoff = Backoff::new();
     while !*shutdown.borrow() {
         match lead(&config, &pool, &mut shutdown).await {
@@ -150,12 +151,30 @@ async fn lead(
     tracing::info!("this instance is the outbox relay leader");
     metrics::gauge!("outbox_relay_leader").set(1.0);
 
-    let mut producer = Publisher::new(config).await?;
+    // Leadership is kept while the broker cannot be reached: the leader is the one waiting for
+    // it (and the backlog gauges, on their own loop, show the rows piling up meanwhile).
+    let mut backoff = Backoff::new();
+    let mut producer = loop {
+        match Publisher::new(config).await {
+            Ok(producer) => break producer,
+            Err(e) => {
+                let delay = backoff.next();
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = delay.as_millis() as u64, "the relay cannot reach the broker yet");
+                wait(shutdown, delay).await;
+                if *shutdown.borrow() {
+                    return Ok(Leadership::Stopped);
+                }
+                leader_conn
+                    .batch_execute("SELECT 1")
+                    .await
+                    .context("the leader session was lost")?;
+            }
+        }
+    };
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
     let mut last_health = Instant::now();
     let mut last_purge: Option<Instant> = None;
-    let mut last_gauges = Instant::now() - Duration::from_secs(10);
     loop {
         if *shutdown.borrow() {
             producer.flush();
@@ -174,10 +193,6 @@ async fn lead(
                 wait(shutdown, delay).await;
                 continue;
             }
-        }
-        if last_gauges.elapsed() >= Duration::from_secs(1) {
-            report_backlog(pool).await;
-            last_gauges = Instant::now();
         }
         if last_purge.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
             purge(pool, config.retention).await;
@@ -358,6 +373,21 @@ async fn ensure_topics(config: &RelayConfig) -> anyhow::Result<()> {
         (config.topics.order.as_str(), config.partitions),
     ];
     config.kafka.ensure_topics(&topics).await
+}
+
+/// Reports the outbox backlog (`outbox_pending`, `outbox_oldest_pending_age_seconds`) every
+/// second until `stop` turns, on every instance, leader or not, and whatever the broker's state:
+/// the backlog is read from the database, so it keeps moving exactly when publishing stops.
+pub async fn report_backlog_until_stopped(pool: Pool, mut stop: watch::Receiver<bool>) {
+    describe_metrics();
+    let mut ticks = tokio::time::interval(Duration::from_secs(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => report_backlog(&pool).await,
+            _ = stop.changed() => return,
+        }
+    }
 }
 
 async fn report_backlog(pool: &Pool) {

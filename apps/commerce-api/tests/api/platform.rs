@@ -96,6 +96,18 @@ async fn unknown_route_is_a_problem_json_404() {
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["code"], "ROUTE_NOT_FOUND");
+    reqwest::get(format!("{}/another/unknown", app.base))
+        .await
+        .unwrap();
+    assert_eq!(
+        commerce_testkit::metric(
+            &app.base,
+            r#"http_requests_total{method="GET",route="unmatched",status="404"}"#
+        )
+        .await,
+        Some(2.0),
+        "unknown routes are counted under one label, never their raw path"
+    );
 }
 
 #[tokio::test]

@@ -127,3 +127,116 @@ async fn two_api_instances_share_one_relay_and_every_row_is_published_once() {
     assert_eq!(ids.len(), 40, "OrderCreated and OrderPaid of 20 orders");
     assert_eq!(messages, 40, "one leader: nothing published twice");
 }
+
+#[tokio::test]
+async fn with_the_broker_frozen_the_backlog_and_its_age_rise_on_metrics() {
+    let broker = commerce_testkit::PrivateBroker::start().await;
+    let brokers = broker.settings().brokers;
+    let app = crate::support::spawn_app_with(&[
+        ("KAFKA_BROKERS", &brokers),
+        ("OUTBOX_POLL_INTERVAL_MS", "100"),
+    ])
+    .await;
+    let gauge = async |name: &str| commerce_testkit::metric(&app.base, name).await;
+    let brand = app.brand().await;
+    app.product(brand, 1000, 1).await;
+    commerce_testkit::until(
+        "the relay publishes while the broker runs",
+        Duration::from_secs(20),
+        async || {
+            app.count("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+                .await
+                == 0
+                && gauge("outbox_pending").await == Some(0.0)
+        },
+    )
+    .await;
+    assert_eq!(gauge("outbox_relay_leader").await, Some(1.0));
+
+    broker.pause();
+    for _ in 0..3 {
+        app.product(brand, 1000, 1).await;
+    }
+    // Read from the database on their own loop: the gauges move while nothing can be published.
+    commerce_testkit::until(
+        "outbox_pending reads the 3 stuck rows",
+        Duration::from_secs(10),
+        async || gauge("outbox_pending").await == Some(3.0),
+    )
+    .await;
+    let first_age = gauge("outbox_oldest_pending_age_seconds").await.unwrap();
+    commerce_testkit::until(
+        "the oldest pending row's age keeps rising",
+        Duration::from_secs(10),
+        async || gauge("outbox_oldest_pending_age_seconds").await.unwrap() >= first_age + 2.0,
+    )
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+            .await,
+        3
+    );
+    assert_eq!(
+        gauge("outbox_relay_leader").await,
+        Some(1.0),
+        "still the leader, waiting"
+    );
+
+    broker.resume();
+    commerce_testkit::until(
+        "the backlog drains once the broker is back",
+        Duration::from_secs(30),
+        async || gauge("outbox_pending").await == Some(0.0),
+    )
+    .await;
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM outbox WHERE published_at IS NULL")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_relay_only_process_serves_metrics_and_health() {
+    let app = crate::support::start_api(&[("OUTBOX_RELAY_ENABLED", "false")]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = &app.state.config;
+    let _relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
+        .arg("relay")
+        .env("APP_PROFILE", "dev")
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &app.db.url)
+        .env("KAFKA_BROKERS", &config.kafka.brokers)
+        .env("CATALOG_TOPIC", &config.catalog_topic)
+        .env("ORDER_TOPIC", &config.order_topic)
+        .env("KAFKA_TOPIC_PARTITIONS", "3")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the commerce-api binary starts");
+    let base = format!("http://127.0.0.1:{port}");
+    commerce_testkit::until(
+        "the relay answers its health",
+        Duration::from_secs(20),
+        async || {
+            reqwest::get(format!("{base}/health/ready"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        },
+    )
+    .await;
+    commerce_testkit::until(
+        "the relay leads and reports its backlog",
+        Duration::from_secs(20),
+        async || {
+            commerce_testkit::metric(&base, "outbox_relay_leader").await == Some(1.0)
+                && commerce_testkit::metric(&base, "outbox_pending").await == Some(0.0)
+        },
+    )
+    .await;
+}

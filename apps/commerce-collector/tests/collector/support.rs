@@ -276,15 +276,7 @@ pub async fn get_json(url: &str) -> Result<Value, String> {
 /// The value of a counter or gauge on `base`'s `/metrics` (0 when absent): `name` is the series
 /// as exported, with its labels if it has any (`ranking_fallbacks_total{reason="not_ready"}`).
 pub async fn metric(base: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or(0.0)
+    commerce_testkit::metric(base, name).await.unwrap_or(0.0)
 }
 
 /// A running commerce-api wired to the pipeline's topics and Redis prefix.

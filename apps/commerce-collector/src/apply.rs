@@ -198,6 +198,8 @@ pub async fn apply_batch(
         applied.applied += 1;
         metrics::counter!("collector_events_applied_total", "event_type" => envelope.event_type())
             .increment(1);
+        let age = (chrono::Utc::now() - envelope.occurred_at).num_milliseconds();
+        metrics::histogram!("collector_event_age_seconds").record(age.max(0) as f64 / 1000.0);
     }
     if applied.duplicates > 0 {
         metrics::counter!("collector_events_duplicate_total").increment(applied.duplicates as u64);

@@ -97,10 +97,41 @@ fn outcome(joined: Result<bool, tokio::task::JoinError>) -> anyhow::Result<bool>
     joined.map_err(|e| anyhow::anyhow!("a batch task failed: {e}"))
 }
 
-/// Logs and counts rebalances.
+/// Logs and counts rebalances, and exports the consumer's lag from librdkafka's statistics.
 struct RebalanceLogger;
 
-impl ClientContext for RebalanceLogger {}
+/// How often librdkafka reports its statistics (the lag gauges' resolution).
+const STATISTICS_INTERVAL_MS: &str = "1000";
+
+impl ClientContext for RebalanceLogger {
+    /// `collector_consumer_lag{topic,partition}`: messages in a partition this instance consumes
+    /// that are not yet applied (the high watermark less the offset stored after the database
+    /// commit, or less the committed offset, or the whole partition when the group has none).
+    /// Partitions this instance does not consume read 0, so the owner's figure is the maximum
+    /// across instances and a revoked partition never leaves a frozen value behind.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition < 0 {
+                    continue;
+                }
+                let consumed_to = p.stored_offset.max(p.committed_offset);
+                let lag = match (p.fetch_state.as_str(), p.hi_offset) {
+                    ("active", hi) if hi >= 0 && consumed_to >= 0 => (hi - consumed_to).max(0),
+                    ("active", hi) if hi >= 0 && p.lo_offset >= 0 => (hi - p.lo_offset).max(0),
+                    ("active", _) => continue,
+                    _ => 0,
+                };
+                metrics::gauge!(
+                    "collector_consumer_lag",
+                    "topic" => topic.clone(),
+                    "partition" => partition.to_string()
+                )
+                .set(lag as f64);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for RebalanceLogger {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -125,6 +156,15 @@ fn describe_metrics() {
     metrics::describe_counter!(
         "collector_events_applied_total",
         "Events applied for the first time, by type."
+    );
+    metrics::describe_gauge!(
+        "collector_consumer_lag",
+        "Messages of a consumed partition not yet applied, by topic and partition."
+    );
+    metrics::describe_histogram!(
+        "collector_event_age_seconds",
+        metrics::Unit::Seconds,
+        "Time from an event's commit in the API to its application here."
     );
     metrics::describe_counter!(
         "collector_events_duplicate_total",
@@ -224,6 +264,7 @@ async fn consume(
     let consumer: StreamConsumer<RebalanceLogger> = config
         .kafka
         .consumer_config(&config.group_id)
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
         .create_with_context(RebalanceLogger)?;
     consumer.subscribe(&[&config.catalog_topic, &config.order_topic])?;
     let batcher = Arc::new(Batcher {

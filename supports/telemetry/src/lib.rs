@@ -18,6 +18,12 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
+/// Pipeline-delay buckets in seconds (an event's commit to its application: milliseconds when
+/// healthy, minutes in an outage).
+pub const PIPELINE_DELAY_BUCKETS_SECONDS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 /// Latency buckets in seconds: fine-grained below 10 ms where cached reads live, coarse up to
 /// the gateway timeouts.
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
@@ -52,6 +58,11 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .set_buckets_for_metric(
                     Matcher::Suffix("_seconds".to_owned()),
                     LATENCY_BUCKETS_SECONDS,
+                )
+                .expect("bucket list is non-empty")
+                .set_buckets_for_metric(
+                    Matcher::Full("collector_event_age_seconds".to_owned()),
+                    PIPELINE_DELAY_BUCKETS_SECONDS,
                 )
                 .expect("bucket list is non-empty")
                 .install_recorder()

@@ -8,6 +8,7 @@ mod contract;
 mod dead_letters;
 mod end_to_end;
 mod group;
+mod lag;
 mod migrations;
 mod pipeline;
 mod platform;

@@ -70,6 +70,14 @@ impl Server {
     /// Installs the process's metrics recorder and binds `addr` for app `name`.
     pub async fn bind(name: &'static str, addr: SocketAddr) -> anyhow::Result<Self> {
         commerce_telemetry::metrics_handle();
+        // Every app is built from the one workspace version.
+        let version = env!("CARGO_PKG_VERSION");
+        metrics::describe_gauge!(
+            "app_build_info",
+            "1, labelled with the app's name and version (join on it to tell deployments apart)."
+        );
+        metrics::gauge!("app_build_info", "app" => name, "version" => version).set(1.0);
+        tracing::info!(app = name, version, "{name} {version} starting");
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("{name}: binding {addr}"))?;

@@ -84,6 +84,14 @@ async fn metrics_expose_request_histograms_labelled_by_route_template() {
         text.contains("http_request_duration_seconds_bucket{"),
         "latency is a histogram with buckets: {text}"
     );
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        text.lines().any(|l| l.starts_with("app_build_info{")
+            && l.contains(r#"app="commerce-api""#)
+            && l.contains(&format!(r#"version="{version}""#))
+            && l.ends_with(" 1")),
+        "{text}"
+    );
 }
 
 #[tokio::test]

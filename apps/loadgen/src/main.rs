@@ -750,39 +750,24 @@ async fn list(
     )
     .await?;
     base.print();
-    let l = list_req.clone();
-    let cached = run(
-        "cached product list",
-        api,
-        connections,
-        duration,
-        None,
-        move |_, _| l.clone(),
-    )
-    .await?;
-    cached.print();
-    println!(
-        "ratio list/hello = {:.2} (target >= 0.6); list p99 = {:.2} ms (target <= 5 ms)",
-        cached.rps() / base.rps(),
-        cached.percentile_ms(0.99)
-    );
     let detail_req = http::request("GET", &api, "/api/v1/products/1", None, None);
-    let d = detail_req.clone();
-    let detail = run(
-        "cached product detail",
-        api,
-        connections,
-        duration,
-        None,
-        move |_, _| d.clone(),
-    )
-    .await?;
-    detail.print();
-    println!(
-        "ratio detail/hello = {:.2} (target >= 0.6); detail p99 = {:.2} ms (target <= 5 ms)",
-        detail.rps() / base.rps(),
-        detail.percentile_ms(0.99)
-    );
+    for (what, req) in [("list", list_req), ("detail", detail_req)] {
+        let cached = run(
+            &format!("cached product {what}"),
+            api,
+            connections,
+            duration,
+            None,
+            move |_, _| req.clone(),
+        )
+        .await?;
+        cached.print();
+        println!(
+            "ratio {what}/hello = {:.2} (target >= 0.6); {what} p99 = {:.2} ms (target <= 5 ms)",
+            cached.rps() / base.rps(),
+            cached.percentile_ms(0.99)
+        );
+    }
     Ok(())
 }
 
@@ -828,6 +813,24 @@ fn authenticator() -> commerce_api::infra::auth::Authenticator {
         queue: 0,
     };
     commerce_api::infra::auth::Authenticator::new(secret.as_bytes(), 3600, hashing)
+}
+
+/// One `POST path` with `body` per user in `ids`, each with that user's token.
+fn signed_posts(
+    api: &SocketAddr,
+    ids: &[i64],
+    path: &str,
+    body: &str,
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let auth = authenticator();
+    ids.iter()
+        .map(|id| {
+            let token = auth
+                .issue(*id, commerce_api::infra::auth::Role::User)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(http::request("POST", api, path, Some(&token), Some(body)))
+        })
+        .collect()
 }
 
 fn run_id() -> String {
@@ -1028,26 +1031,11 @@ async fn drop_sale(
     .get_result(&mut db)
     .await?;
     let ids = bulk_users(&mut db, &format!("{tag}-d-"), users, 10_000).await?;
-    let auth = authenticator();
     let body = format!(
         r#"{{"items":[{{"product_id":{}, "quantity":1}}],"payment":{{"method":"POINT"}}}}"#,
         product.id
     );
-    let requests: Vec<Vec<u8>> = ids
-        .iter()
-        .map(|id| {
-            let token = auth
-                .issue(*id, commerce_api::infra::auth::Role::User)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(http::request(
-                "POST",
-                &api,
-                "/api/v1/orders",
-                Some(&token),
-                Some(&body),
-            ))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let requests = signed_posts(&api, &ids, "/api/v1/orders", &body)?;
     // The window opens a second into the load: the first attempts meet a closed sale.
     diesel::sql_query(
         "UPDATE products SET sale_starts_at = now() + interval '1 second' WHERE id = $1",
@@ -1124,17 +1112,8 @@ async fn coupons(
     .get_result(&mut db)
     .await?;
     let users = bulk_users(&mut db, &format!("{tag}-c-"), attempts, 0).await?;
-    let auth = authenticator();
     let path = format!("/api/v1/coupons/{}/issue", coupon.id);
-    let requests: Vec<Vec<u8>> = users
-        .iter()
-        .map(|id| {
-            let token = auth
-                .issue(*id, commerce_api::infra::auth::Role::User)
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(http::request("POST", &api, &path, Some(&token), Some("{}")))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    let requests = signed_posts(&api, &users, &path, "{}")?;
     let requests = Arc::new(requests);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let r = requests.clone();

@@ -30,8 +30,9 @@ pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Installs the global tracing subscriber. `LOG_FORMAT=json` switches to JSON lines; `RUST_LOG`
-/// filters (default `info`). Safe to call more than once: later calls are no-ops.
+/// Installs the global tracing subscriber, writing to stdout. `LOG_FORMAT=json` switches to JSON
+/// lines; `RUST_LOG` filters (default `info`). Colours only on a terminal: a log file or a log
+/// collector gets plain text. Safe to call more than once: later calls are no-ops.
 pub fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
@@ -45,7 +46,10 @@ pub fn init_tracing() {
             )
             .try_init()
     } else {
-        registry.with(tracing_subscriber::fmt::layer()).try_init()
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        registry
+            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
+            .try_init()
     };
 }
 

@@ -295,3 +295,39 @@ async fn without_configured_origins_no_cross_origin_request_is_allowed() {
         .unwrap();
     assert!(res.headers().get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
+    use tokio::io::AsyncBufReadExt;
+    let app = start_api(&[("OUTBOX_RELAY_ENABLED", "false")]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
+        .arg("relay")
+        .env("APP_PROFILE", "dev")
+        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+        .env("DATABASE_URL", &app.db.url)
+        .env("KAFKA_BROKERS", &app.state.config.kafka.brokers)
+        .env_remove("LOG_FORMAT")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the commerce-api binary starts");
+    let mut lines = tokio::io::BufReader::new(relay.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            let line = lines.next_line().await.unwrap().expect("the relay logs");
+            if line.contains("starting commerce-api relay") {
+                return line;
+            }
+        }
+    })
+    .await
+    .expect("the start line within 20 s");
+    assert!(!line.contains('\u{1b}'), "{line:?}");
+    assert!(line.contains("INFO"), "{line:?}");
+}

@@ -7,23 +7,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use crate::pipeline::{fresh_database, log_file, stop};
+use crate::pipeline::{fresh_database, log_file, status_kb, stop};
 use crate::{http, run};
 
 /// The process's resident and peak resident memory, in MB.
 fn memory_mb(child: &Child) -> Option<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
-    let field = |name: &str| -> Option<u64> {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))?
-            .split_whitespace()
-            .nth(1)?
-            .parse::<u64>()
-            .ok()
-            .map(|kb| kb / 1024)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    Some((
+        status_kb(child.id(), "VmRSS:")? / 1024,
+        status_kb(child.id(), "VmHWM:")? / 1024,
+    ))
 }
 
 pub struct Logins<'a> {
@@ -114,12 +106,7 @@ pub async fn logins(o: Logins<'_>) -> anyhow::Result<()> {
         tokio::spawn(async move {
             let mut highest = 0;
             while sampling.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    && let Some(kb) = status
-                        .lines()
-                        .find(|l| l.starts_with("VmRSS:"))
-                        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                {
+                if let Some(kb) = status_kb(pid, "VmRSS:") {
                     highest = highest.max(kb / 1024);
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

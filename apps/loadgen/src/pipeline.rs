@@ -60,10 +60,15 @@ pub(crate) fn log_file(name: &str) -> anyhow::Result<std::fs::File> {
 }
 
 pub(crate) fn peak_rss_kb(child: &Child) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).ok()?;
+    status_kb(child.id(), "VmHWM:")
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`) of process `pid`'s `/proc` status.
+pub(crate) fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
+        .find(|l| l.starts_with(field))?
         .split_whitespace()
         .nth(1)?
         .parse()

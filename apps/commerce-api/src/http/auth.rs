@@ -80,13 +80,19 @@ impl FromRequestParts<AppState> for ClientIp {
             .extensions
             .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
             .map_or(std::net::Ipv4Addr::UNSPECIFIED.into(), |c| c.0.ip());
-        let forwarded: Vec<&str> = parts
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let client = state.config.trusted_proxies.client(peer, &forwarded);
+        let proxies = &state.config.trusted_proxies;
+        // The header only matters behind a trusted proxy.
+        let forwarded: Vec<&str> = if proxies.is_empty() {
+            Vec::new()
+        } else {
+            parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect()
+        };
+        let client = proxies.client(peer, &forwarded);
         Ok(ClientIp(limits::limit_key(client)))
     }
 }

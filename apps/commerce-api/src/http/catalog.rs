@@ -7,14 +7,14 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use commerce_web::FieldError;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::catalog::{self, BrandView, LikeView, ProductSummary, ProductView, Sort};
 use crate::domain::check;
 use crate::http::auth::{AdminUser, AuthUser};
 use crate::http::error::ApiResult;
-use crate::http::paging::{Page, PageParams};
+use crate::http::paging::{Page, PageParams, page_and_size};
 use crate::http::{Json, Path, Query};
 use crate::infra::product_cache::ProductCache;
 use crate::state::AppState;
@@ -70,16 +70,6 @@ pub struct ProductPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<DateTime<Utc>>)]
     sale_ends_at: Option<Option<DateTime<Utc>>>,
-}
-
-/// One page of products.
-#[derive(Serialize, ToSchema)]
-pub struct ProductPage {
-    content: Vec<ProductSummary>,
-    page: i64,
-    size: i64,
-    total_elements: i64,
-    total_pages: i64,
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -192,7 +182,7 @@ fn json_bytes(body: Bytes) -> Response {
 
 /// List products, filtered by brand, sorted and paged.
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams),
-    responses((status = 200, body = ProductPage), (status = 400)))]
+    responses((status = 200, body = Page<ProductSummary>), (status = 400)))]
 pub async fn list_products(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
@@ -205,14 +195,7 @@ pub async fn list_products(
             "must be one of latest, price_asc, likes_desc",
         ));
     }
-    let page = params.page.unwrap_or(0);
-    let size = params.size.unwrap_or(20);
-    if !(0..=10_000).contains(&page) {
-        errors.push(FieldError::new("page", "must be 0..=10000"));
-    }
-    if !(1..=100).contains(&size) {
-        errors.push(FieldError::new("size", "must be 1..=100"));
-    }
+    let (page, size) = page_and_size(params.page, params.size, &mut errors);
     check(errors)?;
     let sort = sort.expect("checked above");
     let body = list_body(&state, params.brand_id, sort, page, size).await?;
@@ -236,13 +219,7 @@ async fn list_body(
         let mut conn = state.db.get().await?;
         catalog::list(&mut conn, brand_id, sort, page, size).await?
     };
-    let body = ProductPage {
-        content,
-        page,
-        size,
-        total_elements,
-        total_pages: (total_elements + size - 1) / size,
-    };
+    let body = Page::new(content, page, size, total_elements);
     let body = Bytes::from(serde_json::to_vec(&body).map_err(anyhow::Error::new)?);
     if cacheable {
         state.product_cache.put(&key, body.clone(), true).await;

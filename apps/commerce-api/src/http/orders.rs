@@ -18,7 +18,7 @@ use crate::domain::orders::{self, OrderRequest, OrderView, Placed, Placement};
 use crate::domain::states::{OrderStatus, PaymentMethod};
 use crate::http::auth::{AuthUser, admit};
 use crate::http::error::{ApiError, ApiResult};
-use crate::http::paging::PageParams;
+use crate::http::paging::{Page, PageParams};
 use crate::http::{Json, Path, Query, idempotency_key};
 use crate::infra::order_events::{Change, StreamSlot};
 use crate::state::AppState;
@@ -50,15 +50,6 @@ pub struct Payment {
     card_type: Option<String>,
     /// With `CARD`: `####-####-####-####`. Never stored in the clear, never logged.
     card_no: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct OrderPage {
-    content: Vec<OrderView>,
-    page: i64,
-    size: i64,
-    total_elements: i64,
-    total_pages: i64,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -132,22 +123,16 @@ pub async fn place_order(
 
 /// The caller's orders, newest first.
 #[utoipa::path(get, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])), params(PageParams),
-    responses((status = 200, body = OrderPage), (status = 400), (status = 401)))]
+    responses((status = 200, body = Page<OrderView>), (status = 400), (status = 401)))]
 pub async fn list_orders(
     State(state): State<AppState>,
     user: AuthUser,
     Query(params): Query<PageParams>,
-) -> ApiResult<Json<OrderPage>> {
+) -> ApiResult<Json<Page<OrderView>>> {
     let (page, size) = params.parse()?;
     let mut conn = state.db.get().await?;
     let (content, total_elements) = orders::list(&mut conn, user.id, page, size).await?;
-    Ok(Json(OrderPage {
-        content,
-        page,
-        size,
-        total_elements,
-        total_pages: (total_elements + size - 1) / size,
-    }))
+    Ok(Json(Page::new(content, page, size, total_elements)))
 }
 
 /// One of the caller's orders (404 for anyone else's).

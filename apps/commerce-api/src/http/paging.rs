@@ -22,27 +22,38 @@ pub struct PageParams {
 impl PageParams {
     /// The page and size, validated.
     pub fn parse(&self) -> ApiResult<(i64, i64)> {
-        let page = self.page.unwrap_or(0);
-        let size = self.size.unwrap_or(20);
         let mut errors = Vec::new();
-        if !(0..=MAX_PAGE).contains(&page) {
-            errors.push(commerce_web::FieldError::new(
-                "page",
-                format!("must be 0..={MAX_PAGE}"),
-            ));
-        }
-        if !(1..=MAX_SIZE).contains(&size) {
-            errors.push(commerce_web::FieldError::new(
-                "size",
-                format!("must be 1..={MAX_SIZE}"),
-            ));
-        }
+        let parsed = page_and_size(self.page, self.size, &mut errors);
         if errors.is_empty() {
-            Ok((page, size))
+            Ok(parsed)
         } else {
             Err(ApiError::Validation(errors))
         }
     }
+}
+
+/// `page` and `size` with their defaults (0 and 20); each one out of range adds its error, for
+/// routes whose query has more than paging.
+pub fn page_and_size(
+    page: Option<i64>,
+    size: Option<i64>,
+    errors: &mut Vec<commerce_web::FieldError>,
+) -> (i64, i64) {
+    let page = page.unwrap_or(0);
+    let size = size.unwrap_or(20);
+    if !(0..=MAX_PAGE).contains(&page) {
+        errors.push(commerce_web::FieldError::new(
+            "page",
+            format!("must be 0..={MAX_PAGE}"),
+        ));
+    }
+    if !(1..=MAX_SIZE).contains(&size) {
+        errors.push(commerce_web::FieldError::new(
+            "size",
+            format!("must be 1..={MAX_SIZE}"),
+        ));
+    }
+    (page, size)
 }
 
 /// One page of a list.

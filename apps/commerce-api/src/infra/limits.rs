@@ -183,6 +183,11 @@ impl std::fmt::Display for TrustedProxies {
 }
 
 impl TrustedProxies {
+    /// Whether no proxy is trusted (`X-Forwarded-For` is then never read).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     fn trusts(&self, ip: IpAddr) -> bool {
         self.0.iter().any(|net| net.contains(&ip))
     }

@@ -24,7 +24,14 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    commerce_telemetry::init_tracing();
+    commerce_telemetry::init_tracing("commerce-api");
+    let result = run().await;
+    // Spans still queued for export leave before the process does.
+    commerce_telemetry::shutdown_tracing();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
     if let Command::Migrate = command {

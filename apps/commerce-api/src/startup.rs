@@ -279,7 +279,6 @@ fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
     let api = crate::http::router();
     let cors = cors(&state.config.cors_allowed_origins);
     commerce_web::with_platform_routes(api, dependencies, body_limit)
-        .layer(axum::middleware::from_fn(crate::infra::trace::propagate))
         .layer(cors)
         .with_state(state)
 }

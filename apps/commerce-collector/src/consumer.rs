@@ -42,6 +42,7 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::dedupe::Horizon;
@@ -381,7 +382,9 @@ async fn consume(
         }
         let offsets = next_offsets(&batch)?;
         let (batcher, mut stop) = (batcher.clone(), shutdown.clone());
-        let handle = tokio::spawn(async move { batcher.process(&batch, &mut stop).await });
+        let span = batch_span(&batch);
+        let handle =
+            tokio::spawn(async move { batcher.process(&batch, &mut stop).await }.instrument(span));
         in_flight.push_back((handle, offsets, Instant::now()));
     }
 }
@@ -466,6 +469,22 @@ fn classify(e: anyhow::Error) -> Failure {
     } else {
         Failure::Refused(message)
     }
+}
+
+/// The consumer span of one batch, linked to the trace of every message that carries one (a
+/// batch serves many traces, so it is the child of none).
+fn batch_span(batch: &[OwnedMessage]) -> tracing::Span {
+    let span = tracing::info_span!(
+        "collector.batch",
+        otel.kind = "consumer",
+        messaging.batch.message_count = batch.len(),
+    );
+    for m in batch {
+        if let Some(tp) = crate::dlq::header(m, "traceparent") {
+            commerce_telemetry::traces::link(&span, tp);
+        }
+    }
+    span
 }
 
 /// A message that is not applied, and why.

@@ -133,7 +133,8 @@ impl Filter {
     }
 }
 
-fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
+/// A message header's value as text.
+pub(crate) fn header<'a>(m: &'a OwnedMessage, key: &str) -> Option<&'a str> {
     m.headers()?
         .iter()
         .find(|h| h.key == key)

@@ -59,7 +59,14 @@ enum Dlq {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    commerce_telemetry::init_tracing();
+    commerce_telemetry::init_tracing("commerce-collector");
+    let result = run().await;
+    // Spans still queued for export leave before the process does.
+    commerce_telemetry::shutdown_tracing();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = commerce_config::from_env_or_exit("commerce-collector", Config::read);
     match cli.command.unwrap_or(Command::Serve) {

@@ -20,7 +20,14 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    commerce_telemetry::init_tracing();
+    commerce_telemetry::init_tracing("pg-simulator");
+    let result = run().await;
+    // Spans still queued for export leave before the process does.
+    commerce_telemetry::shutdown_tracing();
+    result
+}
+
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = commerce_config::from_env_or_exit("pg-simulator", Config::read);
     match cli.command.unwrap_or(Command::Serve) {

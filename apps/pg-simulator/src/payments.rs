@@ -15,6 +15,7 @@ use crate::error::SimError;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::Simulator;
 use crate::schema::payments;
@@ -330,7 +331,11 @@ pub async fn request_payment(
             }
         }
     }
-    let task = tokio::spawn(process(sim, user, key, req));
+    // The payment keeps the request's trace context: its callback continues the trace.
+    let traceparent = commerce_telemetry::traces::current_traceparent();
+    let task = tokio::spawn(
+        process(sim, user, key, req, traceparent).instrument(tracing::Span::current()),
+    );
     let accepted = task
         .await
         .map_err(|e| anyhow::anyhow!("payment task failed: {e}"))??;
@@ -343,6 +348,7 @@ async fn process(
     user: String,
     key: Option<String>,
     req: PaymentRequest,
+    traceparent: Option<String>,
 ) -> Result<Accepted> {
     use crate::schema::idempotency_keys as k;
     let (latency, fails) = sim.dice.request();
@@ -387,6 +393,7 @@ async fn process(
                         payments::amount.eq(req.amount),
                         payments::callback_url.eq(&req.callback_url),
                         payments::settle_at.eq(settle_at),
+                        payments::traceparent.eq(&traceparent),
                     ))
                     .on_conflict_do_nothing()
                     .execute(conn)
@@ -473,6 +480,7 @@ pub async fn list_payments(
 struct Due {
     transaction: Transaction,
     callback_url: String,
+    traceparent: Option<String>,
 }
 
 /// Settles every payment whose time has come (up to `limit`), then sends each one callback.
@@ -487,7 +495,7 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
                 .filter(payments::settle_at.le(diesel::dsl::now))
                 .order(payments::settle_at)
                 .limit(limit)
-                .select((columns(), payments::callback_url))
+                .select((columns(), payments::callback_url, payments::traceparent))
                 .for_update()
                 .skip_locked()
                 .load(conn)
@@ -525,10 +533,20 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
         }
         let sim_http = sim.http.clone();
         let db = sim.db.clone();
+        let span = tracing::info_span!(
+            "callback",
+            otel.kind = "client",
+            transaction_key = %due.transaction.transaction_key,
+            status = %due.transaction.status,
+        );
+        commerce_telemetry::traces::continue_trace(&span, due.traceparent.as_deref());
         tokio::spawn(async move {
             let key = due.transaction.transaction_key.clone();
+            let mut trace = axum::http::HeaderMap::new();
+            commerce_telemetry::traces::inject(&mut trace);
             let sent = sim_http
                 .post(&due.callback_url)
+                .headers(trace)
                 .json(&due.transaction)
                 .send()
                 .await
@@ -547,7 +565,7 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
                     .execute(&mut conn)
                     .await;
             }
-        });
+        }.instrument(span));
     }
     Ok(n)
 }

@@ -15,6 +15,7 @@ diesel::table! {
         settle_at -> Timestamptz,
         settled_at -> Nullable<Timestamptz>,
         callback_status -> Nullable<Text>,
+        traceparent -> Nullable<Text>,
     }
 }
 

@@ -3,10 +3,13 @@
 //! Every app reads its settings in exactly one place (its `config.rs`) through these helpers, so
 //! that a bad or missing value stops the process at start with one line naming the variable,
 //! instead of failing later on first use. Values are never echoed back in errors: a variable may
-//! hold a secret (a JWT key, a database password).
+//! hold a secret (a JWT key, a database password). Once read, the configuration is logged at
+//! start, every variable the app read with secrets redacted ([`Reader::summary`]).
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::str::FromStr;
+use std::sync::Mutex;
 
 /// A configuration variable that is missing or cannot be parsed.
 #[derive(Debug, thiserror::Error)]
@@ -33,8 +36,12 @@ pub fn from_env_or_exit<T>(
     app: &str,
     read: impl FnOnce(&Reader<Env>) -> Result<T, ConfigError>,
 ) -> T {
-    match read(&Reader::default()) {
-        Ok(config) => config,
+    let reader = Reader::default();
+    match read(&reader) {
+        Ok(config) => {
+            tracing::info!(target: "config", app, "configuration: {}", reader.summary());
+            config
+        }
         Err(e) => {
             eprintln!("{app}: {e}");
             std::process::exit(2);
@@ -63,20 +70,50 @@ impl Source for std::collections::HashMap<String, String> {
     }
 }
 
-/// Reads configuration variables from a [`Source`].
+/// Reads configuration variables from a [`Source`], remembering which it read.
 pub struct Reader<S: Source = Env> {
     source: S,
+    read: Mutex<BTreeMap<String, Option<String>>>,
 }
 
 impl Default for Reader<Env> {
     fn default() -> Self {
-        Self { source: Env }
+        Self::new(Env)
     }
 }
 
 impl<S: Source> Reader<S> {
     pub fn new(source: S) -> Self {
-        Self { source }
+        Self {
+            source,
+            read: Mutex::default(),
+        }
+    }
+
+    /// Every variable read so far, in name order, as `NAME=value` (`NAME=(default)` when unset),
+    /// with secrets redacted: values of variables named like a secret, and passwords in URLs.
+    pub fn summary(&self) -> String {
+        let read = self.read.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        for (name, value) in read.iter() {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            match value {
+                Some(v) => out.push_str(&format!("{name}={}", redact(name, v))),
+                None => out.push_str(&format!("{name}=(default)")),
+            }
+        }
+        out
+    }
+
+    fn get(&self, name: &str) -> Option<String> {
+        let value = self.source.get(name);
+        self.read
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), value.clone());
+        value
     }
 
     /// A variable that must be present.
@@ -86,7 +123,6 @@ impl<S: Source> Reader<S> {
         T::Err: Display,
     {
         let raw = self
-            .source
             .get(name)
             .ok_or_else(|| ConfigError::new(name, "is required but not set"))?;
         parse(name, &raw)
@@ -98,7 +134,7 @@ impl<S: Source> Reader<S> {
         T: FromStr,
         T::Err: Display,
     {
-        match self.source.get(name) {
+        match self.get(name) {
             Some(raw) => parse(name, &raw),
             None => Ok(default),
         }
@@ -106,7 +142,7 @@ impl<S: Source> Reader<S> {
 
     /// A string variable with a default.
     pub fn string_or(&self, name: &str, default: &str) -> String {
-        self.source.get(name).unwrap_or_else(|| default.to_owned())
+        self.get(name).unwrap_or_else(|| default.to_owned())
     }
 
     /// A variable that may be absent.
@@ -115,10 +151,7 @@ impl<S: Source> Reader<S> {
         T: FromStr,
         T::Err: Display,
     {
-        self.source
-            .get(name)
-            .map(|raw| parse(name, &raw))
-            .transpose()
+        self.get(name).map(|raw| parse(name, &raw)).transpose()
     }
 
     /// A number that must fall within `range`.
@@ -141,6 +174,23 @@ impl<S: Source> Reader<S> {
         }
         Ok(value)
     }
+}
+
+/// `value` as it may be logged: `<redacted>` for a variable named like a secret, a URL's
+/// password replaced.
+fn redact(name: &str, value: &str) -> String {
+    const SECRET: [&str; 5] = ["SECRET", "PASSWORD", "PASSPHRASE", "TOKEN", "CREDENTIAL"];
+    if SECRET.iter().any(|s| name.contains(s)) || name.ends_with("_KEY") || name.ends_with("_PEM") {
+        return "<redacted>".to_owned();
+    }
+    // scheme://user:password@host...: keep the user, drop the password.
+    if let Some((scheme, rest)) = value.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:<redacted>@{host}");
+    }
+    value.to_owned()
 }
 
 fn parse<T>(name: &str, raw: &str) -> Result<T, ConfigError>
@@ -200,6 +250,34 @@ mod tests {
     fn missing_required_variable_is_reported() {
         let err = reader(&[]).required::<String>("DATABASE_URL").unwrap_err();
         assert_eq!(err.var, "DATABASE_URL");
+    }
+
+    #[test]
+    fn the_summary_names_every_variable_read_and_redacts_secrets() {
+        let r = reader(&[
+            ("DATABASE_URL", "postgres://app:hunter2@db:5432/commerce"),
+            ("JWT_SECRET", "s3cret"),
+            ("CARD_KEY", "00ff"),
+            ("KAFKA_SASL_PASSWORD", "pw"),
+            ("REDIS_KEY_PREFIX", "shop:"),
+            ("UNREAD", "x"),
+        ]);
+        for name in [
+            "DATABASE_URL",
+            "JWT_SECRET",
+            "CARD_KEY",
+            "KAFKA_SASL_PASSWORD",
+        ] {
+            let _ = r.optional::<String>(name);
+        }
+        let _ = r.string_or("REDIS_KEY_PREFIX", "commerce:");
+        let _ = r.or::<u16>("PORT", 8080);
+        assert_eq!(
+            r.summary(),
+            "CARD_KEY=<redacted> DATABASE_URL=postgres://app:<redacted>@db:5432/commerce \
+             JWT_SECRET=<redacted> KAFKA_SASL_PASSWORD=<redacted> PORT=(default) \
+             REDIS_KEY_PREFIX=shop:"
+        );
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Logging and metrics shared by every app.
+//! Logging, tracing and metrics shared by every app.
 //!
 //! Rules kept here:
 //! - one Prometheus recorder per process, installed once (tests start several apps in one
@@ -7,16 +7,20 @@
 //! - HTTP metrics are labelled by the matched route template, never the raw path, so label
 //!   cardinality stays bounded whatever URLs clients send.
 
-use std::sync::OnceLock;
-use std::time::Instant;
+pub mod http;
+mod logs;
+pub mod traces;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+#[cfg(feature = "testing")]
+pub use logs::capture_spans;
+pub use logs::{init_tracing, shutdown_tracing};
+#[cfg(feature = "testing")]
+pub use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+
+use std::sync::OnceLock;
+
+use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// Pipeline-delay buckets in seconds (an event's commit to its application: milliseconds when
 /// healthy, minutes in an outage).
@@ -29,29 +33,6 @@ pub const PIPELINE_DELAY_BUCKETS_SECONDS: &[f64] = &[
 pub const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
-
-/// Installs the global tracing subscriber, writing to stdout. `LOG_FORMAT=json` switches to JSON
-/// lines; `RUST_LOG` filters (default `info`). Colours only on a terminal: a log file or a log
-/// collector gets plain text. Safe to call more than once: later calls are no-ops.
-pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let _ = if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_current_span(false),
-            )
-            .try_init()
-    } else {
-        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        registry
-            .with(tracing_subscriber::fmt::layer().with_ansi(ansi))
-            .try_init()
-    };
-}
 
 /// The process-wide Prometheus recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
@@ -87,26 +68,6 @@ fn describe_http_metrics() {
         metrics::Unit::Seconds,
         "HTTP request latency from first byte in to response head out."
     );
-}
-
-/// Axum middleware recording `http_requests_total` and `http_request_duration_seconds`.
-///
-/// Requests that match no route are labelled `route="unmatched"`.
-pub async fn track_http(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
-    response
 }
 
 /// `GET /metrics` handler: Prometheus text exposition format.

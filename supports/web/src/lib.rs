@@ -26,8 +26,9 @@ use axum::Router;
 use axum::routing::get;
 
 /// Adds what every app serves besides its own API: `/health/*`, `/metrics`, request metrics on
-/// every matched route, a problem+json 404 for unknown routes, a request body limit and a panic
-/// guard (a panicking handler answers 500 instead of dropping the connection).
+/// every matched route, a problem+json 404 for unknown routes, a request body limit, a panic
+/// guard (a panicking handler answers 500 instead of dropping the connection), and a span and a
+/// log line per request, continuing the caller's `traceparent` and echoing it.
 pub fn with_platform_routes<S: Clone + Send + Sync + 'static>(
     api: Router<S>,
     dependencies: Vec<health::Dependency>,
@@ -35,10 +36,16 @@ pub fn with_platform_routes<S: Clone + Send + Sync + 'static>(
 ) -> Router<S> {
     api.merge(health::router(dependencies))
         .route("/metrics", get(commerce_telemetry::render_metrics))
-        .route_layer(axum::middleware::from_fn(commerce_telemetry::track_http))
+        .route_layer(axum::middleware::from_fn(
+            commerce_telemetry::http::track_http,
+        ))
         .fallback(route_not_found)
         // axum's own limit (not tower-http's), so an oversized body is refused by our JSON
         // extractor with a problem+json 413.
         .layer(axum::extract::DefaultBodyLimit::max(body_limit_bytes))
         .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(axum::middleware::from_fn(
+            commerce_telemetry::http::echo_traceparent,
+        ))
+        .layer(commerce_telemetry::http::request_trace_layer())
 }

@@ -250,6 +250,7 @@ pub struct Placement<'a> {
 }
 
 /// Places an order for `user_id` in one transaction on `conn`.
+#[tracing::instrument(name = "order.place", skip_all, fields(user.id = user_id))]
 pub async fn place(
     conn: &mut AsyncPgConnection,
     ctx: &Placement<'_>,

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable};
 use failsafe::{FailurePolicy, Instrument, StateMachine};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument as _;
 
 /// How the client talks to the gateway.
 #[derive(Debug, Clone)]
@@ -352,36 +353,48 @@ impl Gateway {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, GatewayError>>,
     {
-        if !self.breaker.is_call_permitted() {
-            metrics::counter!("payment_gateway_calls_total", "operation" => operation, "outcome" => "rejected")
-                .increment(1);
-            return Err(GatewayError::BreakerOpen);
-        }
-        let started = Instant::now();
-        let policy = ExponentialBuilder::default()
-            .with_min_delay(self.settings.retry_base_delay)
-            .with_max_delay(self.settings.retry_base_delay * 16)
-            .with_max_times(self.settings.max_attempts.saturating_sub(1))
-            .with_jitter();
-        let result = attempt
-            .retry(policy)
-            .when(GatewayError::retryable)
-            .notify(|e, delay| {
-                metrics::counter!("payment_gateway_retries_total", "operation" => operation)
+        let span = tracing::info_span!(
+            "payment_gateway",
+            otel.name = format!("payment gateway {operation}"),
+            otel.kind = "client",
+            operation,
+            outcome = tracing::field::Empty,
+        );
+        async {
+            if !self.breaker.is_call_permitted() {
+                metrics::counter!("payment_gateway_calls_total", "operation" => operation, "outcome" => "rejected")
                     .increment(1);
-                tracing::debug!(operation, error = %e, ?delay, "retrying the payment gateway");
-            })
-            .await;
-        match &result {
-            Err(e) if e.gateway_unwell() => self.breaker.on_error(),
-            _ => self.breaker.on_success(),
+                return Err(GatewayError::BreakerOpen);
+            }
+            let started = Instant::now();
+            let policy = ExponentialBuilder::default()
+                .with_min_delay(self.settings.retry_base_delay)
+                .with_max_delay(self.settings.retry_base_delay * 16)
+                .with_max_times(self.settings.max_attempts.saturating_sub(1))
+                .with_jitter();
+            let result = attempt
+                .retry(policy)
+                .when(GatewayError::retryable)
+                .notify(|e, delay| {
+                    metrics::counter!("payment_gateway_retries_total", "operation" => operation)
+                        .increment(1);
+                    tracing::debug!(operation, error = %e, ?delay, "retrying the payment gateway");
+                })
+                .await;
+            match &result {
+                Err(e) if e.gateway_unwell() => self.breaker.on_error(),
+                _ => self.breaker.on_success(),
+            }
+            metrics::histogram!("payment_gateway_call_duration_seconds", "operation" => operation)
+                .record(started.elapsed().as_secs_f64());
+            let outcome = result.as_ref().map_or_else(GatewayError::outcome, |_| "ok");
+            metrics::counter!("payment_gateway_calls_total", "operation" => operation, "outcome" => outcome)
+                .increment(1);
+            tracing::Span::current().record("outcome", outcome);
+            result
         }
-        metrics::histogram!("payment_gateway_call_duration_seconds", "operation" => operation)
-            .record(started.elapsed().as_secs_f64());
-        let outcome = result.as_ref().map_or_else(GatewayError::outcome, |_| "ok");
-        metrics::counter!("payment_gateway_calls_total", "operation" => operation, "outcome" => outcome)
-            .increment(1);
-        result
+        .instrument(span)
+        .await
     }
 
     /// Requests a payment. Retries never create a second gateway payment for an attempt whose
@@ -420,6 +433,7 @@ impl Gateway {
                 .post(endpoint(&self.base, &[]))
                 .header("X-USER-ID", req.user_id.to_string())
                 .header("Idempotency-Key", &req.idempotency_key)
+                .headers(trace_headers())
                 .json(&body)
                 .send()
                 .await;
@@ -475,6 +489,7 @@ impl Gateway {
                 .post(endpoint(&self.base, &[req.transaction_key, "refunds"]))
                 .header("X-USER-ID", req.user_id.to_string())
                 .header("Idempotency-Key", &key)
+                .headers(trace_headers())
                 .json(&body)
                 .send()
                 .await;
@@ -496,6 +511,7 @@ impl Gateway {
                 .http
                 .get(endpoint(&self.base, &[key]))
                 .header("X-USER-ID", user_id.to_string())
+                .headers(trace_headers())
                 .send()
                 .await;
             parse::<Transaction>(sent).await
@@ -523,6 +539,7 @@ impl Gateway {
             .get(endpoint(&self.base, &[]))
             .query(&[("order_id", order_id.to_string())])
             .header("X-USER-ID", user_id.to_string())
+            .headers(trace_headers())
             .send()
             .await;
         Ok(parse::<OrderTransactions>(sent)
@@ -530,6 +547,14 @@ impl Gateway {
             .map(|o| o.transactions)
             .unwrap_or_default())
     }
+}
+
+/// The current span's trace context, for a request to the gateway (which continues the trace
+/// and hands it on to the payment's callback).
+fn trace_headers() -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    commerce_telemetry::traces::inject(&mut headers);
+    headers
 }
 
 /// `{base}/api/v1/payments[/{segment}...]`, each segment percent-encoded by the URL crate.

@@ -15,7 +15,6 @@ pub mod passwords;
 pub mod product_cache;
 pub mod relay;
 pub mod schema;
-pub mod trace;
 pub mod views;
 
 /// Declares a closed set of states stored as `TEXT` and sent as JSON strings, mapped once:

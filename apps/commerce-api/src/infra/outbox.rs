@@ -44,7 +44,7 @@ pub async fn record_at(
     events: Vec<Event>,
     at: DateTime<Utc>,
 ) -> QueryResult<()> {
-    let traceparent = crate::infra::trace::current();
+    let traceparent = commerce_telemetry::traces::current_traceparent();
     let rows: Vec<_> = events
         .into_iter()
         .map(|event| {

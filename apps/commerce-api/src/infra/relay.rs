@@ -298,13 +298,27 @@ impl Publisher {
         for row in rows {
             let payload = row.envelope.to_string();
             let event_id = row.event_id.to_string();
+            // A producer span in the trace of the request that wrote the row; the message
+            // carries this span's context, so the consumer's side links to the publish.
+            let span = tracing::info_span!(
+                "outbox.publish",
+                otel.name = format!("{} publish", row.topic),
+                otel.kind = "producer",
+                messaging.destination.name = %row.topic,
+                event.id = %event_id,
+                "event.type" = %row.event_type,
+                otel.status_code = tracing::field::Empty,
+            );
+            commerce_telemetry::traces::continue_trace(&span, row.traceparent.as_deref());
+            let traceparent =
+                commerce_telemetry::traces::traceparent(&span).or_else(|| row.traceparent.clone());
             let record = FutureRecord::to(&row.topic)
                 .key(&row.partition_key)
                 .payload(&payload)
                 .headers(commerce_kafka::event_headers(
                     &event_id,
                     &row.event_type,
-                    row.traceparent.as_deref(),
+                    traceparent.as_deref(),
                 ));
             // Enqueue without waiting (the producer keeps per-partition order), then await
             // every acknowledgement.
@@ -312,11 +326,11 @@ impl Publisher {
                 .producer
                 .send_result(record)
                 .map_err(|(e, _)| e.to_string());
-            pending.push((row.id, row.created_at, delivery));
+            pending.push((row.id, row.created_at, delivery, span));
         }
         let mut published = Vec::with_capacity(rows.len());
         let mut failed: Option<(Vec<i64>, String)> = None;
-        for (id, created_at, delivery) in pending {
+        for (id, created_at, delivery, span) in pending {
             let outcome = match delivery {
                 Ok(future) => match future.await {
                     Ok(Ok(_)) => Ok(()),
@@ -333,6 +347,7 @@ impl Publisher {
                     metrics::histogram!("outbox_publish_lag_seconds").record(lag.max(0.0));
                 }
                 Err(e) => {
+                    span.record("otel.status_code", "error");
                     let entry = failed.get_or_insert_with(|| (Vec::new(), e));
                     entry.0.push(id);
                 }

@@ -59,7 +59,7 @@ impl ViewPublisher {
             .headers(commerce_kafka::event_headers(
                 &event_id,
                 envelope.event_type(),
-                crate::infra::trace::current().as_deref(),
+                commerce_telemetry::traces::current_traceparent().as_deref(),
             ));
         match self.producer.send_result(record) {
             // The delivery future is dropped: nobody waits for the acknowledgement.

@@ -1,6 +1,11 @@
 //! Health, readiness, metrics and error envelope of the running API, over real HTTP against
 //! real PostgreSQL and Redis.
 
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
 use crate::support::start_api;
 
 #[tokio::test]
@@ -296,38 +301,148 @@ async fn without_configured_origins_no_cross_origin_request_is_allowed() {
     assert!(res.headers().get("access-control-allow-origin").is_none());
 }
 
-#[tokio::test]
-async fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
+/// `commerce-api relay` on a free port, its stdout piped, with `env` set.
+fn relay_process(
+    app: &crate::support::TestApp,
+    env: &[(&str, &str)],
+) -> (
+    u16,
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) {
     use tokio::io::AsyncBufReadExt;
-    let app = start_api(&[("OUTBOX_RELAY_ENABLED", "false")]).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let mut relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
+    let mut relay = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"));
+    relay
         .arg("relay")
         .env("APP_PROFILE", "dev")
         .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
         .env("DATABASE_URL", &app.db.url)
         .env("KAFKA_BROKERS", &app.state.config.kafka.brokers)
         .env_remove("LOG_FORMAT")
+        .env_remove("RUST_LOG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the commerce-api binary starts");
-    let mut lines = tokio::io::BufReader::new(relay.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        .kill_on_drop(true);
+    let mut child = relay.spawn().expect("the commerce-api binary starts");
+    let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    (port, child, lines)
+}
+
+/// The first line `lines` yields that contains `needle`, and every line before it.
+async fn line_with(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    needle: &str,
+) -> (String, Vec<String>) {
+    let mut before = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(20), async {
         loop {
-            let line = lines.next_line().await.unwrap().expect("the relay logs");
-            if line.contains("starting commerce-api relay") {
-                return line;
+            let line = lines.next_line().await.unwrap().expect("the process logs");
+            if line.contains(needle) {
+                return (line, before);
             }
+            before.push(line);
         }
     })
     .await
-    .expect("the start line within 20 s");
+    .unwrap_or_else(|_| panic!("a line with {needle:?} within 20 s"))
+}
+
+#[tokio::test]
+async fn logs_written_to_a_file_or_pipe_carry_no_colour_codes() {
+    let app = start_api(&[("OUTBOX_RELAY_ENABLED", "false")]).await;
+    let (_, _relay, mut lines) = relay_process(&app, &[]);
+    let (line, _) = line_with(&mut lines, "starting commerce-api relay").await;
     assert!(!line.contains('\u{1b}'), "{line:?}");
     assert!(line.contains("INFO"), "{line:?}");
+}
+
+#[tokio::test]
+async fn the_configuration_is_logged_at_start_with_its_secrets_redacted() {
+    let app = start_api(&[("OUTBOX_RELAY_ENABLED", "false")]).await;
+    // The server trusts local connections, so a password in the URL is accepted and unused.
+    let url = app
+        .db
+        .url
+        .replacen("postgres@", "postgres:url-password-4242@", 1);
+    assert_ne!(url, app.db.url);
+    let jwt = "a-jwt-secret-that-must-never-be-logged-0123456789";
+    let (_, _relay, mut lines) = relay_process(
+        &app,
+        &[("DATABASE_URL", &url), ("COMMERCE_JWT_SECRET", jwt)],
+    );
+    let (config, before) = line_with(&mut lines, "configuration: ").await;
+    let (_, more) = line_with(&mut lines, "starting commerce-api relay").await;
+    for line in before.iter().chain([&config]).chain(&more) {
+        assert!(!line.contains("url-password-4242"), "{line}");
+        assert!(!line.contains(jwt), "{line}");
+    }
+    assert!(
+        config.contains(" COMMERCE_JWT_SECRET=<redacted>"),
+        "{config}"
+    );
+    assert!(
+        config.contains(&format!(
+            " DATABASE_URL={}",
+            url.replace("url-password-4242", "<redacted>")
+        )),
+        "{config}"
+    );
+    // Variables left unset are named, with their defaults in force.
+    assert!(config.contains(" DATABASE_POOL_SIZE=(default)"), "{config}");
+}
+
+#[tokio::test]
+async fn every_request_logs_one_line_with_its_trace_id_in_text_and_in_json() {
+    let app = start_api(&[("OUTBOX_RELAY_ENABLED", "false")]).await;
+    let client = reqwest::Client::new();
+    for format in ["text", "json"] {
+        let (port, _relay, mut lines) = relay_process(&app, &[("LOG_FORMAT", format)]);
+        line_with(&mut lines, "starting commerce-api relay").await;
+        let base = format!("http://127.0.0.1:{port}");
+        let get = async |path: &str, trace_id: &str| {
+            commerce_testkit::eventually("the relay answers", Duration::from_secs(20), async || {
+                client
+                    .get(format!("{base}{path}"))
+                    .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+                    .map_err(|e| e.to_string())
+            })
+            .await
+        };
+        // A health check logs at DEBUG (not shown at the default level), a request at INFO.
+        let health = "11111111111111111111111111111111";
+        let unknown = "4bf92f3577b34da6a3ce929d0e0e4736";
+        assert_eq!(get("/health/live", health).await, StatusCode::OK);
+        assert_eq!(get("/no-such-route", unknown).await, StatusCode::NOT_FOUND);
+        let (line, before) = line_with(&mut lines, unknown).await;
+        assert!(
+            before.iter().all(|l| !l.contains(health)),
+            "{format}: the health check is not logged at INFO: {before:?}"
+        );
+        if format == "json" {
+            let entry: Value = serde_json::from_str(&line).expect("a JSON line");
+            assert_eq!(entry["trace_id"], unknown, "{line}");
+            assert_eq!(entry["target"], "request", "{line}");
+            assert_eq!(entry["level"], "INFO", "{line}");
+            assert_eq!(entry["fields"]["status"], 404, "{line}");
+            assert_eq!(entry["fields"]["route"], "unmatched", "{line}");
+            assert!(entry["fields"]["latency_ms"].is_number(), "{line}");
+        } else {
+            assert!(line.ends_with(&format!(" trace_id={unknown}")), "{line}");
+            assert!(!line.contains('\u{1b}'), "{line:?}");
+            assert!(line.contains(" INFO "), "{line}");
+            assert!(line.contains("status=404"), "{line}");
+            assert!(line.contains("route=\"unmatched\""), "{line}");
+            assert!(line.contains("http.request.method=GET"), "{line}");
+        }
+    }
 }

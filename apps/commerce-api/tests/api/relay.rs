@@ -1,6 +1,6 @@
 //! The outbox relay publishes what the API commits: one message per outbox row, keyed by the
-//! aggregate, with `event_id`, `event_type` and the request's `traceparent` as headers, and
-//! marks each row published only after the broker acknowledged it.
+//! aggregate, with `event_id`, `event_type` and a `traceparent` in the request's trace as
+//! headers, and marks each row published only after the broker acknowledged it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,7 +27,11 @@ async fn committed_events_reach_kafka_with_their_headers_and_are_marked() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::CREATED);
-    assert_eq!(res.headers()["traceparent"], traceparent);
+    // The answer names the server's span in the caller's trace.
+    let answered = res.headers()["traceparent"].to_str().unwrap().to_owned();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    assert_eq!(&answered[..36], &format!("00-{trace_id}-"), "{answered}");
+    assert_ne!(&answered[36..52], "00f067aa0ba902b7", "{answered}");
     let order: serde_json::Value = res.json().await.unwrap();
 
     let kafka = commerce_testkit::TestKafka::new().await;
@@ -53,7 +57,12 @@ async fn committed_events_reach_kafka_with_their_headers_and_are_marked() {
             header("event_id").unwrap(),
             envelope["event_id"].as_str().unwrap()
         );
-        assert_eq!(header("traceparent").as_deref(), Some(traceparent));
+        // Each message carries its publish span: in the request's trace, neither the caller's
+        // span nor the server's.
+        let sent = header("traceparent").unwrap();
+        assert_eq!(&sent[..36], &format!("00-{trace_id}-"), "{sent}");
+        assert_ne!(&sent[36..52], "00f067aa0ba902b7", "{sent}");
+        assert_ne!(&sent[36..52], &answered[36..52], "{sent}");
         seen.insert(header("event_type").unwrap(), envelope);
     }
     assert_eq!(

@@ -59,6 +59,8 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
 /// An API with `overrides` on top of the test environment, as soon as it listens (for tests of
 /// an API whose dependencies are down).
 pub async fn start_api(overrides: &[(&str, &str)]) -> TestApp {
+    // Logs show up in a failing test's output, each with its trace id.
+    commerce_telemetry::init_tracing("commerce-api");
     let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
     let suffix = commerce_testkit::unique_suffix();
     let env = TestEnv::new(

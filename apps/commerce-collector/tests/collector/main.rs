@@ -15,3 +15,4 @@ mod platform;
 mod rankings;
 mod rollup;
 mod support;
+mod tracing;

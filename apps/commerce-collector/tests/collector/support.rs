@@ -30,7 +30,7 @@ impl Pipeline {
     /// A pipeline on a given broker.
     pub async fn on(kafka: TestKafka) -> Self {
         // Logs show up in a failing test's output.
-        commerce_telemetry::init_tracing();
+        commerce_telemetry::init_tracing("commerce-collector");
         let topics = kafka
             .create_topics(&[("catalog-events", 3), ("order-events", 3)])
             .await;

@@ -1,0 +1,184 @@
+//! The process's tracing subscriber: log lines on stdout, spans to OpenTelemetry.
+//!
+//! - `RUST_LOG` filters the log lines (default `info`); `LOG_FORMAT=json` switches to JSON lines.
+//!   No colour codes, so a log file or a collector gets plain text.
+//! - Every line logged inside a traced span carries the span's trace id (`trace_id=` at the end
+//!   of a text line, a `trace_id` field in JSON), so a log line leads to its trace and back.
+//! - Spans of this workspace's crates go to OpenTelemetry. They are exported over OTLP/HTTP when
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, and kept
+//!   nowhere when it is not: trace ids are still minted and propagated, so logs and events stay
+//!   correlated. `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose the sampler
+//!   (default: parent-based, always on).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::sync::OnceLock;
+
+use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, format};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+/// Installs the global subscriber for app `service` (the `service.name` of its spans). Safe to
+/// call more than once: later calls are no-ops.
+pub fn init_tracing(service: &'static str) {
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service).build());
+    if otlp_configured() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()
+        {
+            Ok(exporter) => builder = builder.with_batch_exporter(exporter),
+            // Logged once the subscriber is up, below.
+            Err(e) => {
+                install(service, builder.build());
+                tracing::error!(error = %e, "the OTLP span exporter could not be built; spans are not exported");
+                return;
+            }
+        }
+    }
+    install(service, builder.build());
+}
+
+/// Installs the subscriber with spans kept in memory, for tests that assert on spans. Returns
+/// `None` if a subscriber was already installed in this process (then nothing is captured).
+#[cfg(feature = "testing")]
+pub fn capture_spans(
+    service: &'static str,
+) -> Option<opentelemetry_sdk::trace::InMemorySpanExporter> {
+    let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+    let provider = SdkTracerProvider::builder()
+        .with_resource(Resource::builder().with_service_name(service).build())
+        .with_simple_exporter(exporter.clone())
+        .build();
+    install(service, provider).then_some(exporter)
+}
+
+/// Flushes spans not yet exported. Call once the app has stopped.
+pub fn shutdown_tracing() {
+    if let Some(provider) = PROVIDER.get() {
+        let _ = provider.shutdown();
+    }
+}
+
+fn otlp_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
+}
+
+fn install(service: &'static str, provider: SdkTracerProvider) -> bool {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let tracer = provider.tracer(service);
+    // Spans of this workspace only (libraries' spans would add cost and no story), and only
+    // warnings and errors as span events: the log lines carry the rest.
+    let traced = filter_fn(|meta| {
+        let ours =
+            meta.target().starts_with("commerce_") || meta.target().starts_with("pg_simulator");
+        if meta.is_span() {
+            ours && *meta.level() <= tracing::Level::INFO
+        } else {
+            *meta.level() <= tracing::Level::WARN
+        }
+    });
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(traced);
+    let lines = if json {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .event_format(WithTraceId {
+                inner: format().json().with_current_span(false),
+                json: true,
+            })
+            .fmt_fields(format::JsonFields::new())
+            .with_filter(filter)
+            .boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .event_format(WithTraceId {
+                inner: format().with_ansi(false),
+                json: false,
+            })
+            .with_filter(filter)
+            .boxed()
+    };
+    let installed = Registry::default()
+        .with(otel)
+        .with(lines)
+        .try_init()
+        .is_ok();
+    if installed {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        opentelemetry::global::set_tracer_provider(provider.clone());
+        let _ = PROVIDER.set(provider);
+    }
+    installed
+}
+
+/// An event format that adds the trace id of the span the event is logged in.
+struct WithTraceId<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceId<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> FormatFields<'w> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        // The innermost span of the event's scope that OpenTelemetry knows.
+        let mut scope = ctx.event_scope();
+        let trace_id = tracing::dispatcher::get_default(|dispatch| {
+            scope.take()?.into_iter().find_map(|span| {
+                let cx = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
+                let sc = cx.span().span_context().clone();
+                sc.is_valid().then(|| sc.trace_id())
+            })
+        });
+        let Some(trace_id) = trace_id else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        thread_local! {
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            self.inner.format_event(ctx, Writer::new(line), event)?;
+            let body = line.trim_end_matches('\n');
+            if self.json {
+                match body.strip_prefix('{') {
+                    Some(rest) => writeln!(writer, "{{\"trace_id\":\"{trace_id}\",{rest}"),
+                    None => writeln!(writer, "{body}"),
+                }
+            } else {
+                writeln!(writer, "{body} trace_id={trace_id}")
+            }
+        })
+    }
+}

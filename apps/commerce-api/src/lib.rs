@@ -14,6 +14,7 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod infra;
+pub mod metrics;
 pub mod seed;
 pub mod startup;
 pub mod state;

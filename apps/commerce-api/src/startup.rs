@@ -41,6 +41,7 @@ impl Application {
         )?;
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-api", config.http_addr).await?;
+        crate::metrics::register();
         let auth = Arc::new(Authenticator::new(
             config.jwt_secret.as_bytes(),
             config.jwt_ttl_seconds,
@@ -120,6 +121,10 @@ impl Application {
         let backlog = state.db.clone();
         server = server.task("outbox backlog gauges", move |stop| {
             crate::infra::relay::report_backlog_until_stopped(backlog, stop)
+        });
+        let pool = state.db.clone();
+        server = server.task("pool gauges", move |stop| {
+            commerce_db::report_pool_until_stopped(pool, "commerce-api", stop)
         });
         if state.config.relay_enabled {
             let (config, db) = (state.config.relay(), state.db.clone());
@@ -260,14 +265,18 @@ pub async fn relay_server(config: Config) -> anyhow::Result<Server> {
     ];
     let router =
         commerce_web::with_platform_routes(Router::new(), dependencies, config.body_limit_bytes);
-    let backlog = pool.clone();
+    let (backlog, gauged) = (pool.clone(), pool.clone());
     let relay = config.relay();
     tracing::info!(%config, "starting commerce-api relay");
-    Ok(Server::bind("commerce-api-relay", config.http_addr)
-        .await?
+    let server = Server::bind("commerce-api-relay", config.http_addr).await?;
+    crate::metrics::register_relay();
+    Ok(server
         .router(router)
         .task("outbox backlog gauges", move |stop| {
             crate::infra::relay::report_backlog_until_stopped(backlog, stop)
+        })
+        .task("pool gauges", move |stop| {
+            commerce_db::report_pool_until_stopped(gauged, "commerce-api", stop)
         })
         .task("outbox relay", move |stop| {
             crate::infra::relay::run(relay, pool, stop)

@@ -38,7 +38,6 @@ use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -105,6 +104,10 @@ struct RebalanceLogger;
 const STATISTICS_INTERVAL_MS: &str = "1000";
 
 impl ClientContext for RebalanceLogger {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        commerce_kafka::count_client_error("consumer", &error, reason);
+    }
+
     /// `collector_consumer_lag{topic,partition}`: messages in a partition this instance consumes
     /// that are not yet applied (the high watermark less the offset stored after the database
     /// commit, or less the committed offset, or the whole partition when the group has none).
@@ -154,37 +157,9 @@ impl ConsumerContext for RebalanceLogger {
 }
 
 fn describe_metrics() {
-    metrics::describe_counter!(
-        "collector_events_applied_total",
-        "Events applied for the first time, by type."
-    );
     metrics::describe_gauge!(
         "collector_consumer_lag",
         "Messages of a consumed partition not yet applied, by topic and partition."
-    );
-    metrics::describe_histogram!(
-        "collector_event_age_seconds",
-        metrics::Unit::Seconds,
-        "Time from an event's commit in the API to its application here."
-    );
-    metrics::describe_counter!(
-        "collector_events_duplicate_total",
-        "Redelivered events skipped through event_handled."
-    );
-    metrics::describe_counter!("collector_batches_total", "Batches committed.");
-    metrics::describe_counter!(
-        "collector_batch_failures_total",
-        "Batch transactions that failed and were retried."
-    );
-    metrics::describe_histogram!("collector_batch_size", "Messages per batch.");
-    metrics::describe_histogram!(
-        "collector_batch_duration_seconds",
-        metrics::Unit::Seconds,
-        "Time to apply one batch (transaction and Redis refresh)."
-    );
-    metrics::describe_counter!(
-        "collector_consumer_restarts_total",
-        "Times the Kafka consumer was recreated."
     );
 }
 
@@ -247,7 +222,7 @@ struct Batcher {
     config: Config,
     pool: Pool,
     live: Live,
-    dlq: FutureProducer,
+    dlq: commerce_kafka::Producer,
     health: Health,
     horizon: Horizon,
 }
@@ -272,7 +247,7 @@ async fn consume(
         config: config.clone(),
         pool: pool.clone(),
         live: live.clone(),
-        dlq: config.kafka.producer()?,
+        dlq: config.kafka.producer("dead_letters")?,
         health: health.clone(),
         horizon: Horizon::hours(config.event_handled_retention_hours),
     });

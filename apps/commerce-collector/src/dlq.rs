@@ -15,7 +15,7 @@ use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -43,7 +43,7 @@ pub fn describe() {
 /// Writes `m` to its source topic's dead-letter topic, with why.
 pub async fn send(
     config: &Config,
-    producer: &FutureProducer,
+    producer: &commerce_kafka::Producer,
     m: &OwnedMessage,
     reason: &'static str,
     detail: &str,
@@ -164,7 +164,7 @@ pub async fn replay(
         .set("enable.auto.commit", "false")
         .create()
         .context("creating the dead-letter reader")?;
-    let producer = config.kafka.producer()?;
+    let producer = config.kafka.producer("dead_letter_replay")?;
     let timeout = Duration::from_secs(10);
     // Where each partition ends now: the replay reads up to there.
     let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();

@@ -47,6 +47,7 @@ impl From<diesel::result::Error> for CollectorError {
 
 impl From<commerce_db::PoolError> for CollectorError {
     fn from(e: commerce_db::PoolError) -> Self {
+        commerce_db::count_pool_error("commerce-collector", &e);
         CollectorError::Unavailable(format!("database pool: {e}"))
     }
 }

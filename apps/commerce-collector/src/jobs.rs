@@ -28,11 +28,7 @@ pub const JOBS: [&str; 4] = [
 pub fn describe() {
     metrics::describe_counter!(
         "collector_job_runs_total",
-        "Scheduled job runs this instance claimed, by job and result."
-    );
-    metrics::describe_histogram!(
-        "collector_job_duration_seconds",
-        "Time a claimed scheduled job run took, by job."
+        "Scheduled job runs this instance claimed, by task (the job; Prometheus keeps `job` for the scrape target) and result."
     );
     metrics::describe_gauge!(
         "collector_job_last_success_timestamp_seconds",
@@ -40,10 +36,10 @@ pub fn describe() {
     );
     for job in JOBS {
         for result in ["success", "failure"] {
-            metrics::counter!("collector_job_runs_total", "job" => job, "result" => result)
+            metrics::counter!("collector_job_runs_total", "task" => job, "result" => result)
                 .increment(0);
         }
-        metrics::gauge!("collector_job_last_success_timestamp_seconds", "job" => job).set(0.0);
+        metrics::gauge!("collector_job_last_success_timestamp_seconds", "task" => job).set(0.0);
     }
 }
 
@@ -64,23 +60,23 @@ pub async fn run(
     }
     let started = Instant::now();
     let result = work.await;
-    metrics::histogram!("collector_job_duration_seconds", "job" => job)
+    metrics::histogram!("collector_job_duration_seconds", "task" => job)
         .record(started.elapsed().as_secs_f64());
     let mut conn = pool.get().await?;
     match result {
         Ok(()) => {
             finish(&mut conn, job, period_key).await?;
-            metrics::counter!("collector_job_runs_total", "job" => job, "result" => "success")
+            metrics::counter!("collector_job_runs_total", "task" => job, "result" => "success")
                 .increment(1);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            metrics::gauge!("collector_job_last_success_timestamp_seconds", "job" => job)
+            metrics::gauge!("collector_job_last_success_timestamp_seconds", "task" => job)
                 .set(now.as_secs_f64());
             Ok(true)
         }
         Err(e) => {
-            metrics::counter!("collector_job_runs_total", "job" => job, "result" => "failure")
+            metrics::counter!("collector_job_runs_total", "task" => job, "result" => "failure")
                 .increment(1);
             release(&mut conn, job, period_key, &format!("{e:#}")).await?;
             Err(e)

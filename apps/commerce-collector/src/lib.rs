@@ -11,6 +11,7 @@ pub mod dedupe;
 pub mod dlq;
 pub mod error;
 pub mod jobs;
+pub mod metrics;
 pub mod ranking;
 pub mod rollup;
 pub mod schema;

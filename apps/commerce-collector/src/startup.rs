@@ -37,6 +37,7 @@ impl Application {
         )?;
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-collector", config.http_addr).await?;
+        crate::metrics::register();
         let live = Live::new(cache.clone(), db.clone(), config.weights, config.time_zone);
         let responses = commerce_cache::Local::new(
             std::time::Duration::from_millis(config.ranking_cache_ttl_ms),
@@ -104,6 +105,10 @@ impl Application {
                 }
                 Err(e) => tracing::error!(error = %format!("{e:#}"), "scheduler did not start"),
             }
+        });
+        let pool = state.db.clone();
+        server = server.task("pool gauges", move |stop| {
+            commerce_db::report_pool_until_stopped(pool, "commerce-collector", stop)
         });
         let live = state.live.clone();
         server.task("live rankings", move |stop| live.run(stop))

@@ -44,6 +44,7 @@ impl From<diesel::result::Error> for SimError {
 
 impl From<commerce_db::PoolError> for SimError {
     fn from(e: commerce_db::PoolError) -> Self {
+        commerce_db::count_pool_error("pg-simulator", &e);
         SimError::Unavailable(format!("database pool: {e}"))
     }
 }

@@ -12,6 +12,7 @@
 pub mod behaviour;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod payments;
 pub mod refunds;
 pub mod schema;
@@ -53,6 +54,7 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = commerce_db::pool(&config.database_url, config.database_pool_size)?;
         let server = Server::bind("pg-simulator", config.http_addr).await?;
+        crate::metrics::register();
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(1))
             .timeout(std::time::Duration::from_secs(5))
@@ -101,8 +103,11 @@ impl Application {
 
     /// The runner, with the settler (which settles accepted payments and sends callbacks).
     pub fn into_server(self) -> Server {
-        let sim = self.sim;
+        let (sim, pool) = (self.sim.clone(), self.sim.db.clone());
         self.server
+            .task("pool gauges", move |stop| {
+                commerce_db::report_pool_until_stopped(pool, "pg-simulator", stop)
+            })
             .task("settler", move |stop| payments::run_settler(sim, stop))
     }
 

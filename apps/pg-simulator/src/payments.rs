@@ -558,7 +558,8 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
                     "FAILED"
                 }
             };
-            metrics::counter!("pg_sim_callbacks_total", "outcome" => outcome).increment(1);
+            metrics::counter!("pg_sim_callbacks_total", "outcome" => outcome.to_ascii_lowercase())
+                .increment(1);
             if let Ok(mut conn) = db.get().await {
                 let _ = diesel::update(payments::table.find(&key))
                     .set(payments::callback_status.eq(outcome))

@@ -48,6 +48,22 @@ impl std::fmt::Debug for Cache {
     }
 }
 
+/// Registers `redis_errors_total{op}` at zero for each of an app's Redis operations.
+pub fn register_error_metrics(ops: &[&'static str]) {
+    metrics::describe_counter!(
+        "redis_errors_total",
+        "Redis operations that failed (unreachable, refused or timed out), by operation; each falls back as its caller documents."
+    );
+    for op in ops {
+        metrics::counter!("redis_errors_total", "op" => *op).increment(0);
+    }
+}
+
+/// Counts a failed Redis operation `op` in `redis_errors_total`.
+pub fn count_error(op: &'static str) {
+    metrics::counter!("redis_errors_total", "op" => op).increment(1);
+}
+
 impl Cache {
     /// A handle for the server at `url` with keys under `prefix`. Does not connect yet.
     pub fn new(url: &str, prefix: &str) -> anyhow::Result<Self> {

@@ -61,6 +61,69 @@ pub fn pool(url: &str, max_size: usize) -> anyhow::Result<Pool> {
         .context("building the database pool")
 }
 
+/// Publishes `pool`'s state every second until `stop` turns true, labelled `pool=name`:
+/// `db_pool_connections{state="in_use"|"idle"}`, `db_pool_max_connections` and
+/// `db_pool_waiting` (tasks queued for a connection). Failed checkouts are counted by
+/// [`count_pool_error`] as `db_pool_errors_total{kind}`, registered here at zero.
+pub async fn report_pool_until_stopped(
+    pool: Pool,
+    name: &'static str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    metrics::describe_gauge!(
+        "db_pool_connections",
+        "Open database connections of the pool, by state (in_use, idle)."
+    );
+    metrics::describe_gauge!("db_pool_max_connections", "The pool's size limit.");
+    metrics::describe_gauge!(
+        "db_pool_waiting",
+        "Tasks waiting for a database connection (non-zero: the pool is too small or the database slow)."
+    );
+    metrics::describe_counter!(
+        "db_pool_errors_total",
+        "Failed connection checkouts, by kind (timeout_wait, timeout_create, timeout_recycle, backend, closed)."
+    );
+    for kind in POOL_ERROR_KINDS {
+        metrics::counter!("db_pool_errors_total", "pool" => name, "kind" => kind).increment(0);
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let status = pool.status();
+        let in_use = status.size.saturating_sub(status.available);
+        metrics::gauge!("db_pool_connections", "pool" => name, "state" => "in_use")
+            .set(in_use as f64);
+        metrics::gauge!("db_pool_connections", "pool" => name, "state" => "idle")
+            .set(status.available as f64);
+        metrics::gauge!("db_pool_max_connections", "pool" => name).set(status.max_size as f64);
+        metrics::gauge!("db_pool_waiting", "pool" => name).set(status.waiting as f64);
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+const POOL_ERROR_KINDS: [&str; 5] = [
+    "timeout_wait",
+    "timeout_create",
+    "timeout_recycle",
+    "backend",
+    "closed",
+];
+
+/// Counts a failed checkout from `pool` in `db_pool_errors_total`.
+pub fn count_pool_error(pool: &'static str, e: &PoolError) {
+    use deadpool::managed::{PoolError as E, TimeoutType};
+    let kind = match e {
+        E::Timeout(TimeoutType::Wait) => "timeout_wait",
+        E::Timeout(TimeoutType::Create) => "timeout_create",
+        E::Timeout(TimeoutType::Recycle) => "timeout_recycle",
+        E::Closed => "closed",
+        _ => "backend",
+    };
+    metrics::counter!("db_pool_errors_total", "pool" => pool, "kind" => kind).increment(1);
+}
+
 /// Checks that the variable `var` holds a `postgres://` URL naming a database.
 pub fn validate_url(var: &str, url: String) -> Result<String, commerce_config::ConfigError> {
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {

@@ -25,6 +25,21 @@ pub const CATALOG_TOPIC: &str = "catalog-events";
 /// Default topic for order and payment events (key: order id).
 pub const ORDER_TOPIC: &str = "order-events";
 
+/// Every event type's name, as [`Event::event_type`] gives it.
+pub const EVENT_TYPES: [&str; 11] = [
+    "ProductCreated",
+    "ProductUpdated",
+    "ProductLiked",
+    "ProductUnliked",
+    "ProductViewed",
+    "OrderCreated",
+    "OrderPaid",
+    "OrderCancelled",
+    "PaymentCompleted",
+    "PaymentFailed",
+    "PaymentRefunded",
+];
+
 /// Which stream an event belongs to. Topic names are configurable; this picks one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {

@@ -211,10 +211,10 @@ impl KafkaSettings {
         c
     }
 
-    /// Creates an idempotent producer.
-    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+    /// Creates an idempotent producer, its client errors counted as `client`.
+    pub fn producer(&self, client: &'static str) -> anyhow::Result<Producer> {
         self.producer_config()
-            .create()
+            .create_with_context(Observed(client))
             .context("creating Kafka producer")
     }
 
@@ -313,6 +313,37 @@ impl commerce_web::health::ReadinessCheck for KafkaCheck {
                 .await
                 .map_err(|e| format!("{e:#}"))
         })
+    }
+}
+
+/// A producer whose client errors are counted.
+pub type Producer = FutureProducer<Observed>;
+
+/// A client context that counts librdkafka's client errors (no broker reachable, a broker
+/// down, authentication refused) in `kafka_client_errors_total{client}` and logs them.
+#[derive(Debug, Clone, Copy)]
+pub struct Observed(pub &'static str);
+
+impl rdkafka::ClientContext for Observed {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        count_client_error(self.0, &error, reason);
+    }
+}
+
+/// Counts and logs a client error of `client` (for consumers with a context of their own).
+pub fn count_client_error(client: &'static str, error: &rdkafka::error::KafkaError, reason: &str) {
+    metrics::counter!("kafka_client_errors_total", "client" => client).increment(1);
+    tracing::warn!(client, %error, reason, "Kafka client error");
+}
+
+/// Registers `kafka_client_errors_total{client}` at zero for each of an app's Kafka clients.
+pub fn register_error_metrics(clients: &[&'static str]) {
+    metrics::describe_counter!(
+        "kafka_client_errors_total",
+        "Errors librdkafka reported for a client (broker unreachable, all brokers down, authentication), by client."
+    );
+    for client in clients {
+        metrics::counter!("kafka_client_errors_total", "client" => *client).increment(0);
     }
 }
 

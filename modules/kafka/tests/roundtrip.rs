@@ -36,7 +36,7 @@ async fn produced_messages_are_consumed_by_a_group_and_committed_progress_surviv
     let topic = &topics[0];
     let group = kafka.group("roundtrip");
 
-    let producer = kafka.settings.producer().unwrap();
+    let producer = kafka.settings.producer("test").unwrap();
     for i in 0..30 {
         let key = format!("key-{}", i % 7);
         let value = format!("message-{i}");

@@ -70,9 +70,25 @@ struct Readiness {
     checks: Vec<CheckResult>,
 }
 
-/// Routes `/health/live` and `/health/ready`.
+/// How often the readiness gauges are refreshed.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Routes `/health/live` and `/health/ready`, and keeps `app_ready` (1 ready, 0 not) and
+/// `health_dependency_up{dependency}` current every few seconds while the routes exist, so an
+/// alert sees an unready instance whether or not a load balancer is probing it.
 pub fn router<S: Clone + Send + Sync + 'static>(checks: Vec<Dependency>) -> Router<S> {
     let checks = Arc::new(checks);
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        metrics::describe_gauge!(
+            "app_ready",
+            "1 while every critical dependency answers (what /health/ready says), else 0."
+        );
+        metrics::describe_gauge!(
+            "health_dependency_up",
+            "1 while a dependency answers its readiness check, else 0, by dependency."
+        );
+        runtime.spawn(report(Arc::downgrade(&checks)));
+    }
     Router::new()
         .route(
             "/health/live",
@@ -87,24 +103,26 @@ pub fn router<S: Clone + Send + Sync + 'static>(checks: Vec<Dependency>) -> Rout
         )
 }
 
-async fn ready(deps: &[Dependency]) -> Response {
-    let results = futures::future::join_all(deps.iter().map(|d| async move {
-        let c = &d.check;
-        let outcome = match tokio::time::timeout(CHECK_TIMEOUT, c.check()).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+/// Refreshes the readiness gauges until the router holding `checks` is gone.
+async fn report(checks: std::sync::Weak<Vec<Dependency>>) {
+    loop {
+        let Some(deps) = checks.upgrade() else {
+            return;
         };
-        if let Err(reason) = &outcome {
-            tracing::warn!(dependency = c.name(), %reason, "readiness check failed");
+        let results = evaluate(&deps, false).await;
+        drop(deps);
+        for r in &results {
+            metrics::gauge!("health_dependency_up", "dependency" => r.name)
+                .set(if r.error.is_none() { 1.0 } else { 0.0 });
         }
-        CheckResult {
-            name: c.name(),
-            status: if outcome.is_ok() { "UP" } else { "DOWN" },
-            critical: d.critical,
-            error: outcome.err(),
-        }
-    }))
-    .await;
+        let ready = !results.iter().any(|r| r.critical && r.error.is_some());
+        metrics::gauge!("app_ready").set(if ready { 1.0 } else { 0.0 });
+        tokio::time::sleep(REPORT_EVERY).await;
+    }
+}
+
+async fn ready(deps: &[Dependency]) -> Response {
+    let results = evaluate(deps, true).await;
     let critical_down = results.iter().any(|r| r.critical && r.error.is_some());
     let any_down = results.iter().any(|r| r.error.is_some());
     let (status, label) = match (critical_down, any_down) {
@@ -117,4 +135,25 @@ async fn ready(deps: &[Dependency]) -> Response {
         checks: results,
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Runs every check concurrently, each bounded by the timeout.
+async fn evaluate(deps: &[Dependency], log: bool) -> Vec<CheckResult> {
+    futures::future::join_all(deps.iter().map(|d| async move {
+        let c = &d.check;
+        let outcome = match tokio::time::timeout(CHECK_TIMEOUT, c.check()).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {} ms", CHECK_TIMEOUT.as_millis())),
+        };
+        if log && let Err(reason) = &outcome {
+            tracing::warn!(dependency = c.name(), %reason, "readiness check failed");
+        }
+        CheckResult {
+            name: c.name(),
+            status: if outcome.is_ok() { "UP" } else { "DOWN" },
+            critical: d.critical,
+            error: outcome.err(),
+        }
+    }))
+    .await
 }

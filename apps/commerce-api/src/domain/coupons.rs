@@ -519,6 +519,7 @@ impl Coupons {
             Ok(_) => Gate::SoldOut,
             Err(e) => {
                 metrics::counter!("coupon_gate_unavailable_total").increment(1);
+                commerce_cache::count_error("coupon_gate");
                 tracing::debug!(error = %format!("{e:#}"), coupon.id = coupon_id, "coupon gate unavailable; using the database alone");
                 Gate::Bypassed
             }
@@ -561,6 +562,7 @@ async fn release(cache: &Cache, key: &str, coupon_id: i64, user_id: i64) {
     }
     .await;
     if let Err(e) = result {
+        commerce_cache::count_error("coupon_release");
         tracing::warn!(coupon.id = coupon_id, user.id = user_id, error = %format!("{e:#}"), "could not release a coupon seat in Redis");
     }
 }

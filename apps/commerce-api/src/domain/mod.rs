@@ -115,6 +115,7 @@ impl From<diesel::result::Error> for Error {
 
 impl From<commerce_db::PoolError> for Error {
     fn from(e: commerce_db::PoolError) -> Self {
+        commerce_db::count_pool_error("commerce-api", &e);
         Error::Unavailable(format!("database pool: {e}"))
     }
 }

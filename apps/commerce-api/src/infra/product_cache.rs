@@ -60,10 +60,6 @@ pub struct ProductCache {
 
 impl ProductCache {
     pub fn new(redis: Cache, ttl: Duration) -> Self {
-        metrics::describe_counter!(
-            "product_cache_requests_total",
-            "Product cache lookups by level and result (hit, miss, error)."
-        );
         Self {
             local: Local::new(LOCAL_TTL, LOCAL_CAPACITY),
             redis,
@@ -346,6 +342,11 @@ impl ProductCache {
     }
 
     fn redis_failed(&self, op: &'static str, error: &anyhow::Error) {
+        commerce_cache::count_error(match op {
+            "get" => "product_cache_get",
+            "put" => "product_cache_put",
+            _ => "product_cache_evict",
+        });
         metrics::counter!("product_cache_requests_total", "level" => "redis", "result" => "error")
             .increment(1);
         let now = self.started.elapsed().as_secs();

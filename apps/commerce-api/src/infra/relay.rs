@@ -32,7 +32,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Nullable};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures::StreamExt;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureRecord, Producer};
 use tokio::sync::watch;
 
 use crate::infra::outbox::Topics;
@@ -71,19 +71,6 @@ fn describe_metrics() {
         "outbox_oldest_pending_age_seconds",
         metrics::Unit::Seconds,
         "Age of the oldest unpublished outbox row (0 when none)."
-    );
-    metrics::describe_counter!(
-        "outbox_published_total",
-        "Outbox rows published and marked."
-    );
-    metrics::describe_counter!(
-        "outbox_publish_failures_total",
-        "Outbox rows whose publish failed (they are retried)."
-    );
-    metrics::describe_histogram!(
-        "outbox_publish_lag_seconds",
-        metrics::Unit::Seconds,
-        "Time from an outbox row's insert to the broker's acknowledgement."
     );
     metrics::describe_gauge!(
         "outbox_relay_leader",
@@ -277,7 +264,7 @@ async fn drain(config: &RelayConfig, pool: &Pool, producer: &mut Publisher) -> a
 
 /// The relay's producer, recreated after a fatal error.
 struct Publisher {
-    producer: FutureProducer,
+    producer: commerce_kafka::Producer,
 }
 
 impl Publisher {
@@ -287,7 +274,9 @@ impl Publisher {
         // Fail a send within the poll cadence of a broker outage rather than after minutes.
         c.set("message.timeout.ms", "10000");
         Ok(Self {
-            producer: c.create().context("creating the relay producer")?,
+            producer: c
+                .create_with_context(commerce_kafka::Observed("relay"))
+                .context("creating the relay producer")?,
         })
     }
 

@@ -6,11 +6,11 @@
 
 use commerce_events::{Envelope, Event, ProductViewed};
 use commerce_kafka::KafkaSettings;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
 
 /// A fire-and-forget publisher of product views.
 pub struct ViewPublisher {
-    producer: FutureProducer,
+    producer: commerce_kafka::Producer,
     topic: String,
 }
 
@@ -24,15 +24,7 @@ impl ViewPublisher {
             .set("acks", "1")
             .set("queue.buffering.max.messages", "100000")
             .set("message.timeout.ms", "10000");
-        let producer = config.create()?;
-        metrics::describe_counter!(
-            "product_views_published_total",
-            "ProductViewed events handed to the Kafka client."
-        );
-        metrics::describe_counter!(
-            "product_views_dropped_total",
-            "ProductViewed events dropped because the Kafka client's queue was full."
-        );
+        let producer = config.create_with_context(commerce_kafka::Observed("views"))?;
         Ok(Self { producer, topic })
     }
 

@@ -62,6 +62,76 @@ async fn redis_outage_degrades_but_does_not_fail_readiness() {
 }
 
 #[tokio::test]
+async fn every_signal_is_exported_from_the_first_scrape_at_zero_until_something_happens() {
+    let app = start_api(&[]).await;
+    let base = app.base.as_str();
+    // Registered while the API is built, so on the very first scrape.
+    for series in [
+        r#"orders_placed_total{payment_method="CARD"}"#,
+        r#"orders_refused_total{reason="INSUFFICIENT_STOCK"}"#,
+        r#"payment_gateway_calls_total{operation="request",outcome="unavailable"}"#,
+        r#"payment_callbacks_total{result="accepted"}"#,
+        r#"payments_refunds_total{result="refused"}"#,
+        r#"coupon_issue_total{result="issued",path="redis"}"#,
+        r#"product_cache_requests_total{level="redis",result="error"}"#,
+        r#"http_rate_limited_total{limit="order_create"}"#,
+        r#"redis_errors_total{op="coupon_gate"}"#,
+        r#"kafka_client_errors_total{client="relay"}"#,
+        r#"kafka_client_errors_total{client="views"}"#,
+        "outbox_publish_failures_total",
+        "payments_duplicate_charges_total",
+        "product_views_dropped_total",
+        r#"payment_gateway_call_duration_seconds_count{operation="refund"}"#,
+        "outbox_publish_lag_seconds_count",
+    ] {
+        assert_eq!(
+            commerce_testkit::metric(base, series).await,
+            Some(0.0),
+            "{series}"
+        );
+    }
+    // Read from the operating system at every scrape.
+    for series in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_threads",
+    ] {
+        let value = commerce_testkit::metric(base, series).await;
+        assert!(value.is_some_and(|v| v > 0.0), "{series}: {value:?}");
+    }
+    assert!(
+        commerce_testkit::metric(base, "process_cpu_seconds_total")
+            .await
+            .is_some()
+    );
+    // The pool's gauges come from their own loop; its errors are registered with it.
+    let size =
+        commerce_testkit::eventually("the pool gauges", Duration::from_secs(10), async || {
+            commerce_testkit::metric(base, r#"db_pool_max_connections{pool="commerce-api"}"#)
+                .await
+                .ok_or("not yet")
+        })
+        .await;
+    assert_eq!(size, 20.0, "DATABASE_POOL_SIZE of the test environment");
+    assert_eq!(
+        commerce_testkit::metric(
+            base,
+            r#"db_pool_errors_total{pool="commerce-api",kind="timeout_wait"}"#
+        )
+        .await,
+        Some(0.0)
+    );
+    assert!(
+        commerce_testkit::metric(
+            base,
+            r#"db_pool_connections{pool="commerce-api",state="in_use"}"#
+        )
+        .await
+        .is_some()
+    );
+}
+
+#[tokio::test]
 async fn metrics_expose_request_histograms_labelled_by_route_template() {
     let app = start_api(&[]).await;
     let client = reqwest::Client::new();

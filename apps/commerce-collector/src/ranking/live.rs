@@ -84,18 +84,6 @@ pub struct LiveRank {
 
 impl Live {
     pub fn new(cache: Cache, db: Pool, weights: Weights, time_zone: Tz) -> Self {
-        metrics::describe_counter!(
-            "ranking_live_rebuilds_total",
-            "Live ranking sets rebuilt whole from PostgreSQL, by reason."
-        );
-        metrics::describe_counter!(
-            "ranking_live_refresh_failures_total",
-            "Rounds of live ranking updates that failed (the sets are rebuilt afterwards)."
-        );
-        metrics::describe_histogram!(
-            "ranking_live_refresh_seconds",
-            "Time to read changed scores from PostgreSQL and set them in Redis, per round."
-        );
         Self(Arc::new(Inner {
             cache,
             db,
@@ -350,10 +338,12 @@ impl Live {
         match tokio::time::timeout(READ_TIMEOUT, attempt).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => {
+                commerce_cache::count_error("ranking_read");
                 self.pause_reads();
                 Err(e.context("reading a live ranking"))
             }
             Err(_) => {
+                commerce_cache::count_error("ranking_read");
                 self.pause_reads();
                 anyhow::bail!("Redis did not answer within {READ_TIMEOUT:?}")
             }

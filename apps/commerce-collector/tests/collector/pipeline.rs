@@ -214,7 +214,7 @@ async fn a_poison_message_goes_to_the_dead_letter_topic_and_the_good_events_arou
     let p = Pipeline::new().await;
     let _task = p.collector().await;
     let base = _task.base.clone();
-    let producer = p.kafka.settings.producer().unwrap();
+    let producer = p.kafka.settings.producer("test").unwrap();
     p.produce(&[paid(1, 3, 1, 10)]).await;
     p.produce_raw(&producer, &p.order_topic, "3", b"{not json")
         .await;

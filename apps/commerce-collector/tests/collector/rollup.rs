@@ -320,8 +320,8 @@ async fn every_job_reports_its_metrics_from_the_start() {
     let url = format!("{}/metrics", collector.base);
     for job in commerce_collector::jobs::JOBS {
         let wanted = [
-            format!("collector_job_runs_total{{job=\"{job}\",result=\"failure\"}} 0"),
-            format!("collector_job_last_success_timestamp_seconds{{job=\"{job}\"}} 0"),
+            format!("collector_job_runs_total{{task=\"{job}\",result=\"failure\"}} 0"),
+            format!("collector_job_last_success_timestamp_seconds{{task=\"{job}\"}} 0"),
         ];
         commerce_testkit::eventually(
             &format!("{job}'s metrics are exported"),

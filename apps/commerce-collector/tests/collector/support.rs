@@ -210,7 +210,7 @@ impl Pipeline {
 
     /// Produces envelopes straight to their topic (as the relay would).
     pub async fn produce(&self, envelopes: &[Envelope]) {
-        let producer = self.kafka.settings.producer().unwrap();
+        let producer = self.kafka.settings.producer("test").unwrap();
         for e in envelopes {
             let topic = match e.event.stream() {
                 commerce_events::Stream::Catalog => &self.catalog_topic,
@@ -228,7 +228,7 @@ impl Pipeline {
 
     pub async fn produce_raw(
         &self,
-        producer: &rdkafka::producer::FutureProducer,
+        producer: &commerce_kafka::Producer,
         topic: &str,
         key: &str,
         payload: &[u8],

@@ -1,0 +1,252 @@
+//! Every metric commerce-api exports, described and registered at start (the relay's,
+//! the HTTP, pool, process, Redis and Kafka client metrics are registered where they live).
+
+use commerce_telemetry::{
+    register_counter as counter, register_gauge as gauge, register_histogram as histogram,
+};
+
+const OPERATIONS: &[&str] = &["request", "refund", "get", "list"];
+
+/// The serving API's metrics.
+pub fn register() {
+    commerce_cache::register_error_metrics(&[
+        "product_cache_get",
+        "product_cache_put",
+        "product_cache_evict",
+        "coupon_gate",
+        "coupon_release",
+    ]);
+    commerce_kafka::register_error_metrics(&["views"]);
+    register_relay();
+
+    counter(
+        "auth_hashing_refused_total",
+        "Sign-ups and logins refused with 503 AUTH_BUSY because the password-hashing queue was full.",
+        &[],
+    );
+    counter(
+        "auth_password_hashes_total",
+        "Password hashes computed (sign-up) and verified (login).",
+        &[("op", &["hash", "verify"])],
+    );
+    counter(
+        "http_rate_limited_total",
+        "Requests refused with 429 RATE_LIMITED, by limit.",
+        &[(
+            "limit",
+            &[
+                "sign_up",
+                "token",
+                "payment_callback",
+                "order_create",
+                "coupon_issue",
+                "points_charge",
+            ],
+        )],
+    );
+
+    counter(
+        "payment_gateway_calls_total",
+        "Logical calls to the payment gateway (after retries), by operation and outcome.",
+        &[
+            ("operation", OPERATIONS),
+            (
+                "outcome",
+                &["ok", "rejected", "unavailable", "busy", "refused"],
+            ),
+        ],
+    );
+    counter(
+        "payment_gateway_retries_total",
+        "Retried gateway attempts, by operation.",
+        &[("operation", OPERATIONS)],
+    );
+    counter(
+        "payment_gateway_rejected_total",
+        "Gateway calls refused by the open circuit breaker.",
+        &[],
+    );
+    histogram(
+        "payment_gateway_call_duration_seconds",
+        "Gateway call latency, retries included, by operation.",
+        &[("operation", OPERATIONS)],
+    );
+    metrics::describe_gauge!(
+        "payment_gateway_circuit_state",
+        "The gateway circuit breaker: 0 closed, 1 open, 2 half-open."
+    );
+
+    counter(
+        "product_views_published_total",
+        "ProductViewed events handed to the Kafka client.",
+        &[],
+    );
+    counter(
+        "product_views_dropped_total",
+        "ProductViewed events dropped because the Kafka client's queue was full.",
+        &[],
+    );
+    counter(
+        "product_cache_requests_total",
+        "Product cache lookups by level (local, redis) and result (hit, miss, error).",
+        &[("level", &["redis"]), ("result", &["hit", "miss", "error"])],
+    );
+    // The local level only records hits (a local miss goes on to Redis).
+    metrics::counter!("product_cache_requests_total", "level" => "local", "result" => "hit")
+        .increment(0);
+
+    counter(
+        "coupon_issue_total",
+        "First-come coupon issue attempts by result and path (redis: the gate decided; database: the gate was bypassed).",
+        &[
+            ("result", &["issued", "sold_out", "already_issued"]),
+            ("path", &["redis", "database"]),
+        ],
+    );
+    counter(
+        "coupon_seats_reconciled_total",
+        "Coupon gate seats given back by reconciliation (admitted in Redis, never issued).",
+        &[],
+    );
+    counter(
+        "coupon_gate_unavailable_total",
+        "Coupon issues decided by the database alone because the Redis gate failed.",
+        &[],
+    );
+
+    counter(
+        "orders_placed_total",
+        "Orders committed, by payment method.",
+        &[("payment_method", &["POINT", "CARD"])],
+    );
+    counter(
+        "orders_refused_total",
+        "Orders refused, by reason.",
+        &[(
+            "reason",
+            &[
+                "INSUFFICIENT_STOCK",
+                "INSUFFICIENT_POINTS",
+                "PURCHASE_LIMIT_EXCEEDED",
+                "PRODUCT_NOT_ON_SALE",
+            ],
+        )],
+    );
+
+    counter(
+        "payments_settled_total",
+        "Card payments settled, by resulting order status and by what settled them.",
+        &[
+            ("status", &["PAID", "PAYMENT_FAILED"]),
+            ("via", &["order", "callback", "reconciliation"]),
+        ],
+    );
+    counter(
+        "payment_callbacks_total",
+        "Gateway callbacks received, by result.",
+        &[(
+            "result",
+            &[
+                "unknown_order",
+                "repeat",
+                "not_settled",
+                "accepted",
+                "not_verified",
+            ],
+        )],
+    );
+    counter(
+        "payments_duplicate_charges_total",
+        "Second successful charges found for an order (each is refunded).",
+        &[],
+    );
+    counter(
+        "payments_refund_required_total",
+        "Charges that need a refund (cancelled paid orders, charges after close).",
+        &[],
+    );
+    counter(
+        "payments_reconciled_total",
+        "Pending payments examined by reconciliation, by result.",
+        &[(
+            "result",
+            &[
+                "paid",
+                "refund_required",
+                "already_settled",
+                "key_unknown_at_gateway",
+                "cancelled_pending",
+                "cancelled_closed",
+                "still_pending",
+                "unknown_status",
+                "failed",
+                "claim_lost",
+                "expired",
+                "requested",
+                "gateway_refused",
+                "gateway_unavailable",
+                "error",
+            ],
+        )],
+    );
+    gauge("payments_pending", "Card payments awaiting their outcome.");
+    gauge(
+        "payments_pending_oldest_seconds",
+        "Age of the oldest card payment awaiting its outcome.",
+    );
+    counter(
+        "payments_refunds_requested_total",
+        "Refunds queued, by cause.",
+        &[(
+            "cause",
+            &["ORDER_CANCELLED", "CHARGED_AFTER_CLOSE", "DUPLICATE_CHARGE"],
+        )],
+    );
+    counter(
+        "payments_refunds_total",
+        "Refund attempts, by result.",
+        &[(
+            "result",
+            &[
+                "refunded",
+                "already_refunded",
+                "mismatch",
+                "refused",
+                "gateway_unavailable",
+                "error",
+            ],
+        )],
+    );
+    gauge(
+        "payments_refunds_pending",
+        "Refunds queued and not yet confirmed by the gateway.",
+    );
+    gauge(
+        "payments_refunds_failed",
+        "Refunds the gateway refused: they need an operator.",
+    );
+    gauge(
+        "payments_refunds_pending_oldest_seconds",
+        "Age of the oldest queued refund.",
+    );
+}
+
+/// The relay's metrics (also all a `commerce-api relay` process exports of its own).
+pub fn register_relay() {
+    commerce_kafka::register_error_metrics(&["relay"]);
+    counter(
+        "outbox_published_total",
+        "Outbox rows published and acknowledged by the broker.",
+        &[],
+    );
+    counter(
+        "outbox_publish_failures_total",
+        "Outbox rows whose publish failed (retried later).",
+        &[],
+    );
+    histogram(
+        "outbox_publish_lag_seconds",
+        "An outbox row's commit to its broker acknowledgement.",
+        &[],
+    );
+}

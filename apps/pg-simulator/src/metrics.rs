@@ -1,0 +1,29 @@
+//! Every metric pg-simulator exports of its own, described and registered at start.
+
+use commerce_telemetry::register_counter as counter;
+
+pub fn register() {
+    counter(
+        "pg_sim_requests_total",
+        "Payment requests, by outcome (accepted, failed: a simulated 5xx, replayed, in_progress).",
+        &[(
+            "outcome",
+            &["accepted", "failed", "replayed", "in_progress"],
+        )],
+    );
+    counter(
+        "pg_sim_settlements_total",
+        "Payments settled, by status.",
+        &[("status", &["SUCCESS", "FAILED"])],
+    );
+    counter(
+        "pg_sim_callbacks_total",
+        "Settlement callbacks, by outcome (sent, failed, dropped on purpose).",
+        &[("outcome", &["sent", "failed", "dropped"])],
+    );
+    counter(
+        "pg_sim_refunds_total",
+        "Refund requests, by outcome.",
+        &[("outcome", &["refunded", "replayed", "failed"])],
+    );
+}

@@ -198,6 +198,22 @@ pub async fn apply_batch(
         applied.applied += 1;
         metrics::counter!("collector_events_applied_total", "event_type" => envelope.event_type())
             .increment(1);
+        match &envelope.event {
+            Event::OrderPaid(paid) => {
+                let method = if paid.payment_method == "CARD" {
+                    "CARD"
+                } else {
+                    "POINT"
+                };
+                metrics::counter!("sales_revenue_won_total", "payment_method" => method)
+                    .increment(paid.final_amount.max(0) as u64);
+            }
+            Event::PaymentRefunded(refund) => {
+                metrics::counter!("sales_refunded_won_total")
+                    .increment(refund.amount.max(0) as u64);
+            }
+            _ => {}
+        }
         let age = (chrono::Utc::now() - envelope.occurred_at).num_milliseconds();
         metrics::histogram!("collector_event_age_seconds").record(age.max(0) as f64 / 1000.0);
     }

@@ -19,6 +19,16 @@ pub fn register() {
         "Redelivered events skipped (already handled).",
         &[],
     );
+    counter(
+        "sales_revenue_won_total",
+        "Paid order amounts (final, after discounts), in won, as the pipeline applies each OrderPaid once, by payment method.",
+        &[("payment_method", &["POINT", "CARD"])],
+    );
+    counter(
+        "sales_refunded_won_total",
+        "Card refunds, in won, as the pipeline applies each PaymentRefunded once.",
+        &[],
+    );
     counter("collector_batches_total", "Batches committed.", &[]);
     counter(
         "collector_batch_failures_total",

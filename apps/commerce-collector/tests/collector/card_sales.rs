@@ -2,8 +2,7 @@
 
 use std::time::Duration;
 
-use crate::support::{Api, Pipeline, eventually};
-use pg_simulator::behaviour::Behaviour;
+use crate::support::{Api, Gateway, Pipeline, eventually};
 use serde_json::{Value, json};
 
 use commerce_testkit::count;
@@ -41,16 +40,8 @@ async fn settled(api: &Api, token: &str, order: &Value) -> String {
 
 #[tokio::test]
 async fn a_card_sale_counts_once_paid_never_declined_and_leaves_once_when_refunded() {
-    let gw_db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
-    let gateway = pg_simulator::Application::build(pg_simulator::config::Config::local(
-        &gw_db.url,
-        Behaviour::reliable(),
-        1,
-    ))
-    .await
-    .unwrap();
-    let sim = gateway.simulator();
-    let gateway = commerce_testkit::Spawned::start(gateway.into_server());
+    let gateway = Gateway::reliable().await;
+    let sim = gateway.simulator.clone();
     let gw_base = gateway.base.clone();
 
     let p = Pipeline::new().await;

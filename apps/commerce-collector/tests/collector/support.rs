@@ -326,6 +326,54 @@ impl Api {
         res.json().await.unwrap()
     }
 
+    /// The admin's token.
+    pub async fn admin(&self) -> String {
+        self.token("admin", commerce_api::config::DEV_ADMIN_PASSWORD)
+            .await
+    }
+
+    /// A new brand's id.
+    pub async fn brand(&self, admin: &str, name: &str) -> i64 {
+        self.post("/api/v1/admin/brands", admin, json!({"name": name}))
+            .await["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// A new product's id.
+    pub async fn product(
+        &self,
+        admin: &str,
+        brand: i64,
+        name: &str,
+        price: i64,
+        stock: i64,
+    ) -> i64 {
+        self.post(
+            "/api/v1/admin/products",
+            admin,
+            json!({"brand_id": brand, "name": name, "price": price, "stock": stock}),
+        )
+        .await["id"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// Signs `login` up (password `<login>-password`) and returns its token.
+    pub async fn customer(&self, login: &str) -> String {
+        let password = format!("{login}-password");
+        let signup = json!({"login_id": login, "password": password, "name": login, "email": format!("{login}@example.com")});
+        let res = self
+            .client
+            .post(format!("{}/api/v1/users", self.base))
+            .json(&signup)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "signing {login} up");
+        self.token(login, &password).await
+    }
+
     pub async fn token(&self, login: &str, password: &str) -> String {
         for _ in 0..100 {
             let res = self
@@ -344,5 +392,34 @@ impl Api {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("could not log in as {login}");
+    }
+}
+
+/// A running pg-simulator that settles every payment, on a database of its own.
+pub struct Gateway {
+    pub base: String,
+    pub simulator: std::sync::Arc<pg_simulator::Simulator>,
+    pub _running: Spawned,
+    pub _db: TestDb,
+}
+
+impl Gateway {
+    pub async fn reliable() -> Self {
+        let db = TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
+        let app = pg_simulator::Application::build(pg_simulator::config::Config::local(
+            &db.url,
+            pg_simulator::behaviour::Behaviour::reliable(),
+            1,
+        ))
+        .await
+        .unwrap();
+        let simulator = app.simulator();
+        let running = Spawned::start(app.into_server());
+        Self {
+            base: running.base.clone(),
+            simulator,
+            _running: running,
+            _db: db,
+        }
     }
 }

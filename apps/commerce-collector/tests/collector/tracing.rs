@@ -5,10 +5,9 @@
 use std::time::Duration;
 
 use commerce_telemetry::SpanData;
-use pg_simulator::behaviour::Behaviour;
 use serde_json::json;
 
-use crate::support::{Api, Pipeline, eventually};
+use crate::support::{Api, Gateway, Pipeline, eventually};
 
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
@@ -47,43 +46,14 @@ async fn one_card_order_is_one_trace_from_the_request_through_the_relay_and_coll
  {
     let exporter = commerce_telemetry::capture_spans("commerce")
         .expect("this test installs the process's first subscriber");
-    let gw_db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
-    let gateway = pg_simulator::Application::build(pg_simulator::config::Config::local(
-        &gw_db.url,
-        Behaviour::reliable(),
-        1,
-    ))
-    .await
-    .unwrap();
-    let gateway = commerce_testkit::Spawned::start(gateway.into_server());
+    let gateway = Gateway::reliable().await;
     let p = Pipeline::new().await;
     let api = Api::start_with(&p, &[("PG_BASE_URL", gateway.base.as_str())]).await;
     let collector = p.collector().await;
-    let admin = api
-        .token("admin", commerce_api::config::DEV_ADMIN_PASSWORD)
-        .await;
-    let brand = api
-        .post("/api/v1/admin/brands", &admin, json!({"name": "Acme"}))
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let product = api
-        .post(
-            "/api/v1/admin/products",
-            &admin,
-            json!({"brand_id": brand, "name": "Traced", "price": 1000, "stock": 10}),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let signup = json!({"login_id": "tracer", "password": "tracer-password", "name": "T", "email": "t@example.com"});
-    api.client
-        .post(format!("{}/api/v1/users", api.base))
-        .json(&signup)
-        .send()
-        .await
-        .unwrap();
-    let buyer = api.token("tracer", "tracer-password").await;
+    let admin = api.admin().await;
+    let brand = api.brand(&admin, "Acme").await;
+    let product = api.product(&admin, brand, "Traced", 1000, 10).await;
+    let buyer = api.customer("tracer").await;
 
     let res = api
         .client

@@ -5,10 +5,11 @@
 //! - Every line logged inside a traced span carries the span's trace id (`trace_id=` at the end
 //!   of a text line, a `trace_id` field in JSON), so a log line leads to its trace and back.
 //! - Spans of this workspace's crates go to OpenTelemetry. They are exported over OTLP/HTTP when
-//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, and kept
-//!   nowhere when it is not: trace ids are still minted and propagated, so logs and events stay
-//!   correlated. `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose the sampler
-//!   (default: parent-based, always on).
+//!   `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, and not
+//!   recorded when it is not: trace ids are still minted and propagated (unsampled, unless the
+//!   caller's trace is sampled), so logs and events stay correlated. With an exporter,
+//!   `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` choose the sampler (default:
+//!   parent-based, always on).
 
 use std::cell::RefCell;
 use std::fmt;
@@ -18,7 +19,7 @@ use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::filter_fn;
@@ -49,6 +50,11 @@ pub fn init_tracing(service: &'static str) {
                 return;
             }
         }
+    } else {
+        // Nothing would receive the spans: mint and propagate ids (logs and events stay
+        // correlated) without recording spans that would only be dropped. A caller's sampled
+        // trace is still followed, so its flags travel on unchanged.
+        builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
     }
     install(service, builder.build());
 }
@@ -98,9 +104,13 @@ fn install(service: &'static str, provider: SdkTracerProvider) -> bool {
             *meta.level() <= tracing::Level::WARN
         }
     });
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        .with_filter(traced);
+    // OTEL_SDK_DISABLED=true (the OpenTelemetry standard switch): no spans and no trace ids.
+    let disabled = std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true"));
+    let otel = (!disabled).then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(traced)
+    });
     let lines = if json {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)

@@ -249,3 +249,58 @@ async fn a_relay_only_process_serves_metrics_and_health() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn without_a_caller_trace_ids_are_still_minted_and_carried_to_the_outbox() {
+    // No exporter is configured: spans are not recorded, but each request still has a trace.
+    let app = spawn_app().await;
+    let product = app.product(app.brand().await, 1000, 10).await;
+    let (_, token) = app.user_with_points("untraced", 10_000).await;
+    let res = app
+        .client
+        .post(format!("{}/api/v1/orders", app.base))
+        .bearer_auth(&token)
+        .json(&json!({"items": [{"product_id": product, "quantity": 1}], "payment": {"method": "POINT"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let answered = res.headers()["traceparent"].to_str().unwrap().to_owned();
+    let parts: Vec<&str> = answered.split('-').collect();
+    assert_eq!(parts.len(), 4, "{answered}");
+    assert_eq!(
+        (parts[0], parts[1].len(), parts[3]),
+        ("00", 32, "00"),
+        "a fresh, unsampled trace: {answered}"
+    );
+    let order: serde_json::Value = res.json().await.unwrap();
+    let stored: Vec<String> = {
+        use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+        let mut conn = AsyncPgConnection::establish(&app.db.url).await.unwrap();
+        diesel::sql_query(format!(
+            "SELECT traceparent AS t FROM outbox WHERE partition_key = '{}' \
+             AND event_type IN ('OrderCreated', 'OrderPaid') ORDER BY id",
+            order["order_id"]
+        ))
+        .load::<Traceparent>(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.t)
+        .collect()
+    };
+    assert_eq!(stored.len(), 2, "OrderCreated and OrderPaid: {stored:?}");
+    for t in &stored {
+        assert_eq!(
+            &t[3..35],
+            parts[1],
+            "the outbox row is in the request's trace: {t}"
+        );
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Traceparent {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    t: String,
+}

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use commerce_db::Pool;
 use diesel::sql_types::{Double, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use tracing::Instrument as _;
 
 /// The jobs, for their metrics to exist from the start.
 pub const JOBS: [&str; 4] = [
@@ -59,7 +60,14 @@ pub async fn run(
         }
     }
     let started = Instant::now();
-    let result = work.await;
+    // Each claimed run is a trace of its own; its log lines carry the trace id.
+    let result = work
+        .instrument(tracing::info_span!(
+            "scheduled_job",
+            task = job,
+            period = period_key
+        ))
+        .await;
     metrics::histogram!("collector_job_duration_seconds", "task" => job)
         .record(started.elapsed().as_secs_f64());
     let mut conn = pool.get().await?;

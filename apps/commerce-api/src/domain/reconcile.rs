@@ -29,6 +29,7 @@ use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
 use futures::StreamExt;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 
 use crate::domain::Result;
 use crate::domain::history::{PaymentEventKind as Kind, Source};
@@ -114,17 +115,22 @@ pub async fn pass(state: &Payments) -> Result<usize> {
     let due = claim(state).await?;
     let n = due.len();
     futures::stream::iter(due)
-        .for_each_concurrent(CONCURRENCY, |d| async move {
+        .for_each_concurrent(CONCURRENCY, |d| {
             let order_id = d.order_id;
-            let result = reconcile(state, d).await;
-            let label = match &result {
-                Ok(label) => *label,
-                Err(e) => {
-                    tracing::warn!(order.id = order_id, error = %e, "could not reconcile a payment");
-                    "error"
-                }
-            };
-            metrics::counter!("payments_reconciled_total", "result" => label).increment(1);
+            // A trace of its own per payment looked at: its gateway calls and log lines share it.
+            let span = tracing::info_span!("payment.reconcile", order.id = order_id);
+            async move {
+                let result = reconcile(state, d).await;
+                let label = match &result {
+                    Ok(label) => *label,
+                    Err(e) => {
+                        tracing::warn!(order.id = order_id, error = %e, "could not reconcile a payment");
+                        "error"
+                    }
+                };
+                metrics::counter!("payments_reconciled_total", "result" => label).increment(1);
+            }
+            .instrument(span)
         })
         .await;
     Ok(n)

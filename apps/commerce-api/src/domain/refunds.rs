@@ -36,6 +36,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use futures::StreamExt;
 use serde::Serialize;
 use tokio::sync::watch;
+use tracing::Instrument as _;
 use utoipa::ToSchema;
 
 use crate::domain::history::{self, PaymentEventKind as Kind, Source};
@@ -135,16 +136,21 @@ pub async fn pass(state: &Payments) -> Result<usize> {
     let due = claim(state).await?;
     let n = due.len();
     futures::stream::iter(due)
-        .for_each_concurrent(CONCURRENCY, |d| async move {
+        .for_each_concurrent(CONCURRENCY, |d| {
             let order_id = d.order_id;
-            let label = match attempt(state, d).await {
-                Ok(label) => label,
-                Err(e) => {
-                    tracing::warn!(order.id = order_id, error = %e, "could not process a refund");
-                    "error"
-                }
-            };
-            metrics::counter!("payments_refunds_total", "result" => label).increment(1);
+            // A trace of its own per refund attempt: its gateway calls and log lines share it.
+            let span = tracing::info_span!("payment.refund", order.id = order_id);
+            async move {
+                let label = match attempt(state, d).await {
+                    Ok(label) => label,
+                    Err(e) => {
+                        tracing::warn!(order.id = order_id, error = %e, "could not process a refund");
+                        "error"
+                    }
+                };
+                metrics::counter!("payments_refunds_total", "result" => label).increment(1);
+            }
+            .instrument(span)
         })
         .await;
     Ok(n)

@@ -1,5 +1,6 @@
-//! Every metric commerce-api exports, described and registered at start (the relay's,
-//! the HTTP, pool, process, Redis and Kafka client metrics are registered where they live).
+//! Every metric commerce-api exports, described and registered at start: its own here, the
+//! HTTP, pool, process and readiness metrics where they live (commerce-telemetry, commerce-db,
+//! commerce-web), the outbox gauges by their loop.
 
 use commerce_telemetry::{
     register_counter as counter, register_gauge as gauge, register_histogram as histogram,

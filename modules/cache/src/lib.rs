@@ -50,13 +50,11 @@ impl std::fmt::Debug for Cache {
 
 /// Registers `redis_errors_total{op}` at zero for each of an app's Redis operations.
 pub fn register_error_metrics(ops: &[&'static str]) {
-    metrics::describe_counter!(
+    commerce_telemetry::register_counter(
         "redis_errors_total",
-        "Redis operations that failed (unreachable, refused or timed out), by operation; each falls back as its caller documents."
+        "Redis operations that failed (unreachable, refused or timed out), by operation; each falls back as its caller documents.",
+        &[("op", ops)],
     );
-    for op in ops {
-        metrics::counter!("redis_errors_total", "op" => *op).increment(0);
-    }
 }
 
 /// Counts a failed Redis operation `op` in `redis_errors_total`.

@@ -79,13 +79,11 @@ pub async fn report_pool_until_stopped(
         "db_pool_waiting",
         "Tasks waiting for a database connection (non-zero: the pool is too small or the database slow)."
     );
-    metrics::describe_counter!(
+    commerce_telemetry::register_counter(
         "db_pool_errors_total",
-        "Failed connection checkouts, by kind (timeout_wait, timeout_create, timeout_recycle, backend, closed)."
+        "Failed connection checkouts, by kind (timeout_wait, timeout_create, timeout_recycle, backend, closed).",
+        &[("pool", &[name]), ("kind", &POOL_ERROR_KINDS)],
     );
-    for kind in POOL_ERROR_KINDS {
-        metrics::counter!("db_pool_errors_total", "pool" => name, "kind" => kind).increment(0);
-    }
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         let status = pool.status();

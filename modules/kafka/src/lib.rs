@@ -338,13 +338,11 @@ pub fn count_client_error(client: &'static str, error: &rdkafka::error::KafkaErr
 
 /// Registers `kafka_client_errors_total{client}` at zero for each of an app's Kafka clients.
 pub fn register_error_metrics(clients: &[&'static str]) {
-    metrics::describe_counter!(
+    commerce_telemetry::register_counter(
         "kafka_client_errors_total",
-        "Errors librdkafka reported for a client (broker unreachable, all brokers down, authentication), by client."
+        "Errors librdkafka reported for a client (broker unreachable, all brokers down, authentication), by client.",
+        &[("client", clients)],
     );
-    for client in clients {
-        metrics::counter!("kafka_client_errors_total", "client" => *client).increment(0);
-    }
 }
 
 /// Headers carried by every event message: `event_id`, `event_type` and, when known, the W3C

@@ -64,7 +64,6 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe_http_metrics();
-            process_metrics().collect();
             handle
         })
         .clone()

@@ -52,11 +52,19 @@ pub fn link(span: &Span, traceparent: &str) {
     }
 }
 
-/// `span`'s context as a `traceparent` value, or `None` when it has none (no subscriber).
+/// `span`'s context as a `traceparent` value (W3C version 00), or `None` when it has none (no
+/// subscriber).
 pub fn traceparent(span: &Span) -> Option<String> {
-    let mut carrier = HashMap::new();
-    propagator().inject_context(&span.context(), &mut carrier);
-    carrier.remove("traceparent")
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid().then(|| {
+        format!(
+            "00-{}-{}-{:02x}",
+            sc.trace_id(),
+            sc.span_id(),
+            sc.trace_flags().to_u8()
+        )
+    })
 }
 
 /// The current span's context as a `traceparent` value.
@@ -72,11 +80,4 @@ pub fn inject(headers: &mut http::HeaderMap) {
 /// Renames the current span in its trace (a server span, once its route is known).
 pub fn rename_current(name: String) {
     Span::current().context().span().update_name(name);
-}
-
-/// The current span's trace id (32 hex digits), if it has one.
-pub fn current_trace_id() -> Option<String> {
-    let cx = Span::current().context();
-    let sc = cx.span().span_context().clone();
-    sc.is_valid().then(|| sc.trace_id().to_string())
 }

@@ -6,7 +6,12 @@ use commerce_telemetry::{
     register_counter as counter, register_gauge as gauge, register_histogram as histogram,
 };
 
-const OPERATIONS: &[&str] = &["request", "refund", "get", "list"];
+use crate::domain::payments::CallbackOutcome;
+use crate::domain::reconcile::Reconciled;
+use crate::domain::refund_worker::RefundAttempt;
+use crate::domain::states::RefundCause;
+
+const OPERATIONS: &[&str] = &["request", "refund", "list"];
 
 /// The serving API's metrics.
 pub fn register() {
@@ -145,16 +150,7 @@ pub fn register() {
     counter(
         "payment_callbacks_total",
         "Gateway callbacks received, by result.",
-        &[(
-            "result",
-            &[
-                "unknown_order",
-                "repeat",
-                "not_settled",
-                "accepted",
-                "not_verified",
-            ],
-        )],
+        &[("result", CallbackOutcome::TEXTS)],
     );
     counter(
         "payments_duplicate_charges_total",
@@ -169,26 +165,7 @@ pub fn register() {
     counter(
         "payments_reconciled_total",
         "Pending payments examined by reconciliation, by result.",
-        &[(
-            "result",
-            &[
-                "paid",
-                "refund_required",
-                "already_settled",
-                "key_unknown_at_gateway",
-                "cancelled_pending",
-                "cancelled_closed",
-                "still_pending",
-                "unknown_status",
-                "failed",
-                "claim_lost",
-                "expired",
-                "requested",
-                "gateway_refused",
-                "gateway_unavailable",
-                "error",
-            ],
-        )],
+        &[("result", Reconciled::TEXTS)],
     );
     gauge("payments_pending", "Card payments awaiting their outcome.");
     gauge(
@@ -198,25 +175,12 @@ pub fn register() {
     counter(
         "payments_refunds_requested_total",
         "Refunds queued, by cause.",
-        &[(
-            "cause",
-            &["ORDER_CANCELLED", "CHARGED_AFTER_CLOSE", "DUPLICATE_CHARGE"],
-        )],
+        &[("cause", RefundCause::TEXTS)],
     );
     counter(
         "payments_refunds_total",
         "Refund attempts, by result.",
-        &[(
-            "result",
-            &[
-                "refunded",
-                "already_refunded",
-                "mismatch",
-                "refused",
-                "gateway_unavailable",
-                "error",
-            ],
-        )],
+        &[("result", RefundAttempt::TEXTS)],
     );
     gauge(
         "payments_refunds_pending",

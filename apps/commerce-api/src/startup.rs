@@ -171,7 +171,7 @@ impl Application {
         if state.config.payments.refunds_enabled {
             let payments = state.payments.clone();
             server = server.task("payment refunds", move |stop| {
-                crate::domain::refunds::run(payments, stop)
+                crate::domain::refund_worker::run(payments, stop)
             });
         }
         server.last_step(move || state.views.flush())

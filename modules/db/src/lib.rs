@@ -11,6 +11,7 @@
 //!   `sslmode` and `sslrootcert` ([`tls`]).
 
 pub mod tls;
+pub mod worker;
 
 use std::time::Duration;
 

@@ -9,15 +9,18 @@
 //!   (`crate::http`) and background jobs call the domain, never the other way.
 
 pub mod accounts;
+pub mod attention;
 pub mod card;
 pub mod catalog;
 pub mod coupons;
 pub mod history;
 pub mod holds;
+pub mod lifecycle;
 pub mod logins;
 pub mod orders;
 pub mod payments;
 pub mod reconcile;
+pub mod refund_worker;
 pub mod refunds;
 pub mod states;
 

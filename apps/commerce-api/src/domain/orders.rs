@@ -34,6 +34,7 @@ use utoipa::ToSchema;
 
 use crate::domain::card::{CardNumber, CardVault};
 use crate::domain::history::{self, PaymentEvent, PaymentEventKind, Source};
+use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
 use crate::domain::payments::{self, PaymentView};
 use crate::domain::states::{
     CardType, CouponStatus, LedgerKind, OrderStatus, PaymentKind, PaymentMethod, PaymentStatus,
@@ -838,42 +839,47 @@ pub async fn cancel(
                 .await
                 .optional()?
                 .ok_or(Error::NotFound(Missing::Order))?;
-            match order.status {
-                OrderStatus::Cancelled | OrderStatus::Refunded => return Ok((order.status, false)),
-                OrderStatus::PaymentFailed => {
-                    return Err(Error::OrderNotCancellable(order.status));
+            let payment = payments::lock_payment(conn, order.id).await?;
+            let state = OrderState {
+                order: order.status,
+                payment: payment.as_ref().map(|p| p.status),
+            };
+            let transition = decide(state, Fact::Cancel).map_err(|r| r.into_error(order.id))?;
+            let lines = match transition {
+                Transition::Nothing => return Ok((order.status, false)),
+                Transition::Cancel => {
+                    let lines = holds::release(conn, order.id).await?;
+                    if payment.is_some() {
+                        // The payment attempt ends with the order; a success reported later
+                        // is a late charge, refunded (`payments::settle`).
+                        payments::close(
+                            conn,
+                            order.id,
+                            PaymentStatus::Cancelled,
+                            None,
+                            Some("the order was cancelled"),
+                        )
+                        .await?;
+                        history::append(
+                            conn,
+                            order.id,
+                            PaymentEventKind::Cancelled,
+                            Source::Cancel,
+                            None,
+                            Some("the order was cancelled"),
+                        )
+                        .await?;
+                    }
+                    lines
                 }
-                OrderStatus::Paid | OrderStatus::PendingPayment => {}
-            }
-            let lines = holds::release(conn, order.id).await?;
-            match (order.status, order.payment_method) {
-                (OrderStatus::PendingPayment, _) => {
-                    // The payment attempt ends with the order; a success reported later is
-                    // flagged for a refund by `payments::settle`.
-                    payments::close(
-                        conn,
-                        order.id,
-                        PaymentStatus::Cancelled,
-                        None,
-                        Some("the order was cancelled"),
-                    )
-                    .await?;
-                    history::append(
-                        conn,
-                        order.id,
-                        PaymentEventKind::Cancelled,
-                        Source::Cancel,
-                        None,
-                        Some("the order was cancelled"),
-                    )
-                    .await?;
-                }
-                (_, PaymentKind::Card) if order.final_amount > 0 => {
+                Transition::CancelAndRefund => {
+                    let lines = holds::release(conn, order.id).await?;
                     // A paid card order's money goes back through the gateway.
                     payments::require_refund(conn, order.id).await?;
+                    lines
                 }
-                _ => {}
-            }
+                other => return Err(other.unexpected(order.id, Fact::Cancel)),
+            };
             diesel::update(orders::table.find(order.id))
                 .set((
                     orders::status.eq(OrderStatus::Cancelled),

@@ -6,8 +6,9 @@
 //! while it waits), so a crash or an outage during the call loses nothing: reconciliation
 //! (`crate::domain::reconcile`) finds the payment later.
 //!
-//! [`settle`] is the one place a pending payment ends. It locks the order row and acts only while
-//! the order is still `PENDING_PAYMENT`, so however often and from wherever it is triggered
+//! [`settle`] is the one place a pending payment ends. It locks the order row and its payment,
+//! asks the order's state machine ([`crate::domain::lifecycle::decide`]) what the gateway's word
+//! means for them, and executes the answer, so however often and from wherever it is triggered
 //! (callback, reconciliation, the order request itself) and whatever races it (a cancel), an
 //! order is paid or compensated once:
 //! - paid: order `PAID`, payment `SUCCESS`, outbox `OrderPaid` + `PaymentCompleted`;
@@ -17,7 +18,8 @@
 //! A success reported for an order that was cancelled or failed meanwhile marks the payment
 //! `REFUND_REQUIRED` and requires its refund (`crate::domain::refunds`, counted in
 //! `payments_refund_required_total`); a second success for a paid order requires a refund of that
-//! charge (`payments_duplicate_charges_total`).
+//! charge (`payments_duplicate_charges_total`). What a set of gateway transactions amounts to is
+//! [`crate::domain::lifecycle::verdict`]'s call, for callbacks and reconciliation alike.
 
 use std::sync::Arc;
 
@@ -31,10 +33,11 @@ use utoipa::ToSchema;
 use crate::domain::card::{CardNumber, CardVault};
 use crate::domain::history::{self, PaymentEventKind as Kind, Source};
 use crate::domain::holds;
+use crate::domain::lifecycle::{Fact, OrderState, Transition, Verdict, decide, verdict};
 use crate::domain::refunds::{self, Refundable};
 use crate::domain::states::{CardType, OrderStatus, PaymentKind, PaymentStatus, RefundCause};
 use crate::domain::{Error, Missing, Result};
-use crate::infra::gateway::{Gateway, GatewayError, PaymentRequest, Transaction, TxStatus};
+use crate::infra::gateway::{Gateway, GatewayError, PaymentRequest};
 use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::{orders as order_rows, payments};
 
@@ -263,34 +266,86 @@ impl Payments {
     }
 
     /// [`settle`] in a transaction of its own, counting the outcome under its source. Returns
-    /// the order's status afterwards and whether this call changed it.
+    /// the order's status afterwards and the transition this call applied.
     pub async fn settle_with(
         &self,
         order_id: i64,
         settlement: Settlement,
         source: Source,
-    ) -> Result<(OrderStatus, bool)> {
+    ) -> Result<(OrderStatus, Transition)> {
         let mut conn = self.db.get().await?;
         let topics = &self.topics;
-        let (status, changed) = conn
+        let (status, transition) = conn
             .transaction::<_, Error, _>(async |conn| {
                 settle(conn, topics, order_id, &settlement, source).await
             })
             .await?;
         let via = source.as_str();
-        if changed {
+        if matches!(transition, Transition::Pay | Transition::FailPayment) {
             metrics::counter!("payments_settled_total", "status" => status.as_str(), "via" => via)
                 .increment(1);
             tracing::info!(order.id = order_id, status = %status, via, "payment settled");
         }
-        Ok((status, changed))
+        Ok((status, transition))
+    }
+
+    /// Settles an order from the gateway's verdict: its charge (and any second charge, to be
+    /// refunded), or its end without a charge. Returns the order's status afterwards and the
+    /// transition applied to the order's own payment; `None` when the verdict settles nothing.
+    pub async fn settle_verdict(
+        &self,
+        order_id: i64,
+        verdict: &Verdict,
+        source: Source,
+    ) -> Result<Option<(OrderStatus, Transition)>> {
+        match verdict {
+            Verdict::Charged { key, duplicates } => {
+                let settled = self
+                    .settle_with(
+                        order_id,
+                        Settlement::Paid {
+                            transaction_key: key.clone(),
+                        },
+                        source,
+                    )
+                    .await?;
+                // Any further success is a second charge: `settle` requires its refund.
+                for key in duplicates {
+                    self.settle_with(
+                        order_id,
+                        Settlement::Paid {
+                            transaction_key: key.clone(),
+                        },
+                        source,
+                    )
+                    .await?;
+                }
+                Ok(Some(settled))
+            }
+            Verdict::NotCharged { key, reason } => self
+                .settle_with(
+                    order_id,
+                    Settlement::Failed {
+                        transaction_key: Some(key.clone()),
+                        reason: reason.clone(),
+                    },
+                    source,
+                )
+                .await
+                .map(Some),
+            Verdict::Unlisted { .. }
+            | Verdict::Pending { .. }
+            | Verdict::Unknown
+            | Verdict::NotReceived => Ok(None),
+        }
     }
 
     /// Handles the gateway's report that payment `key` of order `order_id` changed. The report
-    /// is not authenticated, so it is never trusted: the payment is looked up at the gateway (as
-    /// the order's owner) and settled from what the gateway says, only if the gateway agrees on
-    /// the order and the amount. A repeat of the report that settled the payment is answered
-    /// without asking the gateway again. Returns the order's status afterwards.
+    /// is not authenticated, so it is never trusted: the order's payments are looked up at the
+    /// gateway (as the order's owner), the reported one must be among them, and the order is
+    /// settled from the gateway's [`verdict`] over all of them. A repeat of the report that
+    /// settled the payment is answered without asking the gateway again. Returns the order's
+    /// status afterwards.
     pub async fn verify_callback(
         &self,
         order_id: i64,
@@ -314,80 +369,70 @@ impl Payments {
                 .optional()?
         };
         let Some((user_id, amount, payment_status, known_key, order_status)) = payment else {
-            metrics::counter!("payment_callbacks_total", "result" => "unknown_order").increment(1);
+            CallbackOutcome::UnknownOrder.count();
             return Err(Error::NotFound(Missing::Payment));
         };
         // Repeats and floods of a settled callback cost the gateway nothing.
         if payment_status != PaymentStatus::Pending && known_key.as_deref() == Some(key) {
-            metrics::counter!("payment_callbacks_total", "result" => "repeat").increment(1);
+            CallbackOutcome::Repeat.count();
             return Ok(order_status);
         }
-        let tx = match self.gateway.transaction(user_id, key).await {
-            Ok(Some(tx)) => tx,
-            Ok(None) => return Err(not_verified("the gateway has no such payment")),
+        let all = match self.gateway.by_order(user_id, order_id).await {
+            Ok(all) => all,
             Err(GatewayError::Refused(_)) => {
                 return Err(not_verified("the gateway refused to confirm the payment"));
             }
             Err(e) => return Err(Error::Unavailable(e.to_string())),
         };
-        if !tx.belongs_to(order_id, amount) {
-            return Err(not_verified(
-                "the gateway's payment does not match this order",
-            ));
-        }
-        let settlement = match tx.status {
-            TxStatus::Success | TxStatus::Refunded => Settlement::Paid {
-                transaction_key: tx.transaction_key,
-            },
-            TxStatus::Failed => {
-                // Before giving the order's stock back, make sure no other payment of this order
-                // is still open or went through at the gateway.
-                let all = self
-                    .gateway
-                    .by_order(user_id, order_id)
-                    .await
-                    .map_err(|e| Error::Unavailable(e.to_string()))?;
-                let mine = |t: &&Transaction| t.belongs_to(order_id, amount);
-                if let Some(paid) = all.iter().filter(mine).find(|t| t.status.charged()) {
-                    Settlement::Paid {
-                        transaction_key: paid.transaction_key.clone(),
-                    }
-                } else if all
-                    .iter()
-                    .filter(mine)
-                    .any(|t| t.status == TxStatus::Pending)
-                {
-                    metrics::counter!("payment_callbacks_total", "result" => "not_settled")
-                        .increment(1);
-                    return Err(Error::PaymentNotSettled(
-                        "another payment of this order is still pending at the gateway",
-                    ));
-                } else {
-                    Settlement::Failed {
-                        transaction_key: Some(tx.transaction_key),
-                        reason: tx.reason.unwrap_or_else(|| "declined".to_owned()),
-                    }
-                }
-            }
-            TxStatus::Pending | TxStatus::Unknown => {
-                metrics::counter!("payment_callbacks_total", "result" => "not_settled")
-                    .increment(1);
-                tracing::info!(order.id = order_id, claimed = ?claimed, "callback for a payment the gateway has not settled");
-                return Err(Error::PaymentNotSettled(
-                    "the gateway has not settled this payment yet",
+        match all.iter().find(|t| t.transaction_key == key) {
+            None => return Err(not_verified("the gateway has no such payment")),
+            Some(tx) if !tx.belongs_to(order_id, amount) => {
+                return Err(not_verified(
+                    "the gateway's payment does not match this order",
                 ));
             }
+            Some(_) => {}
+        }
+        let verdict = verdict(&all, order_id, amount, known_key.as_deref());
+        let Some((order_status, _)) = self
+            .settle_verdict(order_id, &verdict, Source::Callback)
+            .await?
+        else {
+            CallbackOutcome::NotSettled.count();
+            tracing::info!(order.id = order_id, claimed = ?claimed, ?verdict, "callback for a payment the gateway has not settled");
+            return Err(Error::PaymentNotSettled(match verdict {
+                Verdict::Pending { .. } => "the gateway has not settled this payment yet",
+                _ => "the gateway's payments of this order are not settled",
+            }));
         };
-        let (order_status, _) = self
-            .settle_with(order_id, settlement, Source::Callback)
-            .await?;
-        metrics::counter!("payment_callbacks_total", "result" => "accepted").increment(1);
+        CallbackOutcome::Accepted.count();
         Ok(order_status)
     }
 }
 
+crate::text_enum! {
+    /// How a gateway callback was answered (`payment_callbacks_total{result}`).
+    pub enum CallbackOutcome {
+        /// Settled from the gateway's answer (or found settled already).
+        Accepted => "accepted",
+        /// The callback that settled the payment, again: answered without the gateway.
+        Repeat => "repeat",
+        UnknownOrder => "unknown_order",
+        /// The gateway does not confirm it.
+        NotVerified => "not_verified",
+        /// The gateway has not settled the payment.
+        NotSettled => "not_settled",
+    }
+}
+
+impl CallbackOutcome {
+    fn count(self) {
+        metrics::counter!("payment_callbacks_total", "result" => self.as_str()).increment(1);
+    }
+}
+
 fn not_verified(detail: &'static str) -> Error {
-    metrics::counter!("payment_callbacks_total", "result" => "not_verified").increment(1);
+    CallbackOutcome::NotVerified.count();
     Error::PaymentNotVerified(detail)
 }
 
@@ -401,15 +446,45 @@ struct Locked {
     payment_method: PaymentKind,
 }
 
-/// Ends a pending payment inside the caller's transaction, in the history under `source`.
-/// Returns the order's status afterwards and whether this call changed it.
+/// The order's card payment, locked.
+#[derive(Queryable)]
+pub(crate) struct LockedPayment {
+    pub id: i64,
+    pub status: PaymentStatus,
+    pub amount: i64,
+    pub transaction_key: Option<String>,
+}
+
+/// Locks and reads the order's card payment, if it has one (after the order's row: every
+/// path locks in that order).
+pub(crate) async fn lock_payment(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+) -> Result<Option<LockedPayment>> {
+    Ok(payments::table
+        .filter(payments::order_id.eq(order_id))
+        .select((
+            payments::id,
+            payments::status,
+            payments::amount,
+            payments::transaction_key,
+        ))
+        .for_update()
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Applies the gateway's word on a payment inside the caller's transaction, in the history under
+/// `source`: [`decide`] says what it means for the order, this executes it. Returns the order's
+/// status afterwards and the transition applied.
 pub async fn settle(
     conn: &mut AsyncPgConnection,
     topics: &Topics,
     order_id: i64,
     settlement: &Settlement,
     source: Source,
-) -> Result<(OrderStatus, bool)> {
+) -> Result<(OrderStatus, Transition)> {
     // The order row lock serialises every settlement and cancellation of this order.
     let order: Locked = order_rows::table
         .find(order_id)
@@ -426,62 +501,30 @@ pub async fn settle(
         .await
         .optional()?
         .ok_or(Error::NotFound(Missing::Order))?;
-    let (payment_id, payment_status, amount, current_key): (
-        i64,
-        PaymentStatus,
-        i64,
-        Option<String>,
-    ) = payments::table
-        .filter(payments::order_id.eq(order_id))
-        .select((
-            payments::id,
-            payments::status,
-            payments::amount,
-            payments::transaction_key,
-        ))
-        .for_update()
-        .first(conn)
-        .await
-        .optional()?
+    let payment = lock_payment(conn, order_id)
+        .await?
         .ok_or(Error::NotFound(Missing::Payment))?;
-    match order.status {
-        OrderStatus::PendingPayment => {}
-        OrderStatus::Paid
-        | OrderStatus::PaymentFailed
-        | OrderStatus::Cancelled
-        | OrderStatus::Refunded => {
-            if let Settlement::Paid { transaction_key } = settlement {
-                let payment = Refundable {
-                    payment_id,
-                    order_id,
-                    user_id: order.user_id,
-                    amount,
-                };
-                charged_after_close(
-                    conn,
-                    &payment,
-                    payment_status,
-                    current_key,
-                    transaction_key,
-                    source,
-                )
-                .await?;
-            }
-            return Ok((order.status, false));
-        }
-    }
-    let lines = holds::lines(conn, order_id).await?;
-    let settled = |transaction_key: Option<String>, reason: Option<String>| PaymentSettled {
+    let fact = match settlement {
+        Settlement::Paid { transaction_key } => Fact::Charged {
+            own: payment.transaction_key.as_deref() == Some(transaction_key.as_str()),
+        },
+        Settlement::Failed { .. } => Fact::NotCharged,
+    };
+    let state = OrderState {
+        order: order.status,
+        payment: Some(payment.status),
+    };
+    let transition = decide(state, fact).map_err(|r| r.into_error(order_id))?;
+    let refundable = Refundable {
+        payment_id: payment.id,
         order_id,
         user_id: order.user_id,
-        amount,
-        payment_method: order.payment_method.as_str().to_owned(),
-        transaction_key,
-        reason,
-        lines: lines.clone(),
+        amount: payment.amount,
     };
-    match settlement {
-        Settlement::Paid { transaction_key } => {
+    let status = match (transition, settlement) {
+        (Transition::Nothing, _) => order.status,
+        (Transition::Pay, Settlement::Paid { transaction_key }) => {
+            let lines = holds::lines(conn, order_id).await?;
             // The sale's instant: the column and the events carry the same one.
             let paid_at = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 6);
             diesel::update(order_rows::table.find(order_id))
@@ -517,22 +560,32 @@ pub async fn settle(
                 final_amount: order.final_amount,
                 payment_method: order.payment_method.as_str().to_owned(),
             };
+            let completed = PaymentSettled {
+                order_id,
+                user_id: order.user_id,
+                amount: payment.amount,
+                payment_method: order.payment_method.as_str().to_owned(),
+                transaction_key: Some(transaction_key.clone()),
+                reason: None,
+                lines,
+            };
             outbox::record_at(
                 conn,
                 topics,
-                vec![
-                    Event::OrderPaid(placed),
-                    Event::PaymentCompleted(settled(Some(transaction_key.clone()), None)),
-                ],
+                vec![Event::OrderPaid(placed), Event::PaymentCompleted(completed)],
                 paid_at,
             )
             .await?;
-            Ok((OrderStatus::Paid, true))
+            OrderStatus::Paid
         }
-        Settlement::Failed {
-            transaction_key,
-            reason,
-        } => {
+        (
+            Transition::FailPayment,
+            Settlement::Failed {
+                transaction_key,
+                reason,
+            },
+        ) => {
+            let lines = holds::lines(conn, order_id).await?;
             holds::release(conn, order_id).await?;
             diesel::update(order_rows::table.find(order_id))
                 .set(order_rows::status.eq(OrderStatus::PaymentFailed))
@@ -555,63 +608,22 @@ pub async fn settle(
                 Some(reason),
             )
             .await?;
-            outbox::record(
-                conn,
-                topics,
-                vec![Event::PaymentFailed(settled(
-                    transaction_key.clone(),
-                    Some(reason.clone()),
-                ))],
-            )
-            .await?;
-            Ok((OrderStatus::PaymentFailed, true))
+            let failed = PaymentSettled {
+                order_id,
+                user_id: order.user_id,
+                amount: payment.amount,
+                payment_method: order.payment_method.as_str().to_owned(),
+                transaction_key: transaction_key.clone(),
+                reason: Some(reason.clone()),
+                lines,
+            };
+            outbox::record(conn, topics, vec![Event::PaymentFailed(failed)]).await?;
+            OrderStatus::PaymentFailed
         }
-    }
-}
-
-/// A success reported for an order that is no longer pending: a second charge of a paid order,
-/// or a charge of a closed one. Either way the money must go back: a refund is required (once per
-/// charge, however often it is reported).
-async fn charged_after_close(
-    conn: &mut AsyncPgConnection,
-    payment: &Refundable,
-    payment_status: PaymentStatus,
-    current_key: Option<String>,
-    transaction_key: &str,
-    source: Source,
-) -> Result<()> {
-    let order_id = payment.order_id;
-    match payment_status {
-        PaymentStatus::Success | PaymentStatus::RefundRequired | PaymentStatus::Refunded
-            if current_key.as_deref() != Some(transaction_key) =>
-        {
-            // Two successful gateway payments for one order: the second goes back.
-            if refunds::require(
-                conn,
-                payment,
-                transaction_key,
-                RefundCause::DuplicateCharge,
-                source,
-            )
-            .await?
-            {
-                history::append(
-                    conn,
-                    order_id,
-                    Kind::DuplicateCharge,
-                    source,
-                    Some(transaction_key),
-                    None,
-                )
-                .await?;
-                tracing::error!(order.id = order_id, transaction_key = %transaction_key, "a second gateway payment succeeded for a paid order; refunding it");
-                metrics::counter!("payments_duplicate_charges_total").increment(1);
-            }
-        }
-        PaymentStatus::Cancelled | PaymentStatus::Failed => {
+        (Transition::RefundLateCharge, Settlement::Paid { transaction_key }) => {
             tracing::warn!(order.id = order_id, transaction_key = %transaction_key, "the gateway charged an order that is no longer payable; refunding it");
             metrics::counter!("payments_refund_required_total").increment(1);
-            diesel::update(payments::table.find(payment.payment_id))
+            diesel::update(payments::table.find(payment.id))
                 .set((
                     payments::status.eq(PaymentStatus::RefundRequired),
                     payments::transaction_key.eq(transaction_key),
@@ -630,19 +642,43 @@ async fn charged_after_close(
             .await?;
             refunds::require(
                 conn,
-                payment,
+                &refundable,
                 transaction_key,
                 RefundCause::ChargedAfterClose,
                 source,
             )
             .await?;
+            order.status
         }
-        PaymentStatus::Success
-        | PaymentStatus::Pending
-        | PaymentStatus::RefundRequired
-        | PaymentStatus::Refunded => {}
-    }
-    Ok(())
+        (Transition::RefundDuplicate, Settlement::Paid { transaction_key }) => {
+            // Two successful gateway payments for one order: the second goes back (once per
+            // charge, however often it is reported).
+            if refunds::require(
+                conn,
+                &refundable,
+                transaction_key,
+                RefundCause::DuplicateCharge,
+                source,
+            )
+            .await?
+            {
+                history::append(
+                    conn,
+                    order_id,
+                    Kind::DuplicateCharge,
+                    source,
+                    Some(transaction_key),
+                    None,
+                )
+                .await?;
+                tracing::error!(order.id = order_id, transaction_key = %transaction_key, "a second gateway payment succeeded for a paid order; refunding it");
+                metrics::counter!("payments_duplicate_charges_total").increment(1);
+            }
+            order.status
+        }
+        (transition, _) => return Err(transition.unexpected(order_id, fact)),
+    };
+    Ok((status, transition))
 }
 
 /// Requires the refund of a paid card order's payment, inside the cancellation's transaction.

@@ -24,18 +24,18 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use commerce_db::worker::{self, LeasedWork, Schedule};
 use diesel::QueryableByName;
 use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Timestamptz};
 use diesel_async::RunQueryDsl;
-use futures::StreamExt;
 use tokio::sync::watch;
-use tracing::Instrument as _;
 
-use crate::domain::Result;
 use crate::domain::history::{PaymentEventKind as Kind, Source};
+use crate::domain::lifecycle::{Transition, Verdict, verdict};
 use crate::domain::payments::{Payments, Settlement};
 use crate::domain::states::{CardType, PaymentStatus};
-use crate::infra::gateway::{GatewayError, PaymentRequest, Transaction, TxStatus};
+use crate::domain::{Error, Result};
+use crate::infra::gateway::{GatewayError, PaymentRequest};
 
 /// Payments claimed per pass. A claim lasts `PAYMENT_RECHECK_AFTER_MS`; a payment still queued
 /// in the pass when its claim ends may be claimed by another instance too, which is harmless
@@ -47,7 +47,7 @@ const CONCURRENCY: usize = 32;
 
 /// A pending payment claimed for a look at the gateway.
 #[derive(QueryableByName, Debug)]
-struct Due {
+pub struct Due {
     #[diesel(sql_type = BigInt)]
     order_id: i64,
     #[diesel(sql_type = Text)]
@@ -69,74 +69,58 @@ struct Due {
     next_check_at: DateTime<Utc>,
 }
 
-/// Runs reconciliation passes until `stop` turns true.
-pub async fn run(state: Arc<Payments>, stop: watch::Receiver<bool>) {
-    let interval = state.settings.reconcile_interval;
-    run_passes(
-        "payment reconciliation",
-        interval,
-        BATCH,
-        || pass(&state),
-        stop,
-    )
-    .await
-}
+/// Reconciliation, as leased work.
+pub struct Reconciliation(pub Arc<Payments>);
 
-/// Runs `pass` until `stop` turns true: again at once after a full batch of `batch`, after
-/// `interval` otherwise, and after at least a second when it failed.
-pub(crate) async fn run_passes<F, Fut>(
-    what: &'static str,
-    interval: std::time::Duration,
-    batch: i64,
-    mut pass: F,
-    mut stop: watch::Receiver<bool>,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<usize>>,
-{
-    loop {
-        let pause = match pass().await {
-            Ok(n) if n as i64 == batch => std::time::Duration::ZERO,
-            Ok(_) => interval,
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} pass failed; retrying");
-                interval.max(std::time::Duration::from_secs(1))
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+impl LeasedWork for Reconciliation {
+    type Item = Due;
+    type Outcome = Reconciled;
+    type Error = Error;
+    const NAME: &'static str = "payment reconciliation";
+    const METRIC: &'static str = "payments_reconciled_total";
+
+    async fn claim(&self, limit: i64) -> Result<Vec<Due>> {
+        claim(&self.0, limit).await
+    }
+
+    async fn process(&self, due: Due) -> Result<Reconciled> {
+        reconcile(&self.0, due).await
+    }
+
+    fn span(&self, due: &Due) -> tracing::Span {
+        tracing::info_span!("payment.reconcile", order.id = due.order_id)
     }
 }
 
-/// One pass: claims up to a batch of due payments and reconciles them. Returns how many.
-pub async fn pass(state: &Payments) -> Result<usize> {
-    let due = claim(state).await?;
-    let n = due.len();
-    futures::stream::iter(due)
-        .for_each_concurrent(CONCURRENCY, |d| {
-            let order_id = d.order_id;
-            // A trace of its own per payment looked at: its gateway calls and log lines share it.
-            let span = tracing::info_span!("payment.reconcile", order.id = order_id);
-            async move {
-                let result = reconcile(state, d).await;
-                let label = match &result {
-                    Ok(label) => *label,
-                    Err(e) => {
-                        tracing::warn!(order.id = order_id, error = %e, "could not reconcile a payment");
-                        "error"
-                    }
-                };
-                metrics::counter!("payments_reconciled_total", "result" => label).increment(1);
-            }
-            .instrument(span)
-        })
-        .await;
-    Ok(n)
+impl worker::Outcome for Reconciled {
+    fn as_str(self) -> &'static str {
+        Reconciled::as_str(self)
+    }
+    fn error() -> Self {
+        Reconciled::Error
+    }
 }
 
-async fn claim(state: &Payments) -> Result<Vec<Due>> {
+fn schedule(state: &Payments) -> Schedule {
+    Schedule {
+        interval: state.settings.reconcile_interval,
+        batch: BATCH,
+        concurrency: CONCURRENCY,
+    }
+}
+
+/// Runs reconciliation passes until `stop` turns true.
+pub async fn run(state: Arc<Payments>, stop: watch::Receiver<bool>) {
+    let schedule = schedule(&state);
+    worker::run(Arc::new(Reconciliation(state)), schedule, stop).await
+}
+
+/// One pass: claims up to a batch of due payments and reconciles them. Returns how many.
+pub async fn pass(state: &Arc<Payments>) -> Result<usize> {
+    worker::pass(&Reconciliation(state.clone()), schedule(state)).await
+}
+
+async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
     #[derive(QueryableByName)]
     struct Backlog {
         #[diesel(sql_type = BigInt)]
@@ -158,7 +142,7 @@ async fn claim(state: &Payments) -> Result<Vec<Due>> {
                 p.transaction_key, p.created_at, p.next_check_at",
     )
     .bind::<BigInt, _>(recheck_ms)
-    .bind::<BigInt, _>(BATCH)
+    .bind::<BigInt, _>(limit)
     .load(&mut conn)
     .await?;
     let backlog: Backlog = diesel::sql_query(
@@ -202,22 +186,64 @@ async fn stop_watching(state: &Payments, order_id: i64) -> Result<()> {
     Ok(())
 }
 
-/// Settles and labels the outcome by what settling did (`already_settled` when a callback or
-/// a cancel got there first).
+crate::text_enum! {
+    /// What one look at a payment did (`payments_reconciled_total{result}`).
+    pub enum Reconciled {
+        Paid => "paid",
+        Failed => "failed",
+        /// Charged after its order was closed: refund required.
+        RefundRequired => "refund_required",
+        /// A callback or a cancel got there first.
+        AlreadySettled => "already_settled",
+        StillPending => "still_pending",
+        /// The gateway reports a status this client does not know: watched.
+        UnknownStatus => "unknown_status",
+        /// The gateway does not list a payment it accepted: watched.
+        KeyUnknownAtGateway => "key_unknown_at_gateway",
+        /// A cancelled order's payment is still open at the gateway: watched.
+        CancelledPending => "cancelled_pending",
+        /// A cancelled order's payment ended without a charge: no longer watched.
+        CancelledClosed => "cancelled_closed",
+        /// The gateway never received it: requested again.
+        Requested => "requested",
+        /// The gateway never received it before the deadline: failed.
+        Expired => "expired",
+        /// Another instance claimed it since.
+        ClaimLost => "claim_lost",
+        GatewayRefused => "gateway_refused",
+        GatewayUnavailable => "gateway_unavailable",
+        Error => "error",
+    }
+}
+
+/// Settles and names the outcome by what settling did (`AlreadySettled` when a callback or a
+/// cancel got there first).
 async fn settle_labelled(
     state: &Payments,
     order_id: i64,
     settlement: Settlement,
-    label: &'static str,
-) -> Result<&'static str> {
-    let (_, changed) = state
+) -> Result<Reconciled> {
+    let (_, transition) = state
         .settle_with(order_id, settlement, Source::Reconciliation)
         .await?;
-    Ok(if changed { label } else { "already_settled" })
+    Ok(outcome_of(transition))
 }
 
-/// Settles (or re-requests) one payment according to the gateway. Returns a metrics label.
-async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
+fn outcome_of(transition: Transition) -> Reconciled {
+    match transition {
+        Transition::Pay => Reconciled::Paid,
+        Transition::FailPayment => Reconciled::Failed,
+        Transition::RefundLateCharge => Reconciled::RefundRequired,
+        Transition::Nothing
+        | Transition::RefundDuplicate
+        | Transition::Cancel
+        | Transition::CancelAndRefund
+        | Transition::MarkRefunded { .. } => Reconciled::AlreadySettled,
+    }
+}
+
+/// Settles (or re-requests) one payment according to the gateway's [`verdict`].
+async fn reconcile(state: &Payments, due: Due) -> Result<Reconciled> {
     let gateway = &state.gateway;
     let age = (Utc::now() - due.created_at).to_std().unwrap_or_default();
     let past_deadline = age >= state.settings.request_deadline;
@@ -227,114 +253,91 @@ async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
         Ok(found) => found,
         Err(GatewayError::Refused(detail)) => {
             tracing::warn!(order.id = due.order_id, %detail, "the gateway refused a lookup");
-            return Ok("gateway_refused");
+            return Ok(Reconciled::GatewayRefused);
         }
-        Err(_) => return Ok("gateway_unavailable"),
+        Err(_) => return Ok(Reconciled::GatewayUnavailable),
     };
-    // A payment belongs to this order only if the gateway agrees on order and amount.
-    let found: Vec<Transaction> = found
-        .into_iter()
-        .filter(|t| t.belongs_to(due.order_id, due.amount))
-        .collect();
     let cancelled = due.status == PaymentStatus::Cancelled;
-    if let Some(key) = &due.transaction_key
-        && !found.iter().any(|t| &t.transaction_key == key)
-    {
-        // The gateway gave us this key, so it received the payment: never treat it as lost
-        // (and release the order) on the gateway's word that it does not know it. A pending
-        // one stays visible in `payments_pending_oldest_seconds` for an operator.
-        tracing::warn!(order.id = due.order_id, transaction_key = %key, "the gateway does not list a payment it accepted");
-        if cancelled && past_deadline {
+    let verdict = verdict(
+        &found,
+        due.order_id,
+        due.amount,
+        due.transaction_key.as_deref(),
+    );
+    match &verdict {
+        Verdict::Charged { .. } => {
+            let settled = state
+                .settle_verdict(due.order_id, &verdict, Source::Reconciliation)
+                .await?;
+            Ok(settled.map_or(Reconciled::AlreadySettled, |(_, t)| outcome_of(t)))
+        }
+        Verdict::Unlisted { key } => {
+            // The gateway gave us this key, so it received the payment: never treat it as lost
+            // (and release the order) on the gateway's word that it does not know it. A pending
+            // one stays visible in `payments_pending_oldest_seconds` for an operator.
+            tracing::warn!(order.id = due.order_id, transaction_key = %key, "the gateway does not list a payment it accepted");
+            if cancelled && past_deadline {
+                stop_watching(state, due.order_id).await?;
+            }
+            Ok(Reconciled::KeyUnknownAtGateway)
+        }
+        Verdict::Pending { .. } if cancelled => Ok(Reconciled::CancelledPending),
+        Verdict::Pending { key } => {
+            if due.transaction_key.is_none() {
+                state
+                    .record_transaction(due.order_id, key, Source::Reconciliation)
+                    .await?;
+            }
+            Ok(Reconciled::StillPending)
+        }
+        // Not settled as far as this client can tell, and not lost: watched, cancelled or not.
+        Verdict::Unknown => Ok(Reconciled::UnknownStatus),
+        Verdict::NotCharged { .. } | Verdict::NotReceived if cancelled => {
+            // Declined, refunded at the gateway, or never received: nothing more to watch.
             stop_watching(state, due.order_id).await?;
+            Ok(Reconciled::CancelledClosed)
         }
-        return Ok("key_unknown_at_gateway");
-    }
-    let successes: Vec<&Transaction> = found.iter().filter(|t| t.status.charged()).collect();
-    if let Some((first, extra)) = successes.split_first() {
-        let label = settle_labelled(
-            state,
-            due.order_id,
-            Settlement::Paid {
-                transaction_key: first.transaction_key.clone(),
-            },
-            if cancelled { "refund_required" } else { "paid" },
-        )
-        .await?;
-        // Any further success is a second charge: `settle` records it for a refund.
-        for t in extra {
-            state
-                .settle_with(
-                    due.order_id,
-                    Settlement::Paid {
-                        transaction_key: t.transaction_key.clone(),
-                    },
-                    Source::Reconciliation,
-                )
-                .await?;
+        Verdict::NotCharged { key, reason } => {
+            settle_labelled(
+                state,
+                due.order_id,
+                Settlement::Failed {
+                    transaction_key: Some(key.clone()),
+                    reason: reason.clone(),
+                },
+            )
+            .await
         }
-        return Ok(label);
+        Verdict::NotReceived => request_again(state, due, past_deadline).await,
     }
-    if cancelled {
-        if found.iter().any(|t| t.status == TxStatus::Pending) {
-            return Ok("cancelled_pending");
-        }
-        // Declined, or never received: nothing was charged, nothing more to watch.
-        stop_watching(state, due.order_id).await?;
-        return Ok("cancelled_closed");
-    }
-    if let Some(pending) = found.iter().find(|t| t.status == TxStatus::Pending) {
-        if due.transaction_key.is_none() {
-            state
-                .record_transaction(
-                    due.order_id,
-                    &pending.transaction_key,
-                    Source::Reconciliation,
-                )
-                .await?;
-        }
-        return Ok("still_pending");
-    }
-    if found.iter().any(|t| t.status == TxStatus::Unknown) {
-        // A status this client does not know: not settled as far as it can tell, and not lost.
-        return Ok("unknown_status");
-    }
-    if let Some(failed) = found.last() {
-        return settle_labelled(
-            state,
-            due.order_id,
-            Settlement::Failed {
-                transaction_key: Some(failed.transaction_key.clone()),
-                reason: failed
-                    .reason
-                    .clone()
-                    .unwrap_or_else(|| "declined".to_owned()),
-            },
-            "failed",
-        )
-        .await;
-    }
-    // The gateway never received this payment: request it again, or give up past the
-    // deadline. Both only while this pass still holds the claim.
+}
+
+/// The gateway never received this payment: requests it again, or gives up past the deadline.
+/// Both only while this pass still holds the claim.
+async fn request_again(state: &Payments, due: Due, past_deadline: bool) -> Result<Reconciled> {
     let card_no = due
         .card_no_sealed
         .as_deref()
         .and_then(|sealed| state.cards.open(sealed));
     if !renew_claim(state, &due).await? {
-        return Ok("claim_lost");
+        return Ok(Reconciled::ClaimLost);
     }
     let card_no = match card_no {
         Some(card_no) if !past_deadline => card_no,
         _ => {
-            return settle_labelled(
+            let failed = settle_labelled(
                 state,
                 due.order_id,
                 Settlement::Failed {
                     transaction_key: None,
                     reason: "the payment never reached the payment gateway".to_owned(),
                 },
-                "expired",
             )
-            .await;
+            .await?;
+            return Ok(match failed {
+                Reconciled::Failed => Reconciled::Expired,
+                other => other,
+            });
         }
     };
     let request = PaymentRequest {
@@ -353,12 +356,12 @@ async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
             "the gateway never received the payment: requested again",
         )
         .await?;
-    match gateway.request_payment(&request).await {
+    match state.gateway.request_payment(&request).await {
         Ok(tx) => {
             state
                 .record_transaction(due.order_id, &tx.transaction_key, Source::Reconciliation)
                 .await?;
-            Ok("requested")
+            Ok(Reconciled::Requested)
         }
         Err(GatewayError::Refused(detail)) => {
             tracing::warn!(order.id = due.order_id, %detail, "the gateway refused the payment");
@@ -369,10 +372,9 @@ async fn reconcile(state: &Payments, due: Due) -> Result<&'static str> {
                     transaction_key: None,
                     reason: "the payment gateway refused the payment".to_owned(),
                 },
-                "failed",
             )
             .await
         }
-        Err(_) => Ok("gateway_unavailable"),
+        Err(_) => Ok(Reconciled::GatewayUnavailable),
     }
 }

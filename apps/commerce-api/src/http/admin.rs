@@ -5,7 +5,7 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use crate::domain::refunds::{self, Attention, Retried};
+use crate::domain::attention::{self, Attention, Retried};
 use crate::http::auth::AdminUser;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{Json, Path, Query};
@@ -39,7 +39,7 @@ pub async fn attention(
         return Err(ApiError::field("limit", "must be 1..=500"));
     }
     Ok(Json(AttentionList {
-        content: refunds::attention(&state.payments, limit).await?,
+        content: attention::attention(&state.payments, limit).await?,
     }))
 }
 
@@ -57,6 +57,6 @@ pub async fn retry_payment(
 ) -> ApiResult<(axum::http::StatusCode, Json<Retried>)> {
     Ok((
         axum::http::StatusCode::ACCEPTED,
-        Json(refunds::retry(&state.payments, id).await?),
+        Json(attention::retry(&state.payments, id).await?),
     ))
 }

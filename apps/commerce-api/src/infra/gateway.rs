@@ -500,25 +500,6 @@ impl Gateway {
         .await
     }
 
-    /// One payment by its transaction key (`None`: the gateway has no such payment of this user).
-    pub async fn transaction(
-        &self,
-        user_id: i64,
-        key: &str,
-    ) -> Result<Option<Transaction>, GatewayError> {
-        self.call("get", || async {
-            let sent = self
-                .http
-                .get(endpoint(&self.base, &[key]))
-                .header("X-USER-ID", user_id.to_string())
-                .headers(trace_headers())
-                .send()
-                .await;
-            parse::<Transaction>(sent).await
-        })
-        .await
-    }
-
     /// Every payment the gateway has for an order, oldest first.
     pub async fn by_order(
         &self,

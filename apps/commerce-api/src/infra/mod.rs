@@ -41,6 +41,9 @@ macro_rules! text_enum {
             /// Every state, in declaration order.
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// Every state's text, in declaration order (metric labels registered at zero).
+            pub const TEXTS: &'static [&'static str] = &[$($text),+];
+
             /// The stored and serialised text.
             pub const fn as_str(self) -> &'static str {
                 match self {

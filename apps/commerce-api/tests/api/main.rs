@@ -10,6 +10,7 @@ mod discovery;
 mod drops;
 mod edge;
 mod harness_isolation;
+mod lifecycle;
 mod migrations;
 mod order_events;
 mod orders;

@@ -1,0 +1,148 @@
+//! What needs an operator: refunds the gateway refused or keeps failing, payments whose outcome
+//! is unknown past the request deadline; and the operator's retry.
+
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::domain::history::{self, PaymentEventKind as Kind, Source};
+use crate::domain::payments::Payments;
+use crate::domain::states::{PaymentStatus, RefundStatus};
+use crate::domain::{Error, Missing, Result};
+use crate::infra::schema::{payments, refunds};
+
+/// Attempts after which a refund still not confirmed is listed for an operator.
+pub const ATTENTION_AFTER_ATTEMPTS: i32 = 3;
+
+/// A payment that needs an operator's attention.
+#[derive(Serialize, ToSchema, Clone, Debug, QueryableByName)]
+pub struct Attention {
+    #[diesel(sql_type = BigInt)]
+    pub order_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub user_id: i64,
+    #[diesel(sql_type = BigInt)]
+    pub amount: i64,
+    /// `REFUND_FAILED` (the gateway refused the refund), `REFUND_RETRYING` (attempted several
+    /// times without a confirmation) or `OUTCOME_UNKNOWN` (the payment is still pending past the
+    /// request deadline).
+    #[diesel(sql_type = Text)]
+    pub concern: String,
+    /// The gateway transaction concerned, when there is one.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub transaction_key: Option<String>,
+    /// The refund's cause, for a refund.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub cause: Option<String>,
+    #[diesel(sql_type = Integer)]
+    pub attempts: i32,
+    /// The last error, or why the payment is pending.
+    #[diesel(sql_type = Nullable<Text>)]
+    pub detail: Option<String>,
+    /// Since when the refund or payment has been open.
+    #[diesel(sql_type = Timestamptz)]
+    pub since: DateTime<Utc>,
+}
+
+/// Every payment that needs attention, oldest first, at most `limit`.
+pub async fn attention(state: &Payments, limit: i64) -> Result<Vec<Attention>> {
+    let mut conn = state.db.get().await?;
+    Ok(diesel::sql_query(
+        "SELECT * FROM (
+           SELECT order_id, user_id, amount,
+                  CASE WHEN status = 'FAILED' THEN 'REFUND_FAILED' ELSE 'REFUND_RETRYING' END
+                    AS concern,
+                  transaction_key, cause, attempts, last_error AS detail, created_at AS since
+             FROM refunds
+            WHERE status = 'FAILED' OR (status = 'REQUESTED' AND attempts >= $1)
+           UNION ALL
+           SELECT order_id, user_id, amount, 'OUTCOME_UNKNOWN', transaction_key, NULL, checks,
+                  reason, created_at
+             FROM payments
+            WHERE status = 'PENDING' AND created_at < now() - $2 * interval '1 second'
+         ) a ORDER BY since, order_id LIMIT $3",
+    )
+    .bind::<Integer, _>(ATTENTION_AFTER_ATTEMPTS)
+    .bind::<BigInt, _>(state.settings.request_deadline.as_secs() as i64)
+    .bind::<BigInt, _>(limit)
+    .load(&mut conn)
+    .await?)
+}
+
+/// What an operator's retry rescheduled.
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq, Eq)]
+pub struct Retried {
+    pub order_id: i64,
+    /// Refunds of the order sent again now.
+    pub refunds: usize,
+    /// Whether the pending payment is looked up at the gateway again now.
+    pub payment: bool,
+}
+
+/// Sends an order's unconfirmed refunds again now (a `FAILED` one included) and has its pending
+/// payment looked up again now. Refused when there is nothing to retry.
+pub async fn retry(state: &Payments, order_id: i64) -> Result<Retried> {
+    let mut conn = state.db.get().await?;
+    let (refunds, payment) = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let refunds = diesel::update(
+                refunds::table
+                    .filter(refunds::order_id.eq(order_id))
+                    .filter(refunds::status.ne(RefundStatus::Refunded)),
+            )
+            .set((
+                refunds::status.eq(RefundStatus::Requested),
+                refunds::next_attempt_at.eq(diesel::dsl::now),
+            ))
+            .execute(conn)
+            .await?;
+            let payment = diesel::update(
+                payments::table
+                    .filter(payments::order_id.eq(order_id))
+                    .filter(payments::status.eq(PaymentStatus::Pending)),
+            )
+            .set(payments::next_check_at.eq(diesel::dsl::now))
+            .execute(conn)
+            .await?;
+            if refunds > 0 || payment == 1 {
+                history::append(
+                    conn,
+                    order_id,
+                    Kind::RetryRequested,
+                    Source::Admin,
+                    None,
+                    None,
+                )
+                .await?;
+            }
+            Ok((refunds, payment == 1))
+        })
+        .await?;
+    if refunds == 0 && !payment {
+        let exists: bool = diesel::select(diesel::dsl::exists(
+            payments::table.filter(payments::order_id.eq(order_id)),
+        ))
+        .get_result(&mut conn)
+        .await?;
+        return Err(if exists {
+            Error::NothingToRetry
+        } else {
+            Error::NotFound(Missing::Payment)
+        });
+    }
+    tracing::info!(
+        order.id = order_id,
+        refunds,
+        payment,
+        "payment retry requested by an operator"
+    );
+    Ok(Retried {
+        order_id,
+        refunds,
+        payment,
+    })
+}

@@ -121,7 +121,7 @@ pub async fn prune(pool: &Pool, horizon: Horizon, day: NaiveDate) -> anyhow::Res
         pool,
         "prune-event-handled",
         &day.to_string(),
-        crate::rollup::LEASE,
+        jobs::LEASE,
         async {
             let mut conn = pool.get().await?;
             let now = Utc::now();

@@ -17,6 +17,11 @@ use diesel::sql_types::{Double, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use tracing::Instrument as _;
 
+/// How long a claimed run of a job may take before another instance may take it over: far
+/// longer than any run takes (a takeover while the first still runs is harmless, as every step
+/// is idempotent, but wasted work).
+pub(crate) const LEASE: Duration = Duration::from_secs(600);
+
 /// The jobs, for their metrics to exist from the start.
 pub const JOBS: [&str; 4] = [
     "rollup",

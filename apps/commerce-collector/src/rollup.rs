@@ -116,7 +116,7 @@ pub async fn rollup_range(
 
 /// One run of the incremental rollup: the periods of days changed since the last run.
 pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
-    jobs::run(pool, "rollup", slot, LEASE, async {
+    jobs::run(pool, "rollup", slot, jobs::LEASE, async {
         let mut conn = pool.get().await?;
         #[derive(diesel::QueryableByName)]
         struct Since {
@@ -155,11 +155,6 @@ pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyh
     .map(drop)
 }
 
-/// How long a claimed run of a job may take before another instance may take it over: far
-/// longer than any run takes (a takeover while the first still runs is harmless, as every step
-/// is idempotent, but wasted work).
-pub(crate) const LEASE: std::time::Duration = std::time::Duration::from_secs(600);
-
 /// Closes yesterday: materialises its ranks and carries its scores into today. Once per
 /// business day.
 pub async fn close_day(
@@ -169,19 +164,25 @@ pub async fn close_day(
     today: NaiveDate,
 ) -> anyhow::Result<()> {
     let yesterday = today - Duration::days(1);
-    let ran = jobs::run(pool, "close-day", &yesterday.to_string(), LEASE, async {
-        let mut conn = pool.get().await?;
-        snapshot::materialize(
-            &mut conn,
-            Ranking::of(Period::Daily, yesterday),
-            config.weights,
-        )
-        .await?;
-        carry_over(&mut conn, config.weights, yesterday, config.carryover_ratio).await?;
-        // Today's live set gains the carried scores at the refresher's next check.
-        live.invalidate();
-        Ok(())
-    })
+    let ran = jobs::run(
+        pool,
+        "close-day",
+        &yesterday.to_string(),
+        jobs::LEASE,
+        async {
+            let mut conn = pool.get().await?;
+            snapshot::materialize(
+                &mut conn,
+                Ranking::of(Period::Daily, yesterday),
+                config.weights,
+            )
+            .await?;
+            carry_over(&mut conn, config.weights, yesterday, config.carryover_ratio).await?;
+            // Today's live set gains the carried scores at the refresher's next check.
+            live.invalidate();
+            Ok(())
+        },
+    )
     .await?;
     if ran {
         tracing::info!(%yesterday, "business day closed");

@@ -153,7 +153,7 @@ impl Cache {
 /// Readiness check: Redis answers `PING`.
 pub struct RedisCheck(pub Cache);
 
-impl commerce_web::health::ReadinessCheck for RedisCheck {
+impl commerce_health::ReadinessCheck for RedisCheck {
     fn name(&self) -> &'static str {
         "redis"
     }

@@ -329,7 +329,7 @@ async fn apply(url: &str, migrations: EmbeddedMigrations) -> anyhow::Result<Vec<
 /// Readiness check: a pooled connection answers `SELECT 1`.
 pub struct DbCheck(pub Pool);
 
-impl commerce_web::health::ReadinessCheck for DbCheck {
+impl commerce_health::ReadinessCheck for DbCheck {
     fn name(&self) -> &'static str {
         "database"
     }

@@ -303,7 +303,7 @@ impl KafkaCheck {
     }
 }
 
-impl commerce_web::health::ReadinessCheck for KafkaCheck {
+impl commerce_health::ReadinessCheck for KafkaCheck {
     fn name(&self) -> &'static str {
         "kafka"
     }

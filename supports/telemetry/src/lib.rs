@@ -9,6 +9,7 @@
 //! - HTTP metrics are labelled by the matched route template, never the raw path, so label
 //!   cardinality stays bounded whatever URLs clients send.
 
+#[cfg(feature = "http")]
 pub mod http;
 mod logs;
 pub mod traces;
@@ -21,7 +22,6 @@ pub use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 
 use std::sync::OnceLock;
 
-use axum::response::IntoResponse;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Pipeline-delay buckets in seconds (an event's commit to its application: milliseconds when
@@ -146,7 +146,8 @@ pub fn register_gauge(name: &'static str, help: &'static str) {
 }
 
 /// `GET /metrics` handler: Prometheus text exposition format.
-pub async fn render_metrics() -> impl IntoResponse {
+#[cfg(feature = "http")]
+pub async fn render_metrics() -> impl axum::response::IntoResponse {
     let handle = metrics_handle();
     process_metrics().collect();
     handle.run_upkeep();

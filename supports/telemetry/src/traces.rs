@@ -6,11 +6,8 @@
 
 use std::collections::HashMap;
 
-use axum::http;
-
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -36,8 +33,9 @@ pub fn continue_trace(span: &Span, traceparent: Option<&str>) {
 }
 
 /// Makes `span` a child of the trace context in `headers`, if they carry a valid one.
-pub fn continue_from_headers(span: &Span, headers: &http::HeaderMap) {
-    let cx = propagator().extract(&HeaderExtractor(headers));
+#[cfg(feature = "http")]
+pub fn continue_from_headers(span: &Span, headers: &axum::http::HeaderMap) {
+    let cx = propagator().extract(&opentelemetry_http::HeaderExtractor(headers));
     if cx.span().span_context().is_valid() {
         let _ = span.set_parent(cx);
     }
@@ -73,8 +71,12 @@ pub fn current_traceparent() -> Option<String> {
 }
 
 /// Writes the current span's context into outgoing request headers.
-pub fn inject(headers: &mut http::HeaderMap) {
-    propagator().inject_context(&Span::current().context(), &mut HeaderInjector(headers));
+#[cfg(feature = "http")]
+pub fn inject(headers: &mut axum::http::HeaderMap) {
+    propagator().inject_context(
+        &Span::current().context(),
+        &mut opentelemetry_http::HeaderInjector(headers),
+    );
 }
 
 /// Renames the current span in its trace (a server span, once its route is known).

@@ -17,16 +17,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use futures::future::BoxFuture;
 use serde::Serialize;
 
-/// A dependency whose reachability decides readiness.
-pub trait ReadinessCheck: Send + Sync + 'static {
-    /// Short name shown in the readiness body, e.g. `database`.
-    fn name(&self) -> &'static str;
-    /// Resolves to `Err(reason)` when the dependency is unusable.
-    fn check(&self) -> BoxFuture<'_, Result<(), String>>;
-}
+pub use commerce_health::{CheckFuture, ReadinessCheck};
 
 /// A check together with whether its failure makes the app unready.
 #[derive(Clone)]

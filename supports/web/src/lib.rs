@@ -8,6 +8,7 @@
 //! - [`Server`]: the one runner every app starts through: bind, serve, run background tasks,
 //!   and stop them all in order on SIGTERM/Ctrl-C.
 
+mod error;
 pub mod health;
 mod json;
 #[cfg(feature = "openapi")]
@@ -17,6 +18,8 @@ mod query;
 mod serve;
 pub mod text;
 
+#[doc(hidden)]
+pub use axum as __axum;
 pub use json::Json;
 pub use problem::{FieldError, Problem, internal_error, route_not_found, unavailable_error};
 pub use query::{Path, Query};

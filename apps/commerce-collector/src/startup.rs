@@ -131,14 +131,38 @@ impl Application {
 ))]
 struct ApiDoc;
 
-fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
-    let body_limit = state.config.body_limit_bytes;
+/// The routes and their OpenAPI description.
+fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(http::rankings))
         .routes(routes!(http::product_rank))
         .routes(routes!(http::product_metrics))
         .split_for_parts();
-    let doc = commerce_web::openapi::with_problem_responses(doc);
+    (api, commerce_web::openapi::with_problem_responses(doc))
+}
+
+/// The collector's OpenAPI description, as `/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    parts().1
+}
+
+fn router(state: AppState, dependencies: Vec<Dependency>) -> Router {
+    let body_limit = state.config.body_limit_bytes;
+    let (api, doc) = parts();
     let api = api.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc));
     commerce_web::with_platform_routes(api, dependencies, body_limit).with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_committed_openapi_description_is_current() {
+        commerce_web::openapi::assert_committed(
+            &super::openapi(),
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/openapi/commerce-collector.json"
+            )),
+        );
+    }
 }

@@ -93,3 +93,35 @@ fn complete(operation: &mut Operation) {
         }
     }
 }
+
+/// Compares `doc` with the description committed at `path` (pretty JSON, one trailing newline),
+/// so an unintended change to an app's API fails its tests. With `UPDATE_OPENAPI=1` set, writes
+/// `doc` there instead: the diff is then reviewed and committed with the change that made it.
+pub fn assert_committed(doc: &OpenApi, path: &std::path::Path) {
+    let generated =
+        serde_json::to_string_pretty(doc).expect("an OpenAPI document serialises") + "\n";
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(path, &generated)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        return;
+    }
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    if committed != generated {
+        let line = committed
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .map_or_else(
+                || committed.lines().count().min(generated.lines().count()),
+                |n| n,
+            );
+        panic!(
+            "the API description differs from {} from line {} on:\n  committed: {}\n  generated: {}\n\
+             If the change is intended, run `UPDATE_OPENAPI=1 cargo test --lib openapi` and commit the file.",
+            path.display(),
+            line + 1,
+            committed.lines().nth(line).unwrap_or("<end of file>"),
+            generated.lines().nth(line).unwrap_or("<end of file>"),
+        );
+    }
+}

@@ -75,6 +75,11 @@ pub fn router() -> Router<AppState> {
     router.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", api))
 }
 
+/// The API's OpenAPI description, as `/openapi.json` serves it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    parts().1
+}
+
 /// The routes and their OpenAPI description.
 fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
@@ -112,12 +117,23 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
 mod tests {
     #[test]
     fn stored_states_are_documented_as_their_text() {
-        let doc = serde_json::to_value(super::parts().1).unwrap();
+        let doc = serde_json::to_value(super::openapi()).unwrap();
         let status = &doc["components"]["schemas"]["CouponStatus"]["enum"];
         assert_eq!(
             status,
             &serde_json::json!(["AVAILABLE", "USED"]),
             "{status}"
+        );
+    }
+
+    #[test]
+    fn the_committed_openapi_description_is_current() {
+        commerce_web::openapi::assert_committed(
+            &super::openapi(),
+            std::path::Path::new(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../docs/openapi/commerce-api.json"
+            )),
         );
     }
 }

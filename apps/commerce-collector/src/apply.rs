@@ -196,16 +196,11 @@ pub async fn apply_batch(
             continue;
         }
         applied.applied += 1;
-        metrics::counter!("collector_events_applied_total", "event_type" => envelope.event_type())
+        metrics::counter!("collector_events_applied_total", "event_type" => envelope.event_type().as_str())
             .increment(1);
         match &envelope.event {
             Event::OrderPaid(paid) => {
-                let method = if paid.payment_method == "CARD" {
-                    "CARD"
-                } else {
-                    "POINT"
-                };
-                metrics::counter!("sales_revenue_won_total", "payment_method" => method)
+                metrics::counter!("sales_revenue_won_total", "payment_method" => paid.payment_method.as_str())
                     .increment(paid.final_amount.max(0) as u64);
             }
             Event::PaymentRefunded(refund) => {
@@ -469,7 +464,7 @@ mod tests {
             total_amount: 0,
             discount_amount: 0,
             final_amount: 0,
-            payment_method: "POINT".into(),
+            payment_method: commerce_events::PaymentKind::Point,
         }))
     }
 
@@ -569,7 +564,7 @@ mod tests {
             order_id: 1,
             user_id: 1,
             amount: 100,
-            payment_method: "CARD".into(),
+            payment_method: commerce_events::PaymentKind::Card,
             transaction_key: Some("20261121:TR:9577c5".into()),
             reason: Some("limit exceeded".into()),
             lines: vec![OrderLine {
@@ -584,7 +579,7 @@ mod tests {
             amount: 100,
             transaction_key: "20261121:TR:9577c5".into(),
             refund_key: "20261121:RF:0a1b2c".into(),
-            cause: "ORDER_CANCELLED".into(),
+            cause: commerce_events::RefundCause::OrderCancelled,
         };
         for event in [
             Event::PaymentFailed(settled.clone()),

@@ -45,6 +45,7 @@ use tracing::Instrument;
 
 use crate::config::Config;
 use crate::dedupe::Horizon;
+use crate::dlq::Reason;
 
 /// Whether the consumer is running and its batches commit, for readiness. Cheap to clone.
 #[derive(Clone, Default)]
@@ -465,7 +466,7 @@ fn batch_span(batch: &[OwnedMessage]) -> tracing::Span {
 /// A message that is not applied, and why.
 struct Poison<'a> {
     message: &'a OwnedMessage,
-    reason: &'static str,
+    reason: Reason,
     detail: String,
 }
 
@@ -517,7 +518,7 @@ impl Batcher {
                                 for (m, detail) in bad {
                                     let p = Poison {
                                         message: m,
-                                        reason: "database",
+                                        reason: Reason::Database,
                                         detail,
                                     };
                                     if !self.dead_letter(&p, shutdown).await {
@@ -625,26 +626,26 @@ impl Batcher {
 }
 
 /// Parses a message and checks it can be applied: a valid envelope, within the dedupe horizon,
-/// with figures that fit. The error is the poison reason label and a description.
+/// with figures that fit. The error is why it is dead-lettered, and a description.
 fn admit(
     m: &OwnedMessage,
     horizon: &Horizon,
     now: chrono::DateTime<chrono::Utc>,
     tz: chrono_tz::Tz,
-) -> Result<Envelope, (&'static str, String)> {
+) -> Result<Envelope, (Reason, String)> {
     let payload = m
         .payload()
-        .ok_or_else(|| ("empty", "empty message".to_owned()))?;
+        .ok_or_else(|| (Reason::Empty, "empty message".to_owned()))?;
     let envelope = serde_json::from_slice::<Envelope>(payload).map_err(|e| {
         (
-            "invalid_envelope",
+            Reason::InvalidEnvelope,
             format!("not a valid event envelope: {e}"),
         )
     })?;
     horizon
         .admit(&envelope, now)
-        .map_err(|r| (r.label(), r.to_string()))?;
-    crate::apply::check(&envelope, tz).map_err(|e| ("invalid_envelope", e))?;
+        .map_err(|r| (r.reason(), r.to_string()))?;
+    crate::apply::check(&envelope, tz).map_err(|e| (Reason::InvalidEnvelope, e))?;
     Ok(envelope)
 }
 

@@ -20,6 +20,7 @@ use commerce_events::Envelope;
 use diesel::sql_types::{Date, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 
+use crate::dlq::Reason;
 use crate::jobs;
 
 /// How far ahead of this clock an event may be dated (clock skew between the apps).
@@ -37,11 +38,11 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// The `reason` label of `collector_poison_messages_total`.
-    pub fn label(&self) -> &'static str {
+    /// Why the message is dead-lettered.
+    pub fn reason(&self) -> Reason {
         match self {
-            Self::PastHorizon { .. } => "past_horizon",
-            Self::Future { .. } | Self::NotTimeOrdered => "invalid_event_id",
+            Self::PastHorizon { .. } => Reason::PastHorizon,
+            Self::Future { .. } | Self::NotTimeOrdered => Reason::InvalidEventId,
         }
     }
 }
@@ -119,7 +120,7 @@ pub async fn prune(pool: &Pool, horizon: Horizon, day: NaiveDate) -> anyhow::Res
     let mut dropped = Vec::new();
     jobs::run(
         pool,
-        "prune-event-handled",
+        jobs::Job::PruneEventHandled,
         &day.to_string(),
         jobs::LEASE,
         async {
@@ -210,8 +211,8 @@ mod tests {
         );
         let ahead = now + Duration::hours(25);
         assert_eq!(
-            h.admit(&recorded(ahead), now).unwrap_err().label(),
-            "invalid_event_id"
+            h.admit(&recorded(ahead), now).unwrap_err().reason(),
+            Reason::InvalidEventId
         );
     }
 

@@ -18,16 +18,26 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::FutureRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
+use commerce_events::EventType;
+
 use crate::config::Config;
 
-/// The `dlq_reason` labels, for the poison counter to exist from the start.
-pub const REASONS: [&str; 5] = [
-    "empty",
-    "invalid_envelope",
-    "invalid_event_id",
-    "past_horizon",
-    "database",
-];
+commerce_enums::text_enum! {
+    /// Why a message went to a dead-letter topic (its `dlq_reason` header, the `reason` label of
+    /// `collector_poison_messages_total`).
+    pub enum Reason {
+        /// No payload.
+        Empty => "empty",
+        /// Not an event envelope, or figures that do not fit.
+        InvalidEnvelope => "invalid_envelope",
+        /// An event id that is not a time-ordered UUID, or from the future.
+        InvalidEventId => "invalid_event_id",
+        /// Older than the dedupe horizon: it could be counted twice.
+        PastHorizon => "past_horizon",
+        /// The database refused it, on its own, after retries.
+        Database => "database",
+    }
+}
 
 /// Registers `collector_poison_messages_total` at zero for every reason.
 pub fn describe() {
@@ -35,8 +45,8 @@ pub fn describe() {
         "collector_poison_messages_total",
         "Messages sent to a dead-letter topic, by reason."
     );
-    for reason in REASONS {
-        metrics::counter!("collector_poison_messages_total", "reason" => reason).increment(0);
+    for reason in Reason::TEXTS {
+        metrics::counter!("collector_poison_messages_total", "reason" => *reason).increment(0);
     }
 }
 
@@ -45,7 +55,7 @@ pub async fn send(
     config: &Config,
     producer: &commerce_kafka::Producer,
     m: &OwnedMessage,
-    reason: &'static str,
+    reason: Reason,
     detail: &str,
 ) -> anyhow::Result<()> {
     let topic = format!("{}{}", m.topic(), config.dlq_suffix);
@@ -53,7 +63,7 @@ pub async fn send(
     let offset = m.offset().to_string();
     let mut headers = OwnedHeaders::new();
     for (key, value) in [
-        ("dlq_reason", reason),
+        ("dlq_reason", reason.as_str()),
         ("dlq_error", detail),
         ("dlq_source_topic", m.topic()),
         ("dlq_source_partition", partition.as_str()),
@@ -76,8 +86,8 @@ pub async fn send(
         .send(record, Duration::from_secs(10))
         .await
         .map_err(|(e, _)| anyhow::anyhow!("writing to {topic}: {e}"))?;
-    metrics::counter!("collector_poison_messages_total", "reason" => reason).increment(1);
-    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason, error = %detail, "message sent to the dead-letter topic");
+    metrics::counter!("collector_poison_messages_total", "reason" => reason.as_str()).increment(1);
+    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), reason = reason.as_str(), error = %detail, "message sent to the dead-letter topic");
     Ok(())
 }
 
@@ -97,10 +107,9 @@ fn copy_headers(m: &OwnedMessage, mut headers: OwnedHeaders) -> OwnedHeaders {
 /// Which dead letters a replay re-publishes. Empty filters match everything.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
-    /// Event types (`OrderPaid`, …), as in the envelope's `event_type`.
-    pub event_types: Vec<String>,
-    /// `dlq_reason` labels.
-    pub reasons: Vec<String>,
+    /// Event types, as in the envelope's `event_type`.
+    pub event_types: Vec<EventType>,
+    pub reasons: Vec<Reason>,
     /// Dead-lettered at or after.
     pub since: Option<DateTime<Utc>>,
     /// Dead-lettered before.
@@ -120,14 +129,13 @@ impl Filter {
             }
             None => self.since.is_none() && self.until.is_none(),
         };
-        let reason = header(m, "dlq_reason");
+        let reason = header(m, "dlq_reason").and_then(|r| r.parse::<Reason>().ok());
         let event_type = m
             .payload()
             .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
-            .and_then(|v| v["event_type"].as_str().map(str::to_owned));
+            .and_then(|v| v["event_type"].as_str()?.parse::<EventType>().ok());
         in_time
-            && (self.reasons.is_empty()
-                || reason.is_some_and(|r| self.reasons.iter().any(|x| *x == r)))
+            && (self.reasons.is_empty() || reason.is_some_and(|r| self.reasons.contains(&r)))
             && (self.event_types.is_empty()
                 || event_type.is_some_and(|t| self.event_types.contains(&t)))
     }

@@ -22,13 +22,20 @@ use tracing::Instrument as _;
 /// is idempotent, but wasted work).
 pub(crate) const LEASE: Duration = Duration::from_secs(600);
 
-/// The jobs, for their metrics to exist from the start.
-pub const JOBS: [&str; 4] = [
-    "rollup",
-    "rank-snapshot",
-    "close-day",
-    "prune-event-handled",
-];
+commerce_enums::text_enum! {
+    sql;
+    /// The scheduled jobs (`scheduled_job_runs.job`, the `task` label of their metrics).
+    pub enum Job {
+        /// Weekly and monthly figures from the daily ones.
+        Rollup => "rollup",
+        /// Materialised ranks of the rankings whose days changed.
+        RankSnapshot => "rank-snapshot",
+        /// Yesterday's ranks, and its scores carried into today.
+        CloseDay => "close-day",
+        /// `event_handled` partitions past the dedupe horizon dropped, the next days' created.
+        PruneEventHandled => "prune-event-handled",
+    }
+}
 
 /// Registers every job's metrics at zero.
 pub fn describe() {
@@ -40,12 +47,13 @@ pub fn describe() {
         "collector_job_last_success_timestamp_seconds",
         "Unix time of this instance's last successful run of each job (0: none yet)."
     );
-    for job in JOBS {
+    for job in Job::ALL {
+        let task = job.as_str();
         for result in ["success", "failure"] {
-            metrics::counter!("collector_job_runs_total", "task" => job, "result" => result)
+            metrics::counter!("collector_job_runs_total", "task" => task, "result" => result)
                 .increment(0);
         }
-        metrics::gauge!("collector_job_last_success_timestamp_seconds", "task" => job).set(0.0);
+        metrics::gauge!("collector_job_last_success_timestamp_seconds", "task" => task).set(0.0);
     }
 }
 
@@ -53,7 +61,7 @@ pub fn describe() {
 /// exceed the longest the work takes. Returns whether it ran here.
 pub async fn run(
     pool: &Pool,
-    job: &'static str,
+    job: Job,
     period_key: &str,
     lease: Duration,
     work: impl Future<Output = anyhow::Result<()>>,
@@ -64,32 +72,33 @@ pub async fn run(
             return Ok(false);
         }
     }
+    let task = job.as_str();
     let started = Instant::now();
     // Each claimed run is a trace of its own; its log lines carry the trace id.
     let result = work
         .instrument(tracing::info_span!(
             "scheduled_job",
-            task = job,
+            task,
             period = period_key
         ))
         .await;
-    metrics::histogram!("collector_job_duration_seconds", "task" => job)
+    metrics::histogram!("collector_job_duration_seconds", "task" => task)
         .record(started.elapsed().as_secs_f64());
     let mut conn = pool.get().await?;
     match result {
         Ok(()) => {
             finish(&mut conn, job, period_key).await?;
-            metrics::counter!("collector_job_runs_total", "task" => job, "result" => "success")
+            metrics::counter!("collector_job_runs_total", "task" => task, "result" => "success")
                 .increment(1);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            metrics::gauge!("collector_job_last_success_timestamp_seconds", "task" => job)
+            metrics::gauge!("collector_job_last_success_timestamp_seconds", "task" => task)
                 .set(now.as_secs_f64());
             Ok(true)
         }
         Err(e) => {
-            metrics::counter!("collector_job_runs_total", "task" => job, "result" => "failure")
+            metrics::counter!("collector_job_runs_total", "task" => task, "result" => "failure")
                 .increment(1);
             release(&mut conn, job, period_key, &format!("{e:#}")).await?;
             Err(e)
@@ -100,7 +109,7 @@ pub async fn run(
 /// Claims `(job, period_key)` for `lease`: true when this instance got it.
 pub async fn claim(
     conn: &mut AsyncPgConnection,
-    job: &str,
+    job: Job,
     period_key: &str,
     lease: Duration,
 ) -> anyhow::Result<bool> {
@@ -132,7 +141,7 @@ fn instance_name() -> String {
 /// Records that this instance's claimed run of `(job, period_key)` finished.
 pub async fn finish(
     conn: &mut AsyncPgConnection,
-    job: &str,
+    job: Job,
     period_key: &str,
 ) -> anyhow::Result<()> {
     diesel::sql_query(
@@ -149,7 +158,7 @@ pub async fn finish(
 /// Records a failed run and ends its lease, so the next firing (on any instance) retries it.
 async fn release(
     conn: &mut AsyncPgConnection,
-    job: &str,
+    job: Job,
     period_key: &str,
     error: &str,
 ) -> anyhow::Result<()> {

@@ -43,11 +43,11 @@ enum Dlq {
     Replay {
         /// Only these event types (repeatable), e.g. `--type OrderPaid`.
         #[arg(long = "type")]
-        event_types: Vec<String>,
+        event_types: Vec<commerce_events::EventType>,
         /// Only these reasons (repeatable): empty, invalid_envelope, invalid_event_id,
         /// past_horizon, database.
         #[arg(long = "reason")]
-        reasons: Vec<String>,
+        reasons: Vec<commerce_collector::dlq::Reason>,
         /// Only dead letters written at or after this time (RFC 3339).
         #[arg(long)]
         since: Option<chrono::DateTime<chrono::Utc>>,

@@ -8,7 +8,7 @@ use commerce_telemetry::{register_counter as counter, register_histogram as hist
 pub fn register() {
     commerce_cache::register_error_metrics(&["ranking_read"]);
     commerce_kafka::register_error_metrics(&["consumer", "dead_letters"]);
-    let events = &commerce_events::EVENT_TYPES[..];
+    let events = commerce_events::EventType::TEXTS;
     counter(
         "collector_events_applied_total",
         "Events applied for the first time, by type.",
@@ -22,7 +22,7 @@ pub fn register() {
     counter(
         "sales_revenue_won_total",
         "Paid order amounts (final, after discounts), in won, as the pipeline applies each OrderPaid once, by payment method.",
-        &[("payment_method", &["POINT", "CARD"])],
+        &[("payment_method", commerce_events::PaymentKind::TEXTS)],
     );
     counter(
         "sales_refunded_won_total",
@@ -59,7 +59,7 @@ pub fn register() {
     histogram(
         "collector_job_duration_seconds",
         "Time a claimed scheduled job run took, by job.",
-        &[("task", &crate::jobs::JOBS[..])],
+        &[("task", crate::jobs::Job::TEXTS)],
     );
     counter(
         "ranking_cache_hits_total",
@@ -76,7 +76,7 @@ pub fn register() {
         "Ranking reads by route (page, product) and source (live, snapshot).",
         &[
             ("route", &["page", "product"]),
-            ("source", &["live", "snapshot"]),
+            ("source", crate::ranking::http::Source::TEXTS),
         ],
     );
     histogram(

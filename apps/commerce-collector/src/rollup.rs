@@ -116,7 +116,7 @@ pub async fn rollup_range(
 
 /// One run of the incremental rollup: the periods of days changed since the last run.
 pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
-    jobs::run(pool, "rollup", slot, jobs::LEASE, async {
+    jobs::run(pool, jobs::Job::Rollup, slot, jobs::LEASE, async {
         let mut conn = pool.get().await?;
         #[derive(diesel::QueryableByName)]
         struct Since {
@@ -125,8 +125,9 @@ pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyh
         }
         let since: Since = diesel::sql_query(
             "SELECT max(started_at) AS at FROM scheduled_job_runs
-              WHERE job = 'rollup' AND finished_at IS NOT NULL",
+              WHERE job = $1 AND finished_at IS NOT NULL",
         )
+        .bind::<diesel::sql_types::Text, _>(jobs::Job::Rollup)
         .get_result(&mut conn)
         .await?;
         #[derive(diesel::QueryableByName)]
@@ -166,7 +167,7 @@ pub async fn close_day(
     let yesterday = today - Duration::days(1);
     let ran = jobs::run(
         pool,
-        "close-day",
+        jobs::Job::CloseDay,
         &yesterday.to_string(),
         jobs::LEASE,
         async {

@@ -103,7 +103,7 @@ fn envelope(i: u64, products: u64) -> Envelope {
             total_amount: 1000,
             discount_amount: 0,
             final_amount: 1000,
-            payment_method: "POINT".into(),
+            payment_method: commerce_events::PaymentKind::Point,
         }))
     } else {
         Envelope::new(Event::ProductViewed(ProductViewed {

@@ -44,7 +44,7 @@ fn paid(order_id: i64, product_id: i64, quantity: i64) -> Envelope {
         total_amount: quantity * 1000,
         discount_amount: 0,
         final_amount: quantity * 1000,
-        payment_method: "POINT".into(),
+        payment_method: commerce_events::PaymentKind::Point,
     }))
 }
 
@@ -410,7 +410,7 @@ pub async fn rankings(o: Options<'_>) -> anyhow::Result<()> {
     }
     let cache = commerce_cache::Cache::new("redis://127.0.0.1:6379", &format!("bench:{tag}:"))?;
     let mut redis = cache.conn().await?;
-    for period in commerce_collector::ranking::Period::ALL {
+    for &period in commerce_collector::ranking::Period::ALL {
         let ranking = commerce_collector::ranking::Ranking::of(period, today);
         let key = commerce_collector::ranking::live::key(&cache, ranking);
         let bytes: Option<i64> = redis::cmd("MEMORY")

@@ -14,7 +14,13 @@ pub fn register() {
     counter(
         "pg_sim_settlements_total",
         "Payments settled, by status.",
-        &[("status", &["SUCCESS", "FAILED"])],
+        &[(
+            "status",
+            &[
+                crate::payments::PaymentStatus::Success.as_str(),
+                crate::payments::PaymentStatus::Failed.as_str(),
+            ],
+        )],
     );
     counter(
         "pg_sim_callbacks_total",

@@ -20,7 +20,40 @@ use tracing::Instrument;
 use crate::Simulator;
 use crate::schema::payments;
 
-const CARD_TYPES: [&str; 3] = ["SAMSUNG", "KB", "HYUNDAI"];
+commerce_enums::text_enum! {
+    sql;
+    /// `payments.status`.
+    pub enum PaymentStatus {
+        /// Accepted, not settled yet.
+        Pending => "PENDING",
+        Success => "SUCCESS",
+        Failed => "FAILED",
+        /// Charged, then refunded in full.
+        Refunded => "REFUNDED",
+    }
+}
+
+commerce_enums::text_enum! {
+    sql;
+    /// The card types this gateway accepts (`payments.card_type`).
+    pub enum CardType {
+        Samsung => "SAMSUNG",
+        Kb => "KB",
+        Hyundai => "HYUNDAI",
+    }
+}
+
+commerce_enums::text_enum! {
+    sql;
+    /// `payments.callback_status`: what became of a settled payment's callback.
+    pub enum CallbackStatus {
+        Sent => "SENT",
+        /// Not delivered (not retried).
+        Failed => "FAILED",
+        /// Dropped on purpose (`callback_drop_rate`).
+        Dropped => "DROPPED",
+    }
+}
 const MAX_ID_LEN: usize = 64;
 const MAX_URL_LEN: usize = 2048;
 
@@ -39,7 +72,7 @@ pub struct PaymentRequest {
 #[derive(Serialize)]
 pub struct Accepted {
     transaction_key: String,
-    status: String,
+    status: PaymentStatus,
     reason: Option<String>,
 }
 
@@ -48,10 +81,10 @@ pub struct Accepted {
 pub struct Transaction {
     pub transaction_key: String,
     pub order_id: String,
-    pub card_type: String,
+    pub card_type: CardType,
     pub card_no: String,
     pub amount: i64,
-    pub status: String,
+    pub status: PaymentStatus,
     pub reason: Option<String>,
 }
 
@@ -125,10 +158,10 @@ fn validate(req: &PaymentRequest, callback_hosts: &[String]) -> Result<()> {
             format!("must be 1-{MAX_ID_LEN} characters"),
         ));
     }
-    if !CARD_TYPES.contains(&req.card_type.as_str()) {
+    if req.card_type.parse::<CardType>().is_err() {
         errors.push(FieldError::new(
             "card_type",
-            "must be SAMSUNG, KB or HYUNDAI",
+            format!("must be {}", CardType::expected()),
         ));
     }
     if !is_card_no(&req.card_no) {
@@ -272,7 +305,7 @@ async fn reserve(sim: &Simulator, user: &str, key: &str, hash: &str) -> Result<E
                 Earlier::InProgress
             });
         };
-        let (status, reason): (String, Option<String>) = payments::table
+        let (status, reason): (PaymentStatus, Option<String>) = payments::table
             .find(&transaction)
             .select((payments::status, payments::reason))
             .first(&mut conn)
@@ -416,7 +449,7 @@ async fn process(
             tokio::time::sleep(sim.dice.response_delay()).await;
             return Ok(Accepted {
                 transaction_key,
-                status: "PENDING".into(),
+                status: PaymentStatus::Pending,
                 reason: None,
             });
         }
@@ -491,7 +524,7 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
     let settled = conn
         .transaction::<_, diesel::result::Error, _>(async |conn| {
             let due: Vec<Due> = payments::table
-                .filter(payments::status.eq("PENDING"))
+                .filter(payments::status.eq(PaymentStatus::Pending))
                 .filter(payments::settle_at.le(diesel::dsl::now))
                 .order(payments::settle_at)
                 .limit(limit)
@@ -503,8 +536,8 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
             let mut settled = Vec::with_capacity(due.len());
             for mut d in due {
                 let (status, reason) = match sim.dice.outcome() {
-                    crate::behaviour::Outcome::Success => ("SUCCESS", None),
-                    crate::behaviour::Outcome::Failed(r) => ("FAILED", Some(r)),
+                    crate::behaviour::Outcome::Success => (PaymentStatus::Success, None),
+                    crate::behaviour::Outcome::Failed(r) => (PaymentStatus::Failed, Some(r)),
                 };
                 let drop = sim.dice.drop_callback();
                 diesel::update(payments::table.find(&d.transaction.transaction_key))
@@ -512,13 +545,14 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
                         payments::status.eq(status),
                         payments::reason.eq(reason),
                         payments::settled_at.eq(diesel::dsl::now),
-                        payments::callback_status.eq(drop.then_some("DROPPED")),
+                        payments::callback_status.eq(drop.then_some(CallbackStatus::Dropped)),
                     ))
                     .execute(conn)
                     .await?;
-                d.transaction.status = status.to_owned();
+                d.transaction.status = status;
                 d.transaction.reason = reason.map(str::to_owned);
-                metrics::counter!("pg_sim_settlements_total", "status" => status).increment(1);
+                metrics::counter!("pg_sim_settlements_total", "status" => status.as_str())
+                    .increment(1);
                 settled.push((d, drop));
             }
             Ok(settled)
@@ -552,13 +586,13 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
                 .await
                 .and_then(|r| r.error_for_status());
             let outcome = match &sent {
-                Ok(_) => "SENT",
+                Ok(_) => CallbackStatus::Sent,
                 Err(e) => {
                     tracing::info!(transaction_key = %key, error = %e, "callback not delivered (not retried)");
-                    "FAILED"
+                    CallbackStatus::Failed
                 }
             };
-            metrics::counter!("pg_sim_callbacks_total", "outcome" => outcome.to_ascii_lowercase())
+            metrics::counter!("pg_sim_callbacks_total", "outcome" => outcome.as_str().to_ascii_lowercase())
                 .increment(1);
             if let Ok(mut conn) = db.get().await {
                 let _ = diesel::update(payments::table.find(&key))

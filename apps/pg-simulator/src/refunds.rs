@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Simulator;
 use crate::error::SimError;
-use crate::payments::{idempotency_key, user_id};
+use crate::payments::{PaymentStatus, idempotency_key, user_id};
 use crate::schema::{payments, refunds};
 
 type Result<T> = std::result::Result<T, SimError>;
@@ -118,7 +118,7 @@ async fn process(
     let (refund, replayed) = conn
         .transaction::<_, SimError, _>(async |conn| {
             // The payment row lock serialises refunds of one payment.
-            let payment: Option<(String, i64)> = payments::table
+            let payment: Option<(PaymentStatus, i64)> = payments::table
                 .filter(payments::transaction_key.eq(&transaction_key))
                 .filter(payments::user_id.eq(&user))
                 .select((payments::status, payments::amount))
@@ -148,23 +148,23 @@ async fn process(
                     return Ok((refund, true));
                 }
             }
-            match status.as_str() {
-                "SUCCESS" => {}
-                "REFUNDED" => {
+            match status {
+                PaymentStatus::Success => {}
+                PaymentStatus::Refunded => {
                     return Err(refusal(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "ALREADY_REFUNDED",
                         "this payment has already been refunded",
                     ));
                 }
-                "PENDING" => {
+                PaymentStatus::Pending => {
                     return Err(refusal(
                         StatusCode::CONFLICT,
                         "PAYMENT_NOT_SETTLED",
                         "this payment is not settled yet; retry later",
                     ));
                 }
-                _ => {
+                PaymentStatus::Failed => {
                     return Err(refusal(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "PAYMENT_NOT_REFUNDABLE",
@@ -193,7 +193,7 @@ async fn process(
                 .get_result(conn)
                 .await?;
             diesel::update(payments::table.find(&transaction_key))
-                .set(payments::status.eq("REFUNDED"))
+                .set(payments::status.eq(PaymentStatus::Refunded))
                 .execute(conn)
                 .await?;
             Ok((refund, false))

@@ -25,20 +25,45 @@ pub const CATALOG_TOPIC: &str = "catalog-events";
 /// Default topic for order and payment events (key: order id).
 pub const ORDER_TOPIC: &str = "order-events";
 
-/// Every event type's name, as [`Event::event_type`] gives it.
-pub const EVENT_TYPES: [&str; 11] = [
-    "ProductCreated",
-    "ProductUpdated",
-    "ProductLiked",
-    "ProductUnliked",
-    "ProductViewed",
-    "OrderCreated",
-    "OrderPaid",
-    "OrderCancelled",
-    "PaymentCompleted",
-    "PaymentFailed",
-    "PaymentRefunded",
-];
+commerce_enums::text_enum! {
+    /// Every event type's name, as [`Event::event_type`] gives it and `event_type` carries it.
+    pub enum EventType {
+        ProductCreated => "ProductCreated",
+        ProductUpdated => "ProductUpdated",
+        ProductLiked => "ProductLiked",
+        ProductUnliked => "ProductUnliked",
+        ProductViewed => "ProductViewed",
+        OrderCreated => "OrderCreated",
+        OrderPaid => "OrderPaid",
+        OrderCancelled => "OrderCancelled",
+        PaymentCompleted => "PaymentCompleted",
+        PaymentFailed => "PaymentFailed",
+        PaymentRefunded => "PaymentRefunded",
+    }
+}
+
+commerce_enums::text_enum! {
+    sql, schema;
+    /// How an order is paid, without the card's details (commerce-api's
+    /// `orders.payment_method`).
+    pub enum PaymentKind {
+        Point => "POINT",
+        Card => "CARD",
+    }
+}
+
+commerce_enums::text_enum! {
+    sql, schema;
+    /// Why money goes back to a customer (commerce-api's `refunds.cause`).
+    pub enum RefundCause {
+        /// A paid card order was cancelled.
+        OrderCancelled => "ORDER_CANCELLED",
+        /// The gateway charged an order after it was cancelled or had failed.
+        ChargedAfterClose => "CHARGED_AFTER_CLOSE",
+        /// A second successful charge of a paid order.
+        DuplicateCharge => "DUPLICATE_CHARGE",
+    }
+}
 
 /// Which stream an event belongs to. Topic names are configurable; this picks one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +105,8 @@ impl Envelope {
         }
     }
 
-    /// The `event_type` string.
-    pub fn event_type(&self) -> &'static str {
+    /// The event's type.
+    pub fn event_type(&self) -> EventType {
         self.event.event_type()
     }
 }
@@ -117,20 +142,20 @@ pub enum Event {
 }
 
 impl Event {
-    /// The `event_type` string.
-    pub fn event_type(&self) -> &'static str {
+    /// The event's type.
+    pub fn event_type(&self) -> EventType {
         match self {
-            Event::ProductCreated(_) => "ProductCreated",
-            Event::ProductUpdated(_) => "ProductUpdated",
-            Event::ProductLiked(_) => "ProductLiked",
-            Event::ProductUnliked(_) => "ProductUnliked",
-            Event::ProductViewed(_) => "ProductViewed",
-            Event::OrderCreated(_) => "OrderCreated",
-            Event::OrderPaid(_) => "OrderPaid",
-            Event::OrderCancelled(_) => "OrderCancelled",
-            Event::PaymentCompleted(_) => "PaymentCompleted",
-            Event::PaymentFailed(_) => "PaymentFailed",
-            Event::PaymentRefunded(_) => "PaymentRefunded",
+            Event::ProductCreated(_) => EventType::ProductCreated,
+            Event::ProductUpdated(_) => EventType::ProductUpdated,
+            Event::ProductLiked(_) => EventType::ProductLiked,
+            Event::ProductUnliked(_) => EventType::ProductUnliked,
+            Event::ProductViewed(_) => EventType::ProductViewed,
+            Event::OrderCreated(_) => EventType::OrderCreated,
+            Event::OrderPaid(_) => EventType::OrderPaid,
+            Event::OrderCancelled(_) => EventType::OrderCancelled,
+            Event::PaymentCompleted(_) => EventType::PaymentCompleted,
+            Event::PaymentFailed(_) => EventType::PaymentFailed,
+            Event::PaymentRefunded(_) => EventType::PaymentRefunded,
         }
     }
 
@@ -220,8 +245,7 @@ pub struct OrderPlaced {
     pub total_amount: i64,
     pub discount_amount: i64,
     pub final_amount: i64,
-    /// `POINT` or `CARD`.
-    pub payment_method: String,
+    pub payment_method: PaymentKind,
 }
 
 /// An order cancelled.
@@ -249,7 +273,7 @@ pub struct PaymentSettled {
     /// The amount charged (or that failed to be charged), in won.
     pub amount: i64,
     /// `CARD`.
-    pub payment_method: String,
+    pub payment_method: PaymentKind,
     /// The gateway's transaction, when the gateway received the payment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transaction_key: Option<String>,
@@ -271,8 +295,7 @@ pub struct PaymentRefunded {
     pub transaction_key: String,
     /// The gateway's refund.
     pub refund_key: String,
-    /// `ORDER_CANCELLED`, `CHARGED_AFTER_CLOSE` or `DUPLICATE_CHARGE`.
-    pub cause: String,
+    pub cause: RefundCause,
 }
 
 mod rfc3339_utc {
@@ -328,7 +351,7 @@ mod tests {
             total_amount: 3000,
             discount_amount: 0,
             final_amount: 3000,
-            payment_method: "POINT".into(),
+            payment_method: PaymentKind::Point,
         }));
         let json = serde_json::to_value(&env).unwrap();
         assert_eq!(json["event_type"], "OrderPaid");

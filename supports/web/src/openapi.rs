@@ -111,10 +111,7 @@ pub fn assert_committed(doc: &OpenApi, path: &std::path::Path) {
             .lines()
             .zip(generated.lines())
             .position(|(a, b)| a != b)
-            .map_or_else(
-                || committed.lines().count().min(generated.lines().count()),
-                |n| n,
-            );
+            .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
         panic!(
             "the API description differs from {} from line {} on:\n  committed: {}\n  generated: {}\n\
              If the change is intended, run `UPDATE_OPENAPI=1 cargo test --lib openapi` and commit the file.",

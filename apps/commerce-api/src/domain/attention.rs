@@ -11,12 +11,25 @@ use utoipa::ToSchema;
 
 use crate::domain::history::{self, PaymentEventKind as Kind, Source};
 use crate::domain::payments::Payments;
-use crate::domain::states::{PaymentStatus, RefundStatus};
+use crate::domain::states::{PaymentStatus, RefundCause, RefundStatus};
 use crate::domain::{Error, Missing, Result};
 use crate::infra::schema::{payments, refunds};
 
 /// Attempts after which a refund still not confirmed is listed for an operator.
 pub const ATTENTION_AFTER_ATTEMPTS: i32 = 3;
+
+commerce_enums::text_enum! {
+    sql, schema;
+    /// Why a payment needs an operator.
+    pub enum Concern {
+        /// The gateway refused the refund.
+        RefundFailed => "REFUND_FAILED",
+        /// The refund was attempted several times without a confirmation.
+        RefundRetrying => "REFUND_RETRYING",
+        /// The payment is still pending past the request deadline.
+        OutcomeUnknown => "OUTCOME_UNKNOWN",
+    }
+}
 
 /// A payment that needs an operator's attention.
 #[derive(Serialize, ToSchema, Clone, Debug, QueryableByName)]
@@ -27,17 +40,14 @@ pub struct Attention {
     pub user_id: i64,
     #[diesel(sql_type = BigInt)]
     pub amount: i64,
-    /// `REFUND_FAILED` (the gateway refused the refund), `REFUND_RETRYING` (attempted several
-    /// times without a confirmation) or `OUTCOME_UNKNOWN` (the payment is still pending past the
-    /// request deadline).
     #[diesel(sql_type = Text)]
-    pub concern: String,
+    pub concern: Concern,
     /// The gateway transaction concerned, when there is one.
     #[diesel(sql_type = Nullable<Text>)]
     pub transaction_key: Option<String>,
     /// The refund's cause, for a refund.
     #[diesel(sql_type = Nullable<Text>)]
-    pub cause: Option<String>,
+    pub cause: Option<RefundCause>,
     #[diesel(sql_type = Integer)]
     pub attempts: i32,
     /// The last error, or why the payment is pending.
@@ -54,21 +64,26 @@ pub async fn attention(state: &Payments, limit: i64) -> Result<Vec<Attention>> {
     Ok(diesel::sql_query(
         "SELECT * FROM (
            SELECT order_id, user_id, amount,
-                  CASE WHEN status = 'FAILED' THEN 'REFUND_FAILED' ELSE 'REFUND_RETRYING' END
-                    AS concern,
+                  CASE WHEN status = $4 THEN $7 ELSE $8 END AS concern,
                   transaction_key, cause, attempts, last_error AS detail, created_at AS since
              FROM refunds
-            WHERE status = 'FAILED' OR (status = 'REQUESTED' AND attempts >= $1)
+            WHERE status = $4 OR (status = $5 AND attempts >= $1)
            UNION ALL
-           SELECT order_id, user_id, amount, 'OUTCOME_UNKNOWN', transaction_key, NULL, checks,
+           SELECT order_id, user_id, amount, $9, transaction_key, NULL, checks,
                   reason, created_at
              FROM payments
-            WHERE status = 'PENDING' AND created_at < now() - $2 * interval '1 second'
+            WHERE status = $6 AND created_at < now() - $2 * interval '1 second'
          ) a ORDER BY since, order_id LIMIT $3",
     )
     .bind::<Integer, _>(ATTENTION_AFTER_ATTEMPTS)
     .bind::<BigInt, _>(state.settings.request_deadline.as_secs() as i64)
     .bind::<BigInt, _>(limit)
+    .bind::<Text, _>(RefundStatus::Failed)
+    .bind::<Text, _>(RefundStatus::Requested)
+    .bind::<Text, _>(PaymentStatus::Pending)
+    .bind::<Text, _>(Concern::RefundFailed)
+    .bind::<Text, _>(Concern::RefundRetrying)
+    .bind::<Text, _>(Concern::OutcomeUnknown)
     .load(&mut conn)
     .await?)
 }

@@ -100,32 +100,13 @@ pub struct LikeView {
     pub like_count: i64,
 }
 
-/// How a product list is ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sort {
-    /// Newest first (the default).
-    Latest,
-    PriceAsc,
-    LikesDesc,
-}
-
-impl Sort {
-    /// `latest`, `price_asc` or `likes_desc`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "latest" => Some(Sort::Latest),
-            "price_asc" => Some(Sort::PriceAsc),
-            "likes_desc" => Some(Sort::LikesDesc),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sort::Latest => "latest",
-            Sort::PriceAsc => "price_asc",
-            Sort::LikesDesc => "likes_desc",
-        }
+commerce_enums::text_enum! {
+    /// How a product list is ordered (`?sort=`).
+    pub enum Sort {
+        /// Newest first (the default).
+        Latest => "latest",
+        PriceAsc => "price_asc",
+        LikesDesc => "likes_desc",
     }
 }
 

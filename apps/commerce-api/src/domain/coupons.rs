@@ -185,7 +185,10 @@ impl NewCoupon {
                 FieldError::new("discount_value", "must be a percentage 1..=100 for RATE"),
             ),
             Some(_) => {}
-            None => errors.push(FieldError::new("discount_type", "must be FIXED or RATE")),
+            None => errors.push(FieldError::new(
+                "discount_type",
+                format!("must be {}", DiscountType::expected()),
+            )),
         }
         if min_order_amount.is_some_and(|m| !(0..=1_000_000_000).contains(&m)) {
             errors.push(FieldError::new(

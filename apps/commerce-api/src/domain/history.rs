@@ -14,7 +14,8 @@ use crate::domain::Result;
 use crate::domain::states::PaymentStatus;
 use crate::infra::schema::payment_events;
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// `payment_events.kind`: what happened to the payment.
     pub enum PaymentEventKind {
         /// The order opened the payment, or reconciliation asked the gateway again.
@@ -43,7 +44,8 @@ crate::text_enum! {
     }
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// `payment_events.source`: what made the change.
     pub enum Source {
         /// The order request itself.

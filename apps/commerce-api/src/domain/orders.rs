@@ -115,7 +115,7 @@ impl OrderRequest {
                 if card_type.is_none() {
                     errors.push(FieldError::new(
                         "payment.card_type",
-                        "must be SAMSUNG, KB or HYUNDAI",
+                        format!("must be {}", CardType::expected()),
                     ));
                 }
                 let card_no = card_no.and_then(CardNumber::parse);
@@ -130,7 +130,10 @@ impl OrderRequest {
                     .map(|(card_type, card_no)| PaymentMethod::Card { card_type, card_no })
             }
             Err(_) => {
-                errors.push(FieldError::new("payment.method", "must be POINT or CARD"));
+                errors.push(FieldError::new(
+                    "payment.method",
+                    format!("must be {}", PaymentKind::expected()),
+                ));
                 None
             }
         };
@@ -400,11 +403,14 @@ async fn check_drop_rules(
         "SELECT i.product_id, sum(i.quantity)::bigint AS held
            FROM orders o JOIN order_items i ON i.order_id = o.id
           WHERE o.user_id = $1 AND i.product_id = ANY($2)
-            AND o.status IN ('PENDING_PAYMENT', 'PAID')
+            AND o.status IN ($3, $4)
           GROUP BY i.product_id",
     )
     .bind::<BigInt, _>(user_id)
     .bind::<Array<BigInt>, _>(&limited)
+    // What the customer holds: orders not closed.
+    .bind::<Text, _>(OrderStatus::PendingPayment)
+    .bind::<Text, _>(OrderStatus::Paid)
     .load(conn)
     .await?;
     for p in locked {
@@ -576,7 +582,7 @@ async fn create(
         total_amount: total,
         discount_amount: discount,
         final_amount,
-        payment_method: req.payment.kind().as_str().to_owned(),
+        payment_method: req.payment.kind(),
     };
     let events = match status {
         OrderStatus::PendingPayment => vec![Event::OrderCreated(placed)],

@@ -410,7 +410,7 @@ impl Payments {
     }
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
     /// How a gateway callback was answered (`payment_callbacks_total{result}`).
     pub enum CallbackOutcome {
         /// Settled from the gateway's answer (or found settled already).
@@ -558,13 +558,13 @@ pub async fn settle(
                 total_amount: order.total_amount,
                 discount_amount: order.discount_amount,
                 final_amount: order.final_amount,
-                payment_method: order.payment_method.as_str().to_owned(),
+                payment_method: order.payment_method,
             };
             let completed = PaymentSettled {
                 order_id,
                 user_id: order.user_id,
                 amount: payment.amount,
-                payment_method: order.payment_method.as_str().to_owned(),
+                payment_method: order.payment_method,
                 transaction_key: Some(transaction_key.clone()),
                 reason: None,
                 lines,
@@ -612,7 +612,7 @@ pub async fn settle(
                 order_id,
                 user_id: order.user_id,
                 amount: payment.amount,
-                payment_method: order.payment_method.as_str().to_owned(),
+                payment_method: order.payment_method,
                 transaction_key: transaction_key.clone(),
                 reason: Some(reason.clone()),
                 lines,

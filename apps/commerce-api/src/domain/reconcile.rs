@@ -134,7 +134,7 @@ async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
         "UPDATE payments p
             SET next_check_at = now() + $1 * interval '1 millisecond', checks = p.checks + 1
           WHERE p.id IN (SELECT id FROM payments
-                          WHERE status IN ('PENDING', 'CANCELLED') AND next_check_at <= now()
+                          WHERE status IN ($3, $4) AND next_check_at <= now()
                           ORDER BY next_check_at
                           LIMIT $2
                           FOR UPDATE SKIP LOCKED)
@@ -143,13 +143,16 @@ async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
     )
     .bind::<BigInt, _>(recheck_ms)
     .bind::<BigInt, _>(limit)
+    .bind::<Text, _>(PaymentStatus::Pending)
+    .bind::<Text, _>(PaymentStatus::Cancelled)
     .load(&mut conn)
     .await?;
     let backlog: Backlog = diesel::sql_query(
         "SELECT count(*) AS pending,
                 COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0) AS oldest
-           FROM payments WHERE status = 'PENDING'",
+           FROM payments WHERE status = $1",
     )
+    .bind::<Text, _>(PaymentStatus::Pending)
     .get_result(&mut conn)
     .await?;
     metrics::gauge!("payments_pending").set(backlog.pending as f64);
@@ -164,11 +167,12 @@ async fn renew_claim(state: &Payments, due: &Due) -> Result<bool> {
     let mut conn = state.db.get().await?;
     let renewed = diesel::sql_query(
         "UPDATE payments SET next_check_at = now() + $1 * interval '1 millisecond'
-          WHERE order_id = $2 AND status = 'PENDING' AND next_check_at = $3",
+          WHERE order_id = $2 AND status = $4 AND next_check_at = $3",
     )
     .bind::<BigInt, _>(state.settings.recheck_after.as_millis() as i64)
     .bind::<BigInt, _>(due.order_id)
     .bind::<Timestamptz, _>(due.next_check_at)
+    .bind::<Text, _>(PaymentStatus::Pending)
     .execute(&mut conn)
     .await?;
     Ok(renewed == 1)
@@ -178,15 +182,16 @@ async fn renew_claim(state: &Payments, due: &Due) -> Result<bool> {
 async fn stop_watching(state: &Payments, order_id: i64) -> Result<()> {
     let mut conn = state.db.get().await?;
     diesel::sql_query(
-        "UPDATE payments SET next_check_at = 'infinity' WHERE order_id = $1 AND status = 'CANCELLED'",
+        "UPDATE payments SET next_check_at = 'infinity' WHERE order_id = $1 AND status = $2",
     )
     .bind::<BigInt, _>(order_id)
+    .bind::<Text, _>(PaymentStatus::Cancelled)
     .execute(&mut conn)
     .await?;
     Ok(())
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
     /// What one look at a payment did (`payments_reconciled_total{result}`).
     pub enum Reconciled {
         Paid => "paid",

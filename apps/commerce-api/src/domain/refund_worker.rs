@@ -119,7 +119,7 @@ async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
         "UPDATE refunds r
             SET next_attempt_at = now() + $1 * interval '1 millisecond', attempts = r.attempts + 1
           WHERE r.id IN (SELECT id FROM refunds
-                          WHERE status = 'REQUESTED' AND next_attempt_at <= now()
+                          WHERE status = $3 AND next_attempt_at <= now()
                           ORDER BY next_attempt_at
                           LIMIT $2
                           FOR UPDATE SKIP LOCKED)
@@ -128,15 +128,19 @@ async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
     )
     .bind::<BigInt, _>(state.settings.recheck_after.as_millis() as i64)
     .bind::<BigInt, _>(limit)
+    .bind::<Text, _>(RefundStatus::Requested)
     .load(&mut conn)
     .await?;
     let backlog: Backlog = diesel::sql_query(
-        "SELECT count(*) FILTER (WHERE status = 'REQUESTED') AS pending,
-                count(*) FILTER (WHERE status = 'FAILED') AS failed,
+        "SELECT count(*) FILTER (WHERE status = $1) AS pending,
+                count(*) FILTER (WHERE status = $2) AS failed,
                 COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)
-                         FILTER (WHERE status = 'REQUESTED'))::float8, 0) AS oldest
-           FROM refunds WHERE status <> 'REFUNDED'",
+                         FILTER (WHERE status = $1))::float8, 0) AS oldest
+           FROM refunds WHERE status <> $3",
     )
+    .bind::<Text, _>(RefundStatus::Requested)
+    .bind::<Text, _>(RefundStatus::Failed)
+    .bind::<Text, _>(RefundStatus::Refunded)
     .get_result(&mut conn)
     .await?;
     metrics::gauge!("payments_refunds_pending").set(backlog.pending as f64);
@@ -145,7 +149,7 @@ async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
     Ok(due)
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
     /// What one attempt at a refund did (`payments_refunds_total{result}`).
     pub enum RefundAttempt {
         Refunded => "refunded",
@@ -289,7 +293,7 @@ async fn confirm(state: &Payments, due: &Due, refund_key: &str) -> Result<bool> 
                     amount: due.amount,
                     transaction_key: due.transaction_key.clone(),
                     refund_key: refund_key.to_owned(),
-                    cause: due.cause.as_str().to_owned(),
+                    cause: due.cause,
                 })],
             )
             .await?;
@@ -315,12 +319,13 @@ async fn retry_later(state: &Payments, due: &Due, error: &str) -> Result<()> {
     let mut conn = state.db.get().await?;
     diesel::sql_query(
         "UPDATE refunds SET next_attempt_at = now() + $1 * interval '1 millisecond', last_error = $2
-          WHERE id = $3 AND status = 'REQUESTED' AND next_attempt_at = $4",
+          WHERE id = $3 AND status = $5 AND next_attempt_at = $4",
     )
     .bind::<BigInt, _>(wait.as_millis() as i64)
     .bind::<Text, _>(error)
     .bind::<BigInt, _>(due.id)
     .bind::<Timestamptz, _>(due.next_attempt_at)
+    .bind::<Text, _>(RefundStatus::Requested)
     .execute(&mut conn)
     .await?;
     Ok(())
@@ -332,12 +337,14 @@ async fn fail(state: &Payments, due: &Due, error: &str) -> Result<()> {
     let mut conn = state.db.get().await?;
     conn.transaction::<_, Error, _>(async |conn| {
         let failed = diesel::sql_query(
-            "UPDATE refunds SET status = 'FAILED', last_error = $1
-              WHERE id = $2 AND status = 'REQUESTED' AND next_attempt_at = $3",
+            "UPDATE refunds SET status = $4, last_error = $1
+              WHERE id = $2 AND status = $5 AND next_attempt_at = $3",
         )
         .bind::<Text, _>(error)
         .bind::<BigInt, _>(due.id)
         .bind::<Timestamptz, _>(due.next_attempt_at)
+        .bind::<Text, _>(RefundStatus::Failed)
+        .bind::<Text, _>(RefundStatus::Requested)
         .execute(conn)
         .await?;
         if failed == 1 {

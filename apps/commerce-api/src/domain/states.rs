@@ -1,11 +1,14 @@
 //! Every state an order, a payment and a coupon can be in, and how an order is paid.
 //!
-//! Each is mapped to its `TEXT` column and its JSON string once (see [`crate::text_enum`]); the
+//! Each is mapped to its `TEXT` column and its JSON string once (see [`commerce_enums::text_enum`]); the
 //! tables' CHECK constraints list the same values.
+
+pub use commerce_events::{PaymentKind, RefundCause};
 
 use crate::domain::card::CardNumber;
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// `orders.status`.
     pub enum OrderStatus {
         /// Placed by card; the gateway has not settled the payment yet.
@@ -19,7 +22,8 @@ crate::text_enum! {
     }
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// `payments.status`: a card payment at the gateway, as this API knows it.
     pub enum PaymentStatus {
         Pending => "PENDING",
@@ -35,7 +39,8 @@ crate::text_enum! {
     }
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// `refunds.status`.
     pub enum RefundStatus {
         /// To be sent to the gateway, or being retried.
@@ -47,27 +52,8 @@ crate::text_enum! {
     }
 }
 
-crate::text_enum! {
-    /// `refunds.cause`: why money goes back.
-    pub enum RefundCause {
-        /// A paid card order was cancelled.
-        OrderCancelled => "ORDER_CANCELLED",
-        /// The gateway charged an order after it was cancelled or had failed.
-        ChargedAfterClose => "CHARGED_AFTER_CLOSE",
-        /// A second successful charge of a paid order.
-        DuplicateCharge => "DUPLICATE_CHARGE",
-    }
-}
-
-crate::text_enum! {
-    /// `orders.payment_method`: how an order is paid, without the card's details.
-    pub enum PaymentKind {
-        Point => "POINT",
-        Card => "CARD",
-    }
-}
-
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// The card types the gateway accepts (`payments.card_type`).
     pub enum CardType {
         Samsung => "SAMSUNG",
@@ -76,7 +62,8 @@ crate::text_enum! {
     }
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// `user_coupons.status`.
     pub enum CouponStatus {
         Available => "AVAILABLE",
@@ -84,7 +71,8 @@ crate::text_enum! {
     }
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// `coupons.discount_type`.
     pub enum DiscountType {
         /// Won off.
@@ -94,7 +82,8 @@ crate::text_enum! {
     }
 }
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// `point_ledger.kind`.
     pub enum LedgerKind {
         Charge => "CHARGE",

@@ -188,11 +188,16 @@ pub async fn list_products(
     Query(params): Query<ListParams>,
 ) -> ApiResult<Response> {
     let mut errors = Vec::new();
-    let sort = Sort::parse(params.sort.as_deref().unwrap_or("latest"));
+    let sort = params
+        .sort
+        .as_deref()
+        .unwrap_or("latest")
+        .parse::<Sort>()
+        .ok();
     if sort.is_none() {
         errors.push(FieldError::new(
             "sort",
-            "must be one of latest, price_asc, likes_desc",
+            format!("must be {}", Sort::expected()),
         ));
     }
     let (page, size) = page_and_size(params.page, params.size, &mut errors);

@@ -20,7 +20,8 @@ use crate::infra::passwords::{PasswordError, PasswordPool};
 const ISSUER: &str = "commerce-api";
 const AUDIENCE: &str = "commerce-storefront";
 
-crate::text_enum! {
+commerce_enums::text_enum! {
+    sql, schema;
     /// A user's role (`users.role`, and the token's `role` claim).
     pub enum Role {
         User => "USER",

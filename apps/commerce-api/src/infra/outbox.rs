@@ -54,7 +54,7 @@ pub async fn record_at(
                 outbox::event_id.eq(envelope.event_id),
                 outbox::topic.eq(topic),
                 outbox::partition_key.eq(envelope.aggregate_id.to_string()),
-                outbox::event_type.eq(envelope.event_type()),
+                outbox::event_type.eq(envelope.event_type().as_str()),
                 outbox::envelope.eq(serde_json::to_value(&envelope).expect("envelopes serialise")),
                 outbox::traceparent.eq(traceparent.clone()),
             )

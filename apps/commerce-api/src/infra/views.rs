@@ -50,7 +50,7 @@ impl ViewPublisher {
             .payload(&payload)
             .headers(commerce_kafka::event_headers(
                 &event_id,
-                envelope.event_type(),
+                envelope.event_type().as_str(),
                 commerce_telemetry::traces::current_traceparent().as_deref(),
             ));
         match self.producer.send_result(record) {

@@ -52,14 +52,15 @@ fn json_bytes(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// Where a response's ranks were read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// The live Redis set, within a second of the applied events.
-    Live,
-    /// The PostgreSQL snapshot taken at `as_of`.
-    Snapshot,
+commerce_enums::text_enum! {
+    schema;
+    /// Where a response's ranks were read (also the `source` label of the ranking metrics).
+    pub enum Source {
+        /// The live Redis set, within a second of the applied events.
+        Live => "live",
+        /// The PostgreSQL snapshot taken at `as_of`.
+        Snapshot => "snapshot",
+    }
 }
 
 #[derive(Deserialize, IntoParams)]
@@ -149,12 +150,12 @@ fn parse(
     date: Option<&str>,
     errors: &mut Vec<FieldError>,
 ) -> Option<(Period, NaiveDate)> {
-    let period = match Period::parse(period.unwrap_or("daily")) {
-        Some(p) => Some(p),
-        None => {
+    let period = match period.unwrap_or("daily").parse::<Period>() {
+        Ok(p) => Some(p),
+        Err(_) => {
             errors.push(FieldError::new(
                 "period",
-                "must be daily, weekly or monthly",
+                format!("must be {}", Period::expected()),
             ));
             None
         }
@@ -259,7 +260,7 @@ async fn build_page(
             }
         })
         .collect();
-    metrics::counter!("ranking_reads_total", "route" => "page", "source" => source_label(source))
+    metrics::counter!("ranking_reads_total", "route" => "page", "source" => source.as_str())
         .increment(1);
     Ok(RankingPage {
         period: period.as_str(),
@@ -372,13 +373,6 @@ async fn details(
     Ok(rows.into_iter().map(|d| (d.product_id, d)).collect())
 }
 
-fn source_label(source: Source) -> &'static str {
-    match source {
-        Source::Live => "live",
-        Source::Snapshot => "snapshot",
-    }
-}
-
 /// A product's rank and score in a ranking.
 #[utoipa::path(get, path = "/api/v1/rankings/products/{product_id}", tag = "rankings",
     params(("product_id" = i64, Path, description = "The product"), ProductRankParams),
@@ -427,7 +421,7 @@ async fn build_rank(
     if Ranking::current(state.live.today()).contains(&ranking) {
         match state.live.rank(ranking, product_id).await {
             Ok(Some(live)) => {
-                metrics::counter!("ranking_reads_total", "route" => "product", "source" => "live")
+                metrics::counter!("ranking_reads_total", "route" => "product", "source" => Source::Live.as_str())
                     .increment(1);
                 let found = live.rank.map(|r| (r, live.score));
                 return Ok(answer(Source::Live, Utc::now(), live.total, found));
@@ -448,7 +442,7 @@ async fn build_rank(
         },
         None,
     ));
-    metrics::counter!("ranking_reads_total", "route" => "product", "source" => "snapshot")
+    metrics::counter!("ranking_reads_total", "route" => "product", "source" => Source::Snapshot.as_str())
         .increment(1);
     Ok(answer(Source::Snapshot, taken.at, taken.total, found))
 }

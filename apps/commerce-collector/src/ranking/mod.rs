@@ -42,29 +42,18 @@ pub struct Weights {
     pub order: f64,
 }
 
-/// Ranking period.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Period {
-    Daily,
-    Weekly,
-    Monthly,
+commerce_enums::text_enum! {
+    sql;
+    /// Ranking period (`ranking_ranks.period`, `ranking_snapshots.period`, `?period=`).
+    #[derive(PartialOrd, Ord)]
+    pub enum Period {
+        Daily => "daily",
+        Weekly => "weekly",
+        Monthly => "monthly",
+    }
 }
 
 impl Period {
-    pub const ALL: [Period; 3] = [Period::Daily, Period::Weekly, Period::Monthly];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Daily => "daily",
-            Self::Weekly => "weekly",
-            Self::Monthly => "monthly",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| p.as_str() == s)
-    }
-
     /// First and last day of the period containing `date`.
     pub fn bounds(self, date: NaiveDate) -> (NaiveDate, NaiveDate) {
         match self {
@@ -114,7 +103,7 @@ impl Ranking {
 
     /// The three rankings that contain `today`: the live ones.
     pub fn current(today: NaiveDate) -> [Ranking; 3] {
-        Period::ALL.map(|p| Ranking::of(p, today))
+        [Period::Daily, Period::Weekly, Period::Monthly].map(|p| Ranking::of(p, today))
     }
 
     /// The rankings a change to `day`'s figures moves.

@@ -101,7 +101,7 @@ pub async fn page(
           WHERE s.period = $1 AND s.period_start = $2
           ORDER BY r.rank",
     )
-    .bind::<Text, _>(ranking.period.as_str())
+    .bind::<Text, _>(ranking.period)
     .bind::<Date, _>(ranking.start)
     .bind::<BigInt, _>(offset)
     .bind::<BigInt, _>(offset + size)
@@ -135,7 +135,7 @@ pub async fn rank(
              ON r.period = s.period AND r.period_start = s.period_start AND r.product_id = $3
           WHERE s.period = $1 AND s.period_start = $2",
     )
-    .bind::<Text, _>(ranking.period.as_str())
+    .bind::<Text, _>(ranking.period)
     .bind::<Date, _>(ranking.start)
     .bind::<BigInt, _>(product)
     .get_result(conn)
@@ -166,7 +166,7 @@ type QueryResult<T> = Result<T, diesel::result::Error>;
 /// figures changed since the previous run. Once per slot across instances.
 pub async fn scheduled_snapshot(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
     let lease = std::time::Duration::from_secs(300);
-    crate::jobs::run(pool, "rank-snapshot", slot, lease, async {
+    crate::jobs::run(pool, crate::jobs::Job::RankSnapshot, slot, lease, async {
         let mut conn = pool.get().await?;
         #[derive(diesel::QueryableByName)]
         struct Day {
@@ -179,9 +179,10 @@ pub async fn scheduled_snapshot(pool: &Pool, weights: Weights, slot: &str) -> an
             "SELECT DISTINCT business_date FROM product_metrics_daily
               WHERE updated_at >= coalesce(
                       (SELECT max(started_at) FROM scheduled_job_runs
-                        WHERE job = 'rank-snapshot' AND finished_at IS NOT NULL),
+                        WHERE job = $1 AND finished_at IS NOT NULL),
                       now() - interval '1 day') - interval '1 minute'",
         )
+        .bind::<diesel::sql_types::Text, _>(crate::jobs::Job::RankSnapshot)
         .load(&mut conn)
         .await?;
         let rankings: std::collections::BTreeSet<Ranking> = days

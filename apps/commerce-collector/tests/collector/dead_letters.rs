@@ -151,8 +151,8 @@ async fn a_dead_letter_replayed_after_its_cause_is_fixed_applies_once() {
     }
     let config = Config::read(&Reader::new(p.env().vars())).unwrap();
     let only_refused = Filter {
-        reasons: vec!["database".into()],
-        event_types: vec!["OrderPaid".into()],
+        reasons: vec![commerce_collector::dlq::Reason::Database],
+        event_types: vec![commerce_events::EventType::OrderPaid],
         ..Filter::default()
     };
     let mut seen = (0, 0);
@@ -181,7 +181,7 @@ async fn a_dead_letter_replayed_after_its_cause_is_fixed_applies_once() {
         .unwrap();
     assert_eq!(again.replayed, 1);
     let none = Filter {
-        event_types: vec!["ProductViewed".into()],
+        event_types: vec![commerce_events::EventType::ProductViewed],
         ..Filter::default()
     };
     assert_eq!(

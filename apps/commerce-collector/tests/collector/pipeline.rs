@@ -20,7 +20,7 @@ pub(crate) fn paid(order_id: i64, product_id: i64, quantity: i64, unit_price: i6
         total_amount: quantity * unit_price,
         discount_amount: 0,
         final_amount: quantity * unit_price,
-        payment_method: "POINT".into(),
+        payment_method: commerce_events::PaymentKind::Point,
     }))
 }
 

@@ -94,7 +94,7 @@ fn events() -> Vec<Envelope> {
                         total_amount: quantity * 10,
                         discount_amount: 0,
                         final_amount: quantity * 10,
-                        payment_method: "POINT".into(),
+                        payment_method: commerce_events::PaymentKind::Point,
                     }),
                     when,
                 ));
@@ -196,7 +196,7 @@ async fn check_everything(
 ) -> usize {
     let mut current_requests = 0;
     for date in asked_dates() {
-        for period in Period::ALL {
+        for &period in Period::ALL {
             let expected = brute_force(conn, period, date).await;
             assert!(
                 expected.len() > PAGE * 2,
@@ -270,7 +270,7 @@ fn live_when_current(period: Period, date: NaiveDate) -> &'static str {
 
 /// Waits until the collector at `base` serves the current rankings from Redis.
 async fn wait_live(base: &str) {
-    for period in Period::ALL {
+    for &period in Period::ALL {
         let url = format!("{base}/api/v1/rankings?period={}", period.as_str());
         crate::support::eventually(&url, 30, |b| b["source"] == "live").await;
     }
@@ -542,7 +542,7 @@ async fn a_restarted_redis_gets_its_rankings_back_from_the_collector() {
     // Redis goes away: the current rankings are served from PostgreSQL meanwhile.
     let port = redis.port;
     drop(redis);
-    for period in Period::ALL {
+    for &period in Period::ALL {
         let url = format!("{base}/api/v1/rankings?period={}", period.as_str());
         crate::support::eventually(&url, 10, |b| b["source"] == "snapshot").await;
     }

@@ -65,7 +65,7 @@ async fn rollups_match_a_brute_force_sum_and_rerunning_changes_nothing() {
                     total_amount: quantity * 10,
                     discount_amount: 0,
                     final_amount: quantity * 10,
-                    payment_method: "POINT".into(),
+                    payment_method: commerce_events::PaymentKind::Point,
                 }),
                 at,
             ));
@@ -184,7 +184,7 @@ async fn a_sale_cancelled_after_midnight_is_subtracted_from_its_own_day_week_and
             total_amount: 1000,
             discount_amount: 0,
             final_amount: 1000,
-            payment_method: "CARD".into(),
+            payment_method: commerce_events::PaymentKind::Card,
         }),
         paid_at,
     );
@@ -238,7 +238,7 @@ async fn a_failed_or_abandoned_job_run_is_retried_by_another_instance() {
     let lease = std::time::Duration::from_secs(600);
 
     // A run that fails is recorded with its error, and its lease ends at once...
-    let failed = jobs::run(&pool, "close-day", "2026-12-01", lease, async {
+    let failed = jobs::run(&pool, jobs::Job::CloseDay, "2026-12-01", lease, async {
         Err(anyhow::anyhow!("the database went away"))
     })
     .await;
@@ -254,9 +254,11 @@ async fn a_failed_or_abandoned_job_run_is_retried_by_another_instance() {
         1
     );
     // ...so the next firing, on any instance, runs it again; then it is done for good.
-    let ran = jobs::run(&pool, "close-day", "2026-12-01", lease, async { Ok(()) })
-        .await
-        .unwrap();
+    let ran = jobs::run(&pool, jobs::Job::CloseDay, "2026-12-01", lease, async {
+        Ok(())
+    })
+    .await
+    .unwrap();
     assert!(ran);
     assert_eq!(
         commerce_testkit::count(
@@ -268,7 +270,7 @@ async fn a_failed_or_abandoned_job_run_is_retried_by_another_instance() {
         .await,
         1
     );
-    let again = jobs::run(&pool, "close-day", "2026-12-01", lease, async {
+    let again = jobs::run(&pool, jobs::Job::CloseDay, "2026-12-01", lease, async {
         Err(anyhow::anyhow!("a finished run must not run again"))
     })
     .await
@@ -279,22 +281,30 @@ async fn a_failed_or_abandoned_job_run_is_retried_by_another_instance() {
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
     let short = std::time::Duration::from_millis(500);
     assert!(
-        jobs::claim(&mut conn, "prune-event-handled", "2026-12-01", short)
+        jobs::claim(&mut conn, jobs::Job::PruneEventHandled, "2026-12-01", short)
             .await
             .unwrap()
     );
-    let while_held = jobs::run(&pool, "prune-event-handled", "2026-12-01", lease, async {
-        Err(anyhow::anyhow!("must wait for the lease"))
-    })
+    let while_held = jobs::run(
+        &pool,
+        jobs::Job::PruneEventHandled,
+        "2026-12-01",
+        lease,
+        async { Err(anyhow::anyhow!("must wait for the lease")) },
+    )
     .await
     .unwrap();
     assert!(!while_held, "the run is held while its lease lasts");
     commerce_testkit::eventually(
         "another instance takes the abandoned run over after its lease",
         std::time::Duration::from_secs(10),
-        async || match jobs::run(&pool, "prune-event-handled", "2026-12-01", lease, async {
-            Ok(())
-        })
+        async || match jobs::run(
+            &pool,
+            jobs::Job::PruneEventHandled,
+            "2026-12-01",
+            lease,
+            async { Ok(()) },
+        )
         .await
         {
             Ok(true) => Ok(()),
@@ -318,7 +328,7 @@ async fn every_job_reports_its_metrics_from_the_start() {
     let p = crate::support::Pipeline::new().await;
     let collector = p.collector_with(&[("COLLECTOR_CONSUME", "false")]).await;
     let url = format!("{}/metrics", collector.base);
-    for job in commerce_collector::jobs::JOBS {
+    for job in commerce_collector::jobs::Job::ALL {
         let wanted = [
             format!("collector_job_runs_total{{task=\"{job}\",result=\"failure\"}} 0"),
             format!("collector_job_last_success_timestamp_seconds{{task=\"{job}\"}} 0"),

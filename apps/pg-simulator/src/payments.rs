@@ -8,12 +8,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use commerce_db::idempotency::{self, Replay};
+use commerce_web::idempotency::IdempotencyKey;
 use commerce_web::{FieldError, Json, Path, Problem, Query};
 
 use crate::error::SimError;
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
@@ -202,45 +204,16 @@ fn validate(req: &PaymentRequest, callback_hosts: &[String]) -> Result<()> {
 /// How long a key's first request may stay in progress before another request may take the key
 /// over (a simulator that crashed mid-request never finishes it).
 const ABANDONED_AFTER: chrono::Duration = chrono::Duration::seconds(60);
-const MAX_KEY_LEN: usize = 255;
-
-/// The `Idempotency-Key` header, if sent: 1-255 visible ASCII characters.
-pub(crate) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .filter(|k| {
-            !k.is_empty() && k.len() <= MAX_KEY_LEN && k.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .map(|k| Some(k.to_owned()))
-        .ok_or_else(|| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "INVALID_IDEMPOTENCY_KEY",
-                format!("Idempotency-Key must be 1-{MAX_KEY_LEN} visible ASCII characters"),
-            )
-            .into()
-        })
-}
 
 /// A digest of what the request asks for (never stored in the clear: it holds the card number).
 fn request_hash(req: &PaymentRequest) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for part in [
-        req.order_id.as_str(),
-        req.card_type.as_str(),
-        req.card_no.as_str(),
-        &req.amount.to_string(),
-        req.callback_url.as_str(),
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    commerce_db::idempotency::fingerprint(&[
+        req.order_id.as_bytes(),
+        req.card_type.as_bytes(),
+        req.card_no.as_bytes(),
+        req.amount.to_string().as_bytes(),
+        req.callback_url.as_bytes(),
+    ])
 }
 
 /// What an earlier request with the same key left.
@@ -257,66 +230,69 @@ enum Earlier {
 async fn reserve(sim: &Simulator, user: &str, key: &str, hash: &str) -> Result<Earlier> {
     use crate::schema::idempotency_keys as k;
     let mut conn = sim.db.get().await?;
-    for _ in 0..3 {
-        let reserved = diesel::insert_into(k::table)
-            .values((
-                k::user_id.eq(user),
-                k::idempotency_key.eq(key),
-                k::request_hash.eq(hash),
-            ))
-            .on_conflict_do_nothing()
-            .execute(&mut conn)
-            .await?;
-        if reserved == 1 {
-            return Ok(Earlier::None);
-        }
-        let found: Option<(String, Option<String>, chrono::DateTime<Utc>)> = k::table
-            .find((user, key))
-            .select((k::request_hash, k::transaction_key, k::created_at))
-            .first(&mut conn)
-            .await
-            .optional()?;
-        let Some((stored, transaction, created_at)) = found else {
-            continue; // expired and removed meanwhile: reserve again
+    let now = Utc::now();
+    let forgotten_before = now - sim.idempotency_ttl;
+    conn.transaction::<_, SimError, _>(async |conn| {
+        let earlier = async |conn: &mut AsyncPgConnection| {
+            let found: Option<(String, Option<String>, DateTime<Utc>)> = k::table
+                .find((user, key))
+                .select((k::request_hash, k::transaction_key, k::created_at))
+                .first(conn)
+                .await
+                .optional()?;
+            match found {
+                // Forgotten: the key may be used afresh.
+                Some((_, _, created_at)) if created_at < forgotten_before => {
+                    diesel::delete(k::table.find((user, key)))
+                        .execute(conn)
+                        .await?;
+                    Ok(None)
+                }
+                found => Ok(found.map(|(hash, transaction, created_at)| {
+                    (Some(hash), (transaction, created_at))
+                })),
+            }
         };
-        let now = Utc::now();
-        if created_at < now - sim.idempotency_ttl {
-            // Forgotten: the key may be used afresh.
-            diesel::delete(k::table.find((user, key)))
-                .filter(k::created_at.eq(created_at))
-                .execute(&mut conn)
-                .await?;
-            continue;
-        }
-        if stored != hash {
-            return Ok(Earlier::OtherBody);
-        }
-        let Some(transaction) = transaction else {
-            // Still being processed, unless its simulator died: then this request takes it over.
-            let taken = diesel::update(k::table.find((user, key)))
-                .filter(k::transaction_key.is_null())
-                .filter(k::created_at.lt(now - ABANDONED_AFTER))
-                .set(k::created_at.eq(now))
-                .execute(&mut conn)
-                .await?;
-            return Ok(if taken == 1 {
-                Earlier::None
-            } else {
-                Earlier::InProgress
-            });
-        };
-        let (status, reason): (PaymentStatus, Option<String>) = payments::table
-            .find(&transaction)
-            .select((payments::status, payments::reason))
-            .first(&mut conn)
-            .await?;
-        return Ok(Earlier::Done(Accepted {
-            transaction_key: transaction,
-            status,
-            reason,
-        }));
-    }
-    Err(anyhow::anyhow!("the idempotency key kept changing").into())
+        let scope = format!("pg-sim:payment:{user}:");
+        Ok(
+            match idempotency::lock_and_find(conn, &scope, 0, key, hash, earlier).await? {
+                Replay::New => {
+                    diesel::insert_into(k::table)
+                        .values((
+                            k::user_id.eq(user),
+                            k::idempotency_key.eq(key),
+                            k::request_hash.eq(hash),
+                        ))
+                        .execute(conn)
+                        .await?;
+                    Earlier::None
+                }
+                Replay::Reused => Earlier::OtherBody,
+                // Its simulator died mid-request: this request takes the key over.
+                Replay::Same((None, created_at)) if created_at < now - ABANDONED_AFTER => {
+                    diesel::update(k::table.find((user, key)))
+                        .set(k::created_at.eq(now))
+                        .execute(conn)
+                        .await?;
+                    Earlier::None
+                }
+                Replay::Same((None, _)) => Earlier::InProgress,
+                Replay::Same((Some(transaction), _)) => {
+                    let (status, reason): (PaymentStatus, Option<String>) = payments::table
+                        .find(&transaction)
+                        .select((payments::status, payments::reason))
+                        .first(conn)
+                        .await?;
+                    Earlier::Done(Accepted {
+                        transaction_key: transaction,
+                        status,
+                        reason,
+                    })
+                }
+            },
+        )
+    })
+    .await
 }
 
 /// Accepts a payment (after a simulated delay) or fails with HTTP 500, recording nothing.
@@ -328,12 +304,13 @@ async fn reserve(sim: &Simulator, user: &str, key: &str, hash: &str) -> Result<E
 pub async fn request_payment(
     State(sim): State<Arc<Simulator>>,
     headers: HeaderMap,
+    key: Option<IdempotencyKey>,
     Json(req): Json<PaymentRequest>,
 ) -> Result<axum::response::Response> {
     use axum::response::IntoResponse;
     sim.dice.receive();
     let user = user_id(&headers)?;
-    let key = idempotency_key(&headers)?;
+    let key = key.map(|k| k.as_str().to_owned());
     validate(&req, &sim.callback_hosts)?;
     if let Some(key) = &key {
         match reserve(&sim, &user, key, &request_hash(&req)).await? {
@@ -354,14 +331,7 @@ pub async fn request_payment(
                     .insert("retry-after", axum::http::HeaderValue::from_static("1"));
                 return Ok(res);
             }
-            Earlier::OtherBody => {
-                return Err(Problem::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "IDEMPOTENCY_KEY_REUSED",
-                    "this Idempotency-Key was used with a different request",
-                )
-                .into());
-            }
+            Earlier::OtherBody => return Err(commerce_web::idempotency::reused().into()),
         }
     }
     // The payment keeps the request's trace context: its callback continues the trace.

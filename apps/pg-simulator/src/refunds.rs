@@ -17,14 +17,16 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::Utc;
+use commerce_db::idempotency::{self, Replay};
+use commerce_web::idempotency::IdempotencyKey;
 use commerce_web::{FieldError, Json, Path, Problem};
 use diesel::prelude::*;
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 
 use crate::Simulator;
 use crate::error::SimError;
-use crate::payments::{PaymentStatus, idempotency_key, user_id};
+use crate::payments::{PaymentStatus, user_id};
 use crate::schema::{payments, refunds};
 
 type Result<T> = std::result::Result<T, SimError>;
@@ -73,6 +75,11 @@ fn validate(req: &RefundRequest) -> Result<()> {
     }
 }
 
+/// What a refund request asks for, as its idempotency fingerprint.
+fn asks(transaction_key: &str, amount: i64) -> String {
+    commerce_db::idempotency::fingerprint(&[transaction_key.as_bytes(), &amount.to_be_bytes()])
+}
+
 fn refusal(status: StatusCode, code: &'static str, detail: &'static str) -> SimError {
     Problem::new(status, code, detail).into()
 }
@@ -82,11 +89,12 @@ pub async fn request_refund(
     State(sim): State<Arc<Simulator>>,
     headers: HeaderMap,
     Path(transaction_key): Path<String>,
+    key: Option<IdempotencyKey>,
     Json(req): Json<RefundRequest>,
 ) -> Result<Json<Refund>> {
     sim.dice.receive();
     let user = user_id(&headers)?;
-    let key = idempotency_key(&headers)?;
+    let key = key.map(|k| k.as_str().to_owned());
     validate(&req)?;
     let task = tokio::spawn(process(sim, user, key, transaction_key, req));
     let refund = task
@@ -130,22 +138,23 @@ async fn process(
                 return Err(Problem::not_found("PAYMENT_NOT_FOUND", "no such payment").into());
             };
             if let Some(key) = &key {
-                let earlier: Option<Refund> = refunds::table
-                    .filter(refunds::user_id.eq(&user))
-                    .filter(refunds::idempotency_key.eq(key))
-                    .select(Refund::as_select())
-                    .first(conn)
-                    .await
-                    .optional()?;
-                if let Some(refund) = earlier {
-                    if refund.transaction_key != transaction_key || refund.amount != req.amount {
-                        return Err(refusal(
-                            StatusCode::UNPROCESSABLE_ENTITY,
-                            "IDEMPOTENCY_KEY_REUSED",
-                            "this Idempotency-Key was used with a different request",
-                        ));
-                    }
-                    return Ok((refund, true));
+                // The same refund is of the same payment and amount.
+                let asked = asks(&transaction_key, req.amount);
+                let earlier = async |conn: &mut AsyncPgConnection| {
+                    refunds::table
+                        .filter(refunds::user_id.eq(&user))
+                        .filter(refunds::idempotency_key.eq(key))
+                        .select(Refund::as_select())
+                        .first(conn)
+                        .await
+                        .optional()
+                        .map(|r| r.map(|r| (Some(asks(&r.transaction_key, r.amount)), r)))
+                };
+                let scope = format!("pg-sim:refund:{user}:");
+                match idempotency::lock_and_find(conn, &scope, 0, key, &asked, earlier).await? {
+                    Replay::New => {}
+                    Replay::Same(refund) => return Ok((refund, true)),
+                    Replay::Reused => return Err(commerce_web::idempotency::reused().into()),
                 }
             }
             match status {

@@ -10,6 +10,7 @@
 //! - every connection, pooled or not, is opened by [`connect`], which honours the URL's
 //!   `sslmode` and `sslrootcert` ([`tls`]).
 
+pub mod idempotency;
 pub mod tls;
 pub mod worker;
 

@@ -10,6 +10,7 @@
 
 mod error;
 pub mod health;
+pub mod idempotency;
 mod json;
 #[cfg(feature = "openapi")]
 pub mod openapi;

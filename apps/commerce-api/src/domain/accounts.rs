@@ -4,6 +4,7 @@
 //! point balance never goes negative (a CHECK constraint backs every deduction); every change
 //! to a balance writes its ledger row in the same transaction.
 
+use commerce_db::idempotency::{self, Replay};
 use commerce_web::FieldError;
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
@@ -163,23 +164,23 @@ pub async fn charge(
     }
     conn.transaction::<_, Error, _>(async |conn| {
         if let Some(key) = key {
-            diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
-                .bind::<diesel::sql_types::Text, _>(format!("points-charge:{key}"))
-                .bind::<diesel::sql_types::BigInt, _>(id)
-                .execute(conn)
-                .await?;
-            let earlier: Option<(i64, i64)> = point_charges::table
-                .find((id, key))
-                .select((point_charges::amount, point_charges::balance_after))
-                .first(conn)
-                .await
-                .optional()?;
-            if let Some((earlier_amount, balance_after)) = earlier {
-                return if earlier_amount == amount {
-                    Ok(balance_after)
-                } else {
-                    Err(Error::IdempotencyKeyReused)
-                };
+            // The same request is the same amount.
+            let earlier = async |conn: &mut AsyncPgConnection| {
+                point_charges::table
+                    .find((id, key))
+                    .select((point_charges::amount, point_charges::balance_after))
+                    .first::<(i64, i64)>(conn)
+                    .await
+                    .optional()
+                    .map(|c| c.map(|(amount, balance)| (Some(amount.to_string()), balance)))
+            };
+            let fingerprint = amount.to_string();
+            match idempotency::lock_and_find(conn, "points-charge:", id, key, &fingerprint, earlier)
+                .await?
+            {
+                Replay::New => {}
+                Replay::Same(balance_after) => return Ok(balance_after),
+                Replay::Reused => return Err(Error::IdempotencyKeyReused),
             }
         }
         let balance: i64 = diesel::update(users::table.find(id))

@@ -23,6 +23,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, SubsecRound, Utc};
+use commerce_db::idempotency::{self, Replay};
 use commerce_events::{Event, OrderCancelled, OrderLine, OrderPlaced};
 use commerce_web::FieldError;
 use diesel::prelude::*;
@@ -50,8 +51,6 @@ use crate::infra::schema::{
 pub const MAX_LINES: usize = 50;
 /// Most units of one product per order.
 pub const MAX_QUANTITY: i64 = 100;
-/// Longest idempotency key.
-pub const MAX_KEY_LEN: usize = 200;
 
 /// A validated order request: merged lines (product id → quantity, in product-id order), the
 /// coupon, and how it is paid.
@@ -272,12 +271,22 @@ pub async fn place(
     let placed = conn
         .transaction::<_, Error, _>(async |conn| {
             if let Some(key) = key {
-                lock_idempotency_key(conn, user_id, key).await?;
-                if let Some(existing) = find_by_key(conn, user_id, key).await? {
-                    if existing.request_hash.as_deref() != Some(hash.as_str()) {
-                        return Err(Error::IdempotencyKeyReused);
+                let earlier = async |conn: &mut AsyncPgConnection| {
+                    orders::table
+                        .filter(orders::user_id.eq(user_id))
+                        .filter(orders::idempotency_key.eq(key))
+                        .select(order_columns())
+                        .first::<OrderRow>(conn)
+                        .await
+                        .optional()
+                        .map(|o| o.map(|o| (o.request_hash.clone(), o)))
+                };
+                match idempotency::lock_and_find(conn, "", user_id, key, &hash, earlier).await? {
+                    Replay::New => {}
+                    Replay::Same(existing) => {
+                        return Ok(Placed::Replayed(order_view(conn, existing).await?));
                     }
-                    return Ok(Placed::Replayed(order_view(conn, existing).await?));
+                    Replay::Reused => return Err(Error::IdempotencyKeyReused),
                 }
             }
             create(conn, ctx, user_id, req, key, &hash)
@@ -325,29 +334,6 @@ async fn precheck_stock(conn: &mut AsyncPgConnection, lines: &BTreeMap<i64, i64>
         return Err(refused(Error::InsufficientStock));
     }
     Ok(())
-}
-
-async fn lock_idempotency_key(conn: &mut AsyncPgConnection, user_id: i64, key: &str) -> Result<()> {
-    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtextextended($1, $2))")
-        .bind::<Text, _>(key)
-        .bind::<BigInt, _>(user_id)
-        .execute(conn)
-        .await?;
-    Ok(())
-}
-
-async fn find_by_key(
-    conn: &mut AsyncPgConnection,
-    user_id: i64,
-    key: &str,
-) -> Result<Option<OrderRow>> {
-    Ok(orders::table
-        .filter(orders::user_id.eq(user_id))
-        .filter(orders::idempotency_key.eq(key))
-        .select(order_columns())
-        .first(conn)
-        .await
-        .optional()?)
 }
 
 #[derive(QueryableByName)]

@@ -24,28 +24,6 @@ use utoipa_swagger_ui::SwaggerUi;
 
 pub use commerce_web::{Json, Path, Query};
 
-use crate::domain::orders::MAX_KEY_LEN;
-use crate::http::error::{ApiError, ApiResult};
-
-/// The request's `Idempotency-Key`, if it sent one (order creation, points charges).
-pub(crate) fn idempotency_key(headers: &axum::http::HeaderMap) -> ApiResult<Option<String>> {
-    let Some(value) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = value
-        .to_str()
-        .ok()
-        .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)
-        .ok_or_else(|| {
-            ApiError::field(
-                "Idempotency-Key",
-                format!("must be 1-{MAX_KEY_LEN} visible ASCII characters"),
-            )
-        })?;
-    Ok(Some(key.to_owned()))
-}
-
 use crate::state::AppState;
 
 #[derive(OpenApi)]

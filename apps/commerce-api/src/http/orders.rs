@@ -8,18 +8,20 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+
+use commerce_web::idempotency::IdempotencyKey;
 
 use crate::domain::orders::{self, OrderRequest, OrderView, Placed, Placement};
 use crate::domain::states::{OrderStatus, PaymentMethod};
 use crate::http::auth::{AuthUser, admit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::paging::{Page, PageParams};
-use crate::http::{Json, Path, Query, idempotency_key};
+use crate::http::{Json, Path, Query};
 use crate::infra::order_events::{Change, StreamSlot};
 use crate::state::AppState;
 
@@ -60,9 +62,10 @@ pub struct CancelView {
 
 /// Place an order paid by points or by card. Rate limited per user (`RATE_LIMIT_ORDERS`).
 #[utoipa::path(post, path = "/api/v1/orders", tag = "orders", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "replays return the original order")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; replays return the original order")),
     request_body = NewOrder,
-    responses((status = 201, body = OrderView), (status = 400), (status = 401),
+    responses((status = 201, body = OrderView),
+        (status = 400, description = "VALIDATION_FAILED, INVALID_IDEMPOTENCY_KEY"), (status = 401),
         (status = 404, description = "PRODUCT_NOT_FOUND"),
         (status = 409, description = "INSUFFICIENT_STOCK, INSUFFICIENT_POINTS, COUPON_NOT_USABLE"),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED"),
@@ -70,7 +73,7 @@ pub struct CancelView {
 pub async fn place_order(
     State(state): State<AppState>,
     user: AuthUser,
-    headers: HeaderMap,
+    key: Option<IdempotencyKey>,
     Json(req): Json<NewOrder>,
 ) -> ApiResult<(StatusCode, Json<OrderView>)> {
     admit(&state.limits.orders, &user.id)?;
@@ -86,7 +89,6 @@ pub async fn place_order(
         req.payment.card_type.as_deref(),
         req.payment.card_no.as_deref(),
     )?;
-    let key = idempotency_key(&headers)?;
     let placement = Placement {
         topics: &state.topics,
         cards: &state.payments.cards,
@@ -94,7 +96,14 @@ pub async fn place_order(
     };
     let placed = {
         let mut conn = state.db.get().await?;
-        orders::place(&mut conn, &placement, user.id, &order, key.as_deref()).await?
+        orders::place(
+            &mut conn,
+            &placement,
+            user.id,
+            &order,
+            key.as_ref().map(IdempotencyKey::as_str),
+        )
+        .await?
         // The gateway call below must not hold a connection (or a transaction) while it waits.
     };
     match placed {

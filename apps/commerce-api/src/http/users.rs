@@ -5,14 +5,14 @@ use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use axum::http::HeaderMap;
+use commerce_web::idempotency::IdempotencyKey;
 
 use crate::domain::accounts::{self, LedgerEntry, UserView};
 use crate::domain::logins;
 use crate::http::auth::{AuthUser, ClientIp, admit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::paging::{Page, PageParams};
-use crate::http::{Json, Query, idempotency_key};
+use crate::http::{Json, Query};
 use crate::state::AppState;
 
 #[derive(Deserialize, ToSchema)]
@@ -140,20 +140,21 @@ pub async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult
 /// (`RATE_LIMIT_POINTS_CHARGE`). With an `Idempotency-Key`, a retry with the same key and amount
 /// charges nothing more and answers the balance the first one answered.
 #[utoipa::path(post, path = "/api/v1/points/charge", tag = "points", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "a retry with the same key and amount charges once")),
-    request_body = Charge, responses((status = 200, body = Balance), (status = 400), (status = 401),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; a retry with the same key and amount charges once")),
+    request_body = Charge, responses((status = 200, body = Balance),
+        (status = 400, description = "VALIDATION_FAILED, INVALID_IDEMPOTENCY_KEY"), (status = 401),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED: the key was used with another amount"),
         (status = 429, description = "RATE_LIMITED, with Retry-After")))]
 pub async fn charge(
     State(state): State<AppState>,
     user: AuthUser,
-    headers: HeaderMap,
+    key: Option<IdempotencyKey>,
     Json(req): Json<Charge>,
 ) -> ApiResult<Json<Balance>> {
     admit(&state.limits.points_charge, &user.id)?;
-    let key = idempotency_key(&headers)?;
     let mut conn = state.db.get().await?;
-    let balance = accounts::charge(&mut conn, user.id, req.amount, key.as_deref()).await?;
+    let key = key.as_ref().map(IdempotencyKey::as_str);
+    let balance = accounts::charge(&mut conn, user.id, req.amount, key).await?;
     Ok(Json(Balance { balance }))
 }
 

@@ -285,6 +285,34 @@ async fn an_idempotency_key_replays_the_original_order_and_refuses_a_different_b
 }
 
 #[tokio::test]
+async fn a_malformed_idempotency_key_is_refused_alike_by_orders_and_points_and_changes_nothing() {
+    let (app, product, user, token) = setup(1000, 10, 10_000).await;
+    let long = "k".repeat(256);
+    for key in ["has space", long.as_str(), ""] {
+        for (path, body) in [
+            ("/api/v1/orders", order(product, 1)),
+            ("/api/v1/points/charge", serde_json::json!({"amount": 100})),
+        ] {
+            let res = app
+                .client
+                .post(format!("{}{path}", app.base))
+                .bearer_auth(&token)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{path} {key:?}");
+            let problem: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(problem["code"], "INVALID_IDEMPOTENCY_KEY", "{path} {key:?}");
+        }
+    }
+    assert_eq!(app.stock(product).await, 10);
+    assert_eq!(app.balance(user).await, 10_000);
+    assert_eq!(app.count("SELECT count(*) AS n FROM orders").await, 0);
+}
+
+#[tokio::test]
 async fn racing_requests_with_one_idempotency_key_create_one_order() {
     let (app, product, user, token) = setup(1000, 100, 100_000).await;
     let app = Arc::new(app);

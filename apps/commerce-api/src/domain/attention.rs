@@ -32,30 +32,60 @@ commerce_enums::text_enum! {
 }
 
 /// A payment that needs an operator's attention.
-#[derive(Serialize, ToSchema, Clone, Debug, QueryableByName)]
+#[derive(Serialize, ToSchema, Clone, Debug)]
 pub struct Attention {
-    #[diesel(sql_type = BigInt)]
     pub order_id: i64,
-    #[diesel(sql_type = BigInt)]
     pub user_id: i64,
-    #[diesel(sql_type = BigInt)]
     pub amount: i64,
-    #[diesel(sql_type = Text)]
     pub concern: Concern,
     /// The gateway transaction concerned, when there is one.
-    #[diesel(sql_type = Nullable<Text>)]
     pub transaction_key: Option<String>,
     /// The refund's cause, for a refund.
-    #[diesel(sql_type = Nullable<Text>)]
     pub cause: Option<RefundCause>,
-    #[diesel(sql_type = Integer)]
     pub attempts: i32,
     /// The last error, or why the payment is pending.
-    #[diesel(sql_type = Nullable<Text>)]
     pub detail: Option<String>,
     /// Since when the refund or payment has been open.
-    #[diesel(sql_type = Timestamptz)]
     pub since: DateTime<Utc>,
+}
+
+/// One row of the attention query (refunds and payments in one shape).
+#[derive(QueryableByName)]
+struct AttentionRow {
+    #[diesel(sql_type = BigInt)]
+    order_id: i64,
+    #[diesel(sql_type = BigInt)]
+    user_id: i64,
+    #[diesel(sql_type = BigInt)]
+    amount: i64,
+    #[diesel(sql_type = Text)]
+    concern: Concern,
+    #[diesel(sql_type = Nullable<Text>)]
+    transaction_key: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    cause: Option<RefundCause>,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    detail: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    since: DateTime<Utc>,
+}
+
+impl From<AttentionRow> for Attention {
+    fn from(row: AttentionRow) -> Self {
+        Self {
+            order_id: row.order_id,
+            user_id: row.user_id,
+            amount: row.amount,
+            concern: row.concern,
+            transaction_key: row.transaction_key,
+            cause: row.cause,
+            attempts: row.attempts,
+            detail: row.detail,
+            since: row.since,
+        }
+    }
 }
 
 /// Every payment that needs attention, oldest first, at most `limit`.
@@ -84,8 +114,11 @@ pub async fn attention(state: &Payments, limit: i64) -> Result<Vec<Attention>> {
     .bind::<Text, _>(Concern::RefundFailed)
     .bind::<Text, _>(Concern::RefundRetrying)
     .bind::<Text, _>(Concern::OutcomeUnknown)
-    .load(&mut conn)
-    .await?)
+    .load::<AttentionRow>(&mut conn)
+    .await?
+    .into_iter()
+    .map(Into::into)
+    .collect())
 }
 
 /// What an operator's retry rescheduled.

@@ -63,8 +63,7 @@ commerce_enums::text_enum! {
 }
 
 /// One entry of a payment's history.
-#[derive(Serialize, ToSchema, Clone, Debug, Queryable, Selectable)]
-#[diesel(table_name = payment_events)]
+#[derive(Serialize, ToSchema, Clone, Debug)]
 pub struct PaymentEvent {
     pub at: DateTime<Utc>,
     pub kind: PaymentEventKind,
@@ -74,6 +73,31 @@ pub struct PaymentEvent {
     /// The gateway transaction concerned, when there is one.
     pub transaction_key: Option<String>,
     pub reason: Option<String>,
+}
+
+/// The columns of `payment_events` a [`PaymentEvent`] shows.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = payment_events)]
+struct EventRow {
+    at: DateTime<Utc>,
+    kind: PaymentEventKind,
+    source: Source,
+    status: PaymentStatus,
+    transaction_key: Option<String>,
+    reason: Option<String>,
+}
+
+impl From<EventRow> for PaymentEvent {
+    fn from(row: EventRow) -> Self {
+        Self {
+            at: row.at,
+            kind: row.kind,
+            source: row.source,
+            status: row.status,
+            transaction_key: row.transaction_key,
+            reason: row.reason,
+        }
+    }
 }
 
 /// Appends an entry to the history of `order_id`'s payment, with the payment's status as it
@@ -105,7 +129,10 @@ pub async fn of_order(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec
     Ok(payment_events::table
         .filter(payment_events::order_id.eq(order_id))
         .order(payment_events::id)
-        .select(PaymentEvent::as_select())
-        .load(conn)
-        .await?)
+        .select(EventRow::as_select())
+        .load::<EventRow>(conn)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
 }

@@ -36,7 +36,7 @@ use utoipa::ToSchema;
 use crate::domain::card::{CardNumber, CardVault};
 use crate::domain::history::{self, PaymentEvent, PaymentEventKind, Source};
 use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
-use crate::domain::payments::{self, PaymentView};
+use crate::domain::payments::{self, PaymentRow, PaymentView};
 use crate::domain::states::{
     CardType, CouponStatus, LedgerKind, OrderStatus, PaymentKind, PaymentMethod, PaymentStatus,
 };
@@ -659,10 +659,11 @@ async fn order_view(conn: &mut AsyncPgConnection, order: OrderRow) -> Result<Ord
     let payment = match order.payment_method {
         PaymentKind::Card => payment_rows::table
             .filter(payment_rows::order_id.eq(order.id))
-            .select(PaymentView::as_select())
-            .first(conn)
+            .select(PaymentRow::as_select())
+            .first::<PaymentRow>(conn)
             .await
-            .optional()?,
+            .optional()?
+            .map(Into::into),
         PaymentKind::Point => None,
     };
     let items = holds::lines(conn, order.id).await?;
@@ -735,10 +736,11 @@ pub async fn list(
     }
     let mut payments: BTreeMap<i64, PaymentView> = payment_rows::table
         .filter(payment_rows::order_id.eq_any(&ids))
-        .select((payment_rows::order_id, PaymentView::as_select()))
-        .load::<(i64, PaymentView)>(conn)
+        .select((payment_rows::order_id, PaymentRow::as_select()))
+        .load::<(i64, PaymentRow)>(conn)
         .await?
         .into_iter()
+        .map(|(order_id, row)| (order_id, row.into()))
         .collect();
     let orders = rows
         .into_iter()

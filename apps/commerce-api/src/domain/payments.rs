@@ -42,17 +42,38 @@ use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::{orders as order_rows, payments};
 
 /// The payment of an order, as the storefront sees it.
-#[derive(Serialize, ToSchema, Clone, Debug, Queryable, Selectable)]
-#[diesel(table_name = payments)]
+#[derive(Serialize, ToSchema, Clone, Debug)]
 pub struct PaymentView {
     pub status: PaymentStatus,
     pub card_type: CardType,
     /// Masked: `1234-****-****-3456`.
-    #[diesel(column_name = card_no_masked)]
     pub card_no: String,
     pub transaction_key: Option<String>,
     /// Why the payment failed, or why it is still pending.
     pub reason: Option<String>,
+}
+
+/// The columns of `payments` a [`PaymentView`] shows.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = payments)]
+pub(crate) struct PaymentRow {
+    status: PaymentStatus,
+    card_type: CardType,
+    card_no_masked: String,
+    transaction_key: Option<String>,
+    reason: Option<String>,
+}
+
+impl From<PaymentRow> for PaymentView {
+    fn from(row: PaymentRow) -> Self {
+        Self {
+            status: row.status,
+            card_type: row.card_type,
+            card_no: row.card_no_masked,
+            transaction_key: row.transaction_key,
+            reason: row.reason,
+        }
+    }
 }
 
 /// How a pending payment ends.
@@ -218,12 +239,13 @@ impl Payments {
     /// The order's status and payment.
     pub async fn current(&self, order_id: i64) -> Result<(OrderStatus, PaymentView)> {
         let mut conn = self.db.get().await?;
-        Ok(order_rows::table
+        let (status, payment): (OrderStatus, PaymentRow) = order_rows::table
             .inner_join(payments::table.on(payments::order_id.eq(order_rows::id)))
             .filter(order_rows::id.eq(order_id))
-            .select((order_rows::status, PaymentView::as_select()))
+            .select((order_rows::status, PaymentRow::as_select()))
             .first(&mut conn)
-            .await?)
+            .await?;
+        Ok((status, payment.into()))
     }
 
     /// Records the gateway's transaction key for a still-pending payment and erases the sealed

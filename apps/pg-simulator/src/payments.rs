@@ -56,6 +56,7 @@ commerce_enums::text_enum! {
         Dropped => "DROPPED",
     }
 }
+
 const MAX_ID_LEN: usize = 64;
 const MAX_URL_LEN: usize = 2048;
 
@@ -79,7 +80,7 @@ pub struct Accepted {
 }
 
 /// A payment as the gateway shows it (card number masked). Also the callback's body.
-#[derive(Serialize, Queryable, Clone, Debug)]
+#[derive(Serialize, Clone, Debug)]
 pub struct Transaction {
     pub transaction_key: String,
     pub order_id: String,
@@ -88,6 +89,33 @@ pub struct Transaction {
     pub amount: i64,
     pub status: PaymentStatus,
     pub reason: Option<String>,
+}
+
+/// The columns a [`Transaction`] is read from ([`columns`]).
+#[derive(Queryable)]
+struct TransactionRow {
+    transaction_key: String,
+    order_id: String,
+    card_type: CardType,
+    /// Stored masked.
+    card_no: String,
+    amount: i64,
+    status: PaymentStatus,
+    reason: Option<String>,
+}
+
+impl From<TransactionRow> for Transaction {
+    fn from(row: TransactionRow) -> Self {
+        Self {
+            transaction_key: row.transaction_key,
+            order_id: row.order_id,
+            card_type: row.card_type,
+            card_no: row.card_no,
+            amount: row.amount,
+            status: row.status,
+            reason: row.reason,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -450,10 +478,10 @@ pub async fn get_payment(
         .filter(payments::transaction_key.eq(&key))
         .filter(payments::user_id.eq(&user))
         .select(columns())
-        .first(&mut conn)
+        .first::<TransactionRow>(&mut conn)
         .await
         .optional()?
-        .map(Json)
+        .map(|row| Json(row.into()))
         .ok_or_else(|| Problem::not_found("PAYMENT_NOT_FOUND", "no such payment").into())
 }
 
@@ -470,8 +498,11 @@ pub async fn list_payments(
         .filter(payments::order_id.eq(&q.order_id))
         .order(payments::created_at)
         .select(columns())
-        .load(&mut conn)
-        .await?;
+        .load::<TransactionRow>(&mut conn)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     Ok(Json(OrderTransactions {
         order_id: q.order_id,
         transactions,
@@ -481,7 +512,7 @@ pub async fn list_payments(
 /// A due payment picked for settlement.
 #[derive(Queryable)]
 struct Due {
-    transaction: Transaction,
+    transaction: TransactionRow,
     callback_url: String,
     traceparent: Option<String>,
 }
@@ -531,6 +562,9 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
     drop(conn);
     let n = settled.len();
     for (due, dropped) in settled {
+        let callback_url = due.callback_url;
+        let traceparent = due.traceparent;
+        let transaction = Transaction::from(due.transaction);
         if dropped {
             metrics::counter!("pg_sim_callbacks_total", "outcome" => "dropped").increment(1);
             continue;
@@ -540,18 +574,18 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
         let span = tracing::info_span!(
             "callback",
             otel.kind = "client",
-            transaction_key = %due.transaction.transaction_key,
-            status = %due.transaction.status,
+            transaction_key = %transaction.transaction_key,
+            status = %transaction.status,
         );
-        commerce_telemetry::traces::continue_trace(&span, due.traceparent.as_deref());
+        commerce_telemetry::traces::continue_trace(&span, traceparent.as_deref());
         tokio::spawn(async move {
-            let key = due.transaction.transaction_key.clone();
+            let key = transaction.transaction_key.clone();
             let mut trace = axum::http::HeaderMap::new();
             commerce_telemetry::traces::inject(&mut trace);
             let sent = sim_http
-                .post(&due.callback_url)
+                .post(&callback_url)
                 .headers(trace)
-                .json(&due.transaction)
+                .json(&transaction)
                 .send()
                 .await
                 .and_then(|r| r.error_for_status());

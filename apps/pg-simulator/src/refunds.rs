@@ -42,17 +42,36 @@ pub struct RefundRequest {
 }
 
 /// A refund as the gateway reports it.
-#[derive(Serialize, Queryable, Selectable, Clone, Debug)]
-#[diesel(table_name = refunds)]
+#[derive(Serialize, Clone, Debug)]
 pub struct Refund {
     pub refund_key: String,
     pub transaction_key: String,
     pub amount: i64,
     pub reason: Option<String>,
     /// Always `REFUNDED`: a refund is recorded only once the money went back.
-    #[diesel(select_expression = diesel::dsl::sql::<diesel::sql_types::Text>("'REFUNDED'"))]
-    #[diesel(select_expression_type = diesel::expression::SqlLiteral<diesel::sql_types::Text>)]
-    pub status: String,
+    pub status: PaymentStatus,
+}
+
+/// The row a [`Refund`] is read from.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = refunds)]
+struct RefundRow {
+    refund_key: String,
+    transaction_key: String,
+    amount: i64,
+    reason: Option<String>,
+}
+
+impl From<RefundRow> for Refund {
+    fn from(row: RefundRow) -> Self {
+        Self {
+            refund_key: row.refund_key,
+            transaction_key: row.transaction_key,
+            amount: row.amount,
+            reason: row.reason,
+            status: PaymentStatus::Refunded,
+        }
+    }
 }
 
 fn validate(req: &RefundRequest) -> Result<()> {
@@ -144,11 +163,13 @@ async fn process(
                     refunds::table
                         .filter(refunds::user_id.eq(&user))
                         .filter(refunds::idempotency_key.eq(key))
-                        .select(Refund::as_select())
-                        .first(conn)
+                        .select(RefundRow::as_select())
+                        .first::<RefundRow>(conn)
                         .await
                         .optional()
-                        .map(|r| r.map(|r| (Some(asks(&r.transaction_key, r.amount)), r)))
+                        .map(|r| {
+                            r.map(|r| (Some(asks(&r.transaction_key, r.amount)), Refund::from(r)))
+                        })
                 };
                 let scope = format!("pg-sim:refund:{user}:");
                 match idempotency::lock_and_find(conn, &scope, 0, key, &asked, earlier).await? {
@@ -198,9 +219,10 @@ async fn process(
                     refunds::amount.eq(amount),
                     refunds::reason.eq(&req.reason),
                 ))
-                .returning(Refund::as_returning())
-                .get_result(conn)
-                .await?;
+                .returning(RefundRow::as_returning())
+                .get_result::<RefundRow>(conn)
+                .await?
+                .into();
             diesel::update(payments::table.find(&transaction_key))
                 .set(payments::status.eq(PaymentStatus::Refunded))
                 .execute(conn)

@@ -20,13 +20,33 @@ use crate::infra::schema::{point_charges, point_ledger, users};
 pub const MAX_CHARGE: i64 = 10_000_000;
 
 /// An account, as its owner sees it.
-#[derive(Serialize, ToSchema, Queryable, Selectable, Debug)]
-#[diesel(table_name = users)]
+#[derive(Serialize, ToSchema, Debug)]
 pub struct UserView {
     pub id: i64,
     pub login_id: String,
     pub name: String,
     pub email: String,
+}
+
+/// The row a [`UserView`] is read from.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = users)]
+pub(crate) struct UserRow {
+    id: i64,
+    login_id: String,
+    name: String,
+    email: String,
+}
+
+impl From<UserRow> for UserView {
+    fn from(row: UserRow) -> Self {
+        Self {
+            id: row.id,
+            login_id: row.login_id,
+            name: row.name,
+            email: row.email,
+        }
+    }
 }
 
 /// A validated sign-up. Not `Debug`: it holds a password.
@@ -88,13 +108,13 @@ pub async fn create(
             users::name.eq(&new.name),
             users::email.eq(&new.email),
         ))
-        .returning(UserView::as_returning())
-        .get_result(conn)
+        .returning(UserRow::as_returning())
+        .get_result::<UserRow>(conn)
         .await;
     match inserted {
         Ok(user) => {
             tracing::info!(user.id = user.id, "user signed up");
-            Ok(user)
+            Ok(user.into())
         }
         Err(e) if is_unique_violation(&e) => Err(Error::LoginIdTaken),
         Err(e) => Err(e.into()),
@@ -128,10 +148,11 @@ pub async fn role_of(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<Rol
 pub async fn user(conn: &mut AsyncPgConnection, id: i64) -> Result<UserView> {
     users::table
         .find(id)
-        .select(UserView::as_select())
-        .first(conn)
+        .select(UserRow::as_select())
+        .first::<UserRow>(conn)
         .await
         .optional()?
+        .map(Into::into)
         .ok_or(Error::NotFound(Missing::User))
 }
 
@@ -217,23 +238,47 @@ pub async fn charge(
 }
 
 /// One line of a user's points ledger, as its owner sees it.
-#[derive(Serialize, ToSchema, diesel::QueryableByName, Debug)]
+#[derive(Serialize, ToSchema, Debug)]
 pub struct LedgerEntry {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub id: i64,
     /// Signed: positive for charges and refunds, negative for points spent.
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub amount: i64,
     /// The balance right after this entry.
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
     pub balance_after: i64,
-    #[diesel(sql_type = diesel::sql_types::Text)]
     pub reason: LedgerKind,
     /// The order that spent or got back the points, if any.
-    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
     pub order_id: Option<i64>,
-    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The row a [`LedgerEntry`] is read from.
+#[derive(diesel::QueryableByName)]
+pub(crate) struct LedgerRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    amount: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    balance_after: i64,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    reason: LedgerKind,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    order_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
+    created_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl From<LedgerRow> for LedgerEntry {
+    fn from(row: LedgerRow) -> Self {
+        Self {
+            id: row.id,
+            amount: row.amount,
+            balance_after: row.balance_after,
+            reason: row.reason,
+            order_id: row.order_id,
+            created_at: row.created_at,
+        }
+    }
 }
 
 /// A page of user `id`'s ledger, newest first, and the number of entries. Each entry's balance
@@ -259,8 +304,11 @@ pub async fn points_history(
     .bind::<BigInt, _>(id)
     .bind::<BigInt, _>(size)
     .bind::<BigInt, _>(page * size)
-    .load(conn)
-    .await?;
+    .load::<LedgerRow>(conn)
+    .await?
+    .into_iter()
+    .map(Into::into)
+    .collect();
     let total: i64 = point_ledger::table
         .filter(point_ledger::user_id.eq(id))
         .count()

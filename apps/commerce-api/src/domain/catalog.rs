@@ -21,12 +21,30 @@ use crate::infra::schema::{brands, product_likes, products};
 pub const MAX_AMOUNT: i64 = 1_000_000_000;
 
 /// A brand.
-#[derive(Serialize, ToSchema, Queryable, Selectable, Debug)]
-#[diesel(table_name = brands)]
+#[derive(Serialize, ToSchema, Debug)]
 pub struct BrandView {
     pub id: i64,
     pub name: String,
     pub description: String,
+}
+
+/// The row a [`BrandView`] is read from.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = brands)]
+pub(crate) struct BrandRow {
+    id: i64,
+    name: String,
+    description: String,
+}
+
+impl From<BrandRow> for BrandView {
+    fn from(row: BrandRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            description: row.description,
+        }
+    }
 }
 
 /// A product's detail.
@@ -82,7 +100,7 @@ fn check_rules(
 }
 
 /// A product in a list.
-#[derive(Serialize, ToSchema, Queryable, Debug)]
+#[derive(Serialize, ToSchema, Debug)]
 pub struct ProductSummary {
     pub id: i64,
     pub name: String,
@@ -90,6 +108,30 @@ pub struct ProductSummary {
     pub brand_name: String,
     pub price: i64,
     pub like_count: i64,
+}
+
+/// The row a [`ProductSummary`] is read from.
+#[derive(Queryable)]
+pub(crate) struct ProductSummaryRow {
+    id: i64,
+    name: String,
+    brand_id: i64,
+    brand_name: String,
+    price: i64,
+    like_count: i64,
+}
+
+impl From<ProductSummaryRow> for ProductSummary {
+    fn from(row: ProductSummaryRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            brand_id: row.brand_id,
+            brand_name: row.brand_name,
+            price: row.price,
+            like_count: row.like_count,
+        }
+    }
 }
 
 /// A like's state after a like or unlike.
@@ -380,19 +422,21 @@ pub async fn create_brand(conn: &mut AsyncPgConnection, new: &NewBrand) -> Resul
             brands::name.eq(&new.name),
             brands::description.eq(&new.description),
         ))
-        .returning(BrandView::as_returning())
-        .get_result(conn)
-        .await?)
+        .returning(BrandRow::as_returning())
+        .get_result::<BrandRow>(conn)
+        .await?
+        .into())
 }
 
 /// A brand.
 pub async fn brand(conn: &mut AsyncPgConnection, id: i64) -> Result<BrandView> {
     brands::table
         .find(id)
-        .select(BrandView::as_select())
-        .first(conn)
+        .select(BrandRow::as_select())
+        .first::<BrandRow>(conn)
         .await
         .optional()?
+        .map(Into::into)
         .ok_or(Error::NotFound(Missing::Brand))
 }
 
@@ -407,9 +451,12 @@ pub async fn brands(
         .order(brands::id)
         .limit(size)
         .offset(page * size)
-        .select(BrandView::as_select())
-        .load(conn)
-        .await?;
+        .select(BrandRow::as_select())
+        .load::<BrandRow>(conn)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     Ok((content, total))
 }
 
@@ -516,7 +563,14 @@ pub async fn list(
         Sort::LikesDesc => query.order((products::like_count.desc(), products::id.desc())),
         Sort::Latest => query.order(products::id.desc()),
     };
-    let content: Vec<ProductSummary> = query.limit(size).offset(page * size).load(conn).await?;
+    let content: Vec<ProductSummary> = query
+        .limit(size)
+        .offset(page * size)
+        .load::<ProductSummaryRow>(conn)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     let total: i64 = count.get_result(conn).await?;
     Ok((content, total))
 }
@@ -614,6 +668,9 @@ pub async fn liked_by(conn: &mut AsyncPgConnection, user_id: i64) -> Result<Vec<
             products::price,
             products::like_count,
         ))
-        .load(conn)
-        .await?)
+        .load::<ProductSummaryRow>(conn)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect())
 }

@@ -68,8 +68,7 @@ pub fn discount(kind: DiscountType, value: i64, max_discount: Option<i64>, total
 }
 
 /// A campaign, as admins and the storefront see it.
-#[derive(Serialize, ToSchema, Queryable, Selectable, Debug)]
-#[diesel(table_name = coupons)]
+#[derive(Serialize, ToSchema, Debug)]
 pub struct CouponView {
     pub id: i64,
     pub name: String,
@@ -81,6 +80,39 @@ pub struct CouponView {
     pub issued_count: i64,
     pub valid_from: Option<DateTime<Utc>>,
     pub valid_until: Option<DateTime<Utc>>,
+}
+
+/// The row a [`CouponView`] is read from.
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = coupons)]
+pub(crate) struct CouponRow {
+    id: i64,
+    name: String,
+    discount_type: DiscountType,
+    discount_value: i64,
+    min_order_amount: i64,
+    max_discount_amount: Option<i64>,
+    total_quantity: Option<i64>,
+    issued_count: i64,
+    valid_from: Option<DateTime<Utc>>,
+    valid_until: Option<DateTime<Utc>>,
+}
+
+impl From<CouponRow> for CouponView {
+    fn from(row: CouponRow) -> Self {
+        Self {
+            id: row.id,
+            name: row.name,
+            discount_type: row.discount_type,
+            discount_value: row.discount_value,
+            min_order_amount: row.min_order_amount,
+            max_discount_amount: row.max_discount_amount,
+            total_quantity: row.total_quantity,
+            issued_count: row.issued_count,
+            valid_from: row.valid_from,
+            valid_until: row.valid_until,
+        }
+    }
 }
 
 /// A campaign open now, as the storefront lists it.
@@ -125,9 +157,12 @@ pub async fn open_campaigns(
         .order(coupons::id.desc())
         .limit(size)
         .offset(page * size)
-        .select(CouponView::as_select())
-        .load(conn)
-        .await?;
+        .select(CouponRow::as_select())
+        .load::<CouponRow>(conn)
+        .await?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     Ok((
         content
             .into_iter()
@@ -240,9 +275,10 @@ pub async fn create(conn: &mut AsyncPgConnection, new: &NewCoupon) -> Result<Cou
             coupons::valid_from.eq(new.valid_from),
             coupons::valid_until.eq(new.valid_until),
         ))
-        .returning(CouponView::as_returning())
-        .get_result(conn)
-        .await?)
+        .returning(CouponRow::as_returning())
+        .get_result::<CouponRow>(conn)
+        .await?
+        .into())
 }
 
 /// Where a user's coupon stands, as they see it: `EXPIRED` is an `AVAILABLE` coupon past its

@@ -456,8 +456,19 @@ pub struct MetricsParams {
 }
 
 /// A product's figures.
-#[derive(Serialize, ToSchema, diesel::QueryableByName)]
+#[derive(Serialize, ToSchema)]
 pub struct ProductMetrics {
+    product_id: i64,
+    view_count: i64,
+    like_count: i64,
+    order_count: i64,
+    sales_quantity: i64,
+    sales_amount: i64,
+}
+
+/// The row [`ProductMetrics`] are read from (`product_metrics` or `product_metrics_daily`).
+#[derive(diesel::QueryableByName)]
+struct MetricsRow {
     #[diesel(sql_type = BigInt)]
     product_id: i64,
     #[diesel(sql_type = BigInt)]
@@ -470,6 +481,19 @@ pub struct ProductMetrics {
     sales_quantity: i64,
     #[diesel(sql_type = BigInt)]
     sales_amount: i64,
+}
+
+impl From<MetricsRow> for ProductMetrics {
+    fn from(row: MetricsRow) -> Self {
+        Self {
+            product_id: row.product_id,
+            view_count: row.view_count,
+            like_count: row.like_count,
+            order_count: row.order_count,
+            sales_quantity: row.sales_quantity,
+            sales_amount: row.sales_amount,
+        }
+    }
 }
 
 /// A product's figures, all time or for one business day. A product without events has
@@ -497,7 +521,7 @@ pub async fn product_metrics(
         }
     };
     let mut conn = state.db.get().await?;
-    let found: Option<ProductMetrics> = match day {
+    let found: Option<MetricsRow> = match day {
         None => {
             diesel::sql_query(format!(
                 "SELECT {columns} FROM product_metrics WHERE product_id = $1"
@@ -518,12 +542,14 @@ pub async fn product_metrics(
     }
     .map(Some)
     .or_else(not_found_is_none)?;
-    Ok(commerce_web::Json(found.unwrap_or(ProductMetrics {
-        product_id,
-        view_count: 0,
-        like_count: 0,
-        order_count: 0,
-        sales_quantity: 0,
-        sales_amount: 0,
-    })))
+    Ok(commerce_web::Json(found.map(Into::into).unwrap_or(
+        ProductMetrics {
+            product_id,
+            view_count: 0,
+            like_count: 0,
+            order_count: 0,
+            sales_quantity: 0,
+            sales_amount: 0,
+        },
+    )))
 }

@@ -24,15 +24,19 @@
 //! `payment_gateway_circuit_state` (0 closed, 1 open, 2 half-open) and
 //! `payment_gateway_rejected_total` (calls refused by the open breaker).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
-use failsafe::{FailurePolicy, Instrument, StateMachine};
-use serde::{Deserialize, Serialize};
 use tracing::Instrument as _;
+
+mod breaker;
+mod wire;
+
+use breaker::Breaker;
+use wire::{Accepted, OrderTransactions};
+pub use wire::{ConfirmedRefund, PaymentRequest, RefundRequest, Transaction, TxStatus};
 
 /// How the client talks to the gateway.
 #[derive(Debug, Clone)]
@@ -77,89 +81,6 @@ impl GatewaySettings {
         }
         backoff
     }
-}
-
-/// Where the gateway says a payment stands.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum TxStatus {
-    Pending,
-    Success,
-    Failed,
-    /// Charged, then refunded.
-    Refunded,
-    /// A status this client does not know: treated as not settled.
-    #[serde(other)]
-    Unknown,
-}
-
-impl TxStatus {
-    /// Whether the gateway took the money (it may have given it back since).
-    pub fn charged(self) -> bool {
-        matches!(self, TxStatus::Success | TxStatus::Refunded)
-    }
-}
-
-/// A payment as the gateway reports it.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-pub struct Transaction {
-    pub transaction_key: String,
-    pub order_id: String,
-    pub status: TxStatus,
-    #[serde(default)]
-    pub reason: Option<String>,
-    #[serde(default)]
-    pub amount: Option<i64>,
-}
-
-impl Transaction {
-    /// Whether the gateway's payment is this order's: same order id and (when the gateway says)
-    /// the same amount.
-    pub fn belongs_to(&self, order_id: i64, amount: i64) -> bool {
-        self.order_id == order_id.to_string() && self.amount.is_none_or(|a| a == amount)
-    }
-}
-
-/// What a payment request carries.
-pub struct PaymentRequest<'a> {
-    pub user_id: i64,
-    /// Sent as `Idempotency-Key` on every attempt ([`PaymentRequest::key_for`]).
-    pub order_id: i64,
-    pub card_type: &'a str,
-    pub card_no: &'a str,
-    pub amount: i64,
-    pub idempotency_key: String,
-}
-
-impl PaymentRequest<'_> {
-    /// The order's payment key: the same on every attempt, retry, reconciliation re-request
-    /// and instance (an order has one payment), so the gateway charges it at most once.
-    pub fn key_for(order_id: i64) -> String {
-        format!("commerce-order-{order_id}")
-    }
-}
-
-/// What a refund request carries: a full refund of one gateway transaction.
-pub struct RefundRequest<'a> {
-    pub user_id: i64,
-    pub transaction_key: &'a str,
-    pub amount: i64,
-    pub reason: &'a str,
-}
-
-impl RefundRequest<'_> {
-    /// The refund's key: one per refunded transaction, the same on every attempt and instance.
-    pub fn key_for(transaction_key: &str) -> String {
-        format!("commerce-refund-{transaction_key}")
-    }
-}
-
-/// A refund the gateway confirmed.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-pub struct ConfirmedRefund {
-    pub refund_key: String,
-    pub transaction_key: String,
-    pub amount: i64,
 }
 
 /// Why a gateway call did not succeed.
@@ -209,78 +130,6 @@ impl GatewayError {
     }
 }
 
-type Breaker = StateMachine<FailureRateOverLastCalls, BreakerMetrics>;
-
-/// The breaker's failure policy: a count-based sliding window of the last calls' outcomes.
-#[derive(Debug)]
-struct FailureRateOverLastCalls {
-    outcomes: VecDeque<bool>,
-    window: usize,
-    min_calls: usize,
-    max_failure_rate: f64,
-    open_for: Duration,
-}
-
-impl FailureRateOverLastCalls {
-    fn record(&mut self, failed: bool) {
-        if self.outcomes.len() == self.window {
-            self.outcomes.pop_front();
-        }
-        self.outcomes.push_back(failed);
-    }
-}
-
-impl FailurePolicy for FailureRateOverLastCalls {
-    fn record_success(&mut self) {
-        self.record(false);
-    }
-
-    fn mark_dead_on_failure(&mut self) -> Option<Duration> {
-        self.record(true);
-        let calls = self.outcomes.len();
-        let failed = self.outcomes.iter().filter(|f| **f).count();
-        (calls >= self.min_calls && failed as f64 >= self.max_failure_rate * calls as f64)
-            .then_some(self.open_for)
-    }
-
-    fn revived(&mut self) {
-        self.outcomes.clear();
-    }
-}
-
-const CLOSED: u8 = 0;
-const OPEN: u8 = 1;
-const HALF_OPEN: u8 = 2;
-
-/// Publishes the breaker's state as a gauge and keeps it readable.
-#[derive(Debug, Clone)]
-struct BreakerMetrics(Arc<AtomicU8>);
-
-impl BreakerMetrics {
-    fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Relaxed);
-        metrics::gauge!("payment_gateway_circuit_state").set(f64::from(state));
-    }
-}
-
-impl Instrument for BreakerMetrics {
-    fn on_call_rejected(&self) {
-        metrics::counter!("payment_gateway_rejected_total").increment(1);
-    }
-    fn on_open(&self) {
-        tracing::warn!("payment gateway circuit breaker opened");
-        self.set(OPEN);
-    }
-    fn on_half_open(&self) {
-        tracing::info!("payment gateway circuit breaker half-open: letting calls through");
-        self.set(HALF_OPEN);
-    }
-    fn on_closed(&self) {
-        tracing::info!("payment gateway circuit breaker closed");
-        self.set(CLOSED);
-    }
-}
-
 /// The gateway client. Cheap to share (`Arc`); one per process.
 pub struct Gateway {
     http: reqwest::Client,
@@ -289,19 +138,6 @@ pub struct Gateway {
     settings: GatewaySettings,
     breaker: Breaker,
     state: Arc<AtomicU8>,
-}
-
-#[derive(Deserialize)]
-struct Accepted {
-    transaction_key: String,
-    status: TxStatus,
-    #[serde(default)]
-    reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct OrderTransactions {
-    transactions: Vec<Transaction>,
 }
 
 impl Gateway {
@@ -313,21 +149,7 @@ impl Gateway {
             .timeout(settings.timeout)
             .pool_max_idle_per_host(64)
             .build()?;
-        let state = Arc::new(AtomicU8::new(CLOSED));
-        let policy = FailureRateOverLastCalls {
-            outcomes: VecDeque::with_capacity(settings.breaker_window_calls),
-            window: settings.breaker_window_calls,
-            min_calls: settings
-                .breaker_min_calls
-                .min(settings.breaker_window_calls),
-            max_failure_rate: settings.breaker_failure_rate,
-            open_for: settings.breaker_open_for,
-        };
-        let breaker = failsafe::Config::new()
-            .failure_policy(policy)
-            .instrument(BreakerMetrics(state.clone()))
-            .build();
-        metrics::gauge!("payment_gateway_circuit_state").set(f64::from(CLOSED));
+        let (breaker, state) = breaker::new(&settings);
         Ok(Self {
             http,
             base,
@@ -340,11 +162,7 @@ impl Gateway {
 
     /// `closed`, `open` or `half-open`.
     pub fn breaker_state(&self) -> &'static str {
-        match self.state.load(Ordering::Relaxed) {
-            OPEN => "open",
-            HALF_OPEN => "half-open",
-            _ => "closed",
-        }
+        breaker::state_name(self.state.load(Ordering::Relaxed))
     }
 
     /// Runs one logical call through the breaker and the retry policy.
@@ -638,40 +456,6 @@ async fn parse<T: serde::de::DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn policy() -> FailureRateOverLastCalls {
-        FailureRateOverLastCalls {
-            outcomes: VecDeque::new(),
-            window: 10,
-            min_calls: 4,
-            max_failure_rate: 0.5,
-            open_for: Duration::from_secs(5),
-        }
-    }
-
-    #[test]
-    fn the_breaker_opens_at_half_failures_over_the_last_calls() {
-        let mut p = policy();
-        assert_eq!(p.mark_dead_on_failure(), None, "too few calls");
-        p.record_success();
-        p.record_success();
-        assert_eq!(
-            p.mark_dead_on_failure(),
-            Some(Duration::from_secs(5)),
-            "2 of 4"
-        );
-
-        let mut p = policy();
-        for _ in 0..10 {
-            p.record_success();
-        }
-        for _ in 0..4 {
-            assert_eq!(p.mark_dead_on_failure(), None);
-        }
-        assert!(p.mark_dead_on_failure().is_some(), "5 of the last 10");
-        p.revived();
-        assert_eq!(p.mark_dead_on_failure(), None, "history cleared on closing");
-    }
 
     #[test]
     fn worst_cases_count_every_attempt_its_lookups_and_backoff() {

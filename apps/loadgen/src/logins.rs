@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
+use crate::harness::run;
+use crate::http;
 use crate::pipeline::{fresh_database, log_file, status_kb, stop};
-use crate::{http, run};
 
 /// The process's resident and peak resident memory, in MB.
 fn memory_mb(child: &Child) -> Option<(u64, u64)> {

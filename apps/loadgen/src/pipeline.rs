@@ -320,7 +320,7 @@ async fn batch_ceiling(
         statement.trim().replace('\n', " ")
     );
     let per_client = batches.div_ceil(clients as u64).to_string();
-    crate::pgbench(
+    crate::storefront::pgbench(
         &script,
         clients,
         None,

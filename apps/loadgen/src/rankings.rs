@@ -15,8 +15,9 @@ use diesel::sql_types::{BigInt, Date};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use crate::harness::{Report, run};
+use crate::http;
 use crate::pipeline::{fresh_database, peak_rss_kb, stop};
-use crate::{Report, http, run};
 
 const LIVE_PORT: u16 = 18091;
 const FALLBACK_PORT: u16 = 18092;

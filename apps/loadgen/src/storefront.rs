@@ -1,0 +1,376 @@
+//! Storefront scenarios: cached reads, order creation against pgbench, a limited drop, coupon
+//! issuance.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+
+use crate::harness::{Id, authenticator, bulk_users, connect_db, run, run_id, signed_posts};
+use crate::http;
+
+pub(crate) async fn list(
+    api: SocketAddr,
+    hello: SocketAddr,
+    connections: usize,
+    seconds: u64,
+) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(seconds);
+    let hello_req = http::request("GET", &hello, "/hello", None, None);
+    let list_req = http::request("GET", &api, "/api/v1/products?page=0&size=20", None, None);
+    // Warm the cache and both servers.
+    let warm = list_req.clone();
+    run(
+        "warm-up",
+        api,
+        4,
+        Duration::from_secs(1),
+        None,
+        move |_, _| warm.clone(),
+    )
+    .await?;
+    let h = hello_req.clone();
+    let base = run(
+        "hello-world /hello",
+        hello,
+        connections,
+        duration,
+        None,
+        move |_, _| h.clone(),
+    )
+    .await?;
+    base.print();
+    let detail_req = http::request("GET", &api, "/api/v1/products/1", None, None);
+    for (what, req) in [("list", list_req), ("detail", detail_req)] {
+        let cached = run(
+            &format!("cached product {what}"),
+            api,
+            connections,
+            duration,
+            None,
+            move |_, _| req.clone(),
+        )
+        .await?;
+        cached.print();
+        println!(
+            "ratio {what}/hello = {:.2} (target >= 0.6); {what} p99 = {:.2} ms (target <= 5 ms)",
+            cached.rps() / base.rps(),
+            cached.percentile_ms(0.99)
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn orders(
+    api: SocketAddr,
+    database_url: &str,
+    n_products: i64,
+    connections: usize,
+    seconds: u64,
+    hot_stock: Option<i64>,
+) -> anyhow::Result<()> {
+    let mut db = connect_db(database_url).await?;
+    let tag = run_id();
+    let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
+        .bind::<Text, _>(&tag)
+        .get_result(&mut db)
+        .await?;
+    let (count, stock) = match hot_stock {
+        Some(s) => (1, s),
+        None => (n_products, 1_000_000),
+    };
+    let products: Vec<i64> = diesel::sql_query(
+        "INSERT INTO products (brand_id, name, price, stock)
+         SELECT $1, 'bench product ' || g, 1000, $2 FROM generate_series(1, $3) g RETURNING id",
+    )
+    .bind::<BigInt, _>(brand.id)
+    .bind::<BigInt, _>(stock)
+    .bind::<BigInt, _>(count)
+    .load::<Id>(&mut db)
+    .await?
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    let users = bulk_users(
+        &mut db,
+        &format!("{tag}-o-"),
+        connections * 2,
+        1_000_000_000,
+    )
+    .await?;
+    let auth = authenticator();
+    let tokens: Vec<String> = users[..connections]
+        .iter()
+        .map(|id| {
+            auth.issue(*id, commerce_api::infra::auth::Role::User)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+        .collect::<Result<_, _>>()?;
+    let label = if hot_stock.is_some() {
+        "orders, one hot product"
+    } else {
+        "orders, 10k products"
+    };
+    let products = Arc::new(products);
+    let p = products.clone();
+    let report = run(label, api, connections, Duration::from_secs(seconds), None, move |c, i| {
+        let pid = p[(c * 7919 + i * 104_729) % p.len()];
+        let body = format!(r#"{{"items":[{{"product_id":{pid},"quantity":1}}],"payment":{{"method":"POINT"}}}}"#);
+        http::request("POST", &api, "/api/v1/orders", Some(&tokens[c]), Some(&body))
+    })
+    .await?;
+    report.print();
+
+    if let Some(initial) = hot_stock {
+        #[derive(diesel::QueryableByName)]
+        struct Check {
+            #[diesel(sql_type = BigInt)]
+            stock: i64,
+            #[diesel(sql_type = BigInt)]
+            sold: i64,
+        }
+        let check: Check = diesel::sql_query(
+            "SELECT p.stock, coalesce((SELECT sum(quantity) FROM order_items WHERE product_id = p.id), 0)::bigint AS sold
+               FROM products p WHERE p.id = $1",
+        )
+        .bind::<BigInt, _>(products[0])
+        .get_result(&mut db)
+        .await?;
+        println!(
+            "hot product: initial stock {initial}, sold {}, left {}, oversold {}",
+            check.sold,
+            check.stock,
+            (check.sold + check.stock - initial).max(0)
+        );
+        ensure!(
+            check.stock >= 0 && check.sold + check.stock == initial,
+            "stock does not balance"
+        );
+    }
+
+    // The same transaction, driven by pgbench with as many clients, in the same run.
+    let (first, last) = (products[0], products[products.len() - 1]);
+    let (ufirst, ulast) = (users[connections], users[users.len() - 1]);
+    let script = format!(
+        r"\set pid random({first}, {last})
+\set uid random({ufirst}, {ulast})
+BEGIN;
+SELECT id, stock FROM products WHERE id = ANY(ARRAY[:pid]::bigint[]);
+SELECT id, price, stock FROM products WHERE id = ANY(ARRAY[:pid]::bigint[]) ORDER BY id FOR UPDATE;
+UPDATE products p SET stock = p.stock - 1 WHERE p.id = :pid AND p.stock >= 1;
+UPDATE users SET point_balance = point_balance - 1000 WHERE id = :uid AND point_balance >= 1000;
+WITH o AS (INSERT INTO orders (user_id, status, total_amount, discount_amount, final_amount, points_used, payment_method, request_hash, paid_at)
+           VALUES (:uid, 'PAID', 1000, 0, 1000, 1000, 'POINT', 'pgbench', now()) RETURNING id),
+     i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price) SELECT id, :pid, 1, 1000 FROM o),
+     l AS (INSERT INTO point_ledger (user_id, amount, kind, order_id) SELECT :uid, -1000, 'USE', id FROM o)
+INSERT INTO outbox (event_id, topic, partition_key, event_type, envelope)
+SELECT gen_random_uuid(), 'order-events', o.id::text, t, '{{}}'::jsonb FROM o, unnest(ARRAY['OrderCreated', 'OrderPaid']) t;
+COMMIT;
+"
+    );
+    let (tps, latency) = pgbench(&script, connections, Some(seconds), database_url, &[]).await?;
+    println!("pgbench same transaction      {tps:>9.0} tps    {latency}");
+    println!(
+        "ratio api/pgbench = {:.2} (target >= 0.7)",
+        report.rps() / tps
+    );
+    Ok(())
+}
+
+/// Runs pgbench with `script` for `seconds` (or as `extra` says) with `clients` clients; returns
+/// its transactions per second and its average latency line.
+pub(crate) async fn pgbench(
+    script: &str,
+    clients: usize,
+    seconds: Option<u64>,
+    database_url: &str,
+    extra: &[&str],
+) -> anyhow::Result<(f64, String)> {
+    let path = std::env::temp_dir().join(format!("loadgen-{}-{clients}.sql", std::process::id()));
+    std::fs::write(&path, script)?;
+    let out = tokio::process::Command::new("pgbench")
+        .args([
+            "-n",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+            "-r",
+        ])
+        .args(
+            seconds
+                .map(|s| ["-T".to_owned(), s.to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .args(extra)
+        .arg("-f")
+        .arg(&path)
+        .arg(database_url)
+        .output()
+        .await
+        .context("running pgbench (install postgresql-client / postgresql-contrib)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tps = "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| {
+            format!(
+                "pgbench output: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let latency = text
+        .lines()
+        .find(|l| l.starts_with("latency average"))
+        .unwrap_or("")
+        .to_owned();
+    Ok((tps, latency))
+}
+
+/// A limited drop: `users` customers with points, a product of `units` units at one per
+/// customer whose sale opens a second after the load starts; every customer tries twice.
+pub(crate) async fn drop_sale(
+    api: SocketAddr,
+    database_url: &str,
+    users: usize,
+    units: i64,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let mut db = connect_db(database_url).await?;
+    let tag = run_id();
+    let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
+        .bind::<Text, _>(&tag)
+        .get_result(&mut db)
+        .await?;
+    let product: Id = diesel::sql_query(
+        "INSERT INTO products (brand_id, name, price, stock, max_per_user, sale_starts_at)
+         VALUES ($1, $2, 1000, $3, 1, now() + interval '1 hour') RETURNING id",
+    )
+    .bind::<BigInt, _>(brand.id)
+    .bind::<Text, _>(format!("{tag} drop"))
+    .bind::<BigInt, _>(units)
+    .get_result(&mut db)
+    .await?;
+    let ids = bulk_users(&mut db, &format!("{tag}-d-"), users, 10_000).await?;
+    let body = format!(
+        r#"{{"items":[{{"product_id":{}, "quantity":1}}],"payment":{{"method":"POINT"}}}}"#,
+        product.id
+    );
+    let requests = signed_posts(&api, &ids, "/api/v1/orders", &body)?;
+    // The window opens a second into the load: the first attempts meet a closed sale.
+    diesel::sql_query(
+        "UPDATE products SET sale_starts_at = now() + interval '1 second' WHERE id = $1",
+    )
+    .bind::<BigInt, _>(product.id)
+    .execute(&mut db)
+    .await?;
+    let requests = Arc::new(requests);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = requests.clone();
+    let report = run(
+        "drop order attempts",
+        api,
+        connections,
+        Duration::from_secs(300),
+        Some(users * 2),
+        move |_, _| {
+            // Each customer's two attempts go out one after the other, racing each other.
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r[(n / 2) % r.len()].clone()
+        },
+    )
+    .await?;
+    report.print();
+    #[derive(diesel::QueryableByName)]
+    struct Sold {
+        #[diesel(sql_type = BigInt)]
+        sold: i64,
+        #[diesel(sql_type = BigInt)]
+        most: i64,
+        #[diesel(sql_type = BigInt)]
+        stock: i64,
+    }
+    let sold: Sold = diesel::sql_query(
+        "SELECT coalesce(sum(held), 0)::bigint AS sold, coalesce(max(held), 0)::bigint AS most,
+                (SELECT stock FROM products WHERE id = $1) AS stock
+           FROM (SELECT o.user_id, sum(i.quantity) AS held
+                   FROM orders o JOIN order_items i ON i.order_id = o.id
+                  WHERE i.product_id = $1 AND o.status IN ('PENDING_PAYMENT', 'PAID')
+                  GROUP BY o.user_id) h",
+    )
+    .bind::<BigInt, _>(product.id)
+    .get_result(&mut db)
+    .await?;
+    println!(
+        "drop: {} attempts by {users} customers, {:.0} attempts/s, p99 {:.1} ms; {} units sold (expected {units}), most held by one customer {} (limit 1), stock left {}",
+        report.latencies_us.len(),
+        report.rps(),
+        report.percentile_ms(0.99),
+        sold.sold,
+        sold.most,
+        sold.stock
+    );
+    if sold.sold != units || sold.most > 1 || sold.stock != 0 {
+        bail!("the drop oversold, undersold or let a customer above the limit");
+    }
+    Ok(())
+}
+
+pub(crate) async fn coupons(
+    api: SocketAddr,
+    database_url: &str,
+    attempts: usize,
+    quantity: i64,
+    connections: usize,
+) -> anyhow::Result<()> {
+    let mut db = connect_db(database_url).await?;
+    let tag = run_id();
+    let coupon: Id = diesel::sql_query(
+        "INSERT INTO coupons (name, discount_type, discount_value, total_quantity) VALUES ($1, 'FIXED', 1000, $2) RETURNING id",
+    )
+    .bind::<Text, _>(&tag)
+    .bind::<BigInt, _>(quantity)
+    .get_result(&mut db)
+    .await?;
+    let users = bulk_users(&mut db, &format!("{tag}-c-"), attempts, 0).await?;
+    let path = format!("/api/v1/coupons/{}/issue", coupon.id);
+    let requests = signed_posts(&api, &users, &path, "{}")?;
+    let requests = Arc::new(requests);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let r = requests.clone();
+    let report = run(
+        "coupon issue attempts",
+        api,
+        connections,
+        Duration::from_secs(120),
+        Some(attempts),
+        move |_, _| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r[n % r.len()].clone()
+        },
+    )
+    .await?;
+    report.print();
+    let issued: Id =
+        diesel::sql_query("SELECT count(*) AS id FROM user_coupons WHERE coupon_id = $1")
+            .bind::<BigInt, _>(coupon.id)
+            .get_result(&mut db)
+            .await?;
+    println!(
+        "coupons: {} attempts, {} issued (expected {quantity}); {:.0} attempts/s (target >= 20000)",
+        report.latencies_us.len(),
+        issued.id,
+        report.rps()
+    );
+    if issued.id != quantity {
+        bail!("issued {} coupons, expected {quantity}", issued.id);
+    }
+    db.batch_execute("SELECT 1").await?;
+    Ok(())
+}

@@ -28,6 +28,19 @@ async fn refund_at_gateway(gw: &Gateway, user: i64, key: &str, amount: i64) {
     assert!(res.status().is_success(), "{:?}", res.text().await);
 }
 
+/// Waits until the gateway has charged transaction `key`.
+async fn charged_at_gateway(gw: &Gateway, key: &str) {
+    let charged = format!(
+        "SELECT count(*) AS n FROM payments WHERE transaction_key = '{key}' AND status = 'SUCCESS'"
+    );
+    until(
+        "the gateway never charged the payment",
+        Duration::from_secs(10),
+        async || gw.count(&charged).await == 1,
+    )
+    .await;
+}
+
 /// What the gateway kept (charged less refunded there) is what paid card orders owe plus the
 /// refunds the API still has to send.
 async fn assert_gateway_keeps_what_orders_owe(app: &TestApp, gw: &Gateway) {
@@ -72,18 +85,7 @@ async fn refunded_before_settlement(via_callback: bool) {
         .as_str()
         .unwrap()
         .to_owned();
-    until(
-        "the gateway never charged the order",
-        Duration::from_secs(10),
-        async || {
-            gw.count(&format!(
-                "SELECT count(*) AS n FROM payments WHERE transaction_key = '{key}' AND status = 'SUCCESS'"
-            ))
-            .await
-                == 1
-        },
-    )
-    .await;
+    charged_at_gateway(&gw, &key).await;
     refund_at_gateway(&gw, user, &key, 2000).await;
     assert_eq!(app.stock(product).await, 8, "held while pending");
 
@@ -248,18 +250,7 @@ async fn a_status_the_client_does_not_know_keeps_a_cancelled_payment_watched() {
     assert_eq!(reconciled(&app, "cancelled_closed").await, 0.0);
 
     // The gateway settles it as a charge after all: the closed order's charge is refunded.
-    until(
-        "the gateway never charged the payment",
-        Duration::from_secs(10),
-        async || {
-            gw.count(&format!(
-                "SELECT count(*) AS n FROM payments WHERE transaction_key = '{key}' AND status = 'SUCCESS'"
-            ))
-            .await
-                == 1
-        },
-    )
-    .await;
+    charged_at_gateway(&gw, &key).await;
     disputed.lock().unwrap().clear();
     let now = reaches(&app, &token, id, "REFUNDED", Duration::from_secs(10)).await;
     assert_eq!(now["payment"]["status"], "REFUNDED");

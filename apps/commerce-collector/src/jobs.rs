@@ -37,6 +37,15 @@ commerce_enums::text_enum! {
     }
 }
 
+commerce_enums::text_enum! {
+    /// How a claimed run ended (`collector_job_runs_total{result}`).
+    pub enum RunResult {
+        Success => "success",
+        /// Recorded, and the lease ended at once: the next firing on any instance retries it.
+        Failure => "failure",
+    }
+}
+
 /// Registers every job's metrics at zero.
 pub fn describe() {
     metrics::describe_counter!(
@@ -49,8 +58,8 @@ pub fn describe() {
     );
     for job in Job::ALL {
         let task = job.as_str();
-        for result in ["success", "failure"] {
-            metrics::counter!("collector_job_runs_total", "task" => task, "result" => result)
+        for result in RunResult::TEXTS {
+            metrics::counter!("collector_job_runs_total", "task" => task, "result" => *result)
                 .increment(0);
         }
         metrics::gauge!("collector_job_last_success_timestamp_seconds", "task" => task).set(0.0);
@@ -88,7 +97,7 @@ pub async fn run(
     match result {
         Ok(()) => {
             finish(&mut conn, job, period_key).await?;
-            metrics::counter!("collector_job_runs_total", "task" => task, "result" => "success")
+            metrics::counter!("collector_job_runs_total", "task" => task, "result" => RunResult::Success.as_str())
                 .increment(1);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -98,7 +107,7 @@ pub async fn run(
             Ok(true)
         }
         Err(e) => {
-            metrics::counter!("collector_job_runs_total", "task" => task, "result" => "failure")
+            metrics::counter!("collector_job_runs_total", "task" => task, "result" => RunResult::Failure.as_str())
                 .increment(1);
             release(&mut conn, job, period_key, &format!("{e:#}")).await?;
             Err(e)

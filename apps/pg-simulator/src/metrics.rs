@@ -2,14 +2,14 @@
 
 use commerce_telemetry::register_counter as counter;
 
+use crate::payments::{CallbackOutcome, PaymentStatus, RequestOutcome};
+use crate::refunds::RefundOutcome;
+
 pub fn register() {
     counter(
         "pg_sim_requests_total",
         "Payment requests, by outcome (accepted, failed: a simulated 5xx, replayed, in_progress).",
-        &[(
-            "outcome",
-            &["accepted", "failed", "replayed", "in_progress"],
-        )],
+        &[("outcome", RequestOutcome::TEXTS)],
     );
     counter(
         "pg_sim_settlements_total",
@@ -17,19 +17,19 @@ pub fn register() {
         &[(
             "status",
             &[
-                crate::payments::PaymentStatus::Success.as_str(),
-                crate::payments::PaymentStatus::Failed.as_str(),
+                PaymentStatus::Success.as_str(),
+                PaymentStatus::Failed.as_str(),
             ],
         )],
     );
     counter(
         "pg_sim_callbacks_total",
         "Settlement callbacks, by outcome (sent, failed, dropped on purpose).",
-        &[("outcome", &["sent", "failed", "dropped"])],
+        &[("outcome", CallbackOutcome::TEXTS)],
     );
     counter(
         "pg_sim_refunds_total",
         "Refund requests, by outcome.",
-        &[("outcome", &["refunded", "replayed", "failed"])],
+        &[("outcome", RefundOutcome::TEXTS)],
     );
 }

@@ -57,6 +57,41 @@ commerce_enums::text_enum! {
     }
 }
 
+commerce_enums::text_enum! {
+    /// What became of a payment request (`pg_sim_requests_total{outcome}`).
+    pub enum RequestOutcome {
+        Accepted => "accepted",
+        /// A simulated 5xx.
+        Failed => "failed",
+        /// The same request with its `Idempotency-Key` again: the original answer.
+        Replayed => "replayed",
+        /// The same key while the first request is still processed: 409.
+        InProgress => "in_progress",
+    }
+}
+
+impl RequestOutcome {
+    pub fn count(self) {
+        metrics::counter!("pg_sim_requests_total", "outcome" => self.as_str()).increment(1);
+    }
+}
+
+commerce_enums::text_enum! {
+    /// What became of a settlement's callback (`pg_sim_callbacks_total{outcome}`).
+    pub enum CallbackOutcome {
+        Sent => "sent",
+        Failed => "failed",
+        /// Dropped on purpose.
+        Dropped => "dropped",
+    }
+}
+
+impl CallbackOutcome {
+    pub fn count(self) {
+        metrics::counter!("pg_sim_callbacks_total", "outcome" => self.as_str()).increment(1);
+    }
+}
+
 const MAX_ID_LEN: usize = 64;
 const MAX_URL_LEN: usize = 2048;
 
@@ -344,11 +379,11 @@ pub async fn request_payment(
         match reserve(&sim, &user, key, &request_hash(&req)).await? {
             Earlier::None => {}
             Earlier::Done(accepted) => {
-                metrics::counter!("pg_sim_requests_total", "outcome" => "replayed").increment(1);
+                RequestOutcome::Replayed.count();
                 return Ok(Json(accepted).into_response());
             }
             Earlier::InProgress => {
-                metrics::counter!("pg_sim_requests_total", "outcome" => "in_progress").increment(1);
+                RequestOutcome::InProgress.count();
                 let mut res = Problem::new(
                     StatusCode::CONFLICT,
                     "REQUEST_IN_PROGRESS",
@@ -385,7 +420,7 @@ async fn process(
     let (latency, fails) = sim.dice.request();
     tokio::time::sleep(latency).await;
     if fails {
-        metrics::counter!("pg_sim_requests_total", "outcome" => "failed").increment(1);
+        RequestOutcome::Failed.count();
         if let Some(key) = &key {
             // Nothing was recorded: the key is free for the retry.
             let mut conn = sim.db.get().await?;
@@ -441,7 +476,7 @@ async fn process(
             })
             .await?;
         if recorded {
-            metrics::counter!("pg_sim_requests_total", "outcome" => "accepted").increment(1);
+            RequestOutcome::Accepted.count();
             tracing::info!(%transaction_key, order_id = %req.order_id, amount = req.amount, "payment accepted");
             drop(conn);
             tokio::time::sleep(sim.dice.response_delay()).await;
@@ -566,7 +601,7 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
         let traceparent = due.traceparent;
         let transaction = Transaction::from(due.transaction);
         if dropped {
-            metrics::counter!("pg_sim_callbacks_total", "outcome" => "dropped").increment(1);
+            CallbackOutcome::Dropped.count();
             continue;
         }
         let sim_http = sim.http.clone();
@@ -596,8 +631,10 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
                     CallbackStatus::Failed
                 }
             };
-            metrics::counter!("pg_sim_callbacks_total", "outcome" => outcome.as_str().to_ascii_lowercase())
-                .increment(1);
+            match outcome {
+                CallbackStatus::Sent => CallbackOutcome::Sent.count(),
+                CallbackStatus::Failed | CallbackStatus::Dropped => CallbackOutcome::Failed.count(),
+            }
             if let Ok(mut conn) = db.get().await {
                 let _ = diesel::update(payments::table.find(&key))
                     .set(payments::callback_status.eq(outcome))

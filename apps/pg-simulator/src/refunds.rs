@@ -31,6 +31,22 @@ use crate::schema::{payments, refunds};
 
 type Result<T> = std::result::Result<T, SimError>;
 
+commerce_enums::text_enum! {
+    /// What became of a refund request (`pg_sim_refunds_total{outcome}`).
+    pub enum RefundOutcome {
+        Refunded => "refunded",
+        Replayed => "replayed",
+        /// A simulated failure.
+        Failed => "failed",
+    }
+}
+
+impl RefundOutcome {
+    pub fn count(self) {
+        metrics::counter!("pg_sim_refunds_total", "outcome" => self.as_str()).increment(1);
+    }
+}
+
 const MAX_REASON_LEN: usize = 200;
 
 #[derive(Deserialize)]
@@ -132,7 +148,7 @@ async fn process(
     let (latency, fails) = sim.dice.refund();
     tokio::time::sleep(latency).await;
     if fails {
-        metrics::counter!("pg_sim_refunds_total", "outcome" => "failed").increment(1);
+        RefundOutcome::Failed.count();
         return Err(refusal(
             sim.dice.failure_status(),
             "GATEWAY_ERROR",
@@ -231,8 +247,11 @@ async fn process(
         })
         .await?;
     drop(conn);
-    let outcome = if replayed { "replayed" } else { "refunded" };
-    metrics::counter!("pg_sim_refunds_total", "outcome" => outcome).increment(1);
+    if replayed {
+        RefundOutcome::Replayed.count();
+    } else {
+        RefundOutcome::Refunded.count();
+    }
     if !replayed {
         tracing::info!(refund_key = %refund.refund_key, %transaction_key, amount = refund.amount, "payment refunded");
         tokio::time::sleep(sim.dice.response_delay()).await;

@@ -125,11 +125,14 @@ pub async fn pass<W: LeasedWork>(work: &W, schedule: Schedule) -> Result<usize, 
 /// The pause after `failures` failed passes in a row: the interval (at least a second) doubled
 /// per further failure, at most [`MAX_BACKOFF`].
 pub fn backoff(interval: Duration, failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    interval
-        .max(Duration::from_secs(1))
-        .saturating_mul(1 << doublings)
-        .min(MAX_BACKOFF)
+    doubling(interval.max(Duration::from_secs(1)), failures, MAX_BACKOFF)
+}
+
+/// The wait before try `tries + 1`: `base` after the first, doubled per try after that, at
+/// most `ceiling` (the first try's wait for `tries` 0 or 1).
+pub fn doubling(base: Duration, tries: u32, ceiling: Duration) -> Duration {
+    let doublings = tries.saturating_sub(1).min(20);
+    base.saturating_mul(1 << doublings).min(ceiling)
 }
 
 #[cfg(test)]

@@ -703,39 +703,36 @@ pub async fn settle(
     Ok((status, transition))
 }
 
-/// Requires the refund of a paid card order's payment, inside the cancellation's transaction.
-pub async fn require_refund(conn: &mut AsyncPgConnection, order_id: i64) -> Result<()> {
-    let (payment_id, user_id, amount, key): (i64, i64, i64, Option<String>) = payments::table
-        .filter(payments::order_id.eq(order_id))
-        .select((
-            payments::id,
-            payments::user_id,
-            payments::amount,
-            payments::transaction_key,
-        ))
-        .for_update()
-        .first(conn)
-        .await?;
+/// Requires the refund of a paid card order's `payment` (locked by the caller), inside the
+/// cancellation's transaction.
+pub(crate) async fn require_refund(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    user_id: i64,
+    payment: &LockedPayment,
+) -> Result<()> {
     // A paid card payment always has its transaction key: the gateway's success names it.
-    let key =
-        key.ok_or_else(|| anyhow::anyhow!("paid card order {order_id} has no transaction"))?;
-    diesel::update(payments::table.find(payment_id))
+    let key = payment
+        .transaction_key
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("paid card order {order_id} has no transaction"))?;
+    diesel::update(payments::table.find(payment.id))
         .set((
             payments::status.eq(PaymentStatus::RefundRequired),
             payments::reason.eq("the paid order was cancelled; refund requested"),
         ))
         .execute(conn)
         .await?;
-    let payment = Refundable {
-        payment_id,
+    let refundable = Refundable {
+        payment_id: payment.id,
         order_id,
         user_id,
-        amount,
+        amount: payment.amount,
     };
     refunds::require(
         conn,
-        &payment,
-        &key,
+        &refundable,
+        key,
         RefundCause::OrderCancelled,
         Source::Cancel,
     )

@@ -309,8 +309,7 @@ async fn confirm(state: &Payments, due: &Due, refund_key: &str) -> Result<bool> 
 /// The wait before attempt `attempts + 1`: the base doubled per attempt, at most
 /// [`MAX_BACKOFF`].
 pub fn backoff(base: Duration, attempts: i32) -> Duration {
-    let doublings = attempts.saturating_sub(1).clamp(0, 20) as u32;
-    base.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+    worker::doubling(base, attempts.max(0) as u32, MAX_BACKOFF)
 }
 
 /// Schedules the next attempt, if this pass still holds the claim.

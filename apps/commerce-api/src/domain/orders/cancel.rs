@@ -71,8 +71,10 @@ pub async fn cancel(
                 }
                 Transition::CancelAndRefund => {
                     let lines = holds::release(conn, order.id).await?;
-                    // A paid card order's money goes back through the gateway.
-                    payments::require_refund(conn, order.id).await?;
+                    // A paid card order's money goes back through the gateway; `decide` chose
+                    // this only for an order with a successful payment.
+                    let payment = payment.as_ref().ok_or(Error::NotFound(Missing::Payment))?;
+                    payments::require_refund(conn, order.id, order.user_id, payment).await?;
                     lines
                 }
                 other => return Err(other.unexpected(order.id, Fact::Cancel)),

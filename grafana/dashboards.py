@@ -138,6 +138,9 @@ BUSINESS = [
     panel("Revenue in the time range (won)", "short", [t(f"sum(increase(sales_revenue_won_total{sel()}[$__range])) - sum(increase(sales_refunded_won_total{sel()}[$__range]))", "net")], kind="stat"),
     panel("Card payment success rate", "percentunit", [t(rate("payments_settled_total", PAID) + " / " + rate("payments_settled_total"), "paid / settled")]),
     panel("Refunds per minute", "short", [t("60 * " + rate("payments_refunds_total", 'result="refunded"'), "refunded")]),
+    panel("Points credited per minute (won)", "short", [t(f"60 * {rate('points_credited_won_total', by='via')}", "{{via}}"),
+                                                         t(f"-60 * {rate('points_top_ups_reversed_won_total')}", "top-ups taken back")],
+          "Points are bought (top_up: a card payment the gateway confirmed) or granted by an administrator (grant); nothing else credits them."),
     panel("Coupons issued per minute", "short", [t("60 * " + rate("coupon_issue_total", 'result="issued"'), "issued")]),
     panel("Pipeline delay p99 (rankings' freshness)", "s", [t(quantile(0.99, "collector_event_age_seconds"), "p99")]),
 ]

@@ -55,7 +55,8 @@ def storefront(api, collector, seconds):
         call("POST", f"{api}/api/v1/users", {"login_id": login, "password": f"{login}-password", "name": "S", "email": f"{login}@example.com"}, expect={201})
         _, t = call("POST", f"{api}/api/v1/auth/token", {"login_id": login, "password": f"{login}-password"}, expect={200})
         users.append(t["access_token"])
-        call("POST", f"{api}/api/v1/points/charge", {"amount": 10_000_000}, t["access_token"], {200})
+        _, me = call("GET", f"{api}/api/v1/users/me", token=t["access_token"], expect={200})
+        call("POST", f"{api}/api/v1/admin/users/{me['id']}/points", {"amount": 10_000_000, "reason": "monitoring check"}, admin, {200})
     deadline = time.time() + seconds
     n = 0
     while time.time() < deadline:

@@ -52,6 +52,16 @@ pub fn register() {
     );
 
     counter(
+        "points_credited_won_total",
+        "Points credited without an order giving them back, in won: bought (a top-up the gateway confirmed) or granted by an administrator.",
+        &[("via", &["top_up", "grant"])],
+    );
+    counter(
+        "points_top_ups_reversed_won_total",
+        "Points of cancelled or refunded top-ups taken back, in won.",
+        &[],
+    );
+    counter(
         "payment_gateway_calls_total",
         "Logical calls to the payment gateway (after retries), by operation and outcome.",
         &[

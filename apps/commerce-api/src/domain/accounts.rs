@@ -11,13 +11,14 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use crate::domain::points::{self, Credit};
 use crate::domain::states::LedgerKind;
 use crate::domain::{Error, Missing, Result, check, is_unique_violation};
 use crate::infra::auth::Role;
 use crate::infra::schema::{point_charges, point_ledger, users};
 
-/// Largest single charge, in won.
-pub const MAX_CHARGE: i64 = 10_000_000;
+/// Largest single grant, in won.
+pub const MAX_GRANT: i64 = 10_000_000;
 
 /// An account, as its owner sees it.
 #[derive(Serialize, ToSchema, Debug)]
@@ -167,87 +168,110 @@ pub async fn balance(conn: &mut AsyncPgConnection, id: i64) -> Result<i64> {
         .ok_or(Error::NotFound(Missing::User))
 }
 
-/// Adds `amount` points (1 ..= [`MAX_CHARGE`]) to user `id` with its ledger row; returns the
-/// new balance. With an idempotency `key`, a repeat with the same key and amount charges nothing
-/// and returns the balance the first one returned (also when the two race: the key is locked);
-/// the same key with another amount is refused with [`Error::IdempotencyKeyReused`].
-pub async fn charge(
+/// Grants user `id` `amount` points (1 ..= [`MAX_GRANT`]) as administrator `by`, for `reason`
+/// (1-500 characters), with its ledger row naming both; returns the new balance. This is the
+/// only way to credit points without paying for them. With an idempotency `key`, a repeat with
+/// the same key, amount and reason grants nothing and returns the balance the first one
+/// returned (also when the two race: the key is locked); the same key with another request is
+/// refused with [`Error::IdempotencyKeyReused`].
+pub async fn grant(
     conn: &mut AsyncPgConnection,
+    by: i64,
     id: i64,
     amount: i64,
+    reason: &str,
     key: Option<&str>,
 ) -> Result<i64> {
-    if !(1..=MAX_CHARGE).contains(&amount) {
-        return Err(Error::field(
+    let reason = reason.trim();
+    let mut errors = Vec::new();
+    if !(1..=MAX_GRANT).contains(&amount) {
+        errors.push(FieldError::new(
             "amount",
-            format!("must be between 1 and {MAX_CHARGE}"),
+            format!("must be between 1 and {MAX_GRANT}"),
         ));
     }
-    conn.transaction::<_, Error, _>(async |conn| {
-        if let Some(key) = key {
-            // The same request is the same amount.
-            let earlier = async |conn: &mut AsyncPgConnection| {
-                point_charges::table
-                    .find((id, key))
-                    .select((point_charges::amount, point_charges::balance_after))
-                    .first::<(i64, i64)>(conn)
-                    .await
-                    .optional()
-                    .map(|c| c.map(|(amount, balance)| (Some(amount.to_string()), balance)))
-            };
-            let fingerprint = amount.to_string();
-            match idempotency::lock_and_find(conn, "points-charge:", id, key, &fingerprint, earlier)
+    if reason.is_empty() || reason.chars().count() > 500 {
+        errors.push(FieldError::new("reason", "must be 1-500 characters"));
+    }
+    check(errors)?;
+    let balance = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let fingerprint =
+                idempotency::fingerprint(&[amount.to_string().as_bytes(), reason.as_bytes()]);
+            if let Some(key) = key {
+                let earlier = async |conn: &mut AsyncPgConnection| {
+                    point_charges::table
+                        .find((id, key))
+                        .inner_join(point_ledger::table)
+                        .select((
+                            point_charges::amount,
+                            point_ledger::note,
+                            point_charges::balance_after,
+                        ))
+                        .first::<(i64, Option<String>, i64)>(conn)
+                        .await
+                        .optional()
+                        .map(|c| {
+                            c.map(|(amount, note, balance)| {
+                                let note = note.unwrap_or_default();
+                                let seen = idempotency::fingerprint(&[
+                                    amount.to_string().as_bytes(),
+                                    note.as_bytes(),
+                                ]);
+                                (Some(seen), balance)
+                            })
+                        })
+                };
+                match idempotency::lock_and_find(
+                    conn,
+                    "points-grant:",
+                    id,
+                    key,
+                    &fingerprint,
+                    earlier,
+                )
                 .await?
-            {
-                Replay::New => {}
-                Replay::Same(balance_after) => return Ok(balance_after),
-                Replay::Reused => return Err(Error::IdempotencyKeyReused),
+                {
+                    Replay::New => {}
+                    Replay::Same(balance_after) => return Ok(balance_after),
+                    Replay::Reused => return Err(Error::IdempotencyKeyReused),
+                }
             }
-        }
-        let balance: i64 = diesel::update(users::table.find(id))
-            .set(users::point_balance.eq(users::point_balance + amount))
-            .returning(users::point_balance)
-            .get_result(conn)
-            .await
-            .optional()?
-            .ok_or(Error::NotFound(Missing::User))?;
-        let ledger_id: i64 = diesel::insert_into(point_ledger::table)
-            .values((
-                point_ledger::user_id.eq(id),
-                point_ledger::amount.eq(amount),
-                point_ledger::kind.eq(LedgerKind::Charge),
-            ))
-            .returning(point_ledger::id)
-            .get_result(conn)
-            .await?;
-        if let Some(key) = key {
-            diesel::insert_into(point_charges::table)
-                .values((
-                    point_charges::user_id.eq(id),
-                    point_charges::idempotency_key.eq(key),
-                    point_charges::amount.eq(amount),
-                    point_charges::balance_after.eq(balance),
-                    point_charges::ledger_id.eq(ledger_id),
-                ))
-                .execute(conn)
-                .await?;
-        }
-        Ok(balance)
-    })
-    .await
+            let (ledger_id, balance) =
+                points::credit(conn, id, amount, Credit::Grant { by, reason }).await?;
+            if let Some(key) = key {
+                diesel::insert_into(point_charges::table)
+                    .values((
+                        point_charges::user_id.eq(id),
+                        point_charges::idempotency_key.eq(key),
+                        point_charges::amount.eq(amount),
+                        point_charges::balance_after.eq(balance),
+                        point_charges::ledger_id.eq(ledger_id),
+                    ))
+                    .execute(conn)
+                    .await?;
+            }
+            tracing::info!(user.id = id, admin.id = by, amount, "points granted");
+            Ok(balance)
+        })
+        .await?;
+    Ok(balance)
 }
 
 /// One line of a user's points ledger, as its owner sees it.
 #[derive(Serialize, ToSchema, Debug)]
 pub struct LedgerEntry {
     pub id: i64,
-    /// Signed: positive for charges and refunds, negative for points spent.
+    /// Signed: positive for points bought, granted or given back; negative for points spent
+    /// or a top-up taken back.
     pub amount: i64,
     /// The balance right after this entry.
     pub balance_after: i64,
     pub reason: LedgerKind,
-    /// The order that spent or got back the points, if any.
+    /// The order that spent, bought or got back the points, if any.
     pub order_id: Option<i64>,
+    /// Why an administrator granted them (`GRANT` only).
+    pub note: Option<String>,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -264,6 +288,8 @@ pub(crate) struct LedgerRow {
     reason: LedgerKind,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
     order_id: Option<i64>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    note: Option<String>,
     #[diesel(sql_type = diesel::sql_types::Timestamptz)]
     created_at: chrono::DateTime<chrono::Utc>,
 }
@@ -276,6 +302,7 @@ impl From<LedgerRow> for LedgerEntry {
             balance_after: row.balance_after,
             reason: row.reason,
             order_id: row.order_id,
+            note: row.note,
             created_at: row.created_at,
         }
     }
@@ -292,7 +319,7 @@ pub async fn points_history(
 ) -> Result<(Vec<LedgerEntry>, i64)> {
     use diesel::sql_types::BigInt;
     let entries: Vec<LedgerEntry> = diesel::sql_query(
-        "SELECT id, amount, kind AS reason, order_id, created_at,
+        "SELECT id, amount, kind AS reason, order_id, note, created_at,
                 (balance - coalesce(sum(amount) OVER (ORDER BY id DESC
                     ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))::bigint AS balance_after
            FROM point_ledger,

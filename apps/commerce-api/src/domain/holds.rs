@@ -11,8 +11,9 @@ use diesel::sql_types::{Array, BigInt};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::Result;
-use crate::domain::states::{CouponStatus, LedgerKind};
-use crate::infra::schema::{order_items, orders, point_ledger, user_coupons, users};
+use crate::domain::points::{self, Credit};
+use crate::domain::states::{CouponStatus, OrderKind};
+use crate::infra::schema::{order_items, orders, user_coupons};
 
 /// The order's lines, in product-id order.
 pub async fn lines(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<OrderLine>> {
@@ -38,13 +39,20 @@ pub async fn lines(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<Or
 
 /// Gives back everything an order holds, inside the caller's transaction (which must hold the
 /// order's row lock, so this runs once per order): its stock, its points (if any were used) and
-/// its coupon. Returns the order's lines.
+/// its coupon; a paid top-up's credited points are taken back ([`crate::domain::Error::PointsAlreadySpent`]
+/// when they are spent, and then nothing changes). Returns the order's lines.
 pub async fn release(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<OrderLine>> {
-    let (user_id, points_used, user_coupon_id): (i64, i64, Option<i64>) = orders::table
-        .find(order_id)
-        .select((orders::user_id, orders::points_used, orders::user_coupon_id))
-        .first(conn)
-        .await?;
+    let (user_id, points_used, user_coupon_id, kind): (i64, i64, Option<i64>, OrderKind) =
+        orders::table
+            .find(order_id)
+            .select((
+                orders::user_id,
+                orders::points_used,
+                orders::user_coupon_id,
+                orders::kind,
+            ))
+            .first(conn)
+            .await?;
     let lines = lines(conn, order_id).await?;
     let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
     let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
@@ -63,19 +71,11 @@ pub async fn release(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<
     .execute(conn)
     .await?;
     if points_used > 0 {
-        diesel::update(users::table.find(user_id))
-            .set(users::point_balance.eq(users::point_balance + points_used))
-            .execute(conn)
-            .await?;
-        diesel::insert_into(point_ledger::table)
-            .values((
-                point_ledger::user_id.eq(user_id),
-                point_ledger::amount.eq(points_used),
-                point_ledger::kind.eq(LedgerKind::Refund),
-                point_ledger::order_id.eq(order_id),
-            ))
-            .execute(conn)
-            .await?;
+        points::credit(conn, user_id, points_used, Credit::Refund { order_id }).await?;
+    }
+    if kind == OrderKind::PointTopUp {
+        // A paid top-up's points go back with it: refused while they are spent.
+        points::reverse_top_up(conn, order_id, user_id).await?;
     }
     if let Some(uc) = user_coupon_id {
         diesel::update(user_coupons::table.find(uc))

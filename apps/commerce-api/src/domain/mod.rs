@@ -19,10 +19,12 @@ pub mod lifecycle;
 pub mod logins;
 pub mod orders;
 pub mod payments;
+pub mod points;
 pub mod reconcile;
 pub mod refund_worker;
 pub mod refunds;
 pub mod states;
+pub mod topups;
 
 use commerce_web::FieldError;
 
@@ -44,6 +46,9 @@ pub enum Error {
     ProductNotOnSale,
     #[error("the point balance does not cover the order")]
     InsufficientPoints,
+    /// A top-up cannot be taken back: its points are spent.
+    #[error("the points this top-up bought are spent; it cannot be cancelled")]
+    PointsAlreadySpent,
     /// Why the coupon cannot be used for this order.
     #[error("{0}")]
     CouponNotUsable(&'static str),

@@ -34,8 +34,11 @@ use crate::domain::card::{CardNumber, CardVault};
 use crate::domain::history::{self, PaymentEventKind as Kind, Source};
 use crate::domain::holds;
 use crate::domain::lifecycle::{Fact, OrderState, Transition, Verdict, decide, verdict};
+use crate::domain::points;
 use crate::domain::refunds::{self, Refundable};
-use crate::domain::states::{CardType, OrderStatus, PaymentKind, PaymentStatus, RefundCause};
+use crate::domain::states::{
+    CardType, OrderKind, OrderStatus, PaymentKind, PaymentStatus, RefundCause,
+};
 use crate::domain::{Error, Missing, Result};
 use crate::infra::gateway::{Gateway, GatewayError, PaymentRequest};
 use crate::infra::outbox::{self, Topics};
@@ -466,6 +469,7 @@ struct Locked {
     discount_amount: i64,
     final_amount: i64,
     payment_method: PaymentKind,
+    kind: OrderKind,
 }
 
 /// The order's card payment, locked.
@@ -517,6 +521,7 @@ pub async fn settle(
             order_rows::discount_amount,
             order_rows::final_amount,
             order_rows::payment_method,
+            order_rows::kind,
         ))
         .for_update()
         .first(conn)
@@ -573,15 +578,6 @@ pub async fn settle(
                 None,
             )
             .await?;
-            let placed = OrderPlaced {
-                order_id,
-                user_id: order.user_id,
-                lines: lines.clone(),
-                total_amount: order.total_amount,
-                discount_amount: order.discount_amount,
-                final_amount: order.final_amount,
-                payment_method: order.payment_method,
-            };
             let completed = PaymentSettled {
                 order_id,
                 user_id: order.user_id,
@@ -589,15 +585,29 @@ pub async fn settle(
                 payment_method: order.payment_method,
                 transaction_key: Some(transaction_key.clone()),
                 reason: None,
-                lines,
+                lines: lines.clone(),
             };
-            outbox::record_at(
-                conn,
-                topics,
-                vec![Event::OrderPaid(placed), Event::PaymentCompleted(completed)],
-                paid_at,
-            )
-            .await?;
+            let events = match order.kind {
+                OrderKind::Goods => vec![
+                    Event::OrderPaid(OrderPlaced {
+                        order_id,
+                        user_id: order.user_id,
+                        lines,
+                        total_amount: order.total_amount,
+                        discount_amount: order.discount_amount,
+                        final_amount: order.final_amount,
+                        payment_method: order.payment_method,
+                    }),
+                    Event::PaymentCompleted(completed),
+                ],
+                // Points bought: credited now; no sale for the collector.
+                OrderKind::PointTopUp => {
+                    points::credit_top_up(conn, order_id, order.user_id, order.final_amount)
+                        .await?;
+                    vec![Event::PaymentCompleted(completed)]
+                }
+            };
+            outbox::record_at(conn, topics, events, paid_at).await?;
             OrderStatus::Paid
         }
         (

@@ -86,9 +86,29 @@ commerce_enums::text_enum! {
     sql, schema;
     /// `point_ledger.kind`.
     pub enum LedgerKind {
+        /// A free charge, from before points were bought (kept in old ledgers).
         Charge => "CHARGE",
+        /// Points spent on an order.
         Use => "USE",
+        /// Points given back by a cancelled or failed order.
         Refund => "REFUND",
+        /// Points bought: a top-up's card payment was confirmed by the gateway.
+        TopUp => "TOP_UP",
+        /// A top-up's points taken back: it was cancelled or refunded.
+        TopUpReversed => "TOP_UP_REVERSED",
+        /// Points an administrator granted, with a reason.
+        Grant => "GRANT",
+    }
+}
+
+commerce_enums::text_enum! {
+    sql, schema;
+    /// `orders.kind`: what an order buys.
+    pub enum OrderKind {
+        /// Products, from the catalog.
+        Goods => "GOODS",
+        /// Points, paid by card: credited when the gateway confirms the charge.
+        PointTopUp => "POINT_TOP_UP",
     }
 }
 

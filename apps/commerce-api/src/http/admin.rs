@@ -1,10 +1,13 @@
-//! Operators' payment routes: what needs attention, and sending it again (the rules are in
-//! [`crate::domain::refunds`]).
+//! Operators' routes: payments that need attention and sending them again (the rules are in
+//! [`crate::domain::refunds`]), and granting points.
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use commerce_web::idempotency::IdempotencyKey;
+
+use crate::domain::accounts;
 use crate::domain::attention::{self, Attention, Retried};
 use crate::http::auth::AdminUser;
 use crate::http::error::{ApiError, ApiResult};
@@ -59,4 +62,47 @@ pub async fn retry_payment(
         axum::http::StatusCode::ACCEPTED,
         Json(attention::retry(&state.payments, id).await?),
     ))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    /// 1 ..= 10,000,000 points.
+    amount: i64,
+    /// Why (1-500 characters): kept in the user's ledger with the administrator's id.
+    reason: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Granted {
+    user_id: i64,
+    /// The user's balance after the grant.
+    balance: i64,
+}
+
+/// Grant a user points (admin): the only credit that is not paid for, written to the user's
+/// ledger as `GRANT` with the reason and the administrator's id. With an `Idempotency-Key`, a
+/// retry with the same key and request grants once.
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/points", tag = "points",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; a retry with the same key and request grants once")),
+    request_body = Grant,
+    responses((status = 200, body = Granted),
+        (status = 400, description = "VALIDATION_FAILED, INVALID_IDEMPOTENCY_KEY"),
+        (status = 401), (status = 403), (status = 404, description = "USER_NOT_FOUND"),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED")))]
+pub async fn grant_points(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<i64>,
+    key: Option<IdempotencyKey>,
+    Json(req): Json<Grant>,
+) -> ApiResult<Json<Granted>> {
+    let mut conn = state.db.get().await?;
+    let key = key.as_ref().map(IdempotencyKey::as_str);
+    let balance = accounts::grant(&mut conn, admin.id, id, req.amount, &req.reason, key).await?;
+    Ok(Json(Granted {
+        user_id: id,
+        balance,
+    }))
 }

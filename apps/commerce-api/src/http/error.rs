@@ -76,6 +76,7 @@ impl ApiError {
                     E::PurchaseLimitExceeded => conflict("PURCHASE_LIMIT_EXCEEDED", detail),
                     E::ProductNotOnSale => conflict("PRODUCT_NOT_ON_SALE", detail),
                     E::InsufficientPoints => conflict("INSUFFICIENT_POINTS", detail),
+                    E::PointsAlreadySpent => conflict("POINTS_ALREADY_SPENT", detail),
                     E::CouponNotUsable(_) => conflict("COUPON_NOT_USABLE", detail),
                     E::CouponSoldOut => conflict("COUPON_SOLD_OUT", detail),
                     E::CouponAlreadyIssued => conflict("COUPON_ALREADY_ISSUED", detail),

@@ -87,6 +87,7 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(payments::callback))
         .routes(routes!(admin::attention))
         .routes(routes!(admin::retry_payment))
+        .routes(routes!(admin::grant_points))
         .split_for_parts();
     (router, commerce_web::openapi::with_problem_responses(api))
 }

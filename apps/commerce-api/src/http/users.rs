@@ -9,6 +9,8 @@ use commerce_web::idempotency::IdempotencyKey;
 
 use crate::domain::accounts::{self, LedgerEntry, UserView};
 use crate::domain::logins;
+use crate::domain::orders::{OrderView, Placed, Placement};
+use crate::domain::topups::{self, TopUpRequest};
 use crate::http::auth::{AuthUser, ClientIp, admit};
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::paging::{Page, PageParams};
@@ -47,11 +49,17 @@ pub struct Balance {
     balance: i64,
 }
 
+/// Points to buy, and the card that pays for them. Deliberately not `Serialize` or `Debug`: it
+/// holds a card number.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct Charge {
-    /// 1 ..= 10,000,000 won.
+pub struct TopUp {
+    /// 1 ..= 10,000,000 won: the points bought, and what the card is charged.
     amount: i64,
+    /// `SAMSUNG`, `KB` or `HYUNDAI`.
+    card_type: Option<String>,
+    /// `####-####-####-####`. Never stored in the clear, never logged.
+    card_no: Option<String>,
 }
 
 /// Sign up. Rate limited per client address (`RATE_LIMIT_SIGN_UP`).
@@ -136,30 +144,71 @@ pub async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult
     Ok(Json(Balance { balance }))
 }
 
-/// Charge points (1 ..= 10,000,000 won per call). Rate limited per user
-/// (`RATE_LIMIT_POINTS_CHARGE`). With an `Idempotency-Key`, a retry with the same key and amount
-/// charges nothing more and answers the balance the first one answered.
+/// Buy points by card (1 ..= 10,000,000 won per call). Rate limited per user
+/// (`RATE_LIMIT_POINTS_CHARGE`).
+///
+/// A top-up is an order of kind `POINT_TOP_UP` paid through the payment gateway: it answers as
+/// an order does (`PAID` once the gateway confirmed the charge, `PENDING_PAYMENT` while it has
+/// not, `PAYMENT_FAILED`), and its points are credited when, and only when, it is `PAID`, by
+/// this request, the gateway's callback or reconciliation, once. Cancelling a paid top-up
+/// (`POST /api/v1/orders/{id}/cancel`) takes its points back and refunds the card; it is refused
+/// with `POINTS_ALREADY_SPENT` while they are spent. With an `Idempotency-Key`, a retry with the
+/// same key and request charges once and answers the first top-up.
 #[utoipa::path(post, path = "/api/v1/points/charge", tag = "points", security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; a retry with the same key and amount charges once")),
-    request_body = Charge, responses((status = 200, body = Balance),
-        (status = 400, description = "VALIDATION_FAILED, INVALID_IDEMPOTENCY_KEY"), (status = 401),
-        (status = 422, description = "IDEMPOTENCY_KEY_REUSED: the key was used with another amount"),
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters; a retry with the same key and request charges once")),
+    request_body = TopUp, responses((status = 201, body = OrderView),
+        (status = 400, description = "VALIDATION_FAILED (a card is required), INVALID_IDEMPOTENCY_KEY"), (status = 401),
+        (status = 422, description = "IDEMPOTENCY_KEY_REUSED: the key was used with another request"),
         (status = 429, description = "RATE_LIMITED, with Retry-After")))]
 pub async fn charge(
     State(state): State<AppState>,
     user: AuthUser,
     key: Option<IdempotencyKey>,
-    Json(req): Json<Charge>,
-) -> ApiResult<Json<Balance>> {
+    Json(req): Json<TopUp>,
+) -> ApiResult<(StatusCode, Json<OrderView>)> {
     admit(&state.limits.points_charge, &user.id)?;
-    let mut conn = state.db.get().await?;
-    let key = key.as_ref().map(IdempotencyKey::as_str);
-    let balance = accounts::charge(&mut conn, user.id, req.amount, key).await?;
-    Ok(Json(Balance { balance }))
+    let top_up = TopUpRequest::parse(req.amount, req.card_type.as_deref(), req.card_no.as_deref())?;
+    let placement = Placement {
+        topics: &state.topics,
+        cards: &state.payments.cards,
+        recheck_after: state.payments.settings.recheck_after,
+    };
+    let placed = {
+        let mut conn = state.db.get().await?;
+        topups::place(
+            &mut conn,
+            &placement,
+            user.id,
+            &top_up,
+            key.as_ref().map(IdempotencyKey::as_str),
+        )
+        .await?
+        // The gateway call below must not hold a connection.
+    };
+    let view = match placed {
+        Placed::Created(mut view) => {
+            let (status, payment) = state
+                .payments
+                .submit(
+                    view.order_id,
+                    user.id,
+                    top_up.amount,
+                    top_up.card_type,
+                    &top_up.card_no,
+                )
+                .await;
+            view.status = status;
+            view.payment = Some(payment);
+            view
+        }
+        Placed::Replayed(view) => view,
+    };
+    Ok((StatusCode::CREATED, Json(view)))
 }
 
 /// The caller's points ledger, newest first: each entry's amount (signed), the balance after
-/// it, its reason (`CHARGE`, `USE`, `REFUND`) and its order.
+/// it, its reason (`TOP_UP`, `TOP_UP_REVERSED`, `GRANT`, `USE`, `REFUND`; `CHARGE` for free
+/// charges made before points were bought), its order, and a grant's note.
 #[utoipa::path(get, path = "/api/v1/points/history", tag = "points", security(("bearer" = [])),
     params(PageParams), responses((status = 200, body = Page<LedgerEntry>), (status = 401)))]
 pub async fn points_history(

@@ -49,6 +49,8 @@ diesel::table! {
         kind -> Text,
         order_id -> Nullable<BigInt>,
         created_at -> Timestamptz,
+        note -> Nullable<Text>,
+        granted_by -> Nullable<BigInt>,
     }
 }
 
@@ -131,6 +133,7 @@ diesel::table! {
         created_at -> Timestamptz,
         paid_at -> Nullable<Timestamptz>,
         cancelled_at -> Nullable<Timestamptz>,
+        kind -> Text,
     }
 }
 
@@ -166,6 +169,7 @@ diesel::joinable!(products -> brands (brand_id));
 diesel::joinable!(product_likes -> products (product_id));
 diesel::joinable!(user_coupons -> coupons (coupon_id));
 diesel::joinable!(order_items -> orders (order_id));
+diesel::joinable!(point_charges -> point_ledger (ledger_id));
 
 diesel::table! {
     refunds (id) {
@@ -206,6 +210,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     outbox,
     users,
     point_ledger,
+    point_charges,
     brands,
     products,
     product_likes,

@@ -141,8 +141,10 @@ async fn points_charges_orders_and_coupon_issues_are_limited_per_user() {
         ("RATE_LIMIT_COUPON_ISSUE", "1/min"),
     ])
     .await;
-    let (alice, alice_token) = app.user_with_points("alice", 0).await;
+    let (alice, alice_token) = app.user_with_points("alice", 1000).await;
     let (bob, bob_token) = app.user_with_points("bob", 0).await;
+    // The allowance is spent before the request is read: a top-up without a card (refused)
+    // counts like any other.
     let charge = json!({"amount": 1000});
     let mut statuses = Vec::new();
     for _ in 0..3 {
@@ -154,8 +156,8 @@ async fn points_charges_orders_and_coupon_issues_are_limited_per_user() {
     assert_eq!(
         statuses,
         [
-            StatusCode::OK,
-            StatusCode::OK,
+            StatusCode::BAD_REQUEST,
+            StatusCode::BAD_REQUEST,
             StatusCode::TOO_MANY_REQUESTS
         ]
     );
@@ -164,13 +166,10 @@ async fn points_charges_orders_and_coupon_issues_are_limited_per_user() {
         .await;
     assert_eq!(
         status,
-        StatusCode::OK,
+        StatusCode::BAD_REQUEST,
         "another user has their own allowance"
     );
-    assert_eq!(
-        (app.balance(alice).await, app.balance(bob).await),
-        (2000, 1000)
-    );
+    assert_eq!(app.balance(alice).await, 1000);
 
     let product = app.product(app.brand().await, 100, 10).await;
     let order =

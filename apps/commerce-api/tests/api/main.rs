@@ -16,6 +16,7 @@ mod order_events;
 mod orders;
 mod payments;
 mod platform;
+mod points;
 mod product_cache;
 mod refunds;
 mod relay;

@@ -291,7 +291,10 @@ async fn a_malformed_idempotency_key_is_refused_alike_by_orders_and_points_and_c
     for key in ["has space", long.as_str(), ""] {
         for (path, body) in [
             ("/api/v1/orders", order(product, 1)),
-            ("/api/v1/points/charge", serde_json::json!({"amount": 100})),
+            (
+                "/api/v1/points/charge",
+                serde_json::json!({"amount": 100, "card_type": "KB", "card_no": "1234-5678-9012-3456"}),
+            ),
         ] {
             let res = app
                 .client

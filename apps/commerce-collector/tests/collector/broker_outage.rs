@@ -49,12 +49,7 @@ impl Shop {
             .await
             .unwrap();
         let buyer = api.token("buyer", "buyer-password").await;
-        api.post(
-            "/api/v1/points/charge",
-            &buyer,
-            json!({"amount": 1_000_000}),
-        )
-        .await;
+        api.grant_points(&admin, &buyer, 1_000_000).await;
         Self {
             api,
             buyer,

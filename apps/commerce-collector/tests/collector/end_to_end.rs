@@ -49,8 +49,7 @@ async fn orders_and_likes_on_the_api_reach_the_rankings_once() {
         .await
         .unwrap();
     let buyer = api.token("buyer", "buyer-password").await;
-    api.post("/api/v1/points/charge", &buyer, json!({"amount": 100_000}))
-        .await;
+    api.grant_points(&admin, &buyer, 100_000).await;
 
     let order = |product: i64, quantity: i64| json!({"items": [{"product_id": product, "quantity": quantity}], "payment": {"method": "POINT"}});
     api.post("/api/v1/orders", &buyer, order(hot, 3)).await;

@@ -326,6 +326,27 @@ impl Api {
         res.json().await.unwrap()
     }
 
+    /// Grants the holder of `token` `amount` points, as the admin (`admin`'s token).
+    pub async fn grant_points(&self, admin: &str, token: &str, amount: i64) {
+        let me: Value = self
+            .client
+            .get(format!("{}/api/v1/users/me", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = me["id"].as_i64().expect("the user's id");
+        self.post(
+            &format!("/api/v1/admin/users/{id}/points"),
+            admin,
+            json!({"amount": amount, "reason": "test purchases"}),
+        )
+        .await;
+    }
+
     /// The admin's token.
     pub async fn admin(&self) -> String {
         self.token("admin", commerce_api::config::DEV_ADMIN_PASSWORD)

@@ -7,7 +7,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use crate::domain::history::{self, PaymentEventKind, Source};
 use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
 use crate::domain::payments::{self};
-use crate::domain::states::{OrderStatus, PaymentStatus};
+use crate::domain::states::{OrderKind, OrderStatus, PaymentStatus};
 use crate::domain::{Error, Missing, Result, holds};
 use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::orders;
@@ -15,7 +15,8 @@ use crate::infra::schema::orders;
 use super::{OrderRow, order_columns};
 
 /// Cancels one of the user's orders in one transaction: stock restored, points refunded, coupon
-/// returned, a paid card order's refund required, `OrderCancelled` recorded. Cancelling again
+/// returned, a paid top-up's points taken back (refused while they are spent), a paid card
+/// order's refund required, `OrderCancelled` recorded (for goods). Cancelling again
 /// changes nothing. Returns the order's status afterwards (`CANCELLED`, or `REFUNDED` once a
 /// card refund was confirmed).
 pub async fn cancel(
@@ -86,18 +87,21 @@ pub async fn cancel(
                 ))
                 .execute(conn)
                 .await?;
-            outbox::record(
-                conn,
-                topics,
-                vec![Event::OrderCancelled(OrderCancelled {
-                    order_id: order.id,
-                    user_id: order.user_id,
-                    lines,
-                    was_paid: order.status == OrderStatus::Paid,
-                    paid_at: order.paid_at,
-                })],
-            )
-            .await?;
+            // A top-up is no sale: there is nothing for the collector to take back.
+            if order.kind == OrderKind::Goods {
+                outbox::record(
+                    conn,
+                    topics,
+                    vec![Event::OrderCancelled(OrderCancelled {
+                        order_id: order.id,
+                        user_id: order.user_id,
+                        lines,
+                        was_paid: order.status == OrderStatus::Paid,
+                        paid_at: order.paid_at,
+                    })],
+                )
+                .await?;
+            }
             Ok((OrderStatus::Cancelled, true))
         })
         .await?;

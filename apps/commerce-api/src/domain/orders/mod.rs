@@ -29,7 +29,7 @@ mod request;
 
 pub use cancel::cancel;
 pub use place::{Placed, Placement, place};
-pub use request::{MAX_LINES, MAX_QUANTITY, OrderRequest};
+pub use request::{MAX_LINES, MAX_QUANTITY, OrderRequest, parse_card};
 
 use std::collections::BTreeMap;
 
@@ -42,7 +42,7 @@ use utoipa::ToSchema;
 
 use crate::domain::history::{self, PaymentEvent};
 use crate::domain::payments::{PaymentRow, PaymentView};
-use crate::domain::states::{OrderStatus, PaymentKind};
+use crate::domain::states::{OrderKind, OrderStatus, PaymentKind};
 use crate::domain::{Error, Missing, Result, holds};
 use crate::infra::schema::{order_items, orders, payments as payment_rows};
 
@@ -58,6 +58,9 @@ pub struct OrderItemView {
 #[derive(Serialize, ToSchema, Debug)]
 pub struct OrderView {
     pub order_id: i64,
+    /// `GOODS`, or `POINT_TOP_UP` for points bought by card (no items; its points are credited
+    /// when it is `PAID`).
+    pub kind: OrderKind,
     pub status: OrderStatus,
     pub total_amount: i64,
     pub discount_amount: i64,
@@ -87,6 +90,7 @@ struct OrderRow {
     request_hash: Option<String>,
     created_at: DateTime<Utc>,
     paid_at: Option<DateTime<Utc>>,
+    kind: OrderKind,
 }
 
 fn order_columns() -> (
@@ -101,6 +105,7 @@ fn order_columns() -> (
     orders::request_hash,
     orders::created_at,
     orders::paid_at,
+    orders::kind,
 ) {
     (
         orders::id,
@@ -114,6 +119,7 @@ fn order_columns() -> (
         orders::request_hash,
         orders::created_at,
         orders::paid_at,
+        orders::kind,
     )
 }
 
@@ -135,6 +141,7 @@ async fn order_view(conn: &mut AsyncPgConnection, order: OrderRow) -> Result<Ord
 fn assemble(order: OrderRow, items: Vec<OrderLine>, payment: Option<PaymentView>) -> OrderView {
     OrderView {
         order_id: order.id,
+        kind: order.kind,
         status: order.status,
         total_amount: order.total_amount,
         discount_amount: order.discount_amount,

@@ -365,6 +365,7 @@ async fn create(
     outbox::record_at(conn, ctx.topics, events, now).await?;
     Ok(OrderView {
         order_id: order.id,
+        kind: order.kind,
         status: order.status,
         total_amount: total,
         discount_amount: discount,

@@ -71,25 +71,8 @@ impl OrderRequest {
                 }
                 Some(PaymentMethod::Point)
             }
-            Ok(PaymentKind::Card) => {
-                let card_type = card_type.and_then(|t| t.parse::<CardType>().ok());
-                if card_type.is_none() {
-                    errors.push(FieldError::new(
-                        "payment.card_type",
-                        format!("must be {}", CardType::expected()),
-                    ));
-                }
-                let card_no = card_no.and_then(CardNumber::parse);
-                if card_no.is_none() {
-                    errors.push(FieldError::new(
-                        "payment.card_no",
-                        "must look like ####-####-####-####",
-                    ));
-                }
-                card_type
-                    .zip(card_no)
-                    .map(|(card_type, card_no)| PaymentMethod::Card { card_type, card_no })
-            }
+            Ok(PaymentKind::Card) => parse_card(card_type, card_no, "payment.", &mut errors)
+                .map(|(card_type, card_no)| PaymentMethod::Card { card_type, card_no }),
             Err(_) => {
                 errors.push(FieldError::new(
                     "payment.method",
@@ -124,6 +107,30 @@ impl OrderRequest {
         });
         hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
+}
+
+/// Validates a card's type and number, reporting each invalid one under `prefix` + its name.
+pub fn parse_card(
+    card_type: Option<&str>,
+    card_no: Option<&str>,
+    prefix: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<(CardType, CardNumber)> {
+    let card_type = card_type.and_then(|t| t.parse::<CardType>().ok());
+    if card_type.is_none() {
+        errors.push(FieldError::new(
+            format!("{prefix}card_type"),
+            format!("must be {}", CardType::expected()),
+        ));
+    }
+    let card_no = card_no.and_then(CardNumber::parse);
+    if card_no.is_none() {
+        errors.push(FieldError::new(
+            format!("{prefix}card_no"),
+            "must look like ####-####-####-####",
+        ));
+    }
+    card_type.zip(card_no)
 }
 
 #[cfg(test)]

@@ -1,0 +1,126 @@
+//! The points ledger's primitives: every change to a balance writes its ledger row in the same
+//! statement sequence, inside the caller's transaction.
+//!
+//! Points come in three ways only: bought ([`credit_top_up`], when the gateway confirms a
+//! top-up's charge), granted by an administrator (`crate::domain::accounts::grant`), or given
+//! back by an order that no longer stands (`crate::domain::holds::release`). A balance never goes
+//! negative: every debit is guarded, and a CHECK constraint backs it.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+
+use crate::domain::states::LedgerKind;
+use crate::domain::{Error, Missing, Result};
+use crate::infra::schema::{point_ledger, users};
+
+/// Why points are credited.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Credit<'a> {
+    /// A paid top-up's points.
+    TopUp { order_id: i64 },
+    /// Points an order used, given back.
+    Refund { order_id: i64 },
+    /// An administrator's grant, and why.
+    Grant { by: i64, reason: &'a str },
+}
+
+/// Adds `amount` (> 0) to user `user_id`'s balance with its ledger row; returns the ledger row's
+/// id and the new balance.
+pub(crate) async fn credit(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    amount: i64,
+    why: Credit<'_>,
+) -> Result<(i64, i64)> {
+    let via = match why {
+        Credit::TopUp { .. } => Some("top_up"),
+        Credit::Grant { .. } => Some("grant"),
+        Credit::Refund { .. } => None,
+    };
+    let (kind, order_id, note, granted_by) = match why {
+        Credit::TopUp { order_id } => (LedgerKind::TopUp, Some(order_id), None, None),
+        Credit::Refund { order_id } => (LedgerKind::Refund, Some(order_id), None, None),
+        Credit::Grant { by, reason } => (LedgerKind::Grant, None, Some(reason), Some(by)),
+    };
+    let balance: i64 = diesel::update(users::table.find(user_id))
+        .set(users::point_balance.eq(users::point_balance + amount))
+        .returning(users::point_balance)
+        .get_result(conn)
+        .await
+        .optional()?
+        .ok_or(Error::NotFound(Missing::User))?;
+    let id = diesel::insert_into(point_ledger::table)
+        .values((
+            point_ledger::user_id.eq(user_id),
+            point_ledger::amount.eq(amount),
+            point_ledger::kind.eq(kind),
+            point_ledger::order_id.eq(order_id),
+            point_ledger::note.eq(note),
+            point_ledger::granted_by.eq(granted_by),
+        ))
+        .returning(point_ledger::id)
+        .get_result(conn)
+        .await?;
+    if let Some(via) = via {
+        // Counted as the transaction runs; a rollback after this (rare) over-counts by one.
+        metrics::counter!("points_credited_won_total", "via" => via)
+            .increment(amount.unsigned_abs());
+    }
+    Ok((id, balance))
+}
+
+/// Credits a paid top-up's points (ledger `TOP_UP`), once: the order's state machine pays an
+/// order once, and a unique index backs it.
+pub(crate) async fn credit_top_up(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    user_id: i64,
+    amount: i64,
+) -> Result<()> {
+    credit(conn, user_id, amount, Credit::TopUp { order_id }).await?;
+    Ok(())
+}
+
+/// Takes a top-up's credited points back (ledger `TOP_UP_REVERSED`), inside the transaction that
+/// cancels or refunds it (which holds the order's row lock). Nothing when nothing was credited
+/// or it was taken back already; [`Error::PointsAlreadySpent`] when the balance no longer holds
+/// them.
+pub(crate) async fn reverse_top_up(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    user_id: i64,
+) -> Result<()> {
+    let entries: Vec<(LedgerKind, i64)> = point_ledger::table
+        .filter(point_ledger::order_id.eq(order_id))
+        .filter(point_ledger::kind.eq_any([LedgerKind::TopUp, LedgerKind::TopUpReversed]))
+        .select((point_ledger::kind, point_ledger::amount))
+        .load(conn)
+        .await?;
+    let credited = entries.iter().find(|(k, _)| *k == LedgerKind::TopUp);
+    let reversed = entries.iter().any(|(k, _)| *k == LedgerKind::TopUpReversed);
+    let Some(&(_, amount)) = credited.filter(|_| !reversed) else {
+        return Ok(());
+    };
+    let taken = diesel::update(
+        users::table
+            .find(user_id)
+            .filter(users::point_balance.ge(amount)),
+    )
+    .set(users::point_balance.eq(users::point_balance - amount))
+    .execute(conn)
+    .await?;
+    if taken == 0 {
+        return Err(Error::PointsAlreadySpent);
+    }
+    diesel::insert_into(point_ledger::table)
+        .values((
+            point_ledger::user_id.eq(user_id),
+            point_ledger::amount.eq(-amount),
+            point_ledger::kind.eq(LedgerKind::TopUpReversed),
+            point_ledger::order_id.eq(order_id),
+        ))
+        .execute(conn)
+        .await?;
+    metrics::counter!("points_top_ups_reversed_won_total").increment(amount.unsigned_abs());
+    Ok(())
+}

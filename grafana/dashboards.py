@@ -92,6 +92,10 @@ PAYMENTS = [
     panel("Gateway (simulator) settlements per second", "ops", [t(rate("pg_sim_settlements_total", by="status"), "{{status}}")]),
     panel("Gateway (simulator) callbacks per second", "ops", [t(rate("pg_sim_callbacks_total", by="outcome"), "{{outcome}}")]),
     panel("Gateway (simulator) refunds per second", "ops", [t(rate("pg_sim_refunds_total", by="outcome"), "{{outcome}}")]),
+    panel("Gateway (simulator) reversals and refused keys per second", "ops",
+          [t(rate("pg_sim_reversals_total", by="event"), "reversed: {{event}}"),
+           t(rate("pg_sim_unauthenticated_total", by="caller"), "refused key: {{caller}}")],
+          "Refunds and chargebacks the gateway made itself (each tells the API by a signed webhook), and requests refused for a missing or wrong key."),
 ]
 
 PIPELINE = [

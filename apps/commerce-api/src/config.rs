@@ -28,6 +28,9 @@
 //! | `KAFKA_TOPIC_PARTITIONS` | `6` | partitions of topics the API creates |
 //! | `PRODUCT_CACHE_TTL_SECONDS` | `30` | Redis TTL of cached product details and list pages |
 //! | `PG_BASE_URL` | `http://127.0.0.1:8082` | the payment gateway |
+//! | `PG_API_KEY` | dev-only default | the merchant key sent to the gateway (`X-API-KEY`); required outside `dev` |
+//! | `PG_CALLBACK_SECRETS` | dev-only default | the secrets the gateway's callbacks are signed with (`X-Signature`), comma-separated: one, or two while rotating; each at least 32 bytes; required outside `dev` |
+//! | `PG_CALLBACK_TOLERANCE_SECONDS` | `300` | how far a callback's signed timestamp may be from this instance's clock |
 //! | `PAYMENT_CALLBACK_URL` | this API's own address + `/api/v1/payments/callback` | where the gateway reports results |
 //! | `PG_CONNECT_TIMEOUT_MS` / `PG_TIMEOUT_MS` | `300` / `1000` | per-attempt connect and total timeouts |
 //! | `PG_MAX_ATTEMPTS` / `PG_RETRY_BASE_MS` | `3` / `100` | attempts per call; first backoff (doubling, jittered) |
@@ -53,12 +56,12 @@
 
 use std::net::SocketAddr;
 
-use commerce_config::{ConfigError, Profile, Reader};
+use commerce_config::{ConfigError, Profile, Reader, dev};
 use commerce_kafka::KafkaSettings;
 
 pub use crate::domain::payments::PaymentSettings;
 use crate::infra::auth::HashingSettings;
-use crate::infra::gateway::GatewaySettings;
+use crate::infra::gateway::{ApiKey, GatewaySettings};
 use crate::infra::limits::{LimitSettings, RateSpec, TrustedProxies};
 use crate::infra::outbox::Topics;
 use crate::infra::relay::RelayConfig;
@@ -89,6 +92,7 @@ pub struct Config {
     pub topic_partitions: i32,
     pub gateway: GatewaySettings,
     pub payment_callback_url: Option<String>,
+    pub callback_auth: CallbackAuth,
     pub card_key: [u8; 32],
     pub payments: PaymentSettings,
     pub limits: LimitSettings,
@@ -98,6 +102,16 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     pub order_events_heartbeat: std::time::Duration,
     pub order_events_per_user: usize,
+}
+
+/// How the gateway's callbacks are authenticated: `X-Signature` under one of these secrets, at
+/// most this far from this instance's clock (see [`commerce_web::signature`]). Not `Debug`: it
+/// holds secrets.
+#[derive(Clone)]
+pub struct CallbackAuth {
+    /// One, or two while a secret is rotated.
+    pub secrets: Vec<String>,
+    pub tolerance_seconds: i64,
 }
 
 /// The development JWT key. Refused by any profile but `dev`.
@@ -170,65 +184,69 @@ impl Config {
         let profile = r.or("APP_PROFILE", Profile::Prod)?;
         let dev = profile == Profile::Dev;
         let kafka = KafkaSettings::read(r, !dev)?;
-        let jwt_secret = match r.optional::<String>("COMMERCE_JWT_SECRET")? {
-            Some(s) => s,
-            None if dev => DEV_JWT_SECRET.to_owned(),
-            None => {
-                return Err(ConfigError::new(
-                    "COMMERCE_JWT_SECRET",
+        let secret = |name: &str, dev_default: &str| -> Result<String, ConfigError> {
+            match r.optional::<String>(name)? {
+                Some(v) if !dev && v == dev_default => Err(ConfigError::new(
+                    name,
+                    "the development default is refused outside the dev profile",
+                )),
+                Some(v) => Ok(v),
+                None if dev => Ok(dev_default.to_owned()),
+                None => Err(ConfigError::new(
+                    name,
                     "is required outside the dev profile",
-                ));
+                )),
             }
         };
+        let jwt_secret = secret("COMMERCE_JWT_SECRET", DEV_JWT_SECRET)?;
         if jwt_secret.len() < 32 {
             return Err(ConfigError::new(
                 "COMMERCE_JWT_SECRET",
                 "must be at least 32 bytes",
             ));
         }
-        if !dev && jwt_secret == DEV_JWT_SECRET {
+        let admin_password = secret("COMMERCE_ADMIN_PASSWORD", DEV_ADMIN_PASSWORD)?;
+        if admin_password.len() < 8 {
             return Err(ConfigError::new(
-                "COMMERCE_JWT_SECRET",
+                "COMMERCE_ADMIN_PASSWORD",
+                "must be at least 8 characters",
+            ));
+        }
+        let card_key_hex = secret("PAYMENT_CARD_KEY", DEV_CARD_KEY)?;
+        let gateway_api_key = secret("PG_API_KEY", dev::GATEWAY_API_KEY)?;
+        if gateway_api_key.len() < 16 {
+            return Err(ConfigError::new(
+                "PG_API_KEY",
+                "must be at least 16 characters",
+            ));
+        }
+        let callback_secrets: Vec<String> =
+            secret("PG_CALLBACK_SECRETS", dev::GATEWAY_CALLBACK_SECRET)?
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        if !(1..=2).contains(&callback_secrets.len())
+            || callback_secrets.iter().any(|s| s.len() < 32)
+        {
+            return Err(ConfigError::new(
+                "PG_CALLBACK_SECRETS",
+                "must be one or two secrets of at least 32 bytes (two while rotating)",
+            ));
+        }
+        if !dev
+            && callback_secrets
+                .iter()
+                .any(|s| s == dev::GATEWAY_CALLBACK_SECRET)
+        {
+            return Err(ConfigError::new(
+                "PG_CALLBACK_SECRETS",
                 "the development default is refused outside the dev profile",
             ));
         }
-        let admin_password = match r.optional::<String>("COMMERCE_ADMIN_PASSWORD")? {
-            Some(p) if !dev && p == DEV_ADMIN_PASSWORD => {
-                return Err(ConfigError::new(
-                    "COMMERCE_ADMIN_PASSWORD",
-                    "the development default is refused outside the dev profile",
-                ));
-            }
-            Some(p) if p.len() < 8 => {
-                return Err(ConfigError::new(
-                    "COMMERCE_ADMIN_PASSWORD",
-                    "must be at least 8 characters",
-                ));
-            }
-            Some(p) => p,
-            None if dev => DEV_ADMIN_PASSWORD.to_owned(),
-            None => {
-                return Err(ConfigError::new(
-                    "COMMERCE_ADMIN_PASSWORD",
-                    "is required outside the dev profile",
-                ));
-            }
-        };
-        let card_key_hex = match r.optional::<String>("PAYMENT_CARD_KEY")? {
-            Some(k) if !dev && k == DEV_CARD_KEY => {
-                return Err(ConfigError::new(
-                    "PAYMENT_CARD_KEY",
-                    "the development default is refused outside the dev profile",
-                ));
-            }
-            Some(k) => k,
-            None if dev => DEV_CARD_KEY.to_owned(),
-            None => {
-                return Err(ConfigError::new(
-                    "PAYMENT_CARD_KEY",
-                    "is required outside the dev profile",
-                ));
-            }
+        let callback_auth = CallbackAuth {
+            secrets: callback_secrets,
+            tolerance_seconds: r.in_range("PG_CALLBACK_TOLERANCE_SECONDS", 300, 10..=3600)?,
         };
         let card_key: [u8; 32] = hex::decode(card_key_hex.trim())
             .ok()
@@ -248,6 +266,7 @@ impl Config {
             breaker_min_calls: r.in_range("PG_BREAKER_MIN_CALLS", 10, 1..=1000)?,
             breaker_window_calls: r.in_range("PG_BREAKER_WINDOW_CALLS", 20, 1..=1000)?,
             breaker_open_for: ms("PG_BREAKER_OPEN_MS", 10_000, 10..=600_000)?,
+            api_key: ApiKey(gateway_api_key),
         };
         if reqwest::Url::parse(&gateway.base_url).is_err() {
             return Err(ConfigError::new("PG_BASE_URL", "must be a URL"));
@@ -346,6 +365,7 @@ impl Config {
             hashing,
             gateway,
             payment_callback_url,
+            callback_auth,
             card_key,
             payments,
             profile,
@@ -376,6 +396,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use commerce_config::dev;
     use std::collections::HashMap;
 
     fn read(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -399,37 +420,63 @@ mod tests {
         // An operator who forgets APP_PROFILE gets production, never the repository's secrets.
         let err = read(&[]).err().unwrap();
         assert_eq!(err.var, "COMMERCE_JWT_SECRET");
+        let both = format!("a-real-callback-secret-0123456789ab,{}", dev::GATEWAY_CALLBACK_SECRET);
         for (var, value) in [
             ("COMMERCE_JWT_SECRET", DEV_JWT_SECRET),
             ("COMMERCE_ADMIN_PASSWORD", DEV_ADMIN_PASSWORD),
             ("PAYMENT_CARD_KEY", DEV_CARD_KEY),
+            ("PG_API_KEY", dev::GATEWAY_API_KEY),
+            ("PG_CALLBACK_SECRETS", dev::GATEWAY_CALLBACK_SECRET),
+            ("PG_CALLBACK_SECRETS", both.as_str()),
         ] {
-            let mut vars = vec![
-                ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
-                ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
-                (
-                    "PAYMENT_CARD_KEY",
-                    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-                ),
-            ];
+            let mut vars = PROD.to_vec();
             vars.retain(|(v, _)| *v != var);
+            assert_eq!(read(&vars).err().unwrap().var, var, "{var} is required");
             vars.push((var, value));
             assert_eq!(read(&vars).err().unwrap().var, var, "{var}'s dev default");
         }
+        assert!(read(&PROD).is_ok());
         assert!(dev(&[]).is_ok(), "dev runs on the development defaults");
     }
 
     #[test]
+    fn gateway_secrets_are_long_and_at_most_two_callback_secrets_are_held() {
+        let mut vars = PROD.to_vec();
+        vars.push((
+            "PG_CALLBACK_SECRETS",
+            "first-callback-secret-0123456789abc, second-callback-secret-0123456789ab",
+        ));
+        assert_eq!(read(&vars).unwrap().callback_auth.secrets.len(), 2);
+        for (var, bad) in [
+            ("PG_CALLBACK_SECRETS", "short"),
+            ("PG_CALLBACK_SECRETS", "a-0123456789abcdef0123456789abcdef,b-0123456789abcdef0123456789abcdef,c-0123456789abcdef0123456789abcdef"),
+            ("PG_API_KEY", "short"),
+        ] {
+            let mut vars = PROD.to_vec();
+            vars.push((var, bad));
+            assert_eq!(read(&vars).err().unwrap().var, var, "{bad}");
+        }
+    }
+
+    /// Production with every secret set to a non-development value.
+    const PROD: [(&str, &str); 6] = [
+        ("APP_PROFILE", "prod"),
+        ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
+        ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
+        (
+            "PAYMENT_CARD_KEY",
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+        ),
+        ("PG_API_KEY", "a-real-merchant-key-0123"),
+        ("PG_CALLBACK_SECRETS", "a-real-callback-secret-0123456789ab"),
+    ];
+
+    #[test]
     fn prod_profile_refuses_the_dev_card_key() {
-        let err = read(&[
-            ("APP_PROFILE", "prod"),
-            ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
-            ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
-            ("PAYMENT_CARD_KEY", DEV_CARD_KEY),
-        ])
-        .err()
-        .unwrap();
-        assert_eq!(err.var, "PAYMENT_CARD_KEY");
+        let mut vars = PROD.to_vec();
+        vars.retain(|(v, _)| *v != "PAYMENT_CARD_KEY");
+        vars.push(("PAYMENT_CARD_KEY", DEV_CARD_KEY));
+        assert_eq!(read(&vars).err().unwrap().var, "PAYMENT_CARD_KEY");
         assert_eq!(
             dev(&[("PAYMENT_CARD_KEY", "abcd")]).err().unwrap().var,
             "PAYMENT_CARD_KEY"
@@ -438,17 +485,8 @@ mod tests {
 
     #[test]
     fn prod_profile_refuses_a_recheck_that_could_request_a_payment_twice() {
-        let prod = [
-            ("APP_PROFILE", "prod"),
-            ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
-            ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
-            (
-                "PAYMENT_CARD_KEY",
-                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
-            ),
-        ];
-        assert!(read(&prod).is_ok(), "the defaults are consistent");
-        let mut short = prod.to_vec();
+        assert!(read(&PROD).is_ok(), "the defaults are consistent");
+        let mut short = PROD.to_vec();
         short.push(("PAYMENT_RECHECK_AFTER_MS", "5000"));
         assert_eq!(read(&short).err().unwrap().var, "PAYMENT_RECHECK_AFTER_MS");
         assert!(

@@ -18,14 +18,19 @@
 //! | `PG_SIM_SUCCESS_RATE` | `0.7` | share of settlements that succeed |
 //! | `PG_SIM_LIMIT_EXCEEDED_RATE` | `0.2` | share failed with `limit exceeded`; the rest fail with `invalid card` |
 //! | `PG_SIM_CALLBACK_DROP_RATE` | `0.1` | share of callbacks deliberately never sent |
+//! | `PG_SIM_API_KEYS` | the development key | merchant API keys accepted in `X-API-KEY` (comma-separated, one or two: two while a key is rotated), each at least 16 characters |
+//! | `PG_SIM_CALLBACK_SECRET` | the development secret | signs every callback and webhook (`X-Signature`), at least 32 bytes |
+//! | `PG_SIM_CONSOLE_KEY` | the development console key | the gateway operator's key (`X-CONSOLE-KEY`) for refunds and chargebacks made at the gateway, at least 16 characters |
 
 use std::net::SocketAddr;
 
-use commerce_config::{ConfigError, Reader, Source};
+use commerce_config::{ConfigError, Reader, Source, dev};
 
 use crate::behaviour::Behaviour;
 
 const DEFAULT_IDEMPOTENCY_TTL_HOURS: u64 = 24;
+/// The development console key.
+pub const DEV_CONSOLE_KEY: &str = "dev-only-insecure-gateway-console-key";
 const DEFAULT_CALLBACK_HOSTS: &str = "localhost,127.0.0.1,[::1]";
 
 fn hosts(list: &str) -> Vec<String> {
@@ -46,6 +51,12 @@ pub struct Config {
     pub idempotency_ttl_hours: u64,
     /// Hosts a `callback_url` may name.
     pub callback_hosts: Vec<String>,
+    /// Merchant API keys accepted (one, or two while rotating).
+    pub api_keys: Vec<String>,
+    /// Signs callbacks and webhooks.
+    pub callback_secret: String,
+    /// The gateway operator's key, for refunds and chargebacks made at the gateway.
+    pub console_key: String,
 }
 
 impl Config {
@@ -60,6 +71,9 @@ impl Config {
             behaviour,
             idempotency_ttl_hours: DEFAULT_IDEMPOTENCY_TTL_HOURS,
             callback_hosts: hosts(DEFAULT_CALLBACK_HOSTS),
+            api_keys: vec![dev::GATEWAY_API_KEY.to_owned()],
+            callback_secret: dev::GATEWAY_CALLBACK_SECRET.to_owned(),
+            console_key: DEV_CONSOLE_KEY.to_owned(),
         }
     }
 
@@ -97,6 +111,27 @@ impl Config {
                 "must name at least one host",
             ));
         }
+        let api_keys = keys(&r.string_or("PG_SIM_API_KEYS", dev::GATEWAY_API_KEY));
+        if !(1..=2).contains(&api_keys.len()) || api_keys.iter().any(|k| k.len() < 16) {
+            return Err(ConfigError::new(
+                "PG_SIM_API_KEYS",
+                "must be one or two keys of at least 16 characters",
+            ));
+        }
+        let callback_secret = r.string_or("PG_SIM_CALLBACK_SECRET", dev::GATEWAY_CALLBACK_SECRET);
+        if callback_secret.len() < 32 {
+            return Err(ConfigError::new(
+                "PG_SIM_CALLBACK_SECRET",
+                "must be at least 32 bytes",
+            ));
+        }
+        let console_key = r.string_or("PG_SIM_CONSOLE_KEY", DEV_CONSOLE_KEY);
+        if console_key.len() < 16 {
+            return Err(ConfigError::new(
+                "PG_SIM_CONSOLE_KEY",
+                "must be at least 16 characters",
+            ));
+        }
         Ok(Self {
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             database_url: commerce_db::validate_url(
@@ -115,6 +150,17 @@ impl Config {
                 1..=24 * 30,
             )?,
             callback_hosts,
+            api_keys,
+            callback_secret,
+            console_key,
         })
     }
+}
+
+/// A comma-separated list, trimmed, empty entries dropped (case kept).
+fn keys(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect()
 }

@@ -8,9 +8,16 @@
 //! ([`refunds`]); refund requests fail and take time like payment requests. Every rate is a dial ([`behaviour::Behaviour`]); a fixed seed
 //! makes the dice reproducible. Accepted payments live in the simulator's own database, so a
 //! restart forgets nothing: overdue payments are settled as soon as it is back.
+//!
+//! Like a real gateway it knows its merchant: every merchant route needs one of the configured
+//! API keys in `X-API-KEY` (two are valid at once while a key is rotated), and every callback
+//! carries `X-Signature` (HMAC-SHA256 over timestamp and body, [`commerce_web::signature`]). The
+//! gateway's own operators refund and charge back payments from its console ([`console`],
+//! `X-CONSOLE-KEY`), and the merchant is told by a signed webhook.
 
 pub mod behaviour;
 pub mod config;
+pub mod console;
 pub mod error;
 pub mod metrics;
 pub mod payments;
@@ -40,7 +47,68 @@ pub struct Simulator {
     pub idempotency_ttl: chrono::Duration,
     /// The hosts callbacks may be sent to.
     pub callback_hosts: Vec<String>,
+    /// Merchant API keys accepted in `X-API-KEY`.
+    api_keys: Vec<String>,
+    /// Signs callbacks and webhooks.
+    callback_secret: String,
+    /// The gateway operator's key (`X-CONSOLE-KEY`).
+    console_key: String,
     http: reqwest::Client,
+}
+
+commerce_enums::text_enum! {
+    /// Who was refused for a missing or wrong key (`pg_sim_unauthenticated_total{caller}`).
+    pub enum Caller {
+        Merchant => "merchant",
+        Console => "console",
+    }
+}
+
+/// The 401 for a request without one of `keys` in `header` (`None`: let it through), before
+/// anything else runs.
+fn key_refusal(
+    request: &axum::extract::Request,
+    header: &str,
+    keys: &[String],
+    caller: Caller,
+) -> Option<axum::response::Response> {
+    use axum::response::IntoResponse;
+    let presented = request.headers().get(header).map(|v| v.as_bytes());
+    if presented.is_some_and(|k| commerce_web::signature::is_one_of(k, keys)) {
+        return None;
+    }
+    ::metrics::counter!("pg_sim_unauthenticated_total", "caller" => caller.as_str()).increment(1);
+    Some(
+        commerce_web::Problem::new(
+            axum::http::StatusCode::UNAUTHORIZED,
+            "INVALID_API_KEY",
+            format!("a valid {header} header is required"),
+        )
+        .into_response(),
+    )
+}
+
+async fn merchant_only(
+    axum::extract::State(sim): axum::extract::State<Arc<Simulator>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    match key_refusal(&request, "x-api-key", &sim.api_keys, Caller::Merchant) {
+        None => next.run(request).await,
+        Some(refused) => refused,
+    }
+}
+
+async fn console_only(
+    axum::extract::State(sim): axum::extract::State<Arc<Simulator>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let keys = std::slice::from_ref(&sim.console_key);
+    match key_refusal(&request, "x-console-key", keys, Caller::Console) {
+        None => next.run(request).await,
+        Some(refused) => refused,
+    }
 }
 
 /// A built, bound, not yet running simulator.
@@ -58,12 +126,17 @@ impl Application {
         let http = reqwest::Client::builder()
             .connect_timeout(std::time::Duration::from_secs(1))
             .timeout(std::time::Duration::from_secs(5))
+            // A callback goes where the payment said, never where a redirect points.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         let sim = Arc::new(Simulator {
             db: db.clone(),
             dice: Dice::new(config.behaviour, config.seed),
             idempotency_ttl: chrono::Duration::hours(config.idempotency_ttl_hours as i64),
             callback_hosts: config.callback_hosts,
+            api_keys: config.api_keys,
+            callback_secret: config.callback_secret,
+            console_key: config.console_key,
             http,
         });
         let api = Router::new()
@@ -78,6 +151,24 @@ impl Application {
             .route(
                 "/api/v1/payments/{transaction_key}/refunds",
                 post(refunds::request_refund),
+            )
+            .route_layer(axum::middleware::from_fn_with_state(
+                sim.clone(),
+                merchant_only,
+            ))
+            .route(
+                "/console/v1/payments/{transaction_key}/refunds",
+                post(console::refund).route_layer(axum::middleware::from_fn_with_state(
+                    sim.clone(),
+                    console_only,
+                )),
+            )
+            .route(
+                "/console/v1/payments/{transaction_key}/chargebacks",
+                post(console::charge_back).route_layer(axum::middleware::from_fn_with_state(
+                    sim.clone(),
+                    console_only,
+                )),
             )
             .with_state(sim.clone());
         let router = commerce_web::with_platform_routes(

@@ -2,7 +2,8 @@
 
 use commerce_telemetry::register_counter as counter;
 
-use crate::payments::{CallbackOutcome, PaymentStatus, RequestOutcome};
+use crate::Caller;
+use crate::payments::{CallbackOutcome, NoticeEvent, PaymentStatus, RequestOutcome};
 use crate::refunds::RefundOutcome;
 
 pub fn register() {
@@ -31,5 +32,21 @@ pub fn register() {
         "pg_sim_refunds_total",
         "Refund requests, by outcome.",
         &[("outcome", RefundOutcome::TEXTS)],
+    );
+    counter(
+        "pg_sim_reversals_total",
+        "Payments refunded or charged back by the gateway itself (its console), by event.",
+        &[(
+            "event",
+            &[
+                NoticeEvent::Refunded.as_str(),
+                NoticeEvent::ChargedBack.as_str(),
+            ],
+        )],
+    );
+    counter(
+        "pg_sim_unauthenticated_total",
+        "Requests refused for a missing or wrong key, by caller (merchant: X-API-KEY, console: X-CONSOLE-KEY).",
+        &[("caller", Caller::TEXTS)],
     );
 }

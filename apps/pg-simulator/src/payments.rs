@@ -128,7 +128,7 @@ pub struct Transaction {
 
 /// The columns a [`Transaction`] is read from ([`columns`]).
 #[derive(Queryable)]
-struct TransactionRow {
+pub(crate) struct TransactionRow {
     transaction_key: String,
     order_id: String,
     card_type: CardType,
@@ -165,7 +165,7 @@ pub struct OrderQuery {
     order_id: String,
 }
 
-fn columns() -> (
+pub(crate) fn columns() -> (
     payments::transaction_key,
     payments::order_id,
     payments::card_type,
@@ -613,37 +613,88 @@ pub async fn settle_due(sim: &Simulator, limit: i64) -> anyhow::Result<usize> {
             status = %transaction.status,
         );
         commerce_telemetry::traces::continue_trace(&span, traceparent.as_deref());
-        tokio::spawn(async move {
-            let key = transaction.transaction_key.clone();
-            let mut trace = axum::http::HeaderMap::new();
-            commerce_telemetry::traces::inject(&mut trace);
-            let sent = sim_http
-                .post(&callback_url)
-                .headers(trace)
-                .json(&transaction)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status());
-            let outcome = match &sent {
-                Ok(_) => CallbackStatus::Sent,
-                Err(e) => {
-                    tracing::info!(transaction_key = %key, error = %e, "callback not delivered (not retried)");
-                    CallbackStatus::Failed
+        let secret = sim.callback_secret.clone();
+        tokio::spawn(
+            async move {
+                let key = transaction.transaction_key.clone();
+                let notice = Notice {
+                    event: NoticeEvent::Settled,
+                    transaction,
+                };
+                let outcome = deliver(&sim_http, &secret, &callback_url, &notice).await;
+                if let Ok(mut conn) = db.get().await {
+                    let _ = diesel::update(payments::table.find(&key))
+                        .set(payments::callback_status.eq(outcome))
+                        .execute(&mut conn)
+                        .await;
                 }
-            };
-            match outcome {
-                CallbackStatus::Sent => CallbackOutcome::Sent.count(),
-                CallbackStatus::Failed | CallbackStatus::Dropped => CallbackOutcome::Failed.count(),
             }
-            if let Ok(mut conn) = db.get().await {
-                let _ = diesel::update(payments::table.find(&key))
-                    .set(payments::callback_status.eq(outcome))
-                    .execute(&mut conn)
-                    .await;
-            }
-        }.instrument(span));
+            .instrument(span),
+        );
     }
     Ok(n)
+}
+
+commerce_enums::text_enum! {
+    /// What a callback or webhook tells the merchant happened (its `event` field).
+    pub enum NoticeEvent {
+        /// A payment was settled: `SUCCESS` or `FAILED`.
+        Settled => "payment.settled",
+        /// The gateway refunded a payment itself (from its console).
+        Refunded => "payment.refunded",
+        /// The card's issuer took the money back (a chargeback).
+        ChargedBack => "payment.charged_back",
+    }
+}
+
+/// A callback's or webhook's body: the payment as it now stands, and what happened to it.
+#[derive(Serialize, Debug)]
+pub struct Notice {
+    pub event: NoticeEvent,
+    #[serde(flatten)]
+    pub transaction: Transaction,
+}
+
+/// Posts `notice` to `url` once (never retried), signed with `secret` (`X-Signature`, see
+/// [`commerce_web::signature`]), continuing the current trace. Redirects are not followed.
+pub(crate) async fn deliver(
+    http: &reqwest::Client,
+    secret: &str,
+    url: &str,
+    notice: &Notice,
+) -> CallbackStatus {
+    let key = &notice.transaction.transaction_key;
+    let body = match serde_json::to_vec(notice) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(transaction_key = %key, error = %e, "callback not serialisable");
+            CallbackOutcome::Failed.count();
+            return CallbackStatus::Failed;
+        }
+    };
+    let signed = commerce_web::signature::sign(secret.as_bytes(), Utc::now().timestamp(), &body);
+    let mut trace = axum::http::HeaderMap::new();
+    commerce_telemetry::traces::inject(&mut trace);
+    let sent = http
+        .post(url)
+        .headers(trace)
+        .header(commerce_web::signature::HEADER, signed)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status());
+    match sent {
+        Ok(_) => {
+            CallbackOutcome::Sent.count();
+            CallbackStatus::Sent
+        }
+        Err(e) => {
+            tracing::info!(transaction_key = %key, event = %notice.event, error = %e, "callback not delivered (not retried)");
+            CallbackOutcome::Failed.count();
+            CallbackStatus::Failed
+        }
+    }
 }
 
 /// The settlement worker (which also forgets expired idempotency keys, once a minute): runs

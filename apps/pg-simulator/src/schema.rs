@@ -41,6 +41,8 @@ diesel::table! {
         amount -> BigInt,
         reason -> Nullable<Text>,
         created_at -> Timestamptz,
+        initiated_by -> Text,
+        kind -> Text,
     }
 }
 

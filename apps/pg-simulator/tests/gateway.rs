@@ -21,15 +21,34 @@ struct Sim {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A client speaking as the merchant: the development API key on every request.
+fn merchant() -> reqwest::Client {
+    keyed("x-api-key", commerce_config::dev::GATEWAY_API_KEY)
+}
+
+/// A client sending `value` in `header` on every request.
+fn keyed(header: &'static str, value: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .default_headers(reqwest::header::HeaderMap::from_iter([(
+            reqwest::header::HeaderName::from_static(header),
+            value.parse().unwrap(),
+        )]))
+        .build()
+        .unwrap()
+}
+
 impl Sim {
     async fn start(database_url: &str, behaviour: Behaviour, seed: u64) -> Self {
-        let app = pg_simulator::Application::build(pg_simulator::config::Config::local(
+        Self::start_with(pg_simulator::config::Config::local(
             database_url,
             behaviour,
             seed,
         ))
         .await
-        .unwrap();
+    }
+
+    async fn start_with(config: pg_simulator::config::Config) -> Self {
+        let app = pg_simulator::Application::build(config).await.unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
         let sim = app.simulator();
         let (tx, rx) = oneshot::channel();
@@ -51,7 +70,7 @@ impl Sim {
     }
 
     async fn pay(&self, user: &str, body: &Value) -> (StatusCode, Value) {
-        let res = reqwest::Client::new()
+        let res = merchant()
             .post(format!("{}/api/v1/payments", self.base))
             .header("X-USER-ID", user)
             .json(body)
@@ -69,7 +88,7 @@ impl Sim {
         body: &Value,
         timeout: Duration,
     ) -> Result<(StatusCode, Option<String>, Value), reqwest::Error> {
-        let res = reqwest::Client::new()
+        let res = merchant()
             .post(format!("{}/api/v1/payments", self.base))
             .header("X-USER-ID", user)
             .header("Idempotency-Key", key)
@@ -95,7 +114,7 @@ impl Sim {
         key: Option<&str>,
         body: &Value,
     ) -> (StatusCode, Value) {
-        let mut req = reqwest::Client::new()
+        let mut req = merchant()
             .post(format!(
                 "{}/api/v1/payments/{transaction_key}/refunds",
                 self.base
@@ -110,7 +129,7 @@ impl Sim {
     }
 
     async fn get(&self, user: &str, path: &str) -> (StatusCode, Value) {
-        let res = reqwest::Client::new()
+        let res = merchant()
             .get(format!("{}{path}", self.base))
             .header("X-USER-ID", user)
             .send()
@@ -130,15 +149,32 @@ impl Receiver {
     async fn start() -> Self {
         let received: Arc<Mutex<Vec<Value>>> = Arc::default();
         let store = received.clone();
+        // Records each body whose signature verifies under the development secret, and a
+        // marker for any other.
         let app = Router::new().route(
             "/callback",
-            post(move |axum::Json(body): axum::Json<Value>| {
-                let store = store.clone();
-                async move {
-                    store.lock().unwrap().push(body);
-                    "ok"
-                }
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let store = store.clone();
+                    async move {
+                        let signature = headers
+                            .get(commerce_web::signature::HEADER)
+                            .and_then(|v| v.to_str().ok());
+                        let checked = commerce_web::signature::verify(
+                            signature,
+                            &body,
+                            &[commerce_config::dev::GATEWAY_CALLBACK_SECRET],
+                            chrono::Utc::now().timestamp(),
+                            60,
+                        );
+                        store.lock().unwrap().push(match checked {
+                            Ok(()) => serde_json::from_slice(&body).unwrap(),
+                            Err(refused) => json!({"bad_signature": refused.as_str()}),
+                        });
+                        "ok"
+                    }
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/callback", listener.local_addr().unwrap());
@@ -372,7 +408,7 @@ async fn an_idempotency_key_returns_the_original_payment_and_refuses_another_bod
     assert_ne!(theirs["transaction_key"], first["transaction_key"]);
     assert_eq!(recorded(&db.url).await, 2);
     let (status, bad) = {
-        let res = reqwest::Client::new()
+        let res = merchant()
             .post(format!("{}/api/v1/payments", sim.base))
             .header("X-USER-ID", "7")
             .header("Idempotency-Key", "has space")
@@ -579,4 +615,165 @@ async fn nul_characters_are_refused_in_paths_queries_and_bodies() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(body["code"], "INVALID_TEXT");
     assert_eq!(recorded(&db.url).await, 0);
+}
+
+#[tokio::test]
+async fn only_the_merchants_keys_open_the_gateway_and_two_are_valid_while_rotating() {
+    let db = db().await;
+    let sim = Sim::start_with(pg_simulator::config::Config {
+        api_keys: vec![
+            "old-merchant-key-0001".into(),
+            "new-merchant-key-0002".into(),
+        ],
+        ..pg_simulator::config::Config::local(&db.url, Behaviour::reliable(), 21)
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    let pay = |client: reqwest::Client, order: &'static str| {
+        let (base, body) = (sim.base.clone(), payment(order, &receiver.url));
+        async move {
+            let res = client
+                .post(format!("{base}/api/v1/payments"))
+                .header("X-USER-ID", "7")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (res.status(), res.json::<Value>().await.unwrap())
+        }
+    };
+    for client in [
+        reqwest::Client::new(),
+        keyed("x-api-key", "a-guessed-merchant-key"),
+        keyed("x-api-key", "old-merchant-key-000"),
+        merchant(),
+    ] {
+        let (status, body) = pay(client, "1").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("INVALID_API_KEY")),
+            "{body}"
+        );
+    }
+    assert_eq!(recorded(&db.url).await, 0);
+    let (status, old) = pay(keyed("x-api-key", "old-merchant-key-0001"), "2").await;
+    assert_eq!(status, StatusCode::OK, "{old}");
+    let (status, new) = pay(keyed("x-api-key", "new-merchant-key-0002"), "3").await;
+    assert_eq!(status, StatusCode::OK, "{new}");
+    assert_eq!(recorded(&db.url).await, 2);
+    receiver.wait_for(2, Duration::from_secs(10)).await;
+
+    // Reading and refunding need a key too: nobody else can refund the merchant's payments.
+    let key = old["transaction_key"].as_str().unwrap();
+    let anyone = reqwest::Client::new();
+    let read = anyone
+        .get(format!("{}/api/v1/payments/{key}", sim.base))
+        .header("X-USER-ID", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), StatusCode::UNAUTHORIZED);
+    let refund = anyone
+        .post(format!("{}/api/v1/payments/{key}/refunds", sim.base))
+        .header("X-USER-ID", "7")
+        .json(&json!({"amount": 5000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refund.status(), StatusCode::UNAUTHORIZED);
+    let (_, still) = {
+        let res = keyed("x-api-key", "new-merchant-key-0002")
+            .get(format!("{}/api/v1/payments/{key}", sim.base))
+            .header("X-USER-ID", "7")
+            .send()
+            .await
+            .unwrap();
+        (res.status(), res.json::<Value>().await.unwrap())
+    };
+    assert_eq!(still["status"], "SUCCESS");
+}
+
+#[tokio::test]
+async fn the_gateway_reverses_payments_from_its_console_and_tells_the_merchant_by_a_signed_webhook()
+{
+    commerce_telemetry::init_tracing("pg-simulator");
+    let db = db().await;
+    let sim = Sim::start(&db.url, Behaviour::reliable(), 22).await;
+    let receiver = Receiver::start().await;
+    let long = Duration::from_secs(10);
+    let mut keys = Vec::new();
+    for order in ["31", "32"] {
+        let (status, accepted) = sim.pay("7", &payment(order, &receiver.url)).await;
+        assert_eq!(status, StatusCode::OK, "{accepted}");
+        keys.push(accepted["transaction_key"].as_str().unwrap().to_owned());
+    }
+    let settled = receiver.wait_for(2, long).await;
+    assert!(
+        settled.iter().all(|c| c["event"] == "payment.settled"),
+        "signed settlement callbacks: {settled:?}"
+    );
+
+    let console = |key: &str, what: &str| format!("{}/console/v1/payments/{key}/{what}", sim.base);
+    // The merchant's key does not open the console.
+    let res = merchant()
+        .post(console(&keys[0], "refunds"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let operator = keyed("x-console-key", pg_simulator::config::DEV_CONSOLE_KEY);
+    let res = operator
+        .post(console(&keys[0], "refunds"))
+        .json(&json!({"reason": "the customer disputed it by phone"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{:?}", res.text().await);
+    let res = operator
+        .post(console(&keys[1], "chargebacks"))
+        .json(&json!({"reason": "fraudulent use reported by the issuer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let again = operator
+        .post(console(&keys[0], "chargebacks"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let all = receiver.wait_for(4, long).await;
+    let webhooks: Vec<(String, String, String)> = all[2..]
+        .iter()
+        .map(|w| {
+            (
+                w["event"].as_str().unwrap_or("?").to_owned(),
+                w["transaction_key"].as_str().unwrap_or("?").to_owned(),
+                w["status"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut want = vec![
+        (
+            "payment.charged_back".to_owned(),
+            keys[1].clone(),
+            "REFUNDED".to_owned(),
+        ),
+        (
+            "payment.refunded".to_owned(),
+            keys[0].clone(),
+            "REFUNDED".to_owned(),
+        ),
+    ];
+    want.sort();
+    assert_eq!(webhooks, want, "{all:?}");
+    for key in &keys {
+        let (_, now) = sim.get("7", &format!("/api/v1/payments/{key}")).await;
+        assert_eq!(now["status"], "REFUNDED");
+    }
 }

@@ -176,21 +176,45 @@ impl<S: Source> Reader<S> {
     }
 }
 
-/// `value` as it may be logged: `<redacted>` for a variable named like a secret, a URL's
-/// password replaced.
+/// `value` as it may be logged: `<redacted>` for a variable named like a secret; in a URL, the
+/// password and any query parameter named like one (`?password=`, `sslpassword=`) replaced.
 fn redact(name: &str, value: &str) -> String {
     const SECRET: [&str; 5] = ["SECRET", "PASSWORD", "PASSPHRASE", "TOKEN", "CREDENTIAL"];
-    if SECRET.iter().any(|s| name.contains(s)) || name.ends_with("_KEY") || name.ends_with("_PEM") {
+    if SECRET.iter().any(|s| name.contains(s))
+        || name.ends_with("_KEY")
+        || name.ends_with("_KEYS")
+        || name.ends_with("_PEM")
+    {
         return "<redacted>".to_owned();
     }
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return value.to_owned();
+    };
+    let (location, query) = match rest.split_once('?') {
+        Some((location, query)) => (location, Some(query)),
+        None => (rest, None),
+    };
     // scheme://user:password@host...: keep the user, drop the password.
-    if let Some((scheme, rest)) = value.split_once("://")
-        && let Some((userinfo, host)) = rest.split_once('@')
-        && let Some((user, _)) = userinfo.split_once(':')
-    {
-        return format!("{scheme}://{user}:<redacted>@{host}");
-    }
-    value.to_owned()
+    let location = match location.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{user}:<redacted>@{host}"),
+            None => location.to_owned(),
+        },
+        None => location.to_owned(),
+    };
+    let Some(query) = query else {
+        return format!("{scheme}://{location}");
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if SECRET.iter().any(|s| key.to_ascii_uppercase().contains(s)) => {
+                format!("{key}=<redacted>")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{location}?{}", query.join("&"))
 }
 
 fn parse<T>(name: &str, raw: &str) -> Result<T, ConfigError>
@@ -220,6 +244,17 @@ impl FromStr for Profile {
             other => Err(format!("unknown profile `{other}` (expected dev or prod)")),
         }
     }
+}
+
+/// Development secrets the API and the payment-gateway simulator share, so a local stack works
+/// with no configuration. The API refuses each outside the dev profile.
+pub mod dev {
+    /// The merchant API key the API sends and the simulator accepts (`PG_API_KEY`,
+    /// `PG_SIM_API_KEYS`).
+    pub const GATEWAY_API_KEY: &str = "dev-only-insecure-gateway-api-key";
+    /// The secret the simulator signs callbacks with and the API verifies them by
+    /// (`PG_SIM_CALLBACK_SECRET`, `PG_CALLBACK_SECRETS`).
+    pub const GATEWAY_CALLBACK_SECRET: &str = "dev-only-insecure-gateway-callback-secret";
 }
 
 #[cfg(test)]
@@ -260,10 +295,17 @@ mod tests {
             ("CARD_KEY", "00ff"),
             ("KAFKA_SASL_PASSWORD", "pw"),
             ("REDIS_KEY_PREFIX", "shop:"),
+            (
+                "REPLICA_URL",
+                "postgres://db:5432/c?sslmode=require&password=hunter2",
+            ),
+            ("GATEWAY_KEYS", "k1,k2"),
             ("UNREAD", "x"),
         ]);
         for name in [
             "DATABASE_URL",
+            "REPLICA_URL",
+            "GATEWAY_KEYS",
             "JWT_SECRET",
             "CARD_KEY",
             "KAFKA_SASL_PASSWORD",
@@ -275,8 +317,9 @@ mod tests {
         assert_eq!(
             r.summary(),
             "CARD_KEY=<redacted> DATABASE_URL=postgres://app:<redacted>@db:5432/commerce \
-             JWT_SECRET=<redacted> KAFKA_SASL_PASSWORD=<redacted> PORT=(default) \
-             REDIS_KEY_PREFIX=shop:"
+             GATEWAY_KEYS=<redacted> JWT_SECRET=<redacted> KAFKA_SASL_PASSWORD=<redacted> \
+             PORT=(default) REDIS_KEY_PREFIX=shop: \
+             REPLICA_URL=postgres://db:5432/c?sslmode=require&password=<redacted>"
         );
     }
 

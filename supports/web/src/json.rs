@@ -36,10 +36,18 @@ where
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| problem_from(JsonRejection::BytesRejection(e)))?;
-        if crate::text::json_has_nul(&bytes) {
+        Self::from_bytes(&bytes)
+    }
+}
+
+impl<T: DeserializeOwned> Json<T> {
+    /// Parses a body already read (one whose signature was checked over its raw bytes, say),
+    /// with the extractor's rejections.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, Problem> {
+        if crate::text::json_has_nul(bytes) {
             return Err(crate::text::invalid_text("request body"));
         }
-        match axum::Json::<T>::from_bytes(&bytes) {
+        match axum::Json::<T>::from_bytes(bytes) {
             Ok(axum::Json(value)) => Ok(Json(value)),
             Err(rejection) => Err(problem_from(rejection)),
         }

@@ -5,6 +5,7 @@
 //! - [`Json`]: a JSON extractor whose rejections are [`Problem`]s, so a malformed body gets the
 //!   same envelope as any other error;
 //! - [`health`]: liveness and readiness routes;
+//! - [`signature`]: signed webhooks (HMAC-SHA256 over timestamp and body) and API key checks;
 //! - [`Server`]: the one runner every app starts through: bind, serve, run background tasks,
 //!   and stop them all in order on SIGTERM/Ctrl-C.
 
@@ -17,6 +18,7 @@ pub mod openapi;
 mod problem;
 mod query;
 mod serve;
+pub mod signature;
 pub mod text;
 
 #[doc(hidden)]

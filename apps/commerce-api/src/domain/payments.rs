@@ -365,8 +365,8 @@ impl Payments {
         }
     }
 
-    /// Handles the gateway's report that payment `key` of order `order_id` changed. The report
-    /// is not authenticated, so it is never trusted: the order's payments are looked up at the
+    /// Handles the gateway's report that payment `key` of order `order_id` changed. The report's
+    /// signature was checked (`crate::http::payments`), but what it says is still not trusted: the order's payments are looked up at the
     /// gateway (as the order's owner), the reported one must be among them, and the order is
     /// settled from the gateway's [`verdict`] over all of them. A repeat of the report that
     /// settled the payment is answered without asking the gateway again. Returns the order's
@@ -447,11 +447,13 @@ commerce_enums::text_enum! {
         NotVerified => "not_verified",
         /// The gateway has not settled the payment.
         NotSettled => "not_settled",
+        /// Refused before anything was read: no valid signature.
+        BadSignature => "bad_signature",
     }
 }
 
 impl CallbackOutcome {
-    fn count(self) {
+    pub fn count(self) {
         metrics::counter!("payment_callbacks_total", "result" => self.as_str()).increment(1);
     }
 }

@@ -20,6 +20,7 @@ use crate::support::TestApp;
 async fn refund_at_gateway(gw: &Gateway, user: i64, key: &str, amount: i64) {
     let res = reqwest::Client::new()
         .post(format!("{}/api/v1/payments/{key}/refunds", gw.base))
+        .header("X-API-KEY", commerce_config::dev::GATEWAY_API_KEY)
         .header("X-USER-ID", user.to_string())
         .json(&json!({"amount": amount, "reason": "refunded from the gateway's console"}))
         .send()
@@ -92,12 +93,8 @@ async fn refunded_before_settlement(via_callback: bool) {
     if via_callback {
         // The gateway's (late) report of the charge, as its callback would carry it.
         let (status, body) = app
-            .post(
-                "/api/v1/payments/callback",
-                None,
-                json!({"transaction_key": key, "order_id": id.to_string(), "status": "SUCCESS",
-                       "amount": 2000}),
-            )
+            .callback(json!({"transaction_key": key, "order_id": id.to_string(),
+                             "status": "SUCCESS", "amount": 2000}))
             .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(body["order_status"], "PAYMENT_FAILED");

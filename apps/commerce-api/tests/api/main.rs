@@ -9,6 +9,7 @@ mod coupons;
 mod discovery;
 mod drops;
 mod edge;
+mod gateway_auth;
 mod harness_isolation;
 mod lifecycle;
 mod migrations;

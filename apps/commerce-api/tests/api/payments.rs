@@ -26,11 +26,20 @@ pub(crate) struct Gateway {
 
 impl Gateway {
     pub async fn start(behaviour: Behaviour) -> Self {
+        Self::start_with(behaviour, |_| {}).await
+    }
+
+    /// A gateway whose configuration `adjust` changes (its keys, say).
+    pub async fn start_with(
+        behaviour: Behaviour,
+        adjust: impl FnOnce(&mut pg_simulator::config::Config),
+    ) -> Self {
         let db = commerce_testkit::TestDb::new("pg_simulator", pg_simulator::MIGRATIONS).await;
-        let config = pg_simulator::config::Config {
+        let mut config = pg_simulator::config::Config {
             database_pool_size: 16,
             ..pg_simulator::config::Config::local(&db.url, behaviour, 20261122)
         };
+        adjust(&mut config);
         let app = pg_simulator::Application::build(config).await.unwrap();
         let sim = app.simulator();
         let running = Spawned::start(app.into_server());
@@ -489,6 +498,7 @@ async fn a_timed_out_request_the_gateway_recorded_is_adopted_not_repeated() {
     gw.count("SELECT 1::bigint AS n").await;
     reqwest::Client::new()
         .get(format!("{}/api/v1/payments?order_id=warm-up", gw.base))
+        .header("X-API-KEY", commerce_config::dev::GATEWAY_API_KEY)
         .header("X-USER-ID", "0")
         .send()
         .await
@@ -779,9 +789,7 @@ async fn duplicate_and_late_callbacks_change_nothing() {
     // The same callback again, several at once, and a late one claiming failure.
     let replays = (0..5).map(|i| {
         let status = if i == 4 { "FAILED" } else { "SUCCESS" };
-        app.post(
-            "/api/v1/payments/callback",
-            None,
+        app.callback(
             json!({"transaction_key": key, "order_id": id.to_string(), "status": status,
                    "reason": "limit exceeded", "amount": 1000}),
         )
@@ -821,6 +829,7 @@ async fn a_second_successful_gateway_payment_for_an_order_is_refunded() {
     // Something outside this API's rules (a second client, a gateway bug) charges it again.
     let res = reqwest::Client::new()
         .post(format!("{}/api/v1/payments", gw.base))
+        .header("X-API-KEY", commerce_config::dev::GATEWAY_API_KEY)
         .header("X-USER-ID", user.to_string())
         .json(
             &json!({"order_id": id.to_string(), "card_type": "KB", "card_no": CARD_NO,
@@ -913,9 +922,7 @@ async fn forged_callbacks_are_rejected_and_change_nothing() {
         ),
     ];
     for (body, want, code) in cases {
-        let (status, problem) = app
-            .post("/api/v1/payments/callback", None, body.clone())
-            .await;
+        let (status, problem) = app.callback(body.clone()).await;
         assert_eq!(status, want, "{body}: {problem}");
         assert_eq!(problem["code"], code, "{body}: {problem}");
     }
@@ -977,11 +984,7 @@ async fn callback_reconciliation_and_cancel_racing_compensate_exactly_once() {
         let (_, before) = app.get(&format!("/api/v1/orders/{id}"), Some(&token)).await;
         assert_eq!(before["status"], "PENDING_PAYMENT", "raced while pending");
         let callback = json!({"transaction_key": order["payment"]["transaction_key"], "order_id": id.to_string()});
-        let callbacks = (0..3).map(|_| async {
-            app.post("/api/v1/payments/callback", None, callback.clone())
-                .await
-                .0
-        });
+        let callbacks = (0..3).map(|_| async { app.callback(callback.clone()).await.0 });
         let cancels = (0..2).map(|_| async {
             app.post(
                 &format!("/api/v1/orders/{id}/cancel"),

@@ -147,6 +147,38 @@ impl TestApp {
         self.call(Method::POST, path, token, Some(body)).await
     }
 
+    /// Posts a payment callback signed as the gateway signs it, with `secret` at `timestamp`.
+    pub async fn callback_signed(
+        &self,
+        body: &Value,
+        secret: &str,
+        timestamp: i64,
+    ) -> (StatusCode, Value) {
+        let raw = serde_json::to_vec(body).unwrap();
+        let signature = commerce_web::signature::sign(secret.as_bytes(), timestamp, &raw);
+        let res = self
+            .client
+            .post(format!("{}/api/v1/payments/callback", self.base))
+            .header(commerce_web::signature::HEADER, signature)
+            .header("content-type", "application/json")
+            .body(raw)
+            .send()
+            .await
+            .expect("request sent");
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Posts a payment callback signed now with the development secret, as the gateway would.
+    pub async fn callback(&self, body: Value) -> (StatusCode, Value) {
+        self.callback_signed(
+            &body,
+            commerce_config::dev::GATEWAY_CALLBACK_SECRET,
+            chrono::Utc::now().timestamp(),
+        )
+        .await
+    }
+
     pub async fn conn(&self) -> AsyncPgConnection {
         AsyncPgConnection::establish(&self.db.url).await.unwrap()
     }

@@ -1,7 +1,8 @@
 //! The payment gateway's client: per-call timeouts, bounded retries with exponential backoff and
 //! jitter, and a circuit breaker.
 //!
-//! - Every call has a connect timeout and a total timeout.
+//! - Every call carries the merchant's API key (`X-API-KEY`) and has a connect timeout and a
+//!   total timeout.
 //! - A 5xx, a timeout or a broken connection is retried (up to `max_attempts` in all), with
 //!   exponential backoff and jitter ([`backon`]). A 4xx is final.
 //! - Every payment request carries the order's `Idempotency-Key` ([`PaymentRequest::key_for`]), so
@@ -55,6 +56,18 @@ pub struct GatewaySettings {
     pub breaker_window_calls: usize,
     /// How long the breaker stays open before letting calls through again.
     pub breaker_open_for: Duration,
+    /// The merchant key sent with every call (`X-API-KEY`). Never printed: `Debug` hides it.
+    pub api_key: ApiKey,
+}
+
+/// The merchant's API key at the gateway.
+#[derive(Clone)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
 }
 
 impl GatewaySettings {
@@ -144,10 +157,17 @@ impl Gateway {
     pub fn new(settings: GatewaySettings, callback_url: String) -> anyhow::Result<Self> {
         let base = reqwest::Url::parse(&settings.base_url)?;
         anyhow::ensure!(!base.cannot_be_a_base(), "the gateway URL must be http(s)");
+        let mut key = reqwest::header::HeaderValue::from_str(&settings.api_key.0)
+            .map_err(|_| anyhow::anyhow!("PG_API_KEY must be visible ASCII"))?;
+        key.set_sensitive(true);
         let http = reqwest::Client::builder()
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.timeout)
             .pool_max_idle_per_host(64)
+            .default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::HeaderName::from_static("x-api-key"),
+                key,
+            )]))
             .build()?;
         let (breaker, state) = breaker::new(&settings);
         Ok(Self {
@@ -381,7 +401,9 @@ enum Answer {
 }
 
 /// 408 (the gateway gave up reading), 429 (rate limited) and 500/503 say the request was not
-/// acted on; other 5xx (a proxy's 502 or 504 after forwarding it) say it may have been; 409 is
+/// acted on, and so do 401 and 403 (the gateway did not accept this merchant's key: a
+/// configuration fault, not the customer's, so the payment waits for reconciliation rather than
+/// failing); other 5xx (a proxy's 502 or 504 after forwarding it) say it may have been; 409 is
 /// the gateway still at work on it. Every other 4xx is an explicit refusal.
 fn classify(status: reqwest::StatusCode) -> Answer {
     use reqwest::StatusCode as S;
@@ -391,7 +413,9 @@ fn classify(status: reqwest::StatusCode) -> Answer {
         S::REQUEST_TIMEOUT
         | S::TOO_MANY_REQUESTS
         | S::INTERNAL_SERVER_ERROR
-        | S::SERVICE_UNAVAILABLE => Answer::Retry {
+        | S::SERVICE_UNAVAILABLE
+        | S::UNAUTHORIZED
+        | S::FORBIDDEN => Answer::Retry {
             unknown_outcome: false,
         },
         s if s.is_server_error() => Answer::Retry {
@@ -469,6 +493,7 @@ mod tests {
             breaker_min_calls: 10,
             breaker_window_calls: 20,
             breaker_open_for: Duration::from_secs(10),
+            api_key: ApiKey("k".repeat(16)),
         };
         // 3 attempts; backoff at most 2 × (100 + 200) ms.
         assert_eq!(settings.worst_case_lookup(), Duration::from_millis(3600));
@@ -487,6 +512,8 @@ mod tests {
             S::TOO_MANY_REQUESTS,
             S::INTERNAL_SERVER_ERROR,
             S::SERVICE_UNAVAILABLE,
+            S::UNAUTHORIZED,
+            S::FORBIDDEN,
         ] {
             assert_eq!(classify(status), not_acted_on, "{status}");
         }
@@ -498,12 +525,7 @@ mod tests {
         }
         assert_eq!(classify(S::CONFLICT), Answer::Busy);
         assert_eq!(classify(S::NOT_FOUND), Answer::NotFound);
-        for status in [
-            S::BAD_REQUEST,
-            S::UNPROCESSABLE_ENTITY,
-            S::FORBIDDEN,
-            S::PAYMENT_REQUIRED,
-        ] {
+        for status in [S::BAD_REQUEST, S::UNPROCESSABLE_ENTITY, S::PAYMENT_REQUIRED] {
             assert_eq!(classify(status), Answer::Refused, "{status}");
         }
         // A gateway at work on a request is answering: only unwell answers count for the breaker.

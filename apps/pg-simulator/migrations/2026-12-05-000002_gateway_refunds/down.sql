@@ -1,0 +1,2 @@
+ALTER TABLE refunds DROP COLUMN kind;
+ALTER TABLE refunds DROP COLUMN initiated_by;

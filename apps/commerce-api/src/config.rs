@@ -42,6 +42,7 @@
 //! | `PAYMENT_RECHECK_AFTER_MS` | `10000` | a pending payment is first looked up at the gateway this long after it was placed, and again this often; outside `dev` it must exceed a worst-case lookup plus a worst-case request (9.2 s with the defaults) |
 //! | `PAYMENT_REQUEST_DEADLINE_SECONDS` | `600` | a payment the gateway never received is failed (and compensated) after this; a payment still pending after it is listed for an operator |
 //! | `PAYMENT_REFUNDS_ENABLED` | `true` | run the refund worker inside `serve` (instances share the work; a claim lasts `PAYMENT_RECHECK_AFTER_MS`) |
+//! | `PAYMENT_AUDIT_INTERVAL_SECONDS` / `PAYMENT_AUDIT_WINDOW_HOURS` | `21600` / `72` | a paid payment is looked up at the gateway again this often, for this long after it was paid, so a refund or chargeback made at the gateway is found even when its webhook was lost (`0` hours: never) |
 //! | `PAYMENT_REFUND_RETRY_BASE_MS` | `1000` | wait after a refund's first failed attempt, doubling per attempt up to 5 minutes |
 //! | `RATE_LIMITS_ENABLED` | `true` | `false` turns every `RATE_LIMIT_*` off (load tests from one address) |
 //! | `RATE_LIMIT_SIGN_UP` / `RATE_LIMIT_TOKEN` | `10/min` / `30/min` | per client address; `<n>/s`, `<n>/min`, `<n>/h` (a burst of n, refilled evenly) or `off` |
@@ -288,6 +289,14 @@ impl Config {
             )?),
             refunds_enabled: r.or("PAYMENT_REFUNDS_ENABLED", true)?,
             refund_retry_base: ms("PAYMENT_REFUND_RETRY_BASE_MS", 1000, 10..=600_000)?,
+            audit_every: std::time::Duration::from_secs(r.in_range(
+                "PAYMENT_AUDIT_INTERVAL_SECONDS",
+                6 * 3600,
+                1..=7 * 86_400,
+            )?),
+            audit_for: std::time::Duration::from_secs(
+                r.in_range("PAYMENT_AUDIT_WINDOW_HOURS", 72, 0..=90 * 24)? * 3600,
+            ),
         };
         // Reconciliation must not re-request a payment whose request may still be in flight (the
         // order's own call, or another instance's reconciliation of it): the recheck interval,
@@ -420,7 +429,10 @@ mod tests {
         // An operator who forgets APP_PROFILE gets production, never the repository's secrets.
         let err = read(&[]).err().unwrap();
         assert_eq!(err.var, "COMMERCE_JWT_SECRET");
-        let both = format!("a-real-callback-secret-0123456789ab,{}", dev::GATEWAY_CALLBACK_SECRET);
+        let both = format!(
+            "a-real-callback-secret-0123456789ab,{}",
+            dev::GATEWAY_CALLBACK_SECRET
+        );
         for (var, value) in [
             ("COMMERCE_JWT_SECRET", DEV_JWT_SECRET),
             ("COMMERCE_ADMIN_PASSWORD", DEV_ADMIN_PASSWORD),
@@ -449,7 +461,10 @@ mod tests {
         assert_eq!(read(&vars).unwrap().callback_auth.secrets.len(), 2);
         for (var, bad) in [
             ("PG_CALLBACK_SECRETS", "short"),
-            ("PG_CALLBACK_SECRETS", "a-0123456789abcdef0123456789abcdef,b-0123456789abcdef0123456789abcdef,c-0123456789abcdef0123456789abcdef"),
+            (
+                "PG_CALLBACK_SECRETS",
+                "a-0123456789abcdef0123456789abcdef,b-0123456789abcdef0123456789abcdef,c-0123456789abcdef0123456789abcdef",
+            ),
             ("PG_API_KEY", "short"),
         ] {
             let mut vars = PROD.to_vec();

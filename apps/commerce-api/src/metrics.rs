@@ -62,6 +62,16 @@ pub fn register() {
         &[],
     );
     counter(
+        "points_top_up_shortfall_won_total",
+        "Points of top-ups the gateway reversed that could not be taken back (spent), in won: listed for an operator.",
+        &[],
+    );
+    counter(
+        "payments_reversed_at_gateway_total",
+        "Paid orders whose money the gateway gave back by itself (a refund from its console, a chargeback), as the API learned of them.",
+        &[],
+    );
+    counter(
         "payment_gateway_calls_total",
         "Logical calls to the payment gateway (after retries), by operation and outcome.",
         &[

@@ -130,7 +130,10 @@ async fn reverse(
                 .execute(conn)
                 .await?;
             let transaction: Transaction = diesel::update(payments::table.find(&transaction_key))
-                .set(payments::status.eq(PaymentStatus::Refunded))
+                .set((
+                    payments::status.eq(PaymentStatus::Refunded),
+                    payments::refund_key.eq(&refund_key),
+                ))
                 .returning(crate::payments::columns())
                 .get_result::<crate::payments::TransactionRow>(conn)
                 .await?

@@ -124,6 +124,9 @@ pub struct Transaction {
     pub amount: i64,
     pub status: PaymentStatus,
     pub reason: Option<String>,
+    /// The refund that gave the money back, once `REFUNDED`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refund_key: Option<String>,
 }
 
 /// The columns a [`Transaction`] is read from ([`columns`]).
@@ -137,6 +140,7 @@ pub(crate) struct TransactionRow {
     amount: i64,
     status: PaymentStatus,
     reason: Option<String>,
+    refund_key: Option<String>,
 }
 
 impl From<TransactionRow> for Transaction {
@@ -149,6 +153,7 @@ impl From<TransactionRow> for Transaction {
             amount: row.amount,
             status: row.status,
             reason: row.reason,
+            refund_key: row.refund_key,
         }
     }
 }
@@ -173,6 +178,7 @@ pub(crate) fn columns() -> (
     payments::amount,
     payments::status,
     payments::reason,
+    payments::refund_key,
 ) {
     (
         payments::transaction_key,
@@ -182,6 +188,7 @@ pub(crate) fn columns() -> (
         payments::amount,
         payments::status,
         payments::reason,
+        payments::refund_key,
     )
 }
 

@@ -240,7 +240,10 @@ async fn process(
                 .await?
                 .into();
             diesel::update(payments::table.find(&transaction_key))
-                .set(payments::status.eq(PaymentStatus::Refunded))
+                .set((
+                    payments::status.eq(PaymentStatus::Refunded),
+                    payments::refund_key.eq(&refund.refund_key),
+                ))
                 .execute(conn)
                 .await?;
             Ok((refund, false))

@@ -16,6 +16,7 @@ diesel::table! {
         settled_at -> Nullable<Timestamptz>,
         callback_status -> Nullable<Text>,
         traceparent -> Nullable<Text>,
+        refund_key -> Nullable<Text>,
     }
 }
 

@@ -62,6 +62,9 @@ commerce_enums::text_enum! {
         ChargedAfterClose => "CHARGED_AFTER_CLOSE",
         /// A second successful charge of a paid order.
         DuplicateCharge => "DUPLICATE_CHARGE",
+        /// The gateway gave a paid order's money back by itself: a refund made at the gateway,
+        /// or a chargeback.
+        RefundedAtGateway => "REFUNDED_AT_GATEWAY",
     }
 }
 

@@ -1,5 +1,6 @@
 //! What needs an operator: refunds the gateway refused or keeps failing, payments whose outcome
-//! is unknown past the request deadline; and the operator's retry.
+//! is unknown past the request deadline, top-ups the gateway reversed after their points were
+//! spent; and the operator's retry.
 
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
@@ -28,6 +29,9 @@ commerce_enums::text_enum! {
         RefundRetrying => "REFUND_RETRYING",
         /// The payment is still pending past the request deadline.
         OutcomeUnknown => "OUTCOME_UNKNOWN",
+        /// The gateway reversed a top-up whose points were partly spent: `amount` points could
+        /// not be taken back.
+        TopUpShortfall => "TOP_UP_SHORTFALL",
     }
 }
 
@@ -103,6 +107,16 @@ pub async fn attention(state: &Payments, limit: i64) -> Result<Vec<Attention>> {
                   reason, created_at
              FROM payments
             WHERE status = $6 AND created_at < now() - $2 * interval '1 second'
+           UNION ALL
+           SELECT o.id, o.user_id, sum(l.amount)::bigint, $10, p.transaction_key, NULL, 0,
+                  'the gateway reversed this top-up after its points were spent',
+                  o.created_at
+             FROM orders o
+             JOIN point_ledger l ON l.order_id = o.id AND l.kind IN ('TOP_UP', 'TOP_UP_REVERSED')
+             JOIN payments p ON p.order_id = o.id
+            WHERE o.kind = 'POINT_TOP_UP' AND o.status = 'REFUNDED'
+            GROUP BY o.id, o.user_id, p.transaction_key, o.created_at
+           HAVING sum(l.amount) > 0
          ) a ORDER BY since, order_id LIMIT $3",
     )
     .bind::<Integer, _>(ATTENTION_AFTER_ATTEMPTS)
@@ -114,6 +128,7 @@ pub async fn attention(state: &Payments, limit: i64) -> Result<Vec<Attention>> {
     .bind::<Text, _>(Concern::RefundFailed)
     .bind::<Text, _>(Concern::RefundRetrying)
     .bind::<Text, _>(Concern::OutcomeUnknown)
+    .bind::<Text, _>(Concern::TopUpShortfall)
     .load::<AttentionRow>(&mut conn)
     .await?
     .into_iter()

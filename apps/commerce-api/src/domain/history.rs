@@ -41,6 +41,9 @@ commerce_enums::text_enum! {
         RetryRequested => "RETRY_REQUESTED",
         /// The state a payment was in when its history began (payments older than it).
         Recorded => "RECORDED",
+        /// The gateway gave a paid order's money back by itself (a refund from its console, a
+        /// chargeback).
+        ReversedAtGateway => "REVERSED_AT_GATEWAY",
     }
 }
 

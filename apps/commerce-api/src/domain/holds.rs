@@ -11,6 +11,7 @@ use diesel::sql_types::{Array, BigInt};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::Result;
+pub use crate::domain::points::WhenSpent;
 use crate::domain::points::{self, Credit};
 use crate::domain::states::{CouponStatus, OrderKind};
 use crate::infra::schema::{order_items, orders, user_coupons};
@@ -39,9 +40,13 @@ pub async fn lines(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<Or
 
 /// Gives back everything an order holds, inside the caller's transaction (which must hold the
 /// order's row lock, so this runs once per order): its stock, its points (if any were used) and
-/// its coupon; a paid top-up's credited points are taken back ([`crate::domain::Error::PointsAlreadySpent`]
-/// when they are spent, and then nothing changes). Returns the order's lines.
-pub async fn release(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<OrderLine>> {
+/// its coupon; a paid top-up's credited points are taken back, as `when_spent` says if they are
+/// spent. Returns the order's lines.
+pub async fn release(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    when_spent: WhenSpent,
+) -> Result<Vec<OrderLine>> {
     let (user_id, points_used, user_coupon_id, kind): (i64, i64, Option<i64>, OrderKind) =
         orders::table
             .find(order_id)
@@ -74,8 +79,8 @@ pub async fn release(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<
         points::credit(conn, user_id, points_used, Credit::Refund { order_id }).await?;
     }
     if kind == OrderKind::PointTopUp {
-        // A paid top-up's points go back with it: refused while they are spent.
-        points::reverse_top_up(conn, order_id, user_id).await?;
+        // A paid top-up's points go back with it.
+        points::reverse_top_up(conn, order_id, user_id, when_spent).await?;
     }
     if let Some(uc) = user_coupon_id {
         diesel::update(user_coupons::table.find(uc))

@@ -33,6 +33,13 @@ pub enum Verdict {
     /// A transaction is in a status this client does not know: not settled as far as it can
     /// tell, and not lost.
     Unknown,
+    /// The payment's own transaction (`key`) was refunded or charged back at the gateway, by
+    /// the gateway itself or by this API, and nothing else holds money: the money is back with
+    /// the customer. `refund_key`: the gateway's refund, when it names it.
+    Reversed {
+        key: String,
+        refund_key: Option<String>,
+    },
     /// Every transaction ended without the gateway keeping money: declined, or charged and
     /// refunded at the gateway before the order was paid. `key`/`reason`: the last one.
     NotCharged { key: String, reason: String },
@@ -49,8 +56,9 @@ pub const REFUNDED_AT_GATEWAY: &str = "the gateway refunded the payment before t
 ///
 /// Precedence: money held (a `SUCCESS` anywhere) over everything; then a known transaction the
 /// gateway no longer lists; then anything still open (`PENDING`, or a status this client does
-/// not know); only when every transaction has ended without money held is the order not
-/// charged. A `REFUNDED` transaction is never money held.
+/// not know); then the payment's own transaction refunded at the gateway; only when every
+/// transaction has ended without money held is the order not charged. A `REFUNDED` transaction
+/// is never money held.
 pub fn verdict(
     transactions: &[Transaction],
     order_id: i64,
@@ -92,6 +100,15 @@ pub fn verdict(
     if mine.iter().any(|t| t.status == TxStatus::Unknown) {
         return Verdict::Unknown;
     }
+    if let Some(own) = mine
+        .iter()
+        .find(|t| Some(t.transaction_key.as_str()) == known_key && t.status == TxStatus::Refunded)
+    {
+        return Verdict::Reversed {
+            key: own.transaction_key.clone(),
+            refund_key: own.refund_key.clone(),
+        };
+    }
     match mine.last() {
         Some(last) => Verdict::NotCharged {
             key: last.transaction_key.clone(),
@@ -124,6 +141,9 @@ pub enum Fact {
     Cancel,
     /// The gateway confirmed a refund; `own`: of the payment's own transaction.
     RefundConfirmed { own: bool },
+    /// The gateway reports the payment's own transaction refunded or charged back: whoever
+    /// asked for it, the money is back with the customer.
+    Reversed,
 }
 
 /// What to do. Each variant names every row it changes; executing it is the caller's job.
@@ -147,6 +167,11 @@ pub enum Transition {
     /// The payment's own refund was confirmed: payment `REFUNDED`, and a cancelled order
     /// `REFUNDED`.
     MarkRefunded { order_too: bool },
+    /// The gateway gave a paid order's money back by itself (a refund from its console, a
+    /// chargeback): holds given back (a top-up's points taken back, as far as they are left),
+    /// order and payment `REFUNDED`, the refund recorded as confirmed; `OrderCancelled` +
+    /// `PaymentRefunded`.
+    AcceptReversal,
     /// Nothing to change: a repeat, or news that no longer matters to this order.
     Nothing,
 }
@@ -233,6 +258,28 @@ pub fn decide(state: OrderState, fact: Fact) -> Result<Transition, Refusal> {
                 ) => inconsistent,
             }
         }
+        Fact::Reversed => {
+            let Some(payment) = state.payment else {
+                return Err(Refusal::NoPayment);
+            };
+            match (state.order, payment) {
+                // Charged and given back before the order was paid: it never was.
+                (O::PendingPayment, P::Pending) => Ok(T::FailPayment),
+                (O::Paid, P::Success) => Ok(T::AcceptReversal),
+                // The refund this API asked for, or the gateway's own, got there first: either
+                // way it is the money this API owed back.
+                (O::Cancelled, P::RefundRequired) => Ok(T::MarkRefunded { order_too: true }),
+                (O::PaymentFailed, P::RefundRequired) => Ok(T::MarkRefunded { order_too: false }),
+                // Known already, or a charge of a closed payment that the gateway gave back.
+                (
+                    O::Cancelled | O::Refunded | O::PaymentFailed,
+                    P::Refunded | P::Failed | P::Cancelled,
+                ) => Ok(T::Nothing),
+                (O::PendingPayment | O::Paid, _)
+                | (_, P::Pending | P::Success)
+                | (O::Refunded, P::RefundRequired) => inconsistent,
+            }
+        }
     }
 }
 
@@ -280,6 +327,7 @@ mod tests {
             status,
             reason: (status == TxStatus::Failed).then(|| "limit exceeded".to_owned()),
             amount: Some(amount),
+            refund_key: (status == TxStatus::Refunded).then(|| format!("rf-{key}")),
         }
     }
 
@@ -313,8 +361,13 @@ mod tests {
             ("a failure beside an unknown status is not settled",
              vec![tx("a", 1, Failed, 100), tx("b", 1, Unknown, 100)], Some("a"), Verdict::Unknown),
             ("declined", vec![tx("a", 1, Failed, 100)], Some("a"), declined("a", "limit exceeded")),
-            ("refunded at the gateway is never paid", vec![tx("a", 1, Refunded, 100)], Some("a"),
-             declined("a", REFUNDED_AT_GATEWAY)),
+            ("the payment's own transaction refunded at the gateway", vec![tx("a", 1, Refunded, 100)],
+             Some("a"), Verdict::Reversed { key: "a".into(), refund_key: Some("rf-a".into()) }),
+            ("a refunded transaction the API never learned of is not charged",
+             vec![tx("a", 1, Refunded, 100)], None, declined("a", REFUNDED_AT_GATEWAY)),
+            ("another transaction refunded is not the payment's reversal",
+             vec![tx("a", 1, Failed, 100), tx("b", 1, Refunded, 100)], Some("a"),
+             declined("b", REFUNDED_AT_GATEWAY)),
             ("refunded beside a pending one", vec![tx("a", 1, Refunded, 100), tx("b", 1, Pending, 100)],
              None, Verdict::Pending { key: "b".into() }),
             ("the known key is not listed", vec![tx("b", 1, Failed, 100)], Some("a"),
@@ -355,6 +408,7 @@ mod tests {
             Fact::Cancel,
             Fact::RefundConfirmed { own: true },
             Fact::RefundConfirmed { own: false },
+            Fact::Reversed,
         ];
         let payments: Vec<Option<PaymentStatus>> = std::iter::once(None)
             .chain(PaymentStatus::ALL.iter().copied().map(Some))
@@ -373,7 +427,7 @@ mod tests {
         }
         assert_eq!(
             checked,
-            OrderStatus::ALL.len() * (PaymentStatus::ALL.len() + 1) * 6
+            OrderStatus::ALL.len() * (PaymentStatus::ALL.len() + 1) * 7
         );
     }
 
@@ -389,9 +443,13 @@ mod tests {
             O::Paid | O::PaymentFailed | O::Cancelled | O::Refunded
         );
         Some(match (fact, payment) {
-            (Fact::Charged { .. } | Fact::NotCharged | Fact::RefundConfirmed { .. }, None) => {
-                Err(Refusal::NoPayment)
-            }
+            (
+                Fact::Charged { .. }
+                | Fact::NotCharged
+                | Fact::RefundConfirmed { .. }
+                | Fact::Reversed,
+                None,
+            ) => Err(Refusal::NoPayment),
             (Fact::Charged { .. }, Some(P::Pending)) if order == O::PendingPayment => Ok(T::Pay),
             (Fact::Charged { .. }, Some(P::Cancelled | P::Failed)) if closed => {
                 Ok(T::RefundLateCharge)
@@ -433,15 +491,30 @@ mod tests {
             {
                 Ok(T::Nothing)
             }
+            (Fact::Reversed, Some(P::Pending)) if order == O::PendingPayment => Ok(T::FailPayment),
+            (Fact::Reversed, Some(P::Success)) if order == O::Paid => Ok(T::AcceptReversal),
+            (Fact::Reversed, Some(P::RefundRequired)) if order == O::Cancelled => {
+                Ok(T::MarkRefunded { order_too: true })
+            }
+            (Fact::Reversed, Some(P::RefundRequired)) if order == O::PaymentFailed => {
+                Ok(T::MarkRefunded { order_too: false })
+            }
+            (Fact::Reversed, Some(P::Refunded | P::Failed | P::Cancelled))
+                if matches!(order, O::Cancelled | O::Refunded | O::PaymentFailed) =>
+            {
+                Ok(T::Nothing)
+            }
             _ => return None,
         })
     }
 
     #[test]
-    fn a_refunded_transaction_never_pays_a_pending_order() {
+    fn a_refunded_transaction_never_pays_a_pending_order_and_reverses_a_paid_one() {
         let v = verdict(&[tx("a", 7, TxStatus::Refunded, 100)], 7, 100, Some("a"));
-        assert!(matches!(v, Verdict::NotCharged { .. }), "{v:?}");
+        assert!(matches!(v, Verdict::Reversed { .. }), "{v:?}");
         let pending = state(O::PendingPayment, Some(P::Pending));
-        assert_eq!(decide(pending, Fact::NotCharged), Ok(T::FailPayment));
+        assert_eq!(decide(pending, Fact::Reversed), Ok(T::FailPayment));
+        let paid = state(O::Paid, Some(P::Success));
+        assert_eq!(decide(paid, Fact::Reversed), Ok(T::AcceptReversal));
     }
 }

@@ -24,7 +24,7 @@
 use std::sync::Arc;
 
 use commerce_db::Pool;
-use commerce_events::{Event, OrderPlaced, PaymentSettled};
+use commerce_events::{Event, OrderCancelled, OrderPlaced, PaymentSettled};
 use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
@@ -32,8 +32,10 @@ use utoipa::ToSchema;
 
 use crate::domain::card::{CardNumber, CardVault};
 use crate::domain::history::{self, PaymentEventKind as Kind, Source};
-use crate::domain::holds;
-use crate::domain::lifecycle::{Fact, OrderState, Transition, Verdict, decide, verdict};
+use crate::domain::holds::{self, WhenSpent};
+use crate::domain::lifecycle::{
+    Fact, OrderState, REFUNDED_AT_GATEWAY, Transition, Verdict, decide, verdict,
+};
 use crate::domain::points;
 use crate::domain::refunds::{self, Refundable};
 use crate::domain::states::{
@@ -89,6 +91,28 @@ pub enum Settlement {
         transaction_key: Option<String>,
         reason: String,
     },
+    /// The payment's own transaction was refunded or charged back at the gateway.
+    Reversed {
+        transaction_key: String,
+        /// The gateway's refund, when it names it.
+        refund_key: Option<String>,
+    },
+}
+
+impl Settlement {
+    /// What a payment that ends without a charge records: the transaction and why.
+    fn failure(&self) -> Option<(Option<&str>, &str)> {
+        match self {
+            Settlement::Paid { .. } => None,
+            Settlement::Failed {
+                transaction_key,
+                reason,
+            } => Some((transaction_key.as_deref(), reason.as_str())),
+            Settlement::Reversed {
+                transaction_key, ..
+            } => Some((Some(transaction_key.as_str()), REFUNDED_AT_GATEWAY)),
+        }
+    }
 }
 
 /// When and how often pending card payments are looked at.
@@ -100,6 +124,10 @@ pub struct PaymentSettings {
     pub request_deadline: std::time::Duration,
     /// Refunds: the wait after a refund's first failed attempt, doubled per attempt.
     pub refund_retry_base: std::time::Duration,
+    /// Paid payments are looked up at the gateway again this often ...
+    pub audit_every: std::time::Duration,
+    /// ... for this long after they were paid.
+    pub audit_for: std::time::Duration,
     pub refunds_enabled: bool,
 }
 
@@ -300,9 +328,10 @@ impl Payments {
     ) -> Result<(OrderStatus, Transition)> {
         let mut conn = self.db.get().await?;
         let topics = &self.topics;
+        let audit = (!self.settings.audit_for.is_zero()).then_some(self.settings.audit_every);
         let (status, transition) = conn
             .transaction::<_, Error, _>(async |conn| {
-                settle(conn, topics, order_id, &settlement, source).await
+                settle(conn, topics, audit, order_id, &settlement, source).await
             })
             .await?;
         let via = source.as_str();
@@ -358,6 +387,17 @@ impl Payments {
                 )
                 .await
                 .map(Some),
+            Verdict::Reversed { key, refund_key } => self
+                .settle_with(
+                    order_id,
+                    Settlement::Reversed {
+                        transaction_key: key.clone(),
+                        refund_key: refund_key.clone(),
+                    },
+                    source,
+                )
+                .await
+                .map(Some),
             Verdict::Unlisted { .. }
             | Verdict::Pending { .. }
             | Verdict::Unknown
@@ -397,8 +437,14 @@ impl Payments {
             CallbackOutcome::UnknownOrder.count();
             return Err(Error::NotFound(Missing::Payment));
         };
-        // Repeats and floods of a settled callback cost the gateway nothing.
-        if payment_status != PaymentStatus::Pending && known_key.as_deref() == Some(key) {
+        // Repeats and floods of a settled callback cost the gateway nothing; a report that a
+        // charge this API still counts on was refunded is news, and is looked up.
+        let news = claimed == Some("REFUNDED")
+            && matches!(
+                payment_status,
+                PaymentStatus::Success | PaymentStatus::RefundRequired
+            );
+        if payment_status != PaymentStatus::Pending && known_key.as_deref() == Some(key) && !news {
             CallbackOutcome::Repeat.count();
             return Ok(order_status);
         }
@@ -465,6 +511,7 @@ fn not_verified(detail: &'static str) -> Error {
 
 #[derive(Queryable)]
 struct Locked {
+    id: i64,
     user_id: i64,
     status: OrderStatus,
     total_amount: i64,
@@ -472,6 +519,7 @@ struct Locked {
     final_amount: i64,
     payment_method: PaymentKind,
     kind: OrderKind,
+    paid_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// The order's card payment, locked.
@@ -504,11 +552,13 @@ pub(crate) async fn lock_payment(
 }
 
 /// Applies the gateway's word on a payment inside the caller's transaction, in the history under
-/// `source`: [`decide`] says what it means for the order, this executes it. Returns the order's
-/// status afterwards and the transition applied.
+/// `source`: [`decide`] says what it means for the order, this executes it. A payment paid now is
+/// first audited `audit` later (`None`: never). Returns the order's status afterwards and the
+/// transition applied.
 pub async fn settle(
     conn: &mut AsyncPgConnection,
     topics: &Topics,
+    audit: Option<std::time::Duration>,
     order_id: i64,
     settlement: &Settlement,
     source: Source,
@@ -517,6 +567,7 @@ pub async fn settle(
     let order: Locked = order_rows::table
         .find(order_id)
         .select((
+            order_rows::id,
             order_rows::user_id,
             order_rows::status,
             order_rows::total_amount,
@@ -524,6 +575,7 @@ pub async fn settle(
             order_rows::final_amount,
             order_rows::payment_method,
             order_rows::kind,
+            order_rows::paid_at,
         ))
         .for_update()
         .first(conn)
@@ -538,6 +590,7 @@ pub async fn settle(
             own: payment.transaction_key.as_deref() == Some(transaction_key.as_str()),
         },
         Settlement::Failed { .. } => Fact::NotCharged,
+        Settlement::Reversed { .. } => Fact::Reversed,
     };
     let state = OrderState {
         order: order.status,
@@ -571,6 +624,18 @@ pub async fn settle(
                 None,
             )
             .await?;
+            let first_audit = match audit {
+                Some(every) => {
+                    format!("clock_timestamp() + interval '{} seconds'", every.as_secs())
+                }
+                None => "'infinity'".to_owned(),
+            };
+            diesel::update(payments::table.find(payment.id))
+                .set(payments::next_check_at.eq(
+                    diesel::dsl::sql::<diesel::sql_types::Timestamptz>(&first_audit),
+                ))
+                .execute(conn)
+                .await?;
             history::append(
                 conn,
                 order_id,
@@ -612,15 +677,10 @@ pub async fn settle(
             outbox::record_at(conn, topics, events, paid_at).await?;
             OrderStatus::Paid
         }
-        (
-            Transition::FailPayment,
-            Settlement::Failed {
-                transaction_key,
-                reason,
-            },
-        ) => {
+        (Transition::FailPayment, Settlement::Failed { .. } | Settlement::Reversed { .. }) => {
+            let (transaction_key, reason) = settlement.failure().expect("a failure");
             let lines = holds::lines(conn, order_id).await?;
-            holds::release(conn, order_id).await?;
+            holds::release(conn, order_id, WhenSpent::Refuse).await?;
             diesel::update(order_rows::table.find(order_id))
                 .set(order_rows::status.eq(OrderStatus::PaymentFailed))
                 .execute(conn)
@@ -629,7 +689,7 @@ pub async fn settle(
                 conn,
                 order_id,
                 PaymentStatus::Failed,
-                transaction_key.as_deref(),
+                transaction_key,
                 Some(reason),
             )
             .await?;
@@ -638,7 +698,7 @@ pub async fn settle(
                 order_id,
                 Kind::Failed,
                 source,
-                transaction_key.as_deref(),
+                transaction_key,
                 Some(reason),
             )
             .await?;
@@ -647,12 +707,48 @@ pub async fn settle(
                 user_id: order.user_id,
                 amount: payment.amount,
                 payment_method: order.payment_method,
-                transaction_key: transaction_key.clone(),
-                reason: Some(reason.clone()),
+                transaction_key: transaction_key.map(str::to_owned),
+                reason: Some(reason.to_owned()),
                 lines,
             };
             outbox::record(conn, topics, vec![Event::PaymentFailed(failed)]).await?;
             OrderStatus::PaymentFailed
+        }
+        (
+            Transition::MarkRefunded { .. },
+            Settlement::Reversed {
+                transaction_key,
+                refund_key,
+            },
+        ) => {
+            // The refund this API required, confirmed by the gateway's word that the money is
+            // back (whoever made it).
+            let refund_key = reversal_key(transaction_key, refund_key.as_deref());
+            refunds::confirm_key_in(conn, topics, transaction_key, &refund_key, source).await?;
+            order_rows::table
+                .find(order_id)
+                .select(order_rows::status)
+                .first(conn)
+                .await?
+        }
+        (
+            Transition::AcceptReversal,
+            Settlement::Reversed {
+                transaction_key,
+                refund_key,
+            },
+        ) => {
+            accept_reversal(
+                conn,
+                topics,
+                &order,
+                &refundable,
+                transaction_key,
+                refund_key.as_deref(),
+                source,
+            )
+            .await?;
+            OrderStatus::Refunded
         }
         (Transition::RefundLateCharge, Settlement::Paid { transaction_key }) => {
             tracing::warn!(order.id = order_id, transaction_key = %transaction_key, "the gateway charged an order that is no longer payable; refunding it");
@@ -713,6 +809,74 @@ pub async fn settle(
         (transition, _) => return Err(transition.unexpected(order_id, fact)),
     };
     Ok((status, transition))
+}
+
+/// The refund key recorded for a reversal: the gateway's, or `<transaction>:reversed` when the
+/// gateway did not name it.
+fn reversal_key(transaction_key: &str, refund_key: Option<&str>) -> String {
+    refund_key.map_or_else(|| format!("{transaction_key}:reversed"), str::to_owned)
+}
+
+/// Executes [`Transition::AcceptReversal`]: the gateway gave a paid order's money back by itself.
+/// Holds given back (a top-up's points taken back as far as they are left; a shortfall is listed
+/// for an operator), order and payment `REFUNDED`, the refund recorded as confirmed, history,
+/// and `OrderCancelled` (goods: the sale is subtracted) + `PaymentRefunded`.
+async fn accept_reversal(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    order: &Locked,
+    refundable: &Refundable,
+    transaction_key: &str,
+    refund_key: Option<&str>,
+    source: Source,
+) -> Result<()> {
+    let order_id = order.id;
+    let lines = holds::release(conn, order_id, WhenSpent::TakeWhatIsLeft).await?;
+    diesel::update(order_rows::table.find(order_id))
+        .set((
+            order_rows::status.eq(OrderStatus::Refunded),
+            order_rows::cancelled_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await?;
+    diesel::update(payments::table.find(refundable.payment_id))
+        .set((
+            payments::status.eq(PaymentStatus::Refunded),
+            payments::reason.eq("refunded or charged back at the gateway"),
+            // No more audits: the payment has ended.
+            payments::next_check_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                "'infinity'",
+            )),
+        ))
+        .execute(conn)
+        .await?;
+    history::append(
+        conn,
+        order_id,
+        Kind::ReversedAtGateway,
+        source,
+        Some(transaction_key),
+        refund_key,
+    )
+    .await?;
+    if order.kind == OrderKind::Goods {
+        outbox::record(
+            conn,
+            topics,
+            vec![Event::OrderCancelled(OrderCancelled {
+                order_id,
+                user_id: order.user_id,
+                lines,
+                was_paid: true,
+                paid_at: order.paid_at,
+            })],
+        )
+        .await?;
+    }
+    let refund_key = reversal_key(transaction_key, refund_key);
+    refunds::record_reversal(conn, topics, refundable, transaction_key, &refund_key).await?;
+    tracing::warn!(order.id = order_id, %transaction_key, %refund_key, "the gateway gave a paid order's money back by itself");
+    Ok(())
 }
 
 /// Requires the refund of a paid card order's `payment` (locked by the caller), inside the

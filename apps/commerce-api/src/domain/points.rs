@@ -81,15 +81,26 @@ pub(crate) async fn credit_top_up(
     Ok(())
 }
 
+/// What to do when a top-up's points are to be taken back and the balance no longer holds them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WhenSpent {
+    /// Refuse with [`Error::PointsAlreadySpent`]: the customer's cancel.
+    Refuse,
+    /// Take what is left and list the shortfall for an operator: the gateway already gave the
+    /// money back (a chargeback), so the top-up is undone whatever the balance.
+    TakeWhatIsLeft,
+}
+
 /// Takes a top-up's credited points back (ledger `TOP_UP_REVERSED`), inside the transaction that
 /// cancels or refunds it (which holds the order's row lock). Nothing when nothing was credited
-/// or it was taken back already; [`Error::PointsAlreadySpent`] when the balance no longer holds
-/// them.
+/// or it was taken back already. Returns the shortfall: the points that could not be taken back
+/// (only with [`WhenSpent::TakeWhatIsLeft`]).
 pub(crate) async fn reverse_top_up(
     conn: &mut AsyncPgConnection,
     order_id: i64,
     user_id: i64,
-) -> Result<()> {
+    when_spent: WhenSpent,
+) -> Result<i64> {
     let entries: Vec<(LedgerKind, i64)> = point_ledger::table
         .filter(point_ledger::order_id.eq(order_id))
         .filter(point_ledger::kind.eq_any([LedgerKind::TopUp, LedgerKind::TopUpReversed]))
@@ -99,28 +110,44 @@ pub(crate) async fn reverse_top_up(
     let credited = entries.iter().find(|(k, _)| *k == LedgerKind::TopUp);
     let reversed = entries.iter().any(|(k, _)| *k == LedgerKind::TopUpReversed);
     let Some(&(_, amount)) = credited.filter(|_| !reversed) else {
-        return Ok(());
+        return Ok(0);
     };
-    let taken = diesel::update(
-        users::table
-            .find(user_id)
-            .filter(users::point_balance.ge(amount)),
-    )
-    .set(users::point_balance.eq(users::point_balance - amount))
-    .execute(conn)
-    .await?;
-    if taken == 0 {
-        return Err(Error::PointsAlreadySpent);
-    }
-    diesel::insert_into(point_ledger::table)
-        .values((
-            point_ledger::user_id.eq(user_id),
-            point_ledger::amount.eq(-amount),
-            point_ledger::kind.eq(LedgerKind::TopUpReversed),
-            point_ledger::order_id.eq(order_id),
-        ))
-        .execute(conn)
+    let balance: i64 = users::table
+        .find(user_id)
+        .select(users::point_balance)
+        .for_update()
+        .first(conn)
         .await?;
-    metrics::counter!("points_top_ups_reversed_won_total").increment(amount.unsigned_abs());
-    Ok(())
+    let take = match when_spent {
+        WhenSpent::Refuse if balance < amount => return Err(Error::PointsAlreadySpent),
+        WhenSpent::Refuse => amount,
+        WhenSpent::TakeWhatIsLeft => amount.min(balance),
+    };
+    if take > 0 {
+        diesel::update(users::table.find(user_id))
+            .set(users::point_balance.eq(users::point_balance - take))
+            .execute(conn)
+            .await?;
+        diesel::insert_into(point_ledger::table)
+            .values((
+                point_ledger::user_id.eq(user_id),
+                point_ledger::amount.eq(-take),
+                point_ledger::kind.eq(LedgerKind::TopUpReversed),
+                point_ledger::order_id.eq(order_id),
+            ))
+            .execute(conn)
+            .await?;
+        metrics::counter!("points_top_ups_reversed_won_total").increment(take.unsigned_abs());
+    }
+    let shortfall = amount - take;
+    if shortfall > 0 {
+        metrics::counter!("points_top_up_shortfall_won_total").increment(shortfall.unsigned_abs());
+        tracing::error!(
+            order.id = order_id,
+            user.id = user_id,
+            shortfall,
+            "a reversed top-up's points were spent; listed for an operator"
+        );
+    }
+    Ok(shortfall)
 }

@@ -18,6 +18,11 @@
 //! has settled it: a success there is a charge for a closed order, refunded
 //! (`crate::domain::refunds`) even when its callback was lost.
 //!
+//! Paid payments are *audited*: looked up again every `PAYMENT_AUDIT_INTERVAL_SECONDS` for
+//! `PAYMENT_AUDIT_WINDOW_HOURS` after they were paid (a share of each pass, so pending payments
+//! come first), so a refund or chargeback the gateway made by itself is found even when its
+//! webhook was lost (the order ends `REFUNDED`), and so is a second charge (refunded).
+//!
 //! Metrics: `payments_reconciled_total{result}`, `payments_pending` (due or not, as of the last
 //! pass) and `payments_pending_oldest_seconds`.
 
@@ -130,14 +135,21 @@ async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
     }
     let mut conn = state.db.get().await?;
     let recheck_ms = state.settings.recheck_after.as_millis() as i64;
+    // Audits of paid payments take at most a quarter of a pass: pending payments come first.
     let due: Vec<Due> = diesel::sql_query(
-        "UPDATE payments p
+        "WITH due AS (SELECT id FROM payments
+                       WHERE status IN ($3, $4) AND next_check_at <= now()
+                       ORDER BY next_check_at
+                       LIMIT $2
+                       FOR UPDATE SKIP LOCKED),
+              audit AS (SELECT id FROM payments
+                         WHERE status = $5 AND next_check_at <= now()
+                         ORDER BY next_check_at
+                         LIMIT greatest($2 / 4, 1)
+                         FOR UPDATE SKIP LOCKED)
+         UPDATE payments p
             SET next_check_at = now() + $1 * interval '1 millisecond', checks = p.checks + 1
-          WHERE p.id IN (SELECT id FROM payments
-                          WHERE status IN ($3, $4) AND next_check_at <= now()
-                          ORDER BY next_check_at
-                          LIMIT $2
-                          FOR UPDATE SKIP LOCKED)
+          WHERE p.id IN (SELECT id FROM due UNION ALL SELECT id FROM audit)
       RETURNING p.order_id, p.status, p.user_id, p.amount, p.card_type, p.card_no_sealed,
                 p.transaction_key, p.created_at, p.next_check_at",
     )
@@ -145,6 +157,7 @@ async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
     .bind::<BigInt, _>(limit)
     .bind::<Text, _>(PaymentStatus::Pending)
     .bind::<Text, _>(PaymentStatus::Cancelled)
+    .bind::<Text, _>(PaymentStatus::Success)
     .load(&mut conn)
     .await?;
     let backlog: Backlog = diesel::sql_query(
@@ -178,6 +191,26 @@ async fn renew_claim(state: &Payments, due: &Due) -> Result<bool> {
     Ok(renewed == 1)
 }
 
+/// Schedules a paid payment's next audit: one interval on while it is recent, never once it is
+/// not.
+async fn next_audit(state: &Payments, order_id: i64) -> Result<()> {
+    let mut conn = state.db.get().await?;
+    diesel::sql_query(
+        "UPDATE payments
+            SET next_check_at = CASE WHEN settled_at > now() - $2 * interval '1 second'
+                                     THEN now() + $3 * interval '1 second'
+                                     ELSE 'infinity' END
+          WHERE order_id = $1 AND status = $4",
+    )
+    .bind::<BigInt, _>(order_id)
+    .bind::<BigInt, _>(state.settings.audit_for.as_secs() as i64)
+    .bind::<BigInt, _>(state.settings.audit_every.as_secs() as i64)
+    .bind::<Text, _>(PaymentStatus::Success)
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
 /// Stops watching a cancelled payment.
 async fn stop_watching(state: &Payments, order_id: i64) -> Result<()> {
     let mut conn = state.db.get().await?;
@@ -200,6 +233,13 @@ commerce_enums::text_enum! {
         RefundRequired => "refund_required",
         /// A callback or a cancel got there first.
         AlreadySettled => "already_settled",
+        /// A paid payment looked up again: the gateway still holds the money.
+        Audited => "audited",
+        /// The gateway gave a paid order's money back by itself: the order is `REFUNDED`.
+        Reversed => "reversed_at_gateway",
+        /// A paid payment the gateway reports oddly (pending, unknown, unlisted, declined):
+        /// logged, audited again.
+        AuditUnclear => "audit_unclear",
         StillPending => "still_pending",
         /// The gateway reports a status this client does not know: watched.
         UnknownStatus => "unknown_status",
@@ -239,6 +279,7 @@ fn outcome_of(transition: Transition) -> Reconciled {
         Transition::Pay => Reconciled::Paid,
         Transition::FailPayment => Reconciled::Failed,
         Transition::RefundLateCharge => Reconciled::RefundRequired,
+        Transition::AcceptReversal => Reconciled::Reversed,
         Transition::Nothing
         | Transition::RefundDuplicate
         | Transition::Cancel
@@ -269,6 +310,9 @@ async fn reconcile(state: &Payments, due: Due) -> Result<Reconciled> {
         due.amount,
         due.transaction_key.as_deref(),
     );
+    if due.status == PaymentStatus::Success {
+        return audit(state, due.order_id, &verdict).await;
+    }
     match &verdict {
         Verdict::Charged { .. } => {
             let settled = state
@@ -297,7 +341,9 @@ async fn reconcile(state: &Payments, due: Due) -> Result<Reconciled> {
         }
         // Not settled as far as this client can tell, and not lost: watched, cancelled or not.
         Verdict::Unknown => Ok(Reconciled::UnknownStatus),
-        Verdict::NotCharged { .. } | Verdict::NotReceived if cancelled => {
+        Verdict::NotCharged { .. } | Verdict::NotReceived | Verdict::Reversed { .. }
+            if cancelled =>
+        {
             // Declined, refunded at the gateway, or never received: nothing more to watch.
             stop_watching(state, due.order_id).await?;
             Ok(Reconciled::CancelledClosed)
@@ -313,8 +359,56 @@ async fn reconcile(state: &Payments, due: Due) -> Result<Reconciled> {
             )
             .await
         }
+        Verdict::Reversed { key, refund_key } => {
+            settle_labelled(
+                state,
+                due.order_id,
+                Settlement::Reversed {
+                    transaction_key: key.clone(),
+                    refund_key: refund_key.clone(),
+                },
+            )
+            .await
+        }
         Verdict::NotReceived => request_again(state, due, past_deadline).await,
     }
+}
+
+/// Audits a paid payment: the gateway gave the money back (the order is reversed), still holds
+/// it (a second charge is refunded), or says something else (logged). Schedules the next audit
+/// unless the order was reversed.
+async fn audit(state: &Payments, order_id: i64, verdict: &Verdict) -> Result<Reconciled> {
+    let outcome = match verdict {
+        Verdict::Reversed { .. } => {
+            let settled = state
+                .settle_verdict(order_id, verdict, Source::Reconciliation)
+                .await?;
+            match settled.map(|(_, t)| t) {
+                Some(Transition::AcceptReversal) => return Ok(Reconciled::Reversed),
+                _ => Reconciled::AlreadySettled,
+            }
+        }
+        Verdict::Charged { .. } => {
+            state
+                .settle_verdict(order_id, verdict, Source::Reconciliation)
+                .await?;
+            Reconciled::Audited
+        }
+        Verdict::Unlisted { .. }
+        | Verdict::Pending { .. }
+        | Verdict::Unknown
+        | Verdict::NotCharged { .. }
+        | Verdict::NotReceived => {
+            tracing::warn!(
+                order.id = order_id,
+                ?verdict,
+                "the gateway reports a paid payment oddly"
+            );
+            Reconciled::AuditUnclear
+        }
+    };
+    next_audit(state, order_id).await?;
+    Ok(outcome)
 }
 
 /// The gateway never received this payment: requests it again, or gives up past the deadline.

@@ -16,22 +16,17 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use commerce_db::worker::{self, LeasedWork, Schedule};
-use commerce_events::{Event, PaymentRefunded};
 use diesel::QueryableByName;
-use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Text, Timestamptz};
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use tokio::sync::watch;
 
 use crate::domain::history::{self, PaymentEventKind as Kind, Source};
-use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
 use crate::domain::payments::Payments;
-use crate::domain::refunds::reason_text;
-use crate::domain::states::{OrderStatus, PaymentStatus, RefundCause, RefundStatus};
+use crate::domain::refunds::{RefundRef, confirm_in, reason_text};
+use crate::domain::states::{RefundCause, RefundStatus};
 use crate::domain::{Error, Result};
 use crate::infra::gateway::{GatewayError, RefundRequest};
-use crate::infra::outbox;
-use crate::infra::schema::{orders, payments, refunds};
 
 /// Refunds claimed per pass.
 const BATCH: i64 = 128;
@@ -209,101 +204,23 @@ async fn attempt(state: &Payments, due: Due) -> Result<RefundAttempt> {
     }
 }
 
-/// Records the gateway's confirmation, once: the refund `REFUNDED`; for the payment's own
-/// transaction the payment `REFUNDED` too, and a cancelled order `REFUNDED`; a `PaymentRefunded`
-/// event. Returns false when the refund was already confirmed (another instance, an earlier
-/// attempt).
+/// Records the gateway's confirmation, once ([`confirm_in`]). Returns false when the
+/// refund was already confirmed (another instance, an earlier attempt).
 async fn confirm(state: &Payments, due: &Due, refund_key: &str) -> Result<bool> {
     let mut conn = state.db.get().await?;
     let topics = &state.topics;
-    let confirmed = conn
-        .transaction::<_, Error, _>(async |conn| {
-            // The order row lock serialises this with cancels and settlements of the order.
-            let order_status: OrderStatus = orders::table
-                .find(due.order_id)
-                .select(orders::status)
-                .for_update()
-                .first(conn)
-                .await?;
-            let payment_id: Option<i64> = diesel::update(
-                refunds::table
-                    .find(due.id)
-                    .filter(refunds::status.ne(RefundStatus::Refunded)),
-            )
-            .set((
-                refunds::status.eq(RefundStatus::Refunded),
-                refunds::gateway_refund_key.eq(refund_key),
-                refunds::refunded_at.eq(diesel::dsl::now),
-                refunds::last_error.eq(None::<String>),
-            ))
-            .returning(refunds::payment_id)
-            .get_result(conn)
-            .await
-            .optional()?;
-            let Some(payment_id) = payment_id else {
-                return Ok(false);
-            };
-            let (payment_status, payment_key): (PaymentStatus, Option<String>) = payments::table
-                .find(payment_id)
-                .select((payments::status, payments::transaction_key))
-                .for_update()
-                .first(conn)
-                .await?;
-            let fact = Fact::RefundConfirmed {
-                own: payment_key.as_deref() == Some(due.transaction_key.as_str()),
-            };
-            let state = OrderState {
-                order: order_status,
-                payment: Some(payment_status),
-            };
-            match decide(state, fact).map_err(|r| r.into_error(due.order_id))? {
-                Transition::MarkRefunded { order_too } => {
-                    diesel::update(payments::table.find(payment_id))
-                        .set((
-                            payments::status.eq(PaymentStatus::Refunded),
-                            payments::reason.eq("refunded"),
-                        ))
-                        .execute(conn)
-                        .await?;
-                    if order_too {
-                        diesel::update(orders::table.find(due.order_id))
-                            .set(orders::status.eq(OrderStatus::Refunded))
-                            .execute(conn)
-                            .await?;
-                    }
-                }
-                Transition::Nothing => {}
-                other => return Err(other.unexpected(due.order_id, fact)),
-            }
-            history::append(
-                conn,
-                due.order_id,
-                Kind::RefundConfirmed,
-                Source::RefundWorker,
-                Some(&due.transaction_key),
-                Some(&format!("gateway refund {refund_key}")),
-            )
-            .await?;
-            outbox::record(
-                conn,
-                topics,
-                vec![Event::PaymentRefunded(PaymentRefunded {
-                    order_id: due.order_id,
-                    user_id: due.user_id,
-                    amount: due.amount,
-                    transaction_key: due.transaction_key.clone(),
-                    refund_key: refund_key.to_owned(),
-                    cause: due.cause,
-                })],
-            )
-            .await?;
-            Ok(true)
-        })
-        .await?;
-    if confirmed {
-        tracing::info!(order.id = due.order_id, transaction_key = %due.transaction_key, %refund_key, "refund confirmed");
-    }
-    Ok(confirmed)
+    let refund = RefundRef {
+        id: due.id,
+        order_id: due.order_id,
+        user_id: due.user_id,
+        transaction_key: due.transaction_key.clone(),
+        amount: due.amount,
+        cause: due.cause,
+    };
+    conn.transaction::<_, Error, _>(async |conn| {
+        confirm_in(conn, topics, &refund, refund_key, Source::RefundWorker).await
+    })
+    .await
 }
 
 /// The wait before attempt `attempts + 1`: the base doubled per attempt, at most

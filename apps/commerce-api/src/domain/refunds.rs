@@ -6,7 +6,9 @@
 //! - `ORDER_CANCELLED`: a paid card order was cancelled (its stock and coupon are back at once;
 //!   the order ends `REFUNDED` once the gateway confirms);
 //! - `CHARGED_AFTER_CLOSE`: the gateway charged an order after it was cancelled or had failed;
-//! - `DUPLICATE_CHARGE`: a second successful charge of a paid order.
+//! - `DUPLICATE_CHARGE`: a second successful charge of a paid order;
+//! - `REFUNDED_AT_GATEWAY`: the gateway gave a paid order's money back by itself (its console, a
+//!   chargeback); recorded confirmed at once ([`record_reversal`]): there is nothing to send.
 //!
 //! The refund worker (`crate::domain::refund_worker`) runs in every API instance, and the instances share the work the way
 //! reconciliation does: a pass *claims* due refunds by pushing their `next_attempt_at` forward
@@ -24,13 +26,16 @@
 //! `payments_refunds_pending`, `payments_refunds_failed` and
 //! `payments_refunds_pending_oldest_seconds`.
 
+use commerce_events::{Event, PaymentRefunded};
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::Result;
 use crate::domain::history::{self, PaymentEventKind as Kind, Source};
-use crate::domain::states::RefundCause;
-use crate::infra::schema::refunds;
+use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
+use crate::domain::states::{OrderStatus, PaymentStatus, RefundCause, RefundStatus};
+use crate::infra::outbox::{self, Topics};
+use crate::infra::schema::{orders, payments, refunds};
 
 /// The payment a refund gives money back for.
 pub struct Refundable {
@@ -85,5 +90,195 @@ pub(crate) fn reason_text(cause: RefundCause) -> &'static str {
         RefundCause::OrderCancelled => "order cancelled",
         RefundCause::ChargedAfterClose => "charged after the order was closed",
         RefundCause::DuplicateCharge => "duplicate charge",
+        RefundCause::RefundedAtGateway => "refunded or charged back at the gateway",
     }
+}
+
+/// A required refund, as confirming it needs.
+#[derive(Debug, Clone)]
+pub(crate) struct RefundRef {
+    pub id: i64,
+    pub order_id: i64,
+    pub user_id: i64,
+    pub transaction_key: String,
+    pub amount: i64,
+    pub cause: RefundCause,
+}
+
+/// Records the gateway's confirmation of `refund` (its refund `refund_key`) inside the caller's
+/// transaction, once: the refund `REFUNDED`; for the payment's own transaction the payment
+/// `REFUNDED` too, and a cancelled order `REFUNDED`, as the order's state machine says; a
+/// `PaymentRefunded` event; history under `source`. Returns false when the refund was already
+/// confirmed (another instance, an earlier attempt).
+pub(crate) async fn confirm_in(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    refund: &RefundRef,
+    refund_key: &str,
+    source: Source,
+) -> Result<bool> {
+    // The order row lock serialises this with cancels and settlements of the order.
+    let order_status: OrderStatus = orders::table
+        .find(refund.order_id)
+        .select(orders::status)
+        .for_update()
+        .first(conn)
+        .await?;
+    let payment_id: Option<i64> = diesel::update(
+        refunds::table
+            .find(refund.id)
+            .filter(refunds::status.ne(RefundStatus::Refunded)),
+    )
+    .set((
+        refunds::status.eq(RefundStatus::Refunded),
+        refunds::gateway_refund_key.eq(refund_key),
+        refunds::refunded_at.eq(diesel::dsl::now),
+        refunds::last_error.eq(None::<String>),
+    ))
+    .returning(refunds::payment_id)
+    .get_result(conn)
+    .await
+    .optional()?;
+    let Some(payment_id) = payment_id else {
+        return Ok(false);
+    };
+    let (payment_status, payment_key): (PaymentStatus, Option<String>) = payments::table
+        .find(payment_id)
+        .select((payments::status, payments::transaction_key))
+        .for_update()
+        .first(conn)
+        .await?;
+    let fact = Fact::RefundConfirmed {
+        own: payment_key.as_deref() == Some(refund.transaction_key.as_str()),
+    };
+    let state = OrderState {
+        order: order_status,
+        payment: Some(payment_status),
+    };
+    match decide(state, fact).map_err(|r| r.into_error(refund.order_id))? {
+        Transition::MarkRefunded { order_too } => {
+            diesel::update(payments::table.find(payment_id))
+                .set((
+                    payments::status.eq(PaymentStatus::Refunded),
+                    payments::reason.eq("refunded"),
+                ))
+                .execute(conn)
+                .await?;
+            if order_too {
+                diesel::update(orders::table.find(refund.order_id))
+                    .set(orders::status.eq(OrderStatus::Refunded))
+                    .execute(conn)
+                    .await?;
+            }
+        }
+        Transition::Nothing => {}
+        other => return Err(other.unexpected(refund.order_id, fact)),
+    }
+    history::append(
+        conn,
+        refund.order_id,
+        Kind::RefundConfirmed,
+        source,
+        Some(&refund.transaction_key),
+        Some(&format!("gateway refund {refund_key}")),
+    )
+    .await?;
+    outbox::record(
+        conn,
+        topics,
+        vec![Event::PaymentRefunded(PaymentRefunded {
+            order_id: refund.order_id,
+            user_id: refund.user_id,
+            amount: refund.amount,
+            transaction_key: refund.transaction_key.clone(),
+            refund_key: refund_key.to_owned(),
+            cause: refund.cause,
+        })],
+    )
+    .await?;
+    tracing::info!(order.id = refund.order_id, transaction_key = %refund.transaction_key, %refund_key, "refund confirmed");
+    Ok(true)
+}
+
+/// Confirms the required refund of `transaction_key` (not confirmed yet) from the gateway's word
+/// that the transaction is refunded, inside the caller's transaction. Returns false when there
+/// is none left to confirm.
+pub(crate) async fn confirm_key_in(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    transaction_key: &str,
+    refund_key: &str,
+    source: Source,
+) -> Result<bool> {
+    let row: Option<(i64, i64, i64, i64, RefundCause)> = refunds::table
+        .filter(refunds::transaction_key.eq(transaction_key))
+        .filter(refunds::status.ne(RefundStatus::Refunded))
+        .select((
+            refunds::id,
+            refunds::order_id,
+            refunds::user_id,
+            refunds::amount,
+            refunds::cause,
+        ))
+        .first(conn)
+        .await
+        .optional()?;
+    let Some((id, order_id, user_id, amount, cause)) = row else {
+        return Ok(false);
+    };
+    let refund = RefundRef {
+        id,
+        order_id,
+        user_id,
+        transaction_key: transaction_key.to_owned(),
+        amount,
+        cause,
+    };
+    confirm_in(conn, topics, &refund, refund_key, source).await
+}
+
+/// Records a refund the gateway made by itself (its console, a chargeback) as confirmed, inside
+/// the caller's transaction, with its `PaymentRefunded` event: nothing is sent. Returns false when
+/// the transaction already has a refund row (nothing is recorded twice).
+pub(crate) async fn record_reversal(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    payment: &Refundable,
+    transaction_key: &str,
+    refund_key: &str,
+) -> Result<bool> {
+    let inserted = diesel::insert_into(refunds::table)
+        .values((
+            refunds::payment_id.eq(payment.payment_id),
+            refunds::order_id.eq(payment.order_id),
+            refunds::user_id.eq(payment.user_id),
+            refunds::transaction_key.eq(transaction_key),
+            refunds::amount.eq(payment.amount),
+            refunds::cause.eq(RefundCause::RefundedAtGateway),
+            refunds::status.eq(RefundStatus::Refunded),
+            refunds::gateway_refund_key.eq(refund_key),
+            refunds::refunded_at.eq(diesel::dsl::now),
+        ))
+        .on_conflict(refunds::transaction_key)
+        .do_nothing()
+        .execute(conn)
+        .await?;
+    if inserted == 0 {
+        return Ok(false);
+    }
+    outbox::record(
+        conn,
+        topics,
+        vec![Event::PaymentRefunded(PaymentRefunded {
+            order_id: payment.order_id,
+            user_id: payment.user_id,
+            amount: payment.amount,
+            transaction_key: transaction_key.to_owned(),
+            refund_key: refund_key.to_owned(),
+            cause: RefundCause::RefundedAtGateway,
+        })],
+    )
+    .await?;
+    metrics::counter!("payments_reversed_at_gateway_total").increment(1);
+    Ok(true)
 }

@@ -21,4 +21,5 @@ mod points;
 mod product_cache;
 mod refunds;
 mod relay;
+mod reversals;
 mod support;

@@ -55,6 +55,19 @@ impl Gateway {
         commerce_testkit::count(&self.db.url, sql).await
     }
 
+    /// Refunds (`what`: `refunds`) or charges back (`chargebacks`) transaction `key` from the
+    /// gateway's console, behind the API's back; the gateway tells the API by a webhook.
+    pub async fn console(&self, key: &str, what: &str) {
+        let res = reqwest::Client::new()
+            .post(format!("{}/console/v1/payments/{key}/{what}", self.base))
+            .header("X-CONSOLE-KEY", pg_simulator::config::DEV_CONSOLE_KEY)
+            .json(&json!({"reason": "made at the gateway"}))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "{:?}", res.text().await);
+    }
+
     /// Payments the gateway holds for an order.
     pub async fn payments_for(&self, order_id: i64) -> i64 {
         self.count(&format!(

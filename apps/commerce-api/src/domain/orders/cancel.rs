@@ -5,10 +5,11 @@ use diesel::prelude::*;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::history::{self, PaymentEventKind, Source};
+use crate::domain::holds::{self, WhenSpent};
 use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
 use crate::domain::payments::{self};
 use crate::domain::states::{OrderKind, OrderStatus, PaymentStatus};
-use crate::domain::{Error, Missing, Result, holds};
+use crate::domain::{Error, Missing, Result};
 use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::orders;
 
@@ -46,7 +47,7 @@ pub async fn cancel(
             let lines = match transition {
                 Transition::Nothing => return Ok((order.status, false)),
                 Transition::Cancel => {
-                    let lines = holds::release(conn, order.id).await?;
+                    let lines = holds::release(conn, order.id, WhenSpent::Refuse).await?;
                     if payment.is_some() {
                         // The payment attempt ends with the order; a success reported later
                         // is a late charge, refunded (`payments::settle`).
@@ -71,7 +72,7 @@ pub async fn cancel(
                     lines
                 }
                 Transition::CancelAndRefund => {
-                    let lines = holds::release(conn, order.id).await?;
+                    let lines = holds::release(conn, order.id, WhenSpent::Refuse).await?;
                     // A paid card order's money goes back through the gateway; `decide` chose
                     // this only for an order with a successful payment.
                     let payment = payment.as_ref().ok_or(Error::NotFound(Missing::Payment))?;

@@ -282,6 +282,7 @@ impl Gateway {
                     status: a.status,
                     reason: a.reason,
                     amount: Some(req.amount),
+                    refund_key: None,
                 }),
                 // A 404 from the payment endpoint is a misrouted or misconfigured gateway, not a
                 // decline: leave the payment for reconciliation rather than fail the order.

@@ -27,6 +27,9 @@ pub struct Transaction {
     pub reason: Option<String>,
     #[serde(default)]
     pub amount: Option<i64>,
+    /// The refund that gave the money back, once `REFUNDED` (when the gateway names it).
+    #[serde(default)]
+    pub refund_key: Option<String>,
 }
 
 impl Transaction {

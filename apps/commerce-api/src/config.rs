@@ -380,7 +380,16 @@ impl Config {
             profile,
             jwt_secret,
             jwt_ttl_seconds: r.in_range("COMMERCE_JWT_TTL_SECONDS", 3600, 60..=86_400 * 30)?,
-            admin_login_id: r.string_or("COMMERCE_ADMIN_LOGIN_ID", "admin"),
+            admin_login_id: {
+                let id = r.string_or("COMMERCE_ADMIN_LOGIN_ID", "admin");
+                if !crate::domain::accounts::is_login_id(&id) {
+                    return Err(ConfigError::new(
+                        "COMMERCE_ADMIN_LOGIN_ID",
+                        crate::domain::accounts::LOGIN_ID_RULE,
+                    ));
+                }
+                id
+            },
             admin_password,
             catalog_topic: r.string_or("CATALOG_TOPIC", commerce_events::CATALOG_TOPIC),
             order_topic: r.string_or("ORDER_TOPIC", commerce_events::ORDER_TOPIC),

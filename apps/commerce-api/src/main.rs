@@ -43,6 +43,19 @@ async fn run() -> anyhow::Result<()> {
     match command {
         Command::Serve => {
             let app = commerce_api::startup::Application::build(config).await?;
+            // With the database up, settle the admin's credentials before serving: production
+            // refuses to start while an administrator accepts the development password. (With it
+            // down, the same runs in the background and keeps the instance unready.)
+            use commerce_api::startup::{AdminCredentials, secure_admin};
+            if let Ok(AdminCredentials::DevelopmentPassword(login_id)) =
+                secure_admin(app.state()).await
+            {
+                eprintln!(
+                    "commerce-api: the administrator account `{login_id}` accepts the development password; \
+                     give it another password (or remove its admin role) before starting in production"
+                );
+                std::process::exit(2);
+            }
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
         Command::Migrate => unreachable!("handled above"),

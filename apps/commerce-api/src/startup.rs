@@ -11,7 +11,7 @@ use commerce_kafka::KafkaCheck;
 use commerce_web::Server;
 use commerce_web::health::Dependency;
 
-use crate::config::Config;
+use crate::config::{Config, DEV_ADMIN_PASSWORD};
 use crate::domain::accounts;
 use crate::domain::card::CardVault;
 use crate::domain::coupons::Coupons;
@@ -85,6 +85,7 @@ impl Application {
             views,
             product_cache,
             payments,
+            admin_refused: Arc::default(),
         }));
         let dependencies = vec![
             Dependency::critical(DbCheck(db)),
@@ -92,6 +93,7 @@ impl Application {
             // while Kafka is down: both degrade the API, neither stops it.
             Dependency::optional(RedisCheck(cache)),
             Dependency::optional(kafka_check),
+            Dependency::critical(AdminCheck(state.admin_refused.clone())),
         ];
         let server = server.router(router(state.clone(), dependencies));
         Ok(Self { server, state })
@@ -222,8 +224,13 @@ async fn edge_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiv
 async fn ensure_admin_until_done(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
-        match ensure_admin(&state).await {
-            Ok(()) => return,
+        match secure_admin(&state).await {
+            Ok(AdminCredentials::Applied) => return,
+            Ok(AdminCredentials::DevelopmentPassword(login_id)) => {
+                // Not ready, for good: the readiness check names the reason.
+                tracing::error!(%login_id, "an administrator account accepts the development password; this production instance stays unready until it is changed");
+                return;
+            }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), "could not ensure the admin account yet; retrying");
             }
@@ -236,22 +243,83 @@ async fn ensure_admin_until_done(state: AppState, mut stop: tokio::sync::watch::
     }
 }
 
-/// Creates the configured admin account unless it exists.
-async fn ensure_admin(state: &AppState) -> anyhow::Result<()> {
-    let login_id = &state.config.admin_login_id;
+/// Where the administrator credentials stand after [`secure_admin`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCredentials {
+    /// The configured admin account has the configured password, and (in production) no
+    /// administrator accepts a development password.
+    Applied,
+    /// In production, this administrator account still accepts the development password.
+    DevelopmentPassword(String),
+}
+
+/// Applies `COMMERCE_ADMIN_PASSWORD` to the configured admin account (creating it if missing,
+/// re-hashing it when the stored hash does not match: so rotating the variable and restarting
+/// rotates the password), then, outside the dev profile, checks that no administrator account
+/// accepts the development password. A development password found is recorded in the state, so
+/// the instance reports itself unready.
+pub async fn secure_admin(state: &AppState) -> anyhow::Result<AdminCredentials> {
+    let config = &state.config;
+    let login_id = &config.admin_login_id;
+    let password = &config.admin_password;
     let mut conn = state.db.get().await?;
-    if accounts::exists(&mut conn, login_id).await? {
-        return Ok(());
-    }
+    let admins = accounts::admins(&mut conn).await?;
     drop(conn);
-    let hash = state
-        .auth
-        .hash_password(state.config.admin_password.clone())
-        .await?;
-    let mut conn = state.db.get().await?;
-    accounts::ensure_admin(&mut conn, login_id, &hash).await?;
-    tracing::info!(login_id = %login_id, "admin account ensured");
-    Ok(())
+    match admins.iter().find(|(_, login, _)| login == login_id) {
+        None => {
+            let hash = state.auth.hash_password(password.clone()).await?;
+            let mut conn = state.db.get().await?;
+            accounts::ensure_admin(&mut conn, login_id, &hash).await?;
+            tracing::info!(login_id = %login_id, "admin account created");
+        }
+        Some((id, _, stored)) => {
+            let current = state
+                .auth
+                .verify_password(password.clone(), Some(stored.clone()))
+                .await?;
+            if !current {
+                let hash = state.auth.hash_password(password.clone()).await?;
+                let mut conn = state.db.get().await?;
+                accounts::set_password_hash(&mut conn, *id, &hash).await?;
+                tracing::info!(login_id = %login_id, "admin password applied from COMMERCE_ADMIN_PASSWORD");
+            }
+        }
+    }
+    if config.profile != commerce_config::Profile::Dev {
+        for (_, login, stored) in admins.iter().filter(|(_, login, _)| login != login_id) {
+            let development = state
+                .auth
+                .verify_password(DEV_ADMIN_PASSWORD.to_owned(), Some(stored.clone()))
+                .await?;
+            if development {
+                state
+                    .admin_refused
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(AdminCredentials::DevelopmentPassword(login.clone()));
+            }
+        }
+    }
+    Ok(AdminCredentials::Applied)
+}
+
+/// Unready while an administrator account accepts the development password in production.
+struct AdminCheck(Arc<std::sync::atomic::AtomicBool>);
+
+impl commerce_web::health::ReadinessCheck for AdminCheck {
+    fn name(&self) -> &'static str {
+        "admin_credentials"
+    }
+
+    fn check(&self) -> commerce_web::health::CheckFuture<'_> {
+        let refused = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            if refused {
+                Err("an administrator account accepts the development password".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+    }
 }
 
 /// `commerce-api relay`: the outbox relay alone, with `/metrics` and `/health/*` on

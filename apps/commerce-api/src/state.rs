@@ -38,6 +38,9 @@ pub struct App {
     pub coupons: Arc<Coupons>,
     /// Card payments: the gateway's client, the card vault, settling and reconciliation.
     pub payments: Arc<Payments>,
+    /// Set when, in production, an administrator account accepts the development password:
+    /// the instance is then unready ([`crate::startup::secure_admin`]).
+    pub admin_refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::ops::Deref for AppState {

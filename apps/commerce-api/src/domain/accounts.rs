@@ -50,6 +50,17 @@ impl From<UserRow> for UserView {
     }
 }
 
+/// What a login id must look like.
+pub const LOGIN_ID_RULE: &str = "must be 4-32 characters of letters, digits, '_', '-' or '.'";
+
+/// Whether `login_id` is well formed ([`LOGIN_ID_RULE`]).
+pub fn is_login_id(login_id: &str) -> bool {
+    (4..=32).contains(&login_id.len())
+        && login_id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
+}
+
 /// A validated sign-up. Not `Debug`: it holds a password.
 pub struct SignUp {
     pub login_id: String,
@@ -62,15 +73,8 @@ impl SignUp {
     /// Validates every field; all invalid ones are reported.
     pub fn parse(login_id: String, password: String, name: &str, email: String) -> Result<Self> {
         let mut errors = Vec::new();
-        let login_ok = (4..=32).contains(&login_id.chars().count())
-            && login_id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-        if !login_ok {
-            errors.push(FieldError::new(
-                "login_id",
-                "must be 4-32 characters of letters, digits, '_', '-' or '.'",
-            ));
+        if !is_login_id(&login_id) {
+            errors.push(FieldError::new("login_id", LOGIN_ID_RULE));
         }
         if !(8..=128).contains(&password.chars().count()) {
             errors.push(FieldError::new("password", "must be 8-128 characters"));
@@ -361,6 +365,29 @@ pub async fn ensure_admin(
         ))
         .on_conflict(users::login_id)
         .do_nothing()
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Every administrator account: id, login id and password hash.
+pub async fn admins(conn: &mut AsyncPgConnection) -> Result<Vec<(i64, String, String)>> {
+    Ok(users::table
+        .filter(users::role.eq(Role::Admin))
+        .order(users::id)
+        .select((users::id, users::login_id, users::password_hash))
+        .load(conn)
+        .await?)
+}
+
+/// Replaces account `id`'s password hash.
+pub async fn set_password_hash(
+    conn: &mut AsyncPgConnection,
+    id: i64,
+    password_hash: &str,
+) -> Result<()> {
+    diesel::update(users::table.find(id))
+        .set(users::password_hash.eq(password_hash))
         .execute(conn)
         .await?;
     Ok(())

@@ -82,12 +82,17 @@ pub async fn sign_up(
 
 /// Exchange a login id and password for a bearer token.
 ///
-/// Rate limited per client address (`RATE_LIMIT_TOKEN`). From the 5th consecutive wrong
-/// password for a login id on, that login id is blocked for 1 s, 2 s, 4 s, … up to 15 minutes
-/// (429 `LOGIN_THROTTLED` with Retry-After, even with the right password); a successful login
-/// clears the count. Unknown login ids are treated exactly like wrong passwords.
+/// Rate limited per client address (`RATE_LIMIT_TOKEN`). Failed logins are counted per (login
+/// id, client address) and per client address: from the 5th consecutive wrong password for a
+/// login id from one address, and from the 20th from one address whatever the login id, further
+/// attempts from that address are blocked for 1 s, 2 s, 4 s, … up to 15 minutes (429
+/// `LOGIN_THROTTLED` with Retry-After, even with the right password). A stranger's failures
+/// never block the owner signing in from another address. A successful login clears its login
+/// id's count from that address. Unknown login ids are treated exactly like wrong passwords; a
+/// malformed one is refused (400) before anything is looked up.
 #[utoipa::path(post, path = "/api/v1/auth/token", tag = "users", request_body = TokenRequest,
-    responses((status = 200, body = TokenResponse), (status = 401),
+    responses((status = 200, body = TokenResponse), (status = 400, description = "VALIDATION_FAILED: a malformed login id"),
+        (status = 401),
         (status = 429, description = "RATE_LIMITED or LOGIN_THROTTLED, with Retry-After"),
         (status = 503, description = "AUTH_BUSY: too many sign-ins at once, with Retry-After")))]
 pub async fn token(
@@ -97,9 +102,12 @@ pub async fn token(
 ) -> ApiResult<Json<TokenResponse>> {
     const WRONG: ApiError = ApiError::Unauthenticated("wrong login id or password");
     admit(&state.limits.token, &ip)?;
+    if !accounts::is_login_id(&req.login_id) {
+        return Err(ApiError::field("login_id", accounts::LOGIN_ID_RULE));
+    }
     let (has_failures, found) = {
         let mut conn = state.db.get().await?;
-        let has_failures = logins::check(&mut conn, &req.login_id).await?;
+        let has_failures = logins::check(&mut conn, &req.login_id, ip).await?;
         (
             has_failures,
             accounts::credentials(&mut conn, &req.login_id).await?,
@@ -113,11 +121,11 @@ pub async fn token(
     let verified = state.auth.verify_password(req.password, hash).await?;
     let mut conn = state.db.get().await?;
     let Some((id, role)) = account.filter(|_| verified) else {
-        logins::record_failure(&mut conn, &req.login_id).await?;
+        logins::record_failure(&mut conn, &req.login_id, ip).await?;
         return Err(WRONG);
     };
     if has_failures {
-        logins::clear(&mut conn, &req.login_id).await?;
+        logins::clear(&mut conn, &req.login_id, ip).await?;
     }
     drop(conn);
     Ok(Json(TokenResponse {

@@ -235,3 +235,180 @@ async fn text_a_database_cannot_store_is_refused_before_any_handler_and_changes_
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
+
+/// Logs `login_id` in with `password` on `base`; the status.
+async fn log_in(
+    app: &crate::support::TestApp,
+    base: &str,
+    login_id: &str,
+    password: &str,
+) -> StatusCode {
+    app.client
+        .post(format!("{base}/api/v1/auth/token"))
+        .json(&json!({"login_id": login_id, "password": password}))
+        .send()
+        .await
+        .unwrap()
+        .status()
+}
+
+#[tokio::test]
+async fn a_rotated_admin_password_is_applied_when_an_instance_starts() {
+    let app = spawn_app().await;
+    let dev = commerce_api::config::DEV_ADMIN_PASSWORD;
+    assert_eq!(log_in(&app, &app.base, "admin", dev).await, StatusCode::OK);
+    // The operator rotates COMMERCE_ADMIN_PASSWORD and restarts: the new instance applies it.
+    let rotated = app
+        .another_instance(&[("COMMERCE_ADMIN_PASSWORD", "a-rotated-admin-password")])
+        .await;
+    let status = commerce_testkit::eventually(
+        "the rotated password is applied",
+        std::time::Duration::from_secs(10),
+        async || match log_in(&app, &rotated.base, "admin", "a-rotated-admin-password").await {
+            StatusCode::OK => Ok(StatusCode::OK),
+            other => Err(other),
+        },
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        log_in(&app, &app.base, "admin", dev).await,
+        StatusCode::UNAUTHORIZED,
+        "the old password is gone on every instance"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM users WHERE role = 'ADMIN'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn production_refuses_to_start_while_an_admin_accepts_the_development_password() {
+    // A database first started in development: `admin` has the development password.
+    let app = spawn_app().await;
+    let api = env!("CARGO_BIN_EXE_commerce-api");
+    let production = |admin_login: &str| {
+        let mut command = tokio::process::Command::new(api);
+        command
+            .env_clear()
+            .arg("serve")
+            .env("APP_PROFILE", "prod")
+            .env("HTTP_ADDR", "127.0.0.1:0")
+            .env("DATABASE_URL", &app.db.url)
+            .env("REDIS_URL", commerce_testkit::redis_url())
+            .env("REDIS_KEY_PREFIX", &app.state.config.redis_key_prefix)
+            .env("KAFKA_BROKERS", &app.state.config.kafka.brokers)
+            .env("OUTBOX_RELAY_ENABLED", "false")
+            .env(
+                "COMMERCE_JWT_SECRET",
+                "a-production-jwt-secret-0123456789abcdef",
+            )
+            .env("COMMERCE_ADMIN_LOGIN_ID", admin_login)
+            .env("COMMERCE_ADMIN_PASSWORD", "a-production-admin-password")
+            .env(
+                "PAYMENT_CARD_KEY",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            )
+            .env("PG_API_KEY", "a-production-merchant-key")
+            .env(
+                "PG_CALLBACK_SECRETS",
+                "a-production-callback-secret-0123456789",
+            )
+            .kill_on_drop(true);
+        command
+    };
+    // Another admin login configured: the old `admin` still has the development password.
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        production("ops-admin").output(),
+    )
+    .await
+    .expect("refused at once")
+    .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("`admin` accepts the development password"),
+        "{stderr}"
+    );
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM users WHERE login_id = 'ops-admin'")
+            .await,
+        1,
+        "the configured admin was created all the same"
+    );
+
+    // An instance that could not check at start (the database was down) checks in the
+    // background, and stays unready, naming why.
+    let unready = app
+        .another_instance(&[
+            ("APP_PROFILE", "prod"),
+            (
+                "COMMERCE_JWT_SECRET",
+                "a-production-jwt-secret-0123456789abcdef",
+            ),
+            ("COMMERCE_ADMIN_LOGIN_ID", "ops-admin"),
+            ("COMMERCE_ADMIN_PASSWORD", "a-production-admin-password"),
+            (
+                "PAYMENT_CARD_KEY",
+                "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+            ),
+            ("PG_API_KEY", "a-production-merchant-key"),
+            (
+                "PG_CALLBACK_SECRETS",
+                "a-production-callback-secret-0123456789",
+            ),
+        ])
+        .await;
+    let ready: serde_json::Value = commerce_testkit::eventually(
+        "the instance reports the development password",
+        std::time::Duration::from_secs(20),
+        async || {
+            let res = reqwest::get(format!("{}/health/ready", unready.base))
+                .await
+                .unwrap();
+            let status = res.status();
+            let body: serde_json::Value = res.json().await.unwrap();
+            let admin_down = body["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["name"] == "admin_credentials" && c["status"] == "DOWN");
+            if status == StatusCode::SERVICE_UNAVAILABLE && admin_down {
+                Ok(body)
+            } else {
+                Err(body)
+            }
+        },
+    )
+    .await;
+    assert_eq!(ready["status"], "DOWN", "{ready}");
+
+    // The configured admin is `admin` itself: its password is applied, and production starts.
+    let mut started = production("admin")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    commerce_testkit::until(
+        "production applied its admin password",
+        std::time::Duration::from_secs(30),
+        async || {
+            log_in(&app, &app.base, "admin", "a-production-admin-password").await == StatusCode::OK
+        },
+    )
+    .await;
+    assert!(started.try_wait().unwrap().is_none(), "still running");
+    assert_eq!(
+        log_in(
+            &app,
+            &app.base,
+            "admin",
+            commerce_api::config::DEV_ADMIN_PASSWORD
+        )
+        .await,
+        StatusCode::UNAUTHORIZED
+    );
+    started.kill().await.unwrap();
+}

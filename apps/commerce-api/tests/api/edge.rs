@@ -336,6 +336,176 @@ async fn failed_logins_back_off_across_instances_and_unknown_ids_back_off_alike(
     assert_eq!(failures(&app, "nobody-here").await, 5);
 }
 
+/// Failures recorded for `addr` whatever the login id.
+async fn address_failures(app: &TestApp, addr: &str) -> i64 {
+    app.count(&format!(
+        "SELECT coalesce(sum(failures), 0)::bigint AS n FROM login_failures
+          WHERE login_id = '' AND client_addr = '{addr}'"
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_stranger_flooding_wrong_passwords_never_blocks_the_owner_from_another_address() {
+    // Addresses come from X-Forwarded-For, as behind the load balancer; the per-address rate
+    // limit is off so only the failed-login backoff answers.
+    let app = limited(&[
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+        ("RATE_LIMIT_TOKEN", "off"),
+    ])
+    .await;
+    let stranger = [("x-forwarded-for", "203.0.113.66")];
+    let owner = [("x-forwarded-for", "198.51.100.7")];
+    let (status, _, _) = post_with(
+        &app,
+        &app.base,
+        "/api/v1/users",
+        &[],
+        sign_up_body("victim"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let mut answers = Vec::new();
+    for login in ["victim", "admin"] {
+        for _ in 0..15 {
+            let (status, _, body) = post_with(
+                &app,
+                &app.base,
+                "/api/v1/auth/token",
+                &stranger,
+                token_body(login, "guessing wrong"),
+            )
+            .await;
+            answers.push((login, status, body["code"].as_str().map(str::to_owned)));
+        }
+    }
+    // Each login id's 5th failure from the stranger's address blocks that pair; the rest are
+    // refused unchecked.
+    let refused = answers
+        .iter()
+        .filter(|(_, s, c)| {
+            *s == StatusCode::TOO_MANY_REQUESTS && c.as_deref() == Some("LOGIN_THROTTLED")
+        })
+        .count();
+    let failed = answers
+        .iter()
+        .filter(|(_, s, _)| *s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(failed + refused, 30, "{answers:?}");
+    assert!(failed >= 10 && refused >= 1, "{answers:?}");
+
+    // The owners sign in from their own addresses at once, the admin included.
+    let (status, _, body) = post_with(
+        &app,
+        &app.base,
+        "/api/v1/auth/token",
+        &owner,
+        token_body("victim", "correct horse"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _, body) = post_with(
+        &app,
+        &app.base,
+        "/api/v1/auth/token",
+        &owner,
+        token_body("admin", commerce_api::config::DEV_ADMIN_PASSWORD),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The stranger's address stays blocked for the victim, even with the right password.
+    let (status, retry_after, body) = post_with(
+        &app,
+        &app.base,
+        "/api/v1/auth/token",
+        &stranger,
+        token_body("victim", "correct horse"),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, Some("LOGIN_THROTTLED"))
+    );
+    assert!(retry_after.is_some());
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM login_failures
+              WHERE client_addr = '198.51.100.7'"
+        )
+        .await,
+        0,
+        "the owners' address has no failures"
+    );
+}
+
+#[tokio::test]
+async fn one_address_cannot_try_many_login_ids_and_malformed_ids_touch_nothing() {
+    let app = limited(&[
+        ("TRUSTED_PROXIES", "127.0.0.1"),
+        ("RATE_LIMIT_TOKEN", "off"),
+    ])
+    .await;
+    let sprayer = [("x-forwarded-for", "203.0.113.99")];
+    // Four tries each for many login ids: no pair blocks, but the address does at its 20th.
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        for _ in 0..4 {
+            let (status, _, _) = post_with(
+                &app,
+                &app.base,
+                "/api/v1/auth/token",
+                &sprayer,
+                token_body(&format!("user-{n}"), "password1"),
+            )
+            .await;
+            statuses.push(status);
+        }
+    }
+    let unauthorized = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(unauthorized, 20, "{statuses:?}");
+    assert!(
+        statuses[20..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+    assert_eq!(address_failures(&app, "203.0.113.99").await, 20);
+
+    // A malformed login id is refused before anything is counted or looked up.
+    let before = app.count("SELECT count(*) AS n FROM login_failures").await;
+    let work = app.state.auth.password_work_done();
+    for bad in [
+        "ab",
+        "has space",
+        "x".repeat(33).as_str(),
+        "semi;colon",
+        "ünïcode",
+    ] {
+        let (status, _, body) = post_with(
+            &app,
+            &app.base,
+            "/api/v1/auth/token",
+            &[("x-forwarded-for", "192.0.2.1")],
+            token_body(bad, "whatever-password"),
+        )
+        .await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("VALIDATION_FAILED")),
+            "{bad}: {body}"
+        );
+    }
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM login_failures").await,
+        before
+    );
+    assert_eq!(app.state.auth.password_work_done(), work, "no hashing");
+}
+
 #[tokio::test]
 async fn an_unknown_login_id_costs_the_same_hashing_as_a_wrong_password() {
     let app = limited(&[]).await;

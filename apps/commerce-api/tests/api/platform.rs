@@ -23,7 +23,7 @@ async fn ready_reports_every_dependency_up() {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["database", "redis", "kafka"]);
+    assert_eq!(names, ["database", "redis", "kafka", "admin_credentials"]);
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@
 //! | `OUTBOX_BATCH_SIZE` | `2000` | rows published per pass |
 //! | `OUTBOX_RETENTION_HOURS` | `168` | published rows kept this long, then purged |
 //! | `KAFKA_TOPIC_PARTITIONS` | `6` | partitions of topics the API creates |
+//! | `PRODUCT_VIEW_WINDOW_SECONDS` | `1800` | a viewer's (user's, or else client address's) views of one product within this window count once |
 //! | `PRODUCT_CACHE_TTL_SECONDS` | `30` | Redis TTL of cached product details and list pages |
 //! | `PG_BASE_URL` | `http://127.0.0.1:8082` | the payment gateway |
 //! | `PG_API_KEY` | dev-only default | the merchant key sent to the gateway (`X-API-KEY`); required outside `dev` |
@@ -47,7 +48,7 @@
 //! | `RATE_LIMITS_ENABLED` | `true` | `false` turns every `RATE_LIMIT_*` off (load tests from one address) |
 //! | `RATE_LIMIT_SIGN_UP` / `RATE_LIMIT_TOKEN` | `10/min` / `30/min` | per client address; `<n>/s`, `<n>/min`, `<n>/h` (a burst of n, refilled evenly) or `off` |
 //! | `RATE_LIMIT_PAYMENT_CALLBACK` | `100/s` | per client address; must exceed the gateway's peak callback rate |
-//! | `RATE_LIMIT_ORDERS` / `RATE_LIMIT_COUPON_ISSUE` / `RATE_LIMIT_POINTS_CHARGE` | `60/min` / `10/min` / `30/min` | per signed-in user |
+//! | `RATE_LIMIT_ORDERS` / `RATE_LIMIT_COUPON_ISSUE` / `RATE_LIMIT_POINTS_CHARGE` / `RATE_LIMIT_LIKES` | `60/min` / `10/min` / `30/min` / `60/min` | per signed-in user (likes: liking and unliking together) |
 //! | `TRUSTED_PROXIES` | none | addresses or networks (`10.0.0.0/8,192.168.1.7`) whose `X-Forwarded-For` names the client; from anyone else it is ignored |
 //! | `AUTH_HASH_THREADS` | CPU count | password-hashing threads, 19 MiB of memory each |
 //! | `ORDER_EVENTS_HEARTBEAT_SECONDS` | `15` | comment lines on an idle order-status stream, so proxies keep it open |
@@ -86,6 +87,8 @@ pub struct Config {
     pub catalog_topic: String,
     pub order_topic: String,
     pub product_cache_ttl_seconds: u64,
+    /// A viewer's views of one product within this window count once.
+    pub view_window: std::time::Duration,
     pub relay_enabled: bool,
     pub relay_poll_interval_ms: u64,
     pub relay_batch_size: i64,
@@ -332,6 +335,7 @@ impl Config {
             orders_per_user: rate("RATE_LIMIT_ORDERS", "60/min")?,
             coupon_issue_per_user: rate("RATE_LIMIT_COUPON_ISSUE", "10/min")?,
             points_charge_per_user: rate("RATE_LIMIT_POINTS_CHARGE", "30/min")?,
+            likes_per_user: rate("RATE_LIMIT_LIKES", "60/min")?,
         };
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
         let hashing = HashingSettings {
@@ -394,6 +398,11 @@ impl Config {
             catalog_topic: r.string_or("CATALOG_TOPIC", commerce_events::CATALOG_TOPIC),
             order_topic: r.string_or("ORDER_TOPIC", commerce_events::ORDER_TOPIC),
             product_cache_ttl_seconds: r.in_range("PRODUCT_CACHE_TTL_SECONDS", 30, 1..=3600)?,
+            view_window: std::time::Duration::from_secs(r.in_range(
+                "PRODUCT_VIEW_WINDOW_SECONDS",
+                1800,
+                1..=7 * 86_400,
+            )?),
             relay_enabled: r.or("OUTBOX_RELAY_ENABLED", true)?,
             relay_poll_interval_ms: r.in_range("OUTBOX_POLL_INTERVAL_MS", 500, 10..=60_000)?,
             relay_batch_size: r.in_range("OUTBOX_BATCH_SIZE", 2000, 1..=10_000)?,

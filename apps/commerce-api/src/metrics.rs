@@ -10,6 +10,7 @@ use crate::domain::payments::CallbackOutcome;
 use crate::domain::reconcile::Reconciled;
 use crate::domain::refund_worker::RefundAttempt;
 use crate::domain::states::RefundCause;
+use crate::infra::views::ViewResult;
 
 const OPERATIONS: &[&str] = &["request", "refund", "list"];
 
@@ -19,6 +20,7 @@ pub fn register() {
         "product_cache_get",
         "product_cache_put",
         "product_cache_evict",
+        "view_dedup",
         "coupon_gate",
         "coupon_release",
     ]);
@@ -47,6 +49,7 @@ pub fn register() {
                 "order_create",
                 "coupon_issue",
                 "points_charge",
+                "like",
             ],
         )],
     );
@@ -103,14 +106,9 @@ pub fn register() {
     );
 
     counter(
-        "product_views_published_total",
-        "ProductViewed events handed to the Kafka client.",
-        &[],
-    );
-    counter(
-        "product_views_dropped_total",
-        "ProductViewed events dropped because the Kafka client's queue was full.",
-        &[],
+        "product_views_total",
+        "Product page views, by result: published (a viewer's first view of the product in PRODUCT_VIEW_WINDOW_SECONDS, handed to the Kafka client), repeated (not counted again), dropped (a queue was full).",
+        &[("result", ViewResult::TEXTS)],
     );
     counter(
         "product_cache_requests_total",

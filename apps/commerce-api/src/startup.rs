@@ -48,7 +48,11 @@ impl Application {
             config.hashing,
         ));
         let topics = config.topics();
-        let views = ViewPublisher::new(&config.kafka, topics.catalog.clone())?;
+        let views = Arc::new(ViewPublisher::new(
+            &config.kafka,
+            topics.catalog.clone(),
+            config.view_window,
+        )?);
         let product_cache = Arc::new(ProductCache::new(
             cache.clone(),
             std::time::Duration::from_secs(config.product_cache_ttl_seconds),
@@ -119,6 +123,10 @@ impl Application {
         let admin = state.clone();
         server = server.task("admin account", move |stop| {
             ensure_admin_until_done(admin, stop)
+        });
+        let (views, cache) = (state.views.clone(), state.cache.clone());
+        server = server.task("product views", move |stop| {
+            crate::infra::views::run(views, cache, stop)
         });
         let backlog = state.db.clone();
         server = server.task("outbox backlog gauges", move |stop| {

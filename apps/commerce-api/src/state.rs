@@ -30,7 +30,7 @@ pub struct App {
     pub limits: Arc<Limits>,
     pub topics: Topics,
     /// Best-effort publisher of `ProductViewed` (no outbox row: views are high volume).
-    pub views: ViewPublisher,
+    pub views: Arc<ViewPublisher>,
     pub product_cache: Arc<ProductCache>,
     /// Order status changes for the order-status streams.
     pub order_events: Arc<OrderEvents>,

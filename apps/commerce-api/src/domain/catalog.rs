@@ -534,12 +534,13 @@ pub async fn update_product(
     Ok(row.view())
 }
 
-/// A page of products (optionally of one brand) and how many there are in all.
+/// Up to `size` products (optionally of one brand) from `at` on, and how many there are in all.
+/// A brand that does not exist is [`Missing::Brand`].
 pub async fn list(
     conn: &mut AsyncPgConnection,
     brand_id: Option<i64>,
     sort: Sort,
-    page: i64,
+    at: Position,
     size: i64,
 ) -> Result<(Vec<ProductSummary>, i64)> {
     let mut query = products::table
@@ -563,16 +564,64 @@ pub async fn list(
         Sort::LikesDesc => query.order((products::like_count.desc(), products::id.desc())),
         Sort::Latest => query.order(products::id.desc()),
     };
+    query = match at {
+        Position::Page(page) => query.offset(page * size),
+        // Keyset: the rows after the cursor's in the sort order, found through the sort's index
+        // however deep the cursor is.
+        Position::After { value, id } => match sort {
+            Sort::Latest => query.filter(products::id.lt(id)),
+            Sort::PriceAsc => query.filter(
+                products::price
+                    .gt(value)
+                    .or(products::price.eq(value).and(products::id.gt(id))),
+            ),
+            Sort::LikesDesc => query.filter(
+                products::like_count
+                    .lt(value)
+                    .or(products::like_count.eq(value).and(products::id.lt(id))),
+            ),
+        },
+    };
     let content: Vec<ProductSummary> = query
         .limit(size)
-        .offset(page * size)
         .load::<ProductSummaryRow>(conn)
         .await?
         .into_iter()
         .map(Into::into)
         .collect();
     let total: i64 = count.get_result(conn).await?;
+    if let Some(brand_id) = brand_id
+        && total == 0
+    {
+        // An empty brand, or none: only a brand that exists gets a page (and a cache entry).
+        let exists: bool = diesel::select(diesel::dsl::exists(brands::table.find(brand_id)))
+            .get_result(conn)
+            .await?;
+        if !exists {
+            return Err(Error::NotFound(Missing::Brand));
+        }
+    }
     Ok((content, total))
+}
+
+/// Where a list page starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Page `n` of the list (an offset: bounded by the caller).
+    Page(i64),
+    /// Right after the row with this sort value (price, like count; the id for `latest`) and id.
+    After { value: i64, id: i64 },
+}
+
+impl Sort {
+    /// The value a row is sorted by (with its id as the tie-break).
+    pub fn value_of(self, row: &ProductSummary) -> i64 {
+        match self {
+            Sort::Latest => row.id,
+            Sort::PriceAsc => row.price,
+            Sort::LikesDesc => row.like_count,
+        }
+    }
 }
 
 /// Adds (`liked`) or removes a user's like. Returns the like's state and whether it changed.

@@ -10,17 +10,23 @@ use commerce_web::FieldError;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::domain::catalog::{self, BrandView, LikeView, ProductSummary, ProductView, Sort};
+use crate::domain::catalog::{
+    self, BrandView, LikeView, Position, ProductSummary, ProductView, Sort,
+};
 use crate::domain::check;
-use crate::http::auth::{AdminUser, AuthUser};
+use crate::http::auth::{AdminUser, AuthUser, ClientIp, admit};
 use crate::http::error::ApiResult;
 use crate::http::paging::{Page, PageParams, page_and_size};
 use crate::http::{Json, Path, Query};
-use crate::infra::product_cache::ProductCache;
+use crate::infra::views::Viewer;
 use crate::state::AppState;
 
 /// List pages cached (0-based pages below this).
 const CACHED_PAGES: i64 = 5;
+/// Page sizes whose list pages are cached: the ones storefronts use. With [`CACHED_PAGES`], the
+/// sorts and the brands that exist, this bounds the list pages cached per generation whatever
+/// anonymous clients ask for.
+const CACHED_SIZES: [i64; 4] = [10, 20, 50, 100];
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -78,10 +84,13 @@ pub struct ListParams {
     brand_id: Option<i64>,
     /// `latest` (default), `price_asc` or `likes_desc`.
     sort: Option<String>,
-    /// 0-based page, default 0.
+    /// 0-based page, default 0; `page × size` at most 10,000 (deeper: `cursor`).
     page: Option<i64>,
     /// 1 ..= 100, default 20.
     size: Option<i64>,
+    /// Keyset paging: the `next_cursor` of the previous page (with the same `sort`), instead of
+    /// `page`. Any depth costs the same.
+    cursor: Option<String>,
 }
 
 /// Create a brand (admin).
@@ -180,9 +189,11 @@ fn json_bytes(body: Bytes) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// List products, filtered by brand, sorted and paged.
+/// List products, filtered by brand, sorted and paged: by `page` (`page × size` at most 10,000),
+/// or by `cursor` (each page's `next_cursor`) to any depth at the same cost.
 #[utoipa::path(get, path = "/api/v1/products", tag = "catalog", params(ListParams),
-    responses((status = 200, body = Page<ProductSummary>), (status = 400)))]
+    responses((status = 200, body = Page<ProductSummary>), (status = 400),
+        (status = 404, description = "BRAND_NOT_FOUND")))]
 pub async fn list_products(
     State(state): State<AppState>,
     Query(params): Query<ListParams>,
@@ -201,47 +212,123 @@ pub async fn list_products(
         ));
     }
     let (page, size) = page_and_size(params.page, params.size, &mut errors);
+    let after = params.cursor.as_deref().map(parse_cursor);
+    if let Some(after) = &after {
+        match (after, sort) {
+            (None, _) => errors.push(FieldError::new("cursor", "is not a cursor of this list")),
+            (Some((cursor_sort, _)), Some(sort)) if *cursor_sort != sort => {
+                errors.push(FieldError::new("cursor", "belongs to another sort order"))
+            }
+            _ => {}
+        }
+        if params.page.is_some() {
+            errors.push(FieldError::new("page", "cannot be given with a cursor"));
+        }
+    }
     check(errors)?;
     let sort = sort.expect("checked above");
-    let body = list_body(&state, params.brand_id, sort, page, size).await?;
+    let at = match after.flatten() {
+        Some((_, (value, id))) => Position::After { value, id },
+        None => Position::Page(page),
+    };
+    let body = list_body(&state, params.brand_id, sort, at, size).await?;
     Ok(json_bytes(body))
 }
 
-/// A list page's body: cached for the first [`CACHED_PAGES`] pages.
+/// The cursor of the page after `last` in `sort` order: opaque to clients.
+fn cursor_after(sort: Sort, last: &ProductSummary) -> String {
+    hex::encode(format!(
+        "v1:{}:{}:{}",
+        sort.as_str(),
+        sort.value_of(last),
+        last.id
+    ))
+}
+
+/// A cursor's sort and position, `None` when it is not one of ours.
+fn parse_cursor(cursor: &str) -> Option<(Sort, (i64, i64))> {
+    let text = String::from_utf8(hex::decode(cursor).ok()?).ok()?;
+    let mut parts = text.split(':');
+    if parts.next()? != "v1" {
+        return None;
+    }
+    let sort = parts.next()?.parse::<Sort>().ok()?;
+    let value = parts.next()?.parse().ok()?;
+    let id = parts.next()?.parse().ok()?;
+    parts.next().is_none().then_some((sort, (value, id)))
+}
+
+/// A list page's body: cached for the first [`CACHED_PAGES`] pages of the [`CACHED_SIZES`] (never
+/// for a cursor's pages, nor for a brand that does not exist: that is 404).
 async fn list_body(
     state: &AppState,
     brand_id: Option<i64>,
     sort: Sort,
-    page: i64,
+    at: Position,
     size: i64,
 ) -> ApiResult<Bytes> {
-    let cacheable = page < CACHED_PAGES;
-    let key = ProductCache::list_key(brand_id, sort.as_str(), page, size);
-    if cacheable && let Some(body) = state.product_cache.get(&key).await {
+    let page = match at {
+        Position::Page(page) if page < CACHED_PAGES && CACHED_SIZES.contains(&size) => Some(page),
+        _ => None,
+    };
+    let key = match page {
+        Some(page) => Some(
+            state
+                .product_cache
+                .list_key(brand_id, sort.as_str(), page, size)
+                .await,
+        ),
+        None => None,
+    };
+    if let Some(key) = &key
+        && let Some(body) = state.product_cache.get(key).await
+    {
         return Ok(body);
     }
     let (content, total_elements) = {
         let mut conn = state.db.get().await?;
-        catalog::list(&mut conn, brand_id, sort, page, size).await?
+        catalog::list(&mut conn, brand_id, sort, at, size).await?
     };
-    let body = Page::new(content, page, size, total_elements);
+    let next_cursor = (content.len() as i64 == size)
+        .then(|| content.last().map(|last| cursor_after(sort, last)))
+        .flatten();
+    let number = match at {
+        Position::Page(page) => page,
+        Position::After { .. } => 0,
+    };
+    let mut body = Page::new(content, number, size, total_elements);
+    body.next_cursor = next_cursor;
     let body = Bytes::from(serde_json::to_vec(&body).map_err(anyhow::Error::new)?);
-    if cacheable {
-        state.product_cache.put(&key, body.clone(), true).await;
+    if let Some(key) = &key {
+        state.product_cache.put(key, body.clone()).await;
     }
     Ok(body)
 }
 
-/// A product's detail. Publishes `ProductViewed` (best effort).
+/// A product's detail. Counts a view (`ProductViewed`, best effort): once per viewer (the
+/// signed-in user, or else the client address) and product in `PRODUCT_VIEW_WINDOW_SECONDS`.
 #[utoipa::path(get, path = "/api/v1/products/{id}", tag = "catalog",
     responses((status = 200, body = ProductView), (status = 404)))]
 pub async fn get_product(
     State(state): State<AppState>,
     Path(id): Path<i64>,
+    ClientIp(ip): ClientIp,
+    headers: axum::http::HeaderMap,
 ) -> ApiResult<Response> {
     let body = detail_body(&state, id).await?;
-    state.views.publish(id, None);
+    state.views.view(id, viewer(&state, &headers, ip));
     Ok(json_bytes(body))
+}
+
+/// Who is viewing: the user a valid bearer token names (its signature only: a view needs no
+/// more), or else the client address.
+fn viewer(state: &AppState, headers: &axum::http::HeaderMap, ip: std::net::IpAddr) -> Viewer {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .and_then(|token| state.auth.verify(token.trim()))
+        .map_or(Viewer::Address(ip), |(id, _)| Viewer::User(id))
 }
 
 /// A product's detail body, through the cache.
@@ -271,11 +358,18 @@ pub async fn warm(state: AppState) {
     let started = std::time::Instant::now();
     let result: ApiResult<usize> = async {
         for page in 0..CACHED_PAGES {
-            list_body(&state, None, Sort::Latest, page, 20).await?;
+            list_body(&state, None, Sort::Latest, Position::Page(page), 20).await?;
         }
         let (top, _) = {
             let mut conn = state.db.get().await?;
-            catalog::list(&mut conn, None, Sort::LikesDesc, 0, WARM_DETAILS).await?
+            catalog::list(
+                &mut conn,
+                None,
+                Sort::LikesDesc,
+                Position::Page(0),
+                WARM_DETAILS,
+            )
+            .await?
         };
         for product in &top {
             detail_body(&state, product.id).await?;
@@ -296,7 +390,8 @@ pub async fn warm(state: AppState) {
 
 /// Like a product (idempotent). Emits `ProductLiked` only on a real change.
 #[utoipa::path(post, path = "/api/v1/products/{id}/likes", tag = "likes", security(("bearer" = [])),
-    responses((status = 200, body = LikeView), (status = 401), (status = 404)))]
+    responses((status = 200, body = LikeView), (status = 401), (status = 404),
+        (status = 429, description = "RATE_LIMITED (`RATE_LIMIT_LIKES`, per user), with Retry-After")))]
 pub async fn like(
     State(state): State<AppState>,
     user: AuthUser,
@@ -307,7 +402,8 @@ pub async fn like(
 
 /// Withdraw a like (idempotent). Emits `ProductUnliked` only on a real change.
 #[utoipa::path(delete, path = "/api/v1/products/{id}/likes", tag = "likes", security(("bearer" = [])),
-    responses((status = 200, body = LikeView), (status = 401), (status = 404)))]
+    responses((status = 200, body = LikeView), (status = 401), (status = 404),
+        (status = 429, description = "RATE_LIMITED (`RATE_LIMIT_LIKES`, per user), with Retry-After")))]
 pub async fn unlike(
     State(state): State<AppState>,
     user: AuthUser,
@@ -322,6 +418,7 @@ async fn set_like(
     product_id: i64,
     liked: bool,
 ) -> ApiResult<LikeView> {
+    admit(&state.limits.likes, &user_id)?;
     let (view, changed) = {
         let mut conn = state.db.get().await?;
         catalog::set_like(&mut conn, &state.topics, user_id, product_id, liked).await?

@@ -9,11 +9,14 @@ use crate::http::error::{ApiError, ApiResult};
 const MAX_PAGE: i64 = 10_000;
 /// Largest page size accepted.
 const MAX_SIZE: i64 = 100;
+/// Deepest offset (`page × size`) accepted: deeper pages cost the database a scan of every row
+/// before them. Lists that go deeper offer a cursor.
+pub const MAX_OFFSET: i64 = 10_000;
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct PageParams {
-    /// 0-based, at most 10,000 (default 0).
+    /// 0-based (default 0); `page × size` at most 10,000.
     page: Option<i64>,
     /// 1 ..= 100 (default 20).
     size: Option<i64>,
@@ -52,6 +55,11 @@ pub fn page_and_size(
             "size",
             format!("must be 1..={MAX_SIZE}"),
         ));
+    } else if (0..=MAX_PAGE).contains(&page) && page * size > MAX_OFFSET {
+        errors.push(commerce_web::FieldError::new(
+            "page",
+            format!("page × size must be at most {MAX_OFFSET}; go deeper with `cursor` where a list offers it"),
+        ));
     }
     (page, size)
 }
@@ -64,6 +72,10 @@ pub struct Page<T: ToSchema> {
     pub size: i64,
     pub total_elements: i64,
     pub total_pages: i64,
+    /// Where the next page starts, for lists that offer keyset paging (`?cursor=`): absent on
+    /// the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 impl<T: ToSchema> Page<T> {
@@ -74,6 +86,7 @@ impl<T: ToSchema> Page<T> {
             size,
             total_elements,
             total_pages: (total_elements + size - 1) / size,
+            next_cursor: None,
         }
     }
 }

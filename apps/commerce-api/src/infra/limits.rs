@@ -119,6 +119,7 @@ pub struct LimitSettings {
     pub orders_per_user: RateSpec,
     pub coupon_issue_per_user: RateSpec,
     pub points_charge_per_user: RateSpec,
+    pub likes_per_user: RateSpec,
 }
 
 /// Every limit the API applies.
@@ -129,6 +130,7 @@ pub struct Limits {
     pub orders: Limit<i64>,
     pub coupon_issue: Limit<i64>,
     pub points_charge: Limit<i64>,
+    pub likes: Limit<i64>,
 }
 
 impl Limits {
@@ -140,6 +142,7 @@ impl Limits {
             orders: Limit::new("order_create", s.orders_per_user),
             coupon_issue: Limit::new("coupon_issue", s.coupon_issue_per_user),
             points_charge: Limit::new("points_charge", s.points_charge_per_user),
+            likes: Limit::new("like", s.likes_per_user),
         }
     }
 
@@ -151,6 +154,7 @@ impl Limits {
         self.orders.forget_idle();
         self.coupon_issue.forget_idle();
         self.points_charge.forget_idle();
+        self.likes.forget_idle();
     }
 }
 

@@ -15,9 +15,14 @@
 //! so a slow fill that loaded before a change never puts the older body back. Concurrent misses
 //! of one product on one instance wait for a single load (single flight).
 //!
-//! List pages are evicted when a product is created or edited by an admin, but *not* on likes or
-//! stock changes (those are frequent and would empty the cache constantly): a list's
-//! `like_count` and `stock` may lag by up to the Redis TTL (30 s by default).
+//! List pages are versioned by a generation (`products:list:gen` in Redis): a product created or
+//! edited by an admin moves it on, so every page cached under the old one is no longer read and
+//! simply expires with its TTL. Nothing has to find and delete the old pages, so no index grows
+//! with the pages requested and no eviction blocks Redis. Each instance reads the generation at
+//! most every [`LOCAL_TTL`] (and its own moves at once), so another instance's edit shows in a
+//! list within [`LOCAL_TTL`]. Likes and stock changes do *not* move it (they are frequent and
+//! would empty the cache constantly): a list's `like_count` and `stock` may lag by up to the
+//! Redis TTL (30 s by default).
 //!
 //! Redis failures never fail a read: they count as misses, are counted in
 //! `product_cache_requests_total{result="error"}` and logged at most every ten seconds.
@@ -39,8 +44,8 @@ use crate::infra::listener::Heard;
 pub const LOCAL_TTL: Duration = Duration::from_secs(1);
 /// In-process entries kept at most; the map is cleared when it is full.
 const LOCAL_CAPACITY: usize = 20_000;
-/// Redis set indexing the cached list keys, so that one change evicts them all.
-const LIST_INDEX: &str = "products:list:index";
+/// The list pages' generation in Redis.
+const LIST_GENERATION: &str = "products:list:gen";
 
 /// How long a product's generation outlives its last eviction (far longer than any fill).
 const GENERATION_TTL_SECONDS: i64 = 3600;
@@ -56,6 +61,8 @@ pub struct ProductCache {
     started: Instant,
     flights: Mutex<HashMap<i64, Flight>>,
     loads: AtomicU64,
+    /// The list generation as last read, and when.
+    list_generation: Mutex<(u64, Option<Instant>)>,
 }
 
 impl ProductCache {
@@ -68,6 +75,7 @@ impl ProductCache {
             started: Instant::now(),
             flights: Mutex::new(HashMap::new()),
             loads: AtomicU64::new(0),
+            list_generation: Mutex::new((0, None)),
         }
     }
 
@@ -223,11 +231,45 @@ impl ProductCache {
         format!("product:{id}")
     }
 
-    /// Key of a list page.
-    pub fn list_key(brand_id: Option<i64>, sort: &str, page: i64, size: i64) -> String {
+    /// Key of a list page under the current list generation.
+    pub async fn list_key(
+        &self,
+        brand_id: Option<i64>,
+        sort: &str,
+        page: i64,
+        size: i64,
+    ) -> String {
+        let generation = self.list_generation().await;
         match brand_id {
-            Some(b) => format!("products:list:b{b}:{sort}:{page}:{size}"),
-            None => format!("products:list:all:{sort}:{page}:{size}"),
+            Some(b) => format!("products:list:g{generation}:b{b}:{sort}:{page}:{size}"),
+            None => format!("products:list:g{generation}:all:{sort}:{page}:{size}"),
+        }
+    }
+
+    /// The list generation, read from Redis at most every [`LOCAL_TTL`]; with Redis down, the
+    /// last one read (only this instance's memory caches then, for [`LOCAL_TTL`]).
+    async fn list_generation(&self) -> u64 {
+        let (last, read_at) = *self.list_generation.lock().expect("lock poisoned");
+        if read_at.is_some_and(|at| at.elapsed() < LOCAL_TTL) {
+            return last;
+        }
+        let key = self.redis.key(LIST_GENERATION);
+        let read: anyhow::Result<Option<u64>> = async {
+            let mut conn = self.redis.conn().await?;
+            Ok(conn.get(&key).await?)
+        }
+        .await;
+        match read {
+            Ok(generation) => {
+                let generation = generation.unwrap_or(0);
+                *self.list_generation.lock().expect("lock poisoned") =
+                    (generation, Some(Instant::now()));
+                generation
+            }
+            Err(e) => {
+                self.redis_failed("get", &e);
+                last
+            }
         }
     }
 
@@ -264,21 +306,14 @@ impl ProductCache {
         }
     }
 
-    /// Stores `body` under `key` in both levels. A list key is indexed for eviction.
-    pub async fn put(&self, key: &str, body: Bytes, is_list: bool) {
+    /// Stores `body` under `key` in both levels, for the TTL.
+    pub async fn put(&self, key: &str, body: Bytes) {
         self.put_local(key, body.clone());
         let full = self.redis.key(key);
-        let index = self.redis.key(LIST_INDEX);
         let ttl = self.ttl.as_secs();
         let result: anyhow::Result<()> = async {
             let mut conn = self.redis.conn().await?;
-            let mut pipe = redis::pipe();
-            pipe.set_ex(&full, body.as_ref(), ttl).ignore();
-            if is_list {
-                pipe.sadd(&index, &full).ignore();
-                pipe.expire(&index, (ttl * 2) as i64).ignore();
-            }
-            let () = pipe.query_async(&mut conn).await?;
+            let () = conn.set_ex(&full, body.as_ref(), ttl).await?;
             Ok(())
         }
         .await;
@@ -314,26 +349,26 @@ impl ProductCache {
         }
     }
 
-    /// Evicts every cached list page (after a product is created or changed).
+    /// Retires every cached list page (after a product is created or changed) by moving the list
+    /// generation on: O(1) in Redis whatever the number of pages cached.
     pub async fn evict_lists(&self) {
         self.local.retain(|k| !k.starts_with("products:list:"));
-        let index = self.redis.key(LIST_INDEX);
-        let script = redis::Script::new(
-            r"local keys = redis.call('SMEMBERS', KEYS[1])
-              for i = 1, #keys, 500 do
-                redis.call('DEL', unpack(keys, i, math.min(i + 499, #keys)))
-              end
-              redis.call('DEL', KEYS[1])
-              return #keys",
-        );
-        let result: anyhow::Result<()> = async {
+        let key = self.redis.key(LIST_GENERATION);
+        let result: anyhow::Result<u64> = async {
             let mut conn = self.redis.conn().await?;
-            let _: i64 = script.key(&index).invoke_async(&mut conn).await?;
-            Ok(())
+            Ok(conn.incr(&key, 1).await?)
         }
         .await;
-        if let Err(e) = result {
-            self.redis_failed("evict", &e);
+        match result {
+            Ok(generation) => {
+                *self.list_generation.lock().expect("lock poisoned") =
+                    (generation, Some(Instant::now()));
+            }
+            Err(e) => {
+                // Read again next time rather than trust the old generation.
+                self.list_generation.lock().expect("lock poisoned").1 = None;
+                self.redis_failed("evict", &e);
+            }
         }
     }
 

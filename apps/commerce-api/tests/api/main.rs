@@ -23,3 +23,4 @@ mod refunds;
 mod relay;
 mod reversals;
 mod support;
+mod views;

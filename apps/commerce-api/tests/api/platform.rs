@@ -80,7 +80,7 @@ async fn every_signal_is_exported_from_the_first_scrape_at_zero_until_something_
         r#"kafka_client_errors_total{client="views"}"#,
         "outbox_publish_failures_total",
         "payments_duplicate_charges_total",
-        "product_views_dropped_total",
+        r#"product_views_total{result="dropped"}"#,
         r#"payment_gateway_call_duration_seconds_count{operation="refund"}"#,
         "outbox_publish_lag_seconds_count",
     ] {

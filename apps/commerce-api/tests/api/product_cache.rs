@@ -206,8 +206,12 @@ async fn a_new_instance_starts_with_the_first_list_pages_and_the_most_liked_deta
         })
         .collect();
     assert_eq!(stocks, [5, 6, 7]);
+    let generation: Option<u64> = conn.get(cache.key("products:list:gen")).await.unwrap();
     let list: Vec<u8> = conn
-        .get(cache.key("products:list:all:latest:0:20"))
+        .get(cache.key(&format!(
+            "products:list:g{}:all:latest:0:20",
+            generation.unwrap_or(0)
+        )))
         .await
         .unwrap();
     let list: serde_json::Value = serde_json::from_slice(&list).unwrap();
@@ -218,4 +222,142 @@ async fn a_new_instance_starts_with_the_first_list_pages_and_the_most_liked_deta
         .map(|p| p["id"].as_i64().unwrap())
         .collect();
     assert_eq!(ids, [products[2], products[1], products[0]]);
+}
+
+#[tokio::test]
+async fn a_flood_of_random_list_queries_leaves_a_bounded_number_of_keys() {
+    use redis::AsyncCommands;
+    let app = crate::support::spawn_app().await;
+    let brands = [app.brand().await, app.brand().await];
+    for brand in brands {
+        app.product(brand, 1000, 5).await;
+    }
+    let sorts = ["latest", "price_asc", "likes_desc"];
+    // A deterministic stream of "random" queries: real brands, unknown ones, no brand; any size,
+    // page and sort.
+    let mut seed: u64 = 0x5eed;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let (mut ok, mut unknown, mut too_deep) = (0, 0, 0);
+    for _ in 0..600 {
+        let brand = match next(4) {
+            0 => format!("&brand_id={}", brands[0]),
+            1 => format!("&brand_id={}", brands[1]),
+            2 => format!("&brand_id={}", 1_000_000 + next(1_000_000)),
+            _ => String::new(),
+        };
+        let path = format!(
+            "/api/v1/products?sort={}&size={}&page={}{brand}",
+            sorts[next(3) as usize],
+            1 + next(100),
+            next(400),
+        );
+        let (status, body) = app.get(&path, None).await;
+        match (status, body["code"].as_str()) {
+            (StatusCode::OK, _) => ok += 1,
+            (StatusCode::NOT_FOUND, Some("BRAND_NOT_FOUND")) => unknown += 1,
+            (StatusCode::BAD_REQUEST, Some("VALIDATION_FAILED")) => too_deep += 1,
+            other => panic!("{path}: {other:?} {body}"),
+        }
+    }
+    assert!(
+        ok > 0 && unknown > 0 && too_deep > 0,
+        "{ok} {unknown} {too_deep}"
+    );
+    let cache = app.state.cache.clone();
+    let mut conn = cache.conn().await.unwrap();
+    let keys: Vec<String> = conn.keys(cache.key("products:list:*")).await.unwrap();
+    // (2 brands + all) × 3 sorts × 5 cached pages × 4 cached sizes, and the generation.
+    assert!(keys.len() <= 3 * 3 * 5 * 4 + 1, "{} keys", keys.len());
+    assert!(
+        keys.iter().all(|k| !k.ends_with("products:list:index")),
+        "no index grows with the pages"
+    );
+    let cached_brands: std::collections::BTreeSet<i64> = keys
+        .iter()
+        .flat_map(|k| k.split(':'))
+        .filter_map(|part| part.strip_prefix('b')?.parse().ok())
+        .collect();
+    assert!(
+        cached_brands.iter().all(|b| brands.contains(b)),
+        "only brands that exist are cached: {cached_brands:?}"
+    );
+
+    // An admin edit retires every cached page at once: the next read shows it.
+    let (_, before) = app.get("/api/v1/products?size=20", None).await;
+    let first = before["content"][0]["id"].as_i64().unwrap();
+    let (status, _) = app
+        .call(
+            reqwest::Method::PATCH,
+            &format!("/api/v1/admin/products/{first}"),
+            Some(&app.admin),
+            Some(json!({"name": "Renamed"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, after) = app.get("/api/v1/products?size=20", None).await;
+    assert_eq!(after["content"][0]["name"], "Renamed");
+}
+
+#[tokio::test]
+async fn cursor_pages_walk_every_sort_to_any_depth_and_deep_offsets_are_refused() {
+    let app = crate::support::spawn_app().await;
+    let brand = app.brand().await;
+    for i in 0..23 {
+        // Repeated prices, so the id breaks ties.
+        app.product(brand, 1000 + (i % 4) * 100, 5).await;
+    }
+    for sort in ["latest", "price_asc", "likes_desc"] {
+        let (_, all) = app
+            .get(&format!("/api/v1/products?sort={sort}&size=100"), None)
+            .await;
+        let expected: Vec<i64> = all["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_i64().unwrap())
+            .collect();
+        let mut walked = Vec::new();
+        let mut path = format!("/api/v1/products?sort={sort}&size=10");
+        loop {
+            let (status, page) = app.get(&path, None).await;
+            assert_eq!(status, StatusCode::OK, "{page}");
+            walked.extend(
+                page["content"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| p["id"].as_i64().unwrap()),
+            );
+            match page["next_cursor"].as_str() {
+                Some(cursor) => {
+                    path = format!("/api/v1/products?sort={sort}&size=10&cursor={cursor}")
+                }
+                None => break,
+            }
+        }
+        assert_eq!(walked, expected, "{sort}");
+    }
+    let (_, first) = app.get("/api/v1/products?sort=latest&size=10", None).await;
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    for bad in [
+        format!("/api/v1/products?sort=price_asc&cursor={cursor}"),
+        format!("/api/v1/products?cursor={cursor}&page=1"),
+        "/api/v1/products?cursor=not-a-cursor".to_owned(),
+        "/api/v1/products?page=10000&size=100".to_owned(),
+        "/api/v1/products?page=101&size=100".to_owned(),
+    ] {
+        let (status, body) = app.get(&bad, None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("VALIDATION_FAILED")),
+            "{bad}: {body}"
+        );
+    }
+    let (status, _) = app.get("/api/v1/products?page=100&size=100", None).await;
+    assert_eq!(status, StatusCode::OK, "the deepest offset allowed");
 }

@@ -9,7 +9,7 @@
 //! | `PG_SIM_LATENCY_MIN_MS` / `PG_SIM_LATENCY_MAX_MS` | `100` / `500` | how long a payment request takes |
 //! | `PG_SIM_RESPONSE_DELAY_MS` | `0` | delay between recording an accepted payment and answering (a slow answer the client may give up on) |
 //! | `PG_SIM_RECORD_DELAY_MS` | `0` | delay before an accepted payment is recorded; requests run to the end even if the client hung up, so a long delay records payments after the client gave up |
-//! | `PG_SIM_CALLBACK_HOSTS` | `localhost,127.0.0.1,[::1]` | the only hosts a payment's `callback_url` may name (comma-separated; others get 400) |
+//! | `PG_SIM_CALLBACK_HOSTS` | `localhost,127.0.0.1,[::1]` | where a payment's `callback_url` may point (comma-separated; others get 400): an origin (`https://api.example.com:8443`) pins scheme, host and port, as production should; a bare host (development, ephemeral ports) pins the host alone. Redirects are never followed |
 //! | `PG_SIM_IDEMPOTENCY_TTL_HOURS` | `24` | how long an `Idempotency-Key` is remembered |
 //! | `PG_SIM_REQUEST_FAILURE_RATE` | `0.4` | share of requests answered HTTP 500 (nothing recorded) |
 //! | `PG_SIM_REFUND_FAILURE_RATE` | `0.2` | share of refund requests answered HTTP 500 (nothing recorded); refunds take the payments' latency and delays |
@@ -20,6 +20,7 @@
 //! | `PG_SIM_CALLBACK_DROP_RATE` | `0.1` | share of callbacks deliberately never sent |
 //! | `PG_SIM_API_KEYS` | the development key | merchant API keys accepted in `X-API-KEY` (comma-separated, one or two: two while a key is rotated), each at least 16 characters |
 //! | `PG_SIM_CALLBACK_SECRET` | the development secret | signs every callback and webhook (`X-Signature`), at least 32 bytes |
+//! | `PG_SIM_REQUEST_HASH_KEY` | the development key | keys the digest of each idempotent request (it covers the card number), at least 32 bytes; keep it stable: a new key makes a retry within `PG_SIM_IDEMPOTENCY_TTL_HOURS` look like another request |
 //! | `PG_SIM_CONSOLE_KEY` | the development console key | the gateway operator's key (`X-CONSOLE-KEY`) for refunds and chargebacks made at the gateway, at least 16 characters |
 
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ use crate::behaviour::Behaviour;
 const DEFAULT_IDEMPOTENCY_TTL_HOURS: u64 = 24;
 /// The development console key.
 pub const DEV_CONSOLE_KEY: &str = "dev-only-insecure-gateway-console-key";
+/// The development request-hash key.
+pub const DEV_REQUEST_HASH_KEY: &str = "dev-only-insecure-gateway-request-hash-key";
 const DEFAULT_CALLBACK_HOSTS: &str = "localhost,127.0.0.1,[::1]";
 
 fn hosts(list: &str) -> Vec<String> {
@@ -57,6 +60,9 @@ pub struct Config {
     pub callback_secret: String,
     /// The gateway operator's key, for refunds and chargebacks made at the gateway.
     pub console_key: String,
+    /// Keys the digest of idempotent requests (HMAC-SHA256): a digest over a card number must
+    /// not be recoverable from the masked number by trying the missing digits.
+    pub request_hash_key: String,
 }
 
 impl Config {
@@ -74,6 +80,7 @@ impl Config {
             api_keys: vec![dev::GATEWAY_API_KEY.to_owned()],
             callback_secret: dev::GATEWAY_CALLBACK_SECRET.to_owned(),
             console_key: DEV_CONSOLE_KEY.to_owned(),
+            request_hash_key: DEV_REQUEST_HASH_KEY.to_owned(),
         }
     }
 
@@ -132,6 +139,13 @@ impl Config {
                 "must be at least 16 characters",
             ));
         }
+        let request_hash_key = r.string_or("PG_SIM_REQUEST_HASH_KEY", DEV_REQUEST_HASH_KEY);
+        if request_hash_key.len() < 32 {
+            return Err(ConfigError::new(
+                "PG_SIM_REQUEST_HASH_KEY",
+                "must be at least 32 bytes",
+            ));
+        }
         Ok(Self {
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8082)))?,
             database_url: commerce_db::validate_url(
@@ -153,6 +167,7 @@ impl Config {
             api_keys,
             callback_secret,
             console_key,
+            request_hash_key,
         })
     }
 }

@@ -53,6 +53,8 @@ pub struct Simulator {
     callback_secret: String,
     /// The gateway operator's key (`X-CONSOLE-KEY`).
     console_key: String,
+    /// Keys request digests.
+    request_hash_key: String,
     http: reqwest::Client,
 }
 
@@ -137,6 +139,7 @@ impl Application {
             api_keys: config.api_keys,
             callback_secret: config.callback_secret,
             console_key: config.console_key,
+            request_hash_key: config.request_hash_key,
             http,
         });
         let api = Router::new()

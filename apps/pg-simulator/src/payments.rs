@@ -252,14 +252,10 @@ fn validate(req: &PaymentRequest, callback_hosts: &[String]) -> Result<()> {
         None => errors.push(FieldError::new("callback_url", "must be an http(s) URL")),
         // Callbacks go only where the operator allows: the gateway must not be a way to make
         // requests to arbitrary hosts.
-        Some(u)
-            if !u
-                .host_str()
-                .is_some_and(|h| callback_hosts.iter().any(|allowed| allowed == h)) =>
-        {
+        Some(u) if !callback_hosts.iter().any(|allowed| allows(allowed, &u)) => {
             errors.push(FieldError::new(
                 "callback_url",
-                "the host is not on the callback allowlist (PG_SIM_CALLBACK_HOSTS)",
+                "the URL is not on the callback allowlist (PG_SIM_CALLBACK_HOSTS)",
             ));
         }
         Some(_) => {}
@@ -271,19 +267,38 @@ fn validate(req: &PaymentRequest, callback_hosts: &[String]) -> Result<()> {
     }
 }
 
+/// Whether allowlist entry `allowed` admits callback URL `url`: an origin
+/// (`https://shop.example.com:8443`) pins scheme, host and port; a bare host (development, where
+/// ports are ephemeral) pins the host alone.
+fn allows(allowed: &str, url: &reqwest::Url) -> bool {
+    match reqwest::Url::parse(allowed) {
+        Ok(origin) if allowed.contains("://") => {
+            origin.scheme() == url.scheme()
+                && origin.host_str() == url.host_str()
+                && origin.port_or_known_default() == url.port_or_known_default()
+        }
+        _ => url.host_str() == Some(allowed),
+    }
+}
+
 /// How long a key's first request may stay in progress before another request may take the key
 /// over (a simulator that crashed mid-request never finishes it).
 const ABANDONED_AFTER: chrono::Duration = chrono::Duration::seconds(60);
 
-/// A digest of what the request asks for (never stored in the clear: it holds the card number).
-fn request_hash(req: &PaymentRequest) -> String {
-    commerce_db::idempotency::fingerprint(&[
-        req.order_id.as_bytes(),
-        req.card_type.as_bytes(),
-        req.card_no.as_bytes(),
-        req.amount.to_string().as_bytes(),
-        req.callback_url.as_bytes(),
-    ])
+/// A keyed digest of what the request asks for (HMAC-SHA256 under `key`): it covers the card
+/// number, so an unkeyed hash could be reversed from the masked number by trying the eight
+/// missing digits.
+fn request_hash(key: &str, req: &PaymentRequest) -> String {
+    commerce_web::signature::keyed_digest(
+        key.as_bytes(),
+        &[
+            req.order_id.as_bytes(),
+            req.card_type.as_bytes(),
+            req.card_no.as_bytes(),
+            req.amount.to_string().as_bytes(),
+            req.callback_url.as_bytes(),
+        ],
+    )
 }
 
 /// What an earlier request with the same key left.
@@ -383,7 +398,7 @@ pub async fn request_payment(
     let key = key.map(|k| k.as_str().to_owned());
     validate(&req, &sim.callback_hosts)?;
     if let Some(key) = &key {
-        match reserve(&sim, &user, key, &request_hash(&req)).await? {
+        match reserve(&sim, &user, key, &request_hash(&sim.request_hash_key, &req)).await? {
             Earlier::None => {}
             Earlier::Done(accepted) => {
                 RequestOutcome::Replayed.count();
@@ -690,11 +705,17 @@ pub(crate) async fn deliver(
         .body(body)
         .send()
         .await
-        .and_then(|r| r.error_for_status());
+        .map(|r| r.status());
     match sent {
-        Ok(_) => {
+        // Only a 2xx is a delivery: a redirect is not followed, so it is not one either.
+        Ok(status) if status.is_success() => {
             CallbackOutcome::Sent.count();
             CallbackStatus::Sent
+        }
+        Ok(status) => {
+            tracing::info!(transaction_key = %key, event = %notice.event, %status, "callback not accepted (not retried)");
+            CallbackOutcome::Failed.count();
+            CallbackStatus::Failed
         }
         Err(e) => {
             tracing::info!(transaction_key = %key, event = %notice.event, error = %e, "callback not delivered (not retried)");

@@ -777,3 +777,107 @@ async fn the_gateway_reverses_payments_from_its_console_and_tells_the_merchant_b
         assert_eq!(now["status"], "REFUNDED");
     }
 }
+
+#[tokio::test]
+async fn callbacks_are_pinned_to_an_origin_and_never_follow_redirects() {
+    let db = db().await;
+    let receiver = Receiver::start().await;
+    let target = reqwest::Url::parse(&receiver.url).unwrap();
+    let origin = format!("http://127.0.0.1:{}", target.port().unwrap());
+    // A listener that redirects every callback to the receiver.
+    let redirect_to = receiver.url.clone();
+    let app = Router::new().route(
+        "/callback",
+        post(move || {
+            let to = redirect_to.clone();
+            async move { axum::response::Redirect::temporary(&to) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector = format!("http://{}/callback", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let sim = Sim::start_with(pg_simulator::config::Config {
+        callback_hosts: vec![origin.clone(), "127.0.0.1".into()],
+        ..pg_simulator::config::Config::local(&db.url, Behaviour::reliable(), 23)
+    })
+    .await;
+    let pinned = Sim::start_with(pg_simulator::config::Config {
+        callback_hosts: vec![origin],
+        ..pg_simulator::config::Config::local(&db.url, Behaviour::reliable(), 24)
+    })
+    .await;
+    let long = Duration::from_secs(10);
+    let other_port = redirector.clone();
+    let other_scheme = receiver.url.replace("http://", "https://");
+    for url in [other_port.as_str(), other_scheme.as_str()] {
+        let (status, _, refused) = pinned
+            .pay_with_key("7", &format!("k-{url}"), &payment("960", url), long)
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {refused}");
+        assert_eq!(refused["errors"][0]["field"], "callback_url");
+    }
+    let (status, _, _) = pinned
+        .pay_with_key("7", "k-pinned", &payment("961", &receiver.url), long)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    receiver.wait_for(1, long).await;
+
+    // A callback answered with a redirect is not delivered anywhere else.
+    let (status, _, redirected) = sim
+        .pay_with_key("7", "k-redirect", &payment("962", &redirector), long)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK, "{redirected}");
+    let key = redirected["transaction_key"].as_str().unwrap().to_owned();
+    commerce_testkit::until(
+        "the redirected callback is recorded as failed",
+        long,
+        async || {
+            commerce_testkit::count(
+                &db.url,
+                &format!(
+                    "SELECT count(*) AS n FROM payments
+                      WHERE transaction_key = '{key}' AND callback_status = 'FAILED'"
+                ),
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    assert_eq!(receiver.all().len(), 1, "the redirect was not followed");
+}
+
+#[tokio::test]
+async fn request_digests_are_keyed_so_the_card_number_cannot_be_recovered() {
+    let db = db().await;
+    let sim = Sim::start(&db.url, Behaviour::reliable(), 25).await;
+    let receiver = Receiver::start().await;
+    let body = payment("970", &receiver.url);
+    let (status, _, _) = sim
+        .pay_with_key("7", "k-digest", &body, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let parts: Vec<String> = ["order_id", "card_type", "card_no", "amount", "callback_url"]
+        .iter()
+        .map(|f| match &body[f] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    let unkeyed = commerce_db::idempotency::fingerprint(&parts);
+    let keyed = commerce_web::signature::keyed_digest(
+        pg_simulator::config::DEV_REQUEST_HASH_KEY.as_bytes(),
+        &parts,
+    );
+    let stored = |hash: &str| {
+        format!("SELECT count(*) AS n FROM idempotency_keys WHERE request_hash = '{hash}'")
+    };
+    assert_eq!(commerce_testkit::count(&db.url, &stored(&keyed)).await, 1);
+    assert_eq!(commerce_testkit::count(&db.url, &stored(&unkeyed)).await, 0);
+}

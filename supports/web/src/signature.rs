@@ -96,6 +96,17 @@ pub fn verify<K: AsRef<[u8]>>(
     }
 }
 
+/// HMAC-SHA256 under `key` of `parts`, each length-prefixed (so parts cannot run into each
+/// other), in hex: a digest of secret-bearing input that cannot be reversed by guessing it.
+pub fn keyed_digest(key: &[u8], parts: &[&[u8]]) -> String {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes a key of any length");
+    for part in parts {
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    hex::encode(mac.finalize().into_bytes())
+}
+
 /// Whether `presented` is one of `keys`. Compares SHA-256 digests, so the time taken says nothing
 /// about how much of a key was right.
 pub fn is_one_of<K: AsRef<[u8]>>(presented: &[u8], keys: &[K]) -> bool {
@@ -160,6 +171,14 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn keyed_digests_depend_on_the_key_and_part_boundaries() {
+        let a = keyed_digest(b"key-1", &[b"ab", b"c"]);
+        assert_eq!(a, keyed_digest(b"key-1", &[b"ab", b"c"]));
+        assert_ne!(a, keyed_digest(b"key-2", &[b"ab", b"c"]));
+        assert_ne!(a, keyed_digest(b"key-1", &[b"a", b"bc"]));
     }
 
     #[test]

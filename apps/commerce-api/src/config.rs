@@ -7,6 +7,7 @@
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce` | the API's own database; TLS by `?sslmode=require\|verify-ca\|verify-full` and `sslrootcert=<PEM>` (see `commerce_db::tls`) |
 //! | `DATABASE_POOL_SIZE` | `16` | pooled connections (1..=512) |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | cache and first-come coupon gate; `rediss://` for TLS |
+//! | `DATABASE_ALLOW_PLAINTEXT` / `REDIS_ALLOW_PLAINTEXT` / `KAFKA_ALLOW_PLAINTEXT` | `false` | outside `dev`, a connection without TLS is refused at start unless its variable is `true` (a private network the operator vouches for; logged at start) |
 //! | `REDIS_CA_FILE` | system roots | PEM file of the CA that signed a `rediss://` server's certificate |
 //! | `REDIS_KEY_PREFIX` | `commerce:` | namespace for every key the API writes |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
@@ -58,7 +59,7 @@
 
 use std::net::SocketAddr;
 
-use commerce_config::{ConfigError, Profile, Reader, dev};
+use commerce_config::{ConfigError, Profile, Reader, Transport, dev};
 use commerce_kafka::KafkaSettings;
 
 pub use crate::domain::payments::PaymentSettings;
@@ -365,6 +366,31 @@ impl Config {
                 ));
             }
         }
+        let redis_url = r.string_or("REDIS_URL", "redis://127.0.0.1:6379");
+        commerce_config::refuse_plaintext(
+            r,
+            !dev,
+            &[
+                Transport {
+                    what: "PostgreSQL",
+                    configured_by: "DATABASE_URL",
+                    allow: "DATABASE_ALLOW_PLAINTEXT",
+                    encrypted: commerce_config::postgres_encrypted(&database_url),
+                },
+                Transport {
+                    what: "Redis",
+                    configured_by: "REDIS_URL",
+                    allow: "REDIS_ALLOW_PLAINTEXT",
+                    encrypted: redis_url.starts_with("rediss://"),
+                },
+                Transport {
+                    what: "Kafka",
+                    configured_by: "KAFKA_SECURITY_PROTOCOL",
+                    allow: "KAFKA_ALLOW_PLAINTEXT",
+                    encrypted: kafka.encrypted(),
+                },
+            ],
+        )?;
         Ok(Self {
             cors_allowed_origins,
             order_events_heartbeat: std::time::Duration::from_secs(r.in_range(
@@ -411,7 +437,7 @@ impl Config {
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 16, 1..=512)?,
-            redis_url: r.string_or("REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_url,
             redis_ca_file: r.optional("REDIS_CA_FILE")?,
             redis_key_prefix: r.string_or("REDIS_KEY_PREFIX", "commerce:"),
             kafka,
@@ -492,7 +518,7 @@ mod tests {
     }
 
     /// Production with every secret set to a non-development value.
-    const PROD: [(&str, &str); 6] = [
+    const PROD: [(&str, &str); 9] = [
         ("APP_PROFILE", "prod"),
         ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
         ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
@@ -502,7 +528,38 @@ mod tests {
         ),
         ("PG_API_KEY", "a-real-merchant-key-0123"),
         ("PG_CALLBACK_SECRETS", "a-real-callback-secret-0123456789ab"),
+        ("DATABASE_ALLOW_PLAINTEXT", "true"),
+        ("REDIS_ALLOW_PLAINTEXT", "true"),
+        ("KAFKA_ALLOW_PLAINTEXT", "true"),
     ];
+
+    #[test]
+    fn production_refuses_plaintext_connections_unless_each_is_allowed() {
+        for (allow, named) in [
+            ("DATABASE_ALLOW_PLAINTEXT", "DATABASE_URL"),
+            ("REDIS_ALLOW_PLAINTEXT", "REDIS_URL"),
+            ("KAFKA_ALLOW_PLAINTEXT", "KAFKA_SECURITY_PROTOCOL"),
+        ] {
+            let mut vars = PROD.to_vec();
+            vars.retain(|(v, _)| *v != allow);
+            assert_eq!(read(&vars).err().unwrap().var, named, "{allow}");
+        }
+        let mut encrypted = PROD.to_vec();
+        encrypted.retain(|(v, _)| !v.ends_with("_ALLOW_PLAINTEXT"));
+        encrypted.extend([
+            (
+                "DATABASE_URL",
+                "postgres://app@db:5432/commerce?sslmode=verify-full",
+            ),
+            ("REDIS_URL", "rediss://cache:6380"),
+            ("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("KAFKA_SASL_USERNAME", "commerce"),
+            ("KAFKA_SASL_PASSWORD", "secret"),
+        ]);
+        assert!(read(&encrypted).is_ok(), "{:?}", read(&encrypted).err());
+        assert!(dev(&[]).is_ok(), "development allows plain text");
+    }
 
     #[test]
     fn prod_profile_refuses_the_dev_card_key() {

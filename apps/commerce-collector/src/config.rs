@@ -36,7 +36,7 @@
 
 use std::net::SocketAddr;
 
-use commerce_config::{ConfigError, Profile, Reader};
+use commerce_config::{ConfigError, Profile, Reader, Transport};
 use commerce_kafka::KafkaSettings;
 
 /// Everything the collector reads from its environment.
@@ -94,18 +94,44 @@ impl Config {
                 ),
             ));
         }
+        let database_url = commerce_db::validate_url(
+            "DATABASE_URL",
+            r.string_or(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/commerce_metrics",
+            ),
+        )?;
+        let redis_url = r.string_or("REDIS_URL", "redis://127.0.0.1:6379");
+        commerce_config::refuse_plaintext(
+            r,
+            profile == Profile::Prod,
+            &[
+                Transport {
+                    what: "PostgreSQL",
+                    configured_by: "DATABASE_URL",
+                    allow: "DATABASE_ALLOW_PLAINTEXT",
+                    encrypted: commerce_config::postgres_encrypted(&database_url),
+                },
+                Transport {
+                    what: "Redis",
+                    configured_by: "REDIS_URL",
+                    allow: "REDIS_ALLOW_PLAINTEXT",
+                    encrypted: redis_url.starts_with("rediss://"),
+                },
+                Transport {
+                    what: "Kafka",
+                    configured_by: "KAFKA_SECURITY_PROTOCOL",
+                    allow: "KAFKA_ALLOW_PLAINTEXT",
+                    encrypted: kafka.encrypted(),
+                },
+            ],
+        )?;
         Ok(Self {
             profile,
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
-            database_url: commerce_db::validate_url(
-                "DATABASE_URL",
-                r.string_or(
-                    "DATABASE_URL",
-                    "postgres://postgres@127.0.0.1:5432/commerce_metrics",
-                ),
-            )?,
+            database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 8, 1..=512)?,
-            redis_url: r.string_or("REDIS_URL", "redis://127.0.0.1:6379"),
+            redis_url,
             redis_ca_file: r.optional("REDIS_CA_FILE")?,
             redis_key_prefix: r.string_or("REDIS_KEY_PREFIX", "commerce:"),
             kafka,
@@ -158,15 +184,35 @@ fn cron<S: commerce_config::Source>(
 mod tests {
     use super::*;
 
+    /// Production with `pairs`, plain text allowed (these tests are about other settings).
+    fn vars(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+        [
+            ("DATABASE_ALLOW_PLAINTEXT", "true"),
+            ("REDIS_ALLOW_PLAINTEXT", "true"),
+            ("KAFKA_ALLOW_PLAINTEXT", "true"),
+        ]
+        .iter()
+        .chain(pairs)
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+    }
+
+    #[test]
+    fn production_refuses_plaintext_unless_allowed() {
+        let err = Config::read(&Reader::new(std::collections::HashMap::new())).unwrap_err();
+        assert_eq!(err.var, "DATABASE_URL");
+        assert!(Config::read(&Reader::new(vars(&[]))).is_ok());
+    }
+
     #[test]
     fn the_dedupe_horizon_must_outlast_the_topics() {
-        let vars = std::collections::HashMap::from([
-            ("EVENT_HANDLED_RETENTION_HOURS".to_owned(), "168".to_owned()),
-            ("KAFKA_TOPIC_RETENTION_HOURS".to_owned(), "168".to_owned()),
+        let refused = vars(&[
+            ("EVENT_HANDLED_RETENTION_HOURS", "168"),
+            ("KAFKA_TOPIC_RETENTION_HOURS", "168"),
         ]);
-        let err = Config::read(&Reader::new(vars)).expect_err("refused");
+        let err = Config::read(&Reader::new(refused)).expect_err("refused");
         assert_eq!(err.var, "EVENT_HANDLED_RETENTION_HOURS");
-        let defaults = Config::read(&Reader::new(std::collections::HashMap::new())).unwrap();
+        let defaults = Config::read(&Reader::new(vars(&[]))).unwrap();
         assert_eq!(
             (
                 defaults.event_handled_retention_hours,
@@ -179,13 +225,11 @@ mod tests {
     #[test]
     fn a_schedule_typo_is_refused_naming_its_variable() {
         for var in ["ROLLUP_CRON", "RANKING_SNAPSHOT_CRON"] {
-            let vars =
-                std::collections::HashMap::from([(var.to_owned(), "0 */10 * * *x".to_owned())]);
-            let err = Config::read(&Reader::new(vars)).expect_err("a typo is refused");
+            let typo = vars(&[(var, "0 */10 * * *x")]);
+            let err = Config::read(&Reader::new(typo)).expect_err("a typo is refused");
             assert_eq!(err.var, var);
         }
-        let ok =
-            std::collections::HashMap::from([("ROLLUP_CRON".to_owned(), "0 0 * * * *".to_owned())]);
+        let ok = vars(&[("ROLLUP_CRON", "0 0 * * * *")]);
         assert_eq!(
             Config::read(&Reader::new(ok)).unwrap().rollup_cron,
             "0 0 * * * *"

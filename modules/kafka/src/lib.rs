@@ -185,6 +185,14 @@ impl KafkaSettings {
         Ok(settings)
     }
 
+    /// Whether the brokers are reached over TLS (`SSL` or `SASL_SSL`).
+    pub fn encrypted(&self) -> bool {
+        self.security.iter().any(|(property, value)| {
+            *property == "security.protocol"
+                && matches!(value.to_ascii_uppercase().as_str(), "SSL" | "SASL_SSL")
+        })
+    }
+
     fn base(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers)

@@ -246,6 +246,63 @@ impl FromStr for Profile {
     }
 }
 
+/// The connections an app makes, and whether each is encrypted, for [`refuse_plaintext`].
+#[derive(Debug, Clone, Copy)]
+pub struct Transport<'a> {
+    /// What it connects to (`PostgreSQL`, `Redis`, `Kafka`).
+    pub what: &'static str,
+    /// The variable that says how (`DATABASE_URL`, …), named in the refusal.
+    pub configured_by: &'a str,
+    /// The variable that allows plain text (`DATABASE_ALLOW_PLAINTEXT`, …).
+    pub allow: &'static str,
+    pub encrypted: bool,
+}
+
+/// Outside development, refuses every connection in plain text unless its `…_ALLOW_PLAINTEXT`
+/// variable says `true` (a private network the operator vouches for), and logs each one so
+/// allowed. Development allows everything.
+pub fn refuse_plaintext<S: Source>(
+    r: &Reader<S>,
+    production: bool,
+    transports: &[Transport<'_>],
+) -> Result<(), ConfigError> {
+    if !production {
+        return Ok(());
+    }
+    for t in transports.iter().filter(|t| !t.encrypted) {
+        if r.or(t.allow, false)? {
+            tracing::warn!(
+                dependency = t.what,
+                allowed_by = t.allow,
+                "connecting to {} in plain text, as {} allows",
+                t.what,
+                t.allow
+            );
+        } else {
+            return Err(ConfigError::new(
+                t.configured_by,
+                format!(
+                    "connects to {} in plain text; production needs TLS, or {}=true for a private network",
+                    t.what, t.allow
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a `postgres://` URL asks for TLS (`sslmode=require`, `verify-ca` or `verify-full`).
+pub fn postgres_encrypted(url: &str) -> bool {
+    url.split_once('?').is_some_and(|(_, query)| {
+        query.split('&').any(|pair| {
+            matches!(
+                pair.split_once('='),
+                Some(("sslmode", "require" | "verify-ca" | "verify-full"))
+            )
+        })
+    })
+}
+
 /// Development secrets the API and the payment-gateway simulator share, so a local stack works
 /// with no configuration. The API refuses each outside the dev profile.
 pub mod dev {

@@ -315,6 +315,10 @@ async fn production_refuses_to_start_while_an_admin_accepts_the_development_pass
                 "PG_CALLBACK_SECRETS",
                 "a-production-callback-secret-0123456789",
             )
+            // The test servers speak plain text.
+            .env("DATABASE_ALLOW_PLAINTEXT", "true")
+            .env("REDIS_ALLOW_PLAINTEXT", "true")
+            .env("KAFKA_ALLOW_PLAINTEXT", "true")
             .kill_on_drop(true);
         command
     };
@@ -359,6 +363,9 @@ async fn production_refuses_to_start_while_an_admin_accepts_the_development_pass
                 "PG_CALLBACK_SECRETS",
                 "a-production-callback-secret-0123456789",
             ),
+            ("DATABASE_ALLOW_PLAINTEXT", "true"),
+            ("REDIS_ALLOW_PLAINTEXT", "true"),
+            ("KAFKA_ALLOW_PLAINTEXT", "true"),
         ])
         .await;
     let ready: serde_json::Value = commerce_testkit::eventually(

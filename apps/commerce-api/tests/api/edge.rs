@@ -581,3 +581,45 @@ async fn a_login_flood_beyond_the_hashing_queue_is_refused_not_queued() {
         unauthorized as i64
     );
 }
+
+#[tokio::test]
+async fn likes_are_limited_per_user() {
+    let app = limited(&[("RATE_LIMIT_LIKES", "3/min")]).await;
+    let (_, alice) = app.user_with_points("alice", 0).await;
+    let (_, bob) = app.user_with_points("bob", 0).await;
+    let product = app.product(app.brand().await, 100, 10).await;
+    let path = format!("/api/v1/products/{product}/likes");
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        let method = if i % 2 == 0 {
+            reqwest::Method::POST
+        } else {
+            reqwest::Method::DELETE
+        };
+        let (status, _) = app.call(method, &path, Some(&alice), None).await;
+        statuses.push(status);
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ]
+    );
+    let (status, _) = app.post(&path, Some(&bob), json!({})).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "another user has their own allowance"
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT like_count AS n FROM products WHERE id = {product}"
+        ))
+        .await,
+        2,
+        "alice's like (the refused unlike changed nothing) and bob's"
+    );
+}

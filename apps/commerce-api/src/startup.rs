@@ -22,7 +22,7 @@ use crate::infra::limits::Limits;
 use crate::infra::order_events::OrderEvents;
 use crate::infra::product_cache::ProductCache;
 use crate::infra::views::ViewPublisher;
-use crate::state::{App, AppState};
+use crate::state::{AdminStatus, App, AppState};
 
 /// A built, bound, not yet running API.
 pub struct Application {
@@ -89,7 +89,7 @@ impl Application {
             views,
             product_cache,
             payments,
-            admin_refused: Arc::default(),
+            admin: Arc::default(),
         }));
         let dependencies = vec![
             Dependency::critical(DbCheck(db)),
@@ -97,7 +97,7 @@ impl Application {
             // while Kafka is down: both degrade the API, neither stops it.
             Dependency::optional(RedisCheck(cache)),
             Dependency::optional(kafka_check),
-            Dependency::critical(AdminCheck(state.admin_refused.clone())),
+            Dependency::critical(AdminCheck(state.admin.clone())),
         ];
         let server = server.router(router(state.clone(), dependencies));
         Ok(Self { server, state })
@@ -232,6 +232,10 @@ async fn edge_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiv
 async fn ensure_admin_until_done(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut delay = std::time::Duration::from_millis(200);
     loop {
+        // Settled already: `serve` checked before serving.
+        if state.admin.applied() || state.admin.refused() {
+            return;
+        }
         match secure_admin(&state).await {
             Ok(AdminCredentials::Applied) => return,
             Ok(AdminCredentials::DevelopmentPassword(login_id)) => {
@@ -264,8 +268,9 @@ pub enum AdminCredentials {
 /// Applies `COMMERCE_ADMIN_PASSWORD` to the configured admin account (creating it if missing,
 /// re-hashing it when the stored hash does not match: so rotating the variable and restarting
 /// rotates the password), then, outside the dev profile, checks that no administrator account
-/// accepts the development password. A development password found is recorded in the state, so
-/// the instance reports itself unready.
+/// accepts the development password. The outcome is recorded in the state: a development
+/// password found makes the instance unready, and either outcome spares the background task the
+/// same work.
 pub async fn secure_admin(state: &AppState) -> anyhow::Result<AdminCredentials> {
     let config = &state.config;
     let login_id = &config.admin_login_id;
@@ -300,18 +305,17 @@ pub async fn secure_admin(state: &AppState) -> anyhow::Result<AdminCredentials> 
                 .verify_password(DEV_ADMIN_PASSWORD.to_owned(), Some(stored.clone()))
                 .await?;
             if development {
-                state
-                    .admin_refused
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                state.admin.set_refused();
                 return Ok(AdminCredentials::DevelopmentPassword(login.clone()));
             }
         }
     }
+    state.admin.set_applied();
     Ok(AdminCredentials::Applied)
 }
 
 /// Unready while an administrator account accepts the development password in production.
-struct AdminCheck(Arc<std::sync::atomic::AtomicBool>);
+struct AdminCheck(Arc<AdminStatus>);
 
 impl commerce_web::health::ReadinessCheck for AdminCheck {
     fn name(&self) -> &'static str {
@@ -319,7 +323,7 @@ impl commerce_web::health::ReadinessCheck for AdminCheck {
     }
 
     fn check(&self) -> commerce_web::health::CheckFuture<'_> {
-        let refused = self.0.load(std::sync::atomic::Ordering::Relaxed);
+        let refused = self.0.refused();
         Box::pin(async move {
             if refused {
                 Err("an administrator account accepts the development password".to_owned())

@@ -38,14 +38,41 @@ pub struct App {
     pub coupons: Arc<Coupons>,
     /// Card payments: the gateway's client, the card vault, settling and reconciliation.
     pub payments: Arc<Payments>,
-    /// Set when, in production, an administrator account accepts the development password:
-    /// the instance is then unready ([`crate::startup::secure_admin`]).
-    pub admin_refused: Arc<std::sync::atomic::AtomicBool>,
+    /// Where the administrator credentials stand ([`crate::startup::secure_admin`]).
+    pub admin: Arc<AdminStatus>,
 }
 
 impl std::ops::Deref for AppState {
     type Target = App;
     fn deref(&self) -> &App {
         &self.0
+    }
+}
+
+/// Where the administrator credentials stand: not checked yet, applied, or refused (in
+/// production, an administrator accepts the development password: the instance is unready).
+#[derive(Debug, Default)]
+pub struct AdminStatus(std::sync::atomic::AtomicU8);
+
+impl AdminStatus {
+    const APPLIED: u8 = 1;
+    const REFUSED: u8 = 2;
+
+    pub fn applied(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) == Self::APPLIED
+    }
+
+    pub fn refused(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Relaxed) == Self::REFUSED
+    }
+
+    pub fn set_applied(&self) {
+        self.0
+            .store(Self::APPLIED, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn set_refused(&self) {
+        self.0
+            .store(Self::REFUSED, std::sync::atomic::Ordering::Relaxed);
     }
 }

@@ -36,7 +36,7 @@
 
 use std::net::SocketAddr;
 
-use commerce_config::{ConfigError, Profile, Reader, Transport};
+use commerce_config::{ConfigError, Connections, Profile, Reader};
 use commerce_kafka::KafkaSettings;
 
 /// Everything the collector reads from its environment.
@@ -105,26 +105,11 @@ impl Config {
         commerce_config::refuse_plaintext(
             r,
             profile == Profile::Prod,
-            &[
-                Transport {
-                    what: "PostgreSQL",
-                    configured_by: "DATABASE_URL",
-                    allow: "DATABASE_ALLOW_PLAINTEXT",
-                    encrypted: commerce_config::postgres_encrypted(&database_url),
-                },
-                Transport {
-                    what: "Redis",
-                    configured_by: "REDIS_URL",
-                    allow: "REDIS_ALLOW_PLAINTEXT",
-                    encrypted: redis_url.starts_with("rediss://"),
-                },
-                Transport {
-                    what: "Kafka",
-                    configured_by: "KAFKA_SECURITY_PROTOCOL",
-                    allow: "KAFKA_ALLOW_PLAINTEXT",
-                    encrypted: kafka.encrypted(),
-                },
-            ],
+            &Connections {
+                database_url: &database_url,
+                redis_url: &redis_url,
+                kafka_encrypted: kafka.encrypted(),
+            },
         )?;
         Ok(Self {
             profile,

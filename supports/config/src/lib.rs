@@ -246,29 +246,57 @@ impl FromStr for Profile {
     }
 }
 
-/// The connections an app makes, and whether each is encrypted, for [`refuse_plaintext`].
+/// What an app connects to, for [`refuse_plaintext`].
 #[derive(Debug, Clone, Copy)]
-pub struct Transport<'a> {
-    /// What it connects to (`PostgreSQL`, `Redis`, `Kafka`).
-    pub what: &'static str,
-    /// The variable that says how (`DATABASE_URL`, …), named in the refusal.
-    pub configured_by: &'a str,
-    /// The variable that allows plain text (`DATABASE_ALLOW_PLAINTEXT`, …).
-    pub allow: &'static str,
-    pub encrypted: bool,
+pub struct Connections<'a> {
+    /// `DATABASE_URL`.
+    pub database_url: &'a str,
+    /// `REDIS_URL`.
+    pub redis_url: &'a str,
+    /// Whether the Kafka brokers are reached over TLS (`KAFKA_SECURITY_PROTOCOL`).
+    pub kafka_encrypted: bool,
 }
 
-/// Outside development, refuses every connection in plain text unless its `…_ALLOW_PLAINTEXT`
-/// variable says `true` (a private network the operator vouches for), and logs each one so
-/// allowed. Development allows everything.
+/// One connection, whether it is encrypted, and the variables that say so.
+struct Transport {
+    what: &'static str,
+    configured_by: &'static str,
+    allow: &'static str,
+    encrypted: bool,
+}
+
+/// Outside development, refuses every connection in plain text (PostgreSQL without
+/// `sslmode=require|verify-ca|verify-full`, Redis without `rediss://`, Kafka without TLS) unless
+/// its `…_ALLOW_PLAINTEXT` variable says `true` (a private network the operator vouches for), and
+/// logs each one so allowed. Development allows everything.
 pub fn refuse_plaintext<S: Source>(
     r: &Reader<S>,
     production: bool,
-    transports: &[Transport<'_>],
+    connections: &Connections<'_>,
 ) -> Result<(), ConfigError> {
     if !production {
         return Ok(());
     }
+    let transports = [
+        Transport {
+            what: "PostgreSQL",
+            configured_by: "DATABASE_URL",
+            allow: "DATABASE_ALLOW_PLAINTEXT",
+            encrypted: postgres_encrypted(connections.database_url),
+        },
+        Transport {
+            what: "Redis",
+            configured_by: "REDIS_URL",
+            allow: "REDIS_ALLOW_PLAINTEXT",
+            encrypted: connections.redis_url.starts_with("rediss://"),
+        },
+        Transport {
+            what: "Kafka",
+            configured_by: "KAFKA_SECURITY_PROTOCOL",
+            allow: "KAFKA_ALLOW_PLAINTEXT",
+            encrypted: connections.kafka_encrypted,
+        },
+    ];
     for t in transports.iter().filter(|t| !t.encrypted) {
         if r.or(t.allow, false)? {
             tracing::warn!(
@@ -292,7 +320,7 @@ pub fn refuse_plaintext<S: Source>(
 }
 
 /// Whether a `postgres://` URL asks for TLS (`sslmode=require`, `verify-ca` or `verify-full`).
-pub fn postgres_encrypted(url: &str) -> bool {
+fn postgres_encrypted(url: &str) -> bool {
     url.split_once('?').is_some_and(|(_, query)| {
         query.split('&').any(|pair| {
             matches!(

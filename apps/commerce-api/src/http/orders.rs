@@ -89,11 +89,7 @@ pub async fn place_order(
         req.payment.card_type.as_deref(),
         req.payment.card_no.as_deref(),
     )?;
-    let placement = Placement {
-        topics: &state.topics,
-        cards: &state.payments.cards,
-        recheck_after: state.payments.settings.recheck_after,
-    };
+    let placement = Placement::of(&state.payments);
     let placed = {
         let mut conn = state.db.get().await?;
         orders::place(

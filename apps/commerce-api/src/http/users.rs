@@ -176,11 +176,7 @@ pub async fn charge(
 ) -> ApiResult<(StatusCode, Json<OrderView>)> {
     admit(&state.limits.points_charge, &user.id)?;
     let top_up = TopUpRequest::parse(req.amount, req.card_type.as_deref(), req.card_no.as_deref())?;
-    let placement = Placement {
-        topics: &state.topics,
-        cards: &state.payments.cards,
-        recheck_after: state.payments.settings.recheck_after,
-    };
+    let placement = Placement::of(&state.payments);
     let placed = {
         let mut conn = state.db.get().await?;
         topups::place(

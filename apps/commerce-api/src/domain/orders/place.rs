@@ -37,6 +37,17 @@ pub struct Placement<'a> {
     pub recheck_after: std::time::Duration,
 }
 
+impl<'a> Placement<'a> {
+    /// What card payments use: their topics, vault and first recheck.
+    pub fn of(payments: &'a payments::Payments) -> Self {
+        Self {
+            topics: &payments.topics,
+            cards: &payments.cards,
+            recheck_after: payments.settings.recheck_after,
+        }
+    }
+}
+
 /// Places an order for `user_id` in one transaction on `conn`.
 #[tracing::instrument(name = "order.place", skip_all, fields(user.id = user_id))]
 pub async fn place(

@@ -6,7 +6,8 @@
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 
-use crate::domain::catalog::{self, NewProduct};
+use crate::domain::catalog::{self, NewProduct, Scope};
+use crate::domain::partners;
 use crate::domain::states::DiscountType;
 use crate::infra::outbox::Topics;
 use crate::infra::schema::{brands, coupons, products};
@@ -55,7 +56,11 @@ pub async fn seed(database_url: &str, topics: &Topics) -> anyhow::Result<()> {
     }
     for (brand, items) in CATALOG {
         let brand_id: i64 = diesel::insert_into(brands::table)
-            .values((brands::name.eq(brand), brands::description.eq("demo brand")))
+            .values((
+                brands::name.eq(brand),
+                brands::description.eq("demo brand"),
+                brands::partner_id.eq(partners::HOUSE),
+            ))
             .returning(brands::id)
             .get_result(&mut conn)
             .await?;
@@ -68,7 +73,7 @@ pub async fn seed(database_url: &str, topics: &Topics) -> anyhow::Result<()> {
                 stock: *stock,
                 rules: Default::default(),
             };
-            catalog::create_product(&mut conn, topics, &req)
+            catalog::create_product(&mut conn, topics, Scope::Any, &req)
                 .await
                 .map_err(|e| anyhow::anyhow!("seeding {name}: {e}"))?;
         }

@@ -31,13 +31,14 @@ pub(crate) async fn card_orders(run_config: CardRun<'_>, cancel_paid: bool) -> a
     let mut db = connect_db(database_url).await?;
     let mut gateway_db = connect_db(gateway_database_url).await?;
     let tag = run_id();
-    let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
-        .bind::<Text, _>(&tag)
-        .get_result(&mut db)
-        .await?;
+    let brand: Id =
+        diesel::sql_query("INSERT INTO brands (name, partner_id) VALUES ($1, 1) RETURNING id")
+            .bind::<Text, _>(&tag)
+            .get_result(&mut db)
+            .await?;
     let products: Vec<i64> = diesel::sql_query(
-        "INSERT INTO products (brand_id, name, price, stock)
-         SELECT $1, 'bench card product ' || g, 1000, 1000000 FROM generate_series(1, 100) g RETURNING id",
+        "INSERT INTO products (brand_id, partner_id, name, price, stock)
+         SELECT $1, 1, 'bench card product ' || g, 1000, 1000000 FROM generate_series(1, 100) g RETURNING id",
     )
     .bind::<BigInt, _>(brand.id)
     .load::<Id>(&mut db)

@@ -74,17 +74,18 @@ pub(crate) async fn orders(
 ) -> anyhow::Result<()> {
     let mut db = connect_db(database_url).await?;
     let tag = run_id();
-    let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
-        .bind::<Text, _>(&tag)
-        .get_result(&mut db)
-        .await?;
+    let brand: Id =
+        diesel::sql_query("INSERT INTO brands (name, partner_id) VALUES ($1, 1) RETURNING id")
+            .bind::<Text, _>(&tag)
+            .get_result(&mut db)
+            .await?;
     let (count, stock) = match hot_stock {
         Some(s) => (1, s),
         None => (n_products, 1_000_000),
     };
     let products: Vec<i64> = diesel::sql_query(
-        "INSERT INTO products (brand_id, name, price, stock)
-         SELECT $1, 'bench product ' || g, 1000, $2 FROM generate_series(1, $3) g RETURNING id",
+        "INSERT INTO products (brand_id, partner_id, name, price, stock)
+         SELECT $1, 1, 'bench product ' || g, 1000, $2 FROM generate_series(1, $3) g RETURNING id",
     )
     .bind::<BigInt, _>(brand.id)
     .bind::<BigInt, _>(stock)
@@ -164,7 +165,10 @@ UPDATE products p SET stock = p.stock - 1 WHERE p.id = :pid AND p.stock >= 1;
 UPDATE users SET point_balance = point_balance - 1000 WHERE id = :uid AND point_balance >= 1000;
 WITH o AS (INSERT INTO orders (user_id, status, total_amount, discount_amount, final_amount, points_used, payment_method, request_hash, paid_at)
            VALUES (:uid, 'PAID', 1000, 0, 1000, 1000, 'POINT', 'pgbench', now()) RETURNING id),
-     i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price) SELECT id, :pid, 1, 1000 FROM o),
+     po AS (INSERT INTO partner_orders (order_id, partner_id, status, items_total, discount_share, points_share, card_share, paid_at)
+            SELECT id, 1, 'PAID', 1000, 0, 1000, 0, now() FROM o RETURNING id, order_id),
+     i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price, partner_order_id, points_share) SELECT order_id, :pid, 1, 1000, id, 1000 FROM po),
+     s AS (INSERT INTO payment_splits (partner_order_id, method, amount, captured) SELECT id, 'POINT', 1000, 1000 FROM po),
      l AS (INSERT INTO point_ledger (user_id, amount, kind, order_id) SELECT :uid, -1000, 'USE', id FROM o)
 INSERT INTO outbox (event_id, topic, partition_key, event_type, envelope)
 SELECT gen_random_uuid(), 'order-events', o.id::text, t, '{{}}'::jsonb FROM o, unnest(ARRAY['OrderCreated', 'OrderPaid']) t;
@@ -244,13 +248,14 @@ pub(crate) async fn drop_sale(
 ) -> anyhow::Result<()> {
     let mut db = connect_db(database_url).await?;
     let tag = run_id();
-    let brand: Id = diesel::sql_query("INSERT INTO brands (name) VALUES ($1) RETURNING id")
-        .bind::<Text, _>(&tag)
-        .get_result(&mut db)
-        .await?;
+    let brand: Id =
+        diesel::sql_query("INSERT INTO brands (name, partner_id) VALUES ($1, 1) RETURNING id")
+            .bind::<Text, _>(&tag)
+            .get_result(&mut db)
+            .await?;
     let product: Id = diesel::sql_query(
-        "INSERT INTO products (brand_id, name, price, stock, max_per_user, sale_starts_at)
-         VALUES ($1, $2, 1000, $3, 1, now() + interval '1 hour') RETURNING id",
+        "INSERT INTO products (brand_id, partner_id, name, price, stock, max_per_user, sale_starts_at)
+         VALUES ($1, 1, $2, 1000, $3, 1, now() + interval '1 hour') RETURNING id",
     )
     .bind::<BigInt, _>(brand.id)
     .bind::<Text, _>(format!("{tag} drop"))

@@ -22,6 +22,14 @@ impl FieldError {
             message: message.into(),
         }
     }
+
+    /// The same error for a field nested under `prefix` (`"account."` + `"login_id"`).
+    pub fn prefixed(self, prefix: &str) -> Self {
+        Self {
+            field: format!("{prefix}{}", self.field),
+            message: self.message,
+        }
+    }
 }
 
 /// A problem details body (`application/problem+json`).

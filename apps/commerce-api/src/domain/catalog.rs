@@ -26,6 +26,8 @@ pub struct BrandView {
     pub id: i64,
     pub name: String,
     pub description: String,
+    /// The partner that sells it.
+    pub partner_id: i64,
 }
 
 /// The row a [`BrandView`] is read from.
@@ -35,6 +37,7 @@ pub(crate) struct BrandRow {
     id: i64,
     name: String,
     description: String,
+    partner_id: i64,
 }
 
 impl From<BrandRow> for BrandView {
@@ -43,6 +46,7 @@ impl From<BrandRow> for BrandView {
             id: row.id,
             name: row.name,
             description: row.description,
+            partner_id: row.partner_id,
         }
     }
 }
@@ -55,6 +59,8 @@ pub struct ProductView {
     pub description: String,
     pub brand_id: i64,
     pub brand_name: String,
+    /// The partner that sells it (its brand's).
+    pub partner_id: i64,
     pub price: i64,
     pub stock: i64,
     pub like_count: i64,
@@ -323,7 +329,8 @@ fn check_amount(errors: &mut Vec<FieldError>, field: &str, value: i64) {
 }
 
 /// A product joined with its brand's name.
-#[derive(Queryable, Debug)]
+#[derive(Queryable, Selectable, Debug)]
+#[diesel(table_name = products)]
 struct ProductRow {
     id: i64,
     brand_id: i64,
@@ -333,40 +340,12 @@ struct ProductRow {
     stock: i64,
     like_count: i64,
     version: i64,
+    #[diesel(select_expression = brands::name)]
     brand_name: String,
     max_per_user: Option<i32>,
     sale_starts_at: Option<DateTime<Utc>>,
     sale_ends_at: Option<DateTime<Utc>>,
-}
-
-fn product_columns() -> (
-    products::id,
-    products::brand_id,
-    products::name,
-    products::description,
-    products::price,
-    products::stock,
-    products::like_count,
-    products::version,
-    brands::name,
-    products::max_per_user,
-    products::sale_starts_at,
-    products::sale_ends_at,
-) {
-    (
-        products::id,
-        products::brand_id,
-        products::name,
-        products::description,
-        products::price,
-        products::stock,
-        products::like_count,
-        products::version,
-        brands::name,
-        products::max_per_user,
-        products::sale_starts_at,
-        products::sale_ends_at,
-    )
+    partner_id: i64,
 }
 
 impl ProductRow {
@@ -392,6 +371,7 @@ impl ProductRow {
             stock: self.stock,
             like_count: self.like_count,
             brand_name: self.brand_name,
+            partner_id: self.partner_id,
             max_per_user: self.max_per_user,
             sale_starts_at: self.sale_starts_at,
             sale_ends_at: self.sale_ends_at,
@@ -403,7 +383,7 @@ async fn load(conn: &mut AsyncPgConnection, id: i64) -> Result<ProductRow> {
     products::table
         .inner_join(brands::table)
         .filter(products::id.eq(id))
-        .select(product_columns())
+        .select(ProductRow::as_select())
         .first(conn)
         .await
         .optional()?
@@ -415,17 +395,43 @@ pub async fn product(conn: &mut AsyncPgConnection, id: i64) -> Result<ProductVie
     load(conn, id).await.map(ProductRow::view)
 }
 
-/// Creates a brand.
-pub async fn create_brand(conn: &mut AsyncPgConnection, new: &NewBrand) -> Result<BrandView> {
-    Ok(diesel::insert_into(brands::table)
+/// Who is changing the catalog: an administrator (any partner's brands and products) or a
+/// partner (only its own; another partner's are "not found").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Any,
+    Partner(i64),
+}
+
+impl Scope {
+    fn allows(self, partner_id: i64) -> bool {
+        match self {
+            Scope::Any => true,
+            Scope::Partner(own) => own == partner_id,
+        }
+    }
+}
+
+/// Creates a brand sold by `partner_id` ([`Missing::Partner`] if there is no such partner).
+pub async fn create_brand(
+    conn: &mut AsyncPgConnection,
+    partner_id: i64,
+    new: &NewBrand,
+) -> Result<BrandView> {
+    let inserted = diesel::insert_into(brands::table)
         .values((
             brands::name.eq(&new.name),
             brands::description.eq(&new.description),
+            brands::partner_id.eq(partner_id),
         ))
         .returning(BrandRow::as_returning())
         .get_result::<BrandRow>(conn)
-        .await?
-        .into())
+        .await;
+    match inserted {
+        Ok(row) => Ok(row.into()),
+        Err(e) if is_foreign_key_violation(&e) => Err(Error::NotFound(Missing::Partner)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// A brand.
@@ -460,17 +466,28 @@ pub async fn brands(
     Ok((content, total))
 }
 
-/// Inserts a product and its `ProductCreated` event in one transaction.
+/// Inserts a product and its `ProductCreated` event in one transaction. The product belongs
+/// to its brand's partner; within `scope`, a brand of another partner is [`Missing::Brand`].
 pub async fn create_product(
     conn: &mut AsyncPgConnection,
     topics: &Topics,
+    scope: Scope,
     new: &NewProduct,
 ) -> Result<ProductView> {
     let row = conn
         .transaction::<_, Error, _>(async |conn| {
+            let partner_id: i64 = brands::table
+                .find(new.brand_id)
+                .select(brands::partner_id)
+                .first(conn)
+                .await
+                .optional()?
+                .filter(|p| scope.allows(*p))
+                .ok_or(Error::NotFound(Missing::Brand))?;
             let inserted = diesel::insert_into(products::table)
                 .values((
                     products::brand_id.eq(new.brand_id),
+                    products::partner_id.eq(partner_id),
                     products::name.eq(&new.name),
                     products::description.eq(&new.description),
                     products::price.eq(new.price),
@@ -499,14 +516,26 @@ pub async fn create_product(
 }
 
 /// Changes a product and records `ProductUpdated` with its new version, in one transaction.
+/// Within `scope`, another partner's product is [`Missing::Product`].
 pub async fn update_product(
     conn: &mut AsyncPgConnection,
     topics: &Topics,
+    scope: Scope,
     id: i64,
     patch: &ProductPatch,
 ) -> Result<ProductView> {
     let row = conn
         .transaction::<_, Error, _>(async |conn| {
+            // A product never changes partner: its owner read unlocked stays its owner.
+            let owner: Option<i64> = products::table
+                .find(id)
+                .select(products::partner_id)
+                .first(conn)
+                .await
+                .optional()?;
+            if !owner.is_some_and(|p| scope.allows(p)) {
+                return Err(Error::NotFound(Missing::Product));
+            }
             let updated = diesel::update(products::table.find(id))
                 .set((
                     patch,
@@ -532,6 +561,30 @@ pub async fn update_product(
         })
         .await?;
     Ok(row.view())
+}
+
+/// A page of partner `partner_id`'s products, newest first, and how many it has.
+pub async fn of_partner(
+    conn: &mut AsyncPgConnection,
+    partner_id: i64,
+    page: i64,
+    size: i64,
+) -> Result<(Vec<ProductView>, i64)> {
+    let total = products::table
+        .filter(products::partner_id.eq(partner_id))
+        .count()
+        .get_result(conn)
+        .await?;
+    let rows: Vec<ProductRow> = products::table
+        .inner_join(brands::table)
+        .filter(products::partner_id.eq(partner_id))
+        .order(products::id.desc())
+        .limit(size)
+        .offset(page * size)
+        .select(ProductRow::as_select())
+        .load(conn)
+        .await?;
+    Ok((rows.into_iter().map(ProductRow::view).collect(), total))
 }
 
 /// Up to `size` products (optionally of one brand) from `at` on, and how many there are in all.

@@ -9,6 +9,7 @@
 //!   (`crate::http`) and background jobs call the domain, never the other way.
 
 pub mod accounts;
+pub mod allocation;
 pub mod attention;
 pub mod card;
 pub mod catalog;
@@ -18,6 +19,8 @@ pub mod holds;
 pub mod lifecycle;
 pub mod logins;
 pub mod orders;
+pub mod partner_orders;
+pub mod partners;
 pub mod payments;
 pub mod points;
 pub mod reconcile;
@@ -64,6 +67,11 @@ pub enum Error {
     OrderNotCancellable(states::OrderStatus),
     #[error("that login id is already taken")]
     LoginIdTaken,
+    #[error("a partner with this business number exists")]
+    BusinessNumberTaken,
+    /// The calling partner is suspended: it cannot change its catalog.
+    #[error("the partner is suspended")]
+    PartnerSuspended,
     /// Too many wrong passwords for this login id: wait this long (see [`logins`]).
     #[error("too many failed logins for this login id; retry later")]
     LoginThrottled(std::time::Duration),
@@ -92,6 +100,8 @@ pub enum Missing {
     Order,
     Payment,
     User,
+    Partner,
+    PartnerOrder,
 }
 
 impl Missing {
@@ -104,6 +114,8 @@ impl Missing {
             Missing::Order => "order",
             Missing::Payment => "card payment",
             Missing::User => "user",
+            Missing::Partner => "partner",
+            Missing::PartnerOrder => "partner order",
         }
     }
 }

@@ -36,6 +36,7 @@ use crate::domain::holds::{self, WhenSpent};
 use crate::domain::lifecycle::{
     Fact, OrderState, REFUNDED_AT_GATEWAY, Transition, Verdict, decide, verdict,
 };
+use crate::domain::partner_orders;
 use crate::domain::points;
 use crate::domain::refunds::{self, Refundable};
 use crate::domain::states::{
@@ -146,7 +147,8 @@ pub struct Payments {
 }
 
 /// Opens a `PENDING` payment for a card order, inside the order's transaction: the masked
-/// number for display and the sealed one until the gateway has it.
+/// number for display and the sealed one until the gateway has it. Returns the payment's id
+/// and view.
 #[allow(clippy::too_many_arguments)]
 pub async fn open(
     conn: &mut AsyncPgConnection,
@@ -157,9 +159,9 @@ pub async fn open(
     amount: i64,
     card_type: CardType,
     card_no: &CardNumber,
-) -> Result<PaymentView> {
+) -> Result<(i64, PaymentView)> {
     let masked = card_no.masked();
-    diesel::insert_into(payments::table)
+    let id: i64 = diesel::insert_into(payments::table)
         .values((
             payments::order_id.eq(order_id),
             payments::user_id.eq(user_id),
@@ -177,16 +179,20 @@ pub async fn open(
                 ),
             )),
         ))
-        .execute(conn)
+        .returning(payments::id)
+        .get_result(conn)
         .await?;
     history::append(conn, order_id, Kind::Requested, Source::Order, None, None).await?;
-    Ok(PaymentView {
-        status: PaymentStatus::Pending,
-        card_type,
-        card_no: masked,
-        transaction_key: None,
-        reason: None,
-    })
+    Ok((
+        id,
+        PaymentView {
+            status: PaymentStatus::Pending,
+            card_type,
+            card_no: masked,
+            transaction_key: None,
+            reason: None,
+        },
+    ))
 }
 
 impl Payments {
@@ -616,6 +622,7 @@ pub async fn settle(
                 ))
                 .execute(conn)
                 .await?;
+            partner_orders::paid(conn, order_id, paid_at).await?;
             close(
                 conn,
                 order_id,
@@ -685,6 +692,7 @@ pub async fn settle(
                 .set(order_rows::status.eq(OrderStatus::PaymentFailed))
                 .execute(conn)
                 .await?;
+            partner_orders::payment_failed(conn, order_id).await?;
             close(
                 conn,
                 order_id,
@@ -832,6 +840,8 @@ async fn accept_reversal(
 ) -> Result<()> {
     let order_id = order.id;
     let lines = holds::release(conn, order_id, WhenSpent::TakeWhatIsLeft).await?;
+    partner_orders::cancelled(conn, order_id).await?;
+    partner_orders::card_refunded(conn, refundable.payment_id).await?;
     diesel::update(order_rows::table.find(order_id))
         .set((
             order_rows::status.eq(OrderStatus::Refunded),

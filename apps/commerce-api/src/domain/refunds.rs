@@ -33,6 +33,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use crate::domain::Result;
 use crate::domain::history::{self, PaymentEventKind as Kind, Source};
 use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
+use crate::domain::partner_orders;
 use crate::domain::states::{OrderStatus, PaymentStatus, RefundCause, RefundStatus};
 use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::{orders, payments, refunds};
@@ -164,6 +165,7 @@ pub(crate) async fn confirm_in(
                 ))
                 .execute(conn)
                 .await?;
+            partner_orders::card_refunded(conn, payment_id).await?;
             if order_too {
                 diesel::update(orders::table.find(refund.order_id))
                     .set(orders::status.eq(OrderStatus::Refunded))

@@ -120,7 +120,7 @@ pub async fn place(
                     .returning((order_rows::id, order_rows::created_at))
                     .get_result(conn)
                     .await?;
-            let payment = payments::open(
+            let (_, payment) = payments::open(
                 conn,
                 ctx.cards,
                 ctx.recheck_after,
@@ -142,6 +142,7 @@ pub async fn place(
                 user_coupon_id: None,
                 items: Vec::new(),
                 payment: Some(payment),
+                partner_orders: Vec::new(),
                 payment_history: None,
                 created_at,
             }))

@@ -6,7 +6,8 @@
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 
-use crate::domain::accounts;
+use crate::domain::partners::{self, PartnerStatus};
+use crate::domain::{self, accounts};
 use crate::http::error::{ApiError, ApiResult};
 use crate::infra::auth::Role;
 use crate::infra::limits::{self, Limit};
@@ -60,9 +61,50 @@ impl FromRequestParts<AppState> for AdminUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
         let user = AuthUser::from_request_parts(parts, state).await?;
         if user.role != Role::Admin {
-            return Err(ApiError::Forbidden);
+            return Err(ApiError::Forbidden("this route needs the admin role"));
         }
         Ok(AdminUser(user))
+    }
+}
+
+/// The authenticated caller, required to be a partner account (403 otherwise), with the partner
+/// it acts for. The partner and its status are read on every request: a suspension takes effect
+/// at once.
+#[derive(Debug, Clone, Copy)]
+pub struct PartnerUser {
+    pub user_id: i64,
+    pub partner_id: i64,
+    pub status: PartnerStatus,
+}
+
+impl PartnerUser {
+    /// Refuses a suspended partner ([`domain::Error::PartnerSuspended`]): for catalog changes.
+    pub fn active(self) -> ApiResult<Self> {
+        match self.status {
+            PartnerStatus::Active => Ok(self),
+            PartnerStatus::Suspended => Err(domain::Error::PartnerSuspended.into()),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for PartnerUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        const NOT_PARTNER: ApiError = ApiError::Forbidden("this route needs a partner account");
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        if user.role != Role::Partner {
+            return Err(NOT_PARTNER);
+        }
+        let mut conn = state.db.get().await?;
+        let (partner_id, status) = partners::of_user(&mut conn, user.id)
+            .await?
+            .ok_or(NOT_PARTNER)?;
+        Ok(PartnerUser {
+            user_id: user.id,
+            partner_id,
+            status,
+        })
     }
 }
 

@@ -11,9 +11,10 @@ use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::catalog::{
-    self, BrandView, LikeView, Position, ProductSummary, ProductView, Sort,
+    self, BrandView, LikeView, Position, ProductSummary, ProductView, Scope, Sort,
 };
 use crate::domain::check;
+use crate::domain::partners;
 use crate::http::auth::{AdminUser, AuthUser, ClientIp, admit};
 use crate::http::error::ApiResult;
 use crate::http::paging::{Page, PageParams, page_and_size};
@@ -31,14 +32,18 @@ const CACHED_SIZES: [i64; 4] = [10, 20, 50, 100];
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewBrand {
-    name: String,
+    pub(crate) name: String,
     #[serde(default)]
-    description: String,
+    pub(crate) description: String,
+    /// The partner that sells it (admins only; the house partner by default).
+    #[serde(default)]
+    pub(crate) partner_id: Option<i64>,
 }
 
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewProduct {
+    /// The product belongs to its brand's partner.
     brand_id: i64,
     name: String,
     #[serde(default)]
@@ -93,17 +98,19 @@ pub struct ListParams {
     cursor: Option<String>,
 }
 
-/// Create a brand (admin).
+/// Create a brand (admin), sold by `partner_id` (the house partner by default).
 #[utoipa::path(post, path = "/api/v1/admin/brands", tag = "catalog", security(("bearer" = [])),
-    request_body = NewBrand, responses((status = 201, body = BrandView), (status = 400), (status = 401), (status = 403)))]
+    request_body = NewBrand, responses((status = 201, body = BrandView), (status = 400), (status = 401), (status = 403),
+        (status = 404, description = "PARTNER_NOT_FOUND")))]
 pub async fn create_brand(
     State(state): State<AppState>,
     _admin: AdminUser,
     Json(req): Json<NewBrand>,
 ) -> ApiResult<(StatusCode, Json<BrandView>)> {
     let new = catalog::NewBrand::parse(&req.name, req.description)?;
+    let partner = req.partner_id.unwrap_or(partners::HOUSE);
     let mut conn = state.db.get().await?;
-    let brand = catalog::create_brand(&mut conn, &new).await?;
+    let brand = catalog::create_brand(&mut conn, partner, &new).await?;
     Ok((StatusCode::CREATED, Json(brand)))
 }
 
@@ -118,13 +125,22 @@ pub async fn get_brand(
     Ok(Json(catalog::brand(&mut conn, id).await?))
 }
 
-/// Create a product (admin). Emits `ProductCreated`.
+/// Create a product of any partner's brand (admin). Emits `ProductCreated`.
 #[utoipa::path(post, path = "/api/v1/admin/products", tag = "catalog", security(("bearer" = [])),
     request_body = NewProduct, responses((status = 201, body = ProductView), (status = 400), (status = 404, description = "BRAND_NOT_FOUND")))]
 pub async fn create_product(
     State(state): State<AppState>,
     _admin: AdminUser,
     Json(req): Json<NewProduct>,
+) -> ApiResult<(StatusCode, Json<ProductView>)> {
+    add_product(&state, Scope::Any, req).await
+}
+
+/// Creates a product within `scope` and evicts the cached lists.
+pub(crate) async fn add_product(
+    state: &AppState,
+    scope: Scope,
+    req: NewProduct,
 ) -> ApiResult<(StatusCode, Json<ProductView>)> {
     let rules = catalog::SaleRules {
         max_per_user: req.max_per_user,
@@ -140,13 +156,13 @@ pub async fn create_product(
         rules,
     )?;
     let mut conn = state.db.get().await?;
-    let product = catalog::create_product(&mut conn, &state.topics, &new).await?;
+    let product = catalog::create_product(&mut conn, &state.topics, scope, &new).await?;
     drop(conn);
     state.product_cache.evict_lists().await;
     Ok((StatusCode::CREATED, Json(product)))
 }
 
-/// Change a product (admin). Emits `ProductUpdated` with the new version.
+/// Change any partner's product (admin). Emits `ProductUpdated` with the new version.
 #[utoipa::path(patch, path = "/api/v1/admin/products/{id}", tag = "catalog", security(("bearer" = [])),
     request_body = ProductPatch, responses((status = 200, body = ProductView), (status = 400), (status = 404)))]
 pub async fn update_product(
@@ -154,6 +170,16 @@ pub async fn update_product(
     _admin: AdminUser,
     Path(id): Path<i64>,
     Json(patch): Json<ProductPatch>,
+) -> ApiResult<Json<ProductView>> {
+    change_product(&state, Scope::Any, id, patch).await
+}
+
+/// Changes a product within `scope` and evicts it and the cached lists.
+pub(crate) async fn change_product(
+    state: &AppState,
+    scope: Scope,
+    id: i64,
+    patch: ProductPatch,
 ) -> ApiResult<Json<ProductView>> {
     let rules = catalog::RulesPatch {
         max_per_user: patch.max_per_user,
@@ -168,7 +194,7 @@ pub async fn update_product(
         rules,
     )?;
     let mut conn = state.db.get().await?;
-    let product = catalog::update_product(&mut conn, &state.topics, id, &patch).await?;
+    let product = catalog::update_product(&mut conn, &state.topics, scope, id, &patch).await?;
     drop(conn);
     state.product_cache.evict_product(id).await;
     state.product_cache.evict_lists().await;

@@ -22,8 +22,9 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("authentication required: {0}")]
     Unauthenticated(&'static str),
-    #[error("forbidden")]
-    Forbidden,
+    /// The caller's role may not use this route (which role it needs).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     /// A rate limit refused the request; retry after this long.
     #[error("rate limited")]
     RateLimited(std::time::Duration),
@@ -51,11 +52,9 @@ impl ApiError {
             ApiError::Unauthenticated(detail) => {
                 Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", *detail)
             }
-            ApiError::Forbidden => Problem::new(
-                StatusCode::FORBIDDEN,
-                "FORBIDDEN",
-                "this route needs the admin role",
-            ),
+            ApiError::Forbidden(detail) => {
+                Problem::new(StatusCode::FORBIDDEN, "FORBIDDEN", *detail)
+            }
             ApiError::RateLimited(_) => Problem::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "RATE_LIMITED",
@@ -83,6 +82,10 @@ impl ApiError {
                     E::CouponNotActive => conflict("COUPON_NOT_ACTIVE", detail),
                     E::OrderNotCancellable(_) => conflict("ORDER_NOT_CANCELLABLE", detail),
                     E::LoginIdTaken => conflict("LOGIN_ID_TAKEN", detail),
+                    E::BusinessNumberTaken => conflict("BUSINESS_NUMBER_TAKEN", detail),
+                    E::PartnerSuspended => {
+                        Problem::new(StatusCode::FORBIDDEN, "PARTNER_SUSPENDED", detail)
+                    }
                     E::LoginThrottled(_) => {
                         Problem::new(StatusCode::TOO_MANY_REQUESTS, "LOGIN_THROTTLED", detail)
                     }
@@ -114,6 +117,8 @@ fn not_found_code(missing: Missing) -> &'static str {
         Missing::Order => "ORDER_NOT_FOUND",
         Missing::Payment => "PAYMENT_NOT_FOUND",
         Missing::User => "USER_NOT_FOUND",
+        Missing::Partner => "PARTNER_NOT_FOUND",
+        Missing::PartnerOrder => "PARTNER_ORDER_NOT_FOUND",
     }
 }
 

@@ -12,6 +12,7 @@ pub mod coupons;
 pub mod error;
 pub mod orders;
 pub mod paging;
+pub mod partners;
 pub mod payments;
 pub mod users;
 
@@ -88,6 +89,16 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::attention))
         .routes(routes!(admin::retry_payment))
         .routes(routes!(admin::grant_points))
+        .routes(routes!(partners::create_partner, partners::list_partners))
+        .routes(routes!(partners::get_partner))
+        .routes(routes!(partners::suspend_partner))
+        .routes(routes!(partners::resume_partner))
+        .routes(routes!(partners::me))
+        .routes(routes!(partners::create_brand))
+        .routes(routes!(partners::create_product, partners::list_products))
+        .routes(routes!(partners::update_product))
+        .routes(routes!(partners::list_orders))
+        .routes(routes!(partners::get_order))
         .split_for_parts();
     (router, commerce_web::openapi::with_problem_responses(api))
 }

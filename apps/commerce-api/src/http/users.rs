@@ -21,11 +21,11 @@ use crate::state::AppState;
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
     /// 4–32 characters: letters, digits, `_`, `-`, `.`.
-    login_id: String,
+    pub(crate) login_id: String,
     /// 8–128 characters.
-    password: String,
-    name: String,
-    email: String,
+    pub(crate) password: String,
+    pub(crate) name: String,
+    pub(crate) email: String,
 }
 
 #[derive(Deserialize, ToSchema)]

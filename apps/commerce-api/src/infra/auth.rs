@@ -26,6 +26,8 @@ commerce_enums::text_enum! {
     pub enum Role {
         User => "USER",
         Admin => "ADMIN",
+        /// A partner's account: sells through `/api/v1/partner/...`, tied to one partner.
+        Partner => "PARTNER",
     }
 }
 

@@ -27,6 +27,48 @@ diesel::table! {
         role -> Text,
         point_balance -> BigInt,
         created_at -> Timestamptz,
+        partner_id -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    partners (id) {
+        id -> BigInt,
+        name -> Text,
+        business_number -> Text,
+        status -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    partner_orders (id) {
+        id -> BigInt,
+        order_id -> BigInt,
+        partner_id -> BigInt,
+        status -> Text,
+        items_total -> BigInt,
+        discount_share -> BigInt,
+        points_share -> BigInt,
+        card_share -> BigInt,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        paid_at -> Nullable<Timestamptz>,
+        confirmed_at -> Nullable<Timestamptz>,
+        cancelled_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    payment_splits (partner_order_id, method) {
+        partner_order_id -> BigInt,
+        method -> Text,
+        payment_id -> Nullable<BigInt>,
+        amount -> BigInt,
+        captured -> BigInt,
+        refunded -> BigInt,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -60,6 +102,7 @@ diesel::table! {
         name -> Text,
         description -> Text,
         created_at -> Timestamptz,
+        partner_id -> BigInt,
     }
 }
 
@@ -78,6 +121,7 @@ diesel::table! {
         max_per_user -> Nullable<Integer>,
         sale_starts_at -> Nullable<Timestamptz>,
         sale_ends_at -> Nullable<Timestamptz>,
+        partner_id -> BigInt,
     }
 }
 
@@ -143,6 +187,12 @@ diesel::table! {
         product_id -> BigInt,
         quantity -> BigInt,
         unit_price -> BigInt,
+        partner_order_id -> BigInt,
+        discount_share -> BigInt,
+        points_share -> BigInt,
+        quantity_cancelled -> BigInt,
+        quantity_shipped -> BigInt,
+        quantity_returned -> BigInt,
     }
 }
 
@@ -166,6 +216,11 @@ diesel::table! {
 }
 
 diesel::joinable!(products -> brands (brand_id));
+diesel::joinable!(users -> partners (partner_id));
+diesel::joinable!(partner_orders -> orders (order_id));
+diesel::joinable!(partner_orders -> partners (partner_id));
+diesel::joinable!(order_items -> partner_orders (partner_order_id));
+diesel::joinable!(payment_splits -> partner_orders (partner_order_id));
 diesel::joinable!(product_likes -> products (product_id));
 diesel::joinable!(user_coupons -> coupons (coupon_id));
 diesel::joinable!(order_items -> orders (order_id));
@@ -221,4 +276,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     payments,
     refunds,
     payment_events,
+    partners,
+    partner_orders,
+    payment_splits,
 );

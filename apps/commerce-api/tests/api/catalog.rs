@@ -24,7 +24,7 @@ async fn brands_and_products_are_created_read_and_changed_with_events() {
     assert_eq!(
         p,
         json!({"id": product, "name": "Widget", "description": "", "brand_id": brand, "brand_name": "Acme",
-               "price": 2500, "stock": 7, "like_count": 0,
+               "partner_id": 1, "price": 2500, "stock": 7, "like_count": 0,
                "max_per_user": null, "sale_starts_at": null, "sale_ends_at": null})
     );
 

@@ -12,6 +12,7 @@ mod edge;
 mod gateway_auth;
 mod harness_isolation;
 mod lifecycle;
+mod marketplace;
 mod migrations;
 mod order_events;
 mod orders;

@@ -77,3 +77,90 @@ async fn refunds_and_the_payment_history_take_over_every_payment_made_before_the
         6
     );
 }
+
+/// Everything sold before partners belongs to the house partner: brands, products, and one
+/// partner order per goods order, its amounts allocated to the lines as the API allocates them.
+#[tokio::test]
+async fn partners_take_over_the_catalog_and_orders_made_before_them() {
+    let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    conn.batch_execute(include_str!(
+        "../../migrations/2026-12-06-000001_partners/down.sql"
+    ))
+    .await
+    .unwrap();
+    // A points order of three lines with 1,000 off (10,000 / 5,000 / 1: remainders decide the
+    // last units), a card order paid and refunded, a pending card order and a top-up.
+    conn.batch_execute(
+        "DELETE FROM __diesel_schema_migrations WHERE version = '20261206000001';
+         INSERT INTO users (id, login_id, password_hash, name, email, point_balance)
+              VALUES (1, 'old', 'x', 'Old', 'old@example.com', 0);
+         INSERT INTO brands (id, name) VALUES (1, 'Old brand');
+         INSERT INTO products (id, brand_id, name, price, stock)
+              VALUES (1, 1, 'a', 10000, 5), (2, 1, 'b', 5000, 5), (3, 1, 'c', 1, 5);
+         INSERT INTO orders (id, user_id, status, total_amount, discount_amount, final_amount,
+                             points_used, payment_method, paid_at, kind)
+              VALUES (1, 1, 'PAID', 15001, 1000, 14001, 14001, 'POINT', now(), 'GOODS'),
+                     (2, 1, 'REFUNDED', 5000, 0, 5000, 0, 'CARD', now(), 'GOODS'),
+                     (3, 1, 'PENDING_PAYMENT', 10000, 0, 10000, 0, 'CARD', NULL, 'GOODS'),
+                     (4, 1, 'PAID', 0, 0, 7000, 0, 'CARD', now(), 'POINT_TOP_UP');
+         INSERT INTO order_items (order_id, product_id, quantity, unit_price)
+              VALUES (1, 1, 1, 10000), (1, 2, 1, 5000), (1, 3, 1, 1), (2, 2, 1, 5000), (3, 1, 1, 10000);
+         INSERT INTO payments (id, order_id, user_id, amount, card_type, card_no_masked, status,
+                               transaction_key, next_check_at)
+              VALUES (2, 2, 1, 5000, 'KB', '1234-****-****-3456', 'REFUNDED', 'T2', now()),
+                     (3, 3, 1, 10000, 'KB', '1234-****-****-3456', 'PENDING', NULL, now()),
+                     (4, 4, 1, 7000, 'KB', '1234-****-****-3456', 'SUCCESS', 'T4', now());",
+    )
+    .await
+    .unwrap();
+
+    commerce_db::run_migrations(&db.url, commerce_api::MIGRATIONS)
+        .await
+        .unwrap();
+
+    let n = async |sql: &str| count(&db.url, sql).await;
+    assert_eq!(
+        n("SELECT count(*) AS n FROM brands WHERE partner_id = 1").await
+            + n("SELECT count(*) AS n FROM products WHERE partner_id = 1").await,
+        4
+    );
+    // 1,000 × 10,000/15,001 = 666.62, × 5,000/15,001 = 333.31, × 1/15,001 = 0.07: floors 999,
+    // the unit left to the largest remainder; the points cover the rest of each line.
+    assert_eq!(
+        n("SELECT count(*) AS n FROM order_items WHERE order_id = 1 AND
+              (product_id, discount_share, points_share) IN ((1, 667, 9333), (2, 333, 4667), (3, 0, 1))")
+        .await,
+        3
+    );
+    assert_eq!(
+        n("SELECT count(*) AS n FROM partner_orders p JOIN payment_splits s ON s.partner_order_id = p.id
+            WHERE p.order_id = 1 AND p.partner_id = 1 AND p.status = 'PAID' AND p.items_total = 15001
+              AND p.discount_share = 1000 AND p.points_share = 14001 AND p.card_share = 0
+              AND s.method = 'POINT' AND s.amount = 14001 AND s.captured = 14001 AND s.refunded = 0")
+        .await,
+        1
+    );
+    assert_eq!(
+        n("SELECT count(*) AS n FROM partner_orders p JOIN payment_splits s ON s.partner_order_id = p.id
+            WHERE p.order_id = 2 AND p.status = 'CANCELLED' AND p.card_share = 5000
+              AND s.method = 'CARD' AND s.payment_id = 2 AND s.captured = 5000 AND s.refunded = 5000")
+        .await,
+        1
+    );
+    assert_eq!(
+        n("SELECT count(*) AS n FROM partner_orders p JOIN payment_splits s ON s.partner_order_id = p.id
+            WHERE p.order_id = 3 AND p.status = 'PENDING_PAYMENT' AND s.captured = 0")
+        .await,
+        1
+    );
+    // A top-up sells nothing: no partner order.
+    assert_eq!(
+        n("SELECT count(*) AS n FROM partner_orders WHERE order_id = 4").await,
+        0
+    );
+    assert_eq!(
+        n("SELECT count(*) AS n FROM order_items WHERE partner_order_id IS NOT NULL").await,
+        5
+    );
+}

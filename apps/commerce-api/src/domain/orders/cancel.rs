@@ -7,6 +7,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use crate::domain::history::{self, PaymentEventKind, Source};
 use crate::domain::holds::{self, WhenSpent};
 use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
+use crate::domain::partner_orders;
 use crate::domain::payments::{self};
 use crate::domain::states::{OrderKind, OrderStatus, PaymentStatus};
 use crate::domain::{Error, Missing, Result};
@@ -81,6 +82,7 @@ pub async fn cancel(
                 }
                 other => return Err(other.unexpected(order.id, Fact::Cancel)),
             };
+            partner_orders::cancelled(conn, order.id).await?;
             diesel::update(orders::table.find(order.id))
                 .set((
                     orders::status.eq(OrderStatus::Cancelled),

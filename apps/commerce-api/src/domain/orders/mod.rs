@@ -41,6 +41,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::history::{self, PaymentEvent};
+use crate::domain::partner_orders::{self, PartnerOrderView};
 use crate::domain::payments::{PaymentRow, PaymentView};
 use crate::domain::states::{OrderKind, OrderStatus, PaymentKind};
 use crate::domain::{Error, Missing, Result, holds};
@@ -68,6 +69,9 @@ pub struct OrderView {
     pub payment_method: PaymentKind,
     pub user_coupon_id: Option<i64>,
     pub items: Vec<OrderItemView>,
+    /// One per partner whose products the order holds, in partner-id order: its lines, its
+    /// shares of the total, discount and points, its share of each payment, and its state.
+    pub partner_orders: Vec<PartnerOrderView>,
     /// The card payment, for `CARD` orders.
     pub payment: Option<PaymentView>,
     /// Every change of the card payment, oldest first: in the order's detail
@@ -135,10 +139,19 @@ async fn order_view(conn: &mut AsyncPgConnection, order: OrderRow) -> Result<Ord
         PaymentKind::Point => None,
     };
     let items = holds::lines(conn, order.id).await?;
-    Ok(assemble(order, items, payment))
+    let parts = partner_orders::of_orders(conn, &[order.id])
+        .await?
+        .remove(&order.id)
+        .unwrap_or_default();
+    Ok(assemble(order, items, parts, payment))
 }
 
-fn assemble(order: OrderRow, items: Vec<OrderLine>, payment: Option<PaymentView>) -> OrderView {
+fn assemble(
+    order: OrderRow,
+    items: Vec<OrderLine>,
+    partner_orders: Vec<PartnerOrderView>,
+    payment: Option<PaymentView>,
+) -> OrderView {
     OrderView {
         order_id: order.id,
         kind: order.kind,
@@ -156,14 +169,16 @@ fn assemble(order: OrderRow, items: Vec<OrderLine>, payment: Option<PaymentView>
                 unit_price: l.unit_price,
             })
             .collect(),
+        partner_orders,
         payment,
         payment_history: None,
         created_at: order.created_at,
     }
 }
 
-/// A page of a user's orders, newest first, and how many they have in all. Three queries
-/// whatever the page size: the orders, their lines and their payments.
+/// A page of a user's orders, newest first, and how many they have in all. A fixed number of
+/// queries whatever the page size: the orders, their lines, their partner orders and their
+/// payments.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     user_id: i64,
@@ -211,6 +226,7 @@ pub async fn list(
         .into_iter()
         .map(|(order_id, row)| (order_id, row.into()))
         .collect();
+    let mut parts = partner_orders::of_orders(conn, &ids).await?;
     let orders = rows
         .into_iter()
         .map(|row| {
@@ -219,7 +235,12 @@ pub async fn list(
                 PaymentKind::Card => payments.remove(&id),
                 PaymentKind::Point => None,
             };
-            assemble(row, items.remove(&id).unwrap_or_default(), payment)
+            assemble(
+                row,
+                items.remove(&id).unwrap_or_default(),
+                parts.remove(&id).unwrap_or_default(),
+                payment,
+            )
         })
         .collect();
     Ok((orders, total))

@@ -10,12 +10,13 @@ use diesel::sql_types::{Array, BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::card::CardVault;
+use crate::domain::partner_orders::{self, PartnerOrderStatus, SplitLine};
 use crate::domain::payments::{self};
 use crate::domain::states::{CouponStatus, LedgerKind, OrderStatus, PaymentMethod};
 use crate::domain::{Error, Missing, Result, coupons};
 use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::{
-    coupons as coupon_terms, order_items, orders, point_ledger, products, user_coupons, users,
+    coupons as coupon_terms, orders, point_ledger, products, user_coupons, users,
 };
 
 use super::{OrderItemView, OrderRequest, OrderRow, OrderView, order_columns, order_view};
@@ -146,6 +147,11 @@ struct LockedProduct {
     sale_starts_at: Option<chrono::DateTime<chrono::Utc>>,
     #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>)]
     sale_ends_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = BigInt)]
+    partner_id: i64,
+    /// Its partner is suspended: not on sale.
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    suspended: bool,
 }
 
 #[derive(diesel::QueryableByName)]
@@ -156,7 +162,7 @@ struct Held {
     held: i64,
 }
 
-/// Refuses an order for a product outside its sale window, or one that would take the user
+/// Refuses an order for a product outside its sale window or of a suspended partner, or one that would take the user
 /// above a product's `max_per_user` counting their standing (pending or paid) orders. Runs
 /// under the products' row locks, which every order for them takes: two orders of one user for
 /// one limited product are counted one after the other, never both against the same total.
@@ -168,7 +174,8 @@ async fn check_drop_rules(
 ) -> Result<()> {
     let now = chrono::Utc::now();
     if locked.iter().any(|p| {
-        p.sale_starts_at.is_some_and(|starts| now < starts)
+        p.suspended
+            || p.sale_starts_at.is_some_and(|starts| now < starts)
             || p.sale_ends_at.is_some_and(|ends| now >= ends)
     }) {
         return Err(refused(Error::ProductNotOnSale));
@@ -220,10 +227,13 @@ async fn create(
     let lines = &req.lines;
     let ids: Vec<i64> = lines.keys().copied().collect();
     let quantities: Vec<i64> = lines.values().copied().collect();
-    // Lock in product-id order: every transaction takes these locks in the same order.
+    // Lock in product-id order: every transaction takes these locks in the same order. The
+    // partner's row is read, not locked: a suspension racing this order may let it through.
     let locked: Vec<LockedProduct> = diesel::sql_query(
-        "SELECT id, price, stock, max_per_user, sale_starts_at, sale_ends_at
-           FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+        "SELECT p.id, p.price, p.stock, p.max_per_user, p.sale_starts_at, p.sale_ends_at,
+                p.partner_id, pa.status = 'SUSPENDED' AS suspended
+           FROM products p JOIN partners pa ON pa.id = p.partner_id
+          WHERE p.id = ANY($1) ORDER BY p.id FOR UPDATE OF p",
     )
     .bind::<Array<BigInt>, _>(&ids)
     .load(conn)
@@ -308,22 +318,6 @@ async fn create(
         .returning(order_columns())
         .get_result(conn)
         .await?;
-    diesel::insert_into(order_items::table)
-        .values(
-            items
-                .iter()
-                .map(|i| {
-                    (
-                        order_items::order_id.eq(order.id),
-                        order_items::product_id.eq(i.product_id),
-                        order_items::quantity.eq(i.quantity),
-                        order_items::unit_price.eq(i.unit_price),
-                    )
-                })
-                .collect::<Vec<_>>(),
-        )
-        .execute(conn)
-        .await?;
     if let Some(uc) = req.user_coupon_id {
         diesel::update(user_coupons::table.find(uc))
             .set(user_coupons::order_id.eq(order.id))
@@ -357,6 +351,32 @@ async fn create(
         ),
         None => None,
     };
+    // One partner order per partner present, with its lines and shares.
+    let split_lines: Vec<SplitLine> = locked
+        .iter()
+        .map(|p| SplitLine {
+            product_id: p.id,
+            partner_id: p.partner_id,
+            quantity: lines[&p.id],
+            unit_price: p.price,
+        })
+        .collect();
+    let parts = partner_orders::split(&split_lines, discount, points_used);
+    let partner_status = match status {
+        OrderStatus::PendingPayment => PartnerOrderStatus::PendingPayment,
+        _ => PartnerOrderStatus::Paid,
+    };
+    let parts = partner_orders::record(
+        conn,
+        order.id,
+        &split_lines,
+        &parts,
+        partner_status,
+        paid_at,
+        payment.as_ref().map(|(id, _)| *id),
+    )
+    .await?;
+    let payment = payment.map(|(_, view)| view);
     let placed = OrderPlaced {
         order_id: order.id,
         user_id,
@@ -384,6 +404,7 @@ async fn create(
         payment_method: order.payment_method,
         user_coupon_id: order.user_coupon_id,
         items,
+        partner_orders: parts,
         payment,
         payment_history: None,
         created_at: order.created_at,

@@ -149,6 +149,9 @@ BUSINESS = [
                                                          t(f"-60 * {rate('points_top_up_shortfall_won_total')}", "reversed top-ups already spent")],
           "Points are bought (top_up: a card payment the gateway confirmed) or granted by an administrator (grant); nothing else credits them."),
     panel("Coupons issued per minute", "short", [t("60 * " + rate("coupon_issue_total", 'result="issued"'), "issued")]),
+    panel("Partner orders moved per minute", "short", [t(f"60 * {rate('partner_order_transitions_total', by='step')}", "{{step}}"),
+                                                        t(f"60 * {rate('partner_orders_auto_total', by='step')}", "{{step}} automatically")],
+          "Partner orders prepared, shipped, delivered and purchase-confirmed by their partners and customers, and delivered and confirmed by the automatic passes."),
     panel("Pipeline delay p99 (rankings' freshness)", "s", [t(quantile(0.99, "collector_event_age_seconds"), "p99")]),
 ]
 

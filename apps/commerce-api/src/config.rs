@@ -55,6 +55,10 @@
 //! | `ORDER_EVENTS_HEARTBEAT_SECONDS` | `15` | comment lines on an idle order-status stream, so proxies keep it open |
 //! | `ORDER_EVENTS_PER_USER` | `5` | order-status streams one user may hold open on one instance |
 //! | `CORS_ALLOWED_ORIGINS` | none | browser origins allowed to call the API (`https://shop.example.com,https://m.example.com`); none answers no cross-origin request |
+//! | `FULFILMENT_AUTO_ENABLED` | `true` | run the automatic delivery and purchase confirmation inside `serve` (instances share the work) |
+//! | `FULFILMENT_AUTO_INTERVAL_MS` | `60000` | how often they look for due partner orders |
+//! | `DELIVERY_AUTO_AFTER_SECONDS` | `259200` (3 days) | a shipped partner order nobody marked delivered is delivered this long after shipping |
+//! | `PURCHASE_CONFIRM_AFTER_SECONDS` / `PURCHASE_CONFIRM_BACKSTOP_SECONDS` | `604800` (7 days) / `2419200` (28 days) | a delivered partner order is purchase-confirmed this long after delivery, or this long after shipping if that comes first; never while a return is open |
 //! | `AUTH_HASH_QUEUE` | `32` | sign-ups and logins that may wait for a hashing thread; beyond that they get 503 `AUTH_BUSY` |
 
 use std::net::SocketAddr;
@@ -62,6 +66,7 @@ use std::net::SocketAddr;
 use commerce_config::{ConfigError, Connections, Profile, Reader, dev};
 use commerce_kafka::KafkaSettings;
 
+pub use crate::domain::fulfilment::FulfilmentSettings;
 pub use crate::domain::payments::PaymentSettings;
 use crate::infra::auth::HashingSettings;
 use crate::infra::gateway::{ApiKey, GatewaySettings};
@@ -107,6 +112,7 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     pub order_events_heartbeat: std::time::Duration,
     pub order_events_per_user: usize,
+    pub fulfilment: FulfilmentSettings,
 }
 
 /// How the gateway's callbacks are authenticated: `X-Signature` under one of these secrets, at
@@ -261,6 +267,11 @@ impl Config {
             r.in_range(name, default, range)
                 .map(std::time::Duration::from_millis)
         };
+        let secs = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
+            r.in_range(name, default, range)
+                .map(std::time::Duration::from_secs)
+        };
+        const DAY: u64 = 86_400;
         let gateway = GatewaySettings {
             base_url: r.string_or("PG_BASE_URL", "http://127.0.0.1:8082"),
             connect_timeout: ms("PG_CONNECT_TIMEOUT_MS", 300, 10..=60_000)?,
@@ -384,6 +395,17 @@ impl Config {
                 1..=300,
             )?),
             order_events_per_user: r.in_range("ORDER_EVENTS_PER_USER", 5, 1..=100)?,
+            fulfilment: FulfilmentSettings {
+                enabled: r.or("FULFILMENT_AUTO_ENABLED", true)?,
+                interval: ms("FULFILMENT_AUTO_INTERVAL_MS", 60_000, 10..=3_600_000)?,
+                deliver_after: secs("DELIVERY_AUTO_AFTER_SECONDS", 3 * DAY, 1..=60 * DAY)?,
+                confirm_after: secs("PURCHASE_CONFIRM_AFTER_SECONDS", 7 * DAY, 1..=60 * DAY)?,
+                confirm_backstop: secs(
+                    "PURCHASE_CONFIRM_BACKSTOP_SECONDS",
+                    28 * DAY,
+                    1..=120 * DAY,
+                )?,
+            },
             limits,
             trusted_proxies: r.or("TRUSTED_PROXIES", TrustedProxies::default())?,
             hashing,

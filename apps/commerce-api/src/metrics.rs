@@ -158,6 +158,17 @@ pub fn register() {
     );
 
     counter(
+        "partner_order_transitions_total",
+        "Partner orders moved by a partner's or a customer's request, by step.",
+        &[("step", &["prepared", "shipped", "delivered", "confirmed"])],
+    );
+    counter(
+        "partner_orders_auto_total",
+        "Partner orders moved by the automatic passes, by step.",
+        &[("step", &["delivered", "confirmed"])],
+    );
+
+    counter(
         "payments_settled_total",
         "Card payments settled, by resulting order status and by what settled them.",
         &[

@@ -178,6 +178,16 @@ impl Application {
         server = server.task("rate limit housekeeping", move |stop| {
             edge_housekeeping(edge, stop)
         });
+        if state.config.fulfilment.enabled {
+            let (db, topics, settings) = (
+                state.db.clone(),
+                state.topics.clone(),
+                state.config.fulfilment,
+            );
+            server = server.task("automatic delivery and confirmation", move |stop| {
+                crate::domain::fulfilment::run(db, topics, settings, stop)
+            });
+        }
         if state.config.payments.refunds_enabled {
             let payments = state.payments.clone();
             server = server.task("payment refunds", move |stop| {

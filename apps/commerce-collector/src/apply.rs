@@ -126,6 +126,7 @@ fn effects(envelope: &Envelope, tz: Tz) -> Result<Vec<(NaiveDate, i64, Delta)>, 
         | Event::PaymentCompleted(_)
         | Event::PaymentFailed(_)
         | Event::PaymentRefunded(_)
+        | Event::PartnerOrderChanged(_)
         | Event::OrderCreated(_)
         | Event::ProductCreated(_)
         | Event::ProductUpdated(_) => Vec::new(),

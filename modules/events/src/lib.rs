@@ -39,6 +39,7 @@ commerce_enums::text_enum! {
         PaymentCompleted => "PaymentCompleted",
         PaymentFailed => "PaymentFailed",
         PaymentRefunded => "PaymentRefunded",
+        PartnerOrderChanged => "PartnerOrderChanged",
     }
 }
 
@@ -142,6 +143,10 @@ pub enum Event {
     /// subtracted by its `OrderCancelled`, and the other refunds (a second charge, a charge of a
     /// closed order) were never counted.
     PaymentRefunded(PaymentRefunded),
+    /// A partner order moved along its life after payment (prepared, shipped, delivered,
+    /// purchase-confirmed, …). Keyed by its checkout's order id, so it follows the order's own
+    /// events.
+    PartnerOrderChanged(PartnerOrderChanged),
 }
 
 impl Event {
@@ -159,6 +164,7 @@ impl Event {
             Event::PaymentCompleted(_) => EventType::PaymentCompleted,
             Event::PaymentFailed(_) => EventType::PaymentFailed,
             Event::PaymentRefunded(_) => EventType::PaymentRefunded,
+            Event::PartnerOrderChanged(_) => EventType::PartnerOrderChanged,
         }
     }
 
@@ -183,7 +189,8 @@ impl Event {
             | Event::OrderCancelled(_)
             | Event::PaymentCompleted(_)
             | Event::PaymentFailed(_)
-            | Event::PaymentRefunded(_) => Stream::Order,
+            | Event::PaymentRefunded(_)
+            | Event::PartnerOrderChanged(_) => Stream::Order,
         }
     }
 
@@ -197,6 +204,7 @@ impl Event {
             Event::OrderCancelled(c) => c.order_id,
             Event::PaymentCompleted(p) | Event::PaymentFailed(p) => p.order_id,
             Event::PaymentRefunded(r) => r.order_id,
+            Event::PartnerOrderChanged(p) => p.order_id,
         }
     }
 }
@@ -299,6 +307,27 @@ pub struct PaymentRefunded {
     /// The gateway's refund.
     pub refund_key: String,
     pub cause: RefundCause,
+}
+
+/// A partner order's new state (for `PartnerOrderChanged`), with its amounts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartnerOrderChanged {
+    pub partner_order_id: i64,
+    pub order_id: i64,
+    pub partner_id: i64,
+    pub user_id: i64,
+    /// The state it left, and the one it is in now (commerce-api's `partner_orders.status`:
+    /// `PREPARING`, `SHIPPED`, `DELIVERED`, `PURCHASE_CONFIRMED`, …).
+    pub from: String,
+    pub to: String,
+    /// Σ quantity × unit price of its lines.
+    pub items_total: i64,
+    pub discount_share: i64,
+    pub points_share: i64,
+    pub card_share: i64,
+    /// When it changed: a purchase confirmation is counted on this instant's business day.
+    #[serde(with = "rfc3339_utc")]
+    pub at: DateTime<Utc>,
 }
 
 mod rfc3339_utc {

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod card;
 pub mod catalog;
 pub mod coupons;
+pub mod fulfilment;
 pub mod history;
 pub mod holds;
 pub mod lifecycle;
@@ -65,6 +66,12 @@ pub enum Error {
     IdempotencyKeyReused,
     #[error("an order in status {0} cannot be cancelled")]
     OrderNotCancellable(states::OrderStatus),
+    /// Part of the order has shipped: the order as a whole cannot be cancelled any more.
+    #[error("part of this order has shipped; cancel the partner orders that have not")]
+    OrderPartlyShipped,
+    /// A partner order's status refuses the step.
+    #[error("a {0} partner order cannot be {past}", past = .1.past())]
+    IllegalTransition(partner_orders::PartnerOrderStatus, fulfilment::Step),
     #[error("that login id is already taken")]
     LoginIdTaken,
     #[error("a partner with this business number exists")]

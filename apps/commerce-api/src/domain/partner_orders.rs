@@ -26,7 +26,7 @@ use utoipa::ToSchema;
 use crate::domain::Result;
 use crate::domain::allocation::largest_remainder;
 use crate::domain::states::PaymentKind;
-use crate::infra::schema::{order_items, partner_orders, payment_splits};
+use crate::infra::schema::{order_items, partner_orders, payment_splits, shipments};
 
 commerce_enums::text_enum! {
     sql, schema;
@@ -175,6 +175,8 @@ pub async fn record(
             card_share: part.card_share,
             lines: Vec::with_capacity(part.lines.len()),
             payments: Vec::new(),
+            shipment: None,
+            confirm_due_at: None,
             created_at: *created_at,
             paid_at,
             confirmed_at: None,
@@ -342,6 +344,24 @@ pub async fn cancelled(conn: &mut AsyncPgConnection, order_id: i64) -> Result<()
     Ok(())
 }
 
+/// Whether any partner order of the checkout has shipped (or gone further).
+pub async fn any_shipped(conn: &mut AsyncPgConnection, order_id: i64) -> Result<bool> {
+    use diesel::dsl::exists;
+    Ok(diesel::select(exists(
+        partner_orders::table
+            .filter(partner_orders::order_id.eq(order_id))
+            .filter(partner_orders::status.eq_any([
+                PartnerOrderStatus::Shipped,
+                PartnerOrderStatus::Delivered,
+                PartnerOrderStatus::PurchaseConfirmed,
+                PartnerOrderStatus::ReturnRequested,
+                PartnerOrderStatus::Returned,
+            ])),
+    ))
+    .get_result(conn)
+    .await?)
+}
+
 /// The gateway confirmed that card payment `payment_id`'s whole charge went back: every split of
 /// it has its captured share refunded.
 pub async fn card_refunded(conn: &mut AsyncPgConnection, payment_id: i64) -> Result<()> {
@@ -393,10 +413,24 @@ pub struct PartnerOrderView {
     pub card_share: i64,
     pub lines: Vec<PartnerLineView>,
     pub payments: Vec<SplitView>,
+    /// The carrier and tracking number once it shipped, and when it was delivered.
+    pub shipment: Option<ShipmentView>,
+    /// When a delivered partner order is purchase-confirmed automatically, unless the customer
+    /// confirms or asks for a return first.
+    pub confirm_due_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub paid_at: Option<DateTime<Utc>>,
     pub confirmed_at: Option<DateTime<Utc>>,
     pub cancelled_at: Option<DateTime<Utc>>,
+}
+
+/// A partner order's shipment.
+#[derive(Serialize, ToSchema, Debug, Clone, PartialEq, Queryable)]
+pub struct ShipmentView {
+    pub carrier: String,
+    pub tracking_number: String,
+    pub shipped_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Queryable, Selectable)]
@@ -414,14 +448,34 @@ struct PartnerOrderRow {
     paid_at: Option<DateTime<Utc>>,
     confirmed_at: Option<DateTime<Utc>>,
     cancelled_at: Option<DateTime<Utc>>,
+    confirm_due_at: Option<DateTime<Utc>>,
+}
+
+/// A partner order row and its shipment, if it shipped.
+type Loaded = (PartnerOrderRow, Option<ShipmentView>);
+
+/// The shipment columns a [`ShipmentView`] shows, for a left join.
+fn shipment_columns() -> diesel::dsl::Nullable<(
+    shipments::carrier,
+    shipments::tracking_number,
+    shipments::shipped_at,
+    shipments::delivered_at,
+)> {
+    (
+        shipments::carrier,
+        shipments::tracking_number,
+        shipments::shipped_at,
+        shipments::delivered_at,
+    )
+        .nullable()
 }
 
 /// Reads partner orders `rows` with their lines and splits: three queries whatever their number.
 async fn assemble(
     conn: &mut AsyncPgConnection,
-    rows: Vec<PartnerOrderRow>,
+    rows: Vec<Loaded>,
 ) -> Result<Vec<PartnerOrderView>> {
-    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    let ids: Vec<i64> = rows.iter().map(|(r, _)| r.id).collect();
     let mut lines: BTreeMap<i64, Vec<PartnerLineView>> = BTreeMap::new();
     let loaded: Vec<(i64, PartnerLineView)> = order_items::table
         .filter(order_items::partner_order_id.eq_any(&ids))
@@ -464,9 +518,11 @@ async fn assemble(
     }
     Ok(rows
         .into_iter()
-        .map(|r| PartnerOrderView {
+        .map(|(r, shipment)| PartnerOrderView {
             lines: lines.remove(&r.id).unwrap_or_default(),
             payments: splits.remove(&r.id).unwrap_or_default(),
+            shipment,
+            confirm_due_at: r.confirm_due_at,
             partner_order_id: r.id,
             order_id: r.order_id,
             partner_id: r.partner_id,
@@ -488,10 +544,11 @@ pub async fn of_orders(
     conn: &mut AsyncPgConnection,
     order_ids: &[i64],
 ) -> Result<BTreeMap<i64, Vec<PartnerOrderView>>> {
-    let rows: Vec<PartnerOrderRow> = partner_orders::table
+    let rows: Vec<Loaded> = partner_orders::table
+        .left_join(shipments::table)
         .filter(partner_orders::order_id.eq_any(order_ids))
         .order((partner_orders::order_id, partner_orders::partner_id))
-        .select(PartnerOrderRow::as_select())
+        .select((PartnerOrderRow::as_select(), shipment_columns()))
         .load(conn)
         .await?;
     let mut by_order: BTreeMap<i64, Vec<PartnerOrderView>> = BTreeMap::new();
@@ -517,6 +574,7 @@ pub async fn of_partner(
     ];
     let filtered = || {
         let query = partner_orders::table
+            .left_join(shipments::table)
             .filter(partner_orders::partner_id.eq(partner_id))
             .filter(partner_orders::status.ne_all(hidden))
             .into_boxed();
@@ -526,11 +584,11 @@ pub async fn of_partner(
         }
     };
     let total = filtered().count().get_result(conn).await?;
-    let rows: Vec<PartnerOrderRow> = filtered()
+    let rows: Vec<Loaded> = filtered()
         .order(partner_orders::id.desc())
         .limit(size)
         .offset(page * size)
-        .select(PartnerOrderRow::as_select())
+        .select((PartnerOrderRow::as_select(), shipment_columns()))
         .load(conn)
         .await?;
     Ok((assemble(conn, rows).await?, total))
@@ -543,14 +601,15 @@ pub async fn of_partner_one(
     partner_id: i64,
     id: i64,
 ) -> Result<PartnerOrderView> {
-    let rows: Vec<PartnerOrderRow> = partner_orders::table
+    let rows: Vec<Loaded> = partner_orders::table
+        .left_join(shipments::table)
         .filter(partner_orders::id.eq(id))
         .filter(partner_orders::partner_id.eq(partner_id))
         .filter(partner_orders::status.ne_all([
             PartnerOrderStatus::PendingPayment,
             PartnerOrderStatus::PaymentFailed,
         ]))
-        .select(PartnerOrderRow::as_select())
+        .select((PartnerOrderRow::as_select(), shipment_columns()))
         .load(conn)
         .await?;
     assemble(conn, rows)

@@ -80,7 +80,10 @@ impl ApiError {
                     E::CouponSoldOut => conflict("COUPON_SOLD_OUT", detail),
                     E::CouponAlreadyIssued => conflict("COUPON_ALREADY_ISSUED", detail),
                     E::CouponNotActive => conflict("COUPON_NOT_ACTIVE", detail),
-                    E::OrderNotCancellable(_) => conflict("ORDER_NOT_CANCELLABLE", detail),
+                    E::OrderNotCancellable(_) | E::OrderPartlyShipped => {
+                        conflict("ORDER_NOT_CANCELLABLE", detail)
+                    }
+                    E::IllegalTransition(..) => conflict("ILLEGAL_TRANSITION", detail),
                     E::LoginIdTaken => conflict("LOGIN_ID_TAKEN", detail),
                     E::BusinessNumberTaken => conflict("BUSINESS_NUMBER_TAKEN", detail),
                     E::PartnerSuspended => {

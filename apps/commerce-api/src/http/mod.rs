@@ -99,6 +99,10 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(partners::update_product))
         .routes(routes!(partners::list_orders))
         .routes(routes!(partners::get_order))
+        .routes(routes!(partners::prepare_order))
+        .routes(routes!(partners::ship_order))
+        .routes(routes!(partners::deliver_order))
+        .routes(routes!(orders::confirm_purchase))
         .split_for_parts();
     (router, commerce_web::openapi::with_problem_responses(api))
 }

@@ -16,7 +16,9 @@ use utoipa::ToSchema;
 
 use commerce_web::idempotency::IdempotencyKey;
 
+use crate::domain::fulfilment::{Actor, Step};
 use crate::domain::orders::{self, OrderRequest, OrderView, Placed, Placement};
+use crate::domain::partner_orders::PartnerOrderView;
 use crate::domain::states::{OrderStatus, PaymentMethod};
 use crate::http::auth::{AuthUser, admit};
 use crate::http::error::{ApiError, ApiResult};
@@ -267,4 +269,27 @@ impl Watch {
             return Some((status, settled));
         }
     }
+}
+
+/// Confirm the purchase of one partner order of the caller's order: `SHIPPED` or `DELIVERED` →
+/// `PURCHASE_CONFIRMED` (a repeat changes nothing). Final: nothing is cancelled, returned or
+/// refunded after it. Emits `PartnerOrderChanged`.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/partner-orders/{partner_order_id}/confirm",
+    tag = "orders", security(("bearer" = [])),
+    responses((status = 200, body = PartnerOrderView), (status = 401),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn confirm_purchase(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((id, partner_order_id)): Path<(i64, i64)>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    crate::http::partners::step(
+        &state,
+        Actor::Customer(user.id, id),
+        partner_order_id,
+        Step::Confirm,
+        None,
+    )
+    .await
 }

@@ -10,6 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::accounts;
 use crate::domain::catalog::{self, BrandView, ProductView, Scope};
+use crate::domain::fulfilment::{self, Actor, Step, Tracking};
 use crate::domain::partner_orders::{self, PartnerOrderStatus, PartnerOrderView};
 use crate::domain::partners::{self, CreatedPartner, PartnerStatus, PartnerView};
 use crate::http::auth::{AdminUser, PartnerUser};
@@ -268,4 +269,106 @@ pub async fn get_order(
     Ok(Json(
         partner_orders::of_partner_one(&mut conn, partner.partner_id, id).await?,
     ))
+}
+
+/// Start preparing one of the calling partner's orders: `PAID` → `PREPARING` (a repeat changes
+/// nothing). Emits `PartnerOrderChanged`.
+#[utoipa::path(post, path = "/api/v1/partner/orders/{id}/prepare", tag = "partners",
+    security(("bearer" = [])),
+    responses((status = 200, body = PartnerOrderView), (status = 401), (status = 403),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn prepare_order(
+    State(state): State<AppState>,
+    partner: PartnerUser,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    step(
+        &state,
+        Actor::Partner(partner.partner_id),
+        id,
+        Step::Prepare,
+        None,
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ship {
+    /// 1–50 characters.
+    carrier: String,
+    /// 1–50 letters, digits or `-`.
+    tracking_number: String,
+}
+
+/// Ship one of the calling partner's orders with its carrier and tracking number: `PAID` or
+/// `PREPARING` → `SHIPPED`. The same tracking again changes nothing; another is refused. It is
+/// delivered automatically `DELIVERY_AUTO_AFTER_SECONDS` later unless marked delivered first.
+/// Emits `PartnerOrderChanged`.
+#[utoipa::path(post, path = "/api/v1/partner/orders/{id}/ship", tag = "partners",
+    security(("bearer" = [])), request_body = Ship,
+    responses((status = 200, body = PartnerOrderView), (status = 400), (status = 401), (status = 403),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn ship_order(
+    State(state): State<AppState>,
+    partner: PartnerUser,
+    Path(id): Path<i64>,
+    Json(req): Json<Ship>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    let tracking = Tracking::parse(&req.carrier, &req.tracking_number)?;
+    step(
+        &state,
+        Actor::Partner(partner.partner_id),
+        id,
+        Step::Ship,
+        Some(&tracking),
+    )
+    .await
+}
+
+/// Mark one of the calling partner's orders delivered: `SHIPPED` → `DELIVERED` (later news of a
+/// delivery changes nothing). Its purchase is confirmed automatically
+/// `PURCHASE_CONFIRM_AFTER_SECONDS` later. Emits `PartnerOrderChanged`.
+#[utoipa::path(post, path = "/api/v1/partner/orders/{id}/deliver", tag = "partners",
+    security(("bearer" = [])),
+    responses((status = 200, body = PartnerOrderView), (status = 401), (status = 403),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn deliver_order(
+    State(state): State<AppState>,
+    partner: PartnerUser,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    step(
+        &state,
+        Actor::Partner(partner.partner_id),
+        id,
+        Step::Deliver,
+        None,
+    )
+    .await
+}
+
+/// Takes `step` for `actor` on partner order `id`.
+pub(crate) async fn step(
+    state: &AppState,
+    actor: Actor,
+    id: i64,
+    step: Step,
+    tracking: Option<&Tracking>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    let mut conn = state.db.get().await?;
+    let view = fulfilment::apply(
+        &mut conn,
+        &state.topics,
+        &state.config.fulfilment,
+        actor,
+        id,
+        step,
+        tracking,
+    )
+    .await?;
+    Ok(Json(view))
 }

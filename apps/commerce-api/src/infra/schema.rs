@@ -57,6 +57,19 @@ diesel::table! {
         paid_at -> Nullable<Timestamptz>,
         confirmed_at -> Nullable<Timestamptz>,
         cancelled_at -> Nullable<Timestamptz>,
+        confirm_due_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    shipments (partner_order_id) {
+        partner_order_id -> BigInt,
+        carrier -> Text,
+        tracking_number -> Text,
+        shipped_at -> Timestamptz,
+        deliver_due_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+        delivered_by -> Nullable<Text>,
     }
 }
 
@@ -221,6 +234,7 @@ diesel::joinable!(partner_orders -> orders (order_id));
 diesel::joinable!(partner_orders -> partners (partner_id));
 diesel::joinable!(order_items -> partner_orders (partner_order_id));
 diesel::joinable!(payment_splits -> partner_orders (partner_order_id));
+diesel::joinable!(shipments -> partner_orders (partner_order_id));
 diesel::joinable!(product_likes -> products (product_id));
 diesel::joinable!(user_coupons -> coupons (coupon_id));
 diesel::joinable!(order_items -> orders (order_id));
@@ -279,4 +293,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     partners,
     partner_orders,
     payment_splits,
+    shipments,
 );

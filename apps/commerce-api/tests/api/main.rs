@@ -9,6 +9,7 @@ mod coupons;
 mod discovery;
 mod drops;
 mod edge;
+mod fulfilment;
 mod gateway_auth;
 mod harness_isolation;
 mod lifecycle;

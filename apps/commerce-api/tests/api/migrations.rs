@@ -84,15 +84,16 @@ async fn refunds_and_the_payment_history_take_over_every_payment_made_before_the
 async fn partners_take_over_the_catalog_and_orders_made_before_them() {
     let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
-    conn.batch_execute(include_str!(
-        "../../migrations/2026-12-06-000001_partners/down.sql"
-    ))
-    .await
-    .unwrap();
+    for down in [
+        include_str!("../../migrations/2026-12-06-000002_fulfilment/down.sql"),
+        include_str!("../../migrations/2026-12-06-000001_partners/down.sql"),
+    ] {
+        conn.batch_execute(down).await.unwrap();
+    }
     // A points order of three lines with 1,000 off (10,000 / 5,000 / 1: remainders decide the
     // last units), a card order paid and refunded, a pending card order and a top-up.
     conn.batch_execute(
-        "DELETE FROM __diesel_schema_migrations WHERE version = '20261206000001';
+        "DELETE FROM __diesel_schema_migrations WHERE version IN ('20261206000001', '20261206000002');
          INSERT INTO users (id, login_id, password_hash, name, email, point_balance)
               VALUES (1, 'old', 'x', 'Old', 'old@example.com', 0);
          INSERT INTO brands (id, name) VALUES (1, 'Old brand');

@@ -40,6 +40,11 @@ pub async fn cancel(
                 .optional()?
                 .ok_or(Error::NotFound(Missing::Order))?;
             let payment = payments::lock_payment(conn, order.id).await?;
+            // Nothing is cancelled once it has left the partner: a checkout with a shipped part
+            // is cancelled partner order by partner order.
+            if partner_orders::any_shipped(conn, order.id).await? {
+                return Err(Error::OrderPartlyShipped);
+            }
             let state = OrderState {
                 order: order.status,
                 payment: payment.as_ref().map(|p| p.status),

@@ -56,8 +56,8 @@ pub fn register() {
 
     counter(
         "points_credited_won_total",
-        "Points credited without an order giving them back, in won: bought (a top-up the gateway confirmed) or granted by an administrator.",
-        &[("via", &["top_up", "grant"])],
+        "Points credited without an order giving them back, in won: bought (a top-up the gateway confirmed), granted by an administrator, or earned by a purchase-confirmed partner order.",
+        &[("via", &["top_up", "grant", "earn"])],
     );
     counter(
         "points_top_ups_reversed_won_total",

@@ -28,6 +28,7 @@ use diesel::sql_types::{BigInt, Interval, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::partner_orders::{self, PartnerOrderStatus, PartnerOrderView};
+use crate::domain::points::{self, Earned};
 use crate::domain::{Error, Missing, Result};
 use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::{order_items, orders, partner_orders as rows, shipments};
@@ -181,6 +182,9 @@ pub struct FulfilmentSettings {
     pub confirm_after: std::time::Duration,
     /// …or this long after shipping, whichever comes first.
     pub confirm_backstop: std::time::Duration,
+    /// Points a purchase confirmation earns, in basis points of what was paid for the partner
+    /// order (100: 1 %).
+    pub earn_rate_bps: i64,
 }
 
 /// Who asks.
@@ -308,7 +312,7 @@ pub async fn apply(
                 }
                 Ok(Move::To(to)) => to,
             };
-            let at = execute(conn, settings, &locked, to, step, tracking).await?;
+            let at = execute(conn, settings, &locked, user_id, to, step, tracking).await?;
             outbox::record_at(conn, topics, vec![locked.changed(user_id, to, at)], at).await?;
             Ok((order_id, true))
         })
@@ -370,6 +374,7 @@ async fn execute(
     conn: &mut AsyncPgConnection,
     settings: &FulfilmentSettings,
     locked: &Locked,
+    user_id: i64,
     to: PartnerOrderStatus,
     step: Step,
     tracking: Option<&Tracking>,
@@ -432,6 +437,14 @@ async fn execute(
             .set(rows::confirm_due_at.eq(None::<DateTime<Utc>>))
             .execute(conn)
             .await?;
+        let earned = Earned::of(
+            user_id,
+            locked.order_id,
+            id,
+            locked.items_total - locked.discount_share,
+            settings.earn_rate_bps,
+        );
+        points::earn(conn, earned.as_slice()).await?;
     }
     Ok(at)
 }
@@ -563,6 +576,7 @@ pub async fn deliver_due(
 pub async fn confirm_due(
     conn: &mut AsyncPgConnection,
     topics: &Topics,
+    settings: &FulfilmentSettings,
     limit: i64,
 ) -> Result<usize> {
     conn.transaction::<_, Error, _>(async |conn| {
@@ -595,6 +609,19 @@ pub async fn confirm_due(
                 )
             })
             .collect::<Vec<_>>();
+        let earned: Vec<Earned> = moved
+            .iter()
+            .filter_map(|m| {
+                Earned::of(
+                    m.user_id,
+                    m.order_id,
+                    m.id,
+                    m.items_total - m.discount_share,
+                    settings.earn_rate_bps,
+                )
+            })
+            .collect();
+        points::earn(conn, &earned).await?;
         let n = events.len();
         if n > 0 {
             outbox::record_at(conn, topics, events, at).await?;
@@ -646,7 +673,7 @@ pub async fn pass(
         }
     }
     loop {
-        let n = confirm_due(&mut conn, topics, PASS_BATCH).await?;
+        let n = confirm_due(&mut conn, topics, settings, PASS_BATCH).await?;
         confirmed += n;
         if n < PASS_BATCH as usize || *stop.borrow() {
             break;

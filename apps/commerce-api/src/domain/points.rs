@@ -1,12 +1,14 @@
 //! The points ledger's primitives: every change to a balance writes its ledger row in the same
 //! statement sequence, inside the caller's transaction.
 //!
-//! Points come in three ways only: bought ([`credit_top_up`], when the gateway confirms a
-//! top-up's charge), granted by an administrator (`crate::domain::accounts::grant`), or given
-//! back by an order that no longer stands (`crate::domain::holds::release`). A balance never goes
+//! Points come in four ways only: bought ([`credit_top_up`], when the gateway confirms a
+//! top-up's charge), granted by an administrator (`crate::domain::accounts::grant`), earned by a
+//! purchase-confirmed partner order ([`earn`]), or given back by an order that no longer stands
+//! (`crate::domain::holds::release`). A balance never goes
 //! negative: every debit is guarded, and a CHECK constraint backs it.
 
 use diesel::prelude::*;
+use diesel::sql_types::{Array, BigInt};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::states::LedgerKind;
@@ -78,6 +80,79 @@ pub(crate) async fn credit_top_up(
     amount: i64,
 ) -> Result<()> {
     credit(conn, user_id, amount, Credit::TopUp { order_id }).await?;
+    Ok(())
+}
+
+/// Points a purchase-confirmed partner order earns its customer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Earned {
+    pub user_id: i64,
+    pub order_id: i64,
+    pub partner_order_id: i64,
+    pub amount: i64,
+}
+
+impl Earned {
+    /// `rate_bps` basis points of what was paid for the partner order (its items less its share
+    /// of the discount, whichever way it was paid), rounded down; `None` when that is nothing.
+    pub fn of(
+        user_id: i64,
+        order_id: i64,
+        partner_order_id: i64,
+        paid: i64,
+        rate_bps: i64,
+    ) -> Option<Self> {
+        let amount = i64::try_from(i128::from(paid) * i128::from(rate_bps) / 10_000).ok()?;
+        (amount > 0).then_some(Self {
+            user_id,
+            order_id,
+            partner_order_id,
+            amount,
+        })
+    }
+}
+
+/// Credits points earned by purchase-confirmed partner orders (ledger `EARN`), inside the
+/// transaction that confirms them: the balances of all their customers, locked in user-id order
+/// (two batches confirming at once never wait on each other in a cycle), and one ledger row each.
+/// A partner order earns once: it is confirmed once, and a unique index backs it.
+pub(crate) async fn earn(conn: &mut AsyncPgConnection, earned: &[Earned]) -> Result<()> {
+    if earned.is_empty() {
+        return Ok(());
+    }
+    let users: Vec<i64> = earned.iter().map(|e| e.user_id).collect();
+    let amounts: Vec<i64> = earned.iter().map(|e| e.amount).collect();
+    let orders: Vec<i64> = earned.iter().map(|e| e.order_id).collect();
+    let partner_orders: Vec<i64> = earned.iter().map(|e| e.partner_order_id).collect();
+    diesel::sql_query("SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind::<Array<BigInt>, _>(&users)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE users u SET point_balance = u.point_balance + e.amount
+           FROM (SELECT user_id, sum(amount)::bigint AS amount
+                   FROM unnest($1::bigint[], $2::bigint[]) AS t(user_id, amount)
+                  GROUP BY user_id) e
+          WHERE u.id = e.user_id",
+    )
+    .bind::<Array<BigInt>, _>(&users)
+    .bind::<Array<BigInt>, _>(&amounts)
+    .execute(conn)
+    .await?;
+    diesel::sql_query(
+        "INSERT INTO point_ledger (user_id, amount, kind, order_id, partner_order_id)
+         SELECT user_id, amount, 'EARN', order_id, partner_order_id
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[])
+             AS t(user_id, amount, order_id, partner_order_id)",
+    )
+    .bind::<Array<BigInt>, _>(&users)
+    .bind::<Array<BigInt>, _>(&amounts)
+    .bind::<Array<BigInt>, _>(&orders)
+    .bind::<Array<BigInt>, _>(&partner_orders)
+    .execute(conn)
+    .await?;
+    metrics::counter!("points_credited_won_total", "via" => "earn")
+        .increment(amounts.iter().sum::<i64>().unsigned_abs());
     Ok(())
 }
 

@@ -98,6 +98,10 @@ commerce_enums::text_enum! {
         TopUpReversed => "TOP_UP_REVERSED",
         /// Points an administrator granted, with a reason.
         Grant => "GRANT",
+        /// Points earned by a purchase-confirmed partner order (it names the partner order).
+        Earn => "EARN",
+        /// Earned points taken back: the confirmed partner order was adjusted.
+        EarnReversed => "EARN_REVERSED",
     }
 }
 

@@ -106,6 +106,7 @@ diesel::table! {
         created_at -> Timestamptz,
         note -> Nullable<Text>,
         granted_by -> Nullable<BigInt>,
+        partner_order_id -> Nullable<BigInt>,
     }
 }
 

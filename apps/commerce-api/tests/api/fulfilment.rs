@@ -58,7 +58,7 @@ async fn a_partner_order_is_prepared_shipped_delivered_and_confirmed_and_refused
         partner_product(&app, &a, 1_000, 5).await,
         partner_product(&app, &b, 2_000, 5).await,
     ];
-    let (_, buyer) = app.user_with_points("ship-buyer", 10_000).await;
+    let (buyer_id, buyer) = app.user_with_points("ship-buyer", 10_000).await;
     let (_, stranger) = app.user_with_points("ship-stranger", 0).await;
     let (order, parts) = checkout(&app, &buyer, &products).await;
     let (mine, theirs) = (parts[0], parts[1]);
@@ -203,6 +203,16 @@ async fn a_partner_order_is_prepared_shipped_delivered_and_confirmed_and_refused
         .await,
         1
     );
+    // Each confirmation earned 1 % of what was paid for it, once: 10 + 20 points.
+    assert_eq!(app.balance(buyer_id).await, 10_000 - 3_000 + 30);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM point_ledger WHERE kind = 'EARN' AND order_id = {order}
+                AND ((partner_order_id = {mine} AND amount = 10) OR (partner_order_id = {theirs} AND amount = 20))"
+        ))
+        .await,
+        2
+    );
     // Each event carries the partner order's amounts.
     assert_eq!(
         app.count(&format!(
@@ -302,6 +312,13 @@ async fn two_confirmations_at_once_confirm_once() {
             assert_eq!(t.await.unwrap(), StatusCode::OK);
         }
         assert_eq!(changed(&app, id, "PURCHASE_CONFIRMED").await, 1);
+        assert_eq!(
+            app.count(&format!(
+                "SELECT count(*) AS n FROM point_ledger WHERE kind = 'EARN' AND partner_order_id = {id}"
+            ))
+            .await,
+            1
+        );
     }
 }
 
@@ -320,7 +337,7 @@ async fn automatic_delivery_and_confirmation_run_once_across_two_instances() {
     let _second = app.another_instance(&timings).await;
     let (_, seller) = partner(&app, "auto-seller", "606-06-00001").await;
     let product = partner_product(&app, &seller, 100, 1000).await;
-    let (_, buyer) = app.user_with_points("auto-buyer", 100_000).await;
+    let (buyer_id, buyer) = app.user_with_points("auto-buyer", 100_000).await;
     let mut ids = Vec::new();
     for i in 0..30 {
         let (_, parts) = checkout(&app, &buyer, &[product]).await;
@@ -360,6 +377,13 @@ async fn automatic_delivery_and_confirmation_run_once_across_two_instances() {
         .await,
         30
     );
+    // Each confirmation earned 1 point (1 % of 100), once.
+    assert_eq!(
+        app.count("SELECT count(*) AS n FROM point_ledger WHERE kind = 'EARN' AND amount = 1")
+            .await,
+        30
+    );
+    assert_eq!(app.balance(buyer_id).await, 100_000 - 30 * 100 + 30);
 }
 
 #[tokio::test]

@@ -84,17 +84,11 @@ async fn refunds_and_the_payment_history_take_over_every_payment_made_before_the
 async fn partners_take_over_the_catalog_and_orders_made_before_them() {
     let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
     let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
-    for down in [
-        include_str!("../../migrations/2026-12-06-000002_fulfilment/down.sql"),
-        include_str!("../../migrations/2026-12-06-000001_partners/down.sql"),
-    ] {
-        conn.batch_execute(down).await.unwrap();
-    }
+    revert_from(&mut conn, "2026-12-06-000001").await;
     // A points order of three lines with 1,000 off (10,000 / 5,000 / 1: remainders decide the
     // last units), a card order paid and refunded, a pending card order and a top-up.
     conn.batch_execute(
-        "DELETE FROM __diesel_schema_migrations WHERE version IN ('20261206000001', '20261206000002');
-         INSERT INTO users (id, login_id, password_hash, name, email, point_balance)
+        "INSERT INTO users (id, login_id, password_hash, name, email, point_balance)
               VALUES (1, 'old', 'x', 'Old', 'old@example.com', 0);
          INSERT INTO brands (id, name) VALUES (1, 'Old brand');
          INSERT INTO products (id, brand_id, name, price, stock)
@@ -164,4 +158,26 @@ async fn partners_take_over_the_catalog_and_orders_made_before_them() {
         n("SELECT count(*) AS n FROM order_items WHERE partner_order_id IS NOT NULL").await,
         5
     );
+}
+
+/// Reverts every migration from `first` (a directory name's date and number) on, newest first,
+/// as if the database had never taken them.
+async fn revert_from(conn: &mut AsyncPgConnection, first: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.as_str() >= first)
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    for name in names {
+        let down = std::fs::read_to_string(dir.join(&name).join("down.sql")).unwrap();
+        conn.batch_execute(&down).await.unwrap();
+        let version: String = name[..17].chars().filter(char::is_ascii_digit).collect();
+        conn.batch_execute(&format!(
+            "DELETE FROM __diesel_schema_migrations WHERE version = '{version}'"
+        ))
+        .await
+        .unwrap();
+    }
 }

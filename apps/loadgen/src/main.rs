@@ -6,6 +6,7 @@
 //! `apps/loadgen/run-benchmarks` runs every scenario in order.
 
 mod cards;
+mod fulfilment;
 mod harness;
 mod http;
 mod logins;
@@ -66,6 +67,21 @@ enum Command {
         /// Every order on one product (hot row), with this much stock.
         #[arg(long)]
         hot_stock: Option<i64>,
+        /// Each order takes one product of each of this many partners (one partner order each).
+        #[arg(long, default_value_t = 1)]
+        partners: usize,
+    },
+    /// The automatic purchase confirmation of ROWS due partner orders against a plain UPDATE of
+    /// the same rows (on a database of its own: it writes ROWS orders).
+    AutoConfirm {
+        #[arg(
+            long,
+            env = "CONFIRM_BENCH_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/commerce_confirm_bench"
+        )]
+        database_url: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: i64,
     },
     /// Collector ingest: a topic pre-filled with EVENTS events, consume-only vs the collector.
     Ingest {
@@ -218,6 +234,7 @@ async fn main() -> anyhow::Result<()> {
             connections,
             seconds,
             hot_stock,
+            partners,
         } => {
             orders(
                 api,
@@ -226,8 +243,12 @@ async fn main() -> anyhow::Result<()> {
                 connections,
                 seconds,
                 hot_stock,
+                partners,
             )
             .await
+        }
+        Command::AutoConfirm { database_url, rows } => {
+            fulfilment::auto_confirm(&database_url, rows).await
         }
         Command::Ingest {
             server,

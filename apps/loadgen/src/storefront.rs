@@ -64,6 +64,9 @@ pub(crate) async fn list(
     Ok(())
 }
 
+/// Order creation paid by points: each order takes one product of each of `partners` partners
+/// (one line each, so one partner order each), against the same transaction driven by pgbench
+/// in the same run.
 pub(crate) async fn orders(
     api: SocketAddr,
     database_url: &str,
@@ -71,30 +74,57 @@ pub(crate) async fn orders(
     connections: usize,
     seconds: u64,
     hot_stock: Option<i64>,
+    partners: usize,
 ) -> anyhow::Result<()> {
+    ensure!((1..=10).contains(&partners), "--partners must be 1..=10");
+    ensure!(
+        hot_stock.is_none() || partners == 1,
+        "--hot-stock takes one partner"
+    );
     let mut db = connect_db(database_url).await?;
     let tag = run_id();
-    let brand: Id =
-        diesel::sql_query("INSERT INTO brands (name, partner_id) VALUES ($1, 1) RETURNING id")
-            .bind::<Text, _>(&tag)
-            .get_result(&mut db)
-            .await?;
     let (count, stock) = match hot_stock {
         Some(s) => (1, s),
-        None => (n_products, 1_000_000),
+        None => ((n_products / partners as i64).max(1), 1_000_000),
     };
-    let products: Vec<i64> = diesel::sql_query(
-        "INSERT INTO products (brand_id, partner_id, name, price, stock)
-         SELECT $1, 1, 'bench product ' || g, 1000, $2 FROM generate_series(1, $3) g RETURNING id",
-    )
-    .bind::<BigInt, _>(brand.id)
-    .bind::<BigInt, _>(stock)
-    .bind::<BigInt, _>(count)
-    .load::<Id>(&mut db)
-    .await?
-    .into_iter()
-    .map(|r| r.id)
-    .collect();
+    // Per partner: its id and its products' ids (a contiguous range).
+    let mut catalog: Vec<(i64, Vec<i64>)> = Vec::with_capacity(partners);
+    for k in 0..partners {
+        let partner: Id = if k == 0 {
+            Id { id: 1 }
+        } else {
+            diesel::sql_query(
+                "INSERT INTO partners (name, business_number)
+                 SELECT $1, substr(d, 1, 3) || '-' || substr(d, 4, 2) || '-' || substr(d, 6, 5)
+                   FROM (SELECT lpad((floor(random() * 1e10))::bigint::text, 10, '0') AS d) r
+                 RETURNING id",
+            )
+            .bind::<Text, _>(format!("{tag} partner {k}"))
+            .get_result(&mut db)
+            .await?
+        };
+        let brand: Id =
+            diesel::sql_query("INSERT INTO brands (name, partner_id) VALUES ($1, $2) RETURNING id")
+                .bind::<Text, _>(&tag)
+                .bind::<BigInt, _>(partner.id)
+                .get_result(&mut db)
+                .await?;
+        let products: Vec<i64> = diesel::sql_query(
+            "INSERT INTO products (brand_id, partner_id, name, price, stock)
+             SELECT $1, $4, 'bench product ' || g, 1000, $2 FROM generate_series(1, $3) g
+             RETURNING id",
+        )
+        .bind::<BigInt, _>(brand.id)
+        .bind::<BigInt, _>(stock)
+        .bind::<BigInt, _>(count)
+        .bind::<BigInt, _>(partner.id)
+        .load::<Id>(&mut db)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+        catalog.push((partner.id, products));
+    }
     let users = bulk_users(
         &mut db,
         &format!("{tag}-o-"),
@@ -110,18 +140,40 @@ pub(crate) async fn orders(
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })
         .collect::<Result<_, _>>()?;
-    let label = if hot_stock.is_some() {
-        "orders, one hot product"
-    } else {
-        "orders, 10k products"
+    let label = match (hot_stock, partners) {
+        (Some(_), _) => "orders, one hot product".to_owned(),
+        (None, 1) => format!("orders, {} products", count),
+        (None, n) => format!("orders of {n} partners' products, {count} each"),
     };
-    let products = Arc::new(products);
-    let p = products.clone();
-    let report = run(label, api, connections, Duration::from_secs(seconds), None, move |c, i| {
-        let pid = p[(c * 7919 + i * 104_729) % p.len()];
-        let body = format!(r#"{{"items":[{{"product_id":{pid},"quantity":1}}],"payment":{{"method":"POINT"}}}}"#);
-        http::request("POST", &api, "/api/v1/orders", Some(&tokens[c]), Some(&body))
-    })
+    let catalog = Arc::new(catalog);
+    let c2 = catalog.clone();
+    let report = run(
+        &label,
+        api,
+        connections,
+        Duration::from_secs(seconds),
+        None,
+        move |c, i| {
+            let items: Vec<String> = c2
+                .iter()
+                .map(|(_, p)| {
+                    let pid = p[(c * 7919 + i * 104_729) % p.len()];
+                    format!(r#"{{"product_id":{pid},"quantity":1}}"#)
+                })
+                .collect();
+            let body = format!(
+                r#"{{"items":[{}],"payment":{{"method":"POINT"}}}}"#,
+                items.join(",")
+            );
+            http::request(
+                "POST",
+                &api,
+                "/api/v1/orders",
+                Some(&tokens[c]),
+                Some(&body),
+            )
+        },
+    )
     .await?;
     report.print();
 
@@ -137,7 +189,7 @@ pub(crate) async fn orders(
             "SELECT p.stock, coalesce((SELECT sum(quantity) FROM order_items WHERE product_id = p.id), 0)::bigint AS sold
                FROM products p WHERE p.id = $1",
         )
-        .bind::<BigInt, _>(products[0])
+        .bind::<BigInt, _>(catalog[0].1[0])
         .get_result(&mut db)
         .await?;
         println!(
@@ -152,24 +204,42 @@ pub(crate) async fn orders(
         );
     }
 
-    // The same transaction, driven by pgbench with as many clients, in the same run.
-    let (first, last) = (products[0], products[products.len() - 1]);
+    // The same transaction, driven by pgbench with as many clients, in the same run: the stock
+    // precheck, the products locked with their partners, stock, points, the order, one partner
+    // order, line and points split per partner, the ledger and the outbox.
+    let n = partners;
+    let pick: String = catalog
+        .iter()
+        .enumerate()
+        .map(|(k, (_, p))| format!("\\set p{k} random({}, {})\n", p[0], p[p.len() - 1]))
+        .collect();
+    let pids = (0..n)
+        .map(|k| format!(":p{k}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let partner_ids = catalog
+        .iter()
+        .map(|(id, _)| id.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let total = 1000 * n as i64;
     let (ufirst, ulast) = (users[connections], users[users.len() - 1]);
     let script = format!(
-        r"\set pid random({first}, {last})
-\set uid random({ufirst}, {ulast})
+        r"{pick}\set uid random({ufirst}, {ulast})
 BEGIN;
-SELECT id, stock FROM products WHERE id = ANY(ARRAY[:pid]::bigint[]);
-SELECT id, price, stock FROM products WHERE id = ANY(ARRAY[:pid]::bigint[]) ORDER BY id FOR UPDATE;
-UPDATE products p SET stock = p.stock - 1 WHERE p.id = :pid AND p.stock >= 1;
-UPDATE users SET point_balance = point_balance - 1000 WHERE id = :uid AND point_balance >= 1000;
+SELECT id, stock FROM products WHERE id = ANY(ARRAY[{pids}]::bigint[]);
+SELECT p.id, p.price, p.stock, p.max_per_user, p.sale_starts_at, p.sale_ends_at, p.partner_id, pa.status = 'SUSPENDED' AS suspended FROM products p JOIN partners pa ON pa.id = p.partner_id WHERE p.id = ANY(ARRAY[{pids}]::bigint[]) ORDER BY p.id FOR UPDATE OF p;
+UPDATE products p SET stock = p.stock - 1 WHERE p.id = ANY(ARRAY[{pids}]::bigint[]) AND p.stock >= 1;
+UPDATE users SET point_balance = point_balance - {total} WHERE id = :uid AND point_balance >= {total};
 WITH o AS (INSERT INTO orders (user_id, status, total_amount, discount_amount, final_amount, points_used, payment_method, request_hash, paid_at)
-           VALUES (:uid, 'PAID', 1000, 0, 1000, 1000, 'POINT', 'pgbench', now()) RETURNING id),
+           VALUES (:uid, 'PAID', {total}, 0, {total}, {total}, 'POINT', 'pgbench', now()) RETURNING id),
      po AS (INSERT INTO partner_orders (order_id, partner_id, status, items_total, discount_share, points_share, card_share, paid_at)
-            SELECT id, 1, 'PAID', 1000, 0, 1000, 0, now() FROM o RETURNING id, order_id),
-     i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price, partner_order_id, points_share) SELECT order_id, :pid, 1, 1000, id, 1000 FROM po),
+            SELECT o.id, x, 'PAID', 1000, 0, 1000, 0, now() FROM o, unnest(ARRAY[{partner_ids}]::bigint[]) x RETURNING id, order_id, partner_id),
+     i AS (INSERT INTO order_items (order_id, product_id, quantity, unit_price, partner_order_id, points_share)
+           SELECT po.order_id, x.product, 1, 1000, po.id, 1000
+             FROM po JOIN unnest(ARRAY[{partner_ids}]::bigint[], ARRAY[{pids}]::bigint[]) AS x(partner, product) ON x.partner = po.partner_id),
      s AS (INSERT INTO payment_splits (partner_order_id, method, amount, captured) SELECT id, 'POINT', 1000, 1000 FROM po),
-     l AS (INSERT INTO point_ledger (user_id, amount, kind, order_id) SELECT :uid, -1000, 'USE', id FROM o)
+     l AS (INSERT INTO point_ledger (user_id, amount, kind, order_id) SELECT :uid, -{total}, 'USE', id FROM o)
 INSERT INTO outbox (event_id, topic, partition_key, event_type, envelope)
 SELECT gen_random_uuid(), 'order-events', o.id::text, t, '{{}}'::jsonb FROM o, unnest(ARRAY['OrderCreated', 'OrderPaid']) t;
 COMMIT;

@@ -3,9 +3,9 @@
 //! the merchant's back.
 //!
 //! `POST /console/v1/payments/{transaction_key}/refunds` and `.../chargebacks` (body
-//! `{"reason": "..."}`, the reason optional) need the console key (`X-CONSOLE-KEY`). Each gives a
-//! successful payment's whole amount back, once (a payment already refunded gets 422
-//! `ALREADY_REFUNDED`), records who did it, and tells the merchant by a signed webhook to the
+//! `{"reason": "..."}`, the reason optional) need the console key (`X-CONSOLE-KEY`). Each gives
+//! back what is left of a successful payment (all of it, unless the merchant refunded part of it
+//! already), once (a payment already refunded gets 422 `ALREADY_REFUNDED`), records who did it, and tells the merchant by a signed webhook to the
 //! payment's callback URL (`event`: `payment.refunded` or `payment.charged_back`, the payment
 //! showing `REFUNDED`). Like a callback, the webhook is sent once and not retried: the merchant
 //! must also find such refunds by looking its payments up.
@@ -81,13 +81,14 @@ async fn reverse(
     let mut conn = sim.db.get().await?;
     let (refund, transaction, callback_url, traceparent) = conn
         .transaction::<_, SimError, _>(async |conn| {
-            let payment: Option<(String, PaymentStatus, i64, String, Option<String>)> =
+            let payment: Option<(String, PaymentStatus, i64, i64, String, Option<String>)> =
                 payments::table
                     .find(&transaction_key)
                     .select((
                         payments::user_id,
                         payments::status,
                         payments::amount,
+                        payments::refunded_amount,
                         payments::callback_url,
                         payments::traceparent,
                     ))
@@ -95,7 +96,7 @@ async fn reverse(
                     .first(conn)
                     .await
                     .optional()?;
-            let Some((user, status, amount, callback_url, traceparent)) = payment else {
+            let Some((user, status, amount, refunded, callback_url, traceparent)) = payment else {
                 return Err(Problem::not_found("PAYMENT_NOT_FOUND", "no such payment").into());
             };
             match status {
@@ -117,12 +118,14 @@ async fn reverse(
                     .into());
                 }
             }
+            // What is left of it: the merchant may have refunded part of it already.
+            let left = amount - refunded;
             diesel::insert_into(refunds::table)
                 .values((
                     refunds::refund_key.eq(&refund_key),
                     refunds::transaction_key.eq(&transaction_key),
                     refunds::user_id.eq(&user),
-                    refunds::amount.eq(amount),
+                    refunds::amount.eq(left),
                     refunds::reason.eq(&reason),
                     refunds::initiated_by.eq("GATEWAY"),
                     refunds::kind.eq(kind),
@@ -132,6 +135,7 @@ async fn reverse(
             let transaction: Transaction = diesel::update(payments::table.find(&transaction_key))
                 .set((
                     payments::status.eq(PaymentStatus::Refunded),
+                    payments::refunded_amount.eq(amount),
                     payments::refund_key.eq(&refund_key),
                 ))
                 .returning(crate::payments::columns())
@@ -141,7 +145,7 @@ async fn reverse(
             let refund = Refund {
                 refund_key: refund_key.clone(),
                 transaction_key: transaction_key.clone(),
-                amount,
+                amount: left,
                 reason: reason.clone(),
                 status: PaymentStatus::Refunded,
             };

@@ -127,6 +127,8 @@ pub struct Transaction {
     /// The refund that gave the money back, once `REFUNDED`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refund_key: Option<String>,
+    /// How much of it went back so far (partial refunds); `amount` once `REFUNDED`.
+    pub refunded_amount: i64,
 }
 
 /// The columns a [`Transaction`] is read from ([`columns`]).
@@ -141,6 +143,7 @@ pub(crate) struct TransactionRow {
     status: PaymentStatus,
     reason: Option<String>,
     refund_key: Option<String>,
+    refunded_amount: i64,
 }
 
 impl From<TransactionRow> for Transaction {
@@ -154,6 +157,7 @@ impl From<TransactionRow> for Transaction {
             status: row.status,
             reason: row.reason,
             refund_key: row.refund_key,
+            refunded_amount: row.refunded_amount,
         }
     }
 }
@@ -179,6 +183,7 @@ pub(crate) fn columns() -> (
     payments::status,
     payments::reason,
     payments::refund_key,
+    payments::refunded_amount,
 ) {
     (
         payments::transaction_key,
@@ -189,6 +194,7 @@ pub(crate) fn columns() -> (
         payments::status,
         payments::reason,
         payments::refund_key,
+        payments::refunded_amount,
     )
 }
 

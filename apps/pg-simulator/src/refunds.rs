@@ -1,8 +1,9 @@
 //! Refunds: `POST /api/v1/payments/{transaction_key}/refunds` gives a successful payment's money
-//! back, in full and once.
+//! back, in full or in parts, never more than was captured.
 //!
-//! - The body names the amount, which must be the payment's (partial refunds are not offered),
-//!   and optionally a reason.
+//! - The body names the amount, at most what is left of the payment (its amount less what was
+//!   refunded before; 422 `REFUND_EXCEEDS_REMAINING` otherwise), and optionally a reason. The
+//!   payment counts what went back (`refunded_amount`) and is `REFUNDED` once all of it did.
 //! - Like a payment request it takes the configured latency, fails (HTTP 500, or the configured
 //!   failure status) at `refund_failure_rate`, recording nothing, and is processed to the end in a task of its
 //!   own, whether or not the client is still waiting (record and response delays apply).
@@ -119,7 +120,7 @@ fn refusal(status: StatusCode, code: &'static str, detail: &'static str) -> SimE
     Problem::new(status, code, detail).into()
 }
 
-/// Refunds a payment in full (see the module documentation for every answer).
+/// Refunds a payment, in full or in part (see the module documentation for every answer).
 pub async fn request_refund(
     State(sim): State<Arc<Simulator>>,
     headers: HeaderMap,
@@ -161,15 +162,19 @@ async fn process(
     let (refund, replayed) = conn
         .transaction::<_, SimError, _>(async |conn| {
             // The payment row lock serialises refunds of one payment.
-            let payment: Option<(PaymentStatus, i64)> = payments::table
+            let payment: Option<(PaymentStatus, i64, i64)> = payments::table
                 .filter(payments::transaction_key.eq(&transaction_key))
                 .filter(payments::user_id.eq(&user))
-                .select((payments::status, payments::amount))
+                .select((
+                    payments::status,
+                    payments::amount,
+                    payments::refunded_amount,
+                ))
                 .for_update()
                 .first(conn)
                 .await
                 .optional()?;
-            let Some((status, amount)) = payment else {
+            let Some((status, amount, refunded)) = payment else {
                 return Err(Problem::not_found("PAYMENT_NOT_FOUND", "no such payment").into());
             };
             if let Some(key) = &key {
@@ -218,13 +223,15 @@ async fn process(
                     ));
                 }
             }
-            if req.amount != amount {
-                return Err(Problem::validation(vec![FieldError::new(
-                    "amount",
-                    "must be the payment's amount (refunds are in full)",
-                )])
-                .into());
+            if req.amount > amount - refunded {
+                return Err(refusal(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "REFUND_EXCEEDS_REMAINING",
+                    "the amount exceeds what is left of the payment to refund",
+                ));
             }
+            let refunded = refunded + req.amount;
+            let fully = refunded == amount;
             let refund_key = format!("{}:RF:{suffix}", Utc::now().format("%Y%m%d"));
             let refund: Refund = diesel::insert_into(refunds::table)
                 .values((
@@ -232,17 +239,23 @@ async fn process(
                     refunds::transaction_key.eq(&transaction_key),
                     refunds::user_id.eq(&user),
                     refunds::idempotency_key.eq(&key),
-                    refunds::amount.eq(amount),
+                    refunds::amount.eq(req.amount),
                     refunds::reason.eq(&req.reason),
                 ))
                 .returning(RefundRow::as_returning())
                 .get_result::<RefundRow>(conn)
                 .await?
                 .into();
+            let status = if fully {
+                PaymentStatus::Refunded
+            } else {
+                PaymentStatus::Success
+            };
             diesel::update(payments::table.find(&transaction_key))
                 .set((
-                    payments::status.eq(PaymentStatus::Refunded),
-                    payments::refund_key.eq(&refund.refund_key),
+                    payments::status.eq(status),
+                    payments::refunded_amount.eq(refunded),
+                    payments::refund_key.eq(fully.then_some(&refund.refund_key)),
                 ))
                 .execute(conn)
                 .await?;

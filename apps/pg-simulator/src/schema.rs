@@ -17,6 +17,7 @@ diesel::table! {
         callback_status -> Nullable<Text>,
         traceparent -> Nullable<Text>,
         refund_key -> Nullable<Text>,
+        refunded_amount -> BigInt,
     }
 }
 

@@ -488,13 +488,24 @@ async fn a_settled_payment_is_refunded_in_full_once_whatever_the_retries() {
     assert_eq!(early["code"], "PAYMENT_NOT_SETTLED");
     receiver.wait_for(1, long).await;
 
-    // Someone else's payment does not exist; a partial amount is refused; failures record nothing.
+    // Someone else's payment does not exist; nothing or more than the payment is refused;
+    // failures record nothing.
     let (status, _) = sim.refund("8", &key, Some("rf-1"), &full).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, partial) = sim
-        .refund("7", &key, Some("rf-1"), &json!({"amount": 10}))
+    let (status, nothing) = sim
+        .refund("7", &key, Some("rf-1"), &json!({"amount": 0}))
         .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{partial}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{nothing}");
+    let (status, more) = sim
+        .refund("7", &key, Some("rf-1"), &json!({"amount": 5001}))
+        .await;
+    assert_eq!(
+        (status, more["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("REFUND_EXCEEDS_REMAINING")
+        )
+    );
     sim.sim
         .dice
         .set(|b| {
@@ -564,6 +575,85 @@ async fn a_settled_payment_is_refunded_in_full_once_whatever_the_retries() {
             .n
     };
     assert_eq!(refunds, 1);
+}
+
+/// A payment refunded in parts: each part up to what is left, each idempotent by its key; the
+/// payment counts what went back and is `REFUNDED` once all of it did.
+#[tokio::test]
+async fn a_payment_is_refunded_in_parts_never_beyond_what_was_captured() {
+    let db = db().await;
+    let sim = Sim::start(&db.url, Behaviour::reliable(), 12).await;
+    let receiver = Receiver::start().await;
+    let long = Duration::from_secs(10);
+    let (_, _, paid) = sim
+        .pay_with_key("7", "pay-p", &payment("920", &receiver.url), long)
+        .await
+        .unwrap();
+    receiver.wait_for(1, long).await;
+    let key = paid["transaction_key"].as_str().unwrap().to_owned();
+    let part = |amount: i64| json!({"amount": amount, "reason": "one partner's part cancelled"});
+
+    let (status, first) = sim.refund("7", &key, Some("rf-a"), &part(2000)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["amount"], 2000);
+    let (_, payment_now) = sim.get("7", &format!("/api/v1/payments/{key}")).await;
+    assert_eq!(
+        (&payment_now["status"], &payment_now["refunded_amount"]),
+        (&json!("SUCCESS"), &json!(2000)),
+        "{payment_now}"
+    );
+    // The same part again is the same refund; the key with another amount is refused.
+    let (_, again) = sim.refund("7", &key, Some("rf-a"), &part(2000)).await;
+    assert_eq!(again["refund_key"], first["refund_key"]);
+    let (status, reused) = sim.refund("7", &key, Some("rf-a"), &part(1000)).await;
+    assert_eq!(
+        (status, reused["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("IDEMPOTENCY_KEY_REUSED")
+        )
+    );
+    // Never more than what is left (3,000).
+    let (status, more) = sim.refund("7", &key, Some("rf-b"), &part(3001)).await;
+    assert_eq!(
+        (status, more["code"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("REFUND_EXCEEDS_REMAINING")
+        )
+    );
+    let (status, last) = sim.refund("7", &key, Some("rf-c"), &part(3000)).await;
+    assert_eq!(status, StatusCode::OK, "{last}");
+    let (_, done) = sim.get("7", &format!("/api/v1/payments/{key}")).await;
+    assert_eq!(
+        (
+            &done["status"],
+            &done["refunded_amount"],
+            &done["refund_key"]
+        ),
+        (&json!("REFUNDED"), &json!(5000), &last["refund_key"]),
+        "{done}"
+    );
+    let (status, after) = sim.refund("7", &key, Some("rf-d"), &part(1)).await;
+    assert_eq!(
+        (status, after["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("ALREADY_REFUNDED"))
+    );
+    #[derive(QueryableByName)]
+    struct Sum {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        total: i64,
+    }
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    let sum: Sum = diesel::sql_query(
+        "SELECT count(*) AS n, coalesce(sum(amount), 0)::bigint AS total FROM refunds",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!((sum.n, sum.total), (2, 5000));
 }
 
 #[tokio::test]

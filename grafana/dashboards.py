@@ -152,6 +152,9 @@ BUSINESS = [
     panel("Partner orders moved per minute", "short", [t(f"60 * {rate('partner_order_transitions_total', by='step')}", "{{step}}"),
                                                         t(f"60 * {rate('partner_orders_auto_total', by='step')}", "{{step}} automatically")],
           "Partner orders prepared, shipped, delivered and purchase-confirmed by their partners and customers, and delivered and confirmed by the automatic passes."),
+    panel("Confirmed sales per minute (won)", "short", [t(f"60 * {rate('partner_confirmed_gmv_won_total')}", "GMV confirmed"),
+                                                         t(f"60 * {rate('partner_orders_confirmed_total')}", "partner orders confirmed")],
+          "Purchase-confirmed partner orders as the pipeline applied them (each once): what settlement pays partners for. Per partner: GET /api/v1/partners/sales on the collector (the table below)."),
     panel("Pipeline delay p99 (rankings' freshness)", "s", [t(quantile(0.99, "collector_event_age_seconds"), "p99")]),
 ]
 
@@ -162,6 +165,17 @@ TOP_PRODUCTS = {
     "datasource": {"type": "yesoreyeram-infinity-datasource", "uid": "rankings"},
     "targets": [{"refId": "A", "type": "json", "source": "url", "format": "table", "parser": "backend",
                  "url": "/api/v1/rankings?period=daily&size=10", "url_options": {"method": "GET"},
+                 "root_selector": "content"}],
+    "gridPos": None,
+}
+
+PARTNER_SALES = {
+    "title": "Confirmed sales by partner today",
+    "type": "table",
+    "description": "The collector's confirmed sales per partner (GET /api/v1/partners/sales), read through the Infinity datasource.",
+    "datasource": {"type": "yesoreyeram-infinity-datasource", "uid": "rankings"},
+    "targets": [{"refId": "A", "type": "json", "source": "url", "format": "table", "parser": "backend",
+                 "url": "/api/v1/partners/sales?period=daily&size=20", "url_options": {"method": "GET"},
                  "root_selector": "content"}],
     "gridPos": None,
 }
@@ -212,7 +226,7 @@ def render(uid, title, panels, extra=()):
 def main():
     root = pathlib.Path(__file__).resolve().parent / "dashboards"
     for uid, (title, panels) in DASHBOARDS.items():
-        extra = [TOP_PRODUCTS] if uid == "commerce-business" else []
+        extra = [TOP_PRODUCTS, PARTNER_SALES] if uid == "commerce-business" else []
         doc = render(uid, title, panels, extra)
         (root / f"{uid}.json").write_text(json.dumps(doc, indent=2) + "\n")
 

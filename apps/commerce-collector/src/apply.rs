@@ -153,6 +153,7 @@ pub async fn apply_batch(
     let (ids, recorded): (Vec<Uuid>, Vec<DateTime<Utc>>) = ids.into_iter().unzip();
     // Every event's effects, keyed by its id; the statement keeps those of the new ones.
     let mut fx = Effects::default();
+    let mut partner_fx = PartnerEffects::default();
     let mut snapshots = Snapshots::default();
     let mut seen = BTreeSet::new();
     for envelope in events {
@@ -165,6 +166,9 @@ pub async fn apply_batch(
         if let Event::ProductCreated(s) | Event::ProductUpdated(s) = &envelope.event {
             snapshots.push(envelope.event_id, s);
         }
+        if let Some(sale) = confirmed_sale(envelope, tz) {
+            partner_fx.push(envelope.event_id, sale);
+        }
     }
     #[derive(diesel::QueryableByName)]
     struct New {
@@ -176,6 +180,7 @@ pub async fn apply_batch(
         ids: &ids,
         recorded: &recorded,
         fx: &fx,
+        partner_fx: &partner_fx,
         snapshots: &snapshots,
     };
     let new: Vec<New> = match statement().load(conn).await {
@@ -207,6 +212,13 @@ pub async fn apply_batch(
             Event::PaymentRefunded(refund) => {
                 metrics::counter!("sales_refunded_won_total")
                     .increment(refund.amount.max(0) as u64);
+            }
+            Event::PartnerOrderChanged(_) => {
+                if let Some(sale) = confirmed_sale(envelope, tz) {
+                    metrics::counter!("partner_orders_confirmed_total").increment(1);
+                    metrics::counter!("partner_confirmed_gmv_won_total")
+                        .increment(sale.gmv.max(0) as u64);
+                }
             }
             _ => {}
         }
@@ -301,7 +313,30 @@ fx AS (
              AS f(event_id, day, product_id, v, l, o, q, a)
      WHERE f.event_id IN (SELECT event_id FROM new)
 ),
-{upserts}catalog AS (
+{upserts}partner_fx AS (
+    SELECT f.* FROM unnest($19::uuid[], $20::date[], $21::bigint[], $22::bigint[], $23::bigint[],
+                           $24::bigint[])
+             AS f(event_id, day, partner_id, o, g, p)
+     WHERE f.event_id IN (SELECT event_id FROM new)
+),
+partners AS (
+    INSERT INTO partner_sales AS m (period, period_start, partner_id, confirmed_orders, gmv,
+                                    paid_amount)
+    SELECT period, start, partner_id, sum(o), sum(g), sum(p) FROM (
+        SELECT 'daily' AS period, day AS start, partner_id, o, g, p FROM partner_fx
+        UNION ALL
+        SELECT 'weekly', date_trunc('week', day)::date, partner_id, o, g, p FROM partner_fx
+        UNION ALL
+        SELECT 'monthly', date_trunc('month', day)::date, partner_id, o, g, p FROM partner_fx
+    ) x
+     GROUP BY 1, 2, 3 ORDER BY 1, 2, 3
+    ON CONFLICT (period, period_start, partner_id) DO UPDATE SET
+        confirmed_orders = m.confirmed_orders + EXCLUDED.confirmed_orders,
+        gmv = m.gmv + EXCLUDED.gmv,
+        paid_amount = m.paid_amount + EXCLUDED.paid_amount,
+        updated_at = now()
+),
+catalog AS (
     INSERT INTO product_catalog AS c (product_id, name, brand_name, price, version)
     SELECT DISTINCT ON (s.product_id) s.product_id, s.name, s.brand_name, s.price, s.version
       FROM unnest($11::uuid[], $12::bigint[], $13::text[], $14::text[], $15::bigint[], $16::bigint[])
@@ -325,6 +360,7 @@ struct BatchStatement<'a> {
     ids: &'a [Uuid],
     recorded: &'a [DateTime<Utc>],
     fx: &'a Effects,
+    partner_fx: &'a PartnerEffects,
     snapshots: &'a Snapshots<'a>,
 }
 
@@ -354,7 +390,7 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for BatchStatement<'_>
         &'b self,
         mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
     ) -> diesel::QueryResult<()> {
-        let (fx, s) = (self.fx, self.snapshots);
+        let (fx, s, pf) = (self.fx, self.snapshots, self.partner_fx);
         for (sql, param) in BATCH_PIECES.iter() {
             out.push_sql(sql);
             match param {
@@ -377,6 +413,12 @@ impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for BatchStatement<'_>
                 Some(16) => out.push_bind_param::<Array<BigInt>, _>(&s.versions)?,
                 Some(17) => out.push_bind_param::<BigInt, _>(&PERIOD_LOCK_KEY)?,
                 Some(18) => out.push_bind_param::<Array<Timestamptz>, _>(&self.recorded)?,
+                Some(19) => out.push_bind_param::<Array<SqlUuid>, _>(&pf.event_ids)?,
+                Some(20) => out.push_bind_param::<Array<Date>, _>(&pf.days)?,
+                Some(21) => out.push_bind_param::<Array<BigInt>, _>(&pf.partners)?,
+                Some(22) => out.push_bind_param::<Array<BigInt>, _>(&pf.orders)?,
+                Some(23) => out.push_bind_param::<Array<BigInt>, _>(&pf.gmv)?,
+                Some(24) => out.push_bind_param::<Array<BigInt>, _>(&pf.paid)?,
                 Some(n) => unreachable!("BATCH_SQL has no parameter ${n}"),
             }
         }
@@ -427,6 +469,54 @@ impl Effects {
         self.orders.push(d.orders);
         self.quantities.push(d.quantity);
         self.amounts.push(d.amount);
+    }
+}
+
+/// A purchase confirmation, as partner sales count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfirmedSale {
+    /// The business day of the confirmation.
+    pub day: NaiveDate,
+    pub partner_id: i64,
+    /// The partner order's lines (gross merchandise value).
+    pub gmv: i64,
+    /// What was paid for it: its lines less its share of the discount.
+    pub paid: i64,
+}
+
+/// The sale a `PartnerOrderChanged` to `PURCHASE_CONFIRMED` counts, on the business day of its
+/// instant; nothing for any other event.
+pub fn confirmed_sale(envelope: &Envelope, tz: Tz) -> Option<ConfirmedSale> {
+    match &envelope.event {
+        Event::PartnerOrderChanged(p) if p.to == "PURCHASE_CONFIRMED" => Some(ConfirmedSale {
+            day: business_date(p.at, tz),
+            partner_id: p.partner_id,
+            gmv: p.items_total,
+            paid: p.items_total - p.discount_share,
+        }),
+        _ => None,
+    }
+}
+
+/// Partner sales of a batch's events as columns.
+#[derive(Default)]
+struct PartnerEffects {
+    event_ids: Vec<Uuid>,
+    days: Vec<NaiveDate>,
+    partners: Vec<i64>,
+    orders: Vec<i64>,
+    gmv: Vec<i64>,
+    paid: Vec<i64>,
+}
+
+impl PartnerEffects {
+    fn push(&mut self, event: Uuid, sale: ConfirmedSale) {
+        self.event_ids.push(event);
+        self.days.push(sale.day);
+        self.partners.push(sale.partner_id);
+        self.orders.push(1);
+        self.gmv.push(sale.gmv);
+        self.paid.push(sale.paid);
     }
 }
 

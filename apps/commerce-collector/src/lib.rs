@@ -12,6 +12,7 @@ pub mod dlq;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod partner_sales;
 pub mod ranking;
 pub mod rollup;
 pub mod schema;

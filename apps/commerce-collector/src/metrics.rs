@@ -29,6 +29,16 @@ pub fn register() {
         "Card refunds, in won, as the pipeline applies each PaymentRefunded once.",
         &[],
     );
+    counter(
+        "partner_orders_confirmed_total",
+        "Purchase-confirmed partner orders, as the pipeline applies each confirmation once.",
+        &[],
+    );
+    counter(
+        "partner_confirmed_gmv_won_total",
+        "Gross merchandise value of purchase-confirmed partner orders, in won, applied once each.",
+        &[],
+    );
     counter("collector_batches_total", "Batches committed.", &[]);
     counter(
         "collector_batch_failures_total",

@@ -127,7 +127,7 @@ impl Application {
 #[derive(OpenApi)]
 #[openapi(info(
     title = "commerce-collector",
-    description = "Rankings and product figures, read from the event stream. Errors are application/problem+json with a stable `code`."
+    description = "Rankings, product figures and partners' confirmed sales, read from the event stream. Errors are application/problem+json with a stable `code`."
 ))]
 struct ApiDoc;
 
@@ -137,6 +137,7 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(http::rankings))
         .routes(routes!(http::product_rank))
         .routes(routes!(http::product_metrics))
+        .routes(routes!(crate::partner_sales::partner_sales))
         .split_for_parts();
     (api, commerce_web::openapi::with_problem_responses(doc))
 }

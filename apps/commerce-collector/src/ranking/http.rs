@@ -144,7 +144,7 @@ pub struct ProductRank {
 }
 
 /// Parses and bounds the shared parameters; every bad field is reported at once.
-fn parse(
+pub(crate) fn parse(
     state: &AppState,
     period: Option<&str>,
     date: Option<&str>,
@@ -181,7 +181,7 @@ fn parse(
     period.zip(date)
 }
 
-fn check(errors: Vec<FieldError>) -> Result<(), CollectorError> {
+pub(crate) fn check(errors: Vec<FieldError>) -> Result<(), CollectorError> {
     if errors.is_empty() {
         Ok(())
     } else {

@@ -10,6 +10,7 @@ mod end_to_end;
 mod group;
 mod lag;
 mod migrations;
+mod partner_sales;
 mod pipeline;
 mod platform;
 mod rankings;

@@ -170,6 +170,13 @@ impl Application {
         server = server.task("order status listener", move |stop| {
             crate::infra::order_events::listen(events, url, stop)
         });
+        let (events, url) = (
+            state.order_events.clone(),
+            state.config.database_url.clone(),
+        );
+        server = server.task("partner order status listener", move |stop| {
+            crate::infra::order_events::listen_partner_orders(events, url, stop)
+        });
         let warming = state.clone();
         server = server.task("product cache warm-up", move |_stop| {
             crate::http::catalog::warm(warming)

@@ -12,13 +12,13 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 
 use commerce_web::idempotency::IdempotencyKey;
 
 use crate::domain::fulfilment::{Actor, Step};
 use crate::domain::orders::{self, OrderRequest, OrderView, Placed, Placement};
-use crate::domain::partner_orders::PartnerOrderView;
+use crate::domain::partner_orders::{self, PartnerOrderStatus, PartnerOrderView};
 use crate::domain::states::{OrderStatus, PaymentMethod};
 use crate::http::auth::{AuthUser, admit};
 use crate::http::error::{ApiError, ApiResult};
@@ -173,100 +173,231 @@ pub async fn cancel_order(
     }))
 }
 
-/// Follow an order's status as Server-Sent Events: its current status at once, then each
-/// change (`PAID`, `PAYMENT_FAILED`, `CANCELLED`, `REFUNDED`) as it commits, whichever instance
-/// made it; a comment line every `ORDER_EVENTS_HEARTBEAT_SECONDS` meanwhile. The stream ends
-/// after a settled status (`PAID`, `PAYMENT_FAILED`, `REFUNDED`, or `CANCELLED` with no refund
-/// to come). Each event is `event: status` with data `{"order_id":…,"status":…}`. At most
-/// `ORDER_EVENTS_PER_USER` streams per user per instance (429 beyond).
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FollowParams {
+    /// `payment` (default): the stream ends once the payment is settled. `delivery`: it goes on
+    /// through each partner order's life and ends once every one is final
+    /// (`PURCHASE_CONFIRMED`, `CANCELLED`, `RETURNED`) or the order closed.
+    follow: Option<String>,
+}
+
+/// Follow an order as Server-Sent Events: its current status and each partner order's at once,
+/// then each change as it commits, whichever instance made it; a comment line every
+/// `ORDER_EVENTS_HEARTBEAT_SECONDS` meanwhile. `event: status` carries
+/// `{"order_id":…,"status":…}` (`PAID`, `PAYMENT_FAILED`, `CANCELLED`, `REFUNDED`, …);
+/// `event: partner_order` carries `{"order_id":…,"partner_order_id":…,"partner_id":…,
+/// "status":…,"carrier":…,"tracking_number":…}`. With `follow=payment` (default) the stream
+/// ends after a settled status (`PAID`, `PAYMENT_FAILED`, `REFUNDED`, or `CANCELLED` with no
+/// refund to come); with `follow=delivery` once every partner order is final or the order
+/// closed. At most `ORDER_EVENTS_PER_USER` streams per user per instance (429 beyond).
 #[utoipa::path(get, path = "/api/v1/orders/{id}/events", tag = "orders", security(("bearer" = [])),
-    responses((status = 200, content_type = "text/event-stream", description = "the order's status, then each change"),
-        (status = 401), (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)"),
+    params(FollowParams),
+    responses((status = 200, content_type = "text/event-stream", description = "the order's status and its partner orders', then each change"),
+        (status = 400), (status = 401), (status = 404, description = "ORDER_NOT_FOUND (also for another user's order)"),
         (status = 429, description = "RATE_LIMITED: too many open streams, with Retry-After")))]
 pub async fn order_events(
     State(state): State<AppState>,
     user: AuthUser,
     Path(id): Path<i64>,
+    Query(params): Query<FollowParams>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<Event, Infallible>>>> {
+    let delivery = match params.follow.as_deref() {
+        None | Some("payment") => false,
+        Some("delivery") => true,
+        Some(_) => return Err(ApiError::field("follow", "must be payment or delivery")),
+    };
     let slot = state
         .order_events
         .open(user.id)
         .ok_or(ApiError::RateLimited(Duration::from_secs(1)))?;
     // Subscribed before the first read: no change after it is missed.
     let changes = state.order_events.subscribe();
-    let first = {
-        let mut conn = state.db.get().await?;
-        let status = orders::status_of(&mut conn, user.id, id).await?;
-        (status, orders::is_settled(&mut conn, id, status).await?)
-    };
-    let heartbeat = state.config.order_events_heartbeat;
-    let watch = Watch {
+    let mut watch = Watch {
         state,
         user_id: user.id,
         id,
+        delivery,
         changes,
-        next: Some(first),
+        queue: std::collections::VecDeque::new(),
         last: None,
+        parts: std::collections::BTreeMap::new(),
+        settled: false,
         done: false,
         _slot: slot,
     };
+    watch.read_all().await?;
+    let heartbeat = watch.state.config.order_events_heartbeat;
     let events = futures::stream::unfold(watch, |mut w| async move {
-        let (status, settled) = w.next_status().await?;
-        w.done = settled;
-        w.last = Some(status);
-        let data = serde_json::json!({"order_id": w.id, "status": status});
-        Some((
-            Ok(Event::default().event("status").data(data.to_string())),
-            w,
-        ))
+        let event = w.next_event().await?;
+        Some((Ok(event), w))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat)))
 }
 
-/// One order-status stream's state.
+/// What a stream last sent of a partner order: its status and tracking.
+type PartSeen = (PartnerOrderStatus, Option<String>);
+
+/// One order stream's state.
 struct Watch {
     state: AppState,
     user_id: i64,
     id: i64,
+    /// Follow the partner orders to the end (`follow=delivery`).
+    delivery: bool,
     changes: tokio::sync::broadcast::Receiver<Change>,
-    /// A status to send before waiting for changes.
-    next: Option<(OrderStatus, bool)>,
+    /// Events to send before waiting for changes.
+    queue: std::collections::VecDeque<Event>,
     last: Option<OrderStatus>,
+    /// Each partner order as last sent.
+    parts: std::collections::BTreeMap<i64, PartSeen>,
+    /// The order's status is settled.
+    settled: bool,
     done: bool,
     _slot: StreamSlot,
 }
 
 impl Watch {
-    /// The next status to send and whether it is the last; `None` ends the stream.
-    async fn next_status(&mut self) -> Option<(OrderStatus, bool)> {
-        use tokio::sync::broadcast::error::RecvError;
-        if self.done {
-            return None;
+    /// Reads the order and its partner orders, and queues whatever differs from what was sent.
+    async fn read_all(&mut self) -> ApiResult<()> {
+        let mut conn = self.state.db.get().await?;
+        let status = orders::status_of(&mut conn, self.user_id, self.id).await?;
+        if Some(status) != self.last {
+            self.settled = orders::is_settled(&mut conn, self.id, status).await?;
+            self.last = Some(status);
+            let data = serde_json::json!({"order_id": self.id, "status": status});
+            self.queue
+                .push_back(Event::default().event("status").data(data.to_string()));
         }
-        if let Some(next) = self.next.take() {
-            return Some(next);
-        }
-        loop {
-            let status = match self.changes.recv().await {
-                Ok(Change::Status(id, status)) if id == self.id => status.parse().ok(),
-                Ok(Change::Status(..)) => continue,
-                // Changes may have been missed: read the order again.
-                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => None,
-                Err(RecvError::Closed) => return None,
-            };
-            let mut conn = self.state.db.get().await.ok()?;
-            let status = match status {
-                Some(status) => status,
-                None => orders::status_of(&mut conn, self.user_id, self.id)
-                    .await
-                    .ok()
-                    .or(self.last)?,
-            };
-            if Some(status) == self.last {
+        let parts = partner_orders::of_orders(&mut conn, &[self.id])
+            .await?
+            .remove(&self.id)
+            .unwrap_or_default();
+        for part in parts {
+            let seen = (
+                part.status,
+                part.shipment.as_ref().map(|s| s.tracking_number.clone()),
+            );
+            if self.parts.get(&part.partner_order_id) == Some(&seen) {
                 continue;
             }
-            let settled = orders::is_settled(&mut conn, self.id, status).await.ok()?;
-            return Some((status, settled));
+            self.parts.insert(part.partner_order_id, seen);
+            let data = serde_json::json!({
+                "order_id": self.id,
+                "partner_order_id": part.partner_order_id,
+                "partner_id": part.partner_id,
+                "status": part.status,
+                "carrier": part.shipment.as_ref().map(|s| &s.carrier),
+                "tracking_number": part.shipment.as_ref().map(|s| &s.tracking_number),
+            });
+            self.queue.push_back(
+                Event::default()
+                    .event("partner_order")
+                    .data(data.to_string()),
+            );
+        }
+        Ok(())
+    }
+
+    /// Queues partner order `id`'s move to `status` (with its tracking once it shipped), unless
+    /// that is what was sent last.
+    async fn tell_part(&mut self, id: i64, status: PartnerOrderStatus) -> ApiResult<()> {
+        let shipped = matches!(
+            status,
+            PartnerOrderStatus::Shipped
+                | PartnerOrderStatus::Delivered
+                | PartnerOrderStatus::PurchaseConfirmed
+                | PartnerOrderStatus::ReturnRequested
+                | PartnerOrderStatus::Returned
+        );
+        let mut conn = self.state.db.get().await?;
+        let Some(part) = partner_orders::of_orders(&mut conn, &[self.id])
+            .await?
+            .remove(&self.id)
+            .and_then(|parts| parts.into_iter().find(|p| p.partner_order_id == id))
+        else {
+            return Ok(());
+        };
+        let shipment = part.shipment.filter(|_| shipped);
+        let seen = (status, shipment.as_ref().map(|s| s.tracking_number.clone()));
+        if self.parts.get(&id) == Some(&seen) {
+            return Ok(());
+        }
+        self.parts.insert(id, seen);
+        let data = serde_json::json!({
+            "order_id": self.id,
+            "partner_order_id": id,
+            "partner_id": part.partner_id,
+            "status": status,
+            "carrier": shipment.as_ref().map(|s| &s.carrier),
+            "tracking_number": shipment.as_ref().map(|s| &s.tracking_number),
+        });
+        self.queue
+            .push_back(Event::default().event("partner_order").data(data.to_string()));
+        Ok(())
+    }
+
+    /// Whether the stream has told everything it follows.
+    fn finished(&self) -> bool {
+        if !self.settled {
+            return false;
+        }
+        if !self.delivery || self.last != Some(OrderStatus::Paid) {
+            return true;
+        }
+        self.parts.values().all(|(status, _)| {
+            matches!(
+                status,
+                PartnerOrderStatus::PurchaseConfirmed
+                    | PartnerOrderStatus::Cancelled
+                    | PartnerOrderStatus::Returned
+                    | PartnerOrderStatus::PaymentFailed
+            )
+        })
+    }
+
+    /// The next event to send; `None` ends the stream.
+    async fn next_event(&mut self) -> Option<Event> {
+        use tokio::sync::broadcast::error::RecvError;
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Some(event);
+            }
+            if self.done || self.finished() {
+                self.done = true;
+                return None;
+            }
+            // Each change is told as notified, so a stream that reads late still tells every
+            // step; a possible gap (a lagging or reconnected listener) reads everything again.
+            match self.changes.recv().await {
+                Ok(Change::Status(id, status)) if id == self.id => {
+                    let Ok(status) = status.parse::<OrderStatus>() else {
+                        self.read_all().await.ok()?;
+                        continue;
+                    };
+                    if Some(status) == self.last {
+                        continue;
+                    }
+                    let mut conn = self.state.db.get().await.ok()?;
+                    self.settled = orders::is_settled(&mut conn, self.id, status).await.ok()?;
+                    self.last = Some(status);
+                    let data = serde_json::json!({"order_id": self.id, "status": status});
+                    self.queue
+                        .push_back(Event::default().event("status").data(data.to_string()));
+                }
+                Ok(Change::PartnerOrder(id, part, status)) if id == self.id => {
+                    let Ok(status) = status.parse::<PartnerOrderStatus>() else {
+                        self.read_all().await.ok()?;
+                        continue;
+                    };
+                    self.tell_part(part, status).await.ok()?;
+                }
+                Ok(Change::Status(..) | Change::PartnerOrder(..)) => continue,
+                Ok(Change::Resync) | Err(RecvError::Lagged(_)) => {
+                    self.read_all().await.ok()?;
+                }
+                Err(RecvError::Closed) => return None,
+            }
         }
     }
 }

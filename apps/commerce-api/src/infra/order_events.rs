@@ -1,7 +1,8 @@
 //! Order status changes, as they commit, for the order-status streams of this instance.
 //!
-//! A trigger NOTIFYs `order_status` (`<id>:<status>`) at commit; one listener per instance
-//! ([`listen`]) fans each change out to every stream here. A stream that falls behind, or a
+//! Triggers NOTIFY `order_status` (`<id>:<status>`) and `partner_order_status`
+//! (`<order>:<partner order>:<status>`) at commit; one listener per channel and instance
+//! ([`listen`], [`listen_partner_orders`]) fans each change out to every stream here. A stream that falls behind, or a
 //! listener that reconnected (changes may have been missed), is told to read the order again.
 
 use std::collections::HashMap;
@@ -16,6 +17,8 @@ use crate::infra::listener::Heard;
 pub enum Change {
     /// Order `id` has this status now.
     Status(i64, String),
+    /// Partner order (second) of order (first) has this status now.
+    PartnerOrder(i64, i64, String),
     /// Changes may have been missed: read the order again.
     Resync,
 }
@@ -92,4 +95,34 @@ pub async fn listen(events: Arc<OrderEvents>, database_url: String, stop: watch:
         async {}
     };
     crate::infra::listener::listen(database_url, "order_status", on, stop).await;
+}
+
+/// Feeds [`OrderEvents`] from `LISTEN partner_order_status` until `stop` turns.
+pub async fn listen_partner_orders(
+    events: Arc<OrderEvents>,
+    database_url: String,
+    stop: watch::Receiver<bool>,
+) {
+    let on = |heard: Heard| {
+        let change = match heard {
+            Heard::Connected => Some(Change::Resync),
+            Heard::Notified(payload) => {
+                let mut parts = payload.splitn(3, ':');
+                (|| {
+                    let order = parts.next()?.parse().ok()?;
+                    let partner_order = parts.next()?.parse().ok()?;
+                    Some(Change::PartnerOrder(
+                        order,
+                        partner_order,
+                        parts.next()?.to_owned(),
+                    ))
+                })()
+            }
+        };
+        if let Some(change) = change {
+            let _ = events.changes.send(change);
+        }
+        async {}
+    };
+    crate::infra::listener::listen(database_url, "partner_order_status", on, stop).await;
 }

@@ -423,3 +423,77 @@ async fn the_confirmation_timer_is_cut_short_by_the_backstop_from_shipping() {
         1
     );
 }
+
+/// `follow=delivery`: the order's stream tells each partner order's move as it commits, with its
+/// tracking, and ends by itself once every partner order is final.
+#[tokio::test]
+async fn the_order_stream_follows_each_partner_order_to_its_end() {
+    let app = spawn_app().await;
+    let (_, seller) = partner(&app, "sse-seller", "808-08-00001").await;
+    let product = partner_product(&app, &seller, 100, 10).await;
+    let (_, buyer) = app.user_with_points("sse-buyer", 1_000).await;
+    let (order, parts) = checkout(&app, &buyer, &[product]).await;
+    let id = parts[0];
+    let url = |follow: &str| format!("{}/api/v1/orders/{order}/events?follow={follow}", app.base);
+    let bad = app
+        .client
+        .get(url("forever"))
+        .bearer_auth(&buyer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let stream = app
+        .client
+        .get(url("delivery"))
+        .bearer_auth(&buyer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let reading = tokio::spawn(crate::order_events::follow_all(
+        stream,
+        Duration::from_secs(20),
+    ));
+    let po = |what: &str| format!("/api/v1/partner/orders/{id}/{what}");
+    for (path, body) in [
+        (po("prepare"), json!({})),
+        (po("ship"), ship_body("SSE-1")),
+        (po("deliver"), json!({})),
+    ] {
+        let (status, _) = app.post(&path, Some(&seller), body).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+    }
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/orders/{order}/partner-orders/{id}/confirm"),
+            Some(&buyer),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (events, _) = reading.await.unwrap();
+    let told: Vec<(String, String, Value)> = events
+        .iter()
+        .map(|(name, data)| {
+            (
+                name.clone(),
+                data["status"].as_str().unwrap().to_owned(),
+                data["tracking_number"].clone(),
+            )
+        })
+        .collect();
+    let step =
+        |status: &str, tracking: Value| ("partner_order".to_owned(), status.to_owned(), tracking);
+    assert_eq!(
+        told,
+        vec![
+            ("status".to_owned(), "PAID".to_owned(), Value::Null),
+            step("PAID", Value::Null),
+            step("PREPARING", Value::Null),
+            step("SHIPPED", json!("SSE-1")),
+            step("DELIVERED", json!("SSE-1")),
+            step("PURCHASE_CONFIRMED", json!("SSE-1")),
+        ]
+    );
+}

@@ -9,9 +9,24 @@ use serde_json::{Value, json};
 
 use crate::payments::{Gateway, api, card_order, place};
 
-/// Reads an event stream until the server ends it (or `within` passes): the statuses sent, and
-/// how many heartbeat comments came.
-async fn follow(mut res: reqwest::Response, within: Duration) -> (Vec<String>, usize) {
+/// Reads an event stream until the server ends it (or `within` passes): the order statuses
+/// sent (`event: status`), and how many heartbeat comments came.
+async fn follow(res: reqwest::Response, within: Duration) -> (Vec<String>, usize) {
+    let (events, heartbeats) = follow_all(res, within).await;
+    let statuses = events
+        .into_iter()
+        .filter(|(name, _)| name == "status")
+        .map(|(_, data)| data["status"].as_str().unwrap().to_owned())
+        .collect();
+    (statuses, heartbeats)
+}
+
+/// Reads an event stream until the server ends it (or `within` passes): every event's name and
+/// data, in order, and how many heartbeat comments came.
+pub(crate) async fn follow_all(
+    mut res: reqwest::Response,
+    within: Duration,
+) -> (Vec<(String, Value)>, usize) {
     let mut text = String::new();
     let read = async {
         while let Some(chunk) = res.chunk().await.expect("the stream reads") {
@@ -21,18 +36,20 @@ async fn follow(mut res: reqwest::Response, within: Duration) -> (Vec<String>, u
     tokio::time::timeout(within, read)
         .await
         .expect("the stream ended by itself");
-    let statuses = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data:"))
-        .map(|d| {
-            serde_json::from_str::<Value>(d.trim()).unwrap()["status"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
+    let mut events = Vec::new();
+    let mut name = String::new();
+    for line in text.lines() {
+        if let Some(n) = line.strip_prefix("event:") {
+            name = n.trim().to_owned();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            events.push((
+                name.clone(),
+                serde_json::from_str::<Value>(d.trim()).unwrap(),
+            ));
+        }
+    }
     let heartbeats = text.lines().filter(|l| l.starts_with(':')).count();
-    (statuses, heartbeats)
+    (events, heartbeats)
 }
 
 async fn open(base: &str, order: i64, token: &str) -> reqwest::Response {

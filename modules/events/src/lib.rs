@@ -66,6 +66,10 @@ commerce_enums::text_enum! {
         /// The gateway gave a paid order's money back by itself: a refund made at the gateway,
         /// or a chargeback.
         RefundedAtGateway => "REFUNDED_AT_GATEWAY",
+        /// One partner order of a paid checkout was cancelled: its card share goes back.
+        PartnerOrderCancelled => "PARTNER_ORDER_CANCELLED",
+        /// One partner order of a paid checkout was returned: its card share goes back.
+        PartnerOrderReturned => "PARTNER_ORDER_RETURNED",
     }
 }
 

@@ -22,16 +22,21 @@
 //! move one twice.
 
 use chrono::{DateTime, Utc};
-use commerce_events::{Event, PartnerOrderChanged};
+use commerce_events::{Event, OrderCancelled, OrderLine, PartnerOrderChanged};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Interval, Text, Timestamptz};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 
+use crate::domain::history::Source;
 use crate::domain::partner_orders::{self, PartnerOrderStatus, PartnerOrderView};
-use crate::domain::points::{self, Earned};
+use crate::domain::points::{self, Credit, Earned};
+use crate::domain::refunds::{self, Refundable};
+use crate::domain::states::{PaymentKind, RefundCause};
 use crate::domain::{Error, Missing, Result};
 use crate::infra::outbox::{self, Topics};
-use crate::infra::schema::{order_items, orders, partner_orders as rows, shipments};
+use crate::infra::schema::{
+    order_items, orders, partner_orders as rows, payment_splits, payments, shipments,
+};
 
 /// What is asked of a partner order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -312,7 +317,15 @@ pub async fn apply(
                 }
                 Ok(Move::To(to)) => to,
             };
-            let at = execute(conn, settings, &locked, user_id, to, step, tracking).await?;
+            if step == Step::Cancel && last_standing(conn, order_id, id).await? {
+                // Cancelling the checkout's last standing partner order cancels the checkout:
+                // what is left of its payment goes back, and its coupon too.
+                crate::domain::orders::cancel_in(conn, topics, user_id, order_id).await?;
+                let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+                outbox::record_at(conn, topics, vec![locked.changed(user_id, to, at)], at).await?;
+                return Ok((order_id, true));
+            }
+            let at = execute(conn, topics, settings, &locked, user_id, to, step, tracking).await?;
             outbox::record_at(conn, topics, vec![locked.changed(user_id, to, at)], at).await?;
             Ok((order_id, true))
         })
@@ -369,9 +382,170 @@ fn interval(d: std::time::Duration) -> diesel::data_types::PgInterval {
     )
 }
 
+/// Whether partner order `id` is the only one of order `order_id` not cancelled.
+async fn last_standing(conn: &mut AsyncPgConnection, order_id: i64, id: i64) -> Result<bool> {
+    let others: i64 = rows::table
+        .filter(rows::order_id.eq(order_id))
+        .filter(rows::id.ne(id))
+        .filter(rows::status.ne(PartnerOrderStatus::Cancelled))
+        .count()
+        .get_result(conn)
+        .await?;
+    Ok(others == 0)
+}
+
+/// Gives a cancelled or returned partner order's paid share back, inside the transaction that
+/// moves it: its units back in stock (all of them, cancelled; the shipped ones, returned), its
+/// points credited at once, its card share refunded through the gateway (a refund of its own,
+/// which the refund worker sends and confirms), and its sale subtracted (`OrderCancelled` with
+/// its lines). The coupon stays used: it goes back only with the whole checkout.
+async fn give_back(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    locked: &Locked,
+    user_id: i64,
+    cause: RefundCause,
+) -> Result<()> {
+    let id = locked.id;
+    let units: Vec<(i64, i64, i64)> = match cause {
+        RefundCause::PartnerOrderReturned => {
+            diesel::update(order_items::table.filter(order_items::partner_order_id.eq(id)))
+                .set(order_items::quantity_returned.eq(order_items::quantity_shipped))
+                .returning((
+                    order_items::product_id,
+                    order_items::quantity_returned,
+                    order_items::unit_price,
+                ))
+                .get_results(conn)
+                .await?
+        }
+        _ => {
+            diesel::update(order_items::table.filter(order_items::partner_order_id.eq(id)))
+                .set(
+                    order_items::quantity_cancelled
+                        .eq(order_items::quantity - order_items::quantity_shipped),
+                )
+                .returning((
+                    order_items::product_id,
+                    order_items::quantity_cancelled,
+                    order_items::unit_price,
+                ))
+                .get_results(conn)
+                .await?
+        }
+    };
+    let mut lines: Vec<OrderLine> = units
+        .into_iter()
+        .filter(|(_, quantity, _)| *quantity > 0)
+        .map(|(product_id, quantity, unit_price)| OrderLine {
+            product_id,
+            quantity,
+            unit_price,
+        })
+        .collect();
+    lines.sort_by_key(|l| l.product_id);
+    let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    // Same lock order as placing orders.
+    diesel::sql_query("SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE products p SET stock = p.stock + l.quantity
+           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
+          WHERE p.id = l.id",
+    )
+    .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
+    .bind::<diesel::sql_types::Array<BigInt>, _>(&quantities)
+    .execute(conn)
+    .await?;
+
+    let splits: Vec<(PaymentKind, Option<i64>, i64, i64)> = payment_splits::table
+        .filter(payment_splits::partner_order_id.eq(id))
+        .select((
+            payment_splits::method,
+            payment_splits::payment_id,
+            payment_splits::captured,
+            payment_splits::refunded,
+        ))
+        .load(conn)
+        .await?;
+    for (method, payment_id, captured, refunded) in splits {
+        let owed = captured - refunded;
+        if owed <= 0 {
+            continue;
+        }
+        match (method, payment_id) {
+            (PaymentKind::Point, _) => {
+                points::credit(
+                    conn,
+                    user_id,
+                    owed,
+                    Credit::Refund {
+                        order_id: locked.order_id,
+                    },
+                )
+                .await?;
+                diesel::update(
+                    payment_splits::table
+                        .filter(payment_splits::partner_order_id.eq(id))
+                        .filter(payment_splits::method.eq(PaymentKind::Point)),
+                )
+                .set((
+                    payment_splits::refunded.eq(payment_splits::captured),
+                    payment_splits::updated_at.eq(diesel::dsl::now),
+                ))
+                .execute(conn)
+                .await?;
+            }
+            (PaymentKind::Card, Some(payment_id)) => {
+                let key: Option<String> = payments::table
+                    .find(payment_id)
+                    .select(payments::transaction_key)
+                    .first(conn)
+                    .await?;
+                let key = key.ok_or_else(|| {
+                    anyhow::anyhow!("captured card payment {payment_id} has no transaction")
+                })?;
+                let refundable = Refundable {
+                    payment_id,
+                    order_id: locked.order_id,
+                    user_id,
+                    amount: owed,
+                };
+                refunds::require_part(conn, &refundable, &key, cause, id, Source::Cancel).await?;
+            }
+            (PaymentKind::Card, None) => {}
+        }
+    }
+    let paid_at: Option<DateTime<Utc>> = orders::table
+        .find(locked.order_id)
+        .select(orders::paid_at)
+        .first(conn)
+        .await?;
+    if !lines.is_empty() {
+        outbox::record(
+            conn,
+            topics,
+            vec![Event::OrderCancelled(OrderCancelled {
+                order_id: locked.order_id,
+                user_id,
+                lines,
+                was_paid: true,
+                paid_at,
+            })],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Executes a decided move of the locked partner order; returns its instant.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     conn: &mut AsyncPgConnection,
+    topics: &Topics,
     settings: &FulfilmentSettings,
     locked: &Locked,
     user_id: i64,
@@ -418,6 +592,16 @@ async fn execute(
             };
             delivered(conn, settings, id, at, by).await?;
         }
+        (Step::Cancel, PartnerOrderStatus::Cancelled) => {
+            give_back(
+                conn,
+                topics,
+                locked,
+                user_id,
+                RefundCause::PartnerOrderCancelled,
+            )
+            .await?;
+        }
         _ => {
             return Err(Error::Internal(anyhow::anyhow!(
                 "partner order {id}: {step:?} to {to} is not executed here"
@@ -429,6 +613,7 @@ async fn execute(
             rows::status.eq(to),
             rows::updated_at.eq(at),
             rows::confirmed_at.eq((to == PartnerOrderStatus::PurchaseConfirmed).then_some(at)),
+            rows::cancelled_at.eq((to == PartnerOrderStatus::Cancelled).then_some(at)),
         ))
         .execute(conn)
         .await?;

@@ -11,6 +11,7 @@ use diesel::sql_types::{Array, BigInt};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
 use crate::domain::Result;
+use crate::domain::partner_orders;
 pub use crate::domain::points::WhenSpent;
 use crate::domain::points::{self, Credit};
 use crate::domain::states::{CouponStatus, OrderKind};
@@ -38,10 +39,12 @@ pub async fn lines(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<Or
         .collect())
 }
 
-/// Gives back everything an order holds, inside the caller's transaction (which must hold the
-/// order's row lock, so this runs once per order): its stock, its points (if any were used) and
-/// its coupon; a paid top-up's credited points are taken back, as `when_spent` says if they are
-/// spent. Returns the order's lines.
+/// Gives back everything an order still holds, inside the caller's transaction (which must hold
+/// the order's row lock, so this runs once per order): its stock (less the units of partner
+/// orders cancelled or returned on their own, which went back then), its points (less those
+/// already given back with such partner orders) and its coupon; a paid top-up's credited points
+/// are taken back, as `when_spent` says if they are spent. Returns the lines given back, with
+/// the units given back now.
 pub async fn release(
     conn: &mut AsyncPgConnection,
     order_id: i64,
@@ -58,7 +61,27 @@ pub async fn release(
             ))
             .first(conn)
             .await?;
-    let lines = lines(conn, order_id).await?;
+    let held: Vec<(i64, i64, i64)> = order_items::table
+        .filter(order_items::order_id.eq(order_id))
+        .order(order_items::product_id)
+        .select((
+            order_items::product_id,
+            order_items::quantity
+                - order_items::quantity_cancelled
+                - order_items::quantity_returned,
+            order_items::unit_price,
+        ))
+        .load(conn)
+        .await?;
+    let lines: Vec<OrderLine> = held
+        .into_iter()
+        .filter(|(_, quantity, _)| *quantity > 0)
+        .map(|(product_id, quantity, unit_price)| OrderLine {
+            product_id,
+            quantity,
+            unit_price,
+        })
+        .collect();
     let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
     let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
     // Same lock order as placing orders.
@@ -75,8 +98,11 @@ pub async fn release(
     .bind::<Array<BigInt>, _>(&quantities)
     .execute(conn)
     .await?;
-    if points_used > 0 {
-        points::credit(conn, user_id, points_used, Credit::Refund { order_id }).await?;
+    // Points given back with partner orders cancelled or returned on their own.
+    let given_back = partner_orders::points_given_back(conn, order_id).await?;
+    let points_left = points_used - given_back;
+    if points_left > 0 {
+        points::credit(conn, user_id, points_left, Credit::Refund { order_id }).await?;
     }
     if kind == OrderKind::PointTopUp {
         // A paid top-up's points go back with it.

@@ -344,6 +344,39 @@ pub async fn cancelled(conn: &mut AsyncPgConnection, order_id: i64) -> Result<()
     Ok(())
 }
 
+#[derive(QueryableByName)]
+struct Total {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    total: i64,
+}
+
+/// The points given back with order `order_id`'s partner orders cancelled or returned on their
+/// own.
+pub async fn points_given_back(conn: &mut AsyncPgConnection, order_id: i64) -> Result<i64> {
+    let total: Total = diesel::sql_query(
+        "SELECT coalesce(sum(s.refunded), 0)::bigint AS total
+           FROM payment_splits s JOIN partner_orders p ON p.id = s.partner_order_id
+          WHERE p.order_id = $1 AND s.method = 'POINT'",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(order_id)
+    .get_result(conn)
+    .await?;
+    Ok(total.total)
+}
+
+/// What card payment `payment_id` owes back for partner orders cancelled or returned on their
+/// own: the sum of their refunds, confirmed or not.
+pub async fn card_refunds_owed(conn: &mut AsyncPgConnection, payment_id: i64) -> Result<i64> {
+    let total: Total = diesel::sql_query(
+        "SELECT coalesce(sum(amount), 0)::bigint AS total FROM refunds
+          WHERE payment_id = $1 AND partner_order_id IS NOT NULL",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(payment_id)
+    .get_result(conn)
+    .await?;
+    Ok(total.total)
+}
+
 /// Whether any partner order of the checkout has shipped (or gone further).
 pub async fn any_shipped(conn: &mut AsyncPgConnection, order_id: i64) -> Result<bool> {
     use diesel::dsl::exists;
@@ -362,16 +395,38 @@ pub async fn any_shipped(conn: &mut AsyncPgConnection, order_id: i64) -> Result<
     .await?)
 }
 
-/// The gateway confirmed that card payment `payment_id`'s whole charge went back: every split of
-/// it has its captured share refunded.
+/// The gateway confirmed that what was left of card payment `payment_id` went back: every split
+/// of it whose partner order has no refund of its own has its captured share refunded (those
+/// with one are refunded when that one is confirmed, [`card_share_refunded`]).
 pub async fn card_refunded(conn: &mut AsyncPgConnection, payment_id: i64) -> Result<()> {
-    diesel::update(payment_splits::table.filter(payment_splits::payment_id.eq(payment_id)))
-        .set((
-            payment_splits::refunded.eq(payment_splits::captured),
-            payment_splits::updated_at.eq(diesel::dsl::now),
-        ))
-        .execute(conn)
-        .await?;
+    diesel::sql_query(
+        "UPDATE payment_splits s SET refunded = s.captured, updated_at = now()
+          WHERE s.payment_id = $1
+            AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.partner_order_id = s.partner_order_id)",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(payment_id)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// The gateway confirmed partner order `partner_order_id`'s own card refund of `amount`.
+pub async fn card_share_refunded(
+    conn: &mut AsyncPgConnection,
+    partner_order_id: i64,
+    amount: i64,
+) -> Result<()> {
+    diesel::update(
+        payment_splits::table
+            .filter(payment_splits::partner_order_id.eq(partner_order_id))
+            .filter(payment_splits::method.eq(PaymentKind::Card)),
+    )
+    .set((
+        payment_splits::refunded.eq(payment_splits::refunded + amount),
+        payment_splits::updated_at.eq(diesel::dsl::now),
+    ))
+    .execute(conn)
+    .await?;
     Ok(())
 }
 

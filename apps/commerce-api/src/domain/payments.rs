@@ -602,6 +602,14 @@ pub async fn settle(
         order: order.status,
         payment: Some(payment.status),
     };
+    // A paid payment whose partner orders took all of it back, each by a refund of its own:
+    // the gateway's word that it is refunded is those refunds' (the worker confirms them).
+    if let Settlement::Reversed { .. } = settlement
+        && (order.status, payment.status) == (OrderStatus::Paid, PaymentStatus::Success)
+        && partner_orders::card_refunds_owed(conn, payment.id).await? >= payment.amount
+    {
+        return Ok((order.status, Transition::Nothing));
+    }
     let transition = decide(state, fact).map_err(|r| r.into_error(order_id))?;
     let refundable = Refundable {
         payment_id: payment.id,
@@ -884,7 +892,15 @@ async fn accept_reversal(
         .await?;
     }
     let refund_key = reversal_key(transaction_key, refund_key);
-    refunds::record_reversal(conn, topics, refundable, transaction_key, &refund_key).await?;
+    // What partner orders refunded on their own went back with them; the gateway took the rest.
+    let owed = partner_orders::card_refunds_owed(conn, refundable.payment_id).await?;
+    let rest = Refundable {
+        amount: refundable.amount - owed,
+        ..*refundable
+    };
+    if rest.amount > 0 {
+        refunds::record_reversal(conn, topics, &rest, transaction_key, &refund_key).await?;
+    }
     tracing::warn!(order.id = order_id, %transaction_key, %refund_key, "the gateway gave a paid order's money back by itself");
     Ok(())
 }
@@ -909,20 +925,26 @@ pub(crate) async fn require_refund(
         ))
         .execute(conn)
         .await?;
-    let refundable = Refundable {
-        payment_id: payment.id,
-        order_id,
-        user_id,
-        amount: payment.amount,
-    };
-    refunds::require(
-        conn,
-        &refundable,
-        key,
-        RefundCause::OrderCancelled,
-        Source::Cancel,
-    )
-    .await?;
+    // What partner orders cancelled or returned on their own owe back is refunded with them;
+    // the rest goes back now (nothing, when they took all of it: the payment is closed once
+    // their refunds are confirmed).
+    let remaining = payment.amount - partner_orders::card_refunds_owed(conn, payment.id).await?;
+    if remaining > 0 {
+        let refundable = Refundable {
+            payment_id: payment.id,
+            order_id,
+            user_id,
+            amount: remaining,
+        };
+        refunds::require(
+            conn,
+            &refundable,
+            key,
+            RefundCause::OrderCancelled,
+            Source::Cancel,
+        )
+        .await?;
+    }
     metrics::counter!("payments_refund_required_total").increment(1);
     Ok(())
 }

@@ -50,6 +50,8 @@ pub struct Due {
     amount: i64,
     #[diesel(sql_type = Text)]
     cause: RefundCause,
+    #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+    partner_order_id: Option<i64>,
     #[diesel(sql_type = Integer)]
     attempts: i32,
     /// The claim: when it ends.
@@ -118,8 +120,8 @@ async fn claim(state: &Payments, limit: i64) -> Result<Vec<Due>> {
                           ORDER BY next_attempt_at
                           LIMIT $2
                           FOR UPDATE SKIP LOCKED)
-      RETURNING r.id, r.order_id, r.user_id, r.transaction_key, r.amount, r.cause, r.attempts,
-                r.next_attempt_at",
+      RETURNING r.id, r.order_id, r.user_id, r.transaction_key, r.amount, r.cause,
+                r.partner_order_id, r.attempts, r.next_attempt_at",
     )
     .bind::<BigInt, _>(state.settings.recheck_after.as_millis() as i64)
     .bind::<BigInt, _>(limit)
@@ -167,6 +169,7 @@ async fn attempt(state: &Payments, due: Due) -> Result<RefundAttempt> {
         transaction_key: &due.transaction_key,
         amount: due.amount,
         reason: reason_text(due.cause),
+        partner_order_id: due.partner_order_id,
     };
     match state.gateway.refund(&request).await {
         Ok(confirmed)

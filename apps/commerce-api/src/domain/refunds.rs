@@ -64,8 +64,7 @@ pub async fn require(
             refunds::amount.eq(payment.amount),
             refunds::cause.eq(cause),
         ))
-        .on_conflict(refunds::transaction_key)
-        .do_nothing()
+        .on_conflict_do_nothing()
         .execute(conn)
         .await?;
     if inserted == 1 {
@@ -85,6 +84,51 @@ pub async fn require(
     Ok(inserted == 1)
 }
 
+/// Requires the refund of one partner order's card share (`payment.amount`) of
+/// `transaction_key`, inside the caller's transaction, once per partner order (and its
+/// history). Returns whether this call required it.
+pub async fn require_part(
+    conn: &mut AsyncPgConnection,
+    payment: &Refundable,
+    transaction_key: &str,
+    cause: RefundCause,
+    partner_order_id: i64,
+    source: Source,
+) -> Result<bool> {
+    let inserted = diesel::insert_into(refunds::table)
+        .values((
+            refunds::payment_id.eq(payment.payment_id),
+            refunds::order_id.eq(payment.order_id),
+            refunds::user_id.eq(payment.user_id),
+            refunds::transaction_key.eq(transaction_key),
+            refunds::amount.eq(payment.amount),
+            refunds::cause.eq(cause),
+            refunds::partner_order_id.eq(partner_order_id),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)
+        .await?;
+    if inserted == 1 {
+        history::append(
+            conn,
+            payment.order_id,
+            Kind::RefundRequested,
+            source,
+            Some(transaction_key),
+            Some(&format!(
+                "{} (partner order {partner_order_id}, {} won)",
+                reason_text(cause),
+                payment.amount
+            )),
+        )
+        .await?;
+        metrics::counter!("payments_refunds_requested_total", "cause" => cause.as_str())
+            .increment(1);
+        tracing::info!(order.id = payment.order_id, partner_order.id = partner_order_id, %transaction_key, amount = payment.amount, "partial refund required");
+    }
+    Ok(inserted == 1)
+}
+
 /// What a refund tells the gateway, by cause.
 pub(crate) fn reason_text(cause: RefundCause) -> &'static str {
     match cause {
@@ -92,6 +136,8 @@ pub(crate) fn reason_text(cause: RefundCause) -> &'static str {
         RefundCause::ChargedAfterClose => "charged after the order was closed",
         RefundCause::DuplicateCharge => "duplicate charge",
         RefundCause::RefundedAtGateway => "refunded or charged back at the gateway",
+        RefundCause::PartnerOrderCancelled => "part of the order cancelled",
+        RefundCause::PartnerOrderReturned => "part of the order returned",
     }
 }
 
@@ -125,7 +171,7 @@ pub(crate) async fn confirm_in(
         .for_update()
         .first(conn)
         .await?;
-    let payment_id: Option<i64> = diesel::update(
+    let confirmed: Option<(i64, Option<i64>)> = diesel::update(
         refunds::table
             .find(refund.id)
             .filter(refunds::status.ne(RefundStatus::Refunded)),
@@ -136,45 +182,52 @@ pub(crate) async fn confirm_in(
         refunds::refunded_at.eq(diesel::dsl::now),
         refunds::last_error.eq(None::<String>),
     ))
-    .returning(refunds::payment_id)
+    .returning((refunds::payment_id, refunds::partner_order_id))
     .get_result(conn)
     .await
     .optional()?;
-    let Some(payment_id) = payment_id else {
+    let Some((payment_id, partner_order)) = confirmed else {
         return Ok(false);
     };
-    let (payment_status, payment_key): (PaymentStatus, Option<String>) = payments::table
-        .find(payment_id)
-        .select((payments::status, payments::transaction_key))
-        .for_update()
-        .first(conn)
-        .await?;
-    let fact = Fact::RefundConfirmed {
-        own: payment_key.as_deref() == Some(refund.transaction_key.as_str()),
-    };
-    let state = OrderState {
-        order: order_status,
-        payment: Some(payment_status),
-    };
-    match decide(state, fact).map_err(|r| r.into_error(refund.order_id))? {
-        Transition::MarkRefunded { order_too } => {
-            diesel::update(payments::table.find(payment_id))
-                .set((
-                    payments::status.eq(PaymentStatus::Refunded),
-                    payments::reason.eq("refunded"),
-                ))
-                .execute(conn)
-                .await?;
-            partner_orders::card_refunded(conn, payment_id).await?;
-            if order_too {
-                diesel::update(orders::table.find(refund.order_id))
-                    .set(orders::status.eq(OrderStatus::Refunded))
+    if let Some(part) = partner_order {
+        // One partner order's share: its split is refunded; the payment is closed only when
+        // nothing more is owed on a cancelled order.
+        partner_orders::card_share_refunded(conn, part, refund.amount).await?;
+        close_if_all_back(conn, refund.order_id, payment_id).await?;
+    } else {
+        let (payment_status, payment_key): (PaymentStatus, Option<String>) = payments::table
+            .find(payment_id)
+            .select((payments::status, payments::transaction_key))
+            .for_update()
+            .first(conn)
+            .await?;
+        let fact = Fact::RefundConfirmed {
+            own: payment_key.as_deref() == Some(refund.transaction_key.as_str()),
+        };
+        let state = OrderState {
+            order: order_status,
+            payment: Some(payment_status),
+        };
+        match decide(state, fact).map_err(|r| r.into_error(refund.order_id))? {
+            Transition::MarkRefunded { order_too } => {
+                diesel::update(payments::table.find(payment_id))
+                    .set((
+                        payments::status.eq(PaymentStatus::Refunded),
+                        payments::reason.eq("refunded"),
+                    ))
                     .execute(conn)
                     .await?;
+                partner_orders::card_refunded(conn, payment_id).await?;
+                if order_too {
+                    diesel::update(orders::table.find(refund.order_id))
+                        .set(orders::status.eq(OrderStatus::Refunded))
+                        .execute(conn)
+                        .await?;
+                }
             }
+            Transition::Nothing => {}
+            other => return Err(other.unexpected(refund.order_id, fact)),
         }
-        Transition::Nothing => {}
-        other => return Err(other.unexpected(refund.order_id, fact)),
     }
     history::append(
         conn,
@@ -202,9 +255,48 @@ pub(crate) async fn confirm_in(
     Ok(true)
 }
 
-/// Confirms the required refund of `transaction_key` (not confirmed yet) from the gateway's word
-/// that the transaction is refunded, inside the caller's transaction. Returns false when there
-/// is none left to confirm.
+/// A cancelled order whose payment owes nothing more (every refund of it confirmed): the
+/// payment and the order are `REFUNDED`. Inside the caller's transaction, which holds the
+/// order's row lock.
+pub(crate) async fn close_if_all_back(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    payment_id: i64,
+) -> Result<()> {
+    let (order_status, payment_status): (OrderStatus, PaymentStatus) = orders::table
+        .inner_join(payments::table.on(payments::order_id.eq(orders::id)))
+        .filter(payments::id.eq(payment_id))
+        .select((orders::status, payments::status))
+        .first(conn)
+        .await?;
+    if order_status != OrderStatus::Cancelled || payment_status != PaymentStatus::RefundRequired {
+        return Ok(());
+    }
+    let pending: i64 = refunds::table
+        .filter(refunds::payment_id.eq(payment_id))
+        .filter(refunds::status.ne(RefundStatus::Refunded))
+        .count()
+        .get_result(conn)
+        .await?;
+    if pending == 0 {
+        diesel::update(payments::table.find(payment_id))
+            .set((
+                payments::status.eq(PaymentStatus::Refunded),
+                payments::reason.eq("refunded"),
+            ))
+            .execute(conn)
+            .await?;
+        diesel::update(orders::table.find(order_id))
+            .set(orders::status.eq(OrderStatus::Refunded))
+            .execute(conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Confirms the required refunds of `transaction_key` (not confirmed yet) from the gateway's
+/// word that the transaction is refunded, inside the caller's transaction: the transaction's own
+/// and its partner orders'. Returns false when there is none left to confirm.
 pub(crate) async fn confirm_key_in(
     conn: &mut AsyncPgConnection,
     topics: &Topics,
@@ -212,31 +304,40 @@ pub(crate) async fn confirm_key_in(
     refund_key: &str,
     source: Source,
 ) -> Result<bool> {
-    let row: Option<(i64, i64, i64, i64, RefundCause)> = refunds::table
+    let rows: Vec<(i64, i64, i64, i64, RefundCause, Option<i64>)> = refunds::table
         .filter(refunds::transaction_key.eq(transaction_key))
         .filter(refunds::status.ne(RefundStatus::Refunded))
+        .order(refunds::id)
         .select((
             refunds::id,
             refunds::order_id,
             refunds::user_id,
             refunds::amount,
             refunds::cause,
+            refunds::partner_order_id,
         ))
-        .first(conn)
-        .await
-        .optional()?;
-    let Some((id, order_id, user_id, amount, cause)) = row else {
-        return Ok(false);
-    };
-    let refund = RefundRef {
-        id,
-        order_id,
-        user_id,
-        transaction_key: transaction_key.to_owned(),
-        amount,
-        cause,
-    };
-    confirm_in(conn, topics, &refund, refund_key, source).await
+        .load(conn)
+        .await?;
+    let mut any = false;
+    // The partner orders' refunds first: the transaction's own then closes the payment.
+    let (parts, own): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.5.is_some());
+    for (id, order_id, user_id, amount, cause, part) in parts.into_iter().chain(own) {
+        let refund = RefundRef {
+            id,
+            order_id,
+            user_id,
+            transaction_key: transaction_key.to_owned(),
+            amount,
+            cause,
+        };
+        // The gateway named one refund; the others are known by the transaction's.
+        let key = match part {
+            Some(part) => format!("{refund_key}:part-{part}"),
+            None => refund_key.to_owned(),
+        };
+        any |= confirm_in(conn, topics, &refund, &key, source).await?;
+    }
+    Ok(any)
 }
 
 /// Records a refund the gateway made by itself (its console, a chargeback) as confirmed, inside
@@ -261,8 +362,7 @@ pub(crate) async fn record_reversal(
             refunds::gateway_refund_key.eq(refund_key),
             refunds::refunded_at.eq(diesel::dsl::now),
         ))
-        .on_conflict(refunds::transaction_key)
-        .do_nothing()
+        .on_conflict_do_nothing()
         .execute(conn)
         .await?;
     if inserted == 0 {

@@ -103,6 +103,8 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(partners::ship_order))
         .routes(routes!(partners::deliver_order))
         .routes(routes!(orders::confirm_purchase))
+        .routes(routes!(orders::cancel_partner_order))
+        .routes(routes!(partners::cancel_order))
         .split_for_parts();
     (router, commerce_web::openapi::with_problem_responses(api))
 }

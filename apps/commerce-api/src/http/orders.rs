@@ -332,8 +332,11 @@ impl Watch {
             "carrier": shipment.as_ref().map(|s| &s.carrier),
             "tracking_number": shipment.as_ref().map(|s| &s.tracking_number),
         });
-        self.queue
-            .push_back(Event::default().event("partner_order").data(data.to_string()));
+        self.queue.push_back(
+            Event::default()
+                .event("partner_order")
+                .data(data.to_string()),
+        );
         Ok(())
     }
 
@@ -420,6 +423,31 @@ pub async fn confirm_purchase(
         Actor::Customer(user.id, id),
         partner_order_id,
         Step::Confirm,
+        None,
+    )
+    .await
+}
+
+/// Cancel one partner order of the caller's order before it ships: `PAID` or `PREPARING` →
+/// `CANCELLED`. Exactly its paid share goes back: its points at once, its card share by a
+/// refund through the gateway; the coupon stays used unless this was the order's last standing
+/// partner order (then the order is cancelled as a whole, and the coupon comes back). Emits
+/// `PartnerOrderChanged` and `OrderCancelled` (its lines).
+#[utoipa::path(post, path = "/api/v1/orders/{id}/partner-orders/{partner_order_id}/cancel",
+    tag = "orders", security(("bearer" = [])),
+    responses((status = 200, body = PartnerOrderView), (status = 401),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn cancel_partner_order(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((id, partner_order_id)): Path<(i64, i64)>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    crate::http::partners::step(
+        &state,
+        Actor::Customer(user.id, id),
+        partner_order_id,
+        Step::Cancel,
         None,
     )
     .await

@@ -372,3 +372,28 @@ pub(crate) async fn step(
     .await?;
     Ok(Json(view))
 }
+
+/// Cancel one of the calling partner's orders before it ships (out of stock, say): `PAID` or
+/// `PREPARING` → `CANCELLED`. Its units go back in stock, its points back to the customer and
+/// its card share is refunded through the gateway; the checkout's coupon stays used unless this
+/// was its last standing partner order (then the checkout is cancelled as a whole). Emits
+/// `PartnerOrderChanged` and `OrderCancelled` (its lines).
+#[utoipa::path(post, path = "/api/v1/partner/orders/{id}/cancel", tag = "partners",
+    security(("bearer" = [])),
+    responses((status = 200, body = PartnerOrderView), (status = 401), (status = 403),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn cancel_order(
+    State(state): State<AppState>,
+    partner: PartnerUser,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    step(
+        &state,
+        Actor::Partner(partner.partner_id),
+        id,
+        Step::Cancel,
+        None,
+    )
+    .await
+}

@@ -257,6 +257,7 @@ diesel::table! {
         next_attempt_at -> Timestamptz,
         created_at -> Timestamptz,
         refunded_at -> Nullable<Timestamptz>,
+        partner_order_id -> Nullable<BigInt>,
     }
 }
 

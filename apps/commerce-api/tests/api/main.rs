@@ -17,6 +17,7 @@ mod marketplace;
 mod migrations;
 mod order_events;
 mod orders;
+mod partial_refunds;
 mod payments;
 mod platform;
 mod points;

@@ -456,6 +456,7 @@ async fn the_collector_describes_every_route_in_openapi_and_serves_swagger_ui() 
     assert_eq!(
         paths,
         [
+            "/api/v1/partners/sales",
             "/api/v1/product-metrics/{product_id}",
             "/api/v1/rankings",
             "/api/v1/rankings/products/{product_id}"

@@ -9,6 +9,7 @@ use crate::domain::holds::{self, WhenSpent};
 use crate::domain::lifecycle::{Fact, OrderState, Transition, decide};
 use crate::domain::partner_orders;
 use crate::domain::payments::{self};
+use crate::domain::refunds;
 use crate::domain::states::{OrderKind, OrderStatus, PaymentStatus};
 use crate::domain::{Error, Missing, Result};
 use crate::infra::outbox::{self, Topics};
@@ -28,7 +29,24 @@ pub async fn cancel(
     order_id: i64,
 ) -> Result<OrderStatus> {
     let (status, cancelled_now) = conn
-        .transaction::<_, Error, _>(async |conn| {
+        .transaction::<_, Error, _>(async |conn| cancel_in(conn, topics, user_id, order_id).await)
+        .await?;
+    if cancelled_now {
+        tracing::info!(order.id = order_id, user.id = user_id, "order cancelled");
+    }
+    Ok(status)
+}
+
+/// The body of [`cancel`], inside the caller's transaction: returns the order's status
+/// afterwards and whether this call cancelled it.
+pub(crate) async fn cancel_in(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    user_id: i64,
+    order_id: i64,
+) -> Result<(OrderStatus, bool)> {
+    {
+        {
             // The order row lock serialises concurrent cancels: the second sees CANCELLED.
             let order: OrderRow = orders::table
                 .filter(orders::id.eq(order_id))
@@ -95,6 +113,10 @@ pub async fn cancel(
                 ))
                 .execute(conn)
                 .await?;
+            if let (Transition::CancelAndRefund, Some(payment)) = (transition, &payment) {
+                // Partner orders refunded on their own may have taken all of it back already.
+                refunds::close_if_all_back(conn, order.id, payment.id).await?;
+            }
             // A top-up is no sale: there is nothing for the collector to take back.
             if order.kind == OrderKind::Goods {
                 outbox::record(
@@ -111,10 +133,6 @@ pub async fn cancel(
                 .await?;
             }
             Ok((OrderStatus::Cancelled, true))
-        })
-        .await?;
-    if cancelled_now {
-        tracing::info!(order.id = order_id, user.id = user_id, "order cancelled");
+        }
     }
-    Ok(status)
 }

@@ -28,6 +28,7 @@ mod place;
 mod request;
 
 pub use cancel::cancel;
+pub(crate) use cancel::cancel_in;
 pub use place::{Placed, Placement, place};
 pub use request::{MAX_LINES, MAX_QUANTITY, OrderRequest, parse_card};
 

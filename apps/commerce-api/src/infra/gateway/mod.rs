@@ -320,7 +320,7 @@ impl Gateway {
     /// Refunds a transaction in full. Retried (with the same key) like any call: the gateway
     /// answers a repeat with the original refund.
     pub async fn refund(&self, req: &RefundRequest<'_>) -> Result<ConfirmedRefund, GatewayError> {
-        let key = RefundRequest::key_for(req.transaction_key);
+        let key = RefundRequest::key_for(req.transaction_key, req.partner_order_id);
         let body = serde_json::json!({ "amount": req.amount, "reason": req.reason });
         self.call("refund", || async {
             let sent = self

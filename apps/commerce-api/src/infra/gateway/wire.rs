@@ -59,18 +59,25 @@ impl PaymentRequest<'_> {
     }
 }
 
-/// What a refund request carries: a full refund of one gateway transaction.
+/// What a refund request carries: what is left of one gateway transaction, or one partner
+/// order's share of it.
 pub struct RefundRequest<'a> {
     pub user_id: i64,
     pub transaction_key: &'a str,
     pub amount: i64,
     pub reason: &'a str,
+    /// The partner order whose share this is; `None` for the transaction's own refund.
+    pub partner_order_id: Option<i64>,
 }
 
 impl RefundRequest<'_> {
-    /// The refund's key: one per refunded transaction, the same on every attempt and instance.
-    pub fn key_for(transaction_key: &str) -> String {
-        format!("commerce-refund-{transaction_key}")
+    /// The refund's key: one per refunded transaction, and one per partner order refunded on
+    /// its own, the same on every attempt and instance.
+    pub fn key_for(transaction_key: &str, partner_order_id: Option<i64>) -> String {
+        match partner_order_id {
+            None => format!("commerce-refund-{transaction_key}"),
+            Some(part) => format!("commerce-refund-{transaction_key}-part-{part}"),
+        }
     }
 }
 

@@ -1,0 +1,304 @@
+//! Cancelling one partner order of a checkout gives back exactly its paid share: its points at
+//! once, its card share by a partial refund through the gateway, once; the coupon only with the
+//! whole checkout. Every flow balances: what the customer paid equals what partners keep plus
+//! what went back.
+
+use std::time::Duration;
+
+use commerce_testkit::eventually;
+use pg_simulator::behaviour::Behaviour;
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::marketplace::{partner, partner_product};
+use crate::payments::{CARD_NO, Gateway, api, reaches};
+use crate::support::{TestApp, spawn_app};
+
+async fn split_refunded(app: &TestApp, partner_order: i64, method: &str) -> i64 {
+    app.count(&format!(
+        "SELECT coalesce(sum(refunded), 0)::bigint AS n FROM payment_splits
+          WHERE partner_order_id = {partner_order} AND method = '{method}'"
+    ))
+    .await
+}
+
+async fn wait_refunded(app: &TestApp, partner_order: i64, amount: i64) {
+    eventually(
+        &format!("partner order {partner_order}'s card share is refunded"),
+        Duration::from_secs(15),
+        async || {
+            let n = split_refunded(app, partner_order, "CARD").await;
+            if n == amount { Ok(()) } else { Err(n) }
+        },
+    )
+    .await;
+}
+
+/// A card checkout of three partners with a 700 coupon: cancelling two partner orders one by one
+/// refunds exactly their card shares through the gateway, once each; cancelling the last one
+/// cancels the checkout, refunds what is left and gives the coupon back.
+#[tokio::test]
+async fn cancelling_partner_orders_of_a_card_checkout_refunds_exactly_their_shares_once() {
+    let gw = Gateway::start(Behaviour::reliable()).await;
+    let app = api(&gw, &[]).await;
+    let mut sellers = Vec::new();
+    let mut products = Vec::new();
+    for (login, bn, price) in [
+        ("pr-one", "909-09-00001", 1_000),
+        ("pr-two", "909-09-00002", 2_000),
+        ("pr-three", "909-09-00003", 4_000),
+    ] {
+        let (_, token) = partner(&app, login, bn).await;
+        products.push(partner_product(&app, &token, price, 10).await);
+        sellers.push(token);
+    }
+    let (_, buyer) = app.user_with_points("pr-buyer", 0).await;
+    let (_, coupon) = app
+        .post(
+            "/api/v1/admin/coupons",
+            Some(&app.admin),
+            json!({"name": "700 off", "discount_type": "FIXED", "discount_value": 700}),
+        )
+        .await;
+    let (_, issued) = app
+        .post(
+            &format!("/api/v1/coupons/{}/issue", coupon["id"]),
+            Some(&buyer),
+            json!({}),
+        )
+        .await;
+    let uc = issued["user_coupon_id"].as_i64().unwrap();
+    let (status, order) = app
+        .post(
+            "/api/v1/orders",
+            Some(&buyer),
+            json!({"items": products.iter().map(|p| json!({"product_id": p, "quantity": 1})).collect::<Vec<_>>(),
+                   "user_coupon_id": uc,
+                   "payment": {"method": "CARD", "card_type": "KB", "card_no": CARD_NO}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let order_id = order["order_id"].as_i64().unwrap();
+    let paid = reaches(&app, &buyer, order_id, "PAID", Duration::from_secs(10)).await;
+    // 700 off 1,000 / 2,000 / 4,000: 100 / 200 / 400; card shares 900 / 1,800 / 3,600.
+    let parts: Vec<(i64, i64)> = paid["partner_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partner_order_id"].as_i64().unwrap(),
+                p["card_share"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        parts.iter().map(|p| p.1).collect::<Vec<_>>(),
+        [900, 1_800, 3_600]
+    );
+    let transaction = paid["payment"]["transaction_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gateway_refunded = async || {
+        gw.count(&format!(
+            "SELECT refunded_amount AS n FROM payments WHERE transaction_key = '{transaction}'"
+        ))
+        .await
+    };
+
+    // The customer cancels the second partner's part.
+    let (status, cancelled) = app
+        .post(
+            &format!(
+                "/api/v1/orders/{order_id}/partner-orders/{}/cancel",
+                parts[1].0
+            ),
+            Some(&buyer),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(cancelled["status"], "CANCELLED");
+    assert_eq!(cancelled["lines"][0]["quantity_cancelled"], 1);
+    assert_eq!(app.stock(products[1]).await, 10);
+    wait_refunded(&app, parts[1].0, 1_800).await;
+    assert_eq!(gateway_refunded().await, 1_800);
+    // The checkout stands: still paid, the coupon still used, the others untouched.
+    let (_, now) = app
+        .get(&format!("/api/v1/orders/{order_id}"), Some(&buyer))
+        .await;
+    assert_eq!(now["status"], "PAID");
+    assert_eq!(now["payment"]["status"], "SUCCESS");
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM user_coupons WHERE id = {uc} AND status = 'USED'"
+        ))
+        .await,
+        1
+    );
+    let statuses: Vec<&str> = now["partner_orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["PAID", "CANCELLED", "PAID"]);
+    // Cancelling it again changes nothing.
+    let (status, _) = app
+        .post(
+            &format!(
+                "/api/v1/orders/{order_id}/partner-orders/{}/cancel",
+                parts[1].0
+            ),
+            Some(&buyer),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // The third partner cancels its own part (out of stock, say).
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/partner/orders/{}/cancel", parts[2].0),
+            Some(&sellers[2]),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_refunded(&app, parts[2].0, 3_600).await;
+    assert_eq!(gateway_refunded().await, 5_400);
+
+    // The last standing part cancelled: the checkout is cancelled, what is left (900) goes back
+    // and the coupon comes back.
+    let (status, _) = app
+        .post(
+            &format!(
+                "/api/v1/orders/{order_id}/partner-orders/{}/cancel",
+                parts[0].0
+            ),
+            Some(&buyer),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    reaches(&app, &buyer, order_id, "REFUNDED", Duration::from_secs(15)).await;
+    wait_refunded(&app, parts[0].0, 900).await;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM user_coupons WHERE id = {uc} AND status = 'AVAILABLE' AND order_id IS NULL"
+        ))
+        .await,
+        1
+    );
+    // The gateway refunded the one payment in three parts adding up to it, each once; the
+    // API's refunds say the same.
+    assert_eq!(
+        gw.count(&format!(
+            "SELECT count(*) AS n FROM payments WHERE transaction_key = '{transaction}'
+                AND status = 'REFUNDED' AND refunded_amount = 6300"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(
+        gw.count(&format!(
+            "SELECT count(*) AS n FROM refunds WHERE transaction_key = '{transaction}'
+                AND amount IN (900, 1800, 3600)"
+        ))
+        .await,
+        3
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM refunds WHERE order_id = {order_id} AND status = 'REFUNDED'
+                AND ((cause = 'PARTNER_ORDER_CANCELLED' AND amount IN (1800, 3600))
+                  OR (cause = 'ORDER_CANCELLED' AND amount = 900 AND partner_order_id IS NULL))"
+        ))
+        .await,
+        3
+    );
+    // Money balances: the customer paid 6,300 and got 6,300 back; every share is refunded.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM payment_splits s JOIN partner_orders p ON p.id = s.partner_order_id
+              WHERE p.order_id = {order_id} AND s.captured = s.amount AND s.refunded = s.amount"
+        ))
+        .await,
+        3
+    );
+    for p in &products {
+        assert_eq!(app.stock(*p).await, 10);
+    }
+}
+
+/// A points checkout of two partners: cancelling one partner order gives exactly its points
+/// share back at once; the other stands.
+#[tokio::test]
+async fn cancelling_a_partner_order_paid_by_points_gives_exactly_its_share_back() {
+    let app = spawn_app().await;
+    let (_, a) = partner(&app, "pp-a", "919-19-00001").await;
+    let (_, b) = partner(&app, "pp-b", "919-19-00002").await;
+    let products = [
+        partner_product(&app, &a, 1_500, 5).await,
+        partner_product(&app, &b, 2_500, 5).await,
+    ];
+    let (buyer_id, buyer) = app.user_with_points("pp-buyer", 10_000).await;
+    let (status, order) = app
+        .post(
+            "/api/v1/orders",
+            Some(&buyer),
+            json!({"items": [{"product_id": products[0], "quantity": 2}, {"product_id": products[1], "quantity": 1}],
+                   "payment": {"method": "POINT"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let order_id = order["order_id"].as_i64().unwrap();
+    let first = order["partner_orders"][0]["partner_order_id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(app.balance(buyer_id).await, 10_000 - 5_500);
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/partner/orders/{first}/cancel"),
+            Some(&a),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.balance(buyer_id).await, 10_000 - 2_500);
+    assert_eq!(app.stock(products[0]).await, 5);
+    assert_eq!(split_refunded(&app, first, "POINT").await, 3_000);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM point_ledger WHERE order_id = {order_id} AND kind = 'REFUND' AND amount = 3000"
+        ))
+        .await,
+        1
+    );
+    // The sale of its lines is subtracted for the rankings.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM outbox WHERE event_type = 'OrderCancelled'
+                AND (envelope->'payload'->>'order_id')::bigint = {order_id}
+                AND envelope->'payload'->'lines' = '[{{\"product_id\": {}, \"quantity\": 2, \"unit_price\": 1500}}]'::jsonb",
+            products[0]
+        ))
+        .await,
+        1
+    );
+    // The checkout cancelled as a whole afterwards gives back only what it still held.
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/orders/{order_id}/cancel"),
+            Some(&buyer),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.balance(buyer_id).await, 10_000);
+    assert_eq!(
+        (app.stock(products[0]).await, app.stock(products[1]).await),
+        (5, 5)
+    );
+}

@@ -59,6 +59,7 @@
 //! | `FULFILMENT_AUTO_INTERVAL_MS` | `60000` | how often they look for due partner orders |
 //! | `DELIVERY_AUTO_AFTER_SECONDS` | `259200` (3 days) | a shipped partner order nobody marked delivered is delivered this long after shipping |
 //! | `PURCHASE_CONFIRM_AFTER_SECONDS` / `PURCHASE_CONFIRM_BACKSTOP_SECONDS` | `604800` (7 days) / `2419200` (28 days) | a delivered partner order is purchase-confirmed this long after delivery, or this long after shipping if that comes first; never while a return is open |
+//! | `RETURN_WINDOW_SECONDS` | `604800` (7 days) | a delivered partner order may be returned this long after its delivery |
 //! | `POINTS_EARN_RATE_BPS` | `100` (1 %) | points a purchase confirmation earns the customer, in basis points of what was paid for the partner order (its items less its share of the coupon discount), rounded down; `0`: none |
 //! | `AUTH_HASH_QUEUE` | `32` | sign-ups and logins that may wait for a hashing thread; beyond that they get 503 `AUTH_BUSY` |
 
@@ -407,6 +408,7 @@ impl Config {
                     1..=120 * DAY,
                 )?,
                 earn_rate_bps: r.in_range("POINTS_EARN_RATE_BPS", 100, 0..=10_000)?,
+                return_window: secs("RETURN_WINDOW_SECONDS", 7 * DAY, 1..=90 * DAY)?,
             },
             limits,
             trusted_proxies: r.or("TRUSTED_PROXIES", TrustedProxies::default())?,

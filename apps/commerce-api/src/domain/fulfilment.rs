@@ -35,7 +35,7 @@ use crate::domain::states::{PaymentKind, RefundCause};
 use crate::domain::{Error, Missing, Result};
 use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::{
-    order_items, orders, partner_orders as rows, payment_splits, payments, shipments,
+    order_items, orders, partner_orders as rows, payment_splits, payments, returns, shipments,
 };
 
 /// What is asked of a partner order.
@@ -190,6 +190,8 @@ pub struct FulfilmentSettings {
     /// Points a purchase confirmation earns, in basis points of what was paid for the partner
     /// order (100: 1 %).
     pub earn_rate_bps: i64,
+    /// A delivered partner order may be returned this long after delivery.
+    pub return_window: std::time::Duration,
 }
 
 /// Who asks.
@@ -199,6 +201,15 @@ pub enum Actor {
     Partner(i64),
     /// A customer (user id), for the partner orders of their own checkout (order id).
     Customer(i64, i64),
+}
+
+/// What a step carries besides its partner order.
+#[derive(Debug, Clone, Default)]
+pub struct Details {
+    /// A `Ship` step's carrier and tracking number.
+    pub tracking: Option<Tracking>,
+    /// A `RequestReturn` step's reason (1–500 characters).
+    pub reason: Option<String>,
 }
 
 /// What the partner gives when it ships.
@@ -270,8 +281,8 @@ impl Locked {
 
 /// Takes `step` on partner order `id` for `actor` in one transaction, as [`decide`] says:
 /// another partner's or customer's partner order is [`Missing::PartnerOrder`], a refused step is
-/// [`Error::IllegalTransition`], a repeat changes nothing. `tracking` is what a `Ship` step
-/// gives (a repeat with another tracking number is refused). Returns the partner order as it
+/// [`Error::IllegalTransition`], a repeat changes nothing. `details` carry what a `Ship` step
+/// gives (a repeat with another tracking number is refused) and a return's reason. Returns the partner order as it
 /// stands afterwards.
 pub async fn apply(
     conn: &mut AsyncPgConnection,
@@ -280,7 +291,7 @@ pub async fn apply(
     actor: Actor,
     id: i64,
     step: Step,
-    tracking: Option<&Tracking>,
+    details: &Details,
 ) -> Result<PartnerOrderView> {
     let (order_id, moved) = conn
         .transaction::<_, Error, _>(async |conn| {
@@ -309,7 +320,7 @@ pub async fn apply(
                 Err(from) => return Err(Error::IllegalTransition(from, step)),
                 Ok(Move::Repeat) => {
                     if step == Step::Ship
-                        && let Some(tracking) = tracking
+                        && let Some(tracking) = &details.tracking
                     {
                         same_tracking(conn, id, tracking).await?;
                     }
@@ -325,7 +336,7 @@ pub async fn apply(
                 outbox::record_at(conn, topics, vec![locked.changed(user_id, to, at)], at).await?;
                 return Ok((order_id, true));
             }
-            let at = execute(conn, topics, settings, &locked, user_id, to, step, tracking).await?;
+            let at = execute(conn, topics, settings, &locked, user_id, to, step, details).await?;
             outbox::record_at(conn, topics, vec![locked.changed(user_id, to, at)], at).await?;
             Ok((order_id, true))
         })
@@ -551,15 +562,17 @@ async fn execute(
     user_id: i64,
     to: PartnerOrderStatus,
     step: Step,
-    tracking: Option<&Tracking>,
+    details: &Details,
 ) -> Result<DateTime<Utc>> {
     let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
     let id = locked.id;
     match (step, to) {
         (Step::Prepare, PartnerOrderStatus::Preparing) => {}
         (Step::Ship, PartnerOrderStatus::Shipped) => {
-            let tracking =
-                tracking.ok_or_else(|| Error::field("tracking_number", "is required"))?;
+            let tracking = details
+                .tracking
+                .as_ref()
+                .ok_or_else(|| Error::field("tracking_number", "is required"))?;
             diesel::insert_into(shipments::table)
                 .values((
                     shipments::partner_order_id.eq(id),
@@ -591,6 +604,79 @@ async fn execute(
                 "CUSTOMER"
             };
             delivered(conn, settings, id, at, by).await?;
+        }
+        (Step::RequestReturn, PartnerOrderStatus::ReturnRequested) => {
+            let reason = details
+                .reason
+                .as_deref()
+                .ok_or_else(|| Error::field("reason", "is required"))?;
+            let (delivered_at, due): (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+                shipments::table
+                    .inner_join(rows::table)
+                    .filter(shipments::partner_order_id.eq(id))
+                    .select((shipments::delivered_at, rows::confirm_due_at))
+                    .first(conn)
+                    .await?;
+            let window =
+                chrono::Duration::from_std(settings.return_window).map_err(anyhow::Error::new)?;
+            if delivered_at.is_some_and(|d| at > d + window) {
+                return Err(Error::ReturnWindowClosed);
+            }
+            // The confirmation timer stops while the return is open.
+            let left = due.map(|due| (due - at).num_milliseconds().max(0));
+            diesel::insert_into(returns::table)
+                .values((
+                    returns::partner_order_id.eq(id),
+                    returns::reason.eq(reason),
+                    returns::requested_at.eq(at),
+                    returns::confirm_left_ms.eq(left),
+                ))
+                .execute(conn)
+                .await?;
+            diesel::update(rows::table.find(id))
+                .set(rows::confirm_due_at.eq(None::<DateTime<Utc>>))
+                .execute(conn)
+                .await?;
+        }
+        (Step::WithdrawReturn | Step::RejectReturn, PartnerOrderStatus::Delivered) => {
+            let outcome = if step == Step::WithdrawReturn {
+                "WITHDRAWN"
+            } else {
+                "REJECTED"
+            };
+            let left: Option<i64> = diesel::update(
+                returns::table
+                    .filter(returns::partner_order_id.eq(id))
+                    .filter(returns::status.eq("REQUESTED")),
+            )
+            .set((returns::status.eq(outcome), returns::resolved_at.eq(at)))
+            .returning(returns::confirm_left_ms)
+            .get_result::<Option<i64>>(conn)
+            .await?;
+            // The confirmation timer goes on where it stopped.
+            let due = at + chrono::Duration::milliseconds(left.unwrap_or(0));
+            diesel::update(rows::table.find(id))
+                .set(rows::confirm_due_at.eq(due))
+                .execute(conn)
+                .await?;
+        }
+        (Step::AcceptReturn, PartnerOrderStatus::Returned) => {
+            diesel::update(
+                returns::table
+                    .filter(returns::partner_order_id.eq(id))
+                    .filter(returns::status.eq("REQUESTED")),
+            )
+            .set((returns::status.eq("ACCEPTED"), returns::resolved_at.eq(at)))
+            .execute(conn)
+            .await?;
+            give_back(
+                conn,
+                topics,
+                locked,
+                user_id,
+                RefundCause::PartnerOrderReturned,
+            )
+            .await?;
         }
         (Step::Cancel, PartnerOrderStatus::Cancelled) => {
             give_back(

@@ -69,6 +69,9 @@ pub enum Error {
     /// Part of the order has shipped: the order as a whole cannot be cancelled any more.
     #[error("part of this order has shipped; cancel the partner orders that have not")]
     OrderPartlyShipped,
+    /// The return window of a delivered partner order has passed.
+    #[error("the return window of this partner order has closed")]
+    ReturnWindowClosed,
     /// A partner order's status refuses the step.
     #[error("a {0} partner order cannot be {past}", past = .1.past())]
     IllegalTransition(partner_orders::PartnerOrderStatus, fulfilment::Step),

@@ -84,6 +84,7 @@ impl ApiError {
                         conflict("ORDER_NOT_CANCELLABLE", detail)
                     }
                     E::IllegalTransition(..) => conflict("ILLEGAL_TRANSITION", detail),
+                    E::ReturnWindowClosed => conflict("RETURN_WINDOW_CLOSED", detail),
                     E::LoginIdTaken => conflict("LOGIN_ID_TAKEN", detail),
                     E::BusinessNumberTaken => conflict("BUSINESS_NUMBER_TAKEN", detail),
                     E::PartnerSuspended => {

@@ -105,6 +105,10 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(orders::confirm_purchase))
         .routes(routes!(orders::cancel_partner_order))
         .routes(routes!(partners::cancel_order))
+        .routes(routes!(orders::request_return))
+        .routes(routes!(orders::withdraw_return))
+        .routes(routes!(partners::accept_return))
+        .routes(routes!(partners::reject_return))
         .split_for_parts();
     (router, commerce_web::openapi::with_problem_responses(api))
 }

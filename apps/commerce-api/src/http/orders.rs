@@ -16,7 +16,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use commerce_web::idempotency::IdempotencyKey;
 
-use crate::domain::fulfilment::{Actor, Step};
+use crate::domain::fulfilment::{Actor, Details, Step};
 use crate::domain::orders::{self, OrderRequest, OrderView, Placed, Placement};
 use crate::domain::partner_orders::{self, PartnerOrderStatus, PartnerOrderView};
 use crate::domain::states::{OrderStatus, PaymentMethod};
@@ -423,7 +423,7 @@ pub async fn confirm_purchase(
         Actor::Customer(user.id, id),
         partner_order_id,
         Step::Confirm,
-        None,
+        Details::default(),
     )
     .await
 }
@@ -448,7 +448,68 @@ pub async fn cancel_partner_order(
         Actor::Customer(user.id, id),
         partner_order_id,
         Step::Cancel,
-        None,
+        Details::default(),
+    )
+    .await
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReturnRequest {
+    /// Why (1–500 characters).
+    reason: String,
+}
+
+/// Ask to return one delivered partner order of the caller's order, within
+/// `RETURN_WINDOW_SECONDS` of its delivery: `DELIVERED` → `RETURN_REQUESTED` (409
+/// `RETURN_WINDOW_CLOSED` after it). Its purchase is not confirmed automatically while the
+/// return is open. Emits `PartnerOrderChanged`.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/partner-orders/{partner_order_id}/return",
+    tag = "orders", security(("bearer" = [])), request_body = ReturnRequest,
+    responses((status = 200, body = PartnerOrderView), (status = 400), (status = 401),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION, RETURN_WINDOW_CLOSED")))]
+pub async fn request_return(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((id, partner_order_id)): Path<(i64, i64)>,
+    Json(req): Json<ReturnRequest>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    let reason = req.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(ApiError::field("reason", "must be 1-500 characters"));
+    }
+    crate::http::partners::step(
+        &state,
+        Actor::Customer(user.id, id),
+        partner_order_id,
+        Step::RequestReturn,
+        Details {
+            tracking: None,
+            reason: Some(reason.to_owned()),
+        },
+    )
+    .await
+}
+
+/// Withdraw the open return of one partner order of the caller's order: `RETURN_REQUESTED` →
+/// `DELIVERED`; its confirmation timer goes on where it stopped. Emits `PartnerOrderChanged`.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/partner-orders/{partner_order_id}/return/withdraw",
+    tag = "orders", security(("bearer" = [])),
+    responses((status = 200, body = PartnerOrderView), (status = 401),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn withdraw_return(
+    State(state): State<AppState>,
+    user: AuthUser,
+    Path((id, partner_order_id)): Path<(i64, i64)>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    crate::http::partners::step(
+        &state,
+        Actor::Customer(user.id, id),
+        partner_order_id,
+        Step::WithdrawReturn,
+        Details::default(),
     )
     .await
 }

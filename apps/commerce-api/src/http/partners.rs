@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::accounts;
 use crate::domain::catalog::{self, BrandView, ProductView, Scope};
-use crate::domain::fulfilment::{self, Actor, Step, Tracking};
+use crate::domain::fulfilment::{self, Actor, Details, Step, Tracking};
 use crate::domain::partner_orders::{self, PartnerOrderStatus, PartnerOrderView};
 use crate::domain::partners::{self, CreatedPartner, PartnerStatus, PartnerView};
 use crate::http::auth::{AdminUser, PartnerUser};
@@ -288,7 +288,7 @@ pub async fn prepare_order(
         Actor::Partner(partner.partner_id),
         id,
         Step::Prepare,
-        None,
+        Details::default(),
     )
     .await
 }
@@ -323,7 +323,10 @@ pub async fn ship_order(
         Actor::Partner(partner.partner_id),
         id,
         Step::Ship,
-        Some(&tracking),
+        Details {
+            tracking: Some(tracking),
+            reason: None,
+        },
     )
     .await
 }
@@ -346,7 +349,7 @@ pub async fn deliver_order(
         Actor::Partner(partner.partner_id),
         id,
         Step::Deliver,
-        None,
+        Details::default(),
     )
     .await
 }
@@ -357,7 +360,7 @@ pub(crate) async fn step(
     actor: Actor,
     id: i64,
     step: Step,
-    tracking: Option<&Tracking>,
+    details: Details,
 ) -> ApiResult<Json<PartnerOrderView>> {
     let mut conn = state.db.get().await?;
     let view = fulfilment::apply(
@@ -367,7 +370,7 @@ pub(crate) async fn step(
         actor,
         id,
         step,
-        tracking,
+        &details,
     )
     .await?;
     Ok(Json(view))
@@ -393,7 +396,53 @@ pub async fn cancel_order(
         Actor::Partner(partner.partner_id),
         id,
         Step::Cancel,
-        None,
+        Details::default(),
+    )
+    .await
+}
+
+/// Accept the return of one of the calling partner's orders, on receipt: `RETURN_REQUESTED` →
+/// `RETURNED`. Its returned units go back in stock, its points back to the customer and its
+/// card share is refunded through the gateway. Emits `PartnerOrderChanged` and
+/// `OrderCancelled` (its lines).
+#[utoipa::path(post, path = "/api/v1/partner/orders/{id}/return/accept", tag = "partners",
+    security(("bearer" = [])),
+    responses((status = 200, body = PartnerOrderView), (status = 401), (status = 403),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn accept_return(
+    State(state): State<AppState>,
+    partner: PartnerUser,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    step(
+        &state,
+        Actor::Partner(partner.partner_id),
+        id,
+        Step::AcceptReturn,
+        Details::default(),
+    )
+    .await
+}
+
+/// Refuse the return of one of the calling partner's orders: `RETURN_REQUESTED` → `DELIVERED`;
+/// its confirmation timer goes on where it stopped. Emits `PartnerOrderChanged`.
+#[utoipa::path(post, path = "/api/v1/partner/orders/{id}/return/reject", tag = "partners",
+    security(("bearer" = [])),
+    responses((status = 200, body = PartnerOrderView), (status = 401), (status = 403),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "ILLEGAL_TRANSITION")))]
+pub async fn reject_return(
+    State(state): State<AppState>,
+    partner: PartnerUser,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    step(
+        &state,
+        Actor::Partner(partner.partner_id),
+        id,
+        Step::RejectReturn,
+        Details::default(),
     )
     .await
 }

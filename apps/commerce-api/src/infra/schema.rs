@@ -62,6 +62,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    returns (id) {
+        id -> BigInt,
+        partner_order_id -> BigInt,
+        reason -> Text,
+        status -> Text,
+        requested_at -> Timestamptz,
+        resolved_at -> Nullable<Timestamptz>,
+        confirm_left_ms -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     shipments (partner_order_id) {
         partner_order_id -> BigInt,
         carrier -> Text,
@@ -236,6 +248,7 @@ diesel::joinable!(partner_orders -> partners (partner_id));
 diesel::joinable!(order_items -> partner_orders (partner_order_id));
 diesel::joinable!(payment_splits -> partner_orders (partner_order_id));
 diesel::joinable!(shipments -> partner_orders (partner_order_id));
+diesel::joinable!(returns -> partner_orders (partner_order_id));
 diesel::joinable!(product_likes -> products (product_id));
 diesel::joinable!(user_coupons -> coupons (coupon_id));
 diesel::joinable!(order_items -> orders (order_id));
@@ -296,4 +309,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     partner_orders,
     payment_splits,
     shipments,
+    returns,
 );

@@ -302,3 +302,277 @@ async fn cancelling_a_partner_order_paid_by_points_gives_exactly_its_share_back(
         (5, 5)
     );
 }
+
+/// A delivered partner order returned: the customer asks (then withdraws, and asks again), the
+/// partner rejects or accepts on receipt; accepted, exactly its share goes back, its card share
+/// through the gateway once. The window closes the return; the confirmation timer stops while
+/// it is open and goes on where it stopped.
+#[tokio::test]
+async fn a_returned_partner_order_gives_back_exactly_its_share() {
+    let gw = Gateway::start(Behaviour::reliable()).await;
+    let app = api(&gw, &[("FULFILMENT_AUTO_ENABLED", "false")]).await;
+    let (_, a) = partner(&app, "ret-a", "929-29-00001").await;
+    let (_, b) = partner(&app, "ret-b", "929-29-00002").await;
+    let products = [
+        partner_product(&app, &a, 3_000, 5).await,
+        partner_product(&app, &b, 5_000, 5).await,
+    ];
+    let (_, buyer) = app.user_with_points("ret-buyer", 0).await;
+    let (status, order) = app
+        .post(
+            "/api/v1/orders",
+            Some(&buyer),
+            json!({"items": products.iter().map(|p| json!({"product_id": p, "quantity": 1})).collect::<Vec<_>>(),
+                   "payment": {"method": "CARD", "card_type": "KB", "card_no": CARD_NO}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{order}");
+    let order_id = order["order_id"].as_i64().unwrap();
+    let paid = reaches(&app, &buyer, order_id, "PAID", Duration::from_secs(10)).await;
+    let id = paid["partner_orders"][0]["partner_order_id"]
+        .as_i64()
+        .unwrap();
+    let transaction = paid["payment"]["transaction_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let po = |what: &str| format!("/api/v1/partner/orders/{id}/{what}");
+    let mine = |what: &str| format!("/api/v1/orders/{order_id}/partner-orders/{id}/{what}");
+    let reason = json!({"reason": "the wrong size"});
+
+    // Not delivered yet: no return.
+    let (status, problem) = app
+        .post(&mine("return"), Some(&buyer), reason.clone())
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("ILLEGAL_TRANSITION"))
+    );
+    for what in ["ship", "deliver"] {
+        let body = if what == "ship" {
+            json!({"carrier": "CJ", "tracking_number": "RET-1"})
+        } else {
+            json!({})
+        };
+        let (status, _) = app.post(&po(what), Some(&a), body).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let due_before = app
+        .count(&format!(
+            "SELECT extract(epoch FROM confirm_due_at - now())::bigint AS n FROM partner_orders WHERE id = {id}"
+        ))
+        .await;
+    assert!(due_before > 6 * 86_400, "{due_before}");
+
+    // Asked, then withdrawn: the timer stopped and goes on.
+    let (status, asked) = app
+        .post(&mine("return"), Some(&buyer), reason.clone())
+        .await;
+    assert_eq!(status, StatusCode::OK, "{asked}");
+    assert_eq!(asked["status"], "RETURN_REQUESTED");
+    assert_eq!(asked["confirm_due_at"], serde_json::Value::Null);
+    let (status, withdrawn) = app
+        .post(&mine("return/withdraw"), Some(&buyer), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(withdrawn["status"], "DELIVERED");
+    assert!(withdrawn["confirm_due_at"].is_string());
+    // Asked again, rejected by the partner.
+    app.post(&mine("return"), Some(&buyer), reason.clone())
+        .await;
+    let (status, problem) = app.post(&po("return/reject"), Some(&b), json!({})).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("PARTNER_ORDER_NOT_FOUND")),
+        "another partner's return"
+    );
+    let (status, rejected) = app.post(&po("return/reject"), Some(&a), json!({})).await;
+    assert_eq!(
+        (status, rejected["status"].as_str()),
+        (StatusCode::OK, Some("DELIVERED"))
+    );
+    // Asked a third time, accepted on receipt: exactly its share goes back.
+    app.post(&mine("return"), Some(&buyer), reason.clone())
+        .await;
+    let (status, returned) = app.post(&po("return/accept"), Some(&a), json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{returned}");
+    assert_eq!(returned["status"], "RETURNED");
+    assert_eq!(returned["lines"][0]["quantity_returned"], 1);
+    assert_eq!(app.stock(products[0]).await, 5);
+    wait_refunded(&app, id, 3_000).await;
+    assert_eq!(
+        gw.count(&format!(
+            "SELECT refunded_amount AS n FROM payments WHERE transaction_key = '{transaction}' AND status = 'SUCCESS'"
+        ))
+        .await,
+        3_000
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM returns WHERE partner_order_id = {id}
+                AND ((status = 'WITHDRAWN') OR (status = 'REJECTED') OR (status = 'ACCEPTED'))"
+        ))
+        .await,
+        3
+    );
+    // Nothing moves after it; the rest of the checkout stands.
+    let (status, _) = app.post(&mine("confirm"), Some(&buyer), json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, now) = app
+        .get(&format!("/api/v1/orders/{order_id}"), Some(&buyer))
+        .await;
+    assert_eq!(now["status"], "PAID");
+    assert_eq!(now["partner_orders"][1]["status"], "PAID");
+
+    // Past the window the return is refused, and nothing changes.
+    let other = now["partner_orders"][1]["partner_order_id"]
+        .as_i64()
+        .unwrap();
+    app.post(
+        &format!("/api/v1/partner/orders/{other}/ship"),
+        Some(&b),
+        json!({"carrier": "CJ", "tracking_number": "RET-2"}),
+    )
+    .await;
+    app.post(
+        &format!("/api/v1/partner/orders/{other}/deliver"),
+        Some(&b),
+        json!({}),
+    )
+    .await;
+    app.count(&format!(
+        "WITH u AS (UPDATE shipments SET delivered_at = now() - interval '8 days'
+                     WHERE partner_order_id = {other} RETURNING 1) SELECT count(*) AS n FROM u"
+    ))
+    .await;
+    let (status, problem) = app
+        .post(
+            &format!("/api/v1/orders/{order_id}/partner-orders/{other}/return"),
+            Some(&buyer),
+            reason,
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("RETURN_WINDOW_CLOSED"))
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM partner_orders WHERE id = {other} AND status = 'DELIVERED'
+                AND confirm_due_at IS NOT NULL"
+        ))
+        .await,
+        1
+    );
+}
+
+/// A return asked for just as the automatic confirmation comes due: exactly one wins. Either
+/// the return is open and the purchase is never confirmed, or it was confirmed first and the
+/// return is refused.
+#[tokio::test]
+async fn a_return_racing_the_automatic_confirmation_has_exactly_one_winner() {
+    let app = crate::support::spawn_app_with(&[
+        ("FULFILMENT_AUTO_INTERVAL_MS", "10"),
+        ("PURCHASE_CONFIRM_AFTER_SECONDS", "3600"),
+    ])
+    .await;
+    let (_, seller) = partner(&app, "race-ret", "939-39-00001").await;
+    let product = partner_product(&app, &seller, 100, 1000).await;
+    let (_, buyer) = app.user_with_points("race-ret-buyer", 100_000).await;
+    let (mut returned, mut confirmed) = (0, 0);
+    for round in 0..10 {
+        let mut ids = Vec::new();
+        let mut orders = Vec::new();
+        // The partner order raced, and a sentinel confirmed by the same passes.
+        for _ in 0..2 {
+            let (_, order) = app
+                .post(
+                    "/api/v1/orders",
+                    Some(&buyer),
+                    json!({"items": [{"product_id": product, "quantity": 1}], "payment": {"method": "POINT"}}),
+                )
+                .await;
+            let id = order["partner_orders"][0]["partner_order_id"]
+                .as_i64()
+                .unwrap();
+            for what in ["ship", "deliver"] {
+                let body = json!({"carrier": "CJ", "tracking_number": format!("R-{round}")});
+                let (status, _) = app
+                    .post(
+                        &format!("/api/v1/partner/orders/{id}/{what}"),
+                        Some(&seller),
+                        body,
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK);
+            }
+            ids.push(id);
+            orders.push(order["order_id"].as_i64().unwrap());
+        }
+        // Both come due now.
+        app.count(&format!(
+            "WITH u AS (UPDATE partner_orders SET confirm_due_at = now()
+                         WHERE id IN ({}, {}) RETURNING 1) SELECT count(*) AS n FROM u",
+            ids[0], ids[1]
+        ))
+        .await;
+        let (status, _) = app
+            .post(
+                &format!(
+                    "/api/v1/orders/{}/partner-orders/{}/return",
+                    orders[0], ids[0]
+                ),
+                Some(&buyer),
+                json!({"reason": "changed my mind"}),
+            )
+            .await;
+        // A pass ran after the request: the sentinel is confirmed.
+        eventually("the sentinel is confirmed", Duration::from_secs(10), async || {
+            let n = app
+                .count(&format!(
+                    "SELECT count(*) AS n FROM partner_orders WHERE id = {} AND status = 'PURCHASE_CONFIRMED'",
+                    ids[1]
+                ))
+                .await;
+            if n == 1 { Ok(()) } else { Err(n) }
+        })
+        .await;
+        let state = |status: &str| {
+            format!(
+                "SELECT count(*) AS n FROM partner_orders WHERE id = {} AND status = '{status}'",
+                ids[0]
+            )
+        };
+        match status {
+            StatusCode::OK => {
+                assert_eq!(
+                    app.count(&state("RETURN_REQUESTED")).await,
+                    1,
+                    "round {round}"
+                );
+                returned += 1;
+            }
+            StatusCode::CONFLICT => {
+                assert_eq!(
+                    app.count(&state("PURCHASE_CONFIRMED")).await,
+                    1,
+                    "round {round}"
+                );
+                confirmed += 1;
+            }
+            other => panic!("round {round}: {other}"),
+        }
+    }
+    assert_eq!(returned + confirmed, 10);
+    // No partner order was both: every confirmation event is of a confirmed one.
+    assert_eq!(
+        app.count(
+            "SELECT count(*) AS n FROM outbox o JOIN partner_orders p
+                ON p.id = (o.envelope->'payload'->>'partner_order_id')::bigint
+              WHERE o.event_type = 'PartnerOrderChanged' AND o.envelope->'payload'->>'to' = 'PURCHASE_CONFIRMED'
+                AND p.status <> 'PURCHASE_CONFIRMED'"
+        )
+        .await,
+        0
+    );
+}

@@ -70,6 +70,9 @@ commerce_enums::text_enum! {
         PartnerOrderCancelled => "PARTNER_ORDER_CANCELLED",
         /// One partner order of a paid checkout was returned: its card share goes back.
         PartnerOrderReturned => "PARTNER_ORDER_RETURNED",
+        /// An administrator adjusted a purchase-confirmed partner order: part of its card share
+        /// goes back.
+        PartnerOrderAdjusted => "PARTNER_ORDER_ADJUSTED",
     }
 }
 

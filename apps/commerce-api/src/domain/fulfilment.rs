@@ -393,6 +393,106 @@ fn interval(d: std::time::Duration) -> diesel::data_types::PgInterval {
     )
 }
 
+/// An administrator's adjustment of purchase-confirmed partner order `id` (a claim settled
+/// after confirmation), in one transaction: `amount` of its card share goes back through the
+/// gateway (a refund of its own, cause `PARTNER_ORDER_ADJUSTED`, at most what it captured and
+/// was not refunded) and the points it earned are taken back (`EARN_REVERSED`, as far as the
+/// balance holds them). Once per partner order; the reason goes to the payment history with the
+/// administrator. Its status does not change: nothing moves after confirmation.
+pub async fn adjust(
+    conn: &mut AsyncPgConnection,
+    admin_id: i64,
+    id: i64,
+    amount: i64,
+    reason: &str,
+) -> Result<PartnerOrderView> {
+    let order_id = conn
+        .transaction::<_, Error, _>(async |conn| {
+            let owner: Option<(i64, i64)> = rows::table
+                .inner_join(orders::table)
+                .filter(rows::id.eq(id))
+                .select((rows::order_id, orders::user_id))
+                .first(conn)
+                .await
+                .optional()?;
+            let (order_id, user_id) = owner.ok_or(Error::NotFound(Missing::PartnerOrder))?;
+            orders::table
+                .find(order_id)
+                .select(orders::id)
+                .for_update()
+                .first::<i64>(conn)
+                .await?;
+            let locked = lock(conn, id).await?;
+            if locked.status != PartnerOrderStatus::PurchaseConfirmed {
+                return Err(Error::NotAdjustable(
+                    "only a purchase-confirmed partner order is adjusted",
+                ));
+            }
+            let card: Option<(Option<i64>, i64, i64)> = payment_splits::table
+                .filter(payment_splits::partner_order_id.eq(id))
+                .filter(payment_splits::method.eq(PaymentKind::Card))
+                .select((
+                    payment_splits::payment_id,
+                    payment_splits::captured,
+                    payment_splits::refunded,
+                ))
+                .first(conn)
+                .await
+                .optional()?;
+            let refundable = card.map_or(0, |(_, captured, refunded)| captured - refunded);
+            if !(1..=refundable).contains(&amount) {
+                return Err(Error::field(
+                    "amount",
+                    format!("must be 1..={refundable}: what its card share can still give back"),
+                ));
+            }
+            let payment_id = card
+                .and_then(|(p, ..)| p)
+                .expect("a card share has its payment");
+            let key: Option<String> = payments::table
+                .find(payment_id)
+                .select(payments::transaction_key)
+                .first(conn)
+                .await?;
+            let key =
+                key.ok_or_else(|| anyhow::anyhow!("payment {payment_id} has no transaction"))?;
+            let required = refunds::require_part(
+                conn,
+                &Refundable {
+                    payment_id,
+                    order_id,
+                    user_id,
+                    amount,
+                },
+                &key,
+                RefundCause::PartnerOrderAdjusted,
+                id,
+                Source::Admin,
+                Some(&format!("by administrator {admin_id}: {reason}")),
+            )
+            .await?;
+            if !required {
+                return Err(Error::NotAdjustable(
+                    "this partner order was adjusted already",
+                ));
+            }
+            points::reverse_earned(conn, user_id, order_id, id).await?;
+            Ok(order_id)
+        })
+        .await?;
+    tracing::info!(
+        partner_order.id = id,
+        admin.id = admin_id,
+        amount,
+        "partner order adjusted"
+    );
+    let mut views = partner_orders::of_orders(conn, &[order_id]).await?;
+    views
+        .remove(&order_id)
+        .and_then(|v| v.into_iter().find(|p| p.partner_order_id == id))
+        .ok_or(Error::NotFound(Missing::PartnerOrder))
+}
+
 /// Whether partner order `id` is the only one of order `order_id` not cancelled.
 async fn last_standing(conn: &mut AsyncPgConnection, order_id: i64, id: i64) -> Result<bool> {
     let others: i64 = rows::table
@@ -525,7 +625,8 @@ async fn give_back(
                     user_id,
                     amount: owed,
                 };
-                refunds::require_part(conn, &refundable, &key, cause, id, Source::Cancel).await?;
+                refunds::require_part(conn, &refundable, &key, cause, id, Source::Cancel, None)
+                    .await?;
             }
             (PaymentKind::Card, None) => {}
         }

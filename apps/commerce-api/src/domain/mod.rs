@@ -69,6 +69,9 @@ pub enum Error {
     /// Part of the order has shipped: the order as a whole cannot be cancelled any more.
     #[error("part of this order has shipped; cancel the partner orders that have not")]
     OrderPartlyShipped,
+    /// Only a purchase-confirmed partner order is adjusted, once.
+    #[error("{0}")]
+    NotAdjustable(&'static str),
     /// The return window of a delivered partner order has passed.
     #[error("the return window of this partner order has closed")]
     ReturnWindowClosed,

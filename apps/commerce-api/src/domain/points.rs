@@ -156,6 +156,63 @@ pub(crate) async fn earn(conn: &mut AsyncPgConnection, earned: &[Earned]) -> Res
     Ok(())
 }
 
+/// Takes back the points partner order `partner_order_id` earned (ledger `EARN_REVERSED`), as
+/// far as the balance holds them, once; inside the transaction that adjusts it. Returns the
+/// points taken and the shortfall (spent already; logged for an operator).
+pub(crate) async fn reverse_earned(
+    conn: &mut AsyncPgConnection,
+    user_id: i64,
+    order_id: i64,
+    partner_order_id: i64,
+) -> Result<(i64, i64)> {
+    let entries: Vec<(LedgerKind, i64)> = point_ledger::table
+        .filter(point_ledger::partner_order_id.eq(partner_order_id))
+        .select((point_ledger::kind, point_ledger::amount))
+        .load(conn)
+        .await?;
+    let earned = entries
+        .iter()
+        .find(|(k, _)| *k == LedgerKind::Earn)
+        .map(|(_, a)| *a);
+    let reversed = entries.iter().any(|(k, _)| *k == LedgerKind::EarnReversed);
+    let Some(earned) = earned.filter(|_| !reversed) else {
+        return Ok((0, 0));
+    };
+    let balance: i64 = users::table
+        .find(user_id)
+        .select(users::point_balance)
+        .for_update()
+        .first(conn)
+        .await?;
+    let take = earned.min(balance);
+    if take > 0 {
+        diesel::update(users::table.find(user_id))
+            .set(users::point_balance.eq(users::point_balance - take))
+            .execute(conn)
+            .await?;
+        diesel::insert_into(point_ledger::table)
+            .values((
+                point_ledger::user_id.eq(user_id),
+                point_ledger::amount.eq(-take),
+                point_ledger::kind.eq(LedgerKind::EarnReversed),
+                point_ledger::order_id.eq(order_id),
+                point_ledger::partner_order_id.eq(partner_order_id),
+            ))
+            .execute(conn)
+            .await?;
+    }
+    let shortfall = earned - take;
+    if shortfall > 0 {
+        tracing::warn!(
+            partner_order.id = partner_order_id,
+            user.id = user_id,
+            shortfall,
+            "earned points taken back after an adjustment were partly spent"
+        );
+    }
+    Ok((take, shortfall))
+}
+
 /// What to do when a top-up's points are to be taken back and the balance no longer holds them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WhenSpent {

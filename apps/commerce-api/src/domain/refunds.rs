@@ -86,7 +86,7 @@ pub async fn require(
 
 /// Requires the refund of one partner order's card share (`payment.amount`) of
 /// `transaction_key`, inside the caller's transaction, once per partner order (and its
-/// history). Returns whether this call required it.
+/// history, with `note` when given). Returns whether this call required it.
 pub async fn require_part(
     conn: &mut AsyncPgConnection,
     payment: &Refundable,
@@ -94,6 +94,7 @@ pub async fn require_part(
     cause: RefundCause,
     partner_order_id: i64,
     source: Source,
+    note: Option<&str>,
 ) -> Result<bool> {
     let inserted = diesel::insert_into(refunds::table)
         .values((
@@ -116,9 +117,10 @@ pub async fn require_part(
             source,
             Some(transaction_key),
             Some(&format!(
-                "{} (partner order {partner_order_id}, {} won)",
+                "{} (partner order {partner_order_id}, {} won){}",
                 reason_text(cause),
-                payment.amount
+                payment.amount,
+                note.map(|n| format!(": {n}")).unwrap_or_default()
             )),
         )
         .await?;
@@ -138,6 +140,7 @@ pub(crate) fn reason_text(cause: RefundCause) -> &'static str {
         RefundCause::RefundedAtGateway => "refunded or charged back at the gateway",
         RefundCause::PartnerOrderCancelled => "part of the order cancelled",
         RefundCause::PartnerOrderReturned => "part of the order returned",
+        RefundCause::PartnerOrderAdjusted => "part of the order adjusted after confirmation",
     }
 }
 

@@ -9,6 +9,8 @@ use commerce_web::idempotency::IdempotencyKey;
 
 use crate::domain::accounts;
 use crate::domain::attention::{self, Attention, Retried};
+use crate::domain::fulfilment;
+use crate::domain::partner_orders::PartnerOrderView;
 use crate::http::auth::AdminUser;
 use crate::http::error::{ApiError, ApiResult};
 use crate::http::{Json, Path, Query};
@@ -105,4 +107,37 @@ pub async fn grant_points(
         user_id: id,
         balance,
     }))
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Adjustment {
+    /// Won to give back from the partner order's card share, 1 ..= what it can still give back.
+    amount: i64,
+    /// Why (1-500 characters): kept in the payment history with the administrator's id.
+    reason: String,
+}
+
+/// Adjust a purchase-confirmed partner order (admin), once: a claim settled after
+/// confirmation. `amount` of its card share goes back through the gateway and the points it
+/// earned are taken back; its status stays `PURCHASE_CONFIRMED`.
+#[utoipa::path(post, path = "/api/v1/admin/partner-orders/{id}/adjustments", tag = "partners",
+    security(("bearer" = [])), request_body = Adjustment,
+    responses((status = 200, body = PartnerOrderView), (status = 400), (status = 401), (status = 403),
+        (status = 404, description = "PARTNER_ORDER_NOT_FOUND"),
+        (status = 409, description = "NOT_ADJUSTABLE")))]
+pub async fn adjust_partner_order(
+    State(state): State<AppState>,
+    AdminUser(admin): AdminUser,
+    Path(id): Path<i64>,
+    Json(req): Json<Adjustment>,
+) -> ApiResult<Json<PartnerOrderView>> {
+    let reason = req.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(ApiError::field("reason", "must be 1-500 characters"));
+    }
+    let mut conn = state.db.get().await?;
+    Ok(Json(
+        fulfilment::adjust(&mut conn, admin.id, id, req.amount, reason).await?,
+    ))
 }

@@ -85,6 +85,7 @@ impl ApiError {
                     }
                     E::IllegalTransition(..) => conflict("ILLEGAL_TRANSITION", detail),
                     E::ReturnWindowClosed => conflict("RETURN_WINDOW_CLOSED", detail),
+                    E::NotAdjustable(_) => conflict("NOT_ADJUSTABLE", detail),
                     E::LoginIdTaken => conflict("LOGIN_ID_TAKEN", detail),
                     E::BusinessNumberTaken => conflict("BUSINESS_NUMBER_TAKEN", detail),
                     E::PartnerSuspended => {

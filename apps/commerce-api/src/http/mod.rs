@@ -109,6 +109,7 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(orders::withdraw_return))
         .routes(routes!(partners::accept_return))
         .routes(routes!(partners::reject_return))
+        .routes(routes!(admin::adjust_partner_order))
         .split_for_parts();
     (router, commerce_web::openapi::with_problem_responses(api))
 }

@@ -576,3 +576,137 @@ async fn a_return_racing_the_automatic_confirmation_has_exactly_one_winner() {
         0
     );
 }
+
+/// After confirmation nothing is refunded, except by an administrator's adjustment: once, part
+/// of the card share through the gateway, and the earned points taken back.
+#[tokio::test]
+async fn an_admin_adjusts_a_confirmed_partner_order_once_and_takes_its_points_back() {
+    let gw = Gateway::start(Behaviour::reliable()).await;
+    let app = api(&gw, &[("FULFILMENT_AUTO_ENABLED", "false")]).await;
+    let (_, seller) = partner(&app, "adj-seller", "949-49-00001").await;
+    let product = partner_product(&app, &seller, 10_000, 5).await;
+    let (buyer_id, buyer) = app.user_with_points("adj-buyer", 0).await;
+    let card_order = json!({"items": [{"product_id": product, "quantity": 1}],
+                            "payment": {"method": "CARD", "card_type": "KB", "card_no": CARD_NO}});
+    let mut ids = Vec::new();
+    let mut transaction = String::new();
+    for _ in 0..2 {
+        let (status, order) = app
+            .post("/api/v1/orders", Some(&buyer), card_order.clone())
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{order}");
+        let order_id = order["order_id"].as_i64().unwrap();
+        let paid = reaches(&app, &buyer, order_id, "PAID", Duration::from_secs(10)).await;
+        ids.push((
+            order_id,
+            paid["partner_orders"][0]["partner_order_id"]
+                .as_i64()
+                .unwrap(),
+        ));
+        transaction = paid["payment"]["transaction_key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+    }
+    // The second checkout is confirmed and earns 1 % (100 points).
+    let (order_id, id) = ids[1];
+    app.post(
+        &format!("/api/v1/partner/orders/{id}/ship"),
+        Some(&seller),
+        json!({"carrier": "CJ", "tracking_number": "ADJ-1"}),
+    )
+    .await;
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/orders/{order_id}/partner-orders/{id}/confirm"),
+            Some(&buyer),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.balance(buyer_id).await, 100);
+    let adjust = |id: i64| format!("/api/v1/admin/partner-orders/{id}/adjustments");
+    let body = |amount: i64| json!({"amount": amount, "reason": "scratched on arrival"});
+
+    // Refusals change nothing.
+    for (path, token, body, status, code) in [
+        (
+            adjust(id),
+            &buyer,
+            body(100),
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+        ),
+        (
+            adjust(id),
+            &app.admin,
+            body(0),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+        ),
+        (
+            adjust(id),
+            &app.admin,
+            body(10_001),
+            StatusCode::BAD_REQUEST,
+            "VALIDATION_FAILED",
+        ),
+        (
+            adjust(ids[0].1),
+            &app.admin,
+            body(100),
+            StatusCode::CONFLICT,
+            "NOT_ADJUSTABLE",
+        ),
+        (
+            adjust(999_999),
+            &app.admin,
+            body(100),
+            StatusCode::NOT_FOUND,
+            "PARTNER_ORDER_NOT_FOUND",
+        ),
+    ] {
+        let (got, problem) = app.post(&path, Some(token), body).await;
+        assert_eq!(
+            (got, problem["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {problem}"
+        );
+    }
+    assert_eq!(app.count("SELECT count(*) AS n FROM refunds").await, 0);
+
+    let (status, adjusted) = app.post(&adjust(id), Some(&app.admin), body(2_500)).await;
+    assert_eq!(status, StatusCode::OK, "{adjusted}");
+    assert_eq!(adjusted["status"], "PURCHASE_CONFIRMED");
+    wait_refunded(&app, id, 2_500).await;
+    assert_eq!(
+        gw.count(&format!(
+            "SELECT refunded_amount AS n FROM payments WHERE transaction_key = '{transaction}'"
+        ))
+        .await,
+        2_500
+    );
+    assert_eq!(app.balance(buyer_id).await, 0);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM point_ledger WHERE partner_order_id = {id}
+                AND ((kind = 'EARN' AND amount = 100) OR (kind = 'EARN_REVERSED' AND amount = -100))"
+        ))
+        .await,
+        2
+    );
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM payment_events WHERE order_id = {order_id}
+                AND kind = 'REFUND_REQUESTED' AND source = 'admin' AND reason LIKE '%scratched on arrival'"
+        ))
+        .await,
+        1
+    );
+    // Once.
+    let (status, problem) = app.post(&adjust(id), Some(&app.admin), body(100)).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("NOT_ADJUSTABLE"))
+    );
+}

@@ -160,7 +160,20 @@ pub fn register() {
     counter(
         "partner_order_transitions_total",
         "Partner orders moved by a partner's or a customer's request, by step.",
-        &[("step", &["prepared", "shipped", "delivered", "confirmed"])],
+        &[(
+            "step",
+            &[
+                "prepare",
+                "ship",
+                "deliver",
+                "confirm",
+                "cancel",
+                "request_return",
+                "withdraw_return",
+                "reject_return",
+                "accept_return",
+            ],
+        )],
     );
     counter(
         "partner_orders_auto_total",

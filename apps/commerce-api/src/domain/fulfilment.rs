@@ -75,6 +75,21 @@ impl Step {
         Step::AcceptReturn,
     ];
 
+    /// The step as a metric label (`partner_order_transitions_total{step}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Step::Prepare => "prepare",
+            Step::Ship => "ship",
+            Step::Deliver => "deliver",
+            Step::Confirm => "confirm",
+            Step::Cancel => "cancel",
+            Step::RequestReturn => "request_return",
+            Step::WithdrawReturn => "withdraw_return",
+            Step::RejectReturn => "reject_return",
+            Step::AcceptReturn => "accept_return",
+        }
+    }
+
     /// The step as words for messages: "a SHIPPED partner order cannot be {cancelled}".
     pub fn past(self) -> &'static str {
         match self {
@@ -343,7 +358,7 @@ pub async fn apply(
         .await?;
     if moved {
         tracing::info!(partner_order.id = id, ?step, "partner order moved");
-        metrics::counter!("partner_order_transitions_total", "step" => step.past()).increment(1);
+        metrics::counter!("partner_order_transitions_total", "step" => step.label()).increment(1);
     }
     let mut views = partner_orders::of_orders(conn, &[order_id]).await?;
     views

@@ -12,6 +12,7 @@ Exits non-zero naming each failure.
 import argparse
 import json
 import pathlib
+import random
 import re
 import sys
 import time
@@ -57,6 +58,20 @@ def storefront(api, collector, seconds):
         users.append(t["access_token"])
         _, me = call("GET", f"{api}/api/v1/users/me", token=t["access_token"], expect={200})
         call("POST", f"{api}/api/v1/admin/users/{me['id']}/points", {"amount": 10_000_000, "reason": "monitoring check"}, admin, {200})
+    # A partner selling one product: its orders are shipped and confirmed (partner sales).
+    stamp = int(time.time())
+    seller = f"seller{stamp}"
+    number = f"{random.randint(100, 999)}-{random.randint(10, 99)}-{random.randint(10000, 99999)}"
+    call("POST", f"{api}/api/v1/admin/partners",
+         {"name": "Checked partner", "business_number": number,
+          "account": {"login_id": seller, "password": f"{seller}-password", "name": "P", "email": f"{seller}@example.com"}},
+         admin, {201})
+    _, t = call("POST", f"{api}/api/v1/auth/token", {"login_id": seller, "password": f"{seller}-password"}, expect={200})
+    partner = t["access_token"]
+    _, partner_brand = call("POST", f"{api}/api/v1/partner/brands", {"name": "Checked partner brand"}, partner, {201})
+    _, partner_product = call("POST", f"{api}/api/v1/partner/products",
+                              {"brand_id": partner_brand["id"], "name": "Partner item", "price": 2000, "stock": 100000},
+                              partner, {201})
     deadline = time.time() + seconds
     n = 0
     while time.time() < deadline:
@@ -79,6 +94,14 @@ def storefront(api, collector, seconds):
                 time.sleep(0.1)
             call("POST", f"{api}/api/v1/orders/{order['order_id']}/cancel", token=token, expect={200, 409})
         call("POST", f"{api}/api/v1/orders", {"items": [{"product_id": product, "quantity": 10**9}], "payment": {"method": "POINT"}}, token, {409, 400})
+        if n % 3 == 1:
+            # A partner order shipped by its partner and confirmed by its customer.
+            _, sold = call("POST", f"{api}/api/v1/orders",
+                           {"items": [{"product_id": partner_product["id"], "quantity": 1}], "payment": {"method": "POINT"}},
+                           token, {201})
+            part = sold["partner_orders"][0]["partner_order_id"]
+            call("POST", f"{api}/api/v1/partner/orders/{part}/ship", {"carrier": "CJ", "tracking_number": f"MC-{n}"}, partner, {200})
+            call("POST", f"{api}/api/v1/orders/{sold['order_id']}/partner-orders/{part}/confirm", {}, token, {200})
         call("GET", f"{api}/no-such-route", expect={404})
         call("GET", f"{collector}/api/v1/rankings?size=10", expect={200})
         call("GET", f"{collector}/api/v1/rankings/products/{product}", expect={200})

@@ -346,9 +346,8 @@ pub async fn apply(
             if step == Step::Cancel && last_standing(conn, order_id, id).await? {
                 // Cancelling the checkout's last standing partner order cancels the checkout:
                 // what is left of its payment goes back, and its coupon too.
+                // Its PartnerOrderChanged comes with the checkout's cancellation.
                 crate::domain::orders::cancel_in(conn, topics, user_id, order_id).await?;
-                let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-                outbox::record_at(conn, topics, vec![locked.changed(user_id, to, at)], at).await?;
                 return Ok((order_id, true));
             }
             let at = execute(conn, topics, settings, &locked, user_id, to, step, details).await?;

@@ -26,7 +26,9 @@ use utoipa::ToSchema;
 use crate::domain::Result;
 use crate::domain::allocation::largest_remainder;
 use crate::domain::states::PaymentKind;
+use crate::infra::outbox::{self, Topics};
 use crate::infra::schema::{order_items, partner_orders, payment_splits, shipments};
+use commerce_events::{Event, PartnerOrderChanged};
 
 commerce_enums::text_enum! {
     sql, schema;
@@ -53,6 +55,41 @@ commerce_enums::text_enum! {
         /// The partner received the return; its paid share goes back.
         Returned => "RETURNED",
     }
+}
+
+commerce_enums::text_enum! {
+    schema;
+    /// Where a checkout's units stand, derived from its lines' counts (never stored).
+    pub enum FulfilmentStatus {
+        /// Nothing shipped yet.
+        Unfulfilled => "UNFULFILLED",
+        PartiallyShipped => "PARTIALLY_SHIPPED",
+        /// Every unit not cancelled shipped.
+        Shipped => "SHIPPED",
+        PartiallyReturned => "PARTIALLY_RETURNED",
+        /// Every unit not cancelled came back.
+        Returned => "RETURNED",
+        /// Every unit cancelled.
+        Cancelled => "CANCELLED",
+    }
+}
+
+/// A checkout's fulfilment, from its partner orders' lines: `None` for an order with none (a
+/// top-up). Units cancelled are left out; returns weigh over shipping.
+pub fn fulfilment_status(parts: &[PartnerOrderView]) -> Option<FulfilmentStatus> {
+    let lines = || parts.iter().flat_map(|p| p.lines.iter());
+    lines().next()?;
+    let live: i64 = lines().map(|l| l.quantity - l.quantity_cancelled).sum();
+    let shipped: i64 = lines().map(|l| l.quantity_shipped).sum();
+    let returned: i64 = lines().map(|l| l.quantity_returned).sum();
+    Some(match () {
+        _ if live == 0 => FulfilmentStatus::Cancelled,
+        _ if returned == live => FulfilmentStatus::Returned,
+        _ if returned > 0 => FulfilmentStatus::PartiallyReturned,
+        _ if shipped == live => FulfilmentStatus::Shipped,
+        _ if shipped > 0 => FulfilmentStatus::PartiallyShipped,
+        _ => FulfilmentStatus::Unfulfilled,
+    })
 }
 
 /// An order line as the split sees it.
@@ -252,13 +289,100 @@ pub async fn record(
     Ok(views)
 }
 
+/// A partner order about to move with its checkout, as its event names it.
+#[derive(Queryable)]
+struct Moving {
+    id: i64,
+    partner_id: i64,
+    status: PartnerOrderStatus,
+    items_total: i64,
+    discount_share: i64,
+    points_share: i64,
+    card_share: i64,
+}
+
+/// The partner orders of order `order_id` in one of `from` (the caller holds the order's row
+/// lock, so they are the ones its update moves).
+async fn moving(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    from: &[PartnerOrderStatus],
+) -> Result<Vec<Moving>> {
+    Ok(partner_orders::table
+        .filter(partner_orders::order_id.eq(order_id))
+        .filter(partner_orders::status.eq_any(from))
+        .order(partner_orders::id)
+        .select((
+            partner_orders::id,
+            partner_orders::partner_id,
+            partner_orders::status,
+            partner_orders::items_total,
+            partner_orders::discount_share,
+            partner_orders::points_share,
+            partner_orders::card_share,
+        ))
+        .load(conn)
+        .await?)
+}
+
+/// Records `PartnerOrderChanged` for each of `moved` (partner orders of order `order_id`) now
+/// `to`, at `at`.
+async fn record_moves(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    order_id: i64,
+    moved: &[Moving],
+    to: PartnerOrderStatus,
+    at: DateTime<Utc>,
+) -> Result<()> {
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let user_id: i64 = crate::infra::schema::orders::table
+        .find(order_id)
+        .select(crate::infra::schema::orders::user_id)
+        .first(conn)
+        .await?;
+    let events = moved
+        .iter()
+        .map(|m| {
+            Event::PartnerOrderChanged(PartnerOrderChanged {
+                partner_order_id: m.id,
+                order_id,
+                partner_id: m.partner_id,
+                user_id,
+                from: m.status.as_str().to_owned(),
+                to: to.as_str().to_owned(),
+                items_total: m.items_total,
+                discount_share: m.discount_share,
+                points_share: m.points_share,
+                card_share: m.card_share,
+                at,
+            })
+        })
+        .collect();
+    outbox::record_at(conn, topics, events, at).await?;
+    Ok(())
+}
+
 /// The checkout's card payment was confirmed: its partner orders waiting for it are `PAID` at
-/// `paid_at`, and each one's card share is captured.
+/// `paid_at` (each with its `PartnerOrderChanged`), and each one's card share is captured.
 pub async fn paid(
     conn: &mut AsyncPgConnection,
+    topics: &Topics,
     order_id: i64,
     paid_at: DateTime<Utc>,
 ) -> Result<()> {
+    let moved = moving(conn, order_id, &[PartnerOrderStatus::PendingPayment]).await?;
+    record_moves(
+        conn,
+        topics,
+        order_id,
+        &moved,
+        PartnerOrderStatus::Paid,
+        paid_at,
+    )
+    .await?;
     let ids: Vec<i64> = diesel::update(
         partner_orders::table
             .filter(partner_orders::order_id.eq(order_id))
@@ -286,8 +410,24 @@ pub async fn paid(
     Ok(())
 }
 
-/// The checkout's card payment failed: its partner orders waiting for it are `PAYMENT_FAILED`.
-pub async fn payment_failed(conn: &mut AsyncPgConnection, order_id: i64) -> Result<()> {
+/// The checkout's card payment failed: its partner orders waiting for it are `PAYMENT_FAILED`
+/// (each with its `PartnerOrderChanged`).
+pub async fn payment_failed(
+    conn: &mut AsyncPgConnection,
+    topics: &Topics,
+    order_id: i64,
+) -> Result<()> {
+    let moved = moving(conn, order_id, &[PartnerOrderStatus::PendingPayment]).await?;
+    let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    record_moves(
+        conn,
+        topics,
+        order_id,
+        &moved,
+        PartnerOrderStatus::PaymentFailed,
+        at,
+    )
+    .await?;
     diesel::update(
         partner_orders::table
             .filter(partner_orders::order_id.eq(order_id))
@@ -303,9 +443,25 @@ pub async fn payment_failed(conn: &mut AsyncPgConnection, order_id: i64) -> Resu
 }
 
 /// The whole checkout was cancelled (or its money went back at the gateway): every partner order
-/// still standing is `CANCELLED`, its lines' units cancelled, and its points given back (the
-/// caller credits them).
-pub async fn cancelled(conn: &mut AsyncPgConnection, order_id: i64) -> Result<()> {
+/// still standing is `CANCELLED` (each with its `PartnerOrderChanged`), its lines' units
+/// cancelled, and its points given back (the caller credits them).
+pub async fn cancelled(conn: &mut AsyncPgConnection, topics: &Topics, order_id: i64) -> Result<()> {
+    let standing = [
+        PartnerOrderStatus::PendingPayment,
+        PartnerOrderStatus::Paid,
+        PartnerOrderStatus::Preparing,
+    ];
+    let moved = moving(conn, order_id, &standing).await?;
+    let at = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    record_moves(
+        conn,
+        topics,
+        order_id,
+        &moved,
+        PartnerOrderStatus::Cancelled,
+        at,
+    )
+    .await?;
     let ids: Vec<i64> = diesel::update(
         partner_orders::table
             .filter(partner_orders::order_id.eq(order_id))
@@ -708,6 +864,65 @@ mod tests {
             assert_eq!(p.card_share, 0);
             assert_eq!(p.points_share, p.items_total - p.discount_share);
         }
+    }
+
+    fn part(lines: &[(i64, i64, i64, i64)]) -> PartnerOrderView {
+        PartnerOrderView {
+            partner_order_id: 1,
+            order_id: 1,
+            partner_id: 1,
+            status: PartnerOrderStatus::Paid,
+            items_total: 0,
+            discount_share: 0,
+            points_share: 0,
+            card_share: 0,
+            lines: lines
+                .iter()
+                .map(
+                    |&(quantity, cancelled, shipped, returned)| PartnerLineView {
+                        product_id: 1,
+                        quantity,
+                        unit_price: 1,
+                        discount_share: 0,
+                        points_share: 0,
+                        quantity_cancelled: cancelled,
+                        quantity_shipped: shipped,
+                        quantity_returned: returned,
+                    },
+                )
+                .collect(),
+            payments: Vec::new(),
+            shipment: None,
+            confirm_due_at: None,
+            created_at: Utc::now(),
+            paid_at: None,
+            confirmed_at: None,
+            cancelled_at: None,
+        }
+    }
+
+    #[test]
+    fn fulfilment_is_derived_from_the_lines_counts() {
+        use FulfilmentStatus as F;
+        // (ordered, cancelled, shipped, returned) per line, over two partner orders.
+        type Lines = &'static [(i64, i64, i64, i64)];
+        let cases: [(Lines, Lines, F); 7] = [
+            (&[(2, 0, 0, 0)], &[(1, 0, 0, 0)], F::Unfulfilled),
+            (&[(2, 0, 2, 0)], &[(1, 0, 0, 0)], F::PartiallyShipped),
+            (&[(2, 0, 2, 0)], &[(1, 1, 0, 0)], F::Shipped),
+            (&[(2, 0, 2, 1)], &[(1, 0, 1, 0)], F::PartiallyReturned),
+            (&[(2, 0, 2, 2)], &[(1, 1, 0, 0)], F::Returned),
+            (&[(2, 2, 0, 0)], &[(1, 1, 0, 0)], F::Cancelled),
+            (&[(2, 2, 0, 0)], &[(1, 0, 0, 0)], F::Unfulfilled),
+        ];
+        for (a, b, want) in cases {
+            assert_eq!(
+                fulfilment_status(&[part(a), part(b)]),
+                Some(want),
+                "{a:?} {b:?}"
+            );
+        }
+        assert_eq!(fulfilment_status(&[]), None);
     }
 
     proptest! {

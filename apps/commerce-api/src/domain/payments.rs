@@ -630,7 +630,7 @@ pub async fn settle(
                 ))
                 .execute(conn)
                 .await?;
-            partner_orders::paid(conn, order_id, paid_at).await?;
+            partner_orders::paid(conn, topics, order_id, paid_at).await?;
             close(
                 conn,
                 order_id,
@@ -700,7 +700,7 @@ pub async fn settle(
                 .set(order_rows::status.eq(OrderStatus::PaymentFailed))
                 .execute(conn)
                 .await?;
-            partner_orders::payment_failed(conn, order_id).await?;
+            partner_orders::payment_failed(conn, topics, order_id).await?;
             close(
                 conn,
                 order_id,
@@ -848,7 +848,7 @@ async fn accept_reversal(
 ) -> Result<()> {
     let order_id = order.id;
     let lines = holds::release(conn, order_id, WhenSpent::TakeWhatIsLeft).await?;
-    partner_orders::cancelled(conn, order_id).await?;
+    partner_orders::cancelled(conn, topics, order_id).await?;
     partner_orders::card_refunded(conn, refundable.payment_id).await?;
     diesel::update(order_rows::table.find(order_id))
         .set((

@@ -143,6 +143,7 @@ pub async fn place(
                 items: Vec::new(),
                 payment: Some(payment),
                 partner_orders: Vec::new(),
+                fulfilment_status: None,
                 payment_history: None,
                 created_at,
             }))

@@ -133,6 +133,10 @@ async fn a_partner_order_is_prepared_shipped_delivered_and_confirmed_and_refused
         (StatusCode::CONFLICT, Some("ILLEGAL_TRANSITION"))
     );
     assert_eq!(changed(&app, mine, "SHIPPED").await, 1);
+    let (_, detail) = app
+        .get(&format!("/api/v1/orders/{order}"), Some(&buyer))
+        .await;
+    assert_eq!(detail["fulfilment_status"], "PARTIALLY_SHIPPED");
 
     // Part of the checkout shipped: the checkout as a whole is no longer cancellable, and the
     // refusal changes nothing.

@@ -563,6 +563,17 @@ async fn a_card_checkout_captures_each_partners_share_and_the_refund_gives_it_ba
         shares,
         [(1_000, 1_000, 0), (2_000, 2_000, 0), (4_000, 4_000, 0)]
     );
+    let moved = async |to: &str| {
+        app.count(&format!(
+            "SELECT count(*) AS n FROM outbox WHERE event_type = 'PartnerOrderChanged'
+                AND (envelope->'payload'->>'order_id')::bigint = {order_id}
+                AND envelope->'payload'->>'to' = '{to}'"
+        ))
+        .await
+    };
+    // Each partner order's move with its checkout is an event of its own.
+    assert_eq!(moved("PAID").await, 3);
+    assert_eq!(paid["fulfilment_status"], "UNFULFILLED");
     for partner in &tokens {
         let (_, listed) = app
             .get("/api/v1/partner/orders?status=PAID", Some(partner))
@@ -578,7 +589,9 @@ async fn a_card_checkout_captures_each_partners_share_and_the_refund_gives_it_ba
         )
         .await;
     assert_eq!(status, StatusCode::OK);
-    reaches(&app, &token, order_id, "REFUNDED", Duration::from_secs(10)).await;
+    let refunded = reaches(&app, &token, order_id, "REFUNDED", Duration::from_secs(10)).await;
+    assert_eq!(moved("CANCELLED").await, 3);
+    assert_eq!(refunded["fulfilment_status"], "CANCELLED");
     assert_eq!(
         app.count(&format!(
             "SELECT count(*) AS n FROM partner_orders p JOIN payment_splits s ON s.partner_order_id = p.id

@@ -423,6 +423,7 @@ async fn a_returned_partner_order_gives_back_exactly_its_share() {
         .await;
     assert_eq!(now["status"], "PAID");
     assert_eq!(now["partner_orders"][1]["status"], "PAID");
+    assert_eq!(now["fulfilment_status"], "PARTIALLY_RETURNED");
 
     // Past the window the return is refused, and nothing changes.
     let other = now["partner_orders"][1]["partner_order_id"]

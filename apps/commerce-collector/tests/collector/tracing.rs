@@ -12,7 +12,13 @@ use crate::support::{Api, Gateway, Pipeline, eventually};
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const CALLER_SPAN: &str = "b7ad6b7169203331";
 /// What a paid card order publishes, in name order.
-const EVENTS: [&str; 3] = ["OrderCreated", "OrderPaid", "PaymentCompleted"];
+/// A card order's events: placed, paid, its payment, and its one partner order paid with it.
+const EVENTS: [&str; 4] = [
+    "OrderCreated",
+    "OrderPaid",
+    "PartnerOrderChanged",
+    "PaymentCompleted",
+];
 
 fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes

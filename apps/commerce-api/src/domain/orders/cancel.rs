@@ -105,7 +105,7 @@ pub(crate) async fn cancel_in(
                 }
                 other => return Err(other.unexpected(order.id, Fact::Cancel)),
             };
-            partner_orders::cancelled(conn, order.id).await?;
+            partner_orders::cancelled(conn, topics, order.id).await?;
             diesel::update(orders::table.find(order.id))
                 .set((
                     orders::status.eq(OrderStatus::Cancelled),

@@ -42,7 +42,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::history::{self, PaymentEvent};
-use crate::domain::partner_orders::{self, PartnerOrderView};
+use crate::domain::partner_orders::{self, FulfilmentStatus, PartnerOrderView};
 use crate::domain::payments::{PaymentRow, PaymentView};
 use crate::domain::states::{OrderKind, OrderStatus, PaymentKind};
 use crate::domain::{Error, Missing, Result, holds};
@@ -73,6 +73,8 @@ pub struct OrderView {
     /// One per partner whose products the order holds, in partner-id order: its lines, its
     /// shares of the total, discount and points, its share of each payment, and its state.
     pub partner_orders: Vec<PartnerOrderView>,
+    /// Where its units stand, derived from its lines' counts (`null` for a top-up).
+    pub fulfilment_status: Option<FulfilmentStatus>,
     /// The card payment, for `CARD` orders.
     pub payment: Option<PaymentView>,
     /// Every change of the card payment, oldest first: in the order's detail
@@ -170,6 +172,7 @@ fn assemble(
                 unit_price: l.unit_price,
             })
             .collect(),
+        fulfilment_status: partner_orders::fulfilment_status(&partner_orders),
         partner_orders,
         payment,
         payment_history: None,

@@ -404,6 +404,7 @@ async fn create(
         payment_method: order.payment_method,
         user_coupon_id: order.user_coupon_id,
         items,
+        fulfilment_status: partner_orders::fulfilment_status(&parts),
         partner_orders: parts,
         payment,
         payment_history: None,

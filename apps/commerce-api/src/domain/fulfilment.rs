@@ -359,10 +359,8 @@ pub async fn apply(
         tracing::info!(partner_order.id = id, ?step, "partner order moved");
         metrics::counter!("partner_order_transitions_total", "step" => step.label()).increment(1);
     }
-    let mut views = partner_orders::of_orders(conn, &[order_id]).await?;
-    views
-        .remove(&order_id)
-        .and_then(|v| v.into_iter().find(|p| p.partner_order_id == id))
+    partner_orders::one(conn, order_id, id)
+        .await?
         .ok_or(Error::NotFound(Missing::PartnerOrder))
 }
 
@@ -500,10 +498,8 @@ pub async fn adjust(
         amount,
         "partner order adjusted"
     );
-    let mut views = partner_orders::of_orders(conn, &[order_id]).await?;
-    views
-        .remove(&order_id)
-        .and_then(|v| v.into_iter().find(|p| p.partner_order_id == id))
+    partner_orders::one(conn, order_id, id)
+        .await?
         .ok_or(Error::NotFound(Missing::PartnerOrder))
 }
 
@@ -569,22 +565,7 @@ async fn give_back(
         })
         .collect();
     lines.sort_by_key(|l| l.product_id);
-    let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
-    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
-    // Same lock order as placing orders.
-    diesel::sql_query("SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
-        .execute(conn)
-        .await?;
-    diesel::sql_query(
-        "UPDATE products p SET stock = p.stock + l.quantity
-           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
-          WHERE p.id = l.id",
-    )
-    .bind::<diesel::sql_types::Array<BigInt>, _>(&ids)
-    .bind::<diesel::sql_types::Array<BigInt>, _>(&quantities)
-    .execute(conn)
-    .await?;
+    crate::domain::holds::restock(conn, &lines).await?;
 
     let splits: Vec<(PaymentKind, Option<i64>, i64, i64)> = payment_splits::table
         .filter(payment_splits::partner_order_id.eq(id))

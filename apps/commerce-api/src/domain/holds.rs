@@ -39,6 +39,27 @@ pub async fn lines(conn: &mut AsyncPgConnection, order_id: i64) -> Result<Vec<Or
         .collect())
 }
 
+/// Puts `lines`' units back in stock, locking their products in product-id order (the order
+/// every transaction takes them in), inside the caller's transaction.
+pub(crate) async fn restock(conn: &mut AsyncPgConnection, lines: &[OrderLine]) -> Result<()> {
+    let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
+    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
+    diesel::sql_query("SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind::<Array<BigInt>, _>(&ids)
+        .execute(conn)
+        .await?;
+    diesel::sql_query(
+        "UPDATE products p SET stock = p.stock + l.quantity
+           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
+          WHERE p.id = l.id",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&quantities)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Gives back everything an order still holds, inside the caller's transaction (which must hold
 /// the order's row lock, so this runs once per order): its stock (less the units of partner
 /// orders cancelled or returned on their own, which went back then), its points (less those
@@ -82,22 +103,7 @@ pub async fn release(
             unit_price,
         })
         .collect();
-    let ids: Vec<i64> = lines.iter().map(|l| l.product_id).collect();
-    let quantities: Vec<i64> = lines.iter().map(|l| l.quantity).collect();
-    // Same lock order as placing orders.
-    diesel::sql_query("SELECT id FROM products WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .bind::<Array<BigInt>, _>(&ids)
-        .execute(conn)
-        .await?;
-    diesel::sql_query(
-        "UPDATE products p SET stock = p.stock + l.quantity
-           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
-          WHERE p.id = l.id",
-    )
-    .bind::<Array<BigInt>, _>(&ids)
-    .bind::<Array<BigInt>, _>(&quantities)
-    .execute(conn)
-    .await?;
+    restock(conn, &lines).await?;
     // Points given back with partner orders cancelled or returned on their own.
     let given_back = partner_orders::points_given_back(conn, order_id).await?;
     let points_left = points_used - given_back;

@@ -769,6 +769,18 @@ pub async fn of_orders(
     Ok(by_order)
 }
 
+/// Partner order `id` of order `order_id`, as the order shows it.
+pub async fn one(
+    conn: &mut AsyncPgConnection,
+    order_id: i64,
+    id: i64,
+) -> Result<Option<PartnerOrderView>> {
+    Ok(of_orders(conn, &[order_id])
+        .await?
+        .remove(&order_id)
+        .and_then(|parts| parts.into_iter().find(|p| p.partner_order_id == id)))
+}
+
 /// A page of partner `partner_id`'s orders, newest first, optionally only those in `status`,
 /// and how many there are. Orders whose payment has not gone through (`PENDING_PAYMENT`,
 /// `PAYMENT_FAILED`) are not the partner's business and are never listed.

@@ -55,33 +55,16 @@ pub async fn require(
     cause: RefundCause,
     source: Source,
 ) -> Result<bool> {
-    let inserted = diesel::insert_into(refunds::table)
-        .values((
-            refunds::payment_id.eq(payment.payment_id),
-            refunds::order_id.eq(payment.order_id),
-            refunds::user_id.eq(payment.user_id),
-            refunds::transaction_key.eq(transaction_key),
-            refunds::amount.eq(payment.amount),
-            refunds::cause.eq(cause),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)
-        .await?;
-    if inserted == 1 {
-        history::append(
-            conn,
-            payment.order_id,
-            Kind::RefundRequested,
-            source,
-            Some(transaction_key),
-            Some(reason_text(cause)),
-        )
-        .await?;
-        metrics::counter!("payments_refunds_requested_total", "cause" => cause.as_str())
-            .increment(1);
-        tracing::info!(order.id = payment.order_id, %transaction_key, cause = cause.as_str(), "refund required");
-    }
-    Ok(inserted == 1)
+    insert(
+        conn,
+        payment,
+        transaction_key,
+        cause,
+        None,
+        source,
+        reason_text(cause),
+    )
+    .await
 }
 
 /// Requires the refund of one partner order's card share (`payment.amount`) of
@@ -95,6 +78,35 @@ pub async fn require_part(
     partner_order_id: i64,
     source: Source,
     note: Option<&str>,
+) -> Result<bool> {
+    let reason = format!(
+        "{} (partner order {partner_order_id}, {} won){}",
+        reason_text(cause),
+        payment.amount,
+        note.map(|n| format!(": {n}")).unwrap_or_default()
+    );
+    insert(
+        conn,
+        payment,
+        transaction_key,
+        cause,
+        Some(partner_order_id),
+        source,
+        &reason,
+    )
+    .await
+}
+
+/// The one insert behind [`require`] and [`require_part`]: the refund row (once per
+/// transaction, or per partner order), its history entry and its count.
+async fn insert(
+    conn: &mut AsyncPgConnection,
+    payment: &Refundable,
+    transaction_key: &str,
+    cause: RefundCause,
+    partner_order_id: Option<i64>,
+    source: Source,
+    reason: &str,
 ) -> Result<bool> {
     let inserted = diesel::insert_into(refunds::table)
         .values((
@@ -116,17 +128,12 @@ pub async fn require_part(
             Kind::RefundRequested,
             source,
             Some(transaction_key),
-            Some(&format!(
-                "{} (partner order {partner_order_id}, {} won){}",
-                reason_text(cause),
-                payment.amount,
-                note.map(|n| format!(": {n}")).unwrap_or_default()
-            )),
+            Some(reason),
         )
         .await?;
         metrics::counter!("payments_refunds_requested_total", "cause" => cause.as_str())
             .increment(1);
-        tracing::info!(order.id = payment.order_id, partner_order.id = partner_order_id, %transaction_key, amount = payment.amount, "partial refund required");
+        tracing::info!(order.id = payment.order_id, ?partner_order_id, %transaction_key, amount = payment.amount, cause = cause.as_str(), "refund required");
     }
     Ok(inserted == 1)
 }

@@ -311,11 +311,7 @@ impl Watch {
                 | PartnerOrderStatus::Returned
         );
         let mut conn = self.state.db.get().await?;
-        let Some(part) = partner_orders::of_orders(&mut conn, &[self.id])
-            .await?
-            .remove(&self.id)
-            .and_then(|parts| parts.into_iter().find(|p| p.partner_order_id == id))
-        else {
+        let Some(part) = partner_orders::one(&mut conn, self.id, id).await? else {
             return Ok(());
         };
         let shipment = part.shipment.filter(|_| shipped);

@@ -61,6 +61,9 @@
 //! | `PURCHASE_CONFIRM_AFTER_SECONDS` / `PURCHASE_CONFIRM_BACKSTOP_SECONDS` | `604800` (7 days) / `2419200` (28 days) | a delivered partner order is purchase-confirmed this long after delivery, or this long after shipping if that comes first; never while a return is open |
 //! | `RETURN_WINDOW_SECONDS` | `604800` (7 days) | a delivered partner order may be returned this long after its delivery |
 //! | `POINTS_EARN_RATE_BPS` | `100` (1 %) | points a purchase confirmation earns the customer, in basis points of what was paid for the partner order (its items less its share of the coupon discount), rounded down; `0`: none |
+//! | `BUSINESS_TIME_ZONE` | `Asia/Seoul` | time zone of business days: a purchase confirmation is settled with its day's |
+//! | `SETTLEMENT_ENABLED` | `true` | run the daily settlement job inside `serve` (one instance settles each day; the others find it closed) |
+//! | `SETTLEMENT_CRON` | `0 0 4 * * *` | when the job settles every business day that has ended and is not closed yet (6-field cron, seconds first, in `BUSINESS_TIME_ZONE`) |
 //! | `AUTH_HASH_QUEUE` | `32` | sign-ups and logins that may wait for a hashing thread; beyond that they get 503 `AUTH_BUSY` |
 
 use std::net::SocketAddr;
@@ -70,6 +73,7 @@ use commerce_kafka::KafkaSettings;
 
 pub use crate::domain::fulfilment::FulfilmentSettings;
 pub use crate::domain::payments::PaymentSettings;
+pub use crate::domain::settlement_job::SettlementSettings;
 use crate::infra::auth::HashingSettings;
 use crate::infra::gateway::{ApiKey, GatewaySettings};
 use crate::infra::limits::{LimitSettings, RateSpec, TrustedProxies};
@@ -115,6 +119,7 @@ pub struct Config {
     pub order_events_heartbeat: std::time::Duration,
     pub order_events_per_user: usize,
     pub fulfilment: FulfilmentSettings,
+    pub settlement: SettlementSettings,
 }
 
 /// How the gateway's callbacks are authenticated: `X-Signature` under one of these secrets, at
@@ -337,6 +342,24 @@ impl Config {
                 ));
             }
         }
+        let time_zone: chrono_tz::Tz = r.or("BUSINESS_TIME_ZONE", chrono_tz::Asia::Seoul)?;
+        let settlement = SettlementSettings {
+            enabled: r.or("SETTLEMENT_ENABLED", true)?,
+            cron: {
+                let expr = r.string_or("SETTLEMENT_CRON", "0 0 4 * * *");
+                tokio_cron_scheduler::Job::new_async_tz(expr.as_str(), time_zone, |_, _| {
+                    Box::pin(async {})
+                })
+                .map_err(|e| {
+                    ConfigError::new(
+                        "SETTLEMENT_CRON",
+                        format!("is not a schedule (6-field cron, seconds first): {e}"),
+                    )
+                })?;
+                expr
+            },
+            time_zone,
+        };
         let limits_on = r.or("RATE_LIMITS_ENABLED", true)?;
         let rate = |name: &str, default: &str| -> Result<RateSpec, ConfigError> {
             let spec = r.or(name, default.parse().expect("valid default rate"))?;
@@ -409,7 +432,9 @@ impl Config {
                 )?,
                 earn_rate_bps: r.in_range("POINTS_EARN_RATE_BPS", 100, 0..=10_000)?,
                 return_window: secs("RETURN_WINDOW_SECONDS", 7 * DAY, 1..=90 * DAY)?,
+                time_zone,
             },
+            settlement,
             limits,
             trusted_proxies: r.or("TRUSTED_PROXIES", TrustedProxies::default())?,
             hashing,

@@ -20,6 +20,14 @@ enum Command {
     Seed,
     /// Run only the outbox relay, until SIGTERM; `/metrics` and `/health/*` on `HTTP_ADDR`.
     Relay,
+    /// Settle every open business day through `--date` (default: yesterday), in order, one
+    /// transaction per day, then exit. A day that is closed already is left as it is; the day
+    /// must have ended (in `BUSINESS_TIME_ZONE`).
+    Settle {
+        /// The last business day to settle, `YYYY-MM-DD`.
+        #[arg(long)]
+        date: Option<chrono::NaiveDate>,
+    },
 }
 
 #[tokio::main]
@@ -66,5 +74,57 @@ async fn run() -> anyhow::Result<()> {
                 .await
         }
         Command::Seed => commerce_api::seed::seed(&config.database_url, &config.topics()).await,
+        Command::Settle { date } => settle(&config, date).await,
     }
+}
+
+/// `settle`: closes the open business days through `date` with a progress bar.
+async fn settle(config: &Config, date: Option<chrono::NaiveDate>) -> anyhow::Result<()> {
+    use commerce_api::domain::{settlement, settlement_job};
+    let tz = config.settlement.time_zone;
+    let today = settlement_job::business_date(chrono::Utc::now(), tz);
+    let through = date.unwrap_or_else(|| today.pred_opt().unwrap_or(today));
+    anyhow::ensure!(
+        through < today,
+        "business day {through} has not ended yet in {tz}: only past days are settled"
+    );
+    let pool = commerce_db::pool(&config.database_url, 2)?;
+    let mut conn = pool.get().await?;
+    let bar = indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} days closed, {elapsed} elapsed, ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    let closed = settlement::settle_through(&mut conn, &config.topics(), through, |day, i, n| {
+        bar.set_length(n as u64);
+        bar.set_position(i as u64);
+        bar.set_message(format!(
+            "{}: {} settlements, {} lines",
+            day.business_date, day.settlements, day.lines
+        ));
+    })
+    .await?;
+    bar.finish_and_clear();
+    for day in &closed {
+        println!(
+            "{}\t{}\t{} settlements\t{} lines\tgross {}\tcommission {}\tclawbacks {}\tpayable {}",
+            day.business_date,
+            if day.already_closed {
+                "closed before"
+            } else {
+                "closed now"
+            },
+            day.settlements,
+            day.lines,
+            day.gross,
+            day.commission,
+            day.clawbacks,
+            day.payable
+        );
+    }
+    if closed.is_empty() {
+        println!("nothing to settle through {through}");
+    }
+    Ok(())
 }

@@ -182,6 +182,51 @@ pub fn register() {
     );
 
     counter(
+        "settlement_runs_total",
+        "Business days this instance tried to close, by result (already_closed: another instance or run had).",
+        &[("result", &["success", "already_closed", "failure"])],
+    );
+    histogram(
+        "settlement_run_duration_seconds",
+        "How long closing one business day took.",
+        &[],
+    );
+    counter(
+        "settlement_settlements_total",
+        "Partner settlements written.",
+        &[],
+    );
+    counter("settlement_lines_total", "Partner orders settled.", &[]);
+    counter(
+        "settlement_commission_won_total",
+        "Commission settled (fixed fees included), in won.",
+        &[],
+    );
+    counter(
+        "settlement_payable_won_total",
+        "Owed to partners by the settlements written, in won.",
+        &[],
+    );
+    counter(
+        "settlement_clawbacks_won_total",
+        "Clawbacks netted by the settlements written, in won.",
+        &[],
+    );
+    counter(
+        "settlement_payouts_won_total",
+        "Settlements recorded as paid out, in won.",
+        &[],
+    );
+    gauge(
+        "settlement_last_success_timestamp_seconds",
+        "Unix time this instance last closed a business day (0: not yet).",
+    );
+    gauge(
+        "settlement_closed_through_timestamp_seconds",
+        "Unix time the last closed business day ended (its next midnight in the business time zone; 0: none closed yet).",
+    );
+
+    counter(
         "payments_settled_total",
         "Card payments settled, by resulting order status and by what settled them.",
         &[

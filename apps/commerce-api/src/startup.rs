@@ -195,6 +195,16 @@ impl Application {
                 crate::domain::fulfilment::run(db, topics, settings, stop)
             });
         }
+        if state.config.settlement.enabled {
+            let (db, topics, settings) = (
+                state.db.clone(),
+                state.topics.clone(),
+                state.config.settlement.clone(),
+            );
+            server = server.task("daily settlement", move |stop| {
+                crate::domain::settlement_job::run(db, topics, settings, stop)
+            });
+        }
         if state.config.payments.refunds_enabled {
             let payments = state.payments.clone();
             server = server.task("payment refunds", move |stop| {

@@ -127,6 +127,7 @@ fn effects(envelope: &Envelope, tz: Tz) -> Result<Vec<(NaiveDate, i64, Delta)>, 
         | Event::PaymentFailed(_)
         | Event::PaymentRefunded(_)
         | Event::PartnerOrderChanged(_)
+        | Event::SettlementCompleted(_)
         | Event::OrderCreated(_)
         | Event::ProductCreated(_)
         | Event::ProductUpdated(_) => Vec::new(),

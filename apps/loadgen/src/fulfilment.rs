@@ -97,6 +97,7 @@ pub(crate) async fn auto_confirm(database_url: &str, rows: i64) -> anyhow::Resul
         confirm_backstop: Duration::from_secs(28 * 86_400),
         earn_rate_bps: 100,
         return_window: Duration::from_secs(7 * 86_400),
+        time_zone: chrono_tz::Asia::Seoul,
     };
     let (_, stop) = tokio::sync::watch::channel(false);
     let (peak_before, rss_before) = memory_mib();

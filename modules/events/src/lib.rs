@@ -40,6 +40,7 @@ commerce_enums::text_enum! {
         PaymentFailed => "PaymentFailed",
         PaymentRefunded => "PaymentRefunded",
         PartnerOrderChanged => "PartnerOrderChanged",
+        SettlementCompleted => "SettlementCompleted",
     }
 }
 
@@ -154,6 +155,9 @@ pub enum Event {
     /// purchase-confirmed, …). Keyed by its checkout's order id, so it follows the order's own
     /// events.
     PartnerOrderChanged(PartnerOrderChanged),
+    /// A partner's settlement of one business day was written (the day is closed). Keyed by the
+    /// partner id, so a partner's settlements follow one another.
+    SettlementCompleted(SettlementCompleted),
 }
 
 impl Event {
@@ -172,14 +176,16 @@ impl Event {
             Event::PaymentFailed(_) => EventType::PaymentFailed,
             Event::PaymentRefunded(_) => EventType::PaymentRefunded,
             Event::PartnerOrderChanged(_) => EventType::PartnerOrderChanged,
+            Event::SettlementCompleted(_) => EventType::SettlementCompleted,
         }
     }
 
-    /// `Product` or `Order`.
+    /// `Product`, `Order` or `Partner`.
     pub fn aggregate_type(&self) -> &'static str {
-        match self.stream() {
-            Stream::Catalog => "Product",
-            Stream::Order => "Order",
+        match (self, self.stream()) {
+            (Event::SettlementCompleted(_), _) => "Partner",
+            (_, Stream::Catalog) => "Product",
+            (_, Stream::Order) => "Order",
         }
     }
 
@@ -197,7 +203,8 @@ impl Event {
             | Event::PaymentCompleted(_)
             | Event::PaymentFailed(_)
             | Event::PaymentRefunded(_)
-            | Event::PartnerOrderChanged(_) => Stream::Order,
+            | Event::PartnerOrderChanged(_)
+            | Event::SettlementCompleted(_) => Stream::Order,
         }
     }
 
@@ -212,6 +219,7 @@ impl Event {
             Event::PaymentCompleted(p) | Event::PaymentFailed(p) => p.order_id,
             Event::PaymentRefunded(r) => r.order_id,
             Event::PartnerOrderChanged(p) => p.order_id,
+            Event::SettlementCompleted(s) => s.partner_id,
         }
     }
 }
@@ -333,6 +341,32 @@ pub struct PartnerOrderChanged {
     pub points_share: i64,
     pub card_share: i64,
     /// When it changed: a purchase confirmation is counted on this instant's business day.
+    #[serde(with = "rfc3339_utc")]
+    pub at: DateTime<Utc>,
+}
+
+/// One partner's settlement of one business day (for `SettlementCompleted`). Money in won:
+/// `payable − deficit = gross − commission − clawbacks − carried`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SettlementCompleted {
+    pub settlement_id: i64,
+    pub partner_id: i64,
+    /// The business day settled, `YYYY-MM-DD`.
+    pub business_date: chrono::NaiveDate,
+    /// Partner orders settled, and how many of them were confirmed on an earlier day that was
+    /// closed already.
+    pub line_count: i64,
+    pub late_count: i64,
+    /// Σ of their items; the platform's commission on them.
+    pub gross: i64,
+    pub commission: i64,
+    /// Money confirmed partner orders gave back at the gateway since the last settlement.
+    pub clawbacks: i64,
+    /// The shortfall carried in from the partner's previous settlement.
+    pub carried: i64,
+    /// What the partner is paid for this settlement, and the shortfall carried to its next one.
+    pub payable: i64,
+    pub deficit: i64,
     #[serde(with = "rfc3339_utc")]
     pub at: DateTime<Utc>,
 }

@@ -207,6 +207,8 @@ pub struct FulfilmentSettings {
     pub earn_rate_bps: i64,
     /// A delivered partner order may be returned this long after delivery.
     pub return_window: std::time::Duration,
+    /// The time zone of business days: a purchase confirmation is settled with its day's.
+    pub time_zone: chrono_tz::Tz,
 }
 
 /// Who asks.
@@ -812,6 +814,7 @@ async fn execute(
             settings.earn_rate_bps,
         );
         points::earn(conn, earned.as_slice()).await?;
+        crate::domain::settlement::accrue(conn, &[id], settings.time_zone).await?;
     }
     Ok(at)
 }
@@ -989,6 +992,8 @@ pub async fn confirm_due(
             })
             .collect();
         points::earn(conn, &earned).await?;
+        let ids: Vec<i64> = moved.iter().map(|m| m.id).collect();
+        crate::domain::settlement::accrue(conn, &ids, settings.time_zone).await?;
         let n = events.len();
         if n > 0 {
             outbox::record_at(conn, topics, events, at).await?;

@@ -27,6 +27,8 @@ pub mod points;
 pub mod reconcile;
 pub mod refund_worker;
 pub mod refunds;
+pub mod settlement;
+pub mod settlement_job;
 pub mod states;
 pub mod topups;
 
@@ -94,6 +96,21 @@ pub enum Error {
     /// The gateway has not settled the payment yet.
     #[error("{0}")]
     PaymentNotSettled(&'static str),
+    /// The settlement was paid out already: a payout is recorded once.
+    #[error("this settlement was paid out already")]
+    AlreadyPaidOut,
+    /// The settlement owes the partner nothing (its day's earnings went to a shortfall).
+    #[error("this settlement has nothing to pay out")]
+    NothingToPayOut,
+    /// Another payout was recorded under this reference.
+    #[error("a payout with this reference is recorded already")]
+    PayoutReferenceUsed,
+    /// The business day is settled: what applies to it can no longer change.
+    #[error("business day {0} is settled already; choose a later day")]
+    DayClosed(chrono::NaiveDate),
+    /// A commission policy version starting that day exists for that partner.
+    #[error("a commission policy version starting that day exists already")]
+    PolicyVersionExists,
     /// An operator asked to retry a payment that has nothing left to retry.
     #[error("this payment has no refund or lookup to retry")]
     NothingToRetry,
@@ -115,6 +132,7 @@ pub enum Missing {
     User,
     Partner,
     PartnerOrder,
+    Settlement,
 }
 
 impl Missing {
@@ -129,6 +147,7 @@ impl Missing {
             Missing::User => "user",
             Missing::Partner => "partner",
             Missing::PartnerOrder => "partner order",
+            Missing::Settlement => "settlement",
         }
     }
 }

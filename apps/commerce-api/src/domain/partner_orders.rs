@@ -555,15 +555,25 @@ pub async fn any_shipped(conn: &mut AsyncPgConnection, order_id: i64) -> Result<
 /// of it whose partner order has no refund of its own has its captured share refunded (those
 /// with one are refunded when that one is confirmed, [`card_share_refunded`]).
 pub async fn card_refunded(conn: &mut AsyncPgConnection, payment_id: i64) -> Result<()> {
-    diesel::sql_query(
-        "UPDATE payment_splits s SET refunded = s.captured, updated_at = now()
-          WHERE s.payment_id = $1
-            AND NOT EXISTS (SELECT 1 FROM refunds r WHERE r.partner_order_id = s.partner_order_id)",
+    let ids: Vec<i64> = diesel::update(
+        payment_splits::table
+            .filter(payment_splits::payment_id.eq(payment_id))
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                crate::infra::schema::refunds::table.filter(
+                    crate::infra::schema::refunds::partner_order_id
+                        .eq(payment_splits::partner_order_id.nullable()),
+                ),
+            ))),
     )
-    .bind::<diesel::sql_types::BigInt, _>(payment_id)
-    .execute(conn)
+    .set((
+        payment_splits::refunded.eq(payment_splits::captured),
+        payment_splits::updated_at.eq(diesel::dsl::now),
+    ))
+    .returning(payment_splits::partner_order_id)
+    .get_results(conn)
     .await?;
-    Ok(())
+    // Those confirmed already give their share back to the platform.
+    crate::domain::settlement::clawback(conn, &ids).await
 }
 
 /// The gateway confirmed partner order `partner_order_id`'s own card refund of `amount`.
@@ -583,7 +593,8 @@ pub async fn card_share_refunded(
     ))
     .execute(conn)
     .await?;
-    Ok(())
+    // Confirmed already (an adjustment): the partner gives its share back to the platform.
+    crate::domain::settlement::clawback(conn, &[partner_order_id]).await
 }
 
 /// A line of a partner order, with what happened to its units.

@@ -96,6 +96,11 @@ impl ApiError {
                     }
                     E::PaymentNotSettled(_) => conflict("PAYMENT_NOT_SETTLED", detail),
                     E::NothingToRetry => conflict("NOTHING_TO_RETRY", detail),
+                    E::AlreadyPaidOut => conflict("ALREADY_PAID_OUT", detail),
+                    E::NothingToPayOut => conflict("NOTHING_TO_PAY_OUT", detail),
+                    E::PayoutReferenceUsed => conflict("PAYOUT_REFERENCE_USED", detail),
+                    E::DayClosed(_) => conflict("SETTLEMENT_DAY_CLOSED", detail),
+                    E::PolicyVersionExists => conflict("POLICY_VERSION_EXISTS", detail),
                     E::IdempotencyKeyReused => Problem::new(
                         StatusCode::UNPROCESSABLE_ENTITY,
                         "IDEMPOTENCY_KEY_REUSED",
@@ -124,6 +129,7 @@ fn not_found_code(missing: Missing) -> &'static str {
         Missing::User => "USER_NOT_FOUND",
         Missing::Partner => "PARTNER_NOT_FOUND",
         Missing::PartnerOrder => "PARTNER_ORDER_NOT_FOUND",
+        Missing::Settlement => "SETTLEMENT_NOT_FOUND",
     }
 }
 

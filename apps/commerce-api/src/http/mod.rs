@@ -14,6 +14,7 @@ pub mod orders;
 pub mod paging;
 pub mod partners;
 pub mod payments;
+pub mod settlements;
 pub mod users;
 
 use axum::Router;
@@ -110,6 +111,17 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(partners::accept_return))
         .routes(routes!(partners::reject_return))
         .routes(routes!(admin::adjust_partner_order))
+        .routes(routes!(settlements::add_policy, settlements::list_policies))
+        .routes(routes!(settlements::partner_policies))
+        .routes(routes!(settlements::day_settlements))
+        .routes(routes!(settlements::shortfalls))
+        .routes(routes!(settlements::settlement_detail))
+        .routes(routes!(settlements::pay_out))
+        .routes(routes!(settlements::partner_balance))
+        .routes(routes!(settlements::my_settlements))
+        .routes(routes!(settlements::my_settlement))
+        .routes(routes!(settlements::my_settlement_csv))
+        .routes(routes!(settlements::my_balance))
         .split_for_parts();
     (router, commerce_web::openapi::with_problem_responses(api))
 }

@@ -242,6 +242,85 @@ diesel::table! {
 }
 
 diesel::joinable!(products -> brands (brand_id));
+diesel::table! {
+    commission_policies (id) {
+        id -> BigInt,
+        partner_id -> Nullable<BigInt>,
+        rate_bps -> Integer,
+        fixed_fee -> BigInt,
+        valid_from -> Date,
+        created_by -> Nullable<BigInt>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    settlement_days (business_date) {
+        business_date -> Date,
+        settlements -> Integer,
+        lines -> BigInt,
+        gross -> BigInt,
+        commission -> BigInt,
+        clawbacks -> BigInt,
+        payable -> BigInt,
+        closed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    settlement_lines (partner_order_id) {
+        partner_order_id -> BigInt,
+        partner_id -> BigInt,
+        settle_on -> Date,
+        confirmed_on -> Date,
+        policy_id -> BigInt,
+        rate_bps -> Integer,
+        fixed_fee -> BigInt,
+        gross -> BigInt,
+        commission -> BigInt,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    settlements (id) {
+        id -> BigInt,
+        partner_id -> BigInt,
+        business_date -> Date,
+        line_count -> Integer,
+        late_count -> Integer,
+        gross -> BigInt,
+        commission -> BigInt,
+        clawbacks -> BigInt,
+        carried -> BigInt,
+        payable -> BigInt,
+        deficit -> BigInt,
+        paid_out_at -> Nullable<Timestamptz>,
+        payout_reference -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    partner_ledger (id) {
+        id -> BigInt,
+        partner_id -> BigInt,
+        kind -> Text,
+        amount -> BigInt,
+        settlement_id -> Nullable<BigInt>,
+        partner_order_id -> Nullable<BigInt>,
+        settle_on -> Nullable<Date>,
+        refunded_to -> Nullable<BigInt>,
+        reference -> Nullable<Text>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(commission_policies -> partners (partner_id));
+diesel::joinable!(settlement_lines -> partner_orders (partner_order_id));
+diesel::joinable!(settlements -> partners (partner_id));
+diesel::joinable!(settlements -> settlement_days (business_date));
+
 diesel::joinable!(users -> partners (partner_id));
 diesel::joinable!(partner_orders -> orders (order_id));
 diesel::joinable!(partner_orders -> partners (partner_id));
@@ -310,4 +389,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     payment_splits,
     shipments,
     returns,
+    commission_policies,
+    settlement_days,
+    settlement_lines,
+    settlements,
+    partner_ledger,
 );

@@ -25,5 +25,6 @@ mod product_cache;
 mod refunds;
 mod relay;
 mod reversals;
+mod settlement;
 mod support;
 mod views;

@@ -162,7 +162,7 @@ async fn partners_take_over_the_catalog_and_orders_made_before_them() {
 
 /// Reverts every migration from `first` (a directory name's date and number) on, newest first,
 /// as if the database had never taken them.
-async fn revert_from(conn: &mut AsyncPgConnection, first: &str) {
+pub(crate) async fn revert_from(conn: &mut AsyncPgConnection, first: &str) {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()

@@ -72,7 +72,11 @@ pub async fn start_api(overrides: &[(&str, &str)]) -> TestApp {
         &format!("catalog-events-{suffix}"),
         &format!("order-events-{suffix}"),
     )
-    .with(&[("DATABASE_POOL_SIZE", "20")])
+    // The settlement job settles at start: tests that want it turn it on.
+    .with(&[
+        ("DATABASE_POOL_SIZE", "20"),
+        ("SETTLEMENT_ENABLED", "false"),
+    ])
     .with(overrides);
     let config = Config::read(&Reader::new(env.vars())).expect("valid test config");
     let app = Application::build(config).await.expect("app builds");

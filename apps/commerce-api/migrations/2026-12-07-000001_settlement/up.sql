@@ -1,0 +1,142 @@
+-- Partner settlement.
+--
+-- A purchase confirmation accrues one settlement line per partner order, in its transaction:
+-- the commission policy in force on its business day, frozen with its rate, fee and amount, and
+-- the day whose settlement pays it (`settle_on`: the day it was confirmed, or the first day not
+-- yet closed when that one is). Closing a day is one transaction that sums the day's lines and
+-- clawbacks per partner (through covering indexes) into one settlement each, with a ledger
+-- entry, and marks the day closed; lines are never updated, so a day is settled once.
+
+-- The platform's commission: versions per partner (partner_id NULL: the platform default), each
+-- in force from its business day until the next version's. Versions are never changed; a new
+-- one may only start on a day not yet closed.
+CREATE TABLE commission_policies (
+    id BIGSERIAL PRIMARY KEY,
+    partner_id BIGINT REFERENCES partners (id),
+    rate_bps INTEGER NOT NULL CHECK (rate_bps BETWEEN 0 AND 10000),
+    fixed_fee BIGINT NOT NULL DEFAULT 0 CHECK (fixed_fee BETWEEN 0 AND 1000000000),
+    valid_from DATE NOT NULL,
+    created_by BIGINT REFERENCES users (id),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE NULLS NOT DISTINCT (partner_id, valid_from)
+);
+INSERT INTO commission_policies (partner_id, rate_bps, fixed_fee, valid_from)
+VALUES (NULL, 1000, 0, DATE '2000-01-01');
+
+-- A line's commission: `rate_bps` of `gross` rounded half to even (a single rate on a single
+-- amount), plus the fixed fee, never more than `gross`. The one definition: accrual uses it, and
+-- replaying a line with it gives its stored commission.
+CREATE FUNCTION commission_of(gross BIGINT, rate_bps INTEGER, fixed_fee BIGINT) RETURNS BIGINT
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+    SELECT least(gross,
+                 (gross * rate_bps) / 10000
+                 + CASE WHEN (gross * rate_bps) % 10000 * 2 > 10000
+                          OR ((gross * rate_bps) % 10000 * 2 = 10000 AND (gross * rate_bps) / 10000 % 2 = 1)
+                        THEN 1 ELSE 0 END
+                 + fixed_fee)
+$$;
+
+-- Closed business days: a day's row is written in the transaction that settles it.
+CREATE TABLE settlement_days (
+    business_date DATE PRIMARY KEY,
+    settlements INTEGER NOT NULL DEFAULT 0,
+    lines BIGINT NOT NULL DEFAULT 0,
+    gross BIGINT NOT NULL DEFAULT 0,
+    commission BIGINT NOT NULL DEFAULT 0,
+    clawbacks BIGINT NOT NULL DEFAULT 0,
+    payable BIGINT NOT NULL DEFAULT 0,
+    closed_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
+-- One line per purchase-confirmed partner order, written once, at confirmation.
+CREATE TABLE settlement_lines (
+    partner_order_id BIGINT PRIMARY KEY REFERENCES partner_orders (id),
+    partner_id BIGINT NOT NULL REFERENCES partners (id),
+    settle_on DATE NOT NULL,
+    confirmed_on DATE NOT NULL,
+    policy_id BIGINT NOT NULL REFERENCES commission_policies (id),
+    rate_bps INTEGER NOT NULL,
+    fixed_fee BIGINT NOT NULL,
+    gross BIGINT NOT NULL CHECK (gross >= 0),
+    commission BIGINT NOT NULL CHECK (commission BETWEEN 0 AND gross),
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CHECK (settle_on >= confirmed_on)
+);
+-- What a day's settlement reads, and nothing else: an index-only scan in partner order (and a
+-- settlement's lines, in partner order id order, for paging and the CSV download).
+CREATE INDEX settlement_lines_day ON settlement_lines (settle_on, partner_id, partner_order_id)
+    INCLUDE (confirmed_on, gross, commission);
+
+-- One settlement per partner per closed day (with lines or clawbacks that day). `payable` is
+-- what the partner is paid for it; a shortfall (`deficit`) is carried into its next settlement.
+CREATE TABLE settlements (
+    id BIGSERIAL PRIMARY KEY,
+    partner_id BIGINT NOT NULL REFERENCES partners (id),
+    business_date DATE NOT NULL REFERENCES settlement_days (business_date),
+    line_count INTEGER NOT NULL,
+    late_count INTEGER NOT NULL,
+    gross BIGINT NOT NULL,
+    commission BIGINT NOT NULL,
+    clawbacks BIGINT NOT NULL CHECK (clawbacks >= 0),
+    carried BIGINT NOT NULL CHECK (carried >= 0),
+    payable BIGINT NOT NULL CHECK (payable >= 0),
+    deficit BIGINT NOT NULL CHECK (deficit >= 0),
+    paid_out_at TIMESTAMPTZ,
+    payout_reference TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    UNIQUE (partner_id, business_date),
+    CHECK (payable - deficit = gross - commission - clawbacks - carried),
+    CHECK (payable = 0 OR deficit = 0),
+    CHECK ((paid_out_at IS NULL) = (payout_reference IS NULL))
+);
+CREATE INDEX settlements_day ON settlements (business_date, partner_id);
+
+-- The partner ledger, append-only: EARNING (+, a settlement's lines less commission), CLAWBACK
+-- (−, money a confirmed partner order gave back at the gateway; netted by the settlement of
+-- `settle_on`), PAYOUT (−, a settlement paid out). A partner's balance is the sum of its entries.
+CREATE TABLE partner_ledger (
+    id BIGSERIAL PRIMARY KEY,
+    partner_id BIGINT NOT NULL REFERENCES partners (id),
+    kind TEXT NOT NULL CHECK (kind IN ('EARNING', 'CLAWBACK', 'PAYOUT')),
+    amount BIGINT NOT NULL,
+    settlement_id BIGINT REFERENCES settlements (id),
+    partner_order_id BIGINT REFERENCES partner_orders (id),
+    settle_on DATE,
+    refunded_to BIGINT,
+    reference TEXT,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CHECK (CASE kind
+        WHEN 'EARNING' THEN amount >= 0 AND settlement_id IS NOT NULL
+        WHEN 'PAYOUT' THEN amount < 0 AND settlement_id IS NOT NULL AND reference IS NOT NULL
+        WHEN 'CLAWBACK' THEN amount < 0 AND partner_order_id IS NOT NULL AND settle_on IS NOT NULL
+                             AND refunded_to IS NOT NULL
+    END)
+);
+CREATE UNIQUE INDEX partner_ledger_earning_once ON partner_ledger (settlement_id) WHERE kind = 'EARNING';
+CREATE UNIQUE INDEX partner_ledger_payout_once ON partner_ledger (settlement_id) WHERE kind = 'PAYOUT';
+CREATE UNIQUE INDEX partner_ledger_payout_reference ON partner_ledger (reference) WHERE kind = 'PAYOUT';
+CREATE UNIQUE INDEX partner_ledger_clawback_step ON partner_ledger (partner_order_id, refunded_to)
+    WHERE kind = 'CLAWBACK';
+CREATE INDEX partner_ledger_clawbacks_day ON partner_ledger (settle_on, partner_id) INCLUDE (amount)
+    WHERE kind = 'CLAWBACK';
+CREATE INDEX partner_ledger_partner ON partner_ledger (partner_id, id);
+
+CREATE FUNCTION partner_ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'partner_ledger is append-only: % refused', TG_OP;
+END
+$$;
+CREATE TRIGGER partner_ledger_append_only BEFORE UPDATE OR DELETE ON partner_ledger
+    FOR EACH ROW EXECUTE FUNCTION partner_ledger_append_only();
+
+-- Partner orders confirmed before settlement existed are accrued under the platform default,
+-- each on its confirmation day in the default business time zone (Asia/Seoul): the first
+-- settlement run closes those days in order.
+INSERT INTO settlement_lines (partner_order_id, partner_id, settle_on, confirmed_on, policy_id,
+                              rate_bps, fixed_fee, gross, commission)
+SELECT p.id, p.partner_id, d.day, d.day, c.id, c.rate_bps, c.fixed_fee, p.items_total,
+       commission_of(p.items_total, c.rate_bps, c.fixed_fee)
+  FROM partner_orders p
+ CROSS JOIN LATERAL (SELECT (p.confirmed_at AT TIME ZONE 'Asia/Seoul')::date AS day) d
+ CROSS JOIN (SELECT id, rate_bps, fixed_fee FROM commission_policies WHERE partner_id IS NULL) c
+ WHERE p.status = 'PURCHASE_CONFIRMED' AND p.confirmed_at IS NOT NULL;

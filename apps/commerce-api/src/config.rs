@@ -64,6 +64,7 @@
 //! | `BUSINESS_TIME_ZONE` | `Asia/Seoul` | time zone of business days: a purchase confirmation is settled with its day's |
 //! | `SETTLEMENT_ENABLED` | `true` | run the daily settlement job inside `serve` (one instance settles each day; the others find it closed) |
 //! | `SETTLEMENT_CRON` | `0 0 4 * * *` | when the job settles every business day that has ended and is not closed yet (6-field cron, seconds first, in `BUSINESS_TIME_ZONE`) |
+//! | `SETTLEMENT_PARALLEL_WORKERS` | `0` | PostgreSQL parallel workers that may help sum a day's lines, within the closing transaction (bounded by the server's `max_parallel_workers`); `0`: the closing session alone, faster on a 2-core server (BENCHMARKS.md) |
 //! | `AUTH_HASH_QUEUE` | `32` | sign-ups and logins that may wait for a hashing thread; beyond that they get 503 `AUTH_BUSY` |
 
 use std::net::SocketAddr;
@@ -359,6 +360,11 @@ impl Config {
                 expr
             },
             time_zone,
+            workers: crate::domain::settlement::Workers(r.in_range(
+                "SETTLEMENT_PARALLEL_WORKERS",
+                0,
+                0..=8,
+            )?),
         };
         let limits_on = r.or("RATE_LIMITS_ENABLED", true)?;
         let rate = |name: &str, default: &str| -> Result<RateSpec, ConfigError> {

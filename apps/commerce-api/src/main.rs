@@ -96,14 +96,21 @@ async fn settle(config: &Config, date: Option<chrono::NaiveDate>) -> anyhow::Res
         )
         .expect("valid template"),
     );
-    let closed = settlement::settle_through(&mut conn, &config.topics(), through, |day, i, n| {
-        bar.set_length(n as u64);
-        bar.set_position(i as u64);
-        bar.set_message(format!(
-            "{}: {} settlements, {} lines",
-            day.business_date, day.settlements, day.lines
-        ));
-    })
+    let workers = config.settlement.workers;
+    let closed = settlement::settle_through(
+        &mut conn,
+        &config.topics(),
+        through,
+        workers,
+        |day, i, n| {
+            bar.set_length(n as u64);
+            bar.set_position(i as u64);
+            bar.set_message(format!(
+                "{}: {} settlements, {} lines",
+                day.business_date, day.settlements, day.lines
+            ));
+        },
+    )
     .await?;
     bar.finish_and_clear();
     for day in &closed {

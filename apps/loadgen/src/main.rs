@@ -12,6 +12,7 @@ mod http;
 mod logins;
 mod pipeline;
 mod rankings;
+mod settlement;
 mod storefront;
 
 use std::net::SocketAddr;
@@ -82,6 +83,16 @@ enum Command {
         database_url: String,
         #[arg(long, default_value_t = 1_000_000)]
         rows: i64,
+    },
+    /// The daily settlement of ORDERS confirmed partner orders of PARTNERS partners against a
+    /// plain `INSERT … SELECT … GROUP BY` of the same rows (on a fresh database of its own).
+    Settlement {
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        server: String,
+        #[arg(long, default_value_t = 1_000_000)]
+        orders: i64,
+        #[arg(long, default_value_t = 1_000)]
+        partners: i64,
     },
     /// Collector ingest: a topic pre-filled with EVENTS events, consume-only vs the collector.
     Ingest {
@@ -250,6 +261,11 @@ async fn main() -> anyhow::Result<()> {
         Command::AutoConfirm { database_url, rows } => {
             fulfilment::auto_confirm(&database_url, rows).await
         }
+        Command::Settlement {
+            server,
+            orders,
+            partners,
+        } => settlement::settlement(&server, orders, partners).await,
         Command::Ingest {
             server,
             brokers,

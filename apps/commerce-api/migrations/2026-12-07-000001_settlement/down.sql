@@ -6,9 +6,11 @@ BEGIN
     END IF;
 END
 $$;
+DROP VIEW partner_ledger_entries;
 DROP TABLE partner_ledger;
 DROP FUNCTION partner_ledger_append_only();
 DROP TABLE settlements;
+DROP FUNCTION settlements_written_once();
 DROP TABLE settlement_lines;
 DROP TABLE settlement_days;
 DROP FUNCTION commission_of(BIGINT, INTEGER, BIGINT);

@@ -65,14 +65,19 @@ CREATE TABLE settlement_lines (
 -- What a day's settlement reads, and nothing else: an index-only scan in partner order (and a
 -- settlement's lines, in partner order id order, for paging and the CSV download).
 CREATE INDEX settlement_lines_day ON settlement_lines (settle_on, partner_id, partner_order_id)
-    INCLUDE (confirmed_on, gross, commission);
+    INCLUDE (gross, commission);
+-- Lines confirmed on a day that was closed already: few, counted apart.
+CREATE INDEX settlement_lines_late ON settlement_lines (settle_on, partner_id)
+    WHERE confirmed_on < settle_on;
 
 -- One settlement per partner per closed day (with lines or clawbacks that day). `payable` is
 -- what the partner is paid for it; a shortfall (`deficit`) is carried into its next settlement.
 CREATE TABLE settlements (
     id BIGSERIAL PRIMARY KEY,
     partner_id BIGINT NOT NULL REFERENCES partners (id),
-    business_date DATE NOT NULL REFERENCES settlement_days (business_date),
+    -- Its day's row is written in the same transaction (no foreign key: checking it costs the
+    -- close a lookup per partner for nothing).
+    business_date DATE NOT NULL,
     line_count INTEGER NOT NULL,
     late_count INTEGER NOT NULL,
     gross BIGINT NOT NULL,
@@ -90,14 +95,17 @@ CREATE TABLE settlements (
     CHECK ((paid_out_at IS NULL) = (payout_reference IS NULL))
 );
 CREATE INDEX settlements_day ON settlements (business_date, partner_id);
+-- Settlements that carried a shortfall forward: few, read to carry it into the next one.
+CREATE INDEX settlements_deficit ON settlements (partner_id, business_date) WHERE deficit > 0;
 
--- The partner ledger, append-only: EARNING (+, a settlement's lines less commission), CLAWBACK
--- (−, money a confirmed partner order gave back at the gateway; netted by the settlement of
--- `settle_on`), PAYOUT (−, a settlement paid out). A partner's balance is the sum of its entries.
+-- The partner ledger's other entries, append-only: CLAWBACK (−, money a confirmed partner order
+-- gave back at the gateway; netted by the settlement of `settle_on`) and PAYOUT (−, a settlement
+-- paid out). A settlement is itself the partner's EARNING entry (its gross less commission): the
+-- view `partner_ledger_entries` lists all three; a partner's balance is the sum of its entries.
 CREATE TABLE partner_ledger (
     id BIGSERIAL PRIMARY KEY,
     partner_id BIGINT NOT NULL REFERENCES partners (id),
-    kind TEXT NOT NULL CHECK (kind IN ('EARNING', 'CLAWBACK', 'PAYOUT')),
+    kind TEXT NOT NULL CHECK (kind IN ('CLAWBACK', 'PAYOUT')),
     amount BIGINT NOT NULL,
     settlement_id BIGINT REFERENCES settlements (id),
     partner_order_id BIGINT REFERENCES partner_orders (id),
@@ -106,13 +114,11 @@ CREATE TABLE partner_ledger (
     reference TEXT,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     CHECK (CASE kind
-        WHEN 'EARNING' THEN amount >= 0 AND settlement_id IS NOT NULL
         WHEN 'PAYOUT' THEN amount < 0 AND settlement_id IS NOT NULL AND reference IS NOT NULL
         WHEN 'CLAWBACK' THEN amount < 0 AND partner_order_id IS NOT NULL AND settle_on IS NOT NULL
                              AND refunded_to IS NOT NULL
     END)
 );
-CREATE UNIQUE INDEX partner_ledger_earning_once ON partner_ledger (settlement_id) WHERE kind = 'EARNING';
 CREATE UNIQUE INDEX partner_ledger_payout_once ON partner_ledger (settlement_id) WHERE kind = 'PAYOUT';
 CREATE UNIQUE INDEX partner_ledger_payout_reference ON partner_ledger (reference) WHERE kind = 'PAYOUT';
 CREATE UNIQUE INDEX partner_ledger_clawback_step ON partner_ledger (partner_order_id, refunded_to)
@@ -128,6 +134,31 @@ END
 $$;
 CREATE TRIGGER partner_ledger_append_only BEFORE UPDATE OR DELETE ON partner_ledger
     FOR EACH ROW EXECUTE FUNCTION partner_ledger_append_only();
+
+-- A settlement is written once; the only change it takes is its payout mark, once.
+CREATE FUNCTION settlements_written_once() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP = 'DELETE' OR OLD.paid_out_at IS NOT NULL
+       OR (OLD.partner_id, OLD.business_date, OLD.line_count, OLD.late_count, OLD.gross,
+           OLD.commission, OLD.clawbacks, OLD.carried, OLD.payable, OLD.deficit)
+          IS DISTINCT FROM
+          (NEW.partner_id, NEW.business_date, NEW.line_count, NEW.late_count, NEW.gross,
+           NEW.commission, NEW.clawbacks, NEW.carried, NEW.payable, NEW.deficit) THEN
+        RAISE EXCEPTION 'settlement % is written once: % refused', OLD.id, TG_OP;
+    END IF;
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER settlements_written_once BEFORE UPDATE OR DELETE ON settlements
+    FOR EACH ROW EXECUTE FUNCTION settlements_written_once();
+
+CREATE VIEW partner_ledger_entries AS
+    SELECT partner_id, 'EARNING' AS kind, gross - commission AS amount, id AS settlement_id,
+           NULL::bigint AS partner_order_id, business_date AS settle_on, created_at
+      FROM settlements WHERE line_count > 0
+    UNION ALL
+    SELECT partner_id, kind, amount, settlement_id, partner_order_id, settle_on, created_at
+      FROM partner_ledger;
 
 -- Partner orders confirmed before settlement existed are accrued under the platform default,
 -- each on its confirmation day in the default business time zone (Asia/Seoul): the first

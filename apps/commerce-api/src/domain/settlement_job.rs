@@ -25,6 +25,8 @@ pub struct SettlementSettings {
     pub cron: String,
     /// The time zone of business days.
     pub time_zone: chrono_tz::Tz,
+    /// PostgreSQL parallel workers that may help close a day.
+    pub workers: settlement::Workers,
 }
 
 /// The business day `now` falls on.
@@ -53,7 +55,9 @@ pub async fn settle_due(
         return Ok(Vec::new());
     };
     let mut conn = db.get().await?;
-    let closed = settlement::settle_through(&mut conn, topics, yesterday, |_, _, _| {}).await?;
+    let closed =
+        settlement::settle_through(&mut conn, topics, yesterday, settings.workers, |_, _, _| {})
+            .await?;
     report_closed_through(&mut conn, settings.time_zone).await;
     Ok(closed)
 }

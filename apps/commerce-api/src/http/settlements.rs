@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::domain::settlement::{
-    self, Balance, LineView, NegativeBalance, NewPolicy, PolicyView, SettlementView,
+    self, LineView, NegativeBalance, NewPolicy, PartnerBalance, PolicyView, SettlementView,
 };
 use crate::http::auth::{AdminUser, PartnerUser};
 use crate::http::error::{ApiError, ApiResult};
@@ -192,13 +192,13 @@ pub async fn pay_out(
 /// settlements.
 #[utoipa::path(get, path = "/api/v1/admin/partners/{id}/balance", tag = "settlement",
     security(("bearer" = [])),
-    responses((status = 200, body = Balance), (status = 401), (status = 403),
+    responses((status = 200, body = PartnerBalance), (status = 401), (status = 403),
         (status = 404, description = "PARTNER_NOT_FOUND")))]
 pub async fn partner_balance(
     State(state): State<AppState>,
     AdminUser(_admin): AdminUser,
     Path(id): Path<i64>,
-) -> ApiResult<Json<Balance>> {
+) -> ApiResult<Json<PartnerBalance>> {
     let mut conn = state.db.get().await?;
     Ok(Json(settlement::balance(&mut conn, id).await?))
 }
@@ -399,11 +399,11 @@ pub async fn my_settlement_csv(
 /// The calling partner's balance with the platform, from its ledger.
 #[utoipa::path(get, path = "/api/v1/partner/balance", tag = "settlement",
     security(("bearer" = [])),
-    responses((status = 200, body = Balance), (status = 401), (status = 403)))]
+    responses((status = 200, body = PartnerBalance), (status = 401), (status = 403)))]
 pub async fn my_balance(
     State(state): State<AppState>,
     partner: PartnerUser,
-) -> ApiResult<Json<Balance>> {
+) -> ApiResult<Json<PartnerBalance>> {
     let mut conn = state.db.get().await?;
     Ok(Json(
         settlement::balance(&mut conn, partner.partner_id).await?,

@@ -7,9 +7,8 @@
 use chrono::{DateTime, Utc};
 use commerce_events::{Envelope, Event, Stream};
 use diesel::prelude::*;
+use diesel::sql_types::{Array, Nullable, Text, Uuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-
-use crate::infra::schema::outbox;
 
 /// Topic names for each stream.
 #[derive(Debug, Clone)]
@@ -45,24 +44,37 @@ pub async fn record_at(
     at: DateTime<Utc>,
 ) -> QueryResult<()> {
     let traceparent = commerce_telemetry::traces::current_traceparent();
-    let rows: Vec<_> = events
-        .into_iter()
-        .map(|event| {
-            let envelope = Envelope::at(event, at);
-            let topic = topics.for_stream(envelope.event.stream()).to_owned();
-            (
-                outbox::event_id.eq(envelope.event_id),
-                outbox::topic.eq(topic),
-                outbox::partition_key.eq(envelope.aggregate_id.to_string()),
-                outbox::event_type.eq(envelope.event_type().as_str()),
-                outbox::envelope.eq(serde_json::to_value(&envelope).expect("envelopes serialise")),
-                outbox::traceparent.eq(traceparent.clone()),
-            )
-        })
-        .collect();
-    diesel::insert_into(outbox::table)
-        .values(rows)
-        .execute(conn)
-        .await?;
+    let n = events.len();
+    let (mut ids, mut topics_, mut keys, mut types, mut envelopes) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for event in events {
+        let envelope = Envelope::at(event, at);
+        ids.push(envelope.event_id);
+        topics_.push(topics.for_stream(envelope.event.stream()).to_owned());
+        keys.push(envelope.aggregate_id.to_string());
+        types.push(envelope.event_type().as_str());
+        envelopes.push(serde_json::to_string(&envelope).expect("envelopes serialise"));
+    }
+    // One array per column, whatever the number of events: a thousand events are one statement
+    // with six parameters, in their order (ids follow it, and the relay publishes by id).
+    diesel::sql_query(
+        "INSERT INTO outbox (event_id, topic, partition_key, event_type, envelope, traceparent)
+         SELECT e, t, k, y, v::jsonb, $6
+           FROM unnest($1, $2, $3, $4, $5) WITH ORDINALITY AS r(e, t, k, y, v, i)
+          ORDER BY i",
+    )
+    .bind::<Array<Uuid>, _>(&ids)
+    .bind::<Array<Text>, _>(&topics_)
+    .bind::<Array<Text>, _>(&keys)
+    .bind::<Array<Text>, _>(&types)
+    .bind::<Array<Text>, _>(&envelopes)
+    .bind::<Nullable<Text>, _>(traceparent)
+    .execute(conn)
+    .await?;
     Ok(())
 }

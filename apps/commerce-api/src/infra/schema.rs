@@ -319,7 +319,6 @@ diesel::table! {
 diesel::joinable!(commission_policies -> partners (partner_id));
 diesel::joinable!(settlement_lines -> partner_orders (partner_order_id));
 diesel::joinable!(settlements -> partners (partner_id));
-diesel::joinable!(settlements -> settlement_days (business_date));
 
 diesel::joinable!(users -> partners (partner_id));
 diesel::joinable!(partner_orders -> orders (order_id));

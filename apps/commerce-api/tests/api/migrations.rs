@@ -181,3 +181,52 @@ pub(crate) async fn revert_from(conn: &mut AsyncPgConnection, first: &str) {
         .unwrap();
     }
 }
+
+#[tokio::test]
+async fn partner_orders_confirmed_before_settlement_are_accrued_on_their_days_under_the_default() {
+    let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    revert_from(&mut conn, "2026-12-07-000001").await;
+    // Two confirmed partner orders, on 30 November and (in Seoul) 1 December, and one delivered.
+    conn.batch_execute(
+        "INSERT INTO users (id, login_id, password_hash, name, email, point_balance)
+              VALUES (1, 'old', 'x', 'Old', 'old@example.com', 0);
+         INSERT INTO orders (id, user_id, status, total_amount, discount_amount, final_amount,
+                             points_used, payment_method, paid_at, kind)
+              VALUES (1, 1, 'PAID', 10005, 0, 10005, 10005, 'POINT', now(), 'GOODS'),
+                     (2, 1, 'PAID', 10015, 0, 10015, 10015, 'POINT', now(), 'GOODS'),
+                     (3, 1, 'PAID', 20005, 0, 20005, 20005, 'POINT', now(), 'GOODS');
+         INSERT INTO partner_orders (id, order_id, partner_id, status, items_total, discount_share,
+                                     points_share, card_share, paid_at, confirmed_at)
+              VALUES (1, 1, 1, 'PURCHASE_CONFIRMED', 10005, 0, 10005, 0, now(), '2026-11-30 03:00+00'),
+                     (2, 2, 1, 'PURCHASE_CONFIRMED', 10015, 0, 10015, 0, now(), '2026-11-30 16:00+00'),
+                     (3, 3, 1, 'DELIVERED', 20005, 0, 20005, 0, now(), NULL);",
+    )
+    .await
+    .unwrap();
+
+    commerce_db::run_migrations(&db.url, commerce_api::MIGRATIONS)
+        .await
+        .unwrap();
+
+    let n = async |sql: &str| count(&db.url, sql).await;
+    // 10 % rounded half to even: 1,000.5 → 1,000; 1,001.5 → 1,002.
+    assert_eq!(
+        n("SELECT count(*) AS n FROM settlement_lines l JOIN commission_policies p ON p.id = l.policy_id
+            WHERE p.partner_id IS NULL AND l.rate_bps = 1000 AND l.fixed_fee = 0
+              AND (l.partner_order_id, l.confirmed_on, l.settle_on, l.gross, l.commission) IN
+                  ((1, DATE '2026-11-30', DATE '2026-11-30', 10005, 1000),
+                   (2, DATE '2026-12-01', DATE '2026-12-01', 10015, 1002))")
+        .await,
+        2
+    );
+    assert_eq!(n("SELECT count(*) AS n FROM settlement_lines").await, 2);
+
+    // Once a day is settled, reverting would lose money owed: refused, and nothing changes.
+    conn.batch_execute("INSERT INTO settlement_days (business_date) VALUES ('2026-11-30')")
+        .await
+        .unwrap();
+    let down = include_str!("../../migrations/2026-12-07-000001_settlement/down.sql");
+    assert!(conn.batch_execute(down).await.is_err());
+    assert_eq!(n("SELECT count(*) AS n FROM settlement_lines").await, 2);
+}

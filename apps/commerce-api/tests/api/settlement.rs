@@ -27,9 +27,15 @@ fn today(app: &TestApp) -> NaiveDate {
 /// Closes every open day through `through` as the job and the command do.
 async fn settle(app: &TestApp, through: NaiveDate) -> Vec<DayClosed> {
     let mut conn = app.conn().await;
-    settlement::settle_through(&mut conn, &app.state.topics, through, |_, _, _| {})
-        .await
-        .expect("settles")
+    settlement::settle_through(
+        &mut conn,
+        &app.state.topics,
+        through,
+        settlement::Workers::default(),
+        |_, _, _| {},
+    )
+    .await
+    .expect("settles")
 }
 
 /// A checkout of `items` (product, quantity) paid with points, each partner order shipped by
@@ -153,8 +159,9 @@ fn row(
 async fn footprint(app: &TestApp) -> (Vec<Row>, i64, i64, i64) {
     (
         settlements(app).await,
-        app.count("SELECT count(*) AS n FROM partner_ledger").await,
-        app.count("SELECT coalesce(sum(amount), 0)::bigint AS n FROM partner_ledger")
+        app.count("SELECT count(*) AS n FROM partner_ledger_entries")
+            .await,
+        app.count("SELECT coalesce(sum(amount), 0)::bigint AS n FROM partner_ledger_entries")
             .await,
         app.count("SELECT count(*) AS n FROM outbox WHERE event_type = 'SettlementCompleted'")
             .await,
@@ -234,7 +241,7 @@ async fn a_day_is_settled_once_per_partner_with_frozen_commission_lines_and_a_re
     );
     assert_eq!(
         app.count(
-            "SELECT count(*) AS n FROM partner_ledger
+            "SELECT count(*) AS n FROM partner_ledger_entries
               WHERE kind = 'EARNING' AND amount IN (25680, 18018)"
         )
         .await,
@@ -396,6 +403,16 @@ async fn a_day_is_settled_once_per_partner_with_frozen_commission_lines_and_a_re
         .batch_execute("UPDATE partner_ledger SET amount = 0")
         .await;
     assert!(refused.is_err(), "the ledger took an UPDATE");
+    for statement in [
+        format!("UPDATE settlements SET payable = 0 WHERE id = {b_id}"),
+        format!("UPDATE settlements SET payout_reference = 'X' WHERE id = {id}"),
+        format!("DELETE FROM settlements WHERE id = {b_id}"),
+    ] {
+        assert!(
+            conn.batch_execute(&statement).await.is_err(),
+            "a settlement took {statement}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -757,7 +774,7 @@ async fn a_chargeback_after_settlement_is_netted_into_the_next_settlement_exactl
     // the sale that stood (the charged-back sales' commission went back with them).
     let partners_keep = app
         .count(
-            "SELECT (sum(amount) FILTER (WHERE kind IN ('EARNING', 'CLAWBACK')))::bigint AS n FROM partner_ledger",
+            "SELECT (sum(amount) FILTER (WHERE kind IN ('EARNING', 'CLAWBACK')))::bigint AS n FROM partner_ledger_entries",
         )
         .await;
     assert_eq!(partners_keep, 27_000);
@@ -818,7 +835,7 @@ async fn two_instances_racing_the_job_settle_a_day_once() {
     );
     assert_eq!(app.count("SELECT count(*) AS n FROM settlements").await, 3);
     assert_eq!(
-        app.count("SELECT count(*) AS n FROM partner_ledger WHERE kind = 'EARNING'")
+        app.count("SELECT count(*) AS n FROM partner_ledger_entries WHERE kind = 'EARNING'")
             .await,
         3
     );
@@ -884,7 +901,7 @@ async fn a_settlement_killed_halfway_leaves_nothing_and_its_rerun_writes_the_who
         .unwrap();
     let waiting = "SELECT count(*) AS n FROM pg_stat_activity
                     WHERE datname = current_database() AND wait_event_type = 'Lock'
-                      AND query LIKE 'INSERT INTO \"outbox\"%'";
+                      AND query LIKE 'INSERT INTO outbox %'";
     commerce_testkit::eventually(
         "the run waits to write its events",
         Duration::from_secs(30),
@@ -903,7 +920,7 @@ async fn a_settlement_killed_halfway_leaves_nothing_and_its_rerun_writes_the_who
         async || match app
             .count(
                 "SELECT count(*) AS n FROM pg_stat_activity
-                  WHERE datname = current_database() AND query LIKE 'INSERT INTO \"outbox\"%'",
+                  WHERE datname = current_database() AND query LIKE 'INSERT INTO outbox %'",
             )
             .await
         {

@@ -15,3 +15,4 @@ DROP TABLE settlement_lines;
 DROP TABLE settlement_days;
 DROP FUNCTION commission_of(BIGINT, INTEGER, BIGINT);
 DROP TABLE commission_policies;
+DROP FUNCTION commission_policies_kept();

@@ -22,6 +22,13 @@ CREATE TABLE commission_policies (
 );
 INSERT INTO commission_policies (partner_id, rate_bps, fixed_fee, valid_from)
 VALUES (NULL, 1000, 0, DATE '2000-01-01');
+CREATE FUNCTION commission_policies_kept() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'commission policy versions are kept as written: % refused', TG_OP;
+END
+$$;
+CREATE TRIGGER commission_policies_kept BEFORE UPDATE OR DELETE ON commission_policies
+    FOR EACH ROW EXECUTE FUNCTION commission_policies_kept();
 
 -- A line's commission: `rate_bps` of `gross` rounded half to even (a single rate on a single
 -- amount), plus the fixed fee, never more than `gross`. The one definition: accrual uses it, and
@@ -48,13 +55,15 @@ CREATE TABLE settlement_days (
     closed_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- One line per purchase-confirmed partner order, written once, at confirmation.
+-- One line per purchase-confirmed partner order, written once, at confirmation. Its partner is
+-- its partner order's and its policy a version that is never deleted: no foreign key checks
+-- them again (each cost a confirmation batch a lookup per line).
 CREATE TABLE settlement_lines (
     partner_order_id BIGINT PRIMARY KEY REFERENCES partner_orders (id),
-    partner_id BIGINT NOT NULL REFERENCES partners (id),
+    partner_id BIGINT NOT NULL,
     settle_on DATE NOT NULL,
     confirmed_on DATE NOT NULL,
-    policy_id BIGINT NOT NULL REFERENCES commission_policies (id),
+    policy_id BIGINT NOT NULL,
     rate_bps INTEGER NOT NULL,
     fixed_fee BIGINT NOT NULL,
     gross BIGINT NOT NULL CHECK (gross >= 0),

@@ -45,7 +45,9 @@ use utoipa::ToSchema;
 
 use crate::domain::{Error, Missing, Result, is_unique_violation};
 use crate::infra::outbox::{self, Topics};
-use crate::infra::schema::{commission_policies, partner_ledger, settlement_days, settlements};
+use crate::infra::schema::{
+    commission_policies, partner_ledger, payment_splits, settlement_days, settlements,
+};
 
 /// Closing a day takes it exclusively; accruing a line or a clawback takes it shared.
 pub const SETTLEMENT_LOCK: XactLock = XactLock::named("commerce-api:settlement");
@@ -104,8 +106,14 @@ pub async fn accrue(
     .bind::<Text, _>(time_zone.name())
     .execute(conn)
     .await?;
-    // Money that went back before the confirmation is clawed back at once.
-    clawback(conn, ids).await
+    // Money that went back before the confirmation is clawed back at once (rare: look first).
+    let refunded: Vec<i64> = payment_splits::table
+        .filter(payment_splits::partner_order_id.eq_any(ids))
+        .filter(payment_splits::refunded.gt(0))
+        .select(payment_splits::partner_order_id)
+        .load(conn)
+        .await?;
+    clawback(conn, &refunded).await
 }
 
 /// Records what the settled partner orders `ids` owe back for money their checkouts gave back

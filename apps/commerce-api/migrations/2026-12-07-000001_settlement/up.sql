@@ -81,11 +81,12 @@ CREATE INDEX settlement_lines_late ON settlement_lines (settle_on, partner_id)
 
 -- One settlement per partner per closed day (with lines or clawbacks that day). `payable` is
 -- what the partner is paid for it; a shortfall (`deficit`) is carried into its next settlement.
+-- No foreign keys: its partner is that of its lines' partner orders and of its clawbacks (each
+-- checked when written), and its day's row is written in the same transaction; checking them
+-- again cost the close a lookup per partner for nothing.
 CREATE TABLE settlements (
     id BIGSERIAL PRIMARY KEY,
-    partner_id BIGINT NOT NULL REFERENCES partners (id),
-    -- Its day's row is written in the same transaction (no foreign key: checking it costs the
-    -- close a lookup per partner for nothing).
+    partner_id BIGINT NOT NULL,
     business_date DATE NOT NULL,
     line_count INTEGER NOT NULL,
     late_count INTEGER NOT NULL,

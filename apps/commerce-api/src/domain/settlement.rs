@@ -459,10 +459,6 @@ pub async fn settle_day(
                     "business day {day} cannot close before {next}: days close in order"
                 )));
             }
-            diesel::insert_into(settlement_days::table)
-                .values(settlement_days::business_date.eq(day))
-                .execute(conn)
-                .await?;
             // The covering-index plan whatever the statistics say (a day just written may look
             // like the whole table), streamed into a group aggregate; no JIT for a plan whose
             // cost those settings inflate.
@@ -528,8 +524,10 @@ pub async fn settle_day(
             if !events.is_empty() {
                 outbox::record_at(conn, topics, events, at).await?;
             }
-            diesel::update(settlement_days::table.find(day))
-                .set((
+            // The day's row last, with its totals: it is what marks the day closed.
+            diesel::insert_into(settlement_days::table)
+                .values((
+                    settlement_days::business_date.eq(day),
                     settlement_days::settlements
                         .eq(i32::try_from(totals.settlements).unwrap_or(i32::MAX)),
                     settlement_days::lines.eq(totals.lines),

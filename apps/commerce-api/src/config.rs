@@ -6,10 +6,12 @@
 //! | `HTTP_ADDR` | `127.0.0.1:8080` | listen address (`0.0.0.0:8080` in containers) |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce` | the API's own database; TLS by `?sslmode=require\|verify-ca\|verify-full` and `sslrootcert=<PEM>` (see `commerce_db::tls`) |
 //! | `DATABASE_POOL_SIZE` | `16` | pooled connections (1..=512) |
-//! | `REDIS_URL` | `redis://127.0.0.1:6379` | cache and first-come coupon gate; `rediss://` for TLS |
+//! | `REDIS_URL` | `redis://127.0.0.1:6379` | cache and first-come coupon gate; `rediss://` for TLS; with `REDIS_CLUSTER`, the cluster's seed nodes, comma-separated |
+//! | `REDIS_CLUSTER` | `false` | `true`: `REDIS_URL` names a Redis Cluster (slots followed through resharding and failover) |
 //! | `DATABASE_ALLOW_PLAINTEXT` / `REDIS_ALLOW_PLAINTEXT` / `KAFKA_ALLOW_PLAINTEXT` | `false` | outside `dev`, a connection without TLS is refused at start unless its variable is `true` (a private network the operator vouches for; logged at start) |
 //! | `REDIS_CA_FILE` | system roots | PEM file of the CA that signed a `rediss://` server's certificate |
 //! | `REDIS_KEY_PREFIX` | `commerce:` | namespace for every key the API writes |
+//! | `COUPON_GATE_RECONCILE_INTERVAL_MS` | `60000` | how often the first-come coupon gates in Redis are made to agree with the database (seats a lost write left behind are given back, holders a failover lost are put back) |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
 //! | `KAFKA_SECURITY_PROTOCOL` | `PLAINTEXT` | `SSL` or `SASL_SSL` for managed clusters (also `SASL_PLAINTEXT`) |
 //! | `KAFKA_SASL_MECHANISM` / `KAFKA_SASL_USERNAME` / `KAFKA_SASL_PASSWORD` | — | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` (with username and password) or `OAUTHBEARER` |
@@ -90,7 +92,11 @@ pub struct Config {
     pub database_pool_size: usize,
     pub redis_url: String,
     pub redis_ca_file: Option<String>,
+    /// Whether `redis_url` lists the seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
     pub redis_key_prefix: String,
+    /// How often each instance makes the coupon gates in Redis agree with the database.
+    pub coupon_gate_reconcile_interval: std::time::Duration,
     pub kafka: KafkaSettings,
     pub body_limit_bytes: usize,
     pub jwt_secret: String,
@@ -481,7 +487,13 @@ impl Config {
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 16, 1..=512)?,
             redis_url,
             redis_ca_file: r.optional("REDIS_CA_FILE")?,
+            redis_cluster: r.or("REDIS_CLUSTER", false)?,
             redis_key_prefix: r.string_or("REDIS_KEY_PREFIX", "commerce:"),
+            coupon_gate_reconcile_interval: std::time::Duration::from_millis(r.in_range(
+                "COUPON_GATE_RECONCILE_INTERVAL_MS",
+                60_000,
+                100..=3_600_000,
+            )?),
             kafka,
             body_limit_bytes: r.in_range("HTTP_BODY_LIMIT_BYTES", 64 * 1024, 1024..=16 << 20)?,
         })

@@ -34,10 +34,11 @@ impl Application {
     /// Connects the pools, binds `config.http_addr` and builds the router.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = commerce_db::pool(&config.database_url, config.database_pool_size)?;
-        let cache = Cache::with_ca(
+        let cache = Cache::connect(
             &config.redis_url,
             &config.redis_key_prefix,
             config.redis_ca_file.as_deref(),
+            config.redis_cluster,
         )?;
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-api", config.http_addr).await?;
@@ -149,12 +150,9 @@ impl Application {
             });
         }
         let coupons = state.coupons.clone();
+        let every = state.config.coupon_gate_reconcile_interval;
         server = server.task("coupon gate reconciliation", move |stop| {
-            crate::domain::coupons::run_gate_reconciliation(
-                coupons,
-                COUPON_GATE_RECONCILE_EVERY,
-                stop,
-            )
+            crate::domain::coupons::run_gate_reconciliation(coupons, every, stop)
         });
         let (products, url) = (
             state.product_cache.clone(),
@@ -223,9 +221,6 @@ impl Application {
         self.into_server().run_until_stopped(shutdown).await
     }
 }
-
-/// How often each instance makes the coupon gates in Redis agree with the database.
-const COUPON_GATE_RECONCILE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Every minute, forgets rate-limit keys whose allowance is full again (the tables then hold
 /// only recent clients); every hour, purges failed-login counts idle for a day.

@@ -6,7 +6,8 @@
 //! | `HTTP_ADDR` | `127.0.0.1:8081` | listen address (`0.0.0.0:8081` in containers) |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce_metrics` | the collector's own database; TLS by `?sslmode=…&sslrootcert=…` as for the API |
 //! | `DATABASE_POOL_SIZE` | `8` | pooled connections (1..=512) |
-//! | `REDIS_URL` | `redis://127.0.0.1:6379` | real-time ranking sorted sets; `rediss://` for TLS |
+//! | `REDIS_URL` | `redis://127.0.0.1:6379` | real-time ranking sorted sets; `rediss://` for TLS; with `REDIS_CLUSTER`, the cluster's seed nodes, comma-separated |
+//! | `REDIS_CLUSTER` | `false` | `true`: `REDIS_URL` names a Redis Cluster (slots followed through resharding and failover) |
 //! | `REDIS_CA_FILE` | system roots | PEM file of the CA that signed a `rediss://` server's certificate |
 //! | `REDIS_KEY_PREFIX` | `commerce:` | namespace for every key the collector writes |
 //! | `KAFKA_BROKERS` | `127.0.0.1:9092` | bootstrap servers |
@@ -48,6 +49,8 @@ pub struct Config {
     pub database_pool_size: usize,
     pub redis_url: String,
     pub redis_ca_file: Option<String>,
+    /// Whether `redis_url` lists the seed nodes of a Redis Cluster.
+    pub redis_cluster: bool,
     pub redis_key_prefix: String,
     pub kafka: KafkaSettings,
     pub body_limit_bytes: usize,
@@ -118,6 +121,7 @@ impl Config {
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 8, 1..=512)?,
             redis_url,
             redis_ca_file: r.optional("REDIS_CA_FILE")?,
+            redis_cluster: r.or("REDIS_CLUSTER", false)?,
             redis_key_prefix: r.string_or("REDIS_KEY_PREFIX", "commerce:"),
             kafka,
             body_limit_bytes: r.in_range("HTTP_BODY_LIMIT_BYTES", 64 * 1024, 1024..=16 << 20)?,

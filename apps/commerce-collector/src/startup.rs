@@ -30,10 +30,11 @@ impl Application {
     /// Connects the pools, binds `config.http_addr` and builds the router.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let db = commerce_db::pool(&config.database_url, config.database_pool_size)?;
-        let cache = Cache::with_ca(
+        let cache = Cache::connect(
             &config.redis_url,
             &config.redis_key_prefix,
             config.redis_ca_file.as_deref(),
+            config.redis_cluster,
         )?;
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-collector", config.http_addr).await?;

@@ -24,11 +24,13 @@
 mod contract;
 mod db;
 mod kafka;
+mod redis_cluster;
 mod spawn;
 
 pub use contract::{SCHEMATHESIS_VERSION, metric, schemathesis};
 pub use db::{TestDb, count};
 pub use kafka::{PrivateBroker, TestKafka, header};
+pub use redis_cluster::RedisCluster;
 pub use spawn::{Spawned, TestEnv};
 
 use std::time::Duration;

@@ -288,7 +288,10 @@ pub fn refuse_plaintext<S: Source>(
             what: "Redis",
             configured_by: "REDIS_URL",
             allow: "REDIS_ALLOW_PLAINTEXT",
-            encrypted: connections.redis_url.starts_with("rediss://"),
+            encrypted: connections
+                .redis_url
+                .split(',')
+                .all(|u| u.trim().starts_with("rediss://")),
         },
         Transport {
             what: "Kafka",

@@ -50,6 +50,17 @@ const LIST_GENERATION: &str = "products:list:gen";
 /// How long a product's generation outlives its last eviction (far longer than any fill).
 const GENERATION_TTL_SECONDS: i64 = 3600;
 
+/// Stores KEYS[1] = ARGV[1] for ARGV[3] seconds unless the generation KEYS[2] moved away from
+/// ARGV[2]. Both keys carry the product's hash tag.
+static PUT_IF_GENERATION: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local current = redis.call('GET', KEYS[2]) or ''
+          if current ~= ARGV[2] then return 0 end
+          redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+          return 1",
+    )
+});
+
 /// One load in flight per key; its result is shared with every caller that waited for it.
 type Flight = Arc<OnceCell<Option<Bytes>>>;
 
@@ -195,15 +206,9 @@ impl ProductCache {
         body: &Bytes,
         generation: &str,
     ) -> bool {
-        let script = redis::Script::new(
-            r"local current = redis.call('GET', KEYS[2]) or ''
-              if current ~= ARGV[2] then return 0 end
-              redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
-              return 1",
-        );
         let result: anyhow::Result<i64> = async {
             let mut conn = self.redis.conn().await?;
-            Ok(script
+            Ok(PUT_IF_GENERATION
                 .key(full)
                 .key(generation_key)
                 .arg(body.as_ref())
@@ -222,13 +227,15 @@ impl ProductCache {
         }
     }
 
+    /// Key of a product's generation: in its detail's hash slot (tag `{<id>}`), so the read,
+    /// the versioned fill and the eviction each touch one slot of a Redis Cluster.
     fn generation_key(id: i64) -> String {
-        format!("product:{id}:gen")
+        format!("product:{{{id}}}:gen")
     }
 
-    /// Key of a product's detail.
+    /// Key of a product's detail (hash tag `{<id>}`).
     pub fn detail_key(id: i64) -> String {
-        format!("product:{id}")
+        format!("product:{{{id}}}")
     }
 
     /// Key of a list page under the current list generation.

@@ -153,22 +153,25 @@ impl ViewPublisher {
         if fresh.is_empty() {
             return fresh;
         }
-        let mut pipe = commerce_cache::redis::pipe();
-        for view in &fresh {
-            pipe.cmd("SET")
-                .arg(cache.key(&view.viewer.key(view.product_id)))
-                .arg(1)
-                .arg("NX")
-                .arg("EX")
-                .arg(self.window.as_secs().max(1));
-        }
+        let claims = fresh
+            .iter()
+            .map(|view| {
+                let mut claim = commerce_cache::redis::cmd("SET");
+                claim
+                    .arg(cache.key(&view.viewer.key(view.product_id)))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("EX")
+                    .arg(self.window.as_secs().max(1));
+                claim
+            })
+            .collect();
+        // Each claim is its own key (its own slot in a Redis Cluster).
         let firsts: Option<Vec<Option<String>>> = match cache.conn().await {
-            Ok(mut conn) => {
-                tokio::time::timeout(Duration::from_millis(500), pipe.query_async(&mut conn))
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
+            Ok(mut conn) => tokio::time::timeout(Duration::from_millis(500), conn.each(claims))
+                .await
+                .ok()
+                .and_then(Result::ok),
             Err(_) => None,
         };
         if firsts.is_none() {

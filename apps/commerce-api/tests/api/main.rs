@@ -22,6 +22,7 @@ mod payments;
 mod platform;
 mod points;
 mod product_cache;
+mod redis_cluster;
 mod refunds;
 mod relay;
 mod reversals;

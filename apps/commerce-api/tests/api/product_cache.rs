@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use commerce_api::infra::product_cache::ProductCache;
 use pg_simulator::behaviour::Behaviour;
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -176,7 +177,10 @@ async fn a_new_instance_starts_with_the_first_list_pages_and_the_most_liked_deta
     let cache = app.state.cache.clone();
     let mut conn = cache.conn().await.unwrap();
     for id in &products {
-        let cached: Option<Vec<u8>> = conn.get(cache.key(&format!("product:{id}"))).await.unwrap();
+        let cached: Option<Vec<u8>> = conn
+            .get(cache.key(&ProductCache::detail_key(*id)))
+            .await
+            .unwrap();
         assert!(cached.is_none(), "nothing has read product {id} yet");
     }
 
@@ -188,7 +192,7 @@ async fn a_new_instance_starts_with_the_first_list_pages_and_the_most_liked_deta
             let mut found = Vec::new();
             for id in &products {
                 let cached: Option<Vec<u8>> = conn
-                    .get(cache.key(&format!("product:{id}")))
+                    .get(cache.key(&ProductCache::detail_key(*id)))
                     .await
                     .map_err(|e| e.to_string())?;
                 found.push(cached.ok_or(format!("product {id} not warmed"))?);

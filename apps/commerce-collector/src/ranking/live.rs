@@ -1,6 +1,7 @@
 //! The live rankings: the current day, week and month as Redis sorted sets.
 //!
-//! **Keys** (one hash slot per ranking, so a Redis Cluster needs no change): for the ranking
+//! **Keys** (one hash slot per ranking: every command, script and `MULTI` touches one ranking's
+//! keys only, so each runs on a single node of a Redis Cluster): for the ranking
 //! `daily:2026-12-02`,
 //! - `{prefix}ranking:{daily:2026-12-02}`: the sorted set, member = the product id zero-padded to
 //!   19 digits, score = the *negated* score. `ZRANGE` then lists score descending and, within a
@@ -16,11 +17,13 @@
 //! them again two seconds later, which repairs the one reordering it cannot prevent: another
 //! collector's older `ZADD` for the same product landing after this one's newer one.
 //!
-//! **Rebuilds.** At start, when a set's `ready` marker is missing, when Redis answers with a new
-//! `run_id` (it restarted, possibly from an old snapshot), and after an update failed, the set
-//! is rebuilt whole from PostgreSQL. The refresher checks once a second.
+//! **Rebuilds.** At start, when a set's `ready` marker is missing, when the node serving the set
+//! answers with a new `run_id` (it restarted, possibly from an old snapshot, or a replica took
+//! over from a failed master and may lack the master's last writes), and after an update
+//! failed, the set is rebuilt whole from PostgreSQL. The refresher checks once a second, each
+//! set with one script on the node that holds it.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -125,7 +128,7 @@ impl Live {
     /// sets. Runs until `stop`.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut second_pass: VecDeque<(Instant, BTreeSet<(NaiveDate, i64)>)> = VecDeque::new();
-        let mut run_id: Option<String> = None;
+        let mut run_ids: HashMap<Ranking, String> = HashMap::new();
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -143,7 +146,7 @@ impl Live {
                     }
                 }
                 _ = check.tick() => {
-                    if let Err(e) = self.check(&mut run_id).await {
+                    if let Err(e) = self.check(&mut run_ids).await {
                         tracing::debug!(error = %format!("{e:#}"), "live ranking check failed");
                     }
                 }
@@ -169,14 +172,21 @@ impl Live {
         }
         let result = async {
             let mut conn = self.0.db.get().await?;
-            let mut pipe = redis::pipe();
+            // One pipeline per ranking (its own slot in a cluster), all in flight at once.
+            let mut pipes = Vec::with_capacity(products.len());
             for (ranking, ids) in &products {
                 let scores = scores(&mut conn, *ranking, self.0.weights, Some(ids)).await?;
+                let mut pipe = redis::pipe();
                 add_members(&mut pipe, &self.key(*ranking), &scores);
                 expire(&mut pipe, &self.key(*ranking), *ranking, self.today());
+                pipes.push(pipe);
             }
-            let mut redis = self.0.cache.conn().await?;
-            let () = pipe.query_async(&mut redis).await?;
+            let redis = self.0.cache.conn().await?;
+            futures::future::try_join_all(pipes.into_iter().map(|pipe| {
+                let mut redis = redis.clone();
+                async move { pipe.query_async::<()>(&mut redis).await }
+            }))
+            .await?;
             anyhow::Ok(())
         }
         .await;
@@ -192,32 +202,28 @@ impl Live {
         }
     }
 
-    /// Rebuilds every current set that is missing, incomplete or possibly stale.
-    async fn check(&self, run_id: &mut Option<String>) -> anyhow::Result<()> {
+    /// Rebuilds every current set that is missing, incomplete or possibly stale. `run_ids`
+    /// holds, per set, the `run_id` of the node that served it at the last check.
+    async fn check(&self, run_ids: &mut HashMap<Ranking, String>) -> anyhow::Result<()> {
         let current = Ranking::current(self.today());
         let mut redis = self.0.cache.conn().await?;
-        let mut pipe = redis::pipe();
-        pipe.cmd("INFO").arg("server");
-        for ranking in current {
-            pipe.exists(self.ready_key(ranking));
-        }
-        let (info, ready): (String, Vec<bool>) = {
-            let mut reply: Vec<redis::Value> = pipe.query_async(&mut redis).await?;
-            let info: String = redis::from_redis_value(reply.remove(0))?;
-            let ready = reply
-                .into_iter()
-                .map(redis::from_redis_value)
-                .collect::<Result<Vec<bool>, _>>()?;
-            (info, ready)
-        };
-        let now_run_id = info
-            .lines()
-            .find_map(|l| l.strip_prefix("run_id:"))
-            .map(|s| s.trim().to_owned());
-        let restarted = run_id.is_some() && *run_id != now_run_id;
-        let first = run_id.is_none();
+        let first = run_ids.is_empty();
         let stale = self.0.stale.swap(false, Ordering::Relaxed);
-        for (ranking, ready) in current.into_iter().zip(ready) {
+        run_ids.retain(|ranking, _| current.contains(ranking));
+        for ranking in current {
+            let checked: anyhow::Result<(bool, String)> = CHECK
+                .key(self.ready_key(ranking))
+                .invoke_async(&mut redis)
+                .await
+                .context("checking a live ranking");
+            let (ready, run_id) = match checked {
+                Ok(checked) => checked,
+                Err(e) => {
+                    self.0.stale.store(stale, Ordering::Relaxed);
+                    return Err(e);
+                }
+            };
+            let restarted = run_ids.get(&ranking).is_some_and(|seen| *seen != run_id);
             let reason = if first {
                 Some("start")
             } else if restarted {
@@ -235,8 +241,8 @@ impl Live {
                 self.0.stale.store(true, Ordering::Relaxed);
                 return Err(e);
             }
+            run_ids.insert(ranking, run_id);
         }
-        *run_id = now_run_id;
         Ok(())
     }
 
@@ -365,6 +371,15 @@ impl Live {
         format!("{}:ready", self.key(ranking))
     }
 }
+
+/// Whether a set's `ready` marker (KEYS[1]) is there, and the `run_id` of the node that holds
+/// it: runs on that node, whether Redis is one server or a cluster.
+static CHECK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r"local info = redis.call('INFO', 'server')
+          return {redis.call('EXISTS', KEYS[1]), string.match(info, 'run_id:(%w+)')}",
+    )
+});
 
 /// The sorted set of `ranking` (its hash tag is the ranking: `{daily:2026-12-02}`).
 pub fn key(cache: &Cache, ranking: Ranking) -> String {

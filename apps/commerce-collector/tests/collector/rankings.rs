@@ -551,3 +551,58 @@ async fn a_restarted_redis_gets_its_rankings_back_from_the_collector() {
     let _redis = PrivateRedis::start(port).await;
     rebuilt_then_exact(&p, base, "redis_restarted").await;
 }
+
+#[tokio::test]
+async fn live_rankings_on_a_redis_cluster_survive_a_master_failover_exactly() {
+    let mut cluster = commerce_testkit::RedisCluster::start().await;
+    let p = Pipeline::new().await;
+    load_fixture(&p).await;
+    let collector = p
+        .collector_with(&[("REDIS_URL", &cluster.url()), ("REDIS_CLUSTER", "true")])
+        .await;
+    let base = &collector.base;
+    wait_live(base).await;
+    let mut conn = AsyncPgConnection::establish(&p.db.url).await.unwrap();
+    check_everything(base, &mut conn, live_when_current).await;
+
+    // Today's activity again, through the broker, while the master holding today's ranking
+    // dies and its replica takes over.
+    let cache = cluster.cache(&p.redis_prefix);
+    let today_key =
+        commerce_collector::ranking::live::key(&cache, Ranking::of(Period::Daily, today()));
+    let master = cluster.master_of(&today_key).await;
+    let activity: Vec<Envelope> = events()
+        .into_iter()
+        .filter(|e| business_date(e.occurred_at, TZ) == today())
+        .map(|e| Envelope::new(e.event))
+        .collect();
+    let (first, second) = activity.split_at(activity.len() / 2);
+    p.produce(first).await;
+    cluster.kill(master);
+    p.produce(second).await;
+    p.wait_consumed().await;
+    assert_ne!(
+        cluster.master_of(&today_key).await,
+        master,
+        "a replica took over"
+    );
+
+    // The collector notices that another node serves the set and rebuilds it from PostgreSQL.
+    commerce_testkit::eventually(
+        "the collector rebuilds today's ranking on the node that took over",
+        Duration::from_secs(20),
+        async || match metric(
+            base,
+            "ranking_live_rebuilds_total{reason=\"redis_restarted\"}",
+        )
+        .await
+        {
+            n if n >= 1.0 => Ok(()),
+            n => Err(n),
+        },
+    )
+    .await;
+    wait_live(base).await;
+    check_everything(base, &mut conn, live_when_current).await;
+    cluster.restart(master).await;
+}

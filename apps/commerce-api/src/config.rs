@@ -16,6 +16,9 @@
 //! | `KAFKA_SECURITY_PROTOCOL` | `PLAINTEXT` | `SSL` or `SASL_SSL` for managed clusters (also `SASL_PLAINTEXT`) |
 //! | `KAFKA_SASL_MECHANISM` / `KAFKA_SASL_USERNAME` / `KAFKA_SASL_PASSWORD` | — | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` (with username and password) or `OAUTHBEARER` |
 //! | `KAFKA_SSL_CA_LOCATION`, `KAFKA_SSL_CERTIFICATE_LOCATION`, `KAFKA_SSL_KEY_LOCATION`, `KAFKA_SSL_KEY_PASSWORD`, `KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM` | librdkafka's | passed through to librdkafka unchanged |
+//! | `KAFKA_PROPERTY_<NAME>`, `KAFKA_PROPERTIES_FILE` | — | any other librdkafka property (`KAFKA_PROPERTY_CLIENT_RACK` sets `client.rack`; `__` is a literal `_`), or a properties file under them; the properties the delivery guarantees rest on are refused |
+//! | `KAFKA_MANAGE_TOPICS` | `true` | create the topics at start; `false` only checks they exist |
+//! | `KAFKA_TOPIC_RETENTION_HOURS` | `168` | `retention.ms` of the topics created; at start a topic that keeps messages longer (or is missing) is refused |
 //! | `KAFKA_REPLICATION_FACTOR` / `KAFKA_MIN_INSYNC_REPLICAS` | `3` / `2` (`1` / `1` in dev) | of the topics this app creates; producers write with `acks=all` and idempotence |
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
 //! | `COMMERCE_JWT_SECRET` | dev-only default | HS256 key, at least 32 bytes; required outside `dev` |

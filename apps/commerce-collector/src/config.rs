@@ -14,9 +14,13 @@
 //! | `KAFKA_SECURITY_PROTOCOL` | `PLAINTEXT` | `SSL` or `SASL_SSL` for managed clusters (also `SASL_PLAINTEXT`) |
 //! | `KAFKA_SASL_MECHANISM` / `KAFKA_SASL_USERNAME` / `KAFKA_SASL_PASSWORD` | — | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` (with username and password) or `OAUTHBEARER` |
 //! | `KAFKA_SSL_CA_LOCATION`, `KAFKA_SSL_CERTIFICATE_LOCATION`, `KAFKA_SSL_KEY_LOCATION`, `KAFKA_SSL_KEY_PASSWORD`, `KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM` | librdkafka's | passed through to librdkafka unchanged |
+//! | `KAFKA_PROPERTY_<NAME>`, `KAFKA_PROPERTIES_FILE` | — | any other librdkafka property (`KAFKA_PROPERTY_CLIENT_RACK` sets `client.rack`; `__` is a literal `_`), or a properties file under them; the properties the delivery guarantees rest on are refused |
+//! | `KAFKA_MANAGE_TOPICS` | `true` | create the topics at start; `false` only checks they exist |
+//! | `KAFKA_COOPERATIVE_REBALANCING` | `true` in production | `cooperative-sticky` assignment |
+//! | `KAFKA_GROUP_INSTANCE_ID` | `POD_NAME` in production | static group membership |
 //! | `KAFKA_REPLICATION_FACTOR` / `KAFKA_MIN_INSYNC_REPLICAS` | `3` / `2` (`1` / `1` in dev) | of the topics this app creates; producers write with `acks=all` and idempotence |
-//! | `KAFKA_SESSION_TIMEOUT_MS` | `6000` | consumer group session timeout |
-//! | `KAFKA_MAX_POLL_INTERVAL_MS` | `10000` | longest gap between polls |
+//! | `KAFKA_SESSION_TIMEOUT_MS` | `45000` (`6000` in dev) | consumer group session timeout |
+//! | `KAFKA_MAX_POLL_INTERVAL_MS` | `300000` (`10000` in dev) | longest gap between polls |
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
 //! | `CATALOG_TOPIC` / `ORDER_TOPIC` | `catalog-events` / `order-events` | topics consumed |
 //! | `DLQ_SUFFIX` | `.dlq` | dead-letter topic of each source topic |
@@ -30,7 +34,7 @@
 //! | `RANKING_WEIGHT_VIEW` / `_LIKE` / `_ORDER` | `0.1` / `0.2` / `0.7` | score weights |
 //! | `RANKING_CARRYOVER_RATIO` | `0.1` | share of yesterday's score carried into today |
 //! | `EVENT_HANDLED_RETENTION_HOURS` | `192` | the dedupe horizon: rows are kept this long, older events are dead-lettered |
-//! | `KAFKA_TOPIC_RETENTION_HOURS` | `168` | the source topics' retention; must be shorter than the horizon |
+//! | `KAFKA_TOPIC_RETENTION_HOURS` | `168` | the source topics' retention (`retention.ms` of the topics created; a topic on the broker keeping messages longer is refused at start); must be shorter than the horizon |
 //! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups reconcile (6-field cron, UTC) |
 //! | `RANKING_CACHE_TTL_MS` | `100` | how long a ranking response is reused in process (0: never) |
 //! | `RANKING_SNAPSHOT_CRON` | `30 * * * * *` | when changed rankings are materialised in PostgreSQL (the fallback's age bound) |
@@ -85,7 +89,7 @@ impl Config {
         let kafka = KafkaSettings::read(r, profile == Profile::Prod)?;
         let event_handled_retention_hours =
             r.in_range("EVENT_HANDLED_RETENTION_HOURS", 192, 1..=24 * 365)?;
-        let topic_retention_hours = r.in_range("KAFKA_TOPIC_RETENTION_HOURS", 168, 1..=24 * 365)?;
+        let topic_retention_hours = u64::from(kafka.topic_retention_hours);
         if event_handled_retention_hours <= topic_retention_hours {
             // Events the broker can still redeliver would be past the horizon: dead-lettered
             // instead of deduplicated.

@@ -36,8 +36,38 @@ pub const SECURITY_PROPERTIES: &[&str] = &[
     "ssl.endpoint.identification.algorithm",
 ];
 
-/// Properties whose values are never shown.
-const SECRET_PROPERTIES: &[&str] = &["sasl.password", "ssl.key.password"];
+/// Whether a librdkafka property's value is a secret (never shown).
+fn secret_property(name: &str) -> bool {
+    name.contains("password")
+        || name.contains("secret")
+        || name.ends_with(".pem")
+        || name.starts_with("sasl.oauthbearer.config")
+        || name.contains("jaas")
+}
+
+/// Properties the apps set themselves for the guarantees in this module's documentation; the
+/// passthrough (`KAFKA_PROPERTY_…`, `KAFKA_PROPERTIES_FILE`) refuses them.
+const OWNED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.idempotence",
+    "acks",
+    "enable.partition.eof",
+];
+
+/// The librdkafka property a `KAFKA_PROPERTY_<NAME>` variable sets: `<NAME>` lowercased with
+/// `_` read as `.` (and `__` as a literal `_`).
+pub fn property_of_variable(variable: &str) -> Option<String> {
+    let name = variable.strip_prefix("KAFKA_PROPERTY_")?;
+    Some(
+        name.to_ascii_lowercase()
+            .replace("__", "\0")
+            .replace('_', ".")
+            .replace("\0", "_"),
+    )
+}
 
 /// The environment variable a security property is read from.
 pub fn security_variable(property: &str) -> String {
@@ -60,6 +90,21 @@ pub struct KafkaSettings {
     pub min_insync_replicas: i32,
     /// TLS and SASL properties ([`SECURITY_PROPERTIES`]) set on every client.
     pub security: Vec<(&'static str, String)>,
+    /// Any other librdkafka properties, set on every client after the apps' defaults
+    /// (`KAFKA_PROPERTIES_FILE`, then `KAFKA_PROPERTY_<NAME>` variables over it).
+    pub properties: Vec<(String, String)>,
+    /// Whether the apps create their topics (`KAFKA_MANAGE_TOPICS`); when not, they only
+    /// check that the topics exist, with a suitable retention.
+    pub manage_topics: bool,
+    /// The retention of the topics the apps create, and the most a topic may keep messages
+    /// (`KAFKA_TOPIC_RETENTION_HOURS`): the collector's dedupe horizon must outlast it.
+    pub topic_retention_hours: u32,
+    /// Production group membership: cooperative-sticky assignment (a rolling deploy moves only
+    /// the leaving member's partitions) and, when set, a static member id
+    /// (`KAFKA_GROUP_INSTANCE_ID`, else `POD_NAME`) so a restart inside the session timeout
+    /// rebalances nothing.
+    pub cooperative: bool,
+    pub group_instance_id: Option<String>,
 }
 
 impl std::fmt::Debug for KafkaSettings {
@@ -68,8 +113,14 @@ impl std::fmt::Debug for KafkaSettings {
         let security: Vec<String> = self
             .security
             .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain(
+                self.properties
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .map(|(k, v)| {
-                if SECRET_PROPERTIES.contains(k) {
+                if secret_property(k) {
                     format!("{k}=<redacted>")
                 } else {
                     format!("{k}={v}")
@@ -80,7 +131,10 @@ impl std::fmt::Debug for KafkaSettings {
             .field("brokers", &self.brokers)
             .field("replication_factor", &self.replication_factor)
             .field("min_insync_replicas", &self.min_insync_replicas)
-            .field("security", &security)
+            .field("properties", &security)
+            .field("manage_topics", &self.manage_topics)
+            .field("topic_retention_hours", &self.topic_retention_hours)
+            .field("group_instance_id", &self.group_instance_id)
             .finish_non_exhaustive()
     }
 }
@@ -139,6 +193,68 @@ fn read_security<S: commerce_config::Source>(
     Ok(security)
 }
 
+/// Reads `KAFKA_PROPERTIES_FILE` (Java properties: `name=value` lines, `#` comments) and then
+/// `KAFKA_PROPERTY_<NAME>` variables over it; refuses the properties the apps own and the TLS and
+/// SASL ones, which have variables of their own.
+fn read_properties<S: commerce_config::Source>(
+    r: &commerce_config::Reader<S>,
+) -> Result<Vec<(String, String)>, commerce_config::ConfigError> {
+    use commerce_config::ConfigError;
+    let mut properties: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    if let Some(path) = r.optional::<String>("KAFKA_PROPERTIES_FILE")? {
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::new("KAFKA_PROPERTIES_FILE", format!("reading {path}: {e}"))
+        })?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+                continue;
+            }
+            let (name, value) = line.split_once('=').ok_or_else(|| {
+                ConfigError::new(
+                    "KAFKA_PROPERTIES_FILE",
+                    format!("line {}: expected name=value", n + 1),
+                )
+            })?;
+            properties.insert(
+                name.trim().to_owned(),
+                (value.trim().to_owned(), "KAFKA_PROPERTIES_FILE".to_owned()),
+            );
+        }
+    }
+    for (variable, value) in r.with_prefix("KAFKA_PROPERTY_") {
+        let name = property_of_variable(&variable).expect("the prefix was matched");
+        properties.insert(name, (value, variable));
+    }
+    for (name, (_, from)) in &properties {
+        let valid = !name.is_empty()
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '_');
+        if !valid {
+            return Err(ConfigError::new(
+                from,
+                format!("{name:?} is not a librdkafka property name"),
+            ));
+        }
+        if OWNED_PROPERTIES.contains(&name.as_str()) {
+            return Err(ConfigError::new(
+                from,
+                format!(
+                    "{name} is set by the apps for their delivery guarantees and cannot be overridden"
+                ),
+            ));
+        }
+        if SECURITY_PROPERTIES.contains(&name.as_str()) {
+            return Err(ConfigError::new(
+                from,
+                format!("{name} is read from {}", security_variable(name)),
+            ));
+        }
+    }
+    Ok(properties.into_iter().map(|(k, (v, _))| (k, v)).collect())
+}
+
 impl KafkaSettings {
     /// Development settings: one broker, topics with one replica.
     pub fn new(brokers: impl Into<String>) -> Self {
@@ -149,6 +265,11 @@ impl KafkaSettings {
             replication_factor: 1,
             min_insync_replicas: 1,
             security: Vec::new(),
+            properties: Vec::new(),
+            manage_topics: true,
+            topic_retention_hours: 168,
+            cooperative: false,
+            group_instance_id: None,
         }
     }
 
@@ -161,17 +282,36 @@ impl KafkaSettings {
         production: bool,
     ) -> Result<Self, commerce_config::ConfigError> {
         let (replicas, in_sync) = if production { (3, 2) } else { (1, 1) };
+        // Production: Kafka's own defaults, which a rolling deploy's pauses stay inside;
+        // development: short, so a test's group forms and fails over in seconds.
+        let (session, max_poll) = if production {
+            (45_000, 300_000)
+        } else {
+            (6_000, 10_000)
+        };
+        let group_instance_id =
+            r.optional::<String>("KAFKA_GROUP_INSTANCE_ID")?
+                .or(if production {
+                    r.optional::<String>("POD_NAME")?
+                } else {
+                    None
+                });
         let settings = Self {
             brokers: r.string_or("KAFKA_BROKERS", "127.0.0.1:9092"),
-            session_timeout_ms: r.in_range("KAFKA_SESSION_TIMEOUT_MS", 6_000, 1_000..=300_000)?,
+            session_timeout_ms: r.in_range("KAFKA_SESSION_TIMEOUT_MS", session, 1_000..=300_000)?,
             max_poll_interval_ms: r.in_range(
                 "KAFKA_MAX_POLL_INTERVAL_MS",
-                10_000,
+                max_poll,
                 1_000..=3_600_000,
             )?,
             replication_factor: r.in_range("KAFKA_REPLICATION_FACTOR", replicas, 1..=32)?,
             min_insync_replicas: r.in_range("KAFKA_MIN_INSYNC_REPLICAS", in_sync, 1..=32)?,
             security: read_security(r)?,
+            properties: read_properties(r)?,
+            manage_topics: r.or("KAFKA_MANAGE_TOPICS", true)?,
+            topic_retention_hours: r.in_range("KAFKA_TOPIC_RETENTION_HOURS", 168, 1..=24 * 365)?,
+            cooperative: r.or("KAFKA_COOPERATIVE_REBALANCING", production)?,
+            group_instance_id,
         };
         if settings.min_insync_replicas > settings.replication_factor {
             return Err(commerce_config::ConfigError::new(
@@ -203,6 +343,9 @@ impl KafkaSettings {
         for (property, value) in &self.security {
             c.set(*property, value);
         }
+        for (property, value) in &self.properties {
+            c.set(property, value);
+        }
         c
     }
 
@@ -216,6 +359,9 @@ impl KafkaSettings {
             // Bounded: a send that cannot be delivered in this time fails, and the caller
             // (the outbox relay) retries it later from the database.
             .set("message.timeout.ms", "30000");
+        for (property, value) in &self.properties {
+            c.set(property, value);
+        }
         c
     }
 
@@ -244,37 +390,139 @@ impl KafkaSettings {
                 "max.poll.interval.ms",
                 self.max_poll_interval_ms.to_string(),
             );
+        if self.cooperative {
+            c.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        if let Some(id) = &self.group_instance_id {
+            c.set("group.instance.id", id);
+        }
+        // The passthrough wins over the defaults above (but never over the owned properties,
+        // which it may not name).
+        for (property, value) in &self.properties {
+            c.set(property, value);
+        }
         c
     }
 
     /// Creates the given topics (name, partitions) if they do not exist yet, with the configured
-    /// replication factor and `min.insync.replicas`. Existing topics are left as they are.
+    /// replication factor, `min.insync.replicas` and retention (existing topics are left as
+    /// they are); with `KAFKA_MANAGE_TOPICS=false`, creates nothing. Then checks every topic
+    /// on the broker ([`KafkaSettings::check_topics`]).
     pub async fn ensure_topics(&self, topics: &[(&str, i32)]) -> anyhow::Result<()> {
-        let min_insync = self.min_insync_replicas.to_string();
         let admin: AdminClient<DefaultClientContext> = self
             .base()
             .create()
             .context("creating Kafka admin client")?;
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|(name, partitions)| {
-                NewTopic::new(
-                    name,
-                    *partitions,
-                    TopicReplication::Fixed(self.replication_factor),
-                )
-                .set("min.insync.replicas", &min_insync)
-            })
-            .collect();
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        if self.manage_topics {
+            let min_insync = self.min_insync_replicas.to_string();
+            let retention = self.retention_ms().to_string();
+            let new: Vec<NewTopic<'_>> = topics
+                .iter()
+                .map(|(name, partitions)| {
+                    NewTopic::new(
+                        name,
+                        *partitions,
+                        TopicReplication::Fixed(self.replication_factor),
+                    )
+                    .set("min.insync.replicas", &min_insync)
+                    .set("retention.ms", &retention)
+                })
+                .collect();
+            let results = admin
+                .create_topics(new.iter(), &opts)
+                .await
+                .context("creating Kafka topics")?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => anyhow::bail!("creating Kafka topic {topic}: {code}"),
+                }
+            }
+        }
+        let names: Vec<&str> = topics.iter().map(|(name, _)| *name).collect();
+        self.check_topics(&admin, &names).await
+    }
+
+    /// The most a topic may keep a message, in milliseconds.
+    pub fn retention_ms(&self) -> i64 {
+        i64::from(self.topic_retention_hours) * 3_600_000
+    }
+
+    /// Asks the broker for each topic's configuration (DescribeConfigs): the topic must exist,
+    /// and keep messages no longer than `KAFKA_TOPIC_RETENTION_HOURS` (a longer or unlimited
+    /// retention could redeliver an event past the collector's dedupe horizon, which would
+    /// count it twice). A broker that does not report a retention is logged, not refused.
+    async fn check_topics(
+        &self,
+        admin: &AdminClient<DefaultClientContext>,
+        names: &[&str],
+    ) -> anyhow::Result<()> {
+        use rdkafka::admin::ResourceSpecifier;
+        // Existence from the cluster's metadata (asked for no topic in particular, so nothing
+        // is created by asking).
+        let client: BaseConsumer = self.base().create().context("creating Kafka client")?;
+        let listed: Vec<String> = tokio::task::spawn_blocking(move || {
+            client
+                .fetch_metadata(None, Duration::from_secs(10))
+                .map(|m| m.topics().iter().map(|t| t.name().to_owned()).collect())
+        })
+        .await
+        .context("Kafka metadata task failed")?
+        .context("fetching Kafka metadata")?;
+        if let Some(missing) = names.iter().find(|n| !listed.iter().any(|l| l == *n)) {
+            anyhow::bail!(
+                "Kafka topic {missing} does not exist{}",
+                if self.manage_topics {
+                    ""
+                } else {
+                    " (KAFKA_MANAGE_TOPICS=false: create it before starting the apps)"
+                }
+            );
+        }
+        let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+        let resources: Vec<ResourceSpecifier<'_>> =
+            names.iter().map(|n| ResourceSpecifier::Topic(n)).collect();
         let results = admin
-            .create_topics(new.iter(), &opts)
+            .describe_configs(resources.iter(), &opts)
             .await
-            .context("creating Kafka topics")?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => anyhow::bail!("creating Kafka topic {topic}: {code}"),
+            .context("describing Kafka topics")?;
+        let limit = self.retention_ms();
+        for (name, result) in names.iter().zip(results) {
+            let resource = match result {
+                Ok(resource) => resource,
+                Err(RDKafkaErrorCode::UnknownTopicOrPartition) => anyhow::bail!(
+                    "Kafka topic {name} does not exist{}",
+                    if self.manage_topics {
+                        ""
+                    } else {
+                        " (KAFKA_MANAGE_TOPICS=false: create it before starting the apps)"
+                    }
+                ),
+                Err(code) => anyhow::bail!("describing Kafka topic {name}: {code}"),
+            };
+            let retention = resource
+                .get("retention.ms")
+                .and_then(|e| e.value.as_deref())
+                .and_then(|v| v.parse::<i64>().ok());
+            match retention {
+                Some(ms) if (0..=limit).contains(&ms) => {}
+                Some(ms) => anyhow::bail!(
+                    "Kafka topic {name} keeps messages for {}, longer than \
+                     KAFKA_TOPIC_RETENTION_HOURS ({} h): an event redelivered past the \
+                     collector's dedupe horizon would be counted twice; lower the topic's \
+                     retention.ms to at most {limit}",
+                    if ms < 0 {
+                        "ever".to_owned()
+                    } else {
+                        format!("{} h", ms / 3_600_000)
+                    },
+                    self.topic_retention_hours
+                ),
+                None => tracing::warn!(
+                    topic = %name,
+                    "the broker does not report this topic's retention.ms; make sure it is at most KAFKA_TOPIC_RETENTION_HOURS"
+                ),
             }
         }
         Ok(())
@@ -473,6 +721,97 @@ mod tests {
             "KAFKA_SASL_MECHANISM",
             "GSSAPI, librdkafka's default, is not built in"
         );
+    }
+
+    #[test]
+    fn any_librdkafka_property_passes_through_to_every_client_with_secrets_redacted() {
+        let file = std::env::temp_dir().join(format!("kafka-{}.properties", std::process::id()));
+        std::fs::write(
+            &file,
+            "# managed cluster\nlinger.ms = 20\nclient.id=from-file\n\nsasl.oauthbearer.method=oidc\n",
+        )
+        .unwrap();
+        let settings = read_ok(&[
+            ("KAFKA_PROPERTIES_FILE", file.to_str().unwrap()),
+            ("KAFKA_PROPERTY_CLIENT_ID", "commerce-api-7"),
+            ("KAFKA_PROPERTY_CLIENT_RACK", "use1-az1"),
+            (
+                "KAFKA_PROPERTY_SASL_OAUTHBEARER_CLIENT_SECRET",
+                "oidc-s3cret-value",
+            ),
+            (
+                "KAFKA_PROPERTY_SASL_OAUTHBEARER_TOKEN_ENDPOINT_URL",
+                "https://idp/token",
+            ),
+        ]);
+        std::fs::remove_file(&file).unwrap();
+        for config in [settings.producer_config(), settings.consumer_config("g")] {
+            assert_eq!(
+                config.get("client.id"),
+                Some("commerce-api-7"),
+                "the variable wins"
+            );
+            assert_eq!(config.get("client.rack"), Some("use1-az1"));
+            assert_eq!(config.get("sasl.oauthbearer.method"), Some("oidc"));
+            assert_eq!(
+                config.get("sasl.oauthbearer.client.secret"),
+                Some("oidc-s3cret-value")
+            );
+        }
+        assert_eq!(
+            settings.producer_config().get("linger.ms"),
+            Some("20"),
+            "over the producer's own default"
+        );
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("client.rack=use1-az1"), "{shown}");
+        assert_eq!(
+            property_of_variable("KAFKA_PROPERTY_SSL_ENGINE__ID").as_deref(),
+            Some("ssl.engine_id")
+        );
+    }
+
+    #[test]
+    fn the_passthrough_cannot_undo_the_delivery_guarantees() {
+        for (variable, owner) in [
+            (
+                "KAFKA_PROPERTY_ENABLE_IDEMPOTENCE",
+                "KAFKA_PROPERTY_ENABLE_IDEMPOTENCE",
+            ),
+            (
+                "KAFKA_PROPERTY_ENABLE_AUTO_OFFSET_STORE",
+                "KAFKA_PROPERTY_ENABLE_AUTO_OFFSET_STORE",
+            ),
+            ("KAFKA_PROPERTY_ACKS", "KAFKA_PROPERTY_ACKS"),
+            (
+                "KAFKA_PROPERTY_SASL_PASSWORD",
+                "KAFKA_PROPERTY_SASL_PASSWORD",
+            ),
+        ] {
+            assert_eq!(read(&[(variable, "x")], false).unwrap_err(), owner);
+        }
+    }
+
+    #[test]
+    fn production_groups_rebalance_cooperatively_with_static_members() {
+        let prod = read(&[("POD_NAME", "commerce-collector-0")], true).unwrap();
+        let c = prod.consumer_config("g");
+        assert_eq!(
+            c.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(c.get("group.instance.id"), Some("commerce-collector-0"));
+        assert_eq!(c.get("session.timeout.ms"), Some("45000"));
+        let dev = read(&[("POD_NAME", "x")], false)
+            .unwrap()
+            .consumer_config("g");
+        assert_eq!(dev.get("partition.assignment.strategy"), None);
+        assert_eq!(dev.get("group.instance.id"), None);
+        assert_eq!(dev.get("session.timeout.ms"), Some("6000"));
+        let _: BaseConsumer = c
+            .create()
+            .expect("librdkafka accepts the production group settings");
     }
 
     fn read_ok(pairs: &[(&str, &str)]) -> KafkaSettings {

@@ -52,6 +52,9 @@ pub fn from_env_or_exit<T>(
 /// A source of variables: the process environment in production, a map in tests.
 pub trait Source {
     fn get(&self, name: &str) -> Option<String>;
+
+    /// The names of the variables set that start with `prefix`, sorted.
+    fn names_with_prefix(&self, prefix: &str) -> Vec<String>;
 }
 
 /// The process environment.
@@ -62,11 +65,30 @@ impl Source for Env {
     fn get(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.trim().is_empty())
     }
+
+    fn names_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = std::env::vars()
+            .filter(|(k, v)| k.starts_with(prefix) && !v.trim().is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        names.sort();
+        names
+    }
 }
 
 impl Source for std::collections::HashMap<String, String> {
     fn get(&self, name: &str) -> Option<String> {
         std::collections::HashMap::get(self, name).cloned()
+    }
+
+    fn names_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .iter()
+            .filter(|(k, v)| k.starts_with(prefix) && !v.trim().is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
+        names.sort();
+        names
     }
 }
 
@@ -114,6 +136,18 @@ impl<S: Source> Reader<S> {
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), value.clone());
         value
+    }
+
+    /// Every variable set whose name starts with `prefix`, as (name, value), sorted by name.
+    pub fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.source
+            .names_with_prefix(prefix)
+            .into_iter()
+            .filter_map(|name| {
+                let value = self.get(&name)?;
+                Some((name, value))
+            })
+            .collect()
     }
 
     /// A variable that must be present.
@@ -179,7 +213,15 @@ impl<S: Source> Reader<S> {
 /// `value` as it may be logged: `<redacted>` for a variable named like a secret; in a URL, the
 /// password and any query parameter named like one (`?password=`, `sslpassword=`) replaced.
 fn redact(name: &str, value: &str) -> String {
-    const SECRET: [&str; 5] = ["SECRET", "PASSWORD", "PASSPHRASE", "TOKEN", "CREDENTIAL"];
+    const SECRET: [&str; 7] = [
+        "SECRET",
+        "PASSWORD",
+        "PASSPHRASE",
+        "TOKEN",
+        "CREDENTIAL",
+        "OAUTHBEARER_CONFIG",
+        "JAAS",
+    ];
     if SECRET.iter().any(|s| name.contains(s))
         || name.ends_with("_KEY")
         || name.ends_with("_KEYS")

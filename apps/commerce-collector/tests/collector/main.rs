@@ -16,4 +16,5 @@ mod platform;
 mod rankings;
 mod rollup;
 mod support;
+mod topics;
 mod tracing;

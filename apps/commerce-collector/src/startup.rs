@@ -53,19 +53,26 @@ impl Application {
             materializing: tokio::sync::Mutex::new(()),
         }));
         let consumer = crate::consumer::Health::default();
+        // Readiness is for serving: rankings come from Redis or PostgreSQL, so only the
+        // database is critical. Consuming has its own check, `/health/consuming` (Kafka and a
+        // running consumer), which the `CollectorNotConsuming` alert watches: a broker outage
+        // must not take every collector, and the ranking API, out of the load balancer.
+        let kafka_check = std::sync::Arc::new(kafka_check);
         let mut dependencies = vec![
             Dependency::critical(DbCheck(db)),
-            // Rankings are rebuilt from PostgreSQL, so Redis only degrades the collector;
-            // without Kafka it has nothing to consume.
             Dependency::optional(RedisCheck(cache)),
-            Dependency::critical(kafka_check),
+            Dependency::optional(kafka_check.clone()),
         ];
+        let mut consuming = vec![Dependency::critical(kafka_check)];
         if state.config.consume {
-            // A collector whose consumer is down (starting, or recreated after a failure or a
-            // panicking batch) is not doing its job, even if it still serves rankings.
-            dependencies.push(Dependency::critical(consumer.clone()));
+            // Down while starting, recreating after a failure or a panicking batch, or
+            // retrying a batch the database refuses.
+            dependencies.push(Dependency::optional(consumer.clone()));
+            consuming.push(Dependency::critical(consumer.clone()));
         }
-        let server = server.router(router(state.clone(), dependencies));
+        let server = server.router(router(state.clone(), dependencies).merge(
+            commerce_web::health::checks_route("/health/consuming", consuming),
+        ));
         Ok(Self {
             server,
             state,

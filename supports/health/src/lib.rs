@@ -15,3 +15,13 @@ pub trait ReadinessCheck: Send + Sync + 'static {
     /// Resolves to `Err(reason)` when the dependency is unusable.
     fn check(&self) -> CheckFuture<'_>;
 }
+
+/// A shared check, for one dependency listed under two routes.
+impl<T: ReadinessCheck> ReadinessCheck for std::sync::Arc<T> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn check(&self) -> CheckFuture<'_> {
+        (**self).check()
+    }
+}

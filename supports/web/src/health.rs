@@ -96,6 +96,23 @@ pub fn router<S: Clone + Send + Sync + 'static>(checks: Vec<Dependency>) -> Rout
         )
 }
 
+/// A further check route (`path`) over `checks`, answered like `/health/ready` (503 while a
+/// critical check fails), for a duty the instance's readiness does not depend on; its checks
+/// should also be in the main router (as optional) so their gauges are reported.
+pub fn checks_route<S: Clone + Send + Sync + 'static>(
+    path: &'static str,
+    checks: Vec<Dependency>,
+) -> Router<S> {
+    let checks = Arc::new(checks);
+    Router::new().route(
+        path,
+        get(move || {
+            let checks = checks.clone();
+            async move { ready(&checks).await }
+        }),
+    )
+}
+
 /// Refreshes the readiness gauges until the router holding `checks` is gone.
 async fn report(checks: std::sync::Weak<Vec<Dependency>>) {
     loop {

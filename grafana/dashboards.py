@@ -46,6 +46,8 @@ HTTP = [
     panel("Requests refused by rate limits", "reqps", [t(rate("http_rate_limited_total", by="limit"), "{{limit}}")]),
     panel("Instances scraped (1 up, 0 down)", "short", [t(f"up{sel()}", "{{job}} {{instance}}")]),
     panel("Instances ready (1 ready, 0 not)", "short", [t(f"app_ready{sel()}", "{{job}} {{instance}}")]),
+    panel("Instances draining (1 from SIGTERM to exit)", "short", [t(f"app_draining{sel()}", "{{job}} {{instance}}")],
+          "A draining instance answers /health/ready with 503 while it finishes in-flight requests; one stuck at 1 has passed SHUTDOWN_DRAIN_SECONDS."),
     panel("Dependencies answering (1 up, 0 down)", "short", [t(f"health_dependency_up{sel()}", "{{job}} {{instance}} {{dependency}}")]),
     panel("Versions running", "short", [t(f"sum by (app, version) (app_build_info{sel()})", "{{app}} {{version}}")]),
 ]

@@ -4,6 +4,9 @@
 //! | --- | --- | --- |
 //! | `APP_PROFILE` | `prod` | `prod` (also `production`, `staging`) or `dev` (also `development`, `test`); outside `dev` the secrets below are required and their development defaults refused. Unset means production: a forgotten setting never runs with the repository's secrets |
 //! | `HTTP_ADDR` | `127.0.0.1:8080` | listen address (`0.0.0.0:8080` in containers) |
+//! | `MANAGEMENT_ADDR` | — | when set, `/health/*` and `/metrics` are served on this address only (for probes and scrapes), not on `HTTP_ADDR` |
+//! | `SHUTDOWN_READINESS_DELAY_MS` | `5000` (`0` in dev) | on SIGTERM, how long readiness answers 503 while requests are still served, before the listener closes |
+//! | `SHUTDOWN_DRAIN_SECONDS` | `25` | then, how long in-flight requests and streams get before they are cut |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce` | the API's own database; TLS by `?sslmode=require\|verify-ca\|verify-full` and `sslrootcert=<PEM>` (see `commerce_db::tls`) |
 //! | `DATABASE_POOL_SIZE` | `16` | pooled connections (1..=512) |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | cache and first-come coupon gate; `rediss://` for TLS; with `REDIS_CLUSTER`, the cluster's seed nodes, comma-separated |
@@ -91,6 +94,10 @@ use crate::infra::relay::RelayConfig;
 pub struct Config {
     pub profile: Profile,
     pub http_addr: SocketAddr,
+    /// Where `/health/*` and `/metrics` are served instead, when set.
+    pub management_addr: Option<SocketAddr>,
+    /// How the server drains on shutdown.
+    pub drain: commerce_web::Drain,
     pub database_url: String,
     pub database_pool_size: usize,
     pub redis_url: String,
@@ -486,6 +493,8 @@ impl Config {
             outbox_retention_hours: r.in_range("OUTBOX_RETENTION_HOURS", 168, 1..=24 * 365)?,
             topic_partitions: r.in_range("KAFKA_TOPIC_PARTITIONS", 6, 1..=1000)?,
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
+            management_addr: r.optional("MANAGEMENT_ADDR")?,
+            drain: commerce_web::Drain::read(r, !dev)?,
             database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 16, 1..=512)?,
             redis_url,

@@ -100,7 +100,22 @@ impl Application {
             Dependency::optional(kafka_check),
             Dependency::critical(AdminCheck(state.admin.clone())),
         ];
-        let server = server.router(router(state.clone(), dependencies));
+        let server = server.drain(state.config.drain);
+        let server = match state.config.management_addr {
+            None => server.router(router(state.clone(), dependencies)),
+            Some(addr) => {
+                let (public, management) = commerce_web::split_platform_routes(
+                    crate::http::router(),
+                    dependencies,
+                    state.config.body_limit_bytes,
+                );
+                let cors = cors(&state.config.cors_allowed_origins);
+                server
+                    .router(public.layer(cors).with_state(state.clone()))
+                    .management(addr, management.with_state(state.clone()))
+                    .await?
+            }
+        };
         Ok(Self { server, state })
     }
 

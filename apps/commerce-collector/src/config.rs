@@ -4,6 +4,9 @@
 //! | --- | --- | --- |
 //! | `APP_PROFILE` | `prod` | `prod` or `dev`; unset means production |
 //! | `HTTP_ADDR` | `127.0.0.1:8081` | listen address (`0.0.0.0:8081` in containers) |
+//! | `MANAGEMENT_ADDR` | — | when set, `/health/*` and `/metrics` are served on this address only (for probes and scrapes), not on `HTTP_ADDR` |
+//! | `SHUTDOWN_READINESS_DELAY_MS` | `5000` (`0` in dev) | on SIGTERM, how long readiness answers 503 while requests are still served, before the listener closes |
+//! | `SHUTDOWN_DRAIN_SECONDS` | `25` | then, how long in-flight requests and streams get before they are cut |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce_metrics` | the collector's own database; TLS by `?sslmode=…&sslrootcert=…` as for the API |
 //! | `DATABASE_POOL_SIZE` | `8` | pooled connections (1..=512) |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | real-time ranking sorted sets; `rediss://` for TLS; with `REDIS_CLUSTER`, the cluster's seed nodes, comma-separated |
@@ -49,6 +52,10 @@ use commerce_kafka::KafkaSettings;
 pub struct Config {
     pub profile: Profile,
     pub http_addr: SocketAddr,
+    /// Where `/health/*` and `/metrics` are served instead, when set.
+    pub management_addr: Option<SocketAddr>,
+    /// How the server drains on shutdown.
+    pub drain: commerce_web::Drain,
     pub database_url: String,
     pub database_pool_size: usize,
     pub redis_url: String,
@@ -121,6 +128,8 @@ impl Config {
         Ok(Self {
             profile,
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8081)))?,
+            management_addr: r.optional("MANAGEMENT_ADDR")?,
+            drain: commerce_web::Drain::read(r, profile == Profile::Prod)?,
             database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 8, 1..=512)?,
             redis_url,

@@ -70,9 +70,24 @@ impl Application {
             dependencies.push(Dependency::optional(consumer.clone()));
             consuming.push(Dependency::critical(consumer.clone()));
         }
-        let server = server.router(router(state.clone(), dependencies).merge(
-            commerce_web::health::checks_route("/health/consuming", consuming),
-        ));
+        let consuming = commerce_web::health::checks_route("/health/consuming", consuming);
+        let server = server.drain(state.config.drain);
+        let server = match state.config.management_addr {
+            None => server.router(router(state.clone(), dependencies).merge(consuming)),
+            Some(addr) => {
+                let (api, doc) = parts();
+                let api = api.merge(SwaggerUi::new("/swagger-ui").url("/openapi.json", doc));
+                let (public, management) = commerce_web::split_platform_routes(
+                    api,
+                    dependencies,
+                    state.config.body_limit_bytes,
+                );
+                server
+                    .router(public.with_state(state.clone()))
+                    .management(addr, management.with_state(state.clone()).merge(consuming))
+                    .await?
+            }
+        };
         Ok(Self {
             server,
             state,

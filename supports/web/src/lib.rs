@@ -26,7 +26,7 @@ pub use axum as __axum;
 pub use json::Json;
 pub use problem::{FieldError, Problem, internal_error, route_not_found, unavailable_error};
 pub use query::{Path, Query};
-pub use serve::{Server, shutdown_signal, stop_flag};
+pub use serve::{Drain, Server, shutdown_signal, stop_flag};
 
 use axum::Router;
 use axum::routing::get;
@@ -40,18 +40,43 @@ pub fn with_platform_routes<S: Clone + Send + Sync + 'static>(
     dependencies: Vec<health::Dependency>,
     body_limit_bytes: usize,
 ) -> Router<S> {
-    api.merge(health::router(dependencies))
-        .route("/metrics", get(commerce_telemetry::render_metrics))
-        .route_layer(axum::middleware::from_fn(
-            commerce_telemetry::http::track_http,
-        ))
-        .fallback(route_not_found)
-        // axum's own limit (not tower-http's), so an oversized body is refused by our JSON
-        // extractor with a problem+json 413.
-        .layer(axum::extract::DefaultBodyLimit::max(body_limit_bytes))
-        .layer(tower_http::catch_panic::CatchPanicLayer::new())
-        .layer(axum::middleware::from_fn(
-            commerce_telemetry::http::echo_traceparent,
-        ))
-        .layer(commerce_telemetry::http::request_trace_layer())
+    with_api_layers(api.merge(management_routes(dependencies)), body_limit_bytes)
+}
+
+/// As [`with_platform_routes`], for an app with a management listener: the public router
+/// (the API, without `/health/*` and `/metrics`) and the management router (just those).
+pub fn split_platform_routes<S: Clone + Send + Sync + 'static>(
+    api: Router<S>,
+    dependencies: Vec<health::Dependency>,
+    body_limit_bytes: usize,
+) -> (Router<S>, Router<S>) {
+    (
+        with_api_layers(api, body_limit_bytes),
+        management_routes(dependencies).fallback(route_not_found),
+    )
+}
+
+/// `/health/*` and `/metrics`.
+fn management_routes<S: Clone + Send + Sync + 'static>(
+    dependencies: Vec<health::Dependency>,
+) -> Router<S> {
+    health::router(dependencies).route("/metrics", get(commerce_telemetry::render_metrics))
+}
+
+fn with_api_layers<S: Clone + Send + Sync + 'static>(
+    api: Router<S>,
+    body_limit_bytes: usize,
+) -> Router<S> {
+    api.route_layer(axum::middleware::from_fn(
+        commerce_telemetry::http::track_http,
+    ))
+    .fallback(route_not_found)
+    // axum's own limit (not tower-http's), so an oversized body is refused by our JSON
+    // extractor with a problem+json 413.
+    .layer(axum::extract::DefaultBodyLimit::max(body_limit_bytes))
+    .layer(tower_http::catch_panic::CatchPanicLayer::new())
+    .layer(axum::middleware::from_fn(
+        commerce_telemetry::http::echo_traceparent,
+    ))
+    .layer(commerce_telemetry::http::request_trace_layer())
 }

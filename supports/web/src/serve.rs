@@ -1,14 +1,20 @@
 //! Running an app: one server runner for every app, instead of a copy per app.
 //!
 //! [`Server`] binds the listener (port 0 in tests), installs the metrics recorder, starts the
-//! app's background tasks beside the router, and on shutdown stops accepting connections,
-//! drains in-flight requests, turns the stop flag so every background task finishes its work,
-//! waits for them, and runs the app's last steps (flushing producers). A background task that
-//! panics is logged as an error naming it; the others still stop cleanly.
+//! app's background tasks beside the router, and on shutdown drains ([`Drain`]): readiness
+//! turns 503 first while requests are still served (so load balancers stop sending new ones),
+//! then the listener closes, in-flight requests and streams get a deadline, the stop flag turns
+//! so every background task finishes its work (the relay and the consumer commit), and the
+//! app's last steps run (flushing producers). A background task that panics is logged as an
+//! error naming it; the others still stop cleanly. An optional management listener serves the
+//! health and metrics routes apart from the public port, and closes last.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
@@ -57,6 +63,45 @@ pub fn stop_flag(
 type Task =
     Box<dyn FnOnce(watch::Receiver<bool>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
+/// How an app stops (`SHUTDOWN_READINESS_DELAY_MS`, `SHUTDOWN_DRAIN_SECONDS`).
+#[derive(Debug, Clone, Copy)]
+pub struct Drain {
+    /// How long readiness answers 503 while requests are still served, before the listener
+    /// closes: at least a load balancer's probe interval times its failure threshold.
+    pub readiness_delay: Duration,
+    /// How long in-flight requests and open streams get once the listener closed; whatever
+    /// is still open then is cut.
+    pub deadline: Duration,
+}
+
+impl Default for Drain {
+    fn default() -> Self {
+        Self {
+            readiness_delay: Duration::ZERO,
+            deadline: Duration::from_secs(25),
+        }
+    }
+}
+
+impl Drain {
+    /// Reads `SHUTDOWN_READINESS_DELAY_MS` (default 5000, 0 in development) and
+    /// `SHUTDOWN_DRAIN_SECONDS` (default 25).
+    pub fn read<S: commerce_config::Source>(
+        r: &commerce_config::Reader<S>,
+        production: bool,
+    ) -> Result<Self, commerce_config::ConfigError> {
+        let delay = if production { 5_000 } else { 0 };
+        Ok(Self {
+            readiness_delay: Duration::from_millis(r.in_range(
+                "SHUTDOWN_READINESS_DELAY_MS",
+                delay,
+                0..=300_000,
+            )?),
+            deadline: Duration::from_secs(r.in_range("SHUTDOWN_DRAIN_SECONDS", 25, 0..=3_600)?),
+        })
+    }
+}
+
 /// A bound, not yet running app: its listener, its router and its background tasks.
 pub struct Server {
     name: &'static str,
@@ -64,6 +109,9 @@ pub struct Server {
     router: Router,
     tasks: Vec<(&'static str, Task)>,
     last_steps: Vec<Box<dyn FnOnce() + Send>>,
+    drain: Drain,
+    draining: Arc<AtomicBool>,
+    management: Option<(TcpListener, Router)>,
 }
 
 impl Server {
@@ -81,13 +129,44 @@ impl Server {
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("{name}: binding {addr}"))?;
+        metrics::describe_gauge!(
+            "app_draining",
+            "1 from the shutdown signal until the process exits (readiness answers 503), else 0."
+        );
+        metrics::gauge!("app_draining").set(0.0);
         Ok(Self {
             name,
             listener,
             router: Router::new(),
             tasks: Vec::new(),
             last_steps: Vec::new(),
+            drain: Drain::default(),
+            draining: Arc::new(AtomicBool::new(false)),
+            management: None,
         })
+    }
+
+    /// How this app drains on shutdown.
+    pub fn drain(mut self, drain: Drain) -> Self {
+        self.drain = drain;
+        self
+    }
+
+    /// A second listener on `addr` serving `router` (the health and metrics routes), kept open
+    /// until the public listener has drained, so probes and scrapes see the whole shutdown.
+    pub async fn management(mut self, addr: SocketAddr, router: Router) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("{}: binding the management listener {addr}", self.name))?;
+        self.management = Some((listener, with_drain(router, self.draining.clone())));
+        Ok(self)
+    }
+
+    /// The management listener's address, when there is one.
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
     }
 
     /// The bound address (with the real port when the config asked for port 0).
@@ -102,9 +181,9 @@ impl Server {
         self.local_addr().port()
     }
 
-    /// The routes to serve.
+    /// The routes to serve. `/health/ready` answers 503 `DRAINING` once shutdown began.
     pub fn router(mut self, router: Router) -> Self {
-        self.router = router;
+        self.router = with_drain(router, self.draining.clone());
         self
     }
 
@@ -133,32 +212,114 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let (stop_rx, stop) = stop_flag(shutdown);
+        let name = self.name;
+        let (stop_tx, stop_rx) = watch::channel(false);
         let running: Vec<_> = self
             .tasks
             .into_iter()
             .map(|(task, start)| (task, tokio::spawn(start(stop_rx.clone()))))
             .collect();
-        tracing::info!(app = self.name, %addr, "{} listening", self.name);
-        axum::serve(
-            self.listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stop)
-        .await
-        .with_context(|| format!("{}: serving", self.name))?;
+        tracing::info!(app = name, %addr, "{name} listening");
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut serving = tokio::spawn(
+            axum::serve(
+                self.listener,
+                self.router
+                    .into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = close_rx.await;
+            })
+            .into_future(),
+        );
+        let (management_close, management) = match self.management {
+            Some((listener, router)) => {
+                let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                let served = tokio::spawn(
+                    axum::serve(listener, router)
+                        .with_graceful_shutdown(async move {
+                            let _ = rx.await;
+                        })
+                        .into_future(),
+                );
+                (Some(tx), Some(served))
+            }
+            None => (None, None),
+        };
+
+        // Serve until shutdown (or until the server fails by itself).
+        let early = tokio::select! {
+            () = shutdown => None,
+            served = &mut serving => Some(served),
+        };
+        if let Some(served) = early {
+            let _ = stop_tx.send(true);
+            served
+                .context("the server task failed")?
+                .with_context(|| format!("{name}: serving"))?;
+        } else {
+            // 1. Readiness turns; requests are still served while load balancers notice.
+            self.draining.store(true, Ordering::Relaxed);
+            metrics::gauge!("app_draining").set(1.0);
+            tracing::info!(
+                app = name,
+                delay_ms = self.drain.readiness_delay.as_millis() as u64,
+                "draining: readiness answers 503"
+            );
+            tokio::time::sleep(self.drain.readiness_delay).await;
+            // 2. The listener closes; in-flight requests and streams get the deadline; the
+            // background tasks stop (the relay and the consumer commit what they hold).
+            let _ = close_tx.send(());
+            let _ = stop_tx.send(true);
+            match tokio::time::timeout(self.drain.deadline, &mut serving).await {
+                Ok(served) => served
+                    .context("the server task failed")?
+                    .with_context(|| format!("{name}: serving"))?,
+                Err(_) => {
+                    tracing::warn!(
+                        app = name,
+                        deadline_s = self.drain.deadline.as_secs(),
+                        "drain deadline passed; closing the connections still open"
+                    );
+                    serving.abort();
+                }
+            }
+        }
         for (task, handle) in running {
             if let Err(e) = handle.await
                 && e.is_panic()
             {
-                tracing::error!(app = self.name, task, "background task panicked");
+                tracing::error!(app = name, task, "background task panicked");
             }
         }
         for step in self.last_steps {
             step();
         }
-        tracing::info!(app = self.name, "{} stopped", self.name);
+        if let (Some(close), Some(served)) = (management_close, management) {
+            let _ = close.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), served).await;
+        }
+        tracing::info!(app = name, "{name} stopped");
         Ok(())
     }
+}
+
+/// Answers `/health/ready` with 503 `DRAINING` once `draining` is set; everything else passes.
+fn with_drain(router: Router, draining: Arc<AtomicBool>) -> Router {
+    router.layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let draining = draining.load(Ordering::Relaxed);
+            async move {
+                if draining && request.uri().path() == "/health/ready" {
+                    use axum::response::IntoResponse as _;
+                    return (
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                        axum::Json(serde_json::json!({"status": "DRAINING", "checks": []})),
+                    )
+                        .into_response();
+                }
+                next.run(request).await
+            }
+        },
+    ))
 }

@@ -7,6 +7,7 @@ mod catalog;
 mod contract;
 mod coupons;
 mod discovery;
+mod drain;
 mod drops;
 mod edge;
 mod fulfilment;

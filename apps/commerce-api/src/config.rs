@@ -8,6 +8,7 @@
 //! | `SHUTDOWN_READINESS_DELAY_MS` | `5000` (`0` in dev) | on SIGTERM, how long readiness answers 503 while requests are still served, before the listener closes |
 //! | `SHUTDOWN_DRAIN_SECONDS` | `25` | then, how long in-flight requests and streams get before they are cut |
 //! | `DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/commerce` | the API's own database; TLS by `?sslmode=require\|verify-ca\|verify-full` and `sslrootcert=<PEM>` (see `commerce_db::tls`) |
+//! | `DATABASE_DIRECT_URL` | `DATABASE_URL` | a direct connection (not through a transaction-mode pooler such as PgBouncer or RDS Proxy) for the sessions that must outlive a transaction: `LISTEN` for cache eviction and order streams, and the relay's leader lock (3 listener sessions + 1 leader session per instance) |
 //! | `DATABASE_POOL_SIZE` | `16` | pooled connections (1..=512) |
 //! | `REDIS_URL` | `redis://127.0.0.1:6379` | cache and first-come coupon gate; `rediss://` for TLS; with `REDIS_CLUSTER`, the cluster's seed nodes, comma-separated |
 //! | `REDIS_CLUSTER` | `false` | `true`: `REDIS_URL` names a Redis Cluster (slots followed through resharding and failover) |
@@ -25,6 +26,7 @@
 //! | `KAFKA_REPLICATION_FACTOR` / `KAFKA_MIN_INSYNC_REPLICAS` | `3` / `2` (`1` / `1` in dev) | of the topics this app creates; producers write with `acks=all` and idempotence |
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
 //! | `COMMERCE_JWT_SECRET` | dev-only default | HS256 key, at least 32 bytes; required outside `dev` |
+//! | `COMMERCE_JWT_PREVIOUS_SECRETS` | — | earlier JWT keys (comma-separated, each at least 32 bytes) whose tokens are still accepted during a rotation; tokens name their key (`kid`) |
 //! | `COMMERCE_JWT_TTL_SECONDS` | `3600` | access token lifetime |
 //! | `COMMERCE_ADMIN_LOGIN_ID` | `admin` | admin account ensured at start |
 //! | `COMMERCE_ADMIN_PASSWORD` | `admin-dev-password` in `dev` | its password; required outside `dev` |
@@ -47,6 +49,7 @@
 //! | `PG_BREAKER_FAILURE_RATE` / `PG_BREAKER_WINDOW_CALLS` / `PG_BREAKER_MIN_CALLS` | `0.5` / `20` / `10` | the breaker opens when this share of the last calls failed, once enough were made |
 //! | `PG_BREAKER_OPEN_MS` | `10000` | how long it stays open before letting calls through again |
 //! | `PAYMENT_CARD_KEY` | dev-only default | 64 hex digits (AES-256) sealing card numbers until the gateway has them; required outside `dev` |
+//! | `PAYMENT_PREVIOUS_CARD_KEYS` | — | earlier card keys (64 hex digits each, comma-separated) still opening what they sealed during a rotation |
 //! | `PAYMENT_RECONCILE_ENABLED` | `true` | run payment reconciliation inside `serve` (instances share the work) |
 //! | `PAYMENT_RECONCILE_INTERVAL_MS` | `1000` | how often reconciliation looks for due payments |
 //! | `PAYMENT_RECHECK_AFTER_MS` | `10000` | a pending payment is first looked up at the gateway this long after it was placed, and again this often; outside `dev` it must exceed a worst-case lookup plus a worst-case request (9.2 s with the defaults) |
@@ -99,6 +102,10 @@ pub struct Config {
     /// How the server drains on shutdown.
     pub drain: commerce_web::Drain,
     pub database_url: String,
+    /// A direct (not transaction-pooled) URL for the sessions that outlive a transaction: the
+    /// LISTEN sessions and the relay's leader lock (`DATABASE_DIRECT_URL`, default
+    /// `DATABASE_URL`).
+    pub database_direct_url: String,
     pub database_pool_size: usize,
     pub redis_url: String,
     pub redis_ca_file: Option<String>,
@@ -110,6 +117,8 @@ pub struct Config {
     pub kafka: KafkaSettings,
     pub body_limit_bytes: usize,
     pub jwt_secret: String,
+    /// Keys whose tokens are still accepted (a rotation in progress).
+    pub jwt_previous_secrets: Vec<String>,
     pub jwt_ttl_seconds: i64,
     pub admin_login_id: String,
     pub admin_password: String,
@@ -127,6 +136,8 @@ pub struct Config {
     pub payment_callback_url: Option<String>,
     pub callback_auth: CallbackAuth,
     pub card_key: [u8; 32],
+    /// Card keys that still open what they sealed (a rotation in progress).
+    pub previous_card_keys: Vec<[u8; 32]>,
     pub payments: PaymentSettings,
     pub limits: LimitSettings,
     pub trusted_proxies: TrustedProxies,
@@ -185,7 +196,7 @@ impl Config {
     /// The outbox relay's settings.
     pub fn relay(&self) -> RelayConfig {
         RelayConfig {
-            database_url: self.database_url.clone(),
+            database_url: self.database_direct_url.clone(),
             kafka: self.kafka.clone(),
             topics: self.topics(),
             partitions: self.topic_partitions,
@@ -287,6 +298,35 @@ impl Config {
             .ok()
             .and_then(|k| k.try_into().ok())
             .ok_or_else(|| ConfigError::new("PAYMENT_CARD_KEY", "must be 64 hex digits"))?;
+        let previous_card_keys = r
+            .optional::<String>("PAYMENT_PREVIOUS_CARD_KEYS")?
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                hex::decode(k)
+                    .ok()
+                    .and_then(|k| k.try_into().ok())
+                    .ok_or_else(|| {
+                        ConfigError::new("PAYMENT_PREVIOUS_CARD_KEYS", "each must be 64 hex digits")
+                    })
+            })
+            .collect::<Result<Vec<[u8; 32]>, _>>()?;
+        let jwt_previous_secrets: Vec<String> = r
+            .optional::<String>("COMMERCE_JWT_PREVIOUS_SECRETS")?
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if jwt_previous_secrets.iter().any(|k| k.len() < 32) {
+            return Err(ConfigError::new(
+                "COMMERCE_JWT_PREVIOUS_SECRETS",
+                "each must be at least 32 bytes",
+            ));
+        }
         let ms = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
             r.in_range(name, default, range)
                 .map(std::time::Duration::from_millis)
@@ -464,9 +504,11 @@ impl Config {
             payment_callback_url,
             callback_auth,
             card_key,
+            previous_card_keys,
             payments,
             profile,
             jwt_secret,
+            jwt_previous_secrets,
             jwt_ttl_seconds: r.in_range("COMMERCE_JWT_TTL_SECONDS", 3600, 60..=86_400 * 30)?,
             admin_login_id: {
                 let id = r.string_or("COMMERCE_ADMIN_LOGIN_ID", "admin");
@@ -495,6 +537,10 @@ impl Config {
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             management_addr: r.optional("MANAGEMENT_ADDR")?,
             drain: commerce_web::Drain::read(r, !dev)?,
+            database_direct_url: match r.optional::<String>("DATABASE_DIRECT_URL")? {
+                Some(url) => commerce_db::validate_url("DATABASE_DIRECT_URL", url)?,
+                None => database_url.clone(),
+            },
             database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 16, 1..=512)?,
             redis_url,

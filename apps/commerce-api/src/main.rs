@@ -15,7 +15,12 @@ enum Command {
     /// Serve the HTTP API (and, unless disabled, the outbox relay). The default.
     Serve,
     /// Create the database if it is missing and apply pending migrations, then exit.
-    Migrate,
+    Migrate {
+        /// Never create the database (nor connect to the server's `postgres` database): it
+        /// must exist, provisioned by the operator.
+        #[arg(long)]
+        no_create_database: bool,
+    },
     /// Insert a small demo catalog unless products exist, then exit.
     Seed,
     /// Run only the outbox relay, until SIGTERM; `/metrics` and `/health/*` on `HTTP_ADDR`.
@@ -42,10 +47,11 @@ async fn main() -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
-    if let Command::Migrate = command {
+    if let Command::Migrate { no_create_database } = command {
+        let create = !no_create_database;
         // A migration job needs the database, not the server's secrets.
         let url = commerce_config::from_env_or_exit("commerce-api", Config::read_database_url);
-        return commerce_db::migrate(&url, commerce_api::MIGRATIONS).await;
+        return commerce_db::migrate(&url, commerce_api::MIGRATIONS, create).await;
     }
     let config = commerce_config::from_env_or_exit("commerce-api", Config::read);
     match command {
@@ -66,7 +72,7 @@ async fn run() -> anyhow::Result<()> {
             }
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
-        Command::Migrate => unreachable!("handled above"),
+        Command::Migrate { .. } => unreachable!("handled above"),
         Command::Relay => {
             commerce_api::startup::relay_server(config)
                 .await?

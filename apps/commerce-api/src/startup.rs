@@ -43,11 +43,14 @@ impl Application {
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-api", config.http_addr).await?;
         crate::metrics::register();
-        let auth = Arc::new(Authenticator::new(
-            config.jwt_secret.as_bytes(),
-            config.jwt_ttl_seconds,
-            config.hashing,
-        ));
+        let auth = Arc::new(
+            Authenticator::new(
+                config.jwt_secret.as_bytes(),
+                config.jwt_ttl_seconds,
+                config.hashing,
+            )
+            .accepting(&config.jwt_previous_secrets),
+        );
         let topics = config.topics();
         let views = Arc::new(ViewPublisher::new(
             &config.kafka,
@@ -72,7 +75,7 @@ impl Application {
             db: db.clone(),
             topics: topics.clone(),
             gateway: Arc::new(Gateway::new(config.gateway.clone(), callback_url)?),
-            cards: CardVault::new(&config.card_key),
+            cards: CardVault::new(&config.card_key).opening(&config.previous_card_keys),
             settings: config.payments.clone(),
         });
         tracing::info!(%config, "starting commerce-api");
@@ -171,21 +174,21 @@ impl Application {
         });
         let (products, url) = (
             state.product_cache.clone(),
-            state.config.database_url.clone(),
+            state.config.database_direct_url.clone(),
         );
         server = server.task("product change listener", move |stop| {
             crate::infra::product_cache::listen(products, url, stop)
         });
         let (events, url) = (
             state.order_events.clone(),
-            state.config.database_url.clone(),
+            state.config.database_direct_url.clone(),
         );
         server = server.task("order status listener", move |stop| {
             crate::infra::order_events::listen(events, url, stop)
         });
         let (events, url) = (
             state.order_events.clone(),
-            state.config.database_url.clone(),
+            state.config.database_direct_url.clone(),
         );
         server = server.task("partner order status listener", move |stop| {
             crate::infra::order_events::listen_partner_orders(events, url, stop)

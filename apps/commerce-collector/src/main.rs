@@ -18,7 +18,12 @@ enum Command {
     /// Consume events and serve the ranking API. The default.
     Serve,
     /// Create the database if it is missing and apply pending migrations, then exit.
-    Migrate,
+    Migrate {
+        /// Never create the database (nor connect to the server's `postgres` database): it
+        /// must exist, provisioned by the operator.
+        #[arg(long)]
+        no_create_database: bool,
+    },
     /// Rebuild the weekly and monthly rollups (and their ranks) of every period touching
     /// FROM..=TO, with a progress bar.
     Rollup {
@@ -74,8 +79,13 @@ async fn run() -> anyhow::Result<()> {
             let app = commerce_collector::startup::Application::build(config).await?;
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
-        Command::Migrate => {
-            commerce_db::migrate(&config.database_url, commerce_collector::MIGRATIONS).await
+        Command::Migrate { no_create_database } => {
+            commerce_db::migrate(
+                &config.database_url,
+                commerce_collector::MIGRATIONS,
+                !no_create_database,
+            )
+            .await
         }
         Command::Rollup { from, to } => {
             let pool = commerce_db::pool(&config.database_url, 2)?;

@@ -15,7 +15,12 @@ enum Command {
     /// Serve the gateway API and settle payments. The default.
     Serve,
     /// Create the database if it is missing and apply pending migrations, then exit.
-    Migrate,
+    Migrate {
+        /// Never create the database (nor connect to the server's `postgres` database): it
+        /// must exist, provisioned by the operator.
+        #[arg(long)]
+        no_create_database: bool,
+    },
 }
 
 #[tokio::main]
@@ -35,8 +40,13 @@ async fn run() -> anyhow::Result<()> {
             let app = pg_simulator::Application::build(config).await?;
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
-        Command::Migrate => {
-            commerce_db::migrate(&config.database_url, pg_simulator::MIGRATIONS).await
+        Command::Migrate { no_create_database } => {
+            commerce_db::migrate(
+                &config.database_url,
+                pg_simulator::MIGRATIONS,
+                !no_create_database,
+            )
+            .await
         }
     }
 }

@@ -182,9 +182,13 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 /// Creates the database named in `url` if it does not exist, connecting through the server's
-/// `postgres` maintenance database.
+/// `postgres` maintenance database only when the database itself cannot be reached (managed
+/// services often forbid the maintenance database to applications).
 pub async fn create_database_if_missing(url: &str) -> anyhow::Result<bool> {
     let name = database_name(url).context("DATABASE_URL names no database")?;
+    if connect(url).await.is_ok() {
+        return Ok(false);
+    }
     let mut admin = connect(&with_database(url, "postgres"))
         .await
         .context("connecting to the `postgres` maintenance database")?;
@@ -207,10 +211,15 @@ pub async fn create_database_if_missing(url: &str) -> anyhow::Result<bool> {
     }
 }
 
-/// `<app> migrate`: creates the database named in `url` if it is missing, then applies the
-/// pending migrations.
-pub async fn migrate(url: &str, migrations: EmbeddedMigrations) -> anyhow::Result<()> {
-    if create_database_if_missing(url).await? {
+/// `<app> migrate`: creates the database named in `url` if it is missing (unless
+/// `create_database` is false: `--no-create-database`, for a database provisioned by the
+/// operator), then applies the pending migrations.
+pub async fn migrate(
+    url: &str,
+    migrations: EmbeddedMigrations,
+    create_database: bool,
+) -> anyhow::Result<()> {
+    if create_database && create_database_if_missing(url).await? {
         tracing::info!(
             database = database_name(url).unwrap_or_default(),
             "created the database"

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 
 /// A configuration variable that is missing or cannot be parsed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("invalid configuration: {var}: {reason}")]
 pub struct ConfigError {
     /// The environment variable at fault.
@@ -37,12 +37,14 @@ pub fn from_env_or_exit<T>(
     read: impl FnOnce(&Reader<Env>) -> Result<T, ConfigError>,
 ) -> T {
     let reader = Reader::default();
-    match read(&reader) {
+    // A secret file that could not be read explains a "required" error better than it does.
+    match read(&reader).and_then(|config| reader.file_error().map_or(Ok(config), Err)) {
         Ok(config) => {
             tracing::info!(target: "config", app, "configuration: {}", reader.summary());
             config
         }
         Err(e) => {
+            let e = reader.file_error().unwrap_or(e);
             eprintln!("{app}: {e}");
             std::process::exit(2);
         }
@@ -96,6 +98,8 @@ impl Source for std::collections::HashMap<String, String> {
 pub struct Reader<S: Source = Env> {
     source: S,
     read: Mutex<BTreeMap<String, Option<String>>>,
+    /// Variables whose `…_FILE` could not be used, with why.
+    file_errors: Mutex<Vec<ConfigError>>,
 }
 
 impl Default for Reader<Env> {
@@ -109,7 +113,18 @@ impl<S: Source> Reader<S> {
         Self {
             source,
             read: Mutex::default(),
+            file_errors: Mutex::default(),
         }
+    }
+
+    /// The first variable whose `…_FILE` could not be read (or was set beside the variable),
+    /// if any: apps check it after reading their configuration.
+    pub fn file_error(&self) -> Option<ConfigError> {
+        self.file_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .first()
+            .cloned()
     }
 
     /// Every variable read so far, in name order, as `NAME=value` (`NAME=(default)` when unset),
@@ -129,13 +144,48 @@ impl<S: Source> Reader<S> {
         out
     }
 
+    /// A variable's value, or else the contents of the file `NAME_FILE` names (a mounted
+    /// secret; one trailing newline dropped). Every variable can be given either way.
     fn get(&self, name: &str) -> Option<String> {
-        let value = self.source.get(name);
+        let file_variable = format!("{name}_FILE");
+        let direct = self.source.get(name);
+        let value = match (direct, self.source.get(&file_variable)) {
+            (Some(_), Some(_)) => {
+                self.file_failed(ConfigError::new(
+                    &file_variable,
+                    format!("set {name} or {file_variable}, not both"),
+                ));
+                None
+            }
+            (Some(value), None) => Some(value),
+            (None, Some(path)) => match std::fs::read_to_string(path.trim()) {
+                Ok(text) => {
+                    let text = text.strip_suffix('\n').unwrap_or(&text);
+                    let text = text.strip_suffix('\r').unwrap_or(text);
+                    (!text.trim().is_empty()).then(|| text.to_owned())
+                }
+                Err(e) => {
+                    self.file_failed(ConfigError::new(
+                        &file_variable,
+                        format!("cannot read {}: {e}", path.trim()),
+                    ));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
         self.read
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), value.clone());
         value
+    }
+
+    fn file_failed(&self, error: ConfigError) {
+        self.file_errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(error);
     }
 
     /// Every variable set whose name starts with `prefix`, as (name, value), sorted by name.
@@ -409,6 +459,37 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("PORT"), "{text}");
         assert!(!text.contains("eighty"), "{text}");
+    }
+
+    #[test]
+    fn any_variable_can_come_from_a_mounted_file() {
+        let dir = std::env::temp_dir();
+        let secret = dir.join(format!("config-secret-{}", std::process::id()));
+        std::fs::write(&secret, "s3cret-from-a-file\n").unwrap();
+        let path = secret.to_str().unwrap();
+        let r = reader(&[("COMMERCE_JWT_SECRET_FILE", path)]);
+        assert_eq!(
+            r.required::<String>("COMMERCE_JWT_SECRET").unwrap(),
+            "s3cret-from-a-file",
+            "one trailing newline dropped"
+        );
+        assert!(r.file_error().is_none());
+        assert!(!r.summary().contains("s3cret"), "{}", r.summary());
+
+        let both = reader(&[("API_KEY", "x"), ("API_KEY_FILE", path)]);
+        assert!(both.optional::<String>("API_KEY").unwrap().is_none());
+        assert_eq!(both.file_error().unwrap().var, "API_KEY_FILE");
+
+        let missing = reader(&[("API_KEY_FILE", "/nonexistent/secret")]);
+        assert!(missing.required::<String>("API_KEY").is_err());
+        let error = missing.file_error().unwrap();
+        assert_eq!(error.var, "API_KEY_FILE");
+        assert!(
+            error.reason.contains("/nonexistent/secret"),
+            "{}",
+            error.reason
+        );
+        std::fs::remove_file(&secret).unwrap();
     }
 
     #[test]

@@ -36,13 +36,31 @@ impl std::fmt::Debug for CardNumber {
     }
 }
 
-/// Seals and opens card numbers with the configured key.
-pub struct CardVault(Aes256Gcm);
+/// Seals card numbers with the configured key and opens them with it or a previous one
+/// (`PAYMENT_PREVIOUS_CARD_KEYS`, kept during a key rotation until nothing sealed with them is
+/// left unpaid).
+pub struct CardVault {
+    current: Aes256Gcm,
+    previous: Vec<Aes256Gcm>,
+}
 
 impl CardVault {
     /// `key`: 32 bytes.
     pub fn new(key: &[u8; 32]) -> Self {
-        Self(Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)))
+        Self {
+            current: Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key)),
+            previous: Vec::new(),
+        }
+    }
+
+    /// Also opens what the `previous` keys sealed.
+    pub fn opening(mut self, previous: &[[u8; 32]]) -> Self {
+        self.previous.extend(
+            previous
+                .iter()
+                .map(|key| Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key))),
+        );
+        self
     }
 
     /// Nonce (12 bytes) followed by the ciphertext and tag.
@@ -50,7 +68,7 @@ impl CardVault {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let mut sealed = nonce.to_vec();
         sealed.extend(
-            self.0
+            self.current
                 .encrypt(&nonce, card_no.expose().as_bytes())
                 .expect("AES-GCM encryption of a short message cannot fail"),
         );
@@ -64,7 +82,10 @@ impl CardVault {
         }
         let (nonce, ciphertext) = sealed.split_at(12);
         let nonce = Nonce::from(<[u8; 12]>::try_from(nonce).ok()?);
-        let plain = self.0.decrypt(&nonce, ciphertext).ok()?;
+        // GCM's tag tells the right key: any other fails to decrypt.
+        let plain = std::iter::once(&self.current)
+            .chain(&self.previous)
+            .find_map(|key| key.decrypt(&nonce, ciphertext).ok())?;
         CardNumber::parse(std::str::from_utf8(&plain).ok()?)
     }
 }
@@ -98,5 +119,17 @@ mod tests {
         assert_eq!(vault.open(&sealed), Some(card()));
         assert_eq!(CardVault::new(&[8; 32]).open(&sealed), None);
         assert_ne!(vault.seal(&card()), sealed, "fresh nonce each time");
+    }
+
+    #[test]
+    fn after_a_key_rotation_old_seals_still_open_and_new_ones_use_the_new_key() {
+        let old = CardVault::new(&[7; 32]);
+        let card = || CardNumber::parse("1234-5678-9012-3456").unwrap();
+        let sealed_before = old.seal(&card());
+        let rotated = CardVault::new(&[9; 32]).opening(&[[7; 32]]);
+        assert_eq!(rotated.open(&sealed_before), Some(card()));
+        let sealed_after = rotated.seal(&card());
+        assert_eq!(old.open(&sealed_after), None, "sealed with the new key");
+        assert_eq!(CardVault::new(&[9; 32]).open(&sealed_after), Some(card()));
     }
 }

@@ -41,10 +41,20 @@ struct Claims {
     exp: i64,
 }
 
+/// A key's id: the first 8 bytes of its SHA-256, in hex (names the key, reveals nothing of it).
+pub fn key_id(secret: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(&sha2::Sha256::digest(secret)[..8])
+}
+
 /// Signs and verifies tokens, hashes and checks passwords.
 pub struct Authenticator {
     encoding: EncodingKey,
-    decoding: DecodingKey,
+    /// The signing key's id, sent as the token header's `kid`.
+    key_id: String,
+    /// Verification keys by id: the signing key first, then the previous ones
+    /// (`COMMERCE_JWT_PREVIOUS_SECRETS`) whose tokens are still honoured during a rotation.
+    decoding: Vec<(String, DecodingKey)>,
     validation: Validation,
     ttl_seconds: i64,
     passwords: PasswordPool,
@@ -66,12 +76,24 @@ impl Authenticator {
         let params = Params::new(19 * 1024, 2, 1, None).expect("valid argon2 parameters");
         Self {
             encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+            key_id: key_id(secret),
+            decoding: vec![(key_id(secret), DecodingKey::from_secret(secret))],
             validation,
             ttl_seconds,
             passwords: PasswordPool::new(params, hashing.threads, hashing.queue),
             checked: UserCheckCache::default(),
         }
+    }
+
+    /// Also honours tokens signed with the `previous` secrets (a key rotation: sign with the new
+    /// key, keep the old one here until its last tokens expired).
+    pub fn accepting(mut self, previous: &[String]) -> Self {
+        for secret in previous {
+            let secret = secret.as_bytes();
+            self.decoding
+                .push((key_id(secret), DecodingKey::from_secret(secret)));
+        }
+        self
     }
 
     /// Token lifetime in seconds.
@@ -90,17 +112,26 @@ impl Authenticator {
             iat: now,
             exp: now + self.ttl_seconds,
         };
-        jsonwebtoken::encode(
-            &Header::new(jsonwebtoken::Algorithm::HS256),
-            &claims,
-            &self.encoding,
-        )
-        .map_err(|e| anyhow::anyhow!("signing a token: {e}"))
+        let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
+        header.kid = Some(self.key_id.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
+            .map_err(|e| anyhow::anyhow!("signing a token: {e}"))
     }
 
     /// The user id and claimed role of a valid token.
+    /// The key is the one the header's `kid` names; a token without one (signed before key ids)
+    /// is tried against each key.
     pub fn verify(&self, token: &str) -> Option<(i64, Role)> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).ok()?;
+        let header = jsonwebtoken::decode_header(token).ok()?;
+        let data = match header.kid {
+            Some(kid) => {
+                let (_, key) = self.decoding.iter().find(|(id, _)| *id == kid)?;
+                jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()?
+            }
+            None => self.decoding.iter().find_map(|(_, key)| {
+                jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()
+            })?,
+        };
         Some((data.claims.sub.parse().ok()?, data.claims.role))
     }
 

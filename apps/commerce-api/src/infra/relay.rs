@@ -44,6 +44,8 @@ const LEADER_LOCK: i64 = 0x636f_6d6d_6572_6365; // "commerce"
 /// Relay settings.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
+    /// The leader session's URL: direct, not through a transaction-mode pooler (a session
+    /// advisory lock must stay on one server session).
     pub database_url: String,
     pub kafka: KafkaSettings,
     pub topics: Topics,

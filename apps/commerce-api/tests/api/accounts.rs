@@ -419,3 +419,72 @@ async fn production_refuses_to_start_while_an_admin_accepts_the_development_pass
     );
     started.kill().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_jwt_key_rotation_logs_nobody_out_and_old_keys_stop_at_the_end() {
+    const OLD: &str = "old-jwt-key-0123456789abcdef0123456789";
+    const NEW: &str = "new-jwt-key-0123456789abcdef0123456789";
+    let app = crate::support::spawn_app_with(&[("COMMERCE_JWT_SECRET", OLD)]).await;
+    let (_, before) = app.user_with_points("rotating", 0).await;
+    let kid = |token: &str| jsonwebtoken::decode_header(token).unwrap().kid;
+    assert_eq!(
+        kid(&before),
+        Some(commerce_api::infra::auth::key_id(OLD.as_bytes())),
+        "tokens name their key"
+    );
+
+    // Mid-rotation: an instance signs with the new key and still accepts the old one.
+    let rotated = app
+        .another_instance(&[
+            ("COMMERCE_JWT_SECRET", NEW),
+            ("COMMERCE_JWT_PREVIOUS_SECRETS", OLD),
+        ])
+        .await;
+    let me = |base: &str, token: &str| {
+        let (client, url, token) = (
+            app.client.clone(),
+            format!("{base}/api/v1/users/me"),
+            token.to_owned(),
+        );
+        async move {
+            client
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(
+        me(&rotated.base, &before).await,
+        200,
+        "an old token still works"
+    );
+    let res = app
+        .client
+        .post(format!("{}/api/v1/auth/token", rotated.base))
+        .json(&serde_json::json!({"login_id": "admin", "password": commerce_api::config::DEV_ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    let after = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        kid(&after),
+        Some(commerce_api::infra::auth::key_id(NEW.as_bytes()))
+    );
+    assert_eq!(me(&rotated.base, &after).await, 200);
+    assert_eq!(
+        me(&app.base, &after).await,
+        401,
+        "an instance that does not know the new key refuses its tokens"
+    );
+
+    // The rotation ends: the old key is dropped, and with it the tokens it signed.
+    let done = app.another_instance(&[("COMMERCE_JWT_SECRET", NEW)]).await;
+    assert_eq!(me(&done.base, &after).await, 200);
+    assert_eq!(me(&done.base, &before).await, 401);
+}

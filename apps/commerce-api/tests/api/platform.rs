@@ -237,6 +237,64 @@ async fn without_a_profile_the_api_is_production_and_refuses_the_dev_secrets() {
 }
 
 #[tokio::test]
+async fn migrate_without_creating_the_database_refuses_a_missing_one_and_migrates_an_existing_one()
+{
+    use diesel_async::RunQueryDsl;
+    let api = env!("CARGO_BIN_EXE_commerce-api");
+    let db = commerce_testkit::TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
+    let missing = format!("{}_absent_{}", db.url, commerce_testkit::unique_suffix());
+    let name = missing.rsplit('/').next().unwrap().to_owned();
+    let refused = tokio::process::Command::new(api)
+        .env_clear()
+        .env("DATABASE_URL", &missing)
+        .args(["migrate", "--no-create-database"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("does not exist"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let mut conn = commerce_db::connect(&db.url).await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let created: N = diesel::sql_query("SELECT count(*) AS n FROM pg_database WHERE datname = $1")
+        .bind::<diesel::sql_types::Text, _>(&name)
+        .get_result(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(created.n, 0, "nothing was created");
+
+    // An operator-provisioned (empty) database is migrated without touching `postgres`.
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut conn,
+        &format!("CREATE DATABASE \"{name}\""),
+    )
+    .await
+    .unwrap();
+    let migrated = tokio::process::Command::new(api)
+        .env_clear()
+        .env("DATABASE_URL", &missing)
+        .args(["migrate", "--no-create-database"])
+        .output()
+        .await
+        .unwrap();
+    let outcome = String::from_utf8_lossy(&migrated.stderr).into_owned();
+    diesel_async::SimpleAsyncConnection::batch_execute(
+        &mut conn,
+        &format!("DROP DATABASE \"{name}\" WITH (FORCE)"),
+    )
+    .await
+    .unwrap();
+    assert!(migrated.status.success(), "{outcome}");
+}
+
+#[tokio::test]
 async fn an_instance_on_verified_tls_to_postgres_and_redis_serves_and_is_ready() {
     let app = crate::support::spawn_app().await;
     let dir = std::env::var("COMMERCE_TEST_TLS_DIR")

@@ -90,6 +90,19 @@ impl Config {
         Self::read(&Reader::default())
     }
 
+    /// Only `DATABASE_URL`: what `migrate` needs.
+    pub fn read_database_url<S: commerce_config::Source>(
+        r: &Reader<S>,
+    ) -> Result<String, ConfigError> {
+        commerce_db::validate_url(
+            "DATABASE_URL",
+            r.string_or(
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/commerce_metrics",
+            ),
+        )
+    }
+
     /// Reads and validates configuration from any source.
     pub fn read<S: commerce_config::Source>(r: &Reader<S>) -> Result<Self, ConfigError> {
         let profile = r.or("APP_PROFILE", Profile::Prod)?;
@@ -108,13 +121,7 @@ impl Config {
                 ),
             ));
         }
-        let database_url = commerce_db::validate_url(
-            "DATABASE_URL",
-            r.string_or(
-                "DATABASE_URL",
-                "postgres://postgres@127.0.0.1:5432/commerce_metrics",
-            ),
-        )?;
+        let database_url = Self::read_database_url(r)?;
         let redis_url = r.string_or("REDIS_URL", "redis://127.0.0.1:6379");
         commerce_config::refuse_plaintext(
             r,

@@ -73,20 +73,21 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Migrate { no_create_database } = command {
+        // A migration job needs the database, not the consumer's or Redis's settings.
+        let url =
+            commerce_config::from_env_or_exit("commerce-collector", Config::read_database_url);
+        return commerce_db::migrate(&url, commerce_collector::MIGRATIONS, !no_create_database)
+            .await;
+    }
     let config = commerce_config::from_env_or_exit("commerce-collector", Config::read);
-    match cli.command.unwrap_or(Command::Serve) {
+    match command {
         Command::Serve => {
             let app = commerce_collector::startup::Application::build(config).await?;
             app.run_until_stopped(commerce_web::shutdown_signal()).await
         }
-        Command::Migrate { no_create_database } => {
-            commerce_db::migrate(
-                &config.database_url,
-                commerce_collector::MIGRATIONS,
-                !no_create_database,
-            )
-            .await
-        }
+        Command::Migrate { .. } => unreachable!("handled above"),
         Command::Rollup { from, to } => {
             let pool = commerce_db::pool(&config.database_url, 2)?;
             let mut conn = pool.get().await?;

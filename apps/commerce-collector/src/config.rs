@@ -30,6 +30,7 @@
 //! | `KAFKA_TOPIC_PARTITIONS` | `6` | partitions of topics the collector creates |
 //! | `COLLECTOR_GROUP_ID` | `commerce-collector` | consumer group |
 //! | `COLLECTOR_BATCH_SIZE` | `100` | events per batch transaction (1..=1000) |
+//! | `COLLECTOR_JOIN_TIMEOUT_MS` | twice the session timeout, at least `30000` | a consumer left this long without an assignment from its group (a stalled join) is recreated; `/health/consuming` reports it while it waits |
 //! | `COLLECTOR_MAX_IN_FLIGHT` | `3` | batches applied concurrently (offsets still stored in order) |
 //! | `COLLECTOR_BATCH_WAIT_MS` | `200` | longest wait to fill a batch |
 //! | `COLLECTOR_CONSUME` | `true` | consume events (false: serve the ranking API only) |
@@ -73,6 +74,9 @@ pub struct Config {
     pub batch_size: usize,
     pub batch_wait_ms: u64,
     pub max_in_flight: usize,
+    /// How long the consumer may wait for its group to assign it partitions before it is
+    /// recreated (a stalled join).
+    pub join_timeout: std::time::Duration,
     pub consume: bool,
     pub time_zone: chrono_tz::Tz,
     pub weights: crate::ranking::Weights,
@@ -107,6 +111,7 @@ impl Config {
     pub fn read<S: commerce_config::Source>(r: &Reader<S>) -> Result<Self, ConfigError> {
         let profile = r.or("APP_PROFILE", Profile::Prod)?;
         let kafka = KafkaSettings::read(r, profile == Profile::Prod)?;
+        let session_timeout_ms = u64::from(kafka.session_timeout_ms);
         let event_handled_retention_hours =
             r.in_range("EVENT_HANDLED_RETENTION_HOURS", 192, 1..=24 * 365)?;
         let topic_retention_hours = u64::from(kafka.topic_retention_hours);
@@ -153,6 +158,13 @@ impl Config {
             batch_size: r.in_range("COLLECTOR_BATCH_SIZE", 100, 1..=1000)?,
             batch_wait_ms: r.in_range("COLLECTOR_BATCH_WAIT_MS", 200, 1..=10_000)?,
             max_in_flight: r.in_range("COLLECTOR_MAX_IN_FLIGHT", 3, 1..=32)?,
+            join_timeout: std::time::Duration::from_millis(r.in_range(
+                "COLLECTOR_JOIN_TIMEOUT_MS",
+                // A rebalance waits up to a session timeout for members that left; twice that
+                // (and at least 30 s) is a stall.
+                (session_timeout_ms * 2).max(30_000),
+                5_000..=3_600_000,
+            )?),
             consume: r.or("COLLECTOR_CONSUME", true)?,
             time_zone: r.or("BUSINESS_TIME_ZONE", chrono_tz::Asia::Seoul)?,
             weights: crate::ranking::Weights {

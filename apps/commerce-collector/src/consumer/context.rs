@@ -1,11 +1,47 @@
 //! The consumer's librdkafka client context: rebalances logged and counted, client errors
 //! counted, and the consumer lag exported from librdkafka's statistics.
 
-use rdkafka::ClientContext;
-use rdkafka::consumer::{BaseConsumer, ConsumerContext, Rebalance};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-/// Logs and counts rebalances, and exports the consumer's lag from librdkafka's statistics.
-pub(super) struct RebalanceLogger;
+use rdkafka::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+
+/// Logs and counts rebalances, tracks this member's place in the group ([`Membership`]), and
+/// exports the consumer's lag from librdkafka's statistics.
+pub(super) struct RebalanceLogger(pub(super) Arc<Membership>);
+
+/// Whether this member has joined its group (a rebalance gave it its assignment, possibly
+/// empty when there are more members than partitions), since when it has not, and how many
+/// partitions it holds.
+pub(super) struct Membership {
+    joined: AtomicBool,
+    waiting_since: Mutex<Instant>,
+    assigned: AtomicUsize,
+}
+
+impl Membership {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            joined: AtomicBool::new(false),
+            waiting_since: Mutex::new(Instant::now()),
+            assigned: AtomicUsize::new(0),
+        })
+    }
+
+    /// How long this member has been waiting for the group to give it an assignment, if it
+    /// is waiting.
+    pub(super) fn waiting(&self) -> Option<Duration> {
+        (!self.joined.load(Ordering::Relaxed))
+            .then(|| self.waiting_since.lock().expect("not poisoned").elapsed())
+    }
+
+    pub(super) fn assigned(&self) -> usize {
+        self.assigned.load(Ordering::Relaxed)
+    }
+}
 
 /// How often librdkafka reports its statistics (the lag gauges' resolution).
 pub(super) const STATISTICS_INTERVAL_MS: &str = "1000";
@@ -49,16 +85,30 @@ impl ConsumerContext for RebalanceLogger {
         if let Rebalance::Revoke(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions revoked");
             metrics::counter!("collector_rebalances_total", "kind" => "revoke").increment(1);
+            // Until the group hands out the next assignment.
+            *self.0.waiting_since.lock().expect("not poisoned") = Instant::now();
+            self.0.joined.store(false, Ordering::Relaxed);
+            metrics::gauge!("collector_group_joined").set(0.0);
         }
     }
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "partitions assigned");
+                // The whole assignment (a cooperative rebalance hands out only the increment).
+                let held = consumer.assignment().map_or(tpl.count(), |a| a.count());
+                tracing::info!(partitions = tpl.count(), held, "partitions assigned");
                 metrics::counter!("collector_rebalances_total", "kind" => "assign").increment(1);
+                self.0.assigned.store(held, Ordering::Relaxed);
+                self.0.joined.store(true, Ordering::Relaxed);
+                metrics::gauge!("collector_assigned_partitions").set(held as f64);
+                metrics::gauge!("collector_group_joined").set(1.0);
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
-            Rebalance::Revoke(_) => {}
+            Rebalance::Revoke(_) => {
+                let held = consumer.assignment().map_or(0, |a| a.count());
+                self.0.assigned.store(held, Ordering::Relaxed);
+                metrics::gauge!("collector_assigned_partitions").set(held as f64);
+            }
         }
     }
 }

@@ -47,7 +47,7 @@ mod batch;
 mod context;
 
 use batch::{Batcher, batch_span};
-use context::{RebalanceLogger, STATISTICS_INTERVAL_MS};
+use context::{Membership, RebalanceLogger, STATISTICS_INTERVAL_MS};
 
 /// Whether the consumer is running and its batches commit, for readiness. Cheap to clone.
 #[derive(Clone, Default)]
@@ -58,11 +58,17 @@ struct HealthState {
     running: AtomicBool,
     /// Set while a batch is being retried because the database is unavailable.
     stalled: std::sync::Mutex<Option<String>>,
+    /// The running consumer's place in its group.
+    membership: std::sync::Mutex<Option<Arc<Membership>>>,
 }
 
 impl Health {
     fn set(&self, up: bool) {
         self.0.running.store(up, Ordering::Relaxed);
+    }
+
+    fn watch(&self, membership: Option<Arc<Membership>>) {
+        *self.0.membership.lock().expect("not poisoned") = membership;
     }
 
     fn stalled(&self, error: Option<String>) {
@@ -77,12 +83,24 @@ impl commerce_web::health::ReadinessCheck for Health {
     fn check(&self) -> futures::future::BoxFuture<'_, Result<(), String>> {
         let up = self.0.running.load(Ordering::Relaxed);
         let stalled = self.0.stalled.lock().expect("not poisoned").clone();
+        let waiting = self
+            .0
+            .membership
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .and_then(|m| m.waiting());
         Box::pin(async move {
             if !up {
                 Err(
                     "the Kafka consumer is not running (starting, or recreating after a failure)"
                         .into(),
                 )
+            } else if let Some(waiting) = waiting {
+                Err(format!(
+                    "waiting {} s for the consumer group to assign this member its partitions",
+                    waiting.as_secs()
+                ))
             } else if let Some(error) = stalled {
                 Err(format!(
                     "batches cannot commit, the database is unavailable: {error}"
@@ -105,6 +123,16 @@ fn describe_metrics() {
         "collector_consumer_lag",
         "Messages of a consumed partition not yet applied, by topic and partition."
     );
+    metrics::describe_gauge!(
+        "collector_assigned_partitions",
+        "Partitions of the consumed topics this instance holds (0 while it waits for the group, or when there are more members than partitions)."
+    );
+    metrics::describe_gauge!(
+        "collector_group_joined",
+        "1 while this instance's consumer holds an assignment from its group, 0 while it waits for one."
+    );
+    metrics::gauge!("collector_assigned_partitions").set(0.0);
+    metrics::gauge!("collector_group_joined").set(0.0);
 }
 
 /// Runs the consumer until `shutdown` turns true, recreating it after persistent failures.
@@ -121,6 +149,9 @@ pub async fn run(
     while !*shutdown.borrow() {
         let result = consume(&config, &pool, &live, &health, &mut shutdown).await;
         health.set(false);
+        health.watch(None);
+        metrics::gauge!("collector_assigned_partitions").set(0.0);
+        metrics::gauge!("collector_group_joined").set(0.0);
         match result {
             Ok(()) => break,
             Err(e) => {
@@ -171,11 +202,12 @@ async fn consume(
     let wanted = topics(config);
     let refs: Vec<(&str, i32)> = wanted.iter().map(|(n, p)| (n.as_str(), *p)).collect();
     config.kafka.ensure_topics(&refs).await?;
+    let membership = Membership::new();
     let consumer: StreamConsumer<RebalanceLogger> = config
         .kafka
         .consumer_config(&config.group_id)
         .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
-        .create_with_context(RebalanceLogger)?;
+        .create_with_context(RebalanceLogger(membership.clone()))?;
     consumer.subscribe(&[&config.catalog_topic, &config.order_topic])?;
     let batcher = Arc::new(Batcher {
         config: config.clone(),
@@ -186,7 +218,12 @@ async fn consume(
         horizon: Horizon::hours(config.event_handled_retention_hours),
     });
     tracing::info!(group = %config.group_id, "consumer subscribed");
+    health.watch(Some(membership.clone()));
     health.set(true);
+    // The group's assignment is watched once a second: a member left waiting longer than
+    // `join_timeout` (a stalled join) is recreated.
+    let mut membership_check = tokio::time::interval(Duration::from_secs(1));
+    membership_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let wait = Duration::from_millis(config.batch_wait_ms);
     let mut consecutive_errors = 0;
@@ -203,6 +240,18 @@ async fn consume(
     let pause_after = Duration::from_millis(u64::from(config.kafka.max_poll_interval_ms) / 4);
     let mut paused = false;
     loop {
+        metrics::gauge!("collector_assigned_partitions").set(membership.assigned() as f64);
+        let waiting = membership.waiting();
+        metrics::gauge!("collector_group_joined").set(if waiting.is_some() { 0.0 } else { 1.0 });
+        if let Some(waiting) = waiting
+            && waiting >= config.join_timeout
+        {
+            metrics::counter!("collector_group_join_stalls_total").increment(1);
+            anyhow::bail!(
+                "the consumer group has not given this member an assignment in {} s (a stalled join); recreating the consumer",
+                waiting.as_secs()
+            );
+        }
         let full = in_flight.len() >= config.max_in_flight;
         let oldest_age = in_flight.front().map(|(_, _, at)| at.elapsed());
         if !paused
@@ -231,6 +280,7 @@ async fn consume(
                 // message: an idle consumer still commits everything it applied.
                 done = oldest => Wake::Finished(done),
                 () = tokio::time::sleep(STORE_CHECK), if !receive => Wake::Tick,
+                _ = membership_check.tick() => Wake::Tick,
                 _ = shutdown.changed() => Wake::Stop,
             }
         } else {

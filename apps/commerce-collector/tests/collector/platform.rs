@@ -14,7 +14,15 @@ async fn ready_when(
 ) -> (u16, serde_json::Value) {
     let db = TestDb::new("commerce_collector", commerce_collector::MIGRATIONS).await;
     let prefix = format!("test:{}:", commerce_testkit::unique_suffix());
+    // Topics and a group of its own: its consumer joins a group no other run has touched.
+    let suffix = commerce_testkit::unique_suffix();
+    let group = format!("collector-{suffix}");
     let vars = TestEnv::new(&db.url, &prefix, &commerce_testkit::kafka_settings())
+        .topics(
+            &format!("catalog-events-{suffix}"),
+            &format!("order-events-{suffix}"),
+        )
+        .with(&[("COLLECTOR_GROUP_ID", group.as_str())])
         .with(overrides)
         .vars();
     let app = Application::build(Config::read(&Reader::new(vars)).unwrap())

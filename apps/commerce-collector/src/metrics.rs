@@ -51,6 +51,11 @@ pub fn register() {
         &[],
     );
     counter(
+        "collector_group_join_stalls_total",
+        "Times the consumer was recreated because its group left it without an assignment longer than COLLECTOR_JOIN_TIMEOUT_MS.",
+        &[],
+    );
+    counter(
         "collector_rebalances_total",
         "Consumer group rebalances seen by this instance, by kind.",
         &[("kind", &["revoke", "assign"])],

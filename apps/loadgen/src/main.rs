@@ -12,6 +12,7 @@ mod http;
 mod logins;
 mod pipeline;
 mod rankings;
+mod rolling;
 mod settlement;
 mod storefront;
 
@@ -106,6 +107,18 @@ enum Command {
         products: u64,
         #[arg(long, default_value = "target/release")]
         bin_dir: String,
+    },
+    /// A rolling restart (SIGTERM, then start again) of two API and two collector instances
+    /// under order load: fails unless every request succeeds and every order is counted once.
+    RollingRestart {
+        #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+        server: String,
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        brokers: String,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: String,
+        #[arg(long, default_value_t = 32)]
+        connections: usize,
     },
     /// Relay drain throughput of ROWS pending rows, then idle commit-to-publish latency.
     Relay {
@@ -279,6 +292,12 @@ async fn main() -> anyhow::Result<()> {
             rows,
             bin_dir,
         } => pipeline::relay(&server, &brokers, rows, &bin_dir).await,
+        Command::RollingRestart {
+            server,
+            brokers,
+            bin_dir,
+            connections,
+        } => rolling::rolling_restart(&server, &brokers, &bin_dir, connections).await,
         Command::Rollup {
             server,
             days,

@@ -23,7 +23,7 @@ pub(crate) struct N {
     pub(crate) n: i64,
 }
 
-async fn count(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {
+pub(crate) async fn count(conn: &mut AsyncPgConnection, sql: &str) -> anyhow::Result<i64> {
     Ok(diesel::sql_query(sql).get_result::<N>(conn).await?.n)
 }
 

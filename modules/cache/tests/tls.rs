@@ -8,11 +8,11 @@ const TLS_URL: &str = "rediss://127.0.0.1:6390";
 fn ca(name: &str) -> String {
     let dir = PathBuf::from(
         std::env::var("COMMERCE_TEST_TLS_DIR")
-            .unwrap_or_else(|_| "/var/lib/postgresql/commerce-test-tls".into()),
+            .unwrap_or_else(|_| "/var/tmp/commerce-test-tls".into()),
     );
     assert!(
         dir.join(name).is_file(),
-        "the test TLS certificates are missing from {}: run `supports/dev/stack infra` as root",
+        "the test TLS certificates are missing from {}: run `supports/dev/stack infra`",
         dir.display()
     );
     dir.join(name).display().to_string()
@@ -22,7 +22,7 @@ fn ca(name: &str) -> String {
 async fn rediss_with_the_test_ca_round_trips_a_value() {
     assert!(
         std::net::TcpStream::connect("127.0.0.1:6390").is_ok(),
-        "Redis with TLS is not listening on 127.0.0.1:6390: run `supports/dev/stack infra` as root"
+        "Redis with TLS is not listening on 127.0.0.1:6390: run `supports/dev/stack infra`"
     );
     let cache = commerce_cache::Cache::with_ca(TLS_URL, "tls-test:", Some(&ca("ca.crt"))).unwrap();
     let mut conn = cache

@@ -1,5 +1,6 @@
-//! TLS to PostgreSQL against the machine's own server, which serves a certificate for
-//! 127.0.0.1 signed by a test CA (made by `supports/dev/stack infra`).
+//! TLS to PostgreSQL against the private instance `supports/dev/stack infra` starts for these
+//! tests (127.0.0.1:5433, `COMMERCE_TEST_TLS_SERVER_URL`), which serves a certificate for
+//! 127.0.0.1 signed by a test CA. The machine's own server is left as it is.
 
 use std::path::PathBuf;
 
@@ -10,20 +11,21 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 fn tls_dir() -> PathBuf {
     let dir = PathBuf::from(
         std::env::var("COMMERCE_TEST_TLS_DIR")
-            .unwrap_or_else(|_| "/var/lib/postgresql/commerce-test-tls".into()),
+            .unwrap_or_else(|_| "/var/tmp/commerce-test-tls".into()),
     );
     assert!(
         dir.join("ca.crt").is_file(),
-        "the test TLS certificates are missing from {}: run `supports/dev/stack infra` as root",
+        "the test TLS certificates are missing from {}: run `supports/dev/stack infra`",
         dir.display()
     );
     dir
 }
 
-/// The test server's URL (`DATABASE_SERVER_URL`, host 127.0.0.1) with `host` and `query`.
+/// The TLS test server's URL (`COMMERCE_TEST_TLS_SERVER_URL`, host 127.0.0.1) with `host`
+/// and `query`.
 fn url(host: &str, query: &str) -> String {
-    let server = std::env::var("DATABASE_SERVER_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let server = std::env::var("COMMERCE_TEST_TLS_SERVER_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".into());
     let server = server.replace("127.0.0.1", host);
     format!("{server}/postgres?{query}")
 }

@@ -296,15 +296,27 @@ async fn migrate_without_creating_the_database_refuses_a_missing_one_and_migrate
 
 #[tokio::test]
 async fn an_instance_on_verified_tls_to_postgres_and_redis_serves_and_is_ready() {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
     let app = crate::support::spawn_app().await;
     let dir = std::env::var("COMMERCE_TEST_TLS_DIR")
-        .unwrap_or_else(|_| "/var/lib/postgresql/commerce-test-tls".into());
+        .unwrap_or_else(|_| "/var/tmp/commerce-test-tls".into());
     let ca = format!("{dir}/ca.crt");
     assert!(
         std::path::Path::new(&ca).is_file(),
-        "the test TLS certificates are missing from {dir}: run `supports/dev/stack infra` as root"
+        "the test TLS certificates are missing from {dir}: run `supports/dev/stack infra`"
     );
-    let database_url = format!("{}?sslmode=verify-full&sslrootcert={ca}", app.db.url);
+    // A database of its own on the private TLS server the stack runs (the machine's own
+    // server is left without TLS).
+    let server = std::env::var("COMMERCE_TEST_TLS_SERVER_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".into());
+    let name = format!("commerce_api_tls_{}", commerce_testkit::unique_suffix());
+    let plain = format!("{server}/{name}");
+    commerce_db::migrate(&plain, commerce_api::MIGRATIONS, true)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("the TLS test server at {server} (supports/dev/stack infra): {e:#}")
+        });
+    let database_url = format!("{plain}?sslmode=verify-full&sslrootcert={ca}");
     let tls = app
         .another_instance(&[
             ("DATABASE_URL", &database_url),
@@ -312,23 +324,30 @@ async fn an_instance_on_verified_tls_to_postgres_and_redis_serves_and_is_ready()
             ("REDIS_CA_FILE", &ca),
         ])
         .await;
-    let res = reqwest::get(format!("{}/health/ready", tls.base))
-        .await
-        .unwrap();
-    let body: serde_json::Value = res.json().await.unwrap();
-    let status = |name: &str| {
-        body["checks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == name)
-            .map(|c| c["status"].clone())
-    };
-    assert_eq!(
-        (status("database"), status("redis")),
-        (Some("UP".into()), Some("UP".into())),
-        "{body}"
-    );
+    let ready = format!("{}/health/ready", tls.base);
+    commerce_testkit::eventually(
+        "the instance on TLS finds its database and Redis up",
+        std::time::Duration::from_secs(10),
+        async || {
+            let body: serde_json::Value = reqwest::get(&ready)
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let up = |name: &str| {
+                body["checks"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["name"] == name && c["status"] == "UP"))
+            };
+            if up("database") && up("redis") {
+                Ok(())
+            } else {
+                Err(body.to_string())
+            }
+        },
+    )
+    .await;
     let res = reqwest::Client::new()
         .post(format!("{}/api/v1/users", tls.base))
         .json(&serde_json::json!({"login_id": "over-tls", "password": "correct horse", "name": "T", "email": "t@example.com"}))
@@ -336,20 +355,35 @@ async fn an_instance_on_verified_tls_to_postgres_and_redis_serves_and_is_ready()
         .await
         .unwrap();
     assert_eq!(res.status(), 201);
-    assert_eq!(
-        app.count("SELECT count(*) AS n FROM users WHERE login_id = 'over-tls'")
-            .await,
-        1
-    );
-    // The instance's sessions are the encrypted ones; the test's own connection is plain.
-    assert!(
-        app.count(
-            "SELECT count(*) AS n FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
-              WHERE a.datname = current_database() AND s.ssl"
-        )
+    #[derive(diesel::QueryableByName)]
+    struct N {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let mut conn = commerce_db::connect(&plain).await.unwrap();
+    let users: N = diesel::sql_query("SELECT count(*) AS n FROM users WHERE login_id = 'over-tls'")
+        .get_result(&mut conn)
         .await
-            >= 1
-    );
+        .unwrap();
+    assert_eq!(users.n, 1);
+    // The instance's sessions are the encrypted ones; the test's own connection is plain.
+    let encrypted: N = diesel::sql_query(
+        "SELECT count(*) AS n FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+          WHERE a.datname = current_database() AND s.ssl",
+    )
+    .get_result(&mut conn)
+    .await
+    .unwrap();
+    assert!(encrypted.n >= 1);
+    drop(tls);
+    drop(conn);
+    let mut admin = commerce_db::connect(&format!("{server}/postgres"))
+        .await
+        .unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE \"{name}\" WITH (FORCE)"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]

@@ -227,6 +227,9 @@ pub async fn rolling_restart(
     // The load balancer: an API instance is in rotation while its last probe answered 200.
     let in_rotation: Arc<[AtomicBool; 2]> =
         Arc::new([AtomicBool::new(true), AtomicBool::new(true)]);
+    // Each API instance's process generation: a connection kept from before a restart is
+    // closed (as any HTTP client's pool would notice before reusing it) and opened again.
+    let generation: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
     let stop = Arc::new(AtomicBool::new(false));
     let prober = {
         let (in_rotation, stop) = (in_rotation.clone(), stop.clone());
@@ -246,6 +249,7 @@ pub async fn rolling_restart(
     let products = Arc::new(products);
     let mut workers = Vec::new();
     for (c, token) in tokens.into_iter().enumerate() {
+        let generation = generation.clone();
         let (in_rotation, stop, sent, placed, failures, products) = (
             in_rotation.clone(),
             stop.clone(),
@@ -255,7 +259,7 @@ pub async fn rolling_restart(
             products.clone(),
         );
         workers.push(tokio::spawn(async move {
-            let mut conns: [Option<http::Conn>; 2] = [None, None];
+            let mut conns: [Option<(usize, http::Conn)>; 2] = [None, None];
             let mut i = c;
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
@@ -273,13 +277,18 @@ pub async fn rolling_restart(
                 );
                 let request = http::request("POST", &addr, "/api/v1/orders", Some(&token), Some(&body));
                 sent.fetch_add(1, Ordering::Relaxed);
+                let current = generation[target].load(Ordering::Relaxed);
+                if conns[target].as_ref().is_some_and(|(g, _)| *g != current) {
+                    conns[target] = None;
+                }
                 let outcome = async {
                     if conns[target].is_none() {
-                        conns[target] = Some(http::Conn::open(addr).await?);
+                        conns[target] = Some((current, http::Conn::open(addr).await?));
                     }
                     conns[target]
                         .as_mut()
                         .expect("opened above")
+                        .1
                         .send(&request)
                         .await
                 }
@@ -308,9 +317,12 @@ pub async fn rolling_restart(
     }
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for instance in &mut instances {
+    for (i, instance) in instances.iter_mut().enumerate() {
         let before = placed.load(Ordering::Relaxed);
         let drained = instance.stop().await?;
+        if let Some(g) = generation.get(i) {
+            g.fetch_add(1, Ordering::Relaxed);
+        }
         instance.start()?;
         instance.wait_ready().await?;
         println!(

@@ -465,11 +465,16 @@ impl Config {
             }
         }
         let redis_url = r.string_or("REDIS_URL", "redis://127.0.0.1:6379");
+        let database_direct_url = match r.optional::<String>("DATABASE_DIRECT_URL")? {
+            Some(url) => Some(commerce_db::validate_url("DATABASE_DIRECT_URL", url)?),
+            None => None,
+        };
         commerce_config::refuse_plaintext(
             r,
             !dev,
             &Connections {
                 database_url: &database_url,
+                database_direct_url: database_direct_url.as_deref(),
                 redis_url: &redis_url,
                 kafka_encrypted: kafka.encrypted(),
             },
@@ -537,10 +542,7 @@ impl Config {
             http_addr: r.or("HTTP_ADDR", SocketAddr::from(([127, 0, 0, 1], 8080)))?,
             management_addr: r.optional("MANAGEMENT_ADDR")?,
             drain: commerce_web::Drain::read(r, !dev)?,
-            database_direct_url: match r.optional::<String>("DATABASE_DIRECT_URL")? {
-                Some(url) => commerce_db::validate_url("DATABASE_DIRECT_URL", url)?,
-                None => database_url.clone(),
-            },
+            database_direct_url: database_direct_url.unwrap_or_else(|| database_url.clone()),
             database_url,
             database_pool_size: r.in_range("DATABASE_POOL_SIZE", 16, 1..=512)?,
             redis_url,
@@ -670,6 +672,28 @@ mod tests {
             ("KAFKA_SASL_PASSWORD", "secret"),
         ]);
         assert!(read(&encrypted).is_ok(), "{:?}", read(&encrypted).err());
+        // The direct URL (past a pooler) is held to the same rule.
+        let mut direct = encrypted.clone();
+        direct.push((
+            "DATABASE_DIRECT_URL",
+            "postgres://app@db-primary:5432/commerce",
+        ));
+        assert_eq!(read(&direct).err().unwrap().var, "DATABASE_DIRECT_URL");
+        direct.pop();
+        direct.push((
+            "DATABASE_DIRECT_URL",
+            "postgres://app@db-primary:5432/commerce?sslmode=verify-full",
+        ));
+        let config = read(&direct).expect("an encrypted direct URL");
+        assert_eq!(
+            config.database_direct_url,
+            "postgres://app@db-primary:5432/commerce?sslmode=verify-full"
+        );
+        assert_eq!(
+            read(&encrypted).unwrap().database_direct_url,
+            "postgres://app@db:5432/commerce?sslmode=verify-full",
+            "defaults to DATABASE_URL"
+        );
         assert!(dev(&[]).is_ok(), "development allows plain text");
     }
 

@@ -133,6 +133,7 @@ impl Config {
             profile == Profile::Prod,
             &Connections {
                 database_url: &database_url,
+                database_direct_url: None,
                 redis_url: &redis_url,
                 kafka_encrypted: kafka.encrypted(),
             },

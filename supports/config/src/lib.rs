@@ -343,6 +343,8 @@ impl FromStr for Profile {
 pub struct Connections<'a> {
     /// `DATABASE_URL`.
     pub database_url: &'a str,
+    /// `DATABASE_DIRECT_URL`, when an app has one.
+    pub database_direct_url: Option<&'a str>,
     /// `REDIS_URL`.
     pub redis_url: &'a str,
     /// Whether the Kafka brokers are reached over TLS (`KAFKA_SECURITY_PROTOCOL`).
@@ -375,6 +377,14 @@ pub fn refuse_plaintext<S: Source>(
             configured_by: "DATABASE_URL",
             allow: "DATABASE_ALLOW_PLAINTEXT",
             encrypted: postgres_encrypted(connections.database_url),
+        },
+        Transport {
+            what: "PostgreSQL",
+            configured_by: "DATABASE_DIRECT_URL",
+            allow: "DATABASE_ALLOW_PLAINTEXT",
+            encrypted: connections
+                .database_direct_url
+                .is_none_or(postgres_encrypted),
         },
         Transport {
             what: "Redis",

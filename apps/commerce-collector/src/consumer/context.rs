@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientContext;
@@ -14,12 +14,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 pub(super) struct RebalanceLogger(pub(super) Arc<Membership>);
 
 /// Whether this member has joined its group (a rebalance gave it its assignment, possibly
-/// empty when there are more members than partitions), since when it has not, and how many
-/// partitions it holds.
+/// empty when there are more members than partitions), and since when it has not. The
+/// partitions it holds are exported as `collector_assigned_partitions` by the callbacks.
 pub(super) struct Membership {
     joined: AtomicBool,
     waiting_since: Mutex<Instant>,
-    assigned: AtomicUsize,
 }
 
 impl Membership {
@@ -27,7 +26,6 @@ impl Membership {
         Arc::new(Self {
             joined: AtomicBool::new(false),
             waiting_since: Mutex::new(Instant::now()),
-            assigned: AtomicUsize::new(0),
         })
     }
 
@@ -36,10 +34,6 @@ impl Membership {
     pub(super) fn waiting(&self) -> Option<Duration> {
         (!self.joined.load(Ordering::Relaxed))
             .then(|| self.waiting_since.lock().expect("not poisoned").elapsed())
-    }
-
-    pub(super) fn assigned(&self) -> usize {
-        self.assigned.load(Ordering::Relaxed)
     }
 }
 
@@ -98,7 +92,6 @@ impl ConsumerContext for RebalanceLogger {
                 let held = consumer.assignment().map_or(tpl.count(), |a| a.count());
                 tracing::info!(partitions = tpl.count(), held, "partitions assigned");
                 metrics::counter!("collector_rebalances_total", "kind" => "assign").increment(1);
-                self.0.assigned.store(held, Ordering::Relaxed);
                 self.0.joined.store(true, Ordering::Relaxed);
                 metrics::gauge!("collector_assigned_partitions").set(held as f64);
                 metrics::gauge!("collector_group_joined").set(1.0);
@@ -106,7 +99,6 @@ impl ConsumerContext for RebalanceLogger {
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
             Rebalance::Revoke(_) => {
                 let held = consumer.assignment().map_or(0, |a| a.count());
-                self.0.assigned.store(held, Ordering::Relaxed);
                 metrics::gauge!("collector_assigned_partitions").set(held as f64);
             }
         }

@@ -240,10 +240,8 @@ async fn consume(
     let pause_after = Duration::from_millis(u64::from(config.kafka.max_poll_interval_ms) / 4);
     let mut paused = false;
     loop {
-        metrics::gauge!("collector_assigned_partitions").set(membership.assigned() as f64);
-        let waiting = membership.waiting();
-        metrics::gauge!("collector_group_joined").set(if waiting.is_some() { 0.0 } else { 1.0 });
-        if let Some(waiting) = waiting
+        // The membership gauges are set by the rebalance callbacks; here only the stall.
+        if let Some(waiting) = membership.waiting()
             && waiting >= config.join_timeout
         {
             metrics::counter!("collector_group_join_stalls_total").increment(1);

@@ -191,51 +191,42 @@ impl RedisCluster {
     }
 
     async fn wait_replica_synced(&self, node: usize) {
-        eventually(
+        self.wait_info(
+            node,
             "a Redis Cluster replica is in sync with its master",
-            Duration::from_secs(30),
-            async || {
-                let mut conn = self
-                    .node_connection(node)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let info: String = redis::cmd("INFO")
-                    .arg("replication")
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
+            &["INFO", "replication"],
+            |info| {
                 let replica = info.lines().any(|l| l.trim() == "role:slave");
-                if !replica || info.lines().any(|l| l.trim() == "master_link_status:up") {
-                    Ok(())
-                } else {
-                    Err(info)
-                }
+                !replica || info.lines().any(|l| l.trim() == "master_link_status:up")
             },
         )
         .await;
     }
 
     async fn wait_state_ok(&self, node: usize) {
-        eventually(
+        self.wait_info(
+            node,
             "the Redis Cluster serves every slot",
-            Duration::from_secs(30),
-            async || {
-                let mut conn = self
-                    .node_connection(node)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let info: String = redis::cmd("CLUSTER")
-                    .arg("INFO")
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if info.lines().any(|l| l.trim() == "cluster_state:ok") {
-                    Ok(())
-                } else {
-                    Err(info)
-                }
-            },
+            &["CLUSTER", "INFO"],
+            |info| info.lines().any(|l| l.trim() == "cluster_state:ok"),
         )
+        .await;
+    }
+
+    /// Polls `command` on `node` until its text answer satisfies `done`.
+    async fn wait_info(&self, node: usize, what: &str, command: &[&str], done: fn(&str) -> bool) {
+        eventually(what, Duration::from_secs(30), async || {
+            let mut conn = self
+                .node_connection(node)
+                .await
+                .map_err(|e| e.to_string())?;
+            let info: String = redis::cmd(command[0])
+                .arg(&command[1..])
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+            if done(&info) { Ok(()) } else { Err(info) }
+        })
         .await;
     }
 

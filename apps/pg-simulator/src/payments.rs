@@ -427,9 +427,9 @@ pub async fn request_payment(
     }
     // The payment keeps the request's trace context: its callback continues the trace.
     let traceparent = commerce_telemetry::traces::current_traceparent();
-    let task = tokio::spawn(
+    let task = tokio::spawn(commerce_telemetry::traces::carry(
         process(sim, user, key, req, traceparent).instrument(tracing::Span::current()),
-    );
+    ));
     let accepted = task
         .await
         .map_err(|e| anyhow::anyhow!("payment task failed: {e}"))??;

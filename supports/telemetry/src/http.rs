@@ -1,88 +1,262 @@
-//! HTTP request instrumentation: a span and a log line per request, and the request metrics.
+//! HTTP request instrumentation: trace context, one access line and the request metrics.
 //!
-//! [`request_trace_layer`] (tower-http's `TraceLayer`) opens a server span per request,
-//! continuing the caller's `traceparent`, and logs one line when the response head is sent:
-//! route template, status and latency, with the method and path in the span. Health checks and
-//! metric scrapes log at DEBUG, server errors at WARN, everything else at INFO, all under the
-//! `request` target (`RUST_LOG=info,request=warn` keeps only the failures).
+//! [`observe`] (the outermost layer) gives each request its trace context, continuing the
+//! caller's `traceparent`: a server span when spans are recorded, else a
+//! [`RequestTrace`](crate::traces::RequestTrace) (see [`crate::traces`]); answers with the
+//! request's own `traceparent`; and writes its access line ([`AccessLog`]).
 //!
 //! [`track_http`] (a route layer, so it runs once the route is matched) names the span after
 //! the route template and records `http_requests_total` and `http_request_duration_seconds`,
 //! labelled by the template, never the raw path, so label cardinality stays bounded.
 
-use std::time::{Duration, Instant};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http;
+use axum::http::{self, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
-use tower_http::trace::{MakeSpan, OnResponse, TraceLayer};
-use tracing::Span;
+use metrics::{Counter, Histogram};
 use tracing::field::Empty;
+use tracing::{Instrument as _, Level, Span};
 
-/// The matched route template, left on the response for the request log.
+use crate::traces::{Mode, RequestTrace};
+
+/// The route a request matched, left on the response for the access line.
 #[derive(Clone, Debug)]
-pub struct MatchedRoute(pub String);
+struct MatchedRoute(MatchedPath);
 
-/// The request span and log layer every app's router is wrapped in.
-pub type RequestTraceLayer =
-    TraceLayer<SharedClassifier<ServerErrorsAsFailures>, RequestSpan, (), LogResponse, (), (), ()>;
-
-/// See the module documentation.
-pub fn request_trace_layer() -> RequestTraceLayer {
-    TraceLayer::new_for_http()
-        .make_span_with(RequestSpan)
-        .on_request(())
-        .on_response(LogResponse)
-        .on_body_chunk(())
-        .on_eos(())
-        .on_failure(())
-}
-
-/// Opens the server span of a request.
-#[derive(Clone, Copy, Debug)]
-pub struct RequestSpan;
-
-impl<B> MakeSpan<B> for RequestSpan {
-    fn make_span(&mut self, req: &http::Request<B>) -> Span {
-        let span = tracing::info_span!(
-            "request",
-            otel.name = %req.method(),
-            otel.kind = "server",
-            otel.status_code = Empty,
-            http.request.method = %req.method(),
-            url.path = req.uri().path(),
-            http.route = Empty,
-            http.response.status_code = Empty,
-        );
-        crate::traces::continue_from_headers(&span, req.headers());
-        span
+/// Axum middleware, outermost: trace context, `traceparent` on the answer, the access line.
+pub async fn observe(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let (mut response, traceparent) = match crate::traces::mode() {
+        Mode::Spans => {
+            let span = request_span(&req);
+            let response = next.run(req).instrument(span.clone()).await;
+            let status = response.status();
+            span.record("http.response.status_code", status.as_u16());
+            if status.is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+            (response, crate::traces::traceparent(&span))
+        }
+        Mode::Ids => {
+            let trace = RequestTrace::from_headers(req.headers());
+            (trace.scope(next.run(req)).await, Some(trace.traceparent()))
+        }
+        Mode::Off => (next.run(req).await, None),
+    };
+    if let Some(tp) = &traceparent
+        && let Ok(v) = http::HeaderValue::from_str(tp)
+    {
+        response.headers_mut().insert("traceparent", v);
     }
+    let route = response
+        .extensions()
+        .get::<MatchedRoute>()
+        .map_or("unmatched", |r| r.0.as_str());
+    ACCESS.log(&Access {
+        method: &method,
+        path: uri.path(),
+        route,
+        status: response.status(),
+        latency: start.elapsed(),
+        trace_id: traceparent.as_deref().and_then(|tp| tp.get(3..35)),
+    });
+    response
 }
 
-/// Logs the request's line when its response head is sent.
-#[derive(Clone, Copy, Debug)]
-pub struct LogResponse;
+fn request_span(req: &Request) -> Span {
+    let span = tracing::info_span!(
+        "request",
+        otel.name = %req.method(),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %req.method(),
+        url.path = req.uri().path(),
+        http.route = Empty,
+        http.response.status_code = Empty,
+    );
+    crate::traces::continue_from_headers(&span, req.headers());
+    span
+}
 
-impl<B> OnResponse<B> for LogResponse {
-    fn on_response(self, res: &http::Response<B>, latency: Duration, span: &Span) {
-        let route = res
-            .extensions()
-            .get::<MatchedRoute>()
-            .map_or("unmatched", |r| r.0.as_str());
-        let status = res.status().as_u16();
-        span.record("http.response.status_code", status);
-        let latency_ms = (latency.as_secs_f64() * 1e6).round() / 1e3;
-        if res.status().is_server_error() {
-            span.record("otel.status_code", "error");
-            tracing::warn!(target: "request", route, status, latency_ms, "failed");
-        } else if route.starts_with("/health") || route == "/metrics" {
-            tracing::debug!(target: "request", route, status, latency_ms, "served");
-        } else {
-            tracing::info!(target: "request", route, status, latency_ms, "served");
+/// One request, as the access line sees it.
+struct Access<'a> {
+    method: &'a Method,
+    path: &'a str,
+    route: &'a str,
+    status: StatusCode,
+    latency: Duration,
+    trace_id: Option<&'a str>,
+}
+
+/// The access log: one compact line per request, formatted on the request's thread into a
+/// reused buffer and handed to the log writer ([`crate::output`]), which drops it (counted)
+/// rather than wait when its queue is full.
+///
+/// Which requests get a line:
+/// - every server error (WARN), client error, request slower than `ACCESS_LOG_SLOW_MS`
+///   (default 500) and request that is not a `GET` or `HEAD` (INFO);
+/// - of the rest (fast successful reads), a fraction `ACCESS_LOG_SAMPLE` (0 to 1, default 1:
+///   all of them);
+/// - never a health check or a metrics scrape that succeeded.
+///
+/// `RUST_LOG` still applies to the `request` target (`RUST_LOG=info,request=warn` keeps the
+/// server errors only). A text line is
+/// `<time>  INFO request: GET /api/v1/products/7 200 0.412ms route=/api/v1/products/{id} trace_id=<32 hex>`
+/// (the route template only when it differs from the path); `LOG_FORMAT=json` writes the same
+/// fields in the shape of the other JSON lines.
+pub struct AccessLog {
+    sample: f64,
+    slow: Duration,
+    json: bool,
+}
+
+static ACCESS: LazyLock<AccessLog> = LazyLock::new(AccessLog::from_env);
+
+impl AccessLog {
+    fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            sample: var("ACCESS_LOG_SAMPLE")
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite())
+                .map_or(1.0, |s| s.clamp(0.0, 1.0)),
+            slow: Duration::from_millis(
+                var("ACCESS_LOG_SLOW_MS")
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(500),
+            ),
+            json: var("LOG_FORMAT").is_some_and(|v| v.eq_ignore_ascii_case("json")),
         }
     }
+
+    /// The level of `a`'s line, or `None` when it gets none.
+    fn level(&self, a: &Access<'_>) -> Option<Level> {
+        if a.status.is_server_error() {
+            return tracing::enabled!(target: "request", Level::WARN).then_some(Level::WARN);
+        }
+        let kept = a.status.is_client_error()
+            || a.latency >= self.slow
+            || !(a.method == Method::GET || a.method == Method::HEAD);
+        if !kept {
+            if a.route.starts_with("/health") || a.route == "/metrics" {
+                return None;
+            }
+            if self.sample < 1.0 && (self.sample <= 0.0 || rand::random::<f64>() >= self.sample) {
+                return None;
+            }
+        }
+        tracing::enabled!(target: "request", Level::INFO).then_some(Level::INFO)
+    }
+
+    fn log(&self, a: &Access<'_>) {
+        let Some(level) = self.level(a) else {
+            return;
+        };
+        thread_local! {
+            static LINE: RefCell<String> = RefCell::new(String::with_capacity(256));
+        }
+        let line = LINE.with_borrow_mut(|line| {
+            line.clear();
+            let _ = if self.json {
+                write_json(line, level, a)
+            } else {
+                write_text(line, level, a)
+            };
+            line.as_bytes().to_vec()
+        });
+        crate::output::output().offer(line);
+    }
+}
+
+fn write_text(out: &mut String, level: Level, a: &Access<'_>) -> std::fmt::Result {
+    write_timestamp(out)?;
+    let micros = a.latency.as_micros();
+    write!(
+        out,
+        " {level:>5} request: {} {} {} {}.{:03}ms",
+        a.method,
+        a.path,
+        a.status.as_u16(),
+        micros / 1000,
+        micros % 1000
+    )?;
+    if a.route != a.path {
+        write!(out, " route={}", a.route)?;
+    }
+    if let Some(id) = a.trace_id {
+        write!(out, " trace_id={id}")?;
+    }
+    out.push('\n');
+    Ok(())
+}
+
+fn write_json(out: &mut String, level: Level, a: &Access<'_>) -> std::fmt::Result {
+    out.push_str("{\"timestamp\":\"");
+    write_timestamp(out)?;
+    let micros = a.latency.as_micros();
+    write!(
+        out,
+        "\",\"level\":\"{level}\",\"fields\":{{\"method\":\"{}\",\"path\":\"",
+        a.method
+    )?;
+    json_escaped(out, a.path);
+    out.push_str("\",\"route\":\"");
+    json_escaped(out, a.route);
+    write!(
+        out,
+        "\",\"status\":{},\"latency_ms\":{}.{:03}}},\"target\":\"request\"",
+        a.status.as_u16(),
+        micros / 1000,
+        micros % 1000
+    )?;
+    if let Some(id) = a.trace_id {
+        write!(out, ",\"trace_id\":\"{id}\"")?;
+    }
+    out.push_str("}\n");
+    Ok(())
+}
+
+fn json_escaped(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// `2026-12-05T15:04:05.123456Z`, RFC 3339 in UTC as the other lines; the part down to the
+/// second is formatted once a second per thread.
+fn write_timestamp(out: &mut String) -> std::fmt::Result {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != secs {
+            *cached = secs;
+            text.clear();
+            let at = chrono::DateTime::from_timestamp(secs as i64, 0).unwrap_or_default();
+            let _ = write!(text, "{}", at.format("%Y-%m-%dT%H:%M:%S"));
+        }
+        out.push_str(text);
+    });
+    write!(out, ".{:06}Z", now.subsec_micros())
 }
 
 /// Axum route middleware: names the request span after its route and records
@@ -91,35 +265,159 @@ impl<B> OnResponse<B> for LogResponse {
 /// Requests that match no route are counted by the router's fallback, as `route="unmatched"`.
 pub async fn track_http(req: Request, next: Next) -> Response {
     let start = Instant::now();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
-    let span = Span::current();
-    span.record("http.route", route.as_str());
-    crate::traces::rename_current(format!("{method} {route}"));
+    let route = req.extensions().get::<MatchedPath>().cloned();
+    let method = req.method().clone();
+    let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    if crate::traces::mode() == Mode::Spans {
+        Span::current().record("http.route", route_name);
+        crate::traces::rename_current(format!("{method} {route_name}"));
+    }
     let mut response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    response
-        .extensions_mut()
-        .insert(MatchedRoute(route.clone()));
-    let labels = [("method", method), ("route", route), ("status", status)];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
+    let status = response.status().as_u16();
+    with_route_metrics(route_name, &method, status, |requests, duration| {
+        requests.increment(1);
+        duration.record(start.elapsed().as_secs_f64());
+    });
+    if let Some(route) = route {
+        response.extensions_mut().insert(MatchedRoute(route));
+    }
     response
 }
 
-/// Axum middleware: echoes the request span's `traceparent` on the response, so a client can
-/// quote the trace of any answer it got.
-pub async fn echo_traceparent(req: Request, next: Next) -> Response {
-    let mut response = next.run(req).await;
-    if let Some(tp) = crate::traces::current_traceparent()
-        && let Ok(v) = http::HeaderValue::from_str(&tp)
-    {
-        response.headers_mut().insert("traceparent", v);
+/// The two request metrics of (`route`, `method`, `status`): looked up in the recorder once
+/// per thread and kept, since building a labelled key costs more than the request it counts
+/// on the cheapest routes.
+fn with_route_metrics(
+    route: &str,
+    method: &Method,
+    status: u16,
+    f: impl FnOnce(&Counter, &Histogram),
+) {
+    type Series = (Method, u16, Counter, Histogram);
+    thread_local! {
+        static SERIES: RefCell<HashMap<Box<str>, Vec<Series>>> = RefCell::new(HashMap::new());
     }
-    response
+    SERIES.with_borrow_mut(|series| {
+        if !series.contains_key(route) {
+            series.insert(route.into(), Vec::new());
+        }
+        let of_route = series.get_mut(route).expect("inserted above");
+        let i = match of_route
+            .iter()
+            .position(|(m, s, _, _)| m == method && *s == status)
+        {
+            Some(i) => i,
+            None => {
+                let labels = [
+                    ("method", method.as_str().to_owned()),
+                    ("route", route.to_owned()),
+                    ("status", status.to_string()),
+                ];
+                of_route.push((
+                    method.clone(),
+                    status,
+                    metrics::counter!("http_requests_total", &labels),
+                    metrics::histogram!("http_request_duration_seconds", &labels),
+                ));
+                of_route.len() - 1
+            }
+        };
+        let (_, _, requests, duration) = &of_route[i];
+        f(requests, duration);
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access<'a>(method: &'a Method, status: u16, latency_us: u64, route: &'a str) -> Access<'a> {
+        Access {
+            method,
+            path: "/api/v1/products/42",
+            route,
+            status: StatusCode::from_u16(status).unwrap(),
+            latency: Duration::from_micros(latency_us),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+        }
+    }
+
+    #[test]
+    fn a_text_line_names_each_field_once_in_under_200_bytes() {
+        let mut line = String::new();
+        let get = Method::GET;
+        write_text(
+            &mut line,
+            Level::INFO,
+            &access(&get, 200, 412, "/api/v1/products/{product_id}"),
+        )
+        .unwrap();
+        assert!(line.len() < 200, "{} bytes: {line}", line.len());
+        let (ts, rest) = line.split_once(' ').unwrap();
+        assert_eq!(ts.len(), "2026-12-05T15:04:05.123456Z".len(), "{ts}");
+        assert!(ts.ends_with('Z') && ts.as_bytes()[10] == b'T', "{ts}");
+        assert_eq!(
+            rest,
+            " INFO request: GET /api/v1/products/42 200 0.412ms route=/api/v1/products/{product_id} trace_id=4bf92f3577b34da6a3ce929d0e0e4736\n"
+        );
+        // A route without parameters is not repeated.
+        line.clear();
+        let mut same = access(&get, 200, 1_250_000, "/api/v1/products/42");
+        same.trace_id = None;
+        write_text(&mut line, Level::INFO, &same).unwrap();
+        assert!(
+            line.ends_with(" INFO request: GET /api/v1/products/42 200 1250.000ms\n"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_json_line_parses_with_the_fields_of_the_other_json_lines() {
+        let mut line = String::new();
+        let post = Method::POST;
+        let mut a = access(&post, 503, 7, "/api/v1/\"odd\"");
+        a.path = "/api/v1/\"odd\"\\";
+        write_json(&mut line, Level::WARN, &a).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["target"], "request");
+        assert_eq!(v["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(v["fields"]["method"], "POST");
+        assert_eq!(v["fields"]["path"], "/api/v1/\"odd\"\\");
+        assert_eq!(v["fields"]["route"], "/api/v1/\"odd\"");
+        assert_eq!(v["fields"]["status"], 503);
+        assert_eq!(v["fields"]["latency_ms"], 0.007);
+    }
+
+    #[test]
+    fn errors_slow_requests_and_writes_are_kept_and_fast_reads_sampled() {
+        let none = AccessLog {
+            sample: 0.0,
+            slow: Duration::from_millis(100),
+            json: false,
+        };
+        let (get, post, head) = (Method::GET, Method::POST, Method::HEAD);
+        let route = "/api/v1/products/{id}";
+        // A subscriber that takes every level, as with `RUST_LOG=info`.
+        let _all = tracing::subscriber::set_default(tracing_subscriber::registry());
+        let kept = |log: &AccessLog, a: Access<'_>| log.level(&a).is_some();
+        assert!(!kept(&none, access(&get, 200, 50, route)));
+        assert!(!kept(&none, access(&head, 304, 50, route)));
+        assert!(kept(&none, access(&get, 404, 50, route)));
+        assert!(kept(&none, access(&get, 200, 100_000, route)));
+        assert!(kept(&none, access(&post, 201, 50, route)));
+        assert_eq!(none.level(&access(&get, 500, 50, route)), Some(Level::WARN));
+        assert!(!kept(&none, access(&get, 200, 50, "/health/ready")));
+        let all = AccessLog {
+            sample: 1.0,
+            ..none
+        };
+        assert!(kept(&all, access(&get, 200, 50, route)));
+        assert!(!kept(&all, access(&get, 200, 50, "/metrics")));
+        let half = AccessLog { sample: 0.5, ..all };
+        let n = (0..10_000)
+            .filter(|_| kept(&half, access(&get, 200, 50, route)))
+            .count();
+        assert!((4_500..5_500).contains(&n), "{n} of 10,000 kept at 0.5");
+    }
 }

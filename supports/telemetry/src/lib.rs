@@ -12,6 +12,7 @@
 #[cfg(feature = "http")]
 pub mod http;
 mod logs;
+pub mod output;
 pub mod traces;
 
 #[cfg(feature = "testing")]
@@ -64,6 +65,11 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe_http_metrics();
+            register_counter(
+                "log_lines_dropped_total",
+                "Access log lines dropped because the log writer's queue was full.",
+                &[],
+            );
             handle
         })
         .clone()

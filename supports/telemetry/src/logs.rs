@@ -1,7 +1,8 @@
 //! The process's tracing subscriber: log lines on stdout, spans to OpenTelemetry.
 //!
 //! - `RUST_LOG` filters the log lines (default `info`); `LOG_FORMAT=json` switches to JSON lines.
-//!   No colour codes, so a log file or a collector gets plain text.
+//!   No colour codes, so a log file or a collector gets plain text. Lines are written by one
+//!   thread ([`crate::output`]), to stdout or a capped `LOG_FILE`.
 //! - Every line logged inside a traced span carries the span's trace id (`trace_id=` at the end
 //!   of a text line, a `trace_id` field in JSON), so a log line leads to its trace and back.
 //! - Spans of this workspace's crates go to OpenTelemetry. They are exported over OTLP/HTTP when
@@ -37,7 +38,8 @@ static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 pub fn init_tracing(service: &'static str) {
     let mut builder = SdkTracerProvider::builder()
         .with_resource(Resource::builder().with_service_name(service).build());
-    if otlp_configured() {
+    let recording = otlp_configured();
+    if recording {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
@@ -45,7 +47,7 @@ pub fn init_tracing(service: &'static str) {
             Ok(exporter) => builder = builder.with_batch_exporter(exporter),
             // Logged once the subscriber is up, below.
             Err(e) => {
-                install(service, builder.build());
+                install(service, builder.build(), false);
                 tracing::error!(error = %e, "the OTLP span exporter could not be built; spans are not exported");
                 return;
             }
@@ -56,7 +58,7 @@ pub fn init_tracing(service: &'static str) {
         // trace is still followed, so its flags travel on unchanged.
         builder = builder.with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
     }
-    install(service, builder.build());
+    install(service, builder.build(), recording);
 }
 
 /// Installs the subscriber with spans kept in memory, for tests that assert on spans. Returns
@@ -70,7 +72,7 @@ pub fn capture_spans(
         .with_resource(Resource::builder().with_service_name(service).build())
         .with_simple_exporter(exporter.clone())
         .build();
-    install(service, provider).then_some(exporter)
+    install(service, provider, true).then_some(exporter)
 }
 
 /// Flushes spans not yet exported. Call once the app has stopped.
@@ -78,6 +80,7 @@ pub fn shutdown_tracing() {
     if let Some(provider) = PROVIDER.get() {
         let _ = provider.shutdown();
     }
+    crate::output::output().flush(std::time::Duration::from_secs(2));
 }
 
 fn otlp_configured() -> bool {
@@ -89,7 +92,7 @@ fn otlp_configured() -> bool {
     .any(|k| std::env::var(k).is_ok_and(|v| !v.trim().is_empty()))
 }
 
-fn install(service: &'static str, provider: SdkTracerProvider) -> bool {
+fn install(service: &'static str, provider: SdkTracerProvider, recording: bool) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let tracer = provider.tracer(service);
@@ -114,6 +117,7 @@ fn install(service: &'static str, provider: SdkTracerProvider) -> bool {
     let lines = if json {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
+            .with_writer(crate::output::Lines)
             .event_format(WithTraceId {
                 inner: format().json().with_current_span(false),
                 json: true,
@@ -124,12 +128,20 @@ fn install(service: &'static str, provider: SdkTracerProvider) -> bool {
     } else {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
+            .with_writer(crate::output::Lines)
             .event_format(WithTraceId {
                 inner: format().with_ansi(false),
                 json: false,
             })
             .with_filter(filter)
             .boxed()
+    };
+    let mode = if disabled {
+        crate::traces::Mode::Off
+    } else if recording {
+        crate::traces::Mode::Spans
+    } else {
+        crate::traces::Mode::Ids
     };
     let installed = Registry::default()
         .with(otel)
@@ -140,6 +152,7 @@ fn install(service: &'static str, provider: SdkTracerProvider) -> bool {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
         opentelemetry::global::set_tracer_provider(provider.clone());
         let _ = PROVIDER.set(provider);
+        crate::traces::set_mode(mode);
     }
     installed
 }
@@ -162,15 +175,21 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // The innermost span of the event's scope that OpenTelemetry knows.
-        let mut scope = ctx.event_scope();
-        let trace_id = tracing::dispatcher::get_default(|dispatch| {
-            scope.take()?.into_iter().find_map(|span| {
-                let cx = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
-                let sc = cx.span().span_context().clone();
-                sc.is_valid().then(|| sc.trace_id())
-            })
-        });
+        // The request's trace when it has no span, else the innermost span of the event's
+        // scope that OpenTelemetry knows.
+        let trace_id = match crate::traces::RequestTrace::current() {
+            Some(t) => Some(t.trace_id()),
+            None => {
+                let mut scope = ctx.event_scope();
+                tracing::dispatcher::get_default(|dispatch| {
+                    scope.take()?.into_iter().find_map(|span| {
+                        let cx = tracing_opentelemetry::get_otel_context(&span.id(), dispatch)?;
+                        let sc = cx.span().span_context().clone();
+                        sc.is_valid().then(|| sc.trace_id().to_string())
+                    })
+                })
+            }
+        };
         let Some(trace_id) = trace_id else {
             return self.inner.format_event(ctx, writer, event);
         };

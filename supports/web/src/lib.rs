@@ -33,8 +33,8 @@ use axum::routing::get;
 
 /// Adds what every app serves besides its own API: `/health/*`, `/metrics`, request metrics on
 /// every matched route, a problem+json 404 for unknown routes, a request body limit, a panic
-/// guard (a panicking handler answers 500 instead of dropping the connection), and a span and a
-/// log line per request, continuing the caller's `traceparent` and echoing it.
+/// guard (a panicking handler answers 500 instead of dropping the connection), and each request's
+/// trace context (continuing the caller's `traceparent` and echoing it) and access line.
 pub fn with_platform_routes<S: Clone + Send + Sync + 'static>(
     api: Router<S>,
     dependencies: Vec<health::Dependency>,
@@ -75,8 +75,5 @@ fn with_api_layers<S: Clone + Send + Sync + 'static>(
     // extractor with a problem+json 413.
     .layer(axum::extract::DefaultBodyLimit::max(body_limit_bytes))
     .layer(tower_http::catch_panic::CatchPanicLayer::new())
-    .layer(axum::middleware::from_fn(
-        commerce_telemetry::http::echo_traceparent,
-    ))
-    .layer(commerce_telemetry::http::request_trace_layer())
+    .layer(axum::middleware::from_fn(commerce_telemetry::http::observe))
 }

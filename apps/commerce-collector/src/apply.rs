@@ -90,7 +90,7 @@ fn effects(envelope: &Envelope, tz: Tz) -> Result<Vec<(NaiveDate, i64, Delta)>, 
             day,
             v.product_id,
             Delta {
-                views: 1,
+                views: i64::from(v.count),
                 ..Delta::default()
             },
         )],

@@ -178,6 +178,7 @@ mod tests {
         let mut e = Envelope::new(Event::ProductViewed(ProductViewed {
             product_id: 1,
             user_id: None,
+            count: 1,
         }));
         e.event_id = Uuid::new_v7(Timestamp::from_unix(
             NoContext,

@@ -244,13 +244,27 @@ pub struct LikeChanged {
     pub user_id: i64,
 }
 
-/// A product detail read.
+/// Product detail reads: `count` first views (one per viewer and window) of one product,
+/// aggregated by the API over at most a second.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProductViewed {
     pub product_id: i64,
-    /// The reader, when authenticated.
+    /// The reader, when it is one authenticated reader's view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<i64>,
+    /// How many views; absent in a single view's event (and in every event written before views
+    /// were aggregated), which counts one.
+    #[serde(default = "one_view", skip_serializing_if = "is_one_view")]
+    pub count: u32,
+}
+
+fn one_view() -> u32 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_one_view(count: &u32) -> bool {
+    *count == 1
 }
 
 /// One order line.
@@ -435,6 +449,31 @@ mod tests {
         assert!(json["occurred_at"].as_str().unwrap().ends_with('Z'));
         let back: Envelope = serde_json::from_value(json).unwrap();
         assert_eq!(back, env);
+    }
+
+    #[test]
+    fn a_single_view_reads_as_before_and_an_aggregated_one_carries_its_count() {
+        let old = serde_json::json!({
+            "event_id": Uuid::now_v7(), "aggregate_type": "Product", "aggregate_id": 5,
+            "occurred_at": "2026-01-01T00:00:00Z", "schema_version": 1,
+            "event_type": "ProductViewed", "payload": {"product_id": 5, "user_id": 9}
+        });
+        let Event::ProductViewed(v) = serde_json::from_value::<Envelope>(old).unwrap().event else {
+            panic!("a view");
+        };
+        assert_eq!((v.product_id, v.user_id, v.count), (5, Some(9), 1));
+        // One view is written exactly as before; an aggregate adds its count.
+        let one = |count| {
+            serde_json::to_value(Envelope::new(Event::ProductViewed(ProductViewed {
+                product_id: 5,
+                user_id: None,
+                count,
+            })))
+            .unwrap()["payload"]
+                .clone()
+        };
+        assert_eq!(one(1), serde_json::json!({"product_id": 5}));
+        assert_eq!(one(42), serde_json::json!({"product_id": 5, "count": 42}));
     }
 
     #[test]

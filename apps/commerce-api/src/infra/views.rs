@@ -1,20 +1,21 @@
-//! `ProductViewed`: counted once per viewer, product and window, then published straight to
-//! Kafka, best effort.
+//! `ProductViewed`: counted once per viewer, product and window, added up per product in
+//! memory, and published to Kafka at most once a second per product, best effort.
 //!
 //! Views are high volume and may be lost, so they skip the outbox. Rule: counting a view never
 //! waits and never fails the read. The request hands `(product, viewer)` to a bounded queue
 //! ([`ViewPublisher::view`]) after a look at this instance's memory of recent views; a
 //! background task ([`run`]) takes the queue in batches, keeps only the first view of each
 //! (viewer, product) in `PRODUCT_VIEW_WINDOW_SECONDS` (one pipelined `SET NX EX` per batch in
-//! Redis, so every instance agrees), and hands those to librdkafka's in-memory queue. A viewer
-//! is a signed-in user, or else a client address (IPv6 by its /64): a thousand reloads from one
+//! Redis, so every instance agrees), adds them to the product's tally, and once a second hands
+//! one event per viewed product, with its `count`, to librdkafka's in-memory queue. A viewer is
+//! a signed-in user, or else a client address (IPv6 by its /64): a thousand reloads from one
 //! address count as one view, and an anonymous flood cannot rig the rankings.
 //!
 //! With Redis down, this instance's memory alone decides (a viewer could count once per
-//! instance); with the queue or librdkafka's full (a long broker outage) the view is dropped.
+//! instance); with the queue or librdkafka's full (a long broker outage) the views are dropped.
 //! Each view ends in `product_views_total{result}`: published, repeated or dropped.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,8 @@ const QUEUE: usize = 65_536;
 const BATCH: usize = 512;
 /// Recent (viewer, product) pairs this instance remembers.
 const REMEMBERED: usize = 200_000;
+/// How often a viewed product's tally is published.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// Who viewed a product.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -193,15 +196,18 @@ impl ViewPublisher {
         kept
     }
 
-    fn publish(&self, view: &Pending) {
+    /// Publishes one product's tally as one event.
+    fn publish(&self, product_id: i64, tally: &Tally) {
         let envelope = Envelope::new(Event::ProductViewed(ProductViewed {
-            product_id: view.product_id,
-            user_id: view.viewer.user_id(),
+            product_id,
+            user_id: (tally.count == 1).then_some(tally.user_id).flatten(),
+            count: tally.count,
         }));
         let Ok(payload) = serde_json::to_vec(&envelope) else {
+            ViewResult::Dropped.count(tally.count.into());
             return;
         };
-        let key = view.product_id.to_string();
+        let key = product_id.to_string();
         let event_id = envelope.event_id.to_string();
         let record = FutureRecord::to(&self.topic)
             .key(&key)
@@ -209,32 +215,74 @@ impl ViewPublisher {
             .headers(commerce_kafka::event_headers(
                 &event_id,
                 envelope.event_type().as_str(),
-                view.traceparent.as_deref(),
+                tally.traceparent.as_deref(),
             ));
         match self.producer.send_result(record) {
             // The delivery future is dropped: nobody waits for the acknowledgement.
-            Ok(_delivery) => ViewResult::Published.count(1),
+            Ok(_delivery) => ViewResult::Published.count(tally.count.into()),
             Err((e, _)) => {
-                ViewResult::Dropped.count(1);
-                tracing::debug!(product.id = view.product_id, error = %e, "product view dropped");
+                ViewResult::Dropped.count(tally.count.into());
+                tracing::debug!(product.id = product_id, views = tally.count, error = %e, "product views dropped");
             }
         }
     }
 }
 
-/// The dedup task: takes queued views in batches until `stop`, then drains what is queued.
+/// A product's first views since its last event.
+struct Tally {
+    count: u32,
+    /// The first viewer's id when signed in (kept on the event only for a single view).
+    user_id: Option<i64>,
+    /// The first view's trace.
+    traceparent: Option<String>,
+}
+
+/// First views waiting for their product's next event.
+#[derive(Default)]
+struct Tallies(HashMap<i64, Tally>);
+
+impl Tallies {
+    fn add(&mut self, views: Vec<Pending>) {
+        for view in views {
+            self.0
+                .entry(view.product_id)
+                .and_modify(|t| t.count = t.count.saturating_add(1))
+                .or_insert(Tally {
+                    count: 1,
+                    user_id: view.viewer.user_id(),
+                    traceparent: view.traceparent,
+                });
+        }
+    }
+
+    fn publish(&mut self, views: &ViewPublisher) {
+        for (product_id, tally) in self.0.drain() {
+            views.publish(product_id, &tally);
+        }
+    }
+}
+
+/// The dedup task: takes queued views in batches and publishes each product's tally once a
+/// second, until `stop`; then drains what is queued and publishes it.
 pub async fn run(views: Arc<ViewPublisher>, cache: Cache, mut stop: watch::Receiver<bool>) {
     let Some(mut receiver) = views.receiver.lock().expect("lock poisoned").take() else {
         return;
     };
     let mut batch = Vec::with_capacity(BATCH);
+    let mut tallies = Tallies::default();
+    let mut every_second = tokio::time::interval(PUBLISH_EVERY);
+    every_second.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
             n = receiver.recv_many(&mut batch, BATCH) => {
                 if n == 0 {
-                    return;
+                    break;
                 }
                 false
+            }
+            _ = every_second.tick() => {
+                tallies.publish(&views);
+                continue;
             }
             _ = stop.wait_for(|s| *s) => true,
         };
@@ -242,12 +290,11 @@ pub async fn run(views: Arc<ViewPublisher>, cache: Cache, mut stop: watch::Recei
             // What is queued still counts.
             receiver.close();
             while receiver.recv_many(&mut batch, BATCH).await > 0 {
-                let kept = views.first_views(&cache, std::mem::take(&mut batch)).await;
-                kept.iter().for_each(|v| views.publish(v));
+                tallies.add(views.first_views(&cache, std::mem::take(&mut batch)).await);
             }
-            return;
+            break;
         }
-        let kept = views.first_views(&cache, std::mem::take(&mut batch)).await;
-        kept.iter().for_each(|v| views.publish(v));
+        tallies.add(views.first_views(&cache, std::mem::take(&mut batch)).await);
     }
+    tallies.publish(&views);
 }

@@ -66,3 +66,63 @@ async fn a_thousand_anonymous_views_from_one_address_count_as_one() {
         .unwrap();
     assert_eq!(keys.len(), 4, "{keys:?}");
 }
+
+#[tokio::test]
+async fn views_reach_kafka_as_one_event_per_product_and_second_carrying_their_count() {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+
+    let app = spawn_app_with(&[("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let product = app.product(app.brand().await, 1000, 10).await;
+    let kafka = commerce_testkit::TestKafka::new().await;
+    let consumer: StreamConsumer = kafka
+        .settings
+        .consumer_config(&kafka.group("views-check"))
+        .create()
+        .unwrap();
+    consumer
+        .subscribe(&[&app.state.config.catalog_topic])
+        .unwrap();
+
+    // 40 viewers in four bursts over about a second, each viewing twice.
+    for burst in 0..4 {
+        for viewer in 0..10 {
+            view(
+                &app,
+                product,
+                2,
+                &format!("203.0.113.{}", burst * 10 + viewer),
+                None,
+            )
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let mut events = Vec::new();
+    let mut counted = 0;
+    while counted < 40 {
+        let msg = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("the views are published")
+            .unwrap();
+        if msg.key() != Some(product.to_string().as_bytes()) {
+            continue;
+        }
+        let envelope: serde_json::Value = serde_json::from_slice(msg.payload().unwrap()).unwrap();
+        if envelope["event_type"] != "ProductViewed" {
+            continue; // the product's creation, through the relay
+        }
+        let count = envelope["payload"]["count"].as_i64().unwrap_or(1);
+        counted += count;
+        events.push((msg.timestamp().to_millis().unwrap(), count));
+    }
+    assert_eq!(counted, 40, "{events:?}");
+    assert_eq!(views(&app, "published").await, 40.0);
+    assert_eq!(views(&app, "repeated").await, 40.0);
+    // At most one event a second: the views spanned about 1.2 s.
+    assert!(events.len() <= 3, "{events:?}");
+    for pair in events.windows(2) {
+        assert!(pair[1].0 - pair[0].0 >= 900, "{events:?}");
+    }
+}

@@ -92,6 +92,7 @@ async fn dedupe_rows_of_every_group_move_to_the_event_keyed_log_and_still_dedupe
         commerce_events::ProductViewed {
             product_id: 1,
             user_id: None,
+            count: 1,
         },
     ));
     let legacy = uuid::Uuid::new_v4();

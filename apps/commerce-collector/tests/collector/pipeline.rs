@@ -45,6 +45,7 @@ async fn events_become_metrics_and_rankings() {
     events.push(Envelope::new(Event::ProductViewed(ProductViewed {
         product_id: 1,
         user_id: None,
+        count: 1,
     })));
     events.push(Envelope::new(Event::ProductLiked(LikeChanged {
         product_id: 2,

@@ -67,6 +67,7 @@ fn events() -> Vec<Envelope> {
                     Event::ProductViewed(ProductViewed {
                         product_id: p,
                         user_id: None,
+                        count: 1,
                     }),
                     when,
                 ));

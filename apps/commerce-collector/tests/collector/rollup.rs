@@ -74,6 +74,7 @@ async fn rollups_match_a_brute_force_sum_and_rerunning_changes_nothing() {
                     Event::ProductViewed(ProductViewed {
                         product_id: product,
                         user_id: None,
+                        count: 1,
                     }),
                     at,
                 ));
@@ -369,6 +370,7 @@ async fn a_late_event_for_a_rolled_up_week_and_month_is_counted_at_once_and_kept
             Event::ProductViewed(ProductViewed {
                 product_id: 3,
                 user_id: None,
+                count: 1,
             }),
             at(d),
         )
@@ -487,6 +489,7 @@ async fn a_batch_is_one_statement_prepared_once_per_connection() {
         Envelope::new(Event::ProductViewed(ProductViewed {
             product_id: 3,
             user_id: None,
+            count: 1,
         }))
     };
     for _ in 0..3 {

@@ -15,6 +15,7 @@ mod rankings;
 mod rolling;
 mod settlement;
 mod storefront;
+mod summary;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -239,12 +240,15 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         connections: usize,
     },
+    /// Prints the rows the scenarios recorded in FILE (their `LOADGEN_SUMMARY`) as one table.
+    Summary { file: std::path::PathBuf },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::HelloServer { addr } => hello_server(addr).await,
+        Command::Summary { file } => summary::print(&file),
         Command::List {
             api,
             hello,

@@ -39,7 +39,14 @@ impl Application {
         let kafka_check = KafkaCheck::new(&config.kafka)?;
         let server = Server::bind("commerce-collector", config.http_addr).await?;
         crate::metrics::register();
-        let live = Live::new(cache.clone(), db.clone(), config.weights, config.time_zone);
+        let live = Live::new(
+            cache.clone(),
+            db.clone(),
+            config.weights,
+            config.time_zone,
+            config.ranking_redis_connections,
+            std::time::Duration::from_millis(config.ranking_cache_ttl_ms),
+        );
         let responses = commerce_cache::Local::new(
             std::time::Duration::from_millis(config.ranking_cache_ttl_ms),
             10_000,

@@ -274,6 +274,20 @@ impl Cache {
         })
     }
 
+    /// `n` handles on the same servers and namespace, each with a connection of its own: a
+    /// small pool for a hot read path, so its requests are not all queued on one socket.
+    pub fn pool(&self, n: usize) -> Vec<Cache> {
+        (0..n.max(1))
+            .map(|_| Self {
+                client: self.client.clone(),
+                conn: Arc::new(RwLock::new(None)),
+                connecting: Arc::new(tokio::sync::Mutex::new(())),
+                last_failure: Arc::new(Mutex::new(None)),
+                prefix: self.prefix.clone(),
+            })
+            .collect()
+    }
+
     /// Whether this handle talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.client, Client::Cluster(_))

@@ -24,8 +24,8 @@
 //! set with one script on the node that holds it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -48,6 +48,7 @@ const SECOND_PASS_AFTER: Duration = Duration::from_secs(2);
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// After a failed Redis read, reads go straight to PostgreSQL for this long.
 const READ_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Members per `ZADD` command in a rebuild.
 const CHUNK: usize = 1000;
 
@@ -57,6 +58,17 @@ pub struct Live(Arc<Inner>);
 
 struct Inner {
     cache: Cache,
+    /// Connections for reads (`RANKING_REDIS_CONNECTIONS`), taken in turn.
+    readers: Vec<Cache>,
+    next_reader: AtomicUsize,
+    /// Each ranking's keys, formatted once.
+    keys: RwLock<HashMap<Ranking, Arc<Keys>>>,
+    /// When each set was last seen ready, and its size then.
+    markers: RwLock<HashMap<Ranking, (Instant, i64)>>,
+    /// How long a set seen ready (and its size) is trusted without asking again: as long as a
+    /// response is reused (`RANKING_CACHE_TTL_MS`), so no answer is staler than a reused
+    /// response could be.
+    marker_ttl: Duration,
     db: Pool,
     weights: Weights,
     time_zone: Tz,
@@ -85,9 +97,29 @@ pub struct LiveRank {
     pub total: i64,
 }
 
+/// A ranking's Redis keys.
+struct Keys {
+    set: String,
+    ready: String,
+}
+
 impl Live {
-    pub fn new(cache: Cache, db: Pool, weights: Weights, time_zone: Tz) -> Self {
+    /// Live rankings in `cache`, read over `read_connections` connections of their own,
+    /// trusting a set seen ready for `marker_ttl`.
+    pub fn new(
+        cache: Cache,
+        db: Pool,
+        weights: Weights,
+        time_zone: Tz,
+        read_connections: usize,
+        marker_ttl: Duration,
+    ) -> Self {
         Self(Arc::new(Inner {
+            marker_ttl,
+            readers: cache.pool(read_connections),
+            next_reader: AtomicUsize::new(0),
+            keys: RwLock::new(HashMap::new()),
+            markers: RwLock::new(HashMap::new()),
             cache,
             db,
             weights,
@@ -235,6 +267,9 @@ impl Live {
             } else {
                 None
             };
+            if reason.is_some() {
+                self.forget_markers();
+            }
             if let Some(reason) = reason
                 && let Err(e) = self.rebuild(ranking, reason).await
             {
@@ -284,48 +319,116 @@ impl Live {
         Ok(scores.len())
     }
 
-    /// A page of a live ranking, or `None` when the set is not ready to be served.
+    /// A page of a live ranking, or `None` when the set is not ready to be served. One round
+    /// trip: the page, and the ready marker and size unless seen in the last [``RANKING_CACHE_TTL_MS``].
     pub async fn page(
         &self,
         ranking: Ranking,
         offset: i64,
         size: i64,
     ) -> anyhow::Result<Option<LivePage>> {
-        let key = self.key(ranking);
+        let keys = self.keys(ranking);
         let mut pipe = redis::pipe();
-        pipe.exists(self.ready_key(ranking))
-            .zrange_withscores(&key, offset as isize, (offset + size - 1) as isize)
-            .zcard(&key);
-        let (ready, members, total): (bool, Vec<(String, f64)>, i64) = self.read(pipe).await?;
-        if !ready {
-            return Ok(None);
-        }
-        let entries = members
+        pipe.zrange_withscores(&keys.set, offset as isize, (offset + size - 1) as isize);
+        let (members, total): (Vec<(String, f64)>, i64) = match self.marker(ranking) {
+            Some(total) => {
+                let (members,): (Vec<(String, f64)>,) = self.read(pipe).await?;
+                (members, total)
+            }
+            None => {
+                pipe.exists(&keys.ready).zcard(&keys.set);
+                let (members, ready, total): (Vec<(String, f64)>, bool, i64) =
+                    self.read(pipe).await?;
+                if !ready {
+                    return Ok(None);
+                }
+                self.seen_ready(ranking, total);
+                (members, total)
+            }
+        };
+        let entries: Vec<(i64, f64)> = members
             .into_iter()
             .map(|(m, s)| Ok((decode(&m)?, 0.0 - s)))
             .collect::<anyhow::Result<_>>()?;
+        // A size read up to `RANKING_CACHE_TTL_MS` ago can lag products added since.
+        let total = if entries.is_empty() {
+            total
+        } else {
+            total.max(offset + entries.len() as i64)
+        };
         Ok(Some(LivePage { entries, total }))
     }
 
     /// A product's place in a live ranking, or `None` when the set is not ready to be served.
+    /// One round trip: `ZRANK` and `ZSCORE`, and the ready marker and size unless seen in the
+    /// last [``RANKING_CACHE_TTL_MS``].
     pub async fn rank(&self, ranking: Ranking, product: i64) -> anyhow::Result<Option<LiveRank>> {
-        let key = self.key(ranking);
-        let member = encode(product);
+        let keys = self.keys(ranking);
+        let mut member = [0u8; 24];
+        let member = encode_into(product, &mut member);
         let mut pipe = redis::pipe();
-        pipe.exists(self.ready_key(ranking))
-            .zrank(&key, &member)
-            .zscore(&key, &member)
-            .zcard(&key);
-        let (ready, rank, score, total): (bool, Option<i64>, Option<f64>, i64) =
-            self.read(pipe).await?;
-        if !ready {
-            return Ok(None);
-        }
+        pipe.zrank(&keys.set, member).zscore(&keys.set, member);
+        let (rank, score, total): (Option<i64>, Option<f64>, i64) = match self.marker(ranking) {
+            Some(total) => {
+                let (rank, score) = self.read(pipe).await?;
+                (rank, score, total)
+            }
+            None => {
+                pipe.exists(&keys.ready).zcard(&keys.set);
+                let (rank, score, ready, total): (Option<i64>, Option<f64>, bool, i64) =
+                    self.read(pipe).await?;
+                if !ready {
+                    return Ok(None);
+                }
+                self.seen_ready(ranking, total);
+                (rank, score, total)
+            }
+        };
+        let rank = rank.map(|r| r + 1);
         Ok(Some(LiveRank {
-            rank: rank.map(|r| r + 1),
+            rank,
             score: score.map_or(0.0, |s| 0.0 - s),
-            total,
+            // A size read up to `RANKING_CACHE_TTL_MS` ago can lag products added since.
+            total: total.max(rank.unwrap_or(0)),
         }))
+    }
+
+    /// The size of `ranking`'s set if it was seen ready less than [``RANKING_CACHE_TTL_MS``] ago.
+    fn marker(&self, ranking: Ranking) -> Option<i64> {
+        let markers = self.0.markers.read().expect("lock poisoned");
+        let (at, total) = markers.get(&ranking)?;
+        (at.elapsed() < self.0.marker_ttl).then_some(*total)
+    }
+
+    fn seen_ready(&self, ranking: Ranking, total: i64) {
+        let mut markers = self.0.markers.write().expect("lock poisoned");
+        if markers.len() > 64 {
+            markers.clear();
+        }
+        markers.insert(ranking, (Instant::now(), total));
+    }
+
+    /// Forgets every set's ready marker (a rebuild or a failure may have changed them).
+    fn forget_markers(&self) {
+        self.0.markers.write().expect("lock poisoned").clear();
+    }
+
+    /// `ranking`'s keys, formatted on first use.
+    fn keys(&self, ranking: Ranking) -> Arc<Keys> {
+        if let Some(keys) = self.0.keys.read().expect("lock poisoned").get(&ranking) {
+            return keys.clone();
+        }
+        let set = self.key(ranking);
+        let keys = Arc::new(Keys {
+            ready: format!("{set}:ready"),
+            set,
+        });
+        let mut all = self.0.keys.write().expect("lock poisoned");
+        if all.len() > 64 {
+            all.clear();
+        }
+        all.insert(ranking, keys.clone());
+        keys
     }
 
     /// Runs a read, unless a read failed less than [`READ_BACKOFF`] ago. A read that fails or
@@ -337,8 +440,9 @@ impl Live {
             now >= AtomicU64::load(&self.0.reads_paused_until, Ordering::Relaxed),
             "Redis failed a moment ago"
         );
+        let reader = self.0.next_reader.fetch_add(1, Ordering::Relaxed) % self.0.readers.len();
         let attempt = async {
-            let mut redis = self.0.cache.conn().await?;
+            let mut redis = self.0.readers[reader].conn().await?;
             anyhow::Ok(pipe.query_async::<T>(&mut redis).await?)
         };
         match tokio::time::timeout(READ_TIMEOUT, attempt).await {
@@ -357,6 +461,7 @@ impl Live {
     }
 
     fn pause_reads(&self) {
+        self.forget_markers();
         let until = self.0.started.elapsed() + READ_BACKOFF;
         self.0
             .reads_paused_until
@@ -436,6 +541,15 @@ fn encode(product: i64) -> String {
     format!("{product:019}")
 }
 
+/// [`encode`] into `buf`, without allocating.
+fn encode_into(product: i64, buf: &mut [u8; 24]) -> &[u8] {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{product:019}").expect("an i64 fits in 24 bytes");
+    let len = cursor.position() as usize;
+    &buf[..len]
+}
+
 fn decode(member: &str) -> anyhow::Result<i64> {
     member
         .parse()
@@ -452,6 +566,14 @@ async fn sleep_until(at: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_encode_alike_on_the_heap_and_on_the_stack() {
+        for product in [0, 7, 1_234_567, i64::MAX, -5, i64::MIN] {
+            let mut buf = [0u8; 24];
+            assert_eq!(encode_into(product, &mut buf), encode(product).as_bytes());
+        }
+    }
 
     #[test]
     fn members_sort_as_numbers() {

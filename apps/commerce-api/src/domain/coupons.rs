@@ -21,7 +21,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use crate::domain::states::{CouponStatus, DiscountType};
-use crate::domain::{Error, Missing, Result, check, is_unique_violation};
+use crate::domain::{Error, Missing, Result, check, is_foreign_key_violation, is_unique_violation};
 use crate::infra::schema::{coupons, user_coupons};
 
 /// A coupon campaign's terms, as stored.
@@ -622,6 +622,8 @@ async fn issue_in_db(conn: &mut AsyncPgConnection, coupon_id: i64, user_id: i64)
         let user_coupon_id = match inserted {
             Ok(id) => id,
             Err(e) if is_unique_violation(&e) => return Err(Error::CouponAlreadyIssued),
+            // The caller's token was checked by its signature only (see `SignedUser`).
+            Err(e) if is_foreign_key_violation(&e) => return Err(Error::UnknownUser),
             Err(e) => return Err(e.into()),
         };
         let counted = diesel::update(

@@ -58,6 +58,9 @@ pub enum Error {
     /// Why the coupon cannot be used for this order.
     #[error("{0}")]
     CouponNotUsable(&'static str),
+    /// The token's user is not in the database (a write found no row to refer to).
+    #[error("the token's user does not exist")]
+    UnknownUser,
     #[error("no coupons are left")]
     CouponSoldOut,
     #[error("this coupon was already issued to you")]

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use crate::domain::coupons::{self, CouponView, HeldCoupon, OpenCampaign};
 use crate::domain::states::CouponStatus;
-use crate::http::auth::{AdminUser, AuthUser, admit};
+use crate::http::auth::{AdminUser, AuthUser, SignedUser, admit};
 use crate::http::error::ApiResult;
 use crate::http::paging::{Page, PageParams};
 use crate::http::{Json, Path, Query};
@@ -67,7 +67,7 @@ pub async fn create_coupon(
         (status = 429, description = "RATE_LIMITED, with Retry-After")))]
 pub async fn issue(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: SignedUser,
     Path(coupon_id): Path<i64>,
 ) -> ApiResult<(StatusCode, Json<IssuedCoupon>)> {
     admit(&state.limits.coupon_issue, &user.id)?;

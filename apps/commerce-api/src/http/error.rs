@@ -78,6 +78,9 @@ impl ApiError {
                     E::PointsAlreadySpent => conflict("POINTS_ALREADY_SPENT", detail),
                     E::CouponNotUsable(_) => conflict("COUPON_NOT_USABLE", detail),
                     E::CouponSoldOut => conflict("COUPON_SOLD_OUT", detail),
+                    E::UnknownUser => {
+                        Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", detail)
+                    }
                     E::CouponAlreadyIssued => conflict("COUPON_ALREADY_ISSUED", detail),
                     E::CouponNotActive => conflict("COUPON_NOT_ACTIVE", detail),
                     E::OrderNotCancellable(_) | E::OrderPartlyShipped => {
@@ -147,7 +150,7 @@ impl IntoResponse for ApiError {
         let mut response = self.problem().into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::Unauthenticated(_) => {
+            ApiError::Unauthenticated(_) | ApiError::Domain(domain::Error::UnknownUser) => {
                 headers.insert(
                     axum::http::header::WWW_AUTHENTICATE,
                     axum::http::HeaderValue::from_static("Bearer"),

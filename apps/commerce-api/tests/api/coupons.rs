@@ -380,3 +380,25 @@ async fn reconciliation_gives_back_seats_without_coupons_and_restores_lost_holde
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_db_issued(&app, coupon_id, 2).await;
 }
+
+#[tokio::test]
+async fn a_signed_token_of_a_user_the_database_lacks_gets_401_and_leaves_no_seat() {
+    let app = spawn_app().await;
+    let id = coupon(&app, Some(1)).await;
+    // Signed with the app's key for a user id no row has.
+    let stranger = app
+        .state
+        .auth
+        .issue(i64::MAX - 7, commerce_api::infra::auth::Role::User)
+        .unwrap();
+    let (status, body) = issue(&app, id, &stranger).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(body["code"], "UNAUTHENTICATED", "{body}");
+    assert_db_issued(&app, id, 0).await;
+    // The seat it took in the gate was given back: the one coupon is still there for a user.
+    assert_eq!(gate(&app, id).await, Vec::<i64>::new());
+    let token = users(&app, 1).await.remove(0);
+    let (status, body) = issue(&app, id, &token).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_db_issued(&app, id, 1).await;
+}

@@ -1,26 +1,31 @@
 //! HTTP request instrumentation: trace context, one access line and the request metrics.
 //!
-//! [`observe`] (the outermost layer) gives each request its trace context, continuing the
+//! [`ObserveLayer`] (the outermost layer) gives each request its trace context, continuing the
 //! caller's `traceparent`: a server span when spans are recorded, else a
 //! [`RequestTrace`](crate::traces::RequestTrace) (see [`crate::traces`]); answers with the
 //! request's own `traceparent`; and writes its access line ([`AccessLog`]).
 //!
-//! [`track_http`] (a route layer, so it runs once the route is matched) names the span after
+//! [`TrackHttpLayer`] (a route layer, so it runs once the route is matched) names the span after
 //! the route template and records `http_requests_total` and `http_request_duration_seconds`,
 //! labelled by the template, never the raw path, so label cardinality stays bounded.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::LazyLock;
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{MatchedPath, Request};
-use axum::http::{self, Method, StatusCode};
-use axum::middleware::Next;
+use axum::http::{self, Method, StatusCode, Uri};
 use axum::response::Response;
 use metrics::{Counter, Histogram};
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 use tracing::field::Empty;
+use tracing::instrument::Instrumented;
 use tracing::{Instrument as _, Level, Span};
 
 use crate::traces::{Mode, RequestTrace};
@@ -29,46 +34,132 @@ use crate::traces::{Mode, RequestTrace};
 #[derive(Clone, Debug)]
 struct MatchedRoute(MatchedPath);
 
-/// Axum middleware, outermost: trace context, `traceparent` on the answer, the access line.
-pub async fn observe(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let (mut response, traceparent) = match crate::traces::mode() {
-        Mode::Spans => {
-            let span = request_span(&req);
-            let response = next.run(req).instrument(span.clone()).await;
-            let status = response.status();
-            span.record("http.response.status_code", status.as_u16());
-            if status.is_server_error() {
-                span.record("otel.status_code", "error");
-            }
-            (response, crate::traces::traceparent(&span))
-        }
-        Mode::Ids => {
-            let trace = RequestTrace::from_headers(req.headers());
-            (trace.scope(next.run(req)).await, Some(trace.traceparent()))
-        }
-        Mode::Off => (next.run(req).await, None),
-    };
-    if let Some(tp) = &traceparent
-        && let Ok(v) = http::HeaderValue::from_str(tp)
-    {
-        response.headers_mut().insert("traceparent", v);
+/// The outermost layer: trace context, `traceparent` on the answer, the access line. A plain
+/// tower layer (no boxed future or cloned inner service per request, as `from_fn` has).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ObserveLayer;
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe { inner }
     }
-    let route = response
-        .extensions()
-        .get::<MatchedRoute>()
-        .map_or("unmatched", |r| r.0.as_str());
-    ACCESS.log(&Access {
-        method: &method,
-        path: uri.path(),
-        route,
-        status: response.status(),
-        latency: start.elapsed(),
-        trace_id: traceparent.as_deref().and_then(|tp| tp.get(3..35)),
-    });
-    response
+}
+
+/// See [`ObserveLayer`].
+#[derive(Clone, Debug)]
+pub struct Observe<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = ObserveFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let (span, trace) = match crate::traces::mode() {
+            Mode::Spans => (request_span(&req), None),
+            Mode::Ids => (
+                Span::none(),
+                Some(RequestTrace::from_headers(req.headers())),
+            ),
+            Mode::Off => (Span::none(), None),
+        };
+        let inner = {
+            let _in_span = span.enter();
+            self.inner.call(req)
+        };
+        ObserveFuture {
+            inner: RequestTrace::scope_option(trace, inner.instrument(span.clone())),
+            done: Some(Observed {
+                span,
+                trace,
+                start,
+                method,
+                uri,
+            }),
+        }
+    }
+}
+
+/// What [`ObserveFuture`] finishes a response with.
+struct Observed {
+    span: Span,
+    trace: Option<RequestTrace>,
+    start: Instant,
+    method: Method,
+    uri: Uri,
+}
+
+pin_project_lite::pin_project! {
+    /// See [`ObserveLayer`].
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: TaskLocalFuture<Option<RequestTrace>, Instrumented<F>>,
+        done: Option<Observed>,
+    }
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let done = this.done.take().expect("polled after completion");
+        Poll::Ready(result.map(|response| done.finish(response)))
+    }
+}
+
+impl Observed {
+    fn finish(self, mut response: Response) -> Response {
+        let status = response.status();
+        let traceparent = match self.trace {
+            Some(trace) => Some(trace.traceparent()),
+            None if self.span.is_none() => None,
+            None => {
+                self.span
+                    .record("http.response.status_code", status.as_u16());
+                if status.is_server_error() {
+                    self.span.record("otel.status_code", "error");
+                }
+                crate::traces::traceparent(&self.span)
+            }
+        };
+        if let Some(tp) = &traceparent
+            && let Ok(v) = http::HeaderValue::from_str(tp)
+        {
+            response.headers_mut().insert("traceparent", v);
+        }
+        let route = response
+            .extensions()
+            .get::<MatchedRoute>()
+            .map_or("unmatched", |r| r.0.as_str());
+        ACCESS.log(&Access {
+            method: &self.method,
+            path: self.uri.path(),
+            route,
+            status,
+            latency: self.start.elapsed(),
+            trace_id: traceparent.as_deref().and_then(|tp| tp.get(3..35)),
+        });
+        response
+    }
 }
 
 fn request_span(req: &Request) -> Span {
@@ -259,29 +350,91 @@ fn write_timestamp(out: &mut String) -> std::fmt::Result {
     write!(out, ".{:06}Z", now.subsec_micros())
 }
 
-/// Axum route middleware: names the request span after its route and records
-/// `http_requests_total` and `http_request_duration_seconds`.
+/// A route layer (so it runs once the route is matched): names the request span after its
+/// route and records `http_requests_total` and `http_request_duration_seconds`.
 ///
 /// Requests that match no route are counted by the router's fallback, as `route="unmatched"`.
-pub async fn track_http(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let method = req.method().clone();
-    let route_name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    if crate::traces::mode() == Mode::Spans {
-        Span::current().record("http.route", route_name);
-        crate::traces::rename_current(format!("{method} {route_name}"));
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrackHttpLayer;
+
+impl<S> Layer<S> for TrackHttpLayer {
+    type Service = TrackHttp<S>;
+
+    fn layer(&self, inner: S) -> TrackHttp<S> {
+        TrackHttp { inner }
     }
-    let mut response = next.run(req).await;
-    let status = response.status().as_u16();
-    with_route_metrics(route_name, &method, status, |requests, duration| {
-        requests.increment(1);
-        duration.record(start.elapsed().as_secs_f64());
-    });
-    if let Some(route) = route {
-        response.extensions_mut().insert(MatchedRoute(route));
+}
+
+/// See [`TrackHttpLayer`].
+#[derive(Clone, Debug)]
+pub struct TrackHttp<S> {
+    inner: S,
+}
+
+impl<S> Service<Request> for TrackHttp<S>
+where
+    S: Service<Request, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = TrackFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
     }
-    response
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let start = Instant::now();
+        let route = req.extensions().get::<MatchedPath>().cloned();
+        let method = req.method().clone();
+        if crate::traces::mode() == Mode::Spans {
+            let name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            Span::current().record("http.route", name);
+            crate::traces::rename_current(format!("{method} {name}"));
+        }
+        TrackFuture {
+            inner: self.inner.call(req),
+            done: Some((start, route, method)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// See [`TrackHttpLayer`].
+    pub struct TrackFuture<F> {
+        #[pin]
+        inner: F,
+        done: Option<(Instant, Option<MatchedPath>, Method)>,
+    }
+}
+
+impl<F, E> Future for TrackFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let (start, route, method) = this.done.take().expect("polled after completion");
+        Poll::Ready(result.map(|mut response| {
+            let name = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+            with_route_metrics(
+                name,
+                &method,
+                response.status().as_u16(),
+                |requests, duration| {
+                    requests.increment(1);
+                    duration.record(start.elapsed().as_secs_f64());
+                },
+            );
+            if let Some(route) = route {
+                response.extensions_mut().insert(MatchedRoute(route));
+            }
+            response
+        }))
+    }
 }
 
 /// The two request metrics of (`route`, `method`, `status`): looked up in the recorder once

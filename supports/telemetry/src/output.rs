@@ -1,8 +1,8 @@
 //! Where log lines go: one writer thread behind a bounded queue.
 //!
 //! Request threads format a line into a buffer and hand it over; the writer thread writes what
-//! has queued in one go and flushes when the queue is empty, so a burst of lines costs one
-//! `write` instead of one per line. Access lines are offered ([`Output::offer`]): when the queue
+//! has queued in one go every 10 ms, so a burst of lines costs one `write` instead of one per
+//! line, and no request wakes another thread. Access lines are offered ([`Output::offer`]): when the queue
 //! is full they are dropped and counted in `log_lines_dropped_total`, so a slow disk or pipe
 //! never holds a request. Every other line waits for room ([`Output::send`]): warnings and
 //! errors are never lost.
@@ -16,11 +16,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::Duration;
 
 /// Lines queued for the writer; beyond this access lines are dropped.
 const QUEUE: usize = 16_384;
+/// How long the writer rests once the queue is empty (a line waits at most this long).
+const PAUSE: Duration = Duration::from_millis(10);
 const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 enum Msg {
@@ -91,20 +93,27 @@ impl Output {
     }
 }
 
+/// Writes what has queued, flushes, and looks again after [`PAUSE`]: the writer does not wait
+/// on the queue, since waking it for every line would cost each request a wake-up of another
+/// thread (measured: a sixth of a cached read's time).
 fn write_lines(lines: &Receiver<Msg>, sink: &mut Sink) {
-    while let Ok(msg) = lines.recv() {
-        let mut next = Some(msg);
-        while let Some(msg) = next {
-            match msg {
-                Msg::Line(line) => sink.line(&line),
-                Msg::Flush(done) => {
+    loop {
+        loop {
+            match lines.try_recv() {
+                Ok(Msg::Line(line)) => sink.line(&line),
+                Ok(Msg::Flush(done)) => {
                     sink.flush();
                     let _ = done.send(());
                 }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    sink.flush();
+                    return;
+                }
             }
-            next = lines.try_recv().ok();
         }
         sink.flush();
+        std::thread::sleep(PAUSE);
     }
 }
 

@@ -60,7 +60,7 @@ pub struct RequestTrace {
 }
 
 tokio::task_local! {
-    static REQUEST: RequestTrace;
+    static REQUEST: Option<RequestTrace>;
 }
 
 impl RequestTrace {
@@ -102,12 +102,20 @@ impl RequestTrace {
 
     /// Runs `future` with this as the current trace context.
     pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        REQUEST.scope(self, future)
+        REQUEST.scope(Some(self), future)
+    }
+
+    /// Runs `future` with `trace` (if any) as the current trace context.
+    pub fn scope_option<F: Future>(
+        trace: Option<Self>,
+        future: F,
+    ) -> tokio::task::futures::TaskLocalFuture<Option<Self>, F> {
+        REQUEST.scope(trace, future)
     }
 
     /// The trace context of the request being served, if it has no span.
     pub fn current() -> Option<Self> {
-        REQUEST.try_with(|t| *t).ok()
+        REQUEST.try_with(|t| *t).ok().flatten()
     }
 }
 

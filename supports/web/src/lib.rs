@@ -67,13 +67,11 @@ fn with_api_layers<S: Clone + Send + Sync + 'static>(
     api: Router<S>,
     body_limit_bytes: usize,
 ) -> Router<S> {
-    api.route_layer(axum::middleware::from_fn(
-        commerce_telemetry::http::track_http,
-    ))
-    .fallback(route_not_found)
-    // axum's own limit (not tower-http's), so an oversized body is refused by our JSON
-    // extractor with a problem+json 413.
-    .layer(axum::extract::DefaultBodyLimit::max(body_limit_bytes))
-    .layer(tower_http::catch_panic::CatchPanicLayer::new())
-    .layer(axum::middleware::from_fn(commerce_telemetry::http::observe))
+    api.route_layer(commerce_telemetry::http::TrackHttpLayer)
+        .fallback(route_not_found)
+        // axum's own limit (not tower-http's), so an oversized body is refused by our JSON
+        // extractor with a problem+json 413.
+        .layer(axum::extract::DefaultBodyLimit::max(body_limit_bytes))
+        .layer(tower_http::catch_panic::CatchPanicLayer::new())
+        .layer(commerce_telemetry::http::ObserveLayer)
 }

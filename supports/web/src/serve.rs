@@ -306,20 +306,59 @@ impl Server {
 
 /// Answers `/health/ready` with 503 `DRAINING` once `draining` is set; everything else passes.
 fn with_drain(router: Router, draining: Arc<AtomicBool>) -> Router {
-    router.layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let draining = draining.load(Ordering::Relaxed);
-            async move {
-                if draining && request.uri().path() == "/health/ready" {
-                    use axum::response::IntoResponse as _;
-                    return (
-                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                        axum::Json(serde_json::json!({"status": "DRAINING", "checks": []})),
-                    )
-                        .into_response();
-                }
-                next.run(request).await
-            }
-        },
-    ))
+    router.layer(DrainLayer(draining))
+}
+
+/// Answers `/health/ready` with 503 `DRAINING` once shutdown began; passes everything else
+/// through without a boxed future.
+#[derive(Clone)]
+struct DrainLayer(Arc<AtomicBool>);
+
+impl<S> tower::Layer<S> for DrainLayer {
+    type Service = DrainService<S>;
+
+    fn layer(&self, inner: S) -> DrainService<S> {
+        DrainService {
+            inner,
+            draining: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct DrainService<S> {
+    inner: S,
+    draining: Arc<AtomicBool>,
+}
+
+impl<S> tower::Service<axum::extract::Request> for DrainService<S>
+where
+    S: tower::Service<axum::extract::Request, Response = axum::response::Response>,
+{
+    type Response = axum::response::Response;
+    type Error = S::Error;
+    type Future = futures::future::Either<
+        std::future::Ready<Result<axum::response::Response, S::Error>>,
+        S::Future,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        if self.draining.load(Ordering::Relaxed) && request.uri().path() == "/health/ready" {
+            use axum::response::IntoResponse as _;
+            let draining = (
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                axum::Json(serde_json::json!({"status": "DRAINING", "checks": []})),
+            )
+                .into_response();
+            return futures::future::Either::Left(std::future::ready(Ok(draining)));
+        }
+        futures::future::Either::Right(self.inner.call(request))
+    }
 }

@@ -3,6 +3,11 @@
 use clap::{Parser, Subcommand};
 use commerce_api::config::Config;
 
+/// Requests allocate and free many small buffers across two worker threads; mimalloc's
+/// thread-local free lists serve them faster than the system allocator (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(version, about = "The storefront's transactional API")]
 struct Cli {

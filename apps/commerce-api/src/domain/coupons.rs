@@ -544,7 +544,7 @@ impl Coupons {
     async fn admit(&self, coupon_id: i64, user_id: i64, limit: Option<i64>) -> Gate {
         let result: anyhow::Result<i64> = async {
             let mut conn = self.cache.conn().await?;
-            Ok(redis::Script::new(GATE_SCRIPT)
+            Ok(GATE
                 .key(self.gate_key(coupon_id))
                 .arg(user_id)
                 .arg(limit.unwrap_or(-1))
@@ -643,6 +643,10 @@ async fn issue_in_db(conn: &mut AsyncPgConnection, coupon_id: i64, user_id: i64)
     })
     .await
 }
+
+/// [`GATE_SCRIPT`], hashed once (its SHA-1 names it in `EVALSHA`).
+static GATE: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(GATE_SCRIPT));
 
 /// The Redis gate: one script, atomic. KEYS[1] is the set of admitted users; ARGV[1] the user,
 /// ARGV[2] the limit (-1: unlimited). Returns 1 admitted, 0 already admitted, -1 sold out.

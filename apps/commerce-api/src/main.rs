@@ -73,6 +73,8 @@ async fn run() -> anyhow::Result<()> {
                     "commerce-api: the administrator account `{login_id}` accepts the development password; \
                      give it another password (or remove its admin role) before starting in production"
                 );
+                // The lines logged so far are still queued for the log writer.
+                commerce_telemetry::shutdown_tracing();
                 std::process::exit(2);
             }
             app.run_until_stopped(commerce_web::shutdown_signal()).await

@@ -362,6 +362,8 @@ pub async fn relay(server: &str, brokers: &str, rows: i64, bin_dir: &str) -> any
     let child = Command::new(format!("{bin_dir}/commerce-api"))
         .arg("relay")
         .env("APP_PROFILE", "dev")
+        // Its health and metrics listener, off the running stack's API port.
+        .env("HTTP_ADDR", "127.0.0.1:0")
         .env("DATABASE_URL", &url)
         .env("KAFKA_BROKERS", brokers)
         .env("CATALOG_TOPIC", &topic)

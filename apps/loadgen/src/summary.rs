@@ -24,7 +24,7 @@ impl Row<'_> {
             self.route.to_owned(),
             self.figure.clone(),
             self.ceiling.clone(),
-            self.ratio.map_or_else(String::new, |r| format!("{r:.2}")),
+            self.ratio.map_or_else(String::new, |r| format!("{r:.3}")),
             self.target.to_owned(),
             if self.met { "met" } else { "**missed**" }.to_owned(),
         ]

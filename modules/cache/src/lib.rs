@@ -265,26 +265,25 @@ impl Cache {
                 None => redis::Client::open(info).context("REDIS_URL is not a valid Redis URL")?,
             })
         };
-        Ok(Self {
+        Ok(Self::unconnected(client, prefix.into()))
+    }
+
+    /// A handle on `client` that has not connected yet.
+    fn unconnected(client: Client, prefix: Arc<str>) -> Self {
+        Self {
             client,
             conn: Arc::new(RwLock::new(None)),
             connecting: Arc::new(tokio::sync::Mutex::new(())),
             last_failure: Arc::new(Mutex::new(None)),
-            prefix: prefix.into(),
-        })
+            prefix,
+        }
     }
 
     /// `n` handles on the same servers and namespace, each with a connection of its own: a
     /// small pool for a hot read path, so its requests are not all queued on one socket.
     pub fn pool(&self, n: usize) -> Vec<Cache> {
         (0..n.max(1))
-            .map(|_| Self {
-                client: self.client.clone(),
-                conn: Arc::new(RwLock::new(None)),
-                connecting: Arc::new(tokio::sync::Mutex::new(())),
-                last_failure: Arc::new(Mutex::new(None)),
-                prefix: self.prefix.clone(),
-            })
+            .map(|_| Self::unconnected(self.client.clone(), self.prefix.clone()))
             .collect()
     }
 

@@ -224,7 +224,7 @@ impl AccessLog {
                     .and_then(|v| v.trim().parse().ok())
                     .unwrap_or(500),
             ),
-            json: var("LOG_FORMAT").is_some_and(|v| v.eq_ignore_ascii_case("json")),
+            json: crate::logs::json_lines(),
         }
     }
 

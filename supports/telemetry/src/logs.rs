@@ -83,6 +83,11 @@ pub fn shutdown_tracing() {
     crate::output::output().flush(std::time::Duration::from_secs(2));
 }
 
+/// `LOG_FORMAT=json`: every line, access lines included, is a JSON object.
+pub(crate) fn json_lines() -> bool {
+    std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"))
+}
+
 fn otlp_configured() -> bool {
     [
         "OTEL_EXPORTER_OTLP_ENDPOINT",
@@ -94,7 +99,7 @@ fn otlp_configured() -> bool {
 
 fn install(service: &'static str, provider: SdkTracerProvider, recording: bool) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let json = json_lines();
     let tracer = provider.tracer(service);
     // Spans of this workspace only (libraries' spans would add cost and no story), and only
     // warnings and errors as span events: the log lines carry the rest.

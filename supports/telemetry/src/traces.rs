@@ -6,14 +6,14 @@
 //!
 //! When nothing records spans (no exporter), a request gets no span at all ([`mode`]): building one costs a
 //! tenth of a cached read's time and nobody would see it. Its trace context is then a
-//! [`RequestTrace`] held for the request's future ([`RequestTrace::scope`]): the caller's trace
+//! [`RequestTrace`] held for the request's future ([`RequestTrace::scope_option`]): the caller's trace
 //! id (or a fresh one) and a span id minted for the request. [`current_traceparent`], [`inject`]
 //! and the log lines read it first, so log lines, outbox rows, messages and gateway calls stay
 //! correlated exactly as with spans.
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::TraceContextExt;
@@ -21,8 +21,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-static RECORDING: AtomicBool = AtomicBool::new(false);
-static DISABLED: AtomicBool = AtomicBool::new(false);
+/// The [`Mode`], as its discriminant (`Ids` until the subscriber is installed).
+static MODE: AtomicU8 = AtomicU8::new(Mode::Ids as u8);
 
 /// How a request is traced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,18 +37,15 @@ pub enum Mode {
 
 /// See [`Mode`].
 pub fn mode() -> Mode {
-    if DISABLED.load(Ordering::Relaxed) {
-        Mode::Off
-    } else if RECORDING.load(Ordering::Relaxed) {
-        Mode::Spans
-    } else {
-        Mode::Ids
+    match MODE.load(Ordering::Relaxed) {
+        m if m == Mode::Spans as u8 => Mode::Spans,
+        m if m == Mode::Off as u8 => Mode::Off,
+        _ => Mode::Ids,
     }
 }
 
 pub(crate) fn set_mode(mode: Mode) {
-    RECORDING.store(mode == Mode::Spans, Ordering::Relaxed);
-    DISABLED.store(mode == Mode::Off, Ordering::Relaxed);
+    MODE.store(mode as u8, Ordering::Relaxed);
 }
 
 /// A request's trace context when no span is recorded for it.
@@ -100,11 +97,6 @@ impl RequestTrace {
         )
     }
 
-    /// Runs `future` with this as the current trace context.
-    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
-        REQUEST.scope(Some(self), future)
-    }
-
     /// Runs `future` with `trace` (if any) as the current trace context.
     pub fn scope_option<F: Future>(
         trace: Option<Self>,
@@ -126,13 +118,7 @@ fn nonzero<T: PartialEq + From<u8>>(n: T) -> T {
 /// Hands the current request's trace context (if it has one) to `future`, for a task spawned
 /// while serving it.
 pub fn carry<F: Future>(future: F) -> impl Future<Output = F::Output> {
-    let trace = RequestTrace::current();
-    async move {
-        match trace {
-            Some(t) => t.scope(future).await,
-            None => future.await,
-        }
-    }
+    RequestTrace::scope_option(RequestTrace::current(), future)
 }
 
 fn propagator() -> TraceContextPropagator {

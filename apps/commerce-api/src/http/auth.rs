@@ -24,11 +24,7 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let token = bearer(parts)?;
-        let (id, _claimed_role) = state
-            .auth
-            .verify(token)
-            .ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
+        let SignedUser { id } = SignedUser::from_request_parts(parts, state).await?;
         // The token of a deleted user is refused, and the role is the current one (as of at
         // most USER_CHECK_TTL ago).
         if let Some(role) = state.auth.checked.get(id) {

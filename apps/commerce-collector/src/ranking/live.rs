@@ -244,7 +244,7 @@ impl Live {
         run_ids.retain(|ranking, _| current.contains(ranking));
         for ranking in current {
             let checked: anyhow::Result<(bool, String)> = CHECK
-                .key(self.ready_key(ranking))
+                .key(&self.keys(ranking).ready)
                 .invoke_async(&mut redis)
                 .await
                 .context("checking a live ranking");
@@ -288,7 +288,7 @@ impl Live {
             scores(&mut conn, ranking, self.0.weights, None).await?
         };
         let key = self.key(ranking);
-        let ready = self.ready_key(ranking);
+        let ready = self.keys(ranking).ready.clone();
         let mut redis = self.0.cache.conn().await?;
         let mut install = redis::pipe();
         install.atomic();
@@ -470,10 +470,6 @@ impl Live {
 
     fn key(&self, ranking: Ranking) -> String {
         key(&self.0.cache, ranking)
-    }
-
-    fn ready_key(&self, ranking: Ranking) -> String {
-        format!("{}:ready", self.key(ranking))
     }
 }
 

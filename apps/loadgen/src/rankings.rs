@@ -314,14 +314,13 @@ pub async fn rankings(o: Options<'_>) -> anyhow::Result<()> {
             "  ratio to hello-world = {ratio:.2} (target >= 0.5); p99 {:.2} ms (target <= 5 ms)",
             report.percentile_ms(0.99)
         );
-        crate::summary::Row {
-            route: &format!("{label}, {} products", o.products),
-            figure: crate::summary::rate(&report),
-            ceiling: format!("hello-world {}", crate::summary::rate(&hello)),
-            ratio: Some(ratio),
-            target: "≥ 0.5, p99 ≤ 5 ms",
-            met: ratio >= 0.5 && report.percentile_ms(0.99) <= 5.0,
-        }
+        crate::summary::Row::against_hello(
+            &format!("{label}, {} products", o.products),
+            &report,
+            &hello,
+            0.5,
+            "≥ 0.5, p99 ≤ 5 ms",
+        )
         .record();
     }
 

@@ -60,14 +60,13 @@ pub(crate) async fn list(
             "ratio {what}/hello = {ratio:.2} (target >= 0.6); {what} p99 = {:.2} ms (target <= 5 ms)",
             cached.percentile_ms(0.99)
         );
-        crate::summary::Row {
-            route: &format!("cached product {what}, {connections} connections"),
-            figure: crate::summary::rate(&cached),
-            ceiling: format!("hello-world {}", crate::summary::rate(&base)),
-            ratio: Some(ratio),
-            target: "≥ 0.6, p99 ≤ 5 ms",
-            met: ratio >= 0.6 && cached.percentile_ms(0.99) <= 5.0,
-        }
+        crate::summary::Row::against_hello(
+            &format!("cached product {what}, {connections} connections"),
+            &cached,
+            &base,
+            0.6,
+            "≥ 0.6, p99 ≤ 5 ms",
+        )
         .record();
     }
     Ok(())

@@ -14,7 +14,27 @@ pub(crate) struct Row<'a> {
     pub(crate) met: bool,
 }
 
-impl Row<'_> {
+impl<'a> Row<'a> {
+    /// A read route against the hello-world route of the same run: its ratio at least
+    /// `min_ratio` and its p99 at most 5 ms.
+    pub(crate) fn against_hello(
+        route: &'a str,
+        report: &crate::harness::Report,
+        hello: &crate::harness::Report,
+        min_ratio: f64,
+        target: &'a str,
+    ) -> Self {
+        let ratio = report.rps() / hello.rps();
+        Row {
+            route,
+            figure: rate(report),
+            ceiling: format!("hello-world {}", rate(hello)),
+            ratio: Some(ratio),
+            target,
+            met: ratio >= min_ratio && report.percentile_ms(0.99) <= 5.0,
+        }
+    }
+
     /// Appends the row to the summary file, if the run keeps one.
     pub(crate) fn record(&self) {
         let Ok(path) = std::env::var("LOADGEN_SUMMARY") else {

@@ -116,7 +116,13 @@ impl Live {
     ) -> Self {
         Self(Arc::new(Inner {
             marker_ttl,
-            readers: cache.pool(read_connections),
+            // One: the refresher's own connection, which its checks keep repaired (a connection
+            // used only for reads would first learn of a failover on a read, and fall back).
+            readers: if read_connections <= 1 {
+                vec![cache.clone()]
+            } else {
+                cache.pool(read_connections)
+            },
             next_reader: AtomicUsize::new(0),
             keys: RwLock::new(HashMap::new()),
             markers: RwLock::new(HashMap::new()),

@@ -368,7 +368,7 @@ struct BatchStatement<'a> {
 /// [`BATCH_SQL`] split at its `$n` placeholders: each piece of text, then the number of the
 /// parameter that follows it (none after the last). Diesel numbers parameters in the order they
 /// are pushed, so each is pushed where its placeholder stands.
-pub static BATCH_PIECES: LazyLock<Vec<(&'static str, Option<u8>)>> = LazyLock::new(|| {
+static BATCH_PIECES: LazyLock<Vec<(&'static str, Option<u8>)>> = LazyLock::new(|| {
     let sql: &'static str = BATCH_SQL.as_str();
     let mut pieces = Vec::new();
     let mut rest = sql;

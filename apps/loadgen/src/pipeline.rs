@@ -185,9 +185,25 @@ pub async fn ingest(
 
     // Each phase starts from a checkpoint, so none pays for the previous one's dirty pages.
     checkpoint(server).await?;
-    // The ceiling: the collector's own batch statement driven by pgbench, as many clients as the
-    // collector has batches in flight, on a fresh database.
-    let (ceiling_tps, ceiling_latency) = batch_ceiling(server, products, 3, events / 100).await?;
+    // Two ceilings, each driven by pgbench with as many clients as the collector has batches in
+    // flight, on a fresh database: the smallest statement that dedupes a batch and upserts its
+    // day rows, then the collector's own batch statement (also all-time, week and month rows,
+    // partner figures and the catalog). The gap between them is what the live periods cost.
+    let (smallest_tps, smallest_latency) =
+        batch_ceiling(server, products, 3, events / 100, SMALLEST_SQL).await?;
+    let smallest = smallest_tps * 100.0;
+    println!(
+        "pgbench dedupe + day rows    {smallest:>9.0} events/s ({smallest_tps:.0} batches of 100/s, 3 clients; {smallest_latency})"
+    );
+    checkpoint(server).await?;
+    let (ceiling_tps, ceiling_latency) = batch_ceiling(
+        server,
+        products,
+        3,
+        events / 100,
+        &commerce_collector::apply::BATCH_SQL,
+    )
+    .await?;
     let ceiling = ceiling_tps * 100.0;
     println!(
         "pgbench batch statement      {ceiling:>9.0} events/s ({ceiling_tps:.0} batches of 100/s, 3 clients; {ceiling_latency})"
@@ -254,20 +270,23 @@ pub async fn ingest(
         "collector applied            {rate:>9.0} events/s ({applied:.1} s); metrics add up to {events}"
     );
     println!(
-        "ratio collector/consume-only = {:.2}; ratio collector/pgbench = {:.2} (target >= 0.7)",
+        "ratio collector/consume-only = {:.2}; collector/pgbench dedupe + day rows = {:.2} (target >= 0.5); collector/pgbench batch statement = {:.2}; batch statement/dedupe + day rows = {:.2}",
         rate / read_rate,
-        rate / ceiling
+        rate / smallest,
+        rate / ceiling,
+        ceiling / smallest,
     );
     crate::summary::Row {
         route: &format!("collector ingest through the broker, {events} events"),
         figure: format!("{} events/s", crate::summary::thousands(rate)),
         ceiling: format!(
-            "pgbench, the collector's batch statement, {} events/s",
+            "pgbench, dedupe + day rows, {} events/s (the collector's whole statement: {})",
+            crate::summary::thousands(smallest),
             crate::summary::thousands(ceiling)
         ),
-        ratio: Some(rate / ceiling),
-        target: "≥ 0.7",
-        met: rate / ceiling >= 0.7,
+        ratio: Some(rate / smallest),
+        target: "≥ 0.5",
+        met: rate / smallest >= 0.5,
     }
     .record();
     if let Some(kb) = rss {
@@ -276,17 +295,48 @@ pub async fn ingest(
     Ok(())
 }
 
-/// pgbench running the collector's batch statement (its very SQL, prepared as the collector
-/// prepares it) `batches` times, so over as many rows as the collector then writes, with
-/// batches of 100 shaped like the benchmark's events (3 views to 1 sale,
-/// products uniform over `products`, time-ordered ids): returns batches per second and the
-/// latency line. The parameters are computed in the statement from a random seed (the ids
-/// twice, as the dedupe rows and as the effects' keys), a little work the collector does not do.
+/// The smallest statement that applies a batch exactly once: its dedupe rows, then the day rows
+/// of the events that were new, written as the collector writes them. Its parameters are
+/// numbered as in the collector's statement, so one set of generated values serves both.
+static SMALLEST_SQL: &str = "
+WITH new AS (
+    INSERT INTO event_handled (event_id, recorded_at, consumer_group)
+    SELECT id, at, $1 FROM unnest($2::uuid[], $18::timestamptz[]) AS t(id, at)
+    ON CONFLICT DO NOTHING
+    RETURNING event_id
+),
+daily AS (
+    INSERT INTO product_metrics_daily AS m
+           (business_date, product_id, view_count, like_count, order_count, sales_quantity,
+            sales_amount)
+    SELECT day, product_id, sum(v), sum(l), sum(o), sum(q), sum(a)
+      FROM unnest($3::uuid[], $4::date[], $5::bigint[], $6::bigint[], $7::bigint[],
+                  $8::bigint[], $9::bigint[], $10::bigint[])
+           AS f(event_id, day, product_id, v, l, o, q, a)
+     WHERE f.event_id IN (SELECT event_id FROM new)
+     GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (business_date, product_id) DO UPDATE SET
+        view_count = m.view_count + EXCLUDED.view_count,
+        like_count = m.like_count + EXCLUDED.like_count,
+        order_count = m.order_count + EXCLUDED.order_count,
+        sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
+        sales_amount = m.sales_amount + EXCLUDED.sales_amount,
+        updated_at = now()
+)
+SELECT event_id FROM new";
+
+/// pgbench running `sql` (the collector's batch statement, or [`SMALLEST_SQL`]; prepared as the
+/// collector prepares it) `batches` times, so over as many rows as the collector then writes,
+/// with batches of 100 shaped like the benchmark's events (3 views to 1 sale, products uniform
+/// over `products`, time-ordered ids): returns batches per second and the latency line. The
+/// parameters are computed in the statement from a random seed (the ids twice, as the dedupe
+/// rows and as the effects' keys), a little work the collector does not do.
 async fn batch_ceiling(
     server: &str,
     products: u64,
     clients: usize,
     batches: u64,
+    sql: &str,
 ) -> anyhow::Result<(f64, String)> {
     let url = fresh_database(
         server,
@@ -317,16 +367,28 @@ async fn batch_ceiling(
             12 | 15 | 16 => "'{}'::bigint[]".into(),
             17 => commerce_collector::apply::PERIOD_LOCK.key().to_string(),
             18 => "array_fill(now(), ARRAY[100])".into(),
-            _ => unreachable!("the batch statement has 18 parameters"),
+            // No partner order is confirmed in this benchmark's events.
+            19 => "'{}'::uuid[]".into(),
+            20 => "'{}'::date[]".into(),
+            21..=24 => "'{}'::bigint[]".into(),
+            _ => unreachable!("the batch statement has 24 parameters, not ${n}"),
         }
     };
-    let mut statement = String::new();
-    for (sql, n) in commerce_collector::apply::BATCH_PIECES.iter() {
-        statement.push_str(sql);
-        if let Some(n) = n {
-            statement.push_str(&param(u32::from(*n)));
-        }
+    // Each `$n` replaced by its generated value.
+    let mut statement = String::with_capacity(sql.len() * 2);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        statement.push_str(&rest[..at]);
+        let digits = rest[at + 1..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - at - 1);
+        let n: u32 = rest[at + 1..at + 1 + digits]
+            .parse()
+            .context("a `$` without a parameter number in the batch statement")?;
+        statement.push_str(&param(n));
+        rest = &rest[at + 1 + digits..];
     }
+    statement.push_str(rest);
     // pgbench reads one command per line unless it ends with a semicolon.
     let script = format!(
         "\\set seed random(1, 1000000000000)\n{};\n",

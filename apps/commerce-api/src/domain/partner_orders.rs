@@ -163,9 +163,61 @@ pub fn split(lines: &[SplitLine], discount: i64, points: i64) -> Vec<PartnerPart
     parts.into_values().collect()
 }
 
-/// Writes the order's partner orders, their lines and their payment splits, inside the placing
-/// transaction: `payment_id` is the order's card payment, if any; points are captured at once
-/// (they were deducted). Returns the partner orders as written.
+/// An order line as written.
+#[derive(Insertable)]
+#[diesel(table_name = order_items)]
+struct NewLine {
+    order_id: i64,
+    product_id: i64,
+    quantity: i64,
+    unit_price: i64,
+    partner_order_id: i64,
+    discount_share: i64,
+    points_share: i64,
+}
+
+/// A payment split as written.
+#[derive(Insertable)]
+#[diesel(table_name = payment_splits)]
+struct NewSplit {
+    partner_order_id: i64,
+    method: PaymentKind,
+    payment_id: Option<i64>,
+    amount: i64,
+    captured: i64,
+}
+
+/// An order's partner orders, written; their lines and payment splits not yet.
+pub struct Recorded {
+    /// The partner orders as they will stand once their lines are written.
+    pub views: Vec<PartnerOrderView>,
+    lines: Vec<NewLine>,
+    splits: Vec<NewSplit>,
+}
+
+impl Recorded {
+    /// Writes the lines and the payment splits. It needs only a shared connection, so the
+    /// placing transaction sends it in one round trip with its other writes (pipelined).
+    pub async fn write_lines(&self, conn: &AsyncPgConnection) -> QueryResult<()> {
+        let lines = diesel::insert_into(order_items::table)
+            .values(&self.lines)
+            .execute(&mut &*conn);
+        let splits = async {
+            if self.splits.is_empty() {
+                return Ok(0);
+            }
+            diesel::insert_into(payment_splits::table)
+                .values(&self.splits)
+                .execute(&mut &*conn)
+                .await
+        };
+        futures::try_join!(lines, splits).map(|_| ())
+    }
+}
+
+/// Writes the order's partner orders inside the placing transaction; their lines and payment
+/// splits follow with [`Recorded::write_lines`]. `payment_id` is the order's card payment, if
+/// any; points are captured at once (they were deducted).
 pub async fn record(
     conn: &mut AsyncPgConnection,
     order_id: i64,
@@ -174,7 +226,7 @@ pub async fn record(
     status: PartnerOrderStatus,
     paid_at: Option<DateTime<Utc>>,
     payment_id: Option<i64>,
-) -> Result<Vec<PartnerOrderView>> {
+) -> Result<Recorded> {
     let written: Vec<(i64, DateTime<Utc>)> = diesel::insert_into(partner_orders::table)
         .values(
             parts
@@ -231,34 +283,34 @@ pub async fn record(
                 quantity_shipped: 0,
                 quantity_returned: 0,
             });
-            rows.push((
-                order_items::order_id.eq(order_id),
-                order_items::product_id.eq(line.product_id),
-                order_items::quantity.eq(line.quantity),
-                order_items::unit_price.eq(line.unit_price),
-                order_items::partner_order_id.eq(*id),
-                order_items::discount_share.eq(share.discount),
-                order_items::points_share.eq(share.points),
-            ));
+            rows.push(NewLine {
+                order_id,
+                product_id: line.product_id,
+                quantity: line.quantity,
+                unit_price: line.unit_price,
+                partner_order_id: *id,
+                discount_share: share.discount,
+                points_share: share.points,
+            });
         }
         if part.points_share > 0 {
-            splits.push((
-                payment_splits::partner_order_id.eq(*id),
-                payment_splits::method.eq(PaymentKind::Point),
-                payment_splits::payment_id.eq(None::<i64>),
-                payment_splits::amount.eq(part.points_share),
-                payment_splits::captured.eq(part.points_share),
-            ));
+            splits.push(NewSplit {
+                partner_order_id: *id,
+                method: PaymentKind::Point,
+                payment_id: None,
+                amount: part.points_share,
+                captured: part.points_share,
+            });
         }
         let card = (part.card_share > 0).then_some(payment_id).flatten();
         if let Some(payment_id) = card {
-            splits.push((
-                payment_splits::partner_order_id.eq(*id),
-                payment_splits::method.eq(PaymentKind::Card),
-                payment_splits::payment_id.eq(Some(payment_id)),
-                payment_splits::amount.eq(part.card_share),
-                payment_splits::captured.eq(0),
-            ));
+            splits.push(NewSplit {
+                partner_order_id: *id,
+                method: PaymentKind::Card,
+                payment_id: Some(payment_id),
+                amount: part.card_share,
+                captured: 0,
+            });
             view.payments.push(SplitView {
                 method: PaymentKind::Card,
                 amount: part.card_share,
@@ -276,17 +328,11 @@ pub async fn record(
         }
         views.push(view);
     }
-    diesel::insert_into(order_items::table)
-        .values(rows)
-        .execute(conn)
-        .await?;
-    if !splits.is_empty() {
-        diesel::insert_into(payment_splits::table)
-            .values(splits)
-            .execute(conn)
-            .await?;
-    }
-    Ok(views)
+    Ok(Recorded {
+        views,
+        lines: rows,
+        splits,
+    })
 }
 
 /// A partner order about to move with its checkout, as its event names it.

@@ -36,9 +36,10 @@ pub async fn record(
 }
 
 /// [`record`], with the events' `occurred_at` set to `at`: the instant the state change is
-/// stored with (an order's `paid_at`), so every consumer dates it the same way.
+/// stored with (an order's `paid_at`), so every consumer dates it the same way. It needs only a
+/// shared connection, so a transaction can send it with its other writes in one round trip.
 pub async fn record_at(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     topics: &Topics,
     events: Vec<Event>,
     at: DateTime<Utc>,
@@ -74,7 +75,7 @@ pub async fn record_at(
     .bind::<Array<Text>, _>(&types)
     .bind::<Array<Text>, _>(&envelopes)
     .bind::<Nullable<Text>, _>(traceparent)
-    .execute(conn)
+    .execute(&mut &*conn)
     .await?;
     Ok(())
 }

@@ -245,15 +245,6 @@ async fn create(
     if locked.iter().any(|p| p.stock < lines[&p.id]) {
         return Err(refused(Error::InsufficientStock));
     }
-    diesel::sql_query(
-        "UPDATE products p SET stock = p.stock - l.quantity
-           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
-          WHERE p.id = l.id",
-    )
-    .bind::<Array<BigInt>, _>(&ids)
-    .bind::<Array<BigInt>, _>(&quantities)
-    .execute(conn)
-    .await?;
 
     let items: Vec<OrderItemView> = locked
         .iter()
@@ -283,25 +274,38 @@ async fn create(
         OrderStatus::Paid
     };
 
-    if points_used > 0 {
-        let paid = diesel::update(
+    // One instant for the column and the events: every consumer dates the sale by it, and a
+    // cancellation (which carries `paid_at`) subtracts from the same business day.
+    let now = Utc::now().trunc_subsecs(6);
+    let paid_at = (status == OrderStatus::Paid).then_some(now);
+
+    // The writes that need only the locks taken above, sent together (pipelined: one round
+    // trip; the server runs them one after the other, and a refusal rolls all of them back):
+    // the stock taken, the points spent, the order row.
+    let shared: &AsyncPgConnection = conn;
+    let stock = diesel::sql_query(
+        "UPDATE products p SET stock = p.stock - l.quantity
+           FROM unnest($1::bigint[], $2::bigint[]) AS l(id, quantity)
+          WHERE p.id = l.id",
+    )
+    .bind::<Array<BigInt>, _>(&ids)
+    .bind::<Array<BigInt>, _>(&quantities)
+    .execute(&mut &*shared);
+    let points = async {
+        if points_used == 0 {
+            return Ok(true);
+        }
+        diesel::update(
             users::table
                 .find(user_id)
                 .filter(users::point_balance.ge(points_used)),
         )
         .set(users::point_balance.eq(users::point_balance - points_used))
-        .execute(conn)
-        .await?;
-        if paid == 0 {
-            return Err(refused(Error::InsufficientPoints));
-        }
-    }
-
-    // One instant for the column and the events: every consumer dates the sale by it, and a
-    // cancellation (which carries `paid_at`) subtracts from the same business day.
-    let now = Utc::now().trunc_subsecs(6);
-    let paid_at = (status == OrderStatus::Paid).then_some(now);
-    let order: OrderRow = diesel::insert_into(orders::table)
+        .execute(&mut &*shared)
+        .await
+        .map(|paid| paid == 1)
+    };
+    let order = diesel::insert_into(orders::table)
         .values((
             orders::user_id.eq(user_id),
             orders::status.eq(status),
@@ -316,24 +320,10 @@ async fn create(
             orders::paid_at.eq(paid_at),
         ))
         .returning(order_columns())
-        .get_result(conn)
-        .await?;
-    if let Some(uc) = req.user_coupon_id {
-        diesel::update(user_coupons::table.find(uc))
-            .set(user_coupons::order_id.eq(order.id))
-            .execute(conn)
-            .await?;
-    }
-    if points_used > 0 {
-        diesel::insert_into(point_ledger::table)
-            .values((
-                point_ledger::user_id.eq(user_id),
-                point_ledger::amount.eq(-points_used),
-                point_ledger::kind.eq(LedgerKind::Use),
-                point_ledger::order_id.eq(order.id),
-            ))
-            .execute(conn)
-            .await?;
+        .get_result::<OrderRow>(&mut &*shared);
+    let (_, paid, order) = futures::try_join!(stock, points, order)?;
+    if !paid {
+        return Err(refused(Error::InsufficientPoints));
     }
     let payment = match card {
         Some((card_type, card_no)) => Some(
@@ -366,7 +356,7 @@ async fn create(
         OrderStatus::PendingPayment => PartnerOrderStatus::PendingPayment,
         _ => PartnerOrderStatus::Paid,
     };
-    let parts = partner_orders::record(
+    let recorded = partner_orders::record(
         conn,
         order.id,
         &split_lines,
@@ -393,7 +383,38 @@ async fn create(
             Event::OrderPaid(placed),
         ],
     };
-    outbox::record_at(conn, ctx.topics, events, now).await?;
+    // The rest needs only the order's and the partner orders' ids: one more round trip.
+    let shared: &AsyncPgConnection = conn;
+    let coupon = async {
+        if let Some(uc) = req.user_coupon_id {
+            diesel::update(user_coupons::table.find(uc))
+                .set(user_coupons::order_id.eq(order.id))
+                .execute(&mut &*shared)
+                .await?;
+        }
+        Ok(())
+    };
+    let ledger = async {
+        if points_used > 0 {
+            diesel::insert_into(point_ledger::table)
+                .values((
+                    point_ledger::user_id.eq(user_id),
+                    point_ledger::amount.eq(-points_used),
+                    point_ledger::kind.eq(LedgerKind::Use),
+                    point_ledger::order_id.eq(order.id),
+                ))
+                .execute(&mut &*shared)
+                .await?;
+        }
+        Ok(())
+    };
+    futures::try_join!(
+        recorded.write_lines(shared),
+        coupon,
+        ledger,
+        outbox::record_at(shared, ctx.topics, events, now),
+    )?;
+    let parts = recorded.views;
     Ok(OrderView {
         order_id: order.id,
         kind: order.kind,

@@ -41,7 +41,7 @@
 //! | `KAFKA_TOPIC_RETENTION_HOURS` | `168` | the source topics' retention (`retention.ms` of the topics created; a topic on the broker keeping messages longer is refused at start); must be shorter than the horizon |
 //! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups reconcile (6-field cron, UTC) |
 //! | `RANKING_CACHE_TTL_MS` | `100` | how long a ranking response is reused in process, and a live set seen ready trusted without asking Redis again (0: never) |
-//! | `RANKING_REDIS_CONNECTIONS` | `1` | Redis connections the ranking reads take in turn (1..=16; 1: the refresher's own; on a small machine one multiplexed connection batches the most commands per write: BENCHMARKS.md) |
+//! | `RANKING_REDIS_CONNECTIONS` | `1` | Redis connections of their own the ranking reads take in turn (1..=16; a read that fails on one is tried once on the refresher's connection; on a small machine one multiplexed connection batches the most commands per write: BENCHMARKS.md) |
 //! | `RANKING_SNAPSHOT_CRON` | `30 * * * * *` | when changed rankings are materialised in PostgreSQL (the fallback's age bound) |
 
 use std::net::SocketAddr;

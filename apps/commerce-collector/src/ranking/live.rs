@@ -116,13 +116,9 @@ impl Live {
     ) -> Self {
         Self(Arc::new(Inner {
             marker_ttl,
-            // One: the refresher's own connection, which its checks keep repaired (a connection
-            // used only for reads would first learn of a failover on a read, and fall back).
-            readers: if read_connections <= 1 {
-                vec![cache.clone()]
-            } else {
-                cache.pool(read_connections)
-            },
+            // Connections of their own, so reads never queue behind the refresher's pipelines
+            // (see `read` for what happens after a failover).
+            readers: cache.pool(read_connections),
             next_reader: AtomicUsize::new(0),
             keys: RwLock::new(HashMap::new()),
             markers: RwLock::new(HashMap::new()),
@@ -437,9 +433,12 @@ impl Live {
         keys
     }
 
-    /// Runs a read, unless a read failed less than [`READ_BACKOFF`] ago. A read that fails or
-    /// takes longer than [`READ_TIMEOUT`] (Redis stopped, or reconnecting) pauses reads, so an
-    /// outage costs requests a branch, not a wait.
+    /// Runs a read, unless a read failed less than [`READ_BACKOFF`] ago. A read that fails on
+    /// its own connection is tried once more on the refresher's, which the refresher's checks
+    /// keep repaired: a connection used only for reads learns of a Redis Cluster failover on a
+    /// read. A read that fails there too or takes longer than [`READ_TIMEOUT`] in all (Redis
+    /// stopped, or reconnecting) pauses reads, so an outage costs requests a branch, not a
+    /// wait.
     async fn read<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> anyhow::Result<T> {
         let now = self.0.started.elapsed().as_millis() as u64;
         anyhow::ensure!(
@@ -448,8 +447,17 @@ impl Live {
         );
         let reader = self.0.next_reader.fetch_add(1, Ordering::Relaxed) % self.0.readers.len();
         let attempt = async {
-            let mut redis = self.0.readers[reader].conn().await?;
-            anyhow::Ok(pipe.query_async::<T>(&mut redis).await?)
+            let own = async {
+                let mut redis = self.0.readers[reader].conn().await?;
+                anyhow::Ok(pipe.query_async::<T>(&mut redis).await?)
+            };
+            match own.await {
+                Ok(value) => Ok(value),
+                Err(_) => {
+                    let mut redis = self.0.cache.conn().await?;
+                    anyhow::Ok(pipe.query_async::<T>(&mut redis).await?)
+                }
+            }
         };
         match tokio::time::timeout(READ_TIMEOUT, attempt).await {
             Ok(Ok(value)) => Ok(value),

@@ -365,11 +365,9 @@ struct BatchStatement<'a> {
     snapshots: &'a Snapshots<'a>,
 }
 
-/// [`BATCH_SQL`] split at its `$n` placeholders: each piece of text, then the number of the
-/// parameter that follows it (none after the last). Diesel numbers parameters in the order they
-/// are pushed, so each is pushed where its placeholder stands.
-static BATCH_PIECES: LazyLock<Vec<(&'static str, Option<u8>)>> = LazyLock::new(|| {
-    let sql: &'static str = BATCH_SQL.as_str();
+/// `sql` split at its `$n` placeholders: each piece of text, then the number of the parameter
+/// that follows it (none after the last).
+pub fn placeholders(sql: &str) -> Vec<(&str, Option<u8>)> {
     let mut pieces = Vec::new();
     let mut rest = sql;
     while let Some(at) = rest.find('$') {
@@ -384,7 +382,12 @@ static BATCH_PIECES: LazyLock<Vec<(&'static str, Option<u8>)>> = LazyLock::new(|
     }
     pieces.push((rest, None));
     pieces
-});
+}
+
+/// [`BATCH_SQL`] split at its placeholders. Diesel numbers parameters in the order they are
+/// pushed, so each is pushed where its placeholder stands.
+static BATCH_PIECES: LazyLock<Vec<(&'static str, Option<u8>)>> =
+    LazyLock::new(|| placeholders(BATCH_SQL.as_str()));
 
 impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for BatchStatement<'_> {
     fn walk_ast<'b>(

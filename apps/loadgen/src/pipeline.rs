@@ -376,19 +376,12 @@ async fn batch_ceiling(
     };
     // Each `$n` replaced by its generated value.
     let mut statement = String::with_capacity(sql.len() * 2);
-    let mut rest = sql;
-    while let Some(at) = rest.find('$') {
-        statement.push_str(&rest[..at]);
-        let digits = rest[at + 1..]
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len() - at - 1);
-        let n: u32 = rest[at + 1..at + 1 + digits]
-            .parse()
-            .context("a `$` without a parameter number in the batch statement")?;
-        statement.push_str(&param(n));
-        rest = &rest[at + 1 + digits..];
+    for (text, n) in commerce_collector::apply::placeholders(sql) {
+        statement.push_str(text);
+        if let Some(n) = n {
+            statement.push_str(&param(u32::from(n)));
+        }
     }
-    statement.push_str(rest);
     // pgbench reads one command per line unless it ends with a semicolon.
     let script = format!(
         "\\set seed random(1, 1000000000000)\n{};\n",

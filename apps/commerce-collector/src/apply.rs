@@ -4,10 +4,12 @@
 //! 1. the batch's event ids go into `event_handled` (`ON CONFLICT DO NOTHING RETURNING`), which
 //!    tells which events are new, whichever group applied them before ([`crate::dedupe`]);
 //! 2. the effects of every event, computed in memory, are sent along as columns, and only the
-//!    new events' are summed into one set-based upsert per table: all-time totals, days, and the
-//!    weeks and months those days fall in (so the current week and month are as live as the
-//!    day), and the catalog projection;
+//!    new events' are summed into one set-based upsert of the daily figures (and of partner
+//!    sales and the catalog projection);
 //! 3. the statement commits. The caller stores Kafka offsets only after this returns.
+//!
+//! The all-time, weekly and monthly figures follow the daily ones within about a second: they
+//! are folded from them, exactly once, by [`crate::fold`].
 //!
 //! A redelivered event (after a crash, a rebalance or a relay re-publish) is already in
 //! `event_handled`, so it changes nothing. The fold is order-insensitive (sums, and
@@ -46,8 +48,9 @@ pub struct Applied {
 
 pub use crate::ranking::business_date;
 
-/// Taken shared by every batch and exclusively by a rollup recomputing a week or month, so the
-/// rollup never overwrites a delta committed while it ran.
+/// Taken shared by every batch and every fold, and exclusively by a rollup recomputing a week or
+/// month: the rollup folds what is pending and recomputes from daily figures that do not move
+/// while it runs, so the week or month it writes is exactly the sum of its days.
 pub const PERIOD_LOCK: commerce_db::XactLock =
     commerce_db::XactLock::named("commerce-collector:period-figures");
 
@@ -240,65 +243,26 @@ pub async fn apply_batch(
 }
 
 /// A batch in one statement, so in one round trip and one implicit transaction: the dedupe
-/// rows, then (only for the events that were new) the all-time, daily, weekly and monthly
-/// figures and the catalog projection. It takes [`PERIOD_LOCK`] shared first. Each upsert feeds
-/// its rows in key order, so concurrent batches lock rows in one order and cannot deadlock.
+/// rows, then (only for the events that were new) the daily figures, partner sales and the
+/// catalog projection. It takes [`PERIOD_LOCK`] shared first. Each upsert feeds its rows in key
+/// order, so concurrent batches (and the fold) lock rows in one order and cannot deadlock.
 pub static BATCH_SQL: LazyLock<String> = LazyLock::new(|| {
-    // (CTE, table, key columns, the key as computed from fx's day, whether the row records
-    // when it changed)
-    let figures = [
-        ("totals", "product_metrics", "product_id", None, true),
-        (
-            "daily",
-            "product_metrics_daily",
-            "business_date, product_id",
-            Some("day"),
-            true,
-        ),
-        (
-            "weekly",
-            "product_metrics_weekly",
-            "week_start, product_id",
-            Some("date_trunc('week', day)::date"),
-            false,
-        ),
-        (
-            "monthly",
-            "product_metrics_monthly",
-            "month_start, product_id",
-            Some("date_trunc('month', day)::date"),
-            false,
-        ),
-    ];
-    let upserts: String = figures
-        .iter()
-        .map(|(cte, table, key, start, touch)| {
-            let (select_key, group) = match start {
-                Some(start) => (format!("{start}, product_id"), "1, 2"),
-                None => ("product_id".to_owned(), "1"),
-            };
-            let touch = if *touch {
-                ",\n        updated_at = now()"
-            } else {
-                ""
-            };
-            format!(
-                "{cte} AS (
-    INSERT INTO {table} AS m
-           ({key}, view_count, like_count, order_count, sales_quantity, sales_amount)
-    SELECT {select_key}, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
-     GROUP BY {group} ORDER BY {group}
-    ON CONFLICT ({key}) DO UPDATE SET
+    // Only the days: the fold carries them into all-time, weeks and months.
+    let upserts = "daily AS (
+    INSERT INTO product_metrics_daily AS m
+           (business_date, product_id, view_count, like_count, order_count, sales_quantity,
+            sales_amount)
+    SELECT day, product_id, sum(v), sum(l), sum(o), sum(q), sum(a) FROM fx
+     GROUP BY 1, 2 ORDER BY 1, 2
+    ON CONFLICT (business_date, product_id) DO UPDATE SET
         view_count = m.view_count + EXCLUDED.view_count,
         like_count = m.like_count + EXCLUDED.like_count,
         order_count = m.order_count + EXCLUDED.order_count,
         sales_quantity = m.sales_quantity + EXCLUDED.sales_quantity,
-        sales_amount = m.sales_amount + EXCLUDED.sales_amount{touch}
+        sales_amount = m.sales_amount + EXCLUDED.sales_amount,
+        updated_at = now()
 ),
-"
-            )
-        })
-        .collect();
+";
     format!(
         "
 WITH lock AS (SELECT pg_advisory_xact_lock_shared($17)),

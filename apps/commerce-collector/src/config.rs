@@ -39,6 +39,7 @@
 //! | `RANKING_CARRYOVER_RATIO` | `0.1` | share of yesterday's score carried into today |
 //! | `EVENT_HANDLED_RETENTION_HOURS` | `192` | the dedupe horizon: rows are kept this long, older events are dead-lettered |
 //! | `KAFKA_TOPIC_RETENTION_HOURS` | `168` | the source topics' retention (`retention.ms` of the topics created; a topic on the broker keeping messages longer is refused at start); must be shorter than the horizon |
+//! | `COLLECTOR_FOLD_INTERVAL_MS` | `500` | how often the daily figures' changes are folded into the all-time, weekly and monthly ones (one collector folds at a time; 50..=10000) |
 //! | `ROLLUP_CRON` | `0 */10 * * * *` | when weekly/monthly rollups reconcile (6-field cron, UTC) |
 //! | `RANKING_CACHE_TTL_MS` | `100` | how long a ranking response is reused in process, and a live set seen ready trusted without asking Redis again (0: never) |
 //! | `RANKING_REDIS_CONNECTIONS` | `1` | Redis connections of their own the ranking reads take in turn (1..=16; a read that fails on one is tried once on the refresher's connection; on a small machine one multiplexed connection batches the most commands per write: BENCHMARKS.md) |
@@ -85,6 +86,8 @@ pub struct Config {
     pub rollup_cron: String,
     pub ranking_snapshot_cron: String,
     pub ranking_cache_ttl_ms: u64,
+    /// How often the fold runs.
+    pub fold_interval: std::time::Duration,
     pub ranking_redis_connections: usize,
     pub event_handled_retention_hours: u64,
     pub topic_retention_hours: u64,
@@ -179,6 +182,11 @@ impl Config {
             rollup_cron: cron(r, "ROLLUP_CRON", "0 */10 * * * *")?,
             ranking_snapshot_cron: cron(r, "RANKING_SNAPSHOT_CRON", "30 * * * * *")?,
             ranking_cache_ttl_ms: r.in_range("RANKING_CACHE_TTL_MS", 100, 0..=10_000)?,
+            fold_interval: std::time::Duration::from_millis(r.in_range(
+                "COLLECTOR_FOLD_INTERVAL_MS",
+                500,
+                50..=10_000,
+            )?),
             ranking_redis_connections: r.in_range("RANKING_REDIS_CONNECTIONS", 1, 1..=16)?,
             event_handled_retention_hours,
             topic_retention_hours,

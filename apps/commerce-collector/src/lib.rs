@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod dedupe;
 pub mod dlq;
 pub mod error;
+pub mod fold;
 pub mod jobs;
 pub mod metrics;
 pub mod partner_sales;

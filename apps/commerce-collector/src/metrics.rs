@@ -95,6 +95,21 @@ pub fn register() {
         ],
     );
     histogram(
+        "collector_fold_seconds",
+        "Time a fold of the daily figures into the all-time, weekly and monthly ones took, when it folded.",
+        &[],
+    );
+    counter(
+        "collector_folded_rows_total",
+        "Daily rows whose changes were folded into the all-time, weekly and monthly figures.",
+        &[],
+    );
+    counter(
+        "collector_fold_failures_total",
+        "Folds that failed (retried at the next interval; nothing is lost).",
+        &[],
+    );
+    histogram(
         "ranking_live_refresh_seconds",
         "Time to read changed scores from PostgreSQL and set them in Redis, per round.",
         &[],

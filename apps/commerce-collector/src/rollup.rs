@@ -1,12 +1,14 @@
 //! Weekly and monthly rollups from the daily table, and the scheduled jobs.
 //!
-//! Every batch keeps the weekly and monthly figures live (deltas, in its transaction); a rollup
-//! of a period recomputes them whole from the daily rows with one set-based statement
-//! (`MERGE … USING (SELECT … GROUP BY)` setting absolute values), so it is a
-//! reconciliation (and the backfill of periods older than the live tables), idempotent, and then
-//! materialises the period's ranks. It holds [`PERIOD_LOCK`] exclusively, which batches take
-//! shared: it never overwrites a delta committed while it ran. The scheduled job only touches
-//! the periods containing days whose figures changed since its last run.
+//! The fold keeps the weekly and monthly figures within about a second of the daily rows
+//! ([`crate::fold`]: it adds each day row's unfolded difference and records it as folded); a
+//! rollup of a period recomputes them whole from the daily rows' *folded* figures with one
+//! set-based statement (`MERGE … USING (SELECT … GROUP BY)` setting absolute values), so it is a
+//! reconciliation (and the backfill of periods older than the live tables), idempotent, leaves
+//! what is not folded yet to the fold, and then materialises the period's ranks. It holds
+//! [`PERIOD_LOCK`] exclusively, which batches and folds take shared: it never overwrites a
+//! difference folded while it ran. The scheduled job only touches the periods containing days
+//! whose figures changed since its last run.
 //!
 //! With several collectors, each scheduled run happens once, and a failed or crashed run is
 //! retried ([`crate::jobs`]).
@@ -47,8 +49,9 @@ pub async fn rollup_period(
         // about the GROUP BY alone.
         diesel::sql_query(format!(
             "MERGE INTO {table} AS r
-             USING (SELECT product_id, sum(view_count) AS v, sum(like_count) AS l,
-                           sum(order_count) AS o, sum(sales_quantity) AS q, sum(sales_amount) AS a
+             USING (SELECT product_id, sum(folded_views) AS v, sum(folded_likes) AS l,
+                           sum(folded_orders) AS o, sum(folded_quantity) AS q,
+                           sum(folded_amount) AS a
                       FROM product_metrics_daily
                      WHERE business_date BETWEEN $1 AND $2
                      GROUP BY product_id) AS s

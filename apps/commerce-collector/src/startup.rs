@@ -113,7 +113,7 @@ impl Application {
     }
 
     /// The runner, with the collector's background tasks: the consumer (unless disabled; it
-    /// commits stored offsets when it stops), the scheduled jobs, and the live rankings'
+    /// commits stored offsets when it stops), the scheduled jobs, the fold, and the live rankings'
     /// refresher (which also rebuilds them from the database at start: Redis may have lost them).
     pub fn into_server(self) -> Server {
         let state = self.state;
@@ -140,6 +140,12 @@ impl Application {
         server = server.task("pool gauges", move |stop| {
             commerce_db::report_pool_until_stopped(pool, "commerce-collector", stop)
         });
+        let (db, live, every) = (
+            state.db.clone(),
+            state.live.clone(),
+            state.config.fold_interval,
+        );
+        server = server.task("fold", move |stop| crate::fold::run(db, live, every, stop));
         let live = state.live.clone();
         server.task("live rankings", move |stop| live.run(stop))
     }

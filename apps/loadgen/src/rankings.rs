@@ -208,9 +208,13 @@ pub async fn rankings(o: Options<'_>) -> anyhow::Result<()> {
     let first = today - Days::days(o.days - 1);
     let started = Instant::now();
     diesel::sql_query(
-        "INSERT INTO product_metrics_daily (business_date, product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
-         SELECT $1 + d::int, p, (p * 7 + d * 13) % 200, (p * 3 + d) % 20, (p + d) % 10, (p * 11 + d * 5) % 30, ((p * 11 + d * 5) % 30) * 1000
-           FROM generate_series(0, $2 - 1) d, generate_series(1, $3) p",
+        // History, already folded into weeks and months (the rollup below computes them).
+        "INSERT INTO product_metrics_daily (business_date, product_id, view_count, like_count, order_count, sales_quantity, sales_amount,
+                                            folded_views, folded_likes, folded_orders, folded_quantity, folded_amount)
+         SELECT day, p, v, l, o, q, a, v, l, o, q, a FROM (
+             SELECT $1 + d::int AS day, p, (p * 7 + d * 13) % 200 AS v, (p * 3 + d) % 20 AS l, (p + d) % 10 AS o,
+                    (p * 11 + d * 5) % 30 AS q, ((p * 11 + d * 5) % 30) * 1000 AS a
+               FROM generate_series(0, $2 - 1) d, generate_series(1, $3) p) s"
     )
     .bind::<Date, _>(first)
     .bind::<BigInt, _>(o.days)

@@ -277,6 +277,20 @@ impl XactLock {
             .await
             .map(drop)
     }
+
+    /// Takes the lock exclusively if no one holds it; false (without waiting) otherwise.
+    pub async fn try_exclusive(self, conn: &mut AsyncPgConnection) -> QueryResult<bool> {
+        #[derive(diesel::QueryableByName)]
+        struct Taken {
+            #[diesel(sql_type = diesel::sql_types::Bool)]
+            taken: bool,
+        }
+        sql_query("SELECT pg_try_advisory_xact_lock($1) AS taken")
+            .bind::<BigInt, _>(self.0)
+            .get_result::<Taken>(conn)
+            .await
+            .map(|t| t.taken)
+    }
 }
 
 /// Applies pending migrations to the database at `url`, holding an advisory lock so that

@@ -523,9 +523,25 @@ pub async fn product_metrics(
     let mut conn = state.db.get().await?;
     let found: Option<MetricsRow> = match day {
         None => {
-            diesel::sql_query(format!(
-                "SELECT {columns} FROM product_metrics WHERE product_id = $1"
-            ))
+            // The folded totals plus what is not folded yet (crate::fold), in one snapshot.
+            diesel::sql_query(
+                "SELECT $1 AS product_id, sum(v)::bigint AS view_count, sum(l)::bigint AS like_count,
+                        sum(o)::bigint AS order_count, sum(q)::bigint AS sales_quantity,
+                        sum(a)::bigint AS sales_amount
+                   FROM (SELECT view_count AS v, like_count AS l, order_count AS o,
+                                sales_quantity AS q, sales_amount AS a
+                           FROM product_metrics WHERE product_id = $1
+                         UNION ALL
+                         SELECT view_count - folded_views, like_count - folded_likes,
+                                order_count - folded_orders, sales_quantity - folded_quantity,
+                                sales_amount - folded_amount
+                           FROM product_metrics_daily
+                          WHERE product_id = $1
+                            AND (view_count, like_count, order_count, sales_quantity, sales_amount)
+                                <> (folded_views, folded_likes, folded_orders, folded_quantity,
+                                    folded_amount)) figures
+                 HAVING count(*) > 0",
+            )
             .bind::<BigInt, _>(product_id)
             .get_result(&mut conn)
             .await

@@ -12,7 +12,8 @@
 //! - `…:build:{uuid}`: a rebuild in progress, renamed over the set when complete.
 //!
 //! **Updates.** After a batch commits, the consumer [`Live::mark`]s the (day, product) pairs it
-//! changed; this instance's refresher reads those products' scores back from PostgreSQL (the
+//! changed, and after a fold ([`crate::fold`]) the folder marks the weeks and months it changed;
+//! this instance's refresher reads those products' scores back from PostgreSQL (the
 //! truth, so a write that Redis lost heals on the next one) and sets them with `ZADD`. It reads
 //! them again two seconds later, which repairs the one reordering it cannot prevent: another
 //! collector's older `ZADD` for the same product landing after this one's newer one.
@@ -37,7 +38,7 @@ use diesel::sql_types::{Array, BigInt, Double};
 use diesel_async::RunQueryDsl;
 use tokio::sync::{Notify, watch};
 
-use super::{Ranking, Weights, score_sql, scored_query};
+use super::{Period, Ranking, Weights, score_sql, scored_query};
 
 /// How often the refresher checks that every live set is there and complete.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -72,7 +73,7 @@ struct Inner {
     db: Pool,
     weights: Weights,
     time_zone: Tz,
-    dirty: Mutex<BTreeSet<(NaiveDate, i64)>>,
+    dirty: Mutex<BTreeSet<(Ranking, i64)>>,
     wake: Notify,
     /// Set when an update failed (the sets may miss it) or the sets were invalidated: rebuild
     /// them when Redis answers.
@@ -139,17 +140,31 @@ impl Live {
         super::business_date(Utc::now(), self.0.time_zone)
     }
 
-    /// Queues the (day, product) pairs a committed batch changed for the refresher.
+    /// Queues the day rankings of the (day, product) pairs a committed batch changed for the
+    /// refresher.
     pub fn mark(&self, touched: &BTreeSet<(NaiveDate, i64)>) {
-        if touched.is_empty() {
-            return;
+        self.queue(
+            touched
+                .iter()
+                .map(|&(day, product)| (Ranking::of(Period::Daily, day), product)),
+        );
+    }
+
+    /// Queues the week and month rankings of the (day, product) pairs a fold carried into them.
+    pub fn mark_folded(&self, folded: &BTreeSet<(NaiveDate, i64)>) {
+        self.queue(folded.iter().flat_map(|&(day, product)| {
+            [Period::Weekly, Period::Monthly].map(|period| (Ranking::of(period, day), product))
+        }));
+    }
+
+    fn queue(&self, changed: impl Iterator<Item = (Ranking, i64)>) {
+        let mut dirty = self.0.dirty.lock().expect("lock poisoned");
+        let before = dirty.len();
+        dirty.extend(changed);
+        if dirty.len() > before {
+            drop(dirty);
+            self.0.wake.notify_one();
         }
-        self.0
-            .dirty
-            .lock()
-            .expect("lock poisoned")
-            .extend(touched.iter().copied());
-        self.0.wake.notify_one();
     }
 
     /// Has the refresher rebuild every current set at its next check (after a change that
@@ -161,7 +176,7 @@ impl Live {
     /// The refresher: applies marked changes, repeats them once, and rebuilds missing or stale
     /// sets. Runs until `stop`.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut second_pass: VecDeque<(Instant, BTreeSet<(NaiveDate, i64)>)> = VecDeque::new();
+        let mut second_pass: VecDeque<(Instant, BTreeSet<(Ranking, i64)>)> = VecDeque::new();
         let mut run_ids: HashMap<Ranking, String> = HashMap::new();
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,15 +205,13 @@ impl Live {
     }
 
     /// Sets the current scores of `dirty`'s products in the live sets. False on failure.
-    async fn refresh(&self, dirty: &BTreeSet<(NaiveDate, i64)>) -> bool {
+    async fn refresh(&self, dirty: &BTreeSet<(Ranking, i64)>) -> bool {
         let started = Instant::now();
         let current = Ranking::current(self.today());
         let mut products: BTreeMap<Ranking, Vec<i64>> = BTreeMap::new();
-        for (day, product) in dirty {
-            for ranking in Ranking::containing(*day) {
-                if current.contains(&ranking) {
-                    products.entry(ranking).or_default().push(*product);
-                }
+        for (ranking, product) in dirty {
+            if current.contains(ranking) {
+                products.entry(*ranking).or_default().push(*product);
             }
         }
         if products.is_empty() {

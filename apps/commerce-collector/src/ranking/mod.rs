@@ -14,8 +14,9 @@
 //!   periods always, the current ones while Redis cannot serve them;
 //! - [`http`]: the ranking API, which picks between the two per request.
 //!
-//! PostgreSQL is the truth: the figure tables (`product_metrics_daily/_weekly/_monthly`, all
-//! kept live by each batch) and the carry-over. Both copies are derived from them and can be
+//! PostgreSQL is the truth: the figure tables (`product_metrics_daily`, kept live by each batch,
+//! and `_weekly/_monthly`, folded from it within `COLLECTOR_FOLD_INTERVAL_MS`: [`crate::fold`])
+//! and the carry-over. Both copies are derived from them and can be
 //! thrown away.
 
 pub mod http;

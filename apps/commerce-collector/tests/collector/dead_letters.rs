@@ -133,17 +133,20 @@ async fn a_dead_letter_replayed_after_its_cause_is_fixed_applies_once() {
     assert_eq!(letters[0].reason, "database");
     assert!(letters[0].error.contains("out of range"), "{letters:?}");
 
-    // The operator's fix: product 9's amounts start over.
-    for table in [
-        "product_metrics",
-        "product_metrics_daily",
-        "product_metrics_weekly",
-        "product_metrics_monthly",
+    // The operator's fix: product 9's amounts start over (a day row's folded part with it).
+    for (table, set) in [
+        ("product_metrics", "sales_amount = 0"),
+        (
+            "product_metrics_daily",
+            "sales_amount = 0, folded_amount = 0",
+        ),
+        ("product_metrics_weekly", "sales_amount = 0"),
+        ("product_metrics_monthly", "sales_amount = 0"),
     ] {
         commerce_testkit::count(
             &p.db.url,
             &format!(
-                "WITH u AS (UPDATE {table} SET sales_amount = 0 WHERE product_id = 9 RETURNING 1)
+                "WITH u AS (UPDATE {table} SET {set} WHERE product_id = 9 RETURNING 1)
                  SELECT count(*) AS n FROM u"
             ),
         )

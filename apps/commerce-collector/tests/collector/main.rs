@@ -7,6 +7,7 @@ mod card_sales;
 mod contract;
 mod dead_letters;
 mod end_to_end;
+mod fold;
 mod group;
 mod lag;
 mod migrations;

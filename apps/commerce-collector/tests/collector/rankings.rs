@@ -111,6 +111,11 @@ async fn load_fixture(p: &Pipeline) {
     for chunk in events().chunks(100) {
         apply_batch(&mut conn, "fixture", chunk, TZ).await.unwrap();
     }
+    // Folded into weeks and months, as a running collector would have.
+    commerce_collector::fold::fold(&mut conn)
+        .await
+        .unwrap()
+        .expect("no collector runs yet");
     let yesterday = today() - chrono::Duration::days(1);
     commerce_collector::rollup::carry_over(&mut conn, WEIGHTS, yesterday, 0.1)
         .await
@@ -582,6 +587,7 @@ async fn live_rankings_on_a_redis_cluster_survive_a_master_failover_exactly() {
     cluster.kill(master);
     p.produce(second).await;
     p.wait_consumed().await;
+    p.wait_folded().await;
     assert_ne!(
         cluster.master_of(&today_key).await,
         master,

@@ -133,6 +133,27 @@ impl Pipeline {
         .await;
     }
 
+    /// Waits until the collectors have folded every daily change into the all-time, weekly and
+    /// monthly figures (and so queued the weeks' and months' live rankings for refresh).
+    pub async fn wait_folded(&self) {
+        commerce_testkit::until(
+            "the collectors fold every daily change",
+            Duration::from_secs(30),
+            async || {
+                commerce_testkit::count(
+                    &self.db.url,
+                    "SELECT count(*) AS n FROM product_metrics_daily
+                      WHERE (view_count, like_count, order_count, sales_quantity, sales_amount)
+                            <> (folded_views, folded_likes, folded_orders, folded_quantity,
+                                folded_amount)",
+                )
+                .await
+                    == 0
+            },
+        )
+        .await;
+    }
+
     /// Waits until [`Pipeline::consumed_all_by`] holds for `group`.
     pub async fn wait_consumed_by(&self, group: &str) {
         commerce_testkit::eventually(

@@ -65,6 +65,7 @@
 //! | `AUTH_HASH_THREADS` | CPU count | password-hashing threads, 19 MiB of memory each |
 //! | `ORDER_EVENTS_HEARTBEAT_SECONDS` | `15` | comment lines on an idle order-status stream, so proxies keep it open |
 //! | `ORDER_EVENTS_PER_USER` | `5` | order-status streams one user may hold open on one instance |
+//! | `ORDER_TIMEOUT_MS` | `10000` | longest an order or top-up may take to place: each statement runs under it (`statement_timeout`) and so does the whole transaction; past it the transaction rolls back and the answer is 503 `ORDER_TIMEOUT` (100..=600000) |
 //! | `CORS_ALLOWED_ORIGINS` | none | browser origins allowed to call the API (`https://shop.example.com,https://m.example.com`); none answers no cross-origin request |
 //! | `FULFILMENT_AUTO_ENABLED` | `true` | run the automatic delivery and purchase confirmation inside `serve` (instances share the work) |
 //! | `FULFILMENT_AUTO_INTERVAL_MS` | `60000` | how often they look for due partner orders |
@@ -146,6 +147,8 @@ pub struct Config {
     pub cors_allowed_origins: Vec<String>,
     pub order_events_heartbeat: std::time::Duration,
     pub order_events_per_user: usize,
+    /// Longest an order or top-up may take to place (statements and transaction).
+    pub order_timeout: std::time::Duration,
     pub fulfilment: FulfilmentSettings,
     pub settlement: SettlementSettings,
 }
@@ -487,6 +490,7 @@ impl Config {
                 1..=300,
             )?),
             order_events_per_user: r.in_range("ORDER_EVENTS_PER_USER", 5, 1..=100)?,
+            order_timeout: ms("ORDER_TIMEOUT_MS", 10_000, 100..=600_000)?,
             fulfilment: FulfilmentSettings {
                 enabled: r.or("FULFILMENT_AUTO_ENABLED", true)?,
                 interval: ms("FULFILMENT_AUTO_INTERVAL_MS", 60_000, 10..=3_600_000)?,

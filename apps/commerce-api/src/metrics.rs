@@ -144,6 +144,11 @@ pub fn register() {
         &[("payment_method", &["POINT", "CARD"])],
     );
     counter(
+        "orders_timed_out_total",
+        "Orders and top-ups rolled back because placing them outlasted ORDER_TIMEOUT_MS (answered 503 ORDER_TIMEOUT).",
+        &[],
+    );
+    counter(
         "orders_refused_total",
         "Orders refused, by reason.",
         &[(

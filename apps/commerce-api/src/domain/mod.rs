@@ -117,6 +117,9 @@ pub enum Error {
     /// An operator asked to retry a payment that has nothing left to retry.
     #[error("this payment has no refund or lookup to retry")]
     NothingToRetry,
+    /// Placing an order took longer than `ORDER_TIMEOUT_MS`: it was rolled back whole.
+    #[error("the order could not be placed within {} ms and was rolled back: nothing was reserved or charged; retry shortly", .0.as_millis())]
+    OrderTimedOut(std::time::Duration),
     /// A dependency (the database pool, the gateway) cannot be reached right now.
     #[error("unavailable: {0}")]
     Unavailable(String),

@@ -19,7 +19,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use sha2::{Digest, Sha256};
 
 use crate::domain::card::CardNumber;
-use crate::domain::orders::{self, OrderView, Placed, Placement, parse_card};
+use crate::domain::orders::{self, OrderView, Placed, Placement, deadline, parse_card};
 use crate::domain::payments;
 use crate::domain::states::{CardType, OrderKind, OrderStatus, PaymentKind};
 use crate::domain::{Error, Result, check};
@@ -81,74 +81,81 @@ pub async fn place(
     key: Option<&str>,
 ) -> Result<Placed> {
     let hash = req.hash();
+    let started = std::time::Instant::now();
     let placed = conn
         .transaction::<_, Error, _>(async |conn| {
-            if let Some(key) = key {
-                let earlier = async |conn: &mut AsyncPgConnection| {
-                    order_rows::table
-                        .filter(order_rows::user_id.eq(user_id))
-                        .filter(order_rows::idempotency_key.eq(key))
-                        .select((order_rows::id, order_rows::request_hash))
-                        .first::<(i64, Option<String>)>(conn)
-                        .await
-                        .optional()
-                        .map(|o| o.map(|(id, hash)| (hash, id)))
-                };
-                // The orders' scope: a key names one request, whichever route it was sent to.
-                match idempotency::lock_and_find(conn, "", user_id, key, &hash, earlier).await? {
-                    Replay::New => {}
-                    Replay::Same(id) => {
-                        return Ok(Placed::Replayed(orders::get(conn, user_id, id).await?));
+            deadline::arm(conn, ctx.timeout).await?;
+            deadline::within(ctx.timeout, async {
+                if let Some(key) = key {
+                    let earlier = async |conn: &mut AsyncPgConnection| {
+                        order_rows::table
+                            .filter(order_rows::user_id.eq(user_id))
+                            .filter(order_rows::idempotency_key.eq(key))
+                            .select((order_rows::id, order_rows::request_hash))
+                            .first::<(i64, Option<String>)>(conn)
+                            .await
+                            .optional()
+                            .map(|o| o.map(|(id, hash)| (hash, id)))
+                    };
+                    // The orders' scope: a key names one request, whichever route it was sent to.
+                    match idempotency::lock_and_find(conn, "", user_id, key, &hash, earlier).await?
+                    {
+                        Replay::New => {}
+                        Replay::Same(id) => {
+                            return Ok(Placed::Replayed(orders::get(conn, user_id, id).await?));
+                        }
+                        Replay::Reused => return Err(Error::IdempotencyKeyReused),
                     }
-                    Replay::Reused => return Err(Error::IdempotencyKeyReused),
                 }
-            }
-            let (id, created_at): (i64, chrono::DateTime<chrono::Utc>) =
-                diesel::insert_into(order_rows::table)
-                    .values((
-                        order_rows::user_id.eq(user_id),
-                        order_rows::kind.eq(OrderKind::PointTopUp),
-                        order_rows::status.eq(OrderStatus::PendingPayment),
-                        order_rows::total_amount.eq(req.amount),
-                        order_rows::discount_amount.eq(0),
-                        order_rows::final_amount.eq(req.amount),
-                        order_rows::points_used.eq(0),
-                        order_rows::payment_method.eq(PaymentKind::Card),
-                        order_rows::idempotency_key.eq(key),
-                        order_rows::request_hash.eq(&hash),
-                    ))
-                    .returning((order_rows::id, order_rows::created_at))
-                    .get_result(conn)
-                    .await?;
-            let (_, payment) = payments::open(
-                conn,
-                ctx.cards,
-                ctx.recheck_after,
-                id,
-                user_id,
-                req.amount,
-                req.card_type,
-                &req.card_no,
-            )
-            .await?;
-            Ok(Placed::Created(OrderView {
-                order_id: id,
-                kind: OrderKind::PointTopUp,
-                status: OrderStatus::PendingPayment,
-                total_amount: req.amount,
-                discount_amount: 0,
-                final_amount: req.amount,
-                payment_method: PaymentKind::Card,
-                user_coupon_id: None,
-                items: Vec::new(),
-                payment: Some(payment),
-                partner_orders: Vec::new(),
-                fulfilment_status: None,
-                payment_history: None,
-                created_at,
-            }))
+                let (id, created_at): (i64, chrono::DateTime<chrono::Utc>) =
+                    diesel::insert_into(order_rows::table)
+                        .values((
+                            order_rows::user_id.eq(user_id),
+                            order_rows::kind.eq(OrderKind::PointTopUp),
+                            order_rows::status.eq(OrderStatus::PendingPayment),
+                            order_rows::total_amount.eq(req.amount),
+                            order_rows::discount_amount.eq(0),
+                            order_rows::final_amount.eq(req.amount),
+                            order_rows::points_used.eq(0),
+                            order_rows::payment_method.eq(PaymentKind::Card),
+                            order_rows::idempotency_key.eq(key),
+                            order_rows::request_hash.eq(&hash),
+                        ))
+                        .returning((order_rows::id, order_rows::created_at))
+                        .get_result(conn)
+                        .await?;
+                let (_, payment) = payments::open(
+                    conn,
+                    ctx.cards,
+                    ctx.recheck_after,
+                    id,
+                    user_id,
+                    req.amount,
+                    req.card_type,
+                    &req.card_no,
+                )
+                .await?;
+                Ok(Placed::Created(OrderView {
+                    order_id: id,
+                    kind: OrderKind::PointTopUp,
+                    status: OrderStatus::PendingPayment,
+                    total_amount: req.amount,
+                    discount_amount: 0,
+                    final_amount: req.amount,
+                    payment_method: PaymentKind::Card,
+                    user_coupon_id: None,
+                    items: Vec::new(),
+                    payment: Some(payment),
+                    partner_orders: Vec::new(),
+                    fulfilment_status: None,
+                    payment_history: None,
+                    created_at,
+                }))
+            })
+            .await
         })
-        .await?;
+        .await
+        .map_err(|e| deadline::timed_out(e, started, ctx.timeout))?;
     if let Placed::Created(order) = &placed {
         tracing::info!(
             order.id = order.order_id,

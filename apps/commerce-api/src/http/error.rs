@@ -112,6 +112,9 @@ impl ApiError {
                     E::PaymentNotVerified(_) => {
                         Problem::new(StatusCode::BAD_REQUEST, "PAYMENT_NOT_VERIFIED", detail)
                     }
+                    E::OrderTimedOut(_) => {
+                        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "ORDER_TIMEOUT", detail)
+                    }
                     E::Unavailable(_) => Problem::unavailable(
                         "a dependency is temporarily unavailable; retry shortly",
                     ),
@@ -145,6 +148,9 @@ impl IntoResponse for ApiError {
             ApiError::Domain(domain::Error::Unavailable(e)) => {
                 tracing::warn!(error = %e, "dependency unavailable");
             }
+            ApiError::Domain(e @ domain::Error::OrderTimedOut(_)) => {
+                tracing::warn!(error = %e, "order placement timed out");
+            }
             _ => {}
         }
         let mut response = self.problem().into_response();
@@ -159,7 +165,7 @@ impl IntoResponse for ApiError {
             ApiError::RateLimited(wait) | ApiError::Domain(domain::Error::LoginThrottled(wait)) => {
                 headers.insert(axum::http::header::RETRY_AFTER, retry_after(wait));
             }
-            ApiError::HashingBusy => {
+            ApiError::HashingBusy | ApiError::Domain(domain::Error::OrderTimedOut(_)) => {
                 headers.insert(axum::http::header::RETRY_AFTER, retry_after(Duration::ZERO));
             }
             _ => {}

@@ -71,7 +71,8 @@ pub struct CancelView {
         (status = 404, description = "PRODUCT_NOT_FOUND"),
         (status = 409, description = "INSUFFICIENT_STOCK, INSUFFICIENT_POINTS, COUPON_NOT_USABLE"),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED"),
-        (status = 429, description = "RATE_LIMITED, with Retry-After")))]
+        (status = 429, description = "RATE_LIMITED, with Retry-After"),
+        (status = 503, description = "ORDER_TIMEOUT: placing outlasted ORDER_TIMEOUT_MS and was rolled back whole (nothing reserved or charged), with Retry-After; SERVICE_UNAVAILABLE")))]
 pub async fn place_order(
     State(state): State<AppState>,
     user: AuthUser,
@@ -91,7 +92,7 @@ pub async fn place_order(
         req.payment.card_type.as_deref(),
         req.payment.card_no.as_deref(),
     )?;
-    let placement = Placement::of(&state.payments);
+    let placement = Placement::of(&state.payments, state.config.order_timeout);
     let placed = {
         let mut conn = state.db.get().await?;
         orders::place(

@@ -167,7 +167,8 @@ pub async fn balance(State(state): State<AppState>, user: AuthUser) -> ApiResult
     request_body = TopUp, responses((status = 201, body = OrderView),
         (status = 400, description = "VALIDATION_FAILED (a card is required), INVALID_IDEMPOTENCY_KEY"), (status = 401),
         (status = 422, description = "IDEMPOTENCY_KEY_REUSED: the key was used with another request"),
-        (status = 429, description = "RATE_LIMITED, with Retry-After")))]
+        (status = 429, description = "RATE_LIMITED, with Retry-After"),
+        (status = 503, description = "ORDER_TIMEOUT: opening the top-up outlasted ORDER_TIMEOUT_MS and was rolled back whole, with Retry-After; SERVICE_UNAVAILABLE")))]
 pub async fn charge(
     State(state): State<AppState>,
     user: AuthUser,
@@ -176,7 +177,7 @@ pub async fn charge(
 ) -> ApiResult<(StatusCode, Json<OrderView>)> {
     admit(&state.limits.points_charge, &user.id)?;
     let top_up = TopUpRequest::parse(req.amount, req.card_type.as_deref(), req.card_no.as_deref())?;
-    let placement = Placement::of(&state.payments);
+    let placement = Placement::of(&state.payments, state.config.order_timeout);
     let placed = {
         let mut conn = state.db.get().await?;
         topups::place(

@@ -462,3 +462,79 @@ async fn a_page_of_orders_costs_the_same_queries_whatever_its_length() {
     // payment splits.
     assert!(cost[0].1 <= 7, "{cost:?}");
 }
+
+/// Holds a product's row lock (as a long transaction elsewhere would) until the sender fires.
+async fn lock_product(app: &TestApp, product_id: i64) -> tokio::sync::oneshot::Sender<()> {
+    use diesel_async::SimpleAsyncConnection;
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let (locked, is_locked) = tokio::sync::oneshot::channel::<()>();
+    let mut conn = app.conn().await;
+    tokio::spawn(async move {
+        conn.batch_execute(&format!(
+            "BEGIN; SELECT id FROM products WHERE id = {product_id} FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+        locked.send(()).unwrap();
+        let _ = released.await;
+        conn.batch_execute("ROLLBACK").await.unwrap();
+    });
+    is_locked.await.unwrap();
+    release
+}
+
+#[tokio::test]
+async fn an_order_that_outlasts_the_order_timeout_is_a_503_that_leaves_nothing_behind() {
+    let app = crate::support::spawn_app_with(&[("ORDER_TIMEOUT_MS", "300")]).await;
+    let brand = app.brand().await;
+    let product = app.product(brand, 1000, 5).await;
+    let (user, token) = app.user_with_points("patient", 3000).await;
+    let events_before = app.outbox_types().await.len();
+    let send = || {
+        app.client
+            .post(format!("{}/api/v1/orders", app.base))
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "slow-order")
+            .json(&order(product, 1))
+            .send()
+    };
+
+    // The product's row is held: the order's stock update waits, past the limit.
+    let release = lock_product(&app, product).await;
+    let timed_out = send().await.unwrap();
+    assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        timed_out.headers()["retry-after"],
+        "1",
+        "a retry is invited"
+    );
+    let body: serde_json::Value = timed_out.json().await.unwrap();
+    assert_eq!(body["code"], "ORDER_TIMEOUT", "{body}");
+    // Answered while the lock is still held, and nothing of the order is left.
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM orders WHERE user_id = {user}"
+        ))
+        .await,
+        0
+    );
+    assert_eq!(app.stock(product).await, 5);
+    assert_eq!(app.balance(user).await, 3000);
+    assert_eq!(app.outbox_types().await.len(), events_before);
+
+    // Once the row is free, the same key places the order, once.
+    release.send(()).unwrap();
+    let placed = send().await.unwrap();
+    assert_eq!(placed.status(), StatusCode::CREATED);
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), StatusCode::CREATED);
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM orders WHERE user_id = {user}"
+        ))
+        .await,
+        1
+    );
+    assert_eq!(app.stock(product).await, 4);
+    assert_eq!(app.balance(user).await, 2000);
+}

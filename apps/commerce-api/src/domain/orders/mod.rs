@@ -24,6 +24,7 @@
 //! for, [`place`] places it, [`cancel`] cancels it.
 
 mod cancel;
+pub(crate) mod deadline;
 mod place;
 mod request;
 

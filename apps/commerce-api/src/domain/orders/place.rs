@@ -36,15 +36,19 @@ pub struct Placement<'a> {
     pub cards: &'a CardVault,
     /// When reconciliation first looks at a pending card payment.
     pub recheck_after: std::time::Duration,
+    /// Longest the placing transaction may take (`ORDER_TIMEOUT_MS`: [`super::deadline`]).
+    pub timeout: std::time::Duration,
 }
 
 impl<'a> Placement<'a> {
-    /// What card payments use: their topics, vault and first recheck.
-    pub fn of(payments: &'a payments::Payments) -> Self {
+    /// What card payments use (their topics, vault and first recheck), and the time placing
+    /// may take.
+    pub fn of(payments: &'a payments::Payments, timeout: std::time::Duration) -> Self {
         Self {
             topics: &payments.topics,
             cards: &payments.cards,
             recheck_after: payments.settings.recheck_after,
+            timeout,
         }
     }
 }
@@ -65,32 +69,14 @@ pub async fn place(
     if key.is_none() {
         precheck_stock(conn, &req.lines).await?;
     }
+    let started = std::time::Instant::now();
     let placed = conn
         .transaction::<_, Error, _>(async |conn| {
-            if let Some(key) = key {
-                let earlier = async |conn: &mut AsyncPgConnection| {
-                    orders::table
-                        .filter(orders::user_id.eq(user_id))
-                        .filter(orders::idempotency_key.eq(key))
-                        .select(order_columns())
-                        .first::<OrderRow>(conn)
-                        .await
-                        .optional()
-                        .map(|o| o.map(|o| (o.request_hash.clone(), o)))
-                };
-                match idempotency::lock_and_find(conn, "", user_id, key, &hash, earlier).await? {
-                    Replay::New => {}
-                    Replay::Same(existing) => {
-                        return Ok(Placed::Replayed(order_view(conn, existing).await?));
-                    }
-                    Replay::Reused => return Err(Error::IdempotencyKeyReused),
-                }
-            }
-            create(conn, ctx, user_id, req, key, &hash)
-                .await
-                .map(Placed::Created)
+            super::deadline::arm(conn, ctx.timeout).await?;
+            super::deadline::within(ctx.timeout, placing(conn, ctx, user_id, req, key, &hash)).await
         })
-        .await?;
+        .await
+        .map_err(|e| super::deadline::timed_out(e, started, ctx.timeout))?;
     if let Placed::Created(order) = &placed {
         tracing::info!(
             order.id = order.order_id,
@@ -103,6 +89,39 @@ pub async fn place(
             .increment(1);
     }
     Ok(placed)
+}
+
+/// The placing transaction's body: an idempotency key's earlier order, or a new one.
+async fn placing(
+    conn: &mut AsyncPgConnection,
+    ctx: &Placement<'_>,
+    user_id: i64,
+    req: &OrderRequest,
+    key: Option<&str>,
+    hash: &str,
+) -> Result<Placed> {
+    if let Some(key) = key {
+        let earlier = async |conn: &mut AsyncPgConnection| {
+            orders::table
+                .filter(orders::user_id.eq(user_id))
+                .filter(orders::idempotency_key.eq(key))
+                .select(order_columns())
+                .first::<OrderRow>(conn)
+                .await
+                .optional()
+                .map(|o| o.map(|o| (o.request_hash.clone(), o)))
+        };
+        match idempotency::lock_and_find(conn, "", user_id, key, hash, earlier).await? {
+            Replay::New => {}
+            Replay::Same(existing) => {
+                return Ok(Placed::Replayed(order_view(conn, existing).await?));
+            }
+            Replay::Reused => return Err(Error::IdempotencyKeyReused),
+        }
+    }
+    create(conn, ctx, user_id, req, key, hash)
+        .await
+        .map(Placed::Created)
 }
 
 fn refused(error: Error) -> Error {

@@ -155,6 +155,10 @@ impl Application {
         server = server.task("pool gauges", move |stop| {
             commerce_db::report_pool_until_stopped(pool, "commerce-api", stop)
         });
+        let cache = state.cache.clone();
+        server = server.task("redis memory gauges", move |stop| {
+            commerce_cache::memory::report_until_stopped(cache, commerce_cache::memory::EVERY, stop)
+        });
         if state.config.relay_enabled {
             let (config, db) = (state.config.relay(), state.db.clone());
             server = server.task("outbox relay", move |stop| {

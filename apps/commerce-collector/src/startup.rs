@@ -140,6 +140,10 @@ impl Application {
         server = server.task("pool gauges", move |stop| {
             commerce_db::report_pool_until_stopped(pool, "commerce-collector", stop)
         });
+        let cache = state.cache.clone();
+        server = server.task("redis memory gauges", move |stop| {
+            commerce_cache::memory::report_until_stopped(cache, commerce_cache::memory::EVERY, stop)
+        });
         let (db, live, every) = (
             state.db.clone(),
             state.live.clone(),

@@ -27,6 +27,7 @@ use futures::future::BoxFuture;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub mod local;
+pub mod memory;
 
 pub use local::Local;
 pub use redis;
@@ -285,6 +286,15 @@ impl Cache {
         (0..n.max(1))
             .map(|_| Self::unconnected(self.client.clone(), self.prefix.clone()))
             .collect()
+    }
+
+    /// The server's address (`host:port`) for a single server; `cluster` for a cluster, whose
+    /// replies name each node.
+    pub fn node_name(&self) -> String {
+        match &self.client {
+            Client::Single(client) => client.get_connection_info().addr().to_string(),
+            Client::Cluster(_) => "cluster".to_owned(),
+        }
     }
 
     /// Whether this handle talks to a Redis Cluster.

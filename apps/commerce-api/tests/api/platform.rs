@@ -614,3 +614,55 @@ async fn every_request_logs_one_compact_line_with_its_trace_id_in_text_and_in_js
         }
     }
 }
+
+#[tokio::test]
+async fn redis_memory_and_evictions_are_reported_per_node() {
+    let app = start_api(&[]).await;
+    // What the server itself says.
+    let cache = commerce_cache::Cache::new(&commerce_testkit::redis_url(), "unused:").unwrap();
+    let node = cache.node_name();
+    let mut redis = cache.conn().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .arg("stats")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let server = commerce_cache::memory::Memory::parse(&info);
+
+    let line = |text: &str, family: &str| -> Option<f64> {
+        let prefix = format!("{family}{{node=\"{node}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+    };
+    let mut text = String::new();
+    commerce_testkit::until(
+        "the API reports the Redis node's memory",
+        Duration::from_secs(30),
+        async || {
+            text = reqwest::get(format!("{}/metrics", app.base))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            line(&text, "redis_used_memory_bytes").is_some()
+        },
+    )
+    .await;
+    assert!(
+        line(&text, "redis_used_memory_bytes").unwrap() > 0.0,
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, "redis_max_memory_bytes"),
+        Some(server.max as f64),
+        "{text}"
+    );
+    assert_eq!(
+        line(&text, "redis_evicted_keys_total"),
+        Some(server.evicted_keys as f64),
+        "{text}"
+    );
+}

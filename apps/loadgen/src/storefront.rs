@@ -213,8 +213,9 @@ pub(crate) async fn orders(
     }
 
     // The same transaction, driven by pgbench with as many clients, in the same run: the stock
-    // precheck, the products locked with their partners, stock, points, the order, one partner
-    // order, line and points split per partner, the ledger and the outbox.
+    // precheck, the transaction's statement timeout (`ORDER_TIMEOUT_MS`), the products locked
+    // with their partners, stock, points, the order, one partner order, line and points split
+    // per partner, the ledger and the outbox.
     let n = partners;
     let pick: String = catalog
         .iter()
@@ -234,8 +235,9 @@ pub(crate) async fn orders(
     let (ufirst, ulast) = (users[connections], users[users.len() - 1]);
     let script = format!(
         r"{pick}\set uid random({ufirst}, {ulast})
-BEGIN;
 SELECT id, stock FROM products WHERE id = ANY(ARRAY[{pids}]::bigint[]);
+BEGIN;
+SELECT set_config('statement_timeout', '10000', true);
 SELECT p.id, p.price, p.stock, p.max_per_user, p.sale_starts_at, p.sale_ends_at, p.partner_id, pa.status = 'SUSPENDED' AS suspended FROM products p JOIN partners pa ON pa.id = p.partner_id WHERE p.id = ANY(ARRAY[{pids}]::bigint[]) ORDER BY p.id FOR UPDATE OF p;
 UPDATE products p SET stock = p.stock - 1 WHERE p.id = ANY(ARRAY[{pids}]::bigint[]) AND p.stock >= 1;
 UPDATE users SET point_balance = point_balance - {total} WHERE id = :uid AND point_balance >= {total};

@@ -31,6 +31,7 @@ pub mod settlement;
 pub mod settlement_job;
 pub mod states;
 pub mod topups;
+pub mod wishlist;
 
 use commerce_web::FieldError;
 
@@ -85,6 +86,9 @@ pub enum Error {
     IllegalTransition(partner_orders::PartnerOrderStatus, fulfilment::Step),
     #[error("that login id is already taken")]
     LoginIdTaken,
+    /// A wishlist holds at most this many products.
+    #[error("a wishlist holds at most {0} products; remove one first")]
+    WishlistFull(i64),
     #[error("a partner with this business number exists")]
     BusinessNumberTaken,
     /// The calling partner is suspended: it cannot change its catalog.

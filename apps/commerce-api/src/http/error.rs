@@ -90,6 +90,7 @@ impl ApiError {
                     E::ReturnWindowClosed => conflict("RETURN_WINDOW_CLOSED", detail),
                     E::NotAdjustable(_) => conflict("NOT_ADJUSTABLE", detail),
                     E::LoginIdTaken => conflict("LOGIN_ID_TAKEN", detail),
+                    E::WishlistFull(_) => conflict("WISHLIST_FULL", detail),
                     E::BusinessNumberTaken => conflict("BUSINESS_NUMBER_TAKEN", detail),
                     E::PartnerSuspended => {
                         Problem::new(StatusCode::FORBIDDEN, "PARTNER_SUSPENDED", detail)

@@ -16,6 +16,7 @@ pub mod partners;
 pub mod payments;
 pub mod settlements;
 pub mod users;
+pub mod wishlist;
 
 use axum::Router;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
@@ -79,6 +80,8 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(catalog::get_product))
         .routes(routes!(catalog::like, catalog::unlike))
         .routes(routes!(catalog::my_likes))
+        .routes(routes!(wishlist::add, wishlist::remove))
+        .routes(routes!(wishlist::list))
         .routes(routes!(coupons::create_coupon))
         .routes(routes!(coupons::issue))
         .routes(routes!(coupons::my_coupons))

@@ -160,6 +160,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    wishlist_items (user_id, product_id) {
+        user_id -> BigInt,
+        product_id -> BigInt,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     coupons (id) {
         id -> BigInt,
         name -> Text,
@@ -328,6 +336,7 @@ diesel::joinable!(payment_splits -> partner_orders (partner_order_id));
 diesel::joinable!(shipments -> partner_orders (partner_order_id));
 diesel::joinable!(returns -> partner_orders (partner_order_id));
 diesel::joinable!(product_likes -> products (product_id));
+diesel::joinable!(wishlist_items -> products (product_id));
 diesel::joinable!(user_coupons -> coupons (coupon_id));
 diesel::joinable!(order_items -> orders (order_id));
 diesel::joinable!(point_charges -> point_ledger (ledger_id));
@@ -376,6 +385,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     brands,
     products,
     product_likes,
+    wishlist_items,
     coupons,
     user_coupons,
     orders,

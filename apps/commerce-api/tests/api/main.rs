@@ -30,3 +30,4 @@ mod reversals;
 mod settlement;
 mod support;
 mod views;
+mod wishlist;

@@ -116,6 +116,26 @@ pub struct ProductSummary {
     pub like_count: i64,
 }
 
+/// The columns a [`ProductSummaryRow`] is read from (products joined with brands).
+#[allow(clippy::type_complexity)]
+pub(crate) fn summary_columns() -> (
+    products::id,
+    products::name,
+    products::brand_id,
+    brands::name,
+    products::price,
+    products::like_count,
+) {
+    (
+        products::id,
+        products::name,
+        products::brand_id,
+        brands::name,
+        products::price,
+        products::like_count,
+    )
+}
+
 /// The row a [`ProductSummary`] is read from.
 #[derive(Queryable)]
 pub(crate) struct ProductSummaryRow {
@@ -598,14 +618,7 @@ pub async fn list(
 ) -> Result<(Vec<ProductSummary>, i64)> {
     let mut query = products::table
         .inner_join(brands::table)
-        .select((
-            products::id,
-            products::name,
-            products::brand_id,
-            brands::name,
-            products::price,
-            products::like_count,
-        ))
+        .select(summary_columns())
         .into_boxed();
     let mut count = products::table.count().into_boxed();
     if let Some(brand_id) = brand_id {
@@ -762,14 +775,7 @@ pub async fn liked_by(conn: &mut AsyncPgConnection, user_id: i64) -> Result<Vec<
         .filter(product_likes::user_id.eq(user_id))
         .order(product_likes::created_at.desc())
         .limit(1000)
-        .select((
-            products::id,
-            products::name,
-            products::brand_id,
-            brands::name,
-            products::price,
-            products::like_count,
-        ))
+        .select(summary_columns())
         .load::<ProductSummaryRow>(conn)
         .await?
         .into_iter()

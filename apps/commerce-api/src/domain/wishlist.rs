@@ -11,7 +11,7 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use crate::domain::catalog::{ProductSummary, ProductSummaryRow};
+use crate::domain::catalog::{ProductSummary, ProductSummaryRow, summary_columns};
 use crate::domain::{Error, Missing, Result};
 use crate::infra::schema::{brands, products, wishlist_items};
 
@@ -105,17 +105,7 @@ pub async fn page(
         ))
         .offset(page * size)
         .limit(size)
-        .select((
-            (
-                products::id,
-                products::name,
-                products::brand_id,
-                brands::name,
-                products::price,
-                products::like_count,
-            ),
-            wishlist_items::created_at,
-        ))
+        .select((summary_columns(), wishlist_items::created_at))
         .load(conn)
         .await?;
     let total: i64 = wishlist_items::table
@@ -138,14 +128,7 @@ async fn summary(conn: &mut AsyncPgConnection, product_id: i64) -> Result<Produc
     products::table
         .inner_join(brands::table)
         .filter(products::id.eq(product_id))
-        .select((
-            products::id,
-            products::name,
-            products::brand_id,
-            brands::name,
-            products::price,
-            products::like_count,
-        ))
+        .select(summary_columns())
         .first::<ProductSummaryRow>(conn)
         .await
         .optional()?

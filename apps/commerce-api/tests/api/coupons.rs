@@ -216,32 +216,12 @@ async fn gate(app: &TestApp, coupon_id: i64) -> Vec<i64> {
     members
 }
 
-/// Holds the coupon's row lock (as a long transaction would) until the returned sender fires.
-async fn lock_coupon(app: &TestApp, coupon_id: i64) -> tokio::sync::oneshot::Sender<()> {
-    use diesel_async::SimpleAsyncConnection;
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let (locked, is_locked) = tokio::sync::oneshot::channel::<()>();
-    let mut conn = app.conn().await;
-    tokio::spawn(async move {
-        conn.batch_execute(&format!(
-            "BEGIN; SELECT id FROM coupons WHERE id = {coupon_id} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
-        locked.send(()).unwrap();
-        let _ = released.await;
-        conn.batch_execute("ROLLBACK").await.unwrap();
-    });
-    is_locked.await.unwrap();
-    release
-}
-
 #[tokio::test]
 async fn a_client_that_hangs_up_mid_issue_leaves_no_seat_without_a_coupon() {
     let app = spawn_app().await;
     let coupon_id = coupon(&app, Some(1)).await;
     let (user, token) = app.user_with_points("hangs-up", 0).await;
-    let release = lock_coupon(&app, coupon_id).await;
+    let release = app.hold_row_lock("coupons", coupon_id).await;
     let hung_up = app
         .client
         .post(format!("{}/api/v1/coupons/{coupon_id}/issue", app.base))
@@ -287,7 +267,7 @@ async fn a_pool_timeout_gives_the_seat_back() {
     let coupon_id = coupon(&app, Some(2)).await;
     let (first, first_token) = app.user_with_points("holds-the-pool", 0).await;
     let (second, second_token) = app.user_with_points("waits-for-the-pool", 0).await;
-    let release = lock_coupon(&app, coupon_id).await;
+    let release = app.hold_row_lock("coupons", coupon_id).await;
     // The first issue takes the pool's only connection and waits on the row lock.
     let holder = {
         let app = app.clone();

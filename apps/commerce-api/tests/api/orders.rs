@@ -463,26 +463,6 @@ async fn a_page_of_orders_costs_the_same_queries_whatever_its_length() {
     assert!(cost[0].1 <= 7, "{cost:?}");
 }
 
-/// Holds a product's row lock (as a long transaction elsewhere would) until the sender fires.
-async fn lock_product(app: &TestApp, product_id: i64) -> tokio::sync::oneshot::Sender<()> {
-    use diesel_async::SimpleAsyncConnection;
-    let (release, released) = tokio::sync::oneshot::channel::<()>();
-    let (locked, is_locked) = tokio::sync::oneshot::channel::<()>();
-    let mut conn = app.conn().await;
-    tokio::spawn(async move {
-        conn.batch_execute(&format!(
-            "BEGIN; SELECT id FROM products WHERE id = {product_id} FOR UPDATE"
-        ))
-        .await
-        .unwrap();
-        locked.send(()).unwrap();
-        let _ = released.await;
-        conn.batch_execute("ROLLBACK").await.unwrap();
-    });
-    is_locked.await.unwrap();
-    release
-}
-
 #[tokio::test]
 async fn an_order_that_outlasts_the_order_timeout_is_a_503_that_leaves_nothing_behind() {
     let app = crate::support::spawn_app_with(&[("ORDER_TIMEOUT_MS", "300")]).await;
@@ -500,7 +480,7 @@ async fn an_order_that_outlasts_the_order_timeout_is_a_503_that_leaves_nothing_b
     };
 
     // The product's row is held: the order's stock update waits, past the limit.
-    let release = lock_product(&app, product).await;
+    let release = app.hold_row_lock("products", product).await;
     let timed_out = send().await.unwrap();
     assert_eq!(timed_out.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(

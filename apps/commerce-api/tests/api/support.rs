@@ -143,6 +143,24 @@ impl TestApp {
         (status, json)
     }
 
+    /// Holds the row `id` of `table` locked (as a long transaction elsewhere would) from another
+    /// connection until the returned sender fires.
+    pub async fn hold_row_lock(&self, table: &str, id: i64) -> tokio::sync::oneshot::Sender<()> {
+        use diesel_async::SimpleAsyncConnection;
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (locked, is_locked) = tokio::sync::oneshot::channel::<()>();
+        let mut conn = self.conn().await;
+        let lock = format!("BEGIN; SELECT id FROM {table} WHERE id = {id} FOR UPDATE");
+        tokio::spawn(async move {
+            conn.batch_execute(&lock).await.unwrap();
+            locked.send(()).unwrap();
+            let _ = released.await;
+            conn.batch_execute("ROLLBACK").await.unwrap();
+        });
+        is_locked.await.unwrap();
+        release
+    }
+
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         self.call(Method::GET, path, token, None).await
     }

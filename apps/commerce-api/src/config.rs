@@ -78,12 +78,28 @@
 //! | `SETTLEMENT_CRON` | `0 0 4 * * *` | when the job settles every business day that has ended and is not closed yet (6-field cron, seconds first, in `BUSINESS_TIME_ZONE`) |
 //! | `SETTLEMENT_PARALLEL_WORKERS` | `0` | PostgreSQL parallel workers that may help sum a day's lines, within the closing transaction (bounded by the server's `max_parallel_workers`); `0`: the closing session alone, faster on a 2-core server (BENCHMARKS.md) |
 //! | `AUTH_HASH_QUEUE` | `32` | sign-ups and logins that may wait for a hashing thread; beyond that they get 503 `AUTH_BUSY` |
+//! | `WISHLIST_ALERTS_ENABLED` | `true` | plan and send wishlist alerts inside `serve` (instances share the work; see `domain::alerts`) |
+//! | `WISHLIST_ALERTS_INTERVAL_MS` | `1000` | how often the planner looks for restocks and drops to tell of, and the sender for due alerts when idle |
+//! | `WISHLIST_DROP_LEAD_SECONDS` | `3600` | how long before a drop's sale window opens its subscribers are told |
+//! | `WISHLIST_RESTOCK_QUIET_SECONDS` | `3600` | a customer told of a restock is not told of another one of the same product within this (`0`: every time) |
+//! | `WISHLIST_ALERT_SEND_RATE` | `50/s` | messages per period across every instance (`<n>/s`, `<n>/min`, `<n>/h` or `off`); not turned off by `RATE_LIMITS_ENABLED` |
+//! | `WISHLIST_ALERT_MAX_ATTEMPTS` / `WISHLIST_ALERT_RETRY_BASE_MS` | `5` / `1000` | attempts before a refused alert is dead-lettered; the wait after the first, doubling per attempt up to 10 minutes |
+//! | `ALERTS_FROM` | `Commerce <alerts@commerce.localhost>` in `dev` | the sender of every alert (`Name <address>`); required outside `dev` while alerts are enabled |
+//! | `STOREFRONT_PRODUCT_URL` | `http://127.0.0.1:8080/api/v1/products/{id}` | the product page linked from an alert; `{id}` is the product's id |
+//! | `SMTP_HOST` / `SMTP_PORT` | `127.0.0.1` / `587` (`2525` in `dev`) | the SMTP relay alerts are sent through |
+//! | `SMTP_SECURITY` | `starttls` (`none` in `dev`) | `starttls` (required before anything else is sent), `tls` (implicit, port 465) or `none`; outside `dev`, `none` is refused unless `SMTP_ALLOW_PLAINTEXT` is `true` |
+//! | `SMTP_USERNAME` / `SMTP_PASSWORD` | — | AUTH (PLAIN or LOGIN) credentials, both or neither; `SMTP_PASSWORD_FILE` reads a mounted secret |
+//! | `SMTP_CA_FILE` | system roots | PEM of the CA that signed the relay's certificate |
+//! | `SMTP_CONNECTIONS` | `4` | SMTP connections (messages in flight) per instance |
+//! | `SMTP_TIMEOUT_MS` | `10000` | each SMTP step's limit (connecting, a command, the message) |
+//! | `SMTP_HELLO_NAME` | `localhost` | the name this client greets the relay with (EHLO) |
 
 use std::net::SocketAddr;
 
 use commerce_config::{ConfigError, Connections, Profile, Reader, dev};
 use commerce_kafka::KafkaSettings;
 
+pub use crate::domain::alerts::AlertSettings;
 pub use crate::domain::fulfilment::FulfilmentSettings;
 pub use crate::domain::payments::PaymentSettings;
 pub use crate::domain::settlement_job::SettlementSettings;
@@ -151,6 +167,7 @@ pub struct Config {
     pub order_timeout: std::time::Duration,
     pub fulfilment: FulfilmentSettings,
     pub settlement: SettlementSettings,
+    pub alerts: AlertSettings,
 }
 
 /// How the gateway's callbacks are authenticated: `X-Signature` under one of these secrets, at
@@ -169,6 +186,102 @@ pub const DEV_JWT_SECRET: &str = "dev-only-insecure-jwt-secret-0123456789abcdef"
 pub const DEV_CARD_KEY: &str = "6465762d6f6e6c792d696e7365637572652d636172642d6b65792d3031323334";
 /// The development admin password. Refused by any profile but `dev`.
 pub const DEV_ADMIN_PASSWORD: &str = "admin-dev-password";
+
+/// The wishlist alerts' settings, SMTP included.
+fn read_alerts<S: commerce_config::Source>(
+    r: &Reader<S>,
+    dev: bool,
+    time_zone: chrono_tz::Tz,
+) -> Result<AlertSettings, ConfigError> {
+    use crate::infra::mail::{Security, SmtpSettings};
+    let enabled = r.or("WISHLIST_ALERTS_ENABLED", true)?;
+    let security = r.or(
+        "SMTP_SECURITY",
+        if dev {
+            Security::None
+        } else {
+            Security::StartTls
+        },
+    )?;
+    if security == Security::None && !dev && enabled && !r.or("SMTP_ALLOW_PLAINTEXT", false)? {
+        return Err(ConfigError::new(
+            "SMTP_SECURITY",
+            "none is refused outside the dev profile unless SMTP_ALLOW_PLAINTEXT is true",
+        ));
+    }
+    let credentials = match (
+        r.optional::<String>("SMTP_USERNAME")?,
+        r.optional::<String>("SMTP_PASSWORD")?,
+    ) {
+        (Some(login), Some(password)) => Some((login, password)),
+        (None, None) => None,
+        _ => {
+            return Err(ConfigError::new(
+                "SMTP_USERNAME",
+                "SMTP_USERNAME and SMTP_PASSWORD go together",
+            ));
+        }
+    };
+    if credentials.is_some() && security == Security::None && !dev {
+        return Err(ConfigError::new(
+            "SMTP_SECURITY",
+            "credentials are never sent without TLS outside the dev profile",
+        ));
+    }
+    let from = match r.optional::<String>("ALERTS_FROM")? {
+        Some(v) => v,
+        None if dev || !enabled => "Commerce <alerts@commerce.localhost>".to_owned(),
+        None => {
+            return Err(ConfigError::new(
+                "ALERTS_FROM",
+                "is required outside the dev profile while wishlist alerts are enabled",
+            ));
+        }
+    };
+    let from: lettre::message::Mailbox = from
+        .parse()
+        .map_err(|_| ConfigError::new("ALERTS_FROM", "must be an address or `Name <address>`"))?;
+    let product_url = r.string_or(
+        "STOREFRONT_PRODUCT_URL",
+        "http://127.0.0.1:8080/api/v1/products/{id}",
+    );
+    if !product_url.contains("{id}") || reqwest::Url::parse(&product_url).is_err() {
+        return Err(ConfigError::new(
+            "STOREFRONT_PRODUCT_URL",
+            "must be a URL with {id} where the product's id goes",
+        ));
+    }
+    let ms = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
+        r.in_range(name, default, range)
+            .map(std::time::Duration::from_millis)
+    };
+    let secs = |name: &str, default: u64, range: std::ops::RangeInclusive<u64>| {
+        r.in_range(name, default, range)
+            .map(std::time::Duration::from_secs)
+    };
+    Ok(AlertSettings {
+        enabled,
+        interval: ms("WISHLIST_ALERTS_INTERVAL_MS", 1000, 10..=600_000)?,
+        drop_lead: secs("WISHLIST_DROP_LEAD_SECONDS", 3600, 1..=7 * 86_400)?,
+        restock_quiet: secs("WISHLIST_RESTOCK_QUIET_SECONDS", 3600, 0..=30 * 86_400)?,
+        send_rate: r.or("WISHLIST_ALERT_SEND_RATE", "50/s".parse().expect("a rate"))?,
+        connections: r.in_range("SMTP_CONNECTIONS", 4, 1..=64)?,
+        max_attempts: r.in_range("WISHLIST_ALERT_MAX_ATTEMPTS", 5, 1..=100)?,
+        retry_base: ms("WISHLIST_ALERT_RETRY_BASE_MS", 1000, 10..=3_600_000)?,
+        from,
+        product_url,
+        time_zone,
+        smtp: SmtpSettings {
+            host: r.string_or("SMTP_HOST", "127.0.0.1"),
+            port: r.in_range("SMTP_PORT", if dev { 2525 } else { 587 }, 1..=65_535)?,
+            security,
+            ca_file: r.optional("SMTP_CA_FILE")?,
+            credentials,
+            hello_name: r.string_or("SMTP_HELLO_NAME", "localhost"),
+            timeout: ms("SMTP_TIMEOUT_MS", 10_000, 10..=300_000)?,
+        },
+    })
+}
 
 impl std::fmt::Display for Config {
     /// A loggable summary: no secrets.
@@ -425,6 +538,7 @@ impl Config {
                 0..=8,
             )?),
         };
+        let alerts = read_alerts(r, dev, time_zone)?;
         let limits_on = r.or("RATE_LIMITS_ENABLED", true)?;
         let rate = |name: &str, default: &str| -> Result<RateSpec, ConfigError> {
             let spec = r.or(name, default.parse().expect("valid default rate"))?;
@@ -506,6 +620,7 @@ impl Config {
                 time_zone,
             },
             settlement,
+            alerts,
             limits,
             trusted_proxies: r.or("TRUSTED_PROXIES", TrustedProxies::default())?,
             hashing,

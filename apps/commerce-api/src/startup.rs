@@ -225,6 +225,16 @@ impl Application {
                 crate::domain::settlement_job::run(db, topics, settings, stop)
             });
         }
+        if state.config.alerts.enabled {
+            let (db, settings) = (state.db.clone(), state.config.alerts.clone());
+            server = server.task("wishlist alert planner", move |stop| {
+                crate::domain::alerts::run_planner(db, settings, stop)
+            });
+            let (db, settings) = (state.db.clone(), state.config.alerts.clone());
+            server = server.task("wishlist alert sender", move |stop| {
+                crate::domain::alerts::run_sender(db, settings, stop)
+            });
+        }
         if state.config.payments.refunds_enabled {
             let payments = state.payments.clone();
             server = server.task("payment refunds", move |stop| {

@@ -5,7 +5,8 @@
 //!   (`CREATE DATABASE … TEMPLATE …` takes milliseconds, migrating takes much longer) and dropped
 //!   when the test ends;
 //! - its own Kafka topics and consumer group (unique names);
-//! - its own Redis key prefix,
+//! - its own Redis key prefix;
+//! - when it sends mail, an SMTP server of its own ([`SmtpSink`]) writing a Maildir it reads,
 //!
 //! so `cargo nextest run` runs tests in parallel without one seeing another's data.
 //!
@@ -25,12 +26,14 @@ mod contract;
 mod db;
 mod kafka;
 mod redis_cluster;
+mod smtp;
 mod spawn;
 
 pub use contract::{SCHEMATHESIS_VERSION, metric, schemathesis};
 pub use db::{TestDb, count};
 pub use kafka::{PrivateBroker, TestKafka, header};
 pub use redis_cluster::RedisCluster;
+pub use smtp::{Mail, SmtpOptions, SmtpSink};
 pub use spawn::{Spawned, TestEnv};
 
 use std::time::Duration;

@@ -9,6 +9,7 @@
 //!   (`crate::http`) and background jobs call the domain, never the other way.
 
 pub mod accounts;
+pub mod alerts;
 pub mod allocation;
 pub mod attention;
 pub mod card;
@@ -121,6 +122,8 @@ pub enum Error {
     /// An operator asked to retry a payment that has nothing left to retry.
     #[error("this payment has no refund or lookup to retry")]
     NothingToRetry,
+    #[error("only a FAILED or UNCONFIRMED alert can be sent again")]
+    NotDeadLetter,
     /// Placing an order took longer than `ORDER_TIMEOUT_MS`: it was rolled back whole.
     #[error("the order could not be placed within {} ms and was rolled back: nothing was reserved or charged; retry shortly", .0.as_millis())]
     OrderTimedOut(std::time::Duration),
@@ -143,6 +146,7 @@ pub enum Missing {
     Partner,
     PartnerOrder,
     Settlement,
+    WishlistAlert,
 }
 
 impl Missing {
@@ -158,6 +162,7 @@ impl Missing {
             Missing::Partner => "partner",
             Missing::PartnerOrder => "partner order",
             Missing::Settlement => "settlement",
+            Missing::WishlistAlert => "wishlist alert",
         }
     }
 }

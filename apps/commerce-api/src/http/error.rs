@@ -99,7 +99,7 @@ impl ApiError {
                         Problem::new(StatusCode::TOO_MANY_REQUESTS, "LOGIN_THROTTLED", detail)
                     }
                     E::PaymentNotSettled(_) => conflict("PAYMENT_NOT_SETTLED", detail),
-                    E::NothingToRetry => conflict("NOTHING_TO_RETRY", detail),
+                    E::NothingToRetry | E::NotDeadLetter => conflict("NOTHING_TO_RETRY", detail),
                     E::AlreadyPaidOut => conflict("ALREADY_PAID_OUT", detail),
                     E::NothingToPayOut => conflict("NOTHING_TO_PAY_OUT", detail),
                     E::PayoutReferenceUsed => conflict("PAYOUT_REFERENCE_USED", detail),
@@ -137,6 +137,7 @@ fn not_found_code(missing: Missing) -> &'static str {
         Missing::Partner => "PARTNER_NOT_FOUND",
         Missing::PartnerOrder => "PARTNER_ORDER_NOT_FOUND",
         Missing::Settlement => "SETTLEMENT_NOT_FOUND",
+        Missing::WishlistAlert => "WISHLIST_ALERT_NOT_FOUND",
     }
 }
 

@@ -82,6 +82,8 @@ fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(catalog::my_likes))
         .routes(routes!(wishlist::add, wishlist::remove))
         .routes(routes!(wishlist::list))
+        .routes(routes!(wishlist::dead_letters))
+        .routes(routes!(wishlist::retry_alert))
         .routes(routes!(coupons::create_coupon))
         .routes(routes!(coupons::issue))
         .routes(routes!(coupons::my_coupons))

@@ -37,6 +37,12 @@ impl RateSpec {
     /// No limit.
     pub const OFF: RateSpec = RateSpec(None);
 
+    /// The even spacing of the rate (`period ÷ n`); `None` when off.
+    pub fn interval(self) -> Option<Duration> {
+        let (n, period) = self.0?;
+        Some(period / n.get())
+    }
+
     fn quota(self) -> Option<Quota> {
         let (n, period) = self.0?;
         // `n` cells per period: one every period / n, with a burst of n.

@@ -9,6 +9,7 @@ pub mod gateway;
 pub mod jwt;
 pub mod limits;
 pub mod listener;
+pub mod mail;
 pub mod order_events;
 pub mod outbox;
 pub mod passwords;

@@ -164,6 +164,7 @@ diesel::table! {
         user_id -> BigInt,
         product_id -> BigInt,
         created_at -> Timestamptz,
+        restock_alerted_at -> Nullable<Timestamptz>,
     }
 }
 

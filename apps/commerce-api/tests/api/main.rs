@@ -3,6 +3,7 @@
 //! (see `commerce_testkit`), and asserts on the wire and in the database.
 
 mod accounts;
+mod alerts;
 mod catalog;
 mod contract;
 mod coupons;

@@ -143,41 +143,17 @@ pub(crate) fn history(order: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A second API on `setup`'s database and Redis prefix, a real process (to be killed), with
-/// the relay off and `env` on top; once it is live. Returns the process and its base URL.
+/// A second API on `setup`'s database and Redis prefix, a real process (to be killed), talking
+/// to `gw`, with the relay off and `env` on top; once it is live. Returns the process and its
+/// base URL.
 pub(crate) async fn child_api(
     setup: &TestApp,
     gw: &Gateway,
     env: &[(&str, &str)],
 ) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
-        .env("APP_PROFILE", "dev")
-        .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
-        .env("DATABASE_URL", &setup.db.url)
-        .env("REDIS_URL", commerce_testkit::redis_url())
-        .env("REDIS_KEY_PREFIX", &setup.state.config.redis_key_prefix)
-        .env("KAFKA_BROKERS", &setup.state.config.kafka.brokers)
-        .env("OUTBOX_RELAY_ENABLED", "false")
-        .env("PG_BASE_URL", &gw.base)
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the commerce-api binary starts");
-    let base = format!("http://127.0.0.1:{port}");
-    until(
-        "the child API never came up",
-        Duration::from_secs(20),
-        async || reqwest::get(format!("{base}/health/live")).await.is_ok(),
-    )
-    .await;
-    (child, base)
+    let mut vars = vec![("PG_BASE_URL", gw.base.as_str())];
+    vars.extend_from_slice(env);
+    setup.child_process(&vars).await
 }
 
 /// Waits until the order's status is `status`.

@@ -114,6 +114,38 @@ impl TestApp {
         Spawned::start(app.into_server())
     }
 
+    /// Another API on this one's database and Redis prefix, a real process (to be killed), with
+    /// the relay off and `env` on top; once it is live. Returns the process and its base URL.
+    pub async fn child_process(&self, env: &[(&str, &str)]) -> (tokio::process::Child, String) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_commerce-api"))
+            .env("APP_PROFILE", "dev")
+            .env("HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("DATABASE_URL", &self.db.url)
+            .env("REDIS_URL", commerce_testkit::redis_url())
+            .env("REDIS_KEY_PREFIX", &self.state.config.redis_key_prefix)
+            .env("KAFKA_BROKERS", &self.state.config.kafka.brokers)
+            .env("OUTBOX_RELAY_ENABLED", "false")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the commerce-api binary starts");
+        let base = format!("http://127.0.0.1:{port}");
+        commerce_testkit::until(
+            "the child API never came up",
+            std::time::Duration::from_secs(20),
+            async || reqwest::get(format!("{base}/health/live")).await.is_ok(),
+        )
+        .await;
+        (child, base)
+    }
+
     /// Sends a request; returns the status and the JSON body (`null` when empty).
     pub async fn call(
         &self,

@@ -41,7 +41,8 @@ def call(method, url, body=None, token=None, expect=None):
 
 
 def storefront(api, collector, seconds):
-    """Sign-ups, browsing, likes, coupons, point and card orders, cancellations, rankings."""
+    """Sign-ups, browsing, likes, wishlist alerts, coupons, point and card orders, cancellations,
+    rankings."""
     _, tok = call("POST", f"{api}/api/v1/auth/token", {"login_id": "admin", "password": "admin-dev-password"}, expect={200})
     admin = tok["access_token"]
     _, brand = call("POST", f"{api}/api/v1/admin/brands", {"name": "Checked"}, admin, {201})
@@ -58,6 +59,13 @@ def storefront(api, collector, seconds):
         users.append(t["access_token"])
         _, me = call("GET", f"{api}/api/v1/users/me", token=t["access_token"], expect={200})
         call("POST", f"{api}/api/v1/admin/users/{me['id']}/points", {"amount": 10_000_000, "reason": "monitoring check"}, admin, {200})
+    # Customers waiting for a sold-out product are told by email when it is back (wishlist
+    # alerts, through the development SMTP server).
+    _, waited = call("POST", f"{api}/api/v1/admin/products",
+                     {"brand_id": brand["id"], "name": "Sold out", "price": 1000, "stock": 0}, admin, {201})
+    for token in users:
+        call("PUT", f"{api}/api/v1/users/me/wishlist/{waited['id']}", token=token, expect={201})
+    call("PATCH", f"{api}/api/v1/admin/products/{waited['id']}", {"stock": 2}, admin, {200})
     # A partner selling one product: its orders are shipped and confirmed (partner sales).
     stamp = int(time.time())
     seller = f"seller{stamp}"

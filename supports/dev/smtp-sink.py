@@ -95,6 +95,7 @@ async def main():
     parser.add_argument("--auth", help="LOGIN:PASSWORD required before MAIL")
     args = parser.parse_args()
 
+    args.maildir.parent.mkdir(parents=True, exist_ok=True)
     handler = MaildirHandler(args.maildir, args.control)
     options = {"hostname": "smtp-sink", "command_call_limit": None, "timeout": 60}
     if args.tls_cert:

@@ -87,7 +87,7 @@
 //! | `ALERTS_FROM` | `Commerce <alerts@commerce.localhost>` in `dev` | the sender of every alert (`Name <address>`); required outside `dev` while alerts are enabled |
 //! | `STOREFRONT_PRODUCT_URL` | `http://127.0.0.1:8080/api/v1/products/{id}` | the product page linked from an alert; `{id}` is the product's id |
 //! | `SMTP_HOST` / `SMTP_PORT` | `127.0.0.1` / `587` (`2525` in `dev`) | the SMTP relay alerts are sent through |
-//! | `SMTP_SECURITY` | `starttls` (`none` in `dev`) | `starttls` (required before anything else is sent), `tls` (implicit, port 465) or `none`; outside `dev`, `none` is refused unless `SMTP_ALLOW_PLAINTEXT` is `true` |
+//! | `SMTP_SECURITY` | `starttls` (`none` in `dev`) | `starttls` (required before anything else is sent) or `none`; outside `dev`, `none` is refused unless `SMTP_ALLOW_PLAINTEXT` is `true` |
 //! | `SMTP_USERNAME` / `SMTP_PASSWORD` | — | AUTH (PLAIN or LOGIN) credentials, both or neither; `SMTP_PASSWORD_FILE` reads a mounted secret |
 //! | `SMTP_CA_FILE` | system roots | PEM of the CA that signed the relay's certificate |
 //! | `SMTP_CONNECTIONS` | `4` | SMTP connections (messages in flight) per instance |

@@ -5,6 +5,7 @@
 //! Setup that is not under test (bulk users and products) goes straight to the database.
 //! `apps/loadgen/run-benchmarks` runs every scenario in order.
 
+mod alerts;
 mod cards;
 mod fulfilment;
 mod harness;
@@ -85,6 +86,21 @@ enum Command {
         database_url: String,
         #[arg(long, default_value_t = 1_000_000)]
         rows: i64,
+    },
+    /// Wishlist alerts: SUBSCRIBERS customers of one restocked product told through the
+    /// development SMTP server (started here), against that server's own rate for the same
+    /// messages (on a database of its own: it writes SUBSCRIBERS users).
+    Alerts {
+        #[arg(
+            long,
+            env = "ALERTS_BENCH_DATABASE_URL",
+            default_value = "postgres://postgres@127.0.0.1:5432/commerce_alerts_bench"
+        )]
+        database_url: String,
+        #[arg(long, default_value_t = 100_000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
     },
     /// The daily settlement of ORDERS confirmed partner orders of PARTNERS partners against a
     /// plain `INSERT … SELECT … GROUP BY` of the same rows (on a fresh database of its own).
@@ -278,6 +294,11 @@ async fn main() -> anyhow::Result<()> {
         Command::AutoConfirm { database_url, rows } => {
             fulfilment::auto_confirm(&database_url, rows).await
         }
+        Command::Alerts {
+            database_url,
+            subscribers,
+            connections,
+        } => alerts::alerts(&database_url, subscribers, connections).await,
         Command::Settlement {
             server,
             orders,

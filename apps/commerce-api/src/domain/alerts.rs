@@ -622,14 +622,23 @@ async fn settle(
             .bind::<Nullable<Timestamptz>, _>(since)
     };
     let (changed, outcome) = match settled {
+        // Committed without waiting for the WAL flush: a database crash can lose it, which
+        // leaves the alert marked sending, so it is dead-lettered UNCONFIRMED and never sent
+        // twice. (The mark before sending is committed durably: losing it could.)
         Settled::Sent => (
-            diesel::sql_query(
-                "UPDATE wishlist_alerts SET status = 'SENT', sent_at = now(), sending_since = NULL,
-                        last_error = NULL
-                  WHERE id = $1 AND status IN ('QUEUED', 'UNCONFIRMED')",
-            )
-            .bind::<BigInt, _>(due.id)
-            .execute(conn)
+            conn.transaction::<_, Error, _>(async |conn| {
+                diesel::sql_query("SET LOCAL synchronous_commit TO OFF")
+                    .execute(conn)
+                    .await?;
+                Ok(diesel::sql_query(
+                    "UPDATE wishlist_alerts SET status = 'SENT', sent_at = now(),
+                            sending_since = NULL, last_error = NULL
+                      WHERE id = $1 AND status IN ('QUEUED', 'UNCONFIRMED')",
+                )
+                .bind::<BigInt, _>(due.id)
+                .execute(conn)
+                .await?)
+            })
             .await?,
             AlertAttempt::Sent,
         ),
@@ -713,9 +722,10 @@ fn compose(settings: &AlertSettings, due: &Due) -> std::result::Result<lettre::M
             let waiting = due.subscribers.unwrap_or_default();
             let mut news = format!("{product}, on your wishlist, is back in stock.");
             if units < waiting {
+                let noun = if units == 1 { "unit" } else { "units" };
                 news.push_str(&format!(
-                    "\n\nOnly {units} came back and {waiting} customers are waiting for it: \
-                     first come, first served."
+                    "\n\nOnly {units} {noun} came back and {waiting} customers are waiting for \
+                     it: first come, first served."
                 ));
             }
             (format!("Back in stock: {product}"), news)

@@ -545,3 +545,60 @@ async fn alerts_go_through_starttls_with_credentials_read_from_a_file() {
     }
     let _ = std::fs::remove_file(password);
 }
+
+#[tokio::test]
+async fn a_customer_who_takes_the_product_off_their_wishlist_before_the_send_is_not_told() {
+    let sink = SmtpSink::start().await;
+    // This instance plans but does not send: the fan-out is run here, then a sender starts.
+    let app = spawn_app_with(&[("WISHLIST_ALERTS_ENABLED", "false")]).await;
+    let brand = app.brand().await;
+    let product = app.product(brand, 1000, 0).await;
+    let subs = subscribers(&app, "changed-mind", 2, product).await;
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/admin/products/{product}"),
+            Some(&app.admin),
+            Some(json!({"stock": 3})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    commerce_api::domain::alerts::plan(&app.state.db, &app.state.config.alerts)
+        .await
+        .unwrap();
+    assert_eq!(status_count(&app, "QUEUED").await, 2);
+    let token = app
+        .state
+        .auth
+        .issue(subs[0].0, commerce_api::infra::auth::Role::User)
+        .unwrap();
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/users/me/wishlist/{product}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+
+    let env = alert_env(&sink, &[]);
+    let _sender = app.another_instance(&borrowed(&env)).await;
+    until(
+        "both alerts are settled",
+        Duration::from_secs(20),
+        async || status_count(&app, "QUEUED").await == 0,
+    )
+    .await;
+    assert_eq!(
+        app.count(&format!(
+            "SELECT count(*) AS n FROM wishlist_alerts WHERE status = 'WITHDRAWN' AND user_id = {}",
+            subs[0].0
+        ))
+        .await,
+        1
+    );
+    let mails = sink.messages();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0].to, subs[1].1);
+}

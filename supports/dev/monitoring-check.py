@@ -56,9 +56,14 @@ def storefront(api, collector, seconds):
         login = f"shopper{i}{int(time.time())}"
         call("POST", f"{api}/api/v1/users", {"login_id": login, "password": f"{login}-password", "name": "S", "email": f"{login}@example.com"}, expect={201})
         _, t = call("POST", f"{api}/api/v1/auth/token", {"login_id": login, "password": f"{login}-password"}, expect={200})
+        # A session refreshed once (rotation), as a storefront keeps its customer signed in.
+        _, t = call("POST", f"{api}/api/v1/auth/refresh", {"refresh_token": t["refresh_token"]}, expect={200})
         users.append(t["access_token"])
         _, me = call("GET", f"{api}/api/v1/users/me", token=t["access_token"], expect={200})
         call("POST", f"{api}/api/v1/admin/users/{me['id']}/points", {"amount": 10_000_000, "reason": "monitoring check"}, admin, {200})
+    # A session ended by its user.
+    _, gone = call("POST", f"{api}/api/v1/auth/token", {"login_id": login, "password": f"{login}-password"}, expect={200})
+    call("POST", f"{api}/api/v1/auth/logout", token=gone["access_token"], expect={204})
     # Customers waiting for a sold-out product are told by email when it is back (wishlist
     # alerts, through the development SMTP server).
     _, waited = call("POST", f"{api}/api/v1/admin/products",

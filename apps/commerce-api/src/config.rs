@@ -27,7 +27,8 @@
 //! | `HTTP_BODY_LIMIT_BYTES` | `65536` | largest accepted request body |
 //! | `COMMERCE_JWT_SECRET` | dev-only default | HS256 key, at least 32 bytes; required outside `dev` |
 //! | `COMMERCE_JWT_PREVIOUS_SECRETS` | — | earlier JWT keys (comma-separated, each at least 32 bytes) whose tokens are still accepted during a rotation; tokens name their key (`kid`) |
-//! | `COMMERCE_JWT_TTL_SECONDS` | `3600` | access token lifetime |
+//! | `COMMERCE_JWT_TTL_SECONDS` | `900` | access token lifetime; a client keeps signed in by exchanging its refresh token (`POST /api/v1/auth/refresh`) |
+//! | `COMMERCE_REFRESH_TTL_SECONDS` | `2592000` (30 days) | a session's absolute end: its refresh tokens are refused after it, and the user signs in again |
 //! | `COMMERCE_ADMIN_LOGIN_ID` | `admin` | admin account ensured at start |
 //! | `COMMERCE_ADMIN_PASSWORD` | `admin-dev-password` in `dev` | its password; required outside `dev` |
 //! | `CATALOG_TOPIC` | `catalog-events` | topic for product events |
@@ -137,6 +138,8 @@ pub struct Config {
     /// Keys whose tokens are still accepted (a rotation in progress).
     pub jwt_previous_secrets: Vec<String>,
     pub jwt_ttl_seconds: i64,
+    /// A session's absolute end after its start.
+    pub refresh_ttl: std::time::Duration,
     pub admin_login_id: String,
     pub admin_password: String,
     pub catalog_topic: String,
@@ -633,7 +636,12 @@ impl Config {
             profile,
             jwt_secret,
             jwt_previous_secrets,
-            jwt_ttl_seconds: r.in_range("COMMERCE_JWT_TTL_SECONDS", 3600, 60..=86_400 * 30)?,
+            jwt_ttl_seconds: r.in_range("COMMERCE_JWT_TTL_SECONDS", 900, 60..=86_400)?,
+            refresh_ttl: std::time::Duration::from_secs(r.in_range(
+                "COMMERCE_REFRESH_TTL_SECONDS",
+                30 * 86_400,
+                300..=365 * 86_400,
+            )?),
             admin_login_id: {
                 let id = r.string_or("COMMERCE_ADMIN_LOGIN_ID", "admin");
                 if !crate::domain::accounts::is_login_id(&id) {
@@ -751,8 +759,9 @@ mod tests {
     }
 
     /// Production with every secret set to a non-development value.
-    const PROD: [(&str, &str); 9] = [
+    const PROD: [(&str, &str); 10] = [
         ("APP_PROFILE", "prod"),
+        ("ALERTS_FROM", "Shop <alerts@shop.example.com>"),
         ("COMMERCE_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret!"),
         ("COMMERCE_ADMIN_PASSWORD", "a-real-password"),
         (
@@ -765,6 +774,51 @@ mod tests {
         ("REDIS_ALLOW_PLAINTEXT", "true"),
         ("KAFKA_ALLOW_PLAINTEXT", "true"),
     ];
+
+    #[test]
+    fn production_mail_needs_a_sender_tls_and_both_credentials() {
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut vars: Vec<(&str, &str)> = PROD
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != "ALERTS_FROM")
+                .collect();
+            vars.extend_from_slice(extra);
+            read(&vars)
+        };
+        assert_eq!(with(&[]).err().unwrap().var, "ALERTS_FROM");
+        let from = ("ALERTS_FROM", "Shop <alerts@shop.example.com>");
+        let ok = with(&[from]).unwrap().alerts;
+        assert_eq!(ok.smtp.security, crate::infra::mail::Security::StartTls);
+        assert_eq!(ok.smtp.port, 587);
+        assert!(with(&[("WISHLIST_ALERTS_ENABLED", "false")]).is_ok());
+        for (bad, var) in [
+            (("SMTP_SECURITY", "none"), "SMTP_SECURITY"),
+            (("SMTP_SECURITY", "ssl"), "SMTP_SECURITY"),
+            (("SMTP_USERNAME", "shop"), "SMTP_USERNAME"),
+            (("ALERTS_FROM", "not an address"), "ALERTS_FROM"),
+            (
+                ("STOREFRONT_PRODUCT_URL", "https://shop.example.com/p"),
+                "STOREFRONT_PRODUCT_URL",
+            ),
+            (
+                ("WISHLIST_ALERT_SEND_RATE", "fast"),
+                "WISHLIST_ALERT_SEND_RATE",
+            ),
+        ] {
+            let mut extra = vec![bad];
+            if bad.0 != "ALERTS_FROM" {
+                extra.push(from);
+            }
+            assert_eq!(with(&extra).err().unwrap().var, var, "{bad:?}");
+        }
+        let relay = with(&[
+            from,
+            ("SMTP_SECURITY", "none"),
+            ("SMTP_ALLOW_PLAINTEXT", "true"),
+        ]);
+        assert!(relay.is_ok(), "a local relay the operator vouches for");
+    }
 
     #[test]
     fn production_refuses_plaintext_connections_unless_each_is_allowed() {

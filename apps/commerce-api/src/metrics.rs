@@ -6,6 +6,7 @@ use commerce_telemetry::{
     register_counter as counter, register_gauge as gauge, register_histogram as histogram,
 };
 
+use crate::domain::alerts::{AlertAttempt, OccasionKind};
 use crate::domain::payments::CallbackOutcome;
 use crate::domain::reconcile::Reconciled;
 use crate::domain::refund_worker::RefundAttempt;
@@ -285,6 +286,47 @@ pub fn register() {
     gauge(
         "payments_refunds_pending_oldest_seconds",
         "Age of the oldest queued refund.",
+    );
+
+    counter(
+        "wishlist_alerts_queued_total",
+        "Wishlist alerts queued (one per subscriber and occasion), by occasion.",
+        &[("kind", OccasionKind::TEXTS)],
+    );
+    counter(
+        "wishlist_alerts_total",
+        "Attempts at claimed wishlist alerts, by result.",
+        &[("result", AlertAttempt::TEXTS)],
+    );
+    gauge(
+        "wishlist_alerts_pending",
+        "Wishlist alerts queued to be sent.",
+    );
+    gauge(
+        "wishlist_alerts_dead",
+        "Dead-lettered wishlist alerts (FAILED and UNCONFIRMED): they need an admin.",
+    );
+    gauge(
+        "wishlist_alerts_oldest_unsent_seconds",
+        "Age of the oldest unsent wishlist alert (or occasion not yet fanned out).",
+    );
+
+    counter(
+        "auth_sessions_total",
+        "Sessions started (logins), refreshed (rotations), ended (logouts, logouts everywhere, admins), and refresh tokens presented twice (which end their session).",
+        &[(
+            "event",
+            &["started", "refreshed", "ended", "reuse_detected"],
+        )],
+    );
+    counter(
+        "session_revocations_unannounced_total",
+        "Ended sessions Redis did not take: the other instances find them in PostgreSQL within 5 s.",
+        &[],
+    );
+    gauge(
+        "sessions_ended_known",
+        "Ended sessions this instance remembers (for the access tokens' lifetime).",
     );
 }
 

@@ -81,6 +81,11 @@ impl Application {
         tracing::info!(%config, "starting commerce-api");
         let limits = Arc::new(Limits::new(&config.limits));
         let order_events = OrderEvents::new(config.order_events_per_user);
+        let revocations = Arc::new(crate::infra::revocations::Revocations::new(
+            cache.clone(),
+            db.clone(),
+            config.jwt_ttl_seconds,
+        ));
         let state = AppState(Arc::new(App {
             limits,
             order_events,
@@ -94,6 +99,7 @@ impl Application {
             product_cache,
             payments,
             admin: Arc::default(),
+            revocations,
         }));
         let dependencies = vec![
             Dependency::critical(DbCheck(db)),
@@ -150,6 +156,10 @@ impl Application {
         let backlog = state.db.clone();
         server = server.task("outbox backlog gauges", move |stop| {
             crate::infra::relay::report_backlog_until_stopped(backlog, stop)
+        });
+        let revocations = state.revocations.clone();
+        server = server.task("ended sessions", move |stop| async move {
+            revocations.watch(stop).await
         });
         let pool = state.db.clone();
         server = server.task("pool gauges", move |stop| {

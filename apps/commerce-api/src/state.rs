@@ -40,6 +40,8 @@ pub struct App {
     pub payments: Arc<Payments>,
     /// Where the administrator credentials stand ([`crate::startup::secure_admin`]).
     pub admin: Arc<AdminStatus>,
+    /// Sessions that ended, as this instance knows them (a request checks them locally).
+    pub revocations: Arc<crate::infra::revocations::Revocations>,
 }
 
 impl std::ops::Deref for AppState {

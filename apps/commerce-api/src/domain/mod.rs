@@ -28,6 +28,7 @@ pub mod points;
 pub mod reconcile;
 pub mod refund_worker;
 pub mod refunds;
+pub mod sessions;
 pub mod settlement;
 pub mod settlement_job;
 pub mod states;
@@ -124,6 +125,8 @@ pub enum Error {
     NothingToRetry,
     #[error("only a FAILED or UNCONFIRMED alert can be sent again")]
     NotDeadLetter,
+    #[error("this token belongs to no session; nothing to log out of")]
+    NoSession,
     /// Placing an order took longer than `ORDER_TIMEOUT_MS`: it was rolled back whole.
     #[error("the order could not be placed within {} ms and was rolled back: nothing was reserved or charged; retry shortly", .0.as_millis())]
     OrderTimedOut(std::time::Duration),

@@ -141,3 +141,27 @@ pub async fn adjust_partner_order(
         fulfilment::adjust(&mut conn, admin.id, id, req.amount, reason).await?,
     ))
 }
+
+/// End every session of a user (admin): their access and refresh tokens are refused from now
+/// on, on every instance within a second; they sign in again.
+#[utoipa::path(post, path = "/api/v1/admin/users/{id}/sessions/end", tag = "users",
+    security(("bearer" = [])),
+    responses((status = 200, body = crate::http::users::Ended), (status = 401), (status = 403),
+        (status = 404, description = "USER_NOT_FOUND")))]
+pub async fn end_user_sessions(
+    State(state): State<AppState>,
+    _admin: AdminUser,
+    Path(id): Path<i64>,
+) -> ApiResult<Json<crate::http::users::Ended>> {
+    {
+        let mut conn = state.db.get().await?;
+        accounts::role_of(&mut conn, id)
+            .await?
+            .ok_or(crate::domain::Error::NotFound(crate::domain::Missing::User))?;
+    }
+    let ended =
+        crate::http::users::end_sessions(&state, id, crate::domain::sessions::EndReason::Admin)
+            .await?;
+    tracing::info!(user.id = id, "an admin ended a user's sessions");
+    Ok(Json(ended))
+}

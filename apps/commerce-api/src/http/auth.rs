@@ -18,24 +18,26 @@ use crate::state::AppState;
 pub struct AuthUser {
     pub id: i64,
     pub role: Role,
+    /// The token's session (`None`: a token minted outside sessions).
+    pub session: Option<uuid::Uuid>,
 }
 
 impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
-        let SignedUser { id } = SignedUser::from_request_parts(parts, state).await?;
+        let SignedUser { id, session } = SignedUser::from_request_parts(parts, state).await?;
         // The token of a deleted user is refused, and the role is the current one (as of at
         // most USER_CHECK_TTL ago).
         if let Some(role) = state.auth.checked.get(id) {
-            return Ok(AuthUser { id, role });
+            return Ok(AuthUser { id, role, session });
         }
         let mut conn = state.db.get().await?;
         let role = accounts::role_of(&mut conn, id)
             .await?
             .ok_or(ApiError::Unauthenticated("the token's user does not exist"))?;
         state.auth.checked.put(id, role);
-        Ok(AuthUser { id, role })
+        Ok(AuthUser { id, role, session })
     }
 }
 
@@ -47,6 +49,8 @@ impl FromRequestParts<AppState> for AuthUser {
 #[derive(Debug, Clone, Copy)]
 pub struct SignedUser {
     pub id: i64,
+    /// The token's session (`None`: a token minted outside sessions).
+    pub session: Option<uuid::Uuid>,
 }
 
 impl FromRequestParts<AppState> for SignedUser {
@@ -54,11 +58,17 @@ impl FromRequestParts<AppState> for SignedUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
         let token = bearer(parts)?;
-        let (id, _role) = state
+        let (id, _role, session) = state
             .auth
-            .verify(token)
+            .verify_in(token)
             .ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
-        Ok(SignedUser { id })
+        // A local lookup: ended sessions reach every instance within a second.
+        if session.is_some_and(|s| state.revocations.has_ended(&s)) {
+            return Err(ApiError::Unauthenticated(
+                "the token's session has ended; sign in again",
+            ));
+        }
+        Ok(SignedUser { id, session })
     }
 }
 

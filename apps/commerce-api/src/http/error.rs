@@ -28,6 +28,9 @@ pub enum ApiError {
     /// A rate limit refused the request; retry after this long.
     #[error("rate limited")]
     RateLimited(std::time::Duration),
+    /// A refresh token was used a second time: its session has ended.
+    #[error("a refresh token was reused")]
+    RefreshTokenReused,
     /// Password hashing is saturated: retry shortly.
     #[error("password hashing is saturated")]
     HashingBusy,
@@ -52,6 +55,11 @@ impl ApiError {
             ApiError::Unauthenticated(detail) => {
                 Problem::new(StatusCode::UNAUTHORIZED, "UNAUTHENTICATED", *detail)
             }
+            ApiError::RefreshTokenReused => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "REFRESH_TOKEN_REUSED",
+                "this refresh token was used before, so its session has ended; sign in again",
+            ),
             ApiError::Forbidden(detail) => {
                 Problem::new(StatusCode::FORBIDDEN, "FORBIDDEN", *detail)
             }
@@ -100,6 +108,7 @@ impl ApiError {
                     }
                     E::PaymentNotSettled(_) => conflict("PAYMENT_NOT_SETTLED", detail),
                     E::NothingToRetry | E::NotDeadLetter => conflict("NOTHING_TO_RETRY", detail),
+                    E::NoSession => conflict("NO_SESSION", detail),
                     E::AlreadyPaidOut => conflict("ALREADY_PAID_OUT", detail),
                     E::NothingToPayOut => conflict("NOTHING_TO_PAY_OUT", detail),
                     E::PayoutReferenceUsed => conflict("PAYOUT_REFERENCE_USED", detail),
@@ -158,7 +167,9 @@ impl IntoResponse for ApiError {
         let mut response = self.problem().into_response();
         let headers = response.headers_mut();
         match self {
-            ApiError::Unauthenticated(_) | ApiError::Domain(domain::Error::UnknownUser) => {
+            ApiError::Unauthenticated(_)
+            | ApiError::RefreshTokenReused
+            | ApiError::Domain(domain::Error::UnknownUser) => {
                 headers.insert(
                     axum::http::header::WWW_AUTHENTICATE,
                     axum::http::HeaderValue::from_static("Bearer"),

@@ -10,6 +10,7 @@ use commerce_web::idempotency::IdempotencyKey;
 use crate::domain::accounts::{self, LedgerEntry, UserView};
 use crate::domain::logins;
 use crate::domain::orders::{OrderView, Placed, Placement};
+use crate::domain::sessions::{self, EndReason, Refreshed, SessionView};
 use crate::domain::topups::{self, TopUpRequest};
 use crate::http::auth::{AuthUser, ClientIp, admit};
 use crate::http::error::{ApiError, ApiResult};
@@ -40,8 +41,38 @@ pub struct TokenResponse {
     access_token: String,
     /// Always `Bearer`.
     token_type: &'static str,
-    /// Seconds until the token expires.
+    /// Seconds until the access token expires.
     expires_in: i64,
+    /// Exchanged once, at `POST /api/v1/auth/refresh`, for a new pair; keep it secret.
+    refresh_token: String,
+    /// Seconds until the session's absolute end: no refresh after it.
+    refresh_expires_in: i64,
+    /// The session these tokens belong to (a UUID).
+    #[schema(value_type = String)]
+    session_id: uuid::Uuid,
+}
+
+impl TokenResponse {
+    fn of(state: &AppState, issued: sessions::Issued) -> ApiResult<Self> {
+        Ok(Self {
+            access_token: state
+                .auth
+                .issue_in(issued.user_id, issued.role, issued.session_id)?,
+            token_type: "Bearer",
+            expires_in: state.auth.ttl_seconds(),
+            refresh_token: issued.refresh_token.0,
+            refresh_expires_in: (issued.expires_at - chrono::Utc::now())
+                .num_seconds()
+                .max(0),
+            session_id: issued.session_id,
+        })
+    }
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    refresh_token: String,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -127,11 +158,106 @@ pub async fn token(
     if has_failures {
         logins::clear(&mut conn, &req.login_id, ip).await?;
     }
+    let issued = sessions::start(&mut conn, id, role, state.config.refresh_ttl).await?;
     drop(conn);
-    Ok(Json(TokenResponse {
-        access_token: state.auth.issue(id, role)?,
-        token_type: "Bearer",
-        expires_in: state.auth.ttl_seconds(),
+    metrics::counter!("auth_sessions_total", "event" => "started").increment(1);
+    Ok(Json(TokenResponse::of(&state, issued)?))
+}
+
+/// Exchange a refresh token for a new access token and a new refresh token (rotation: each
+/// refresh token is good once). A refresh token presented a second time was copied: its whole
+/// session ends (401 `REFRESH_TOKEN_REUSED`), the holder's tokens included, on every instance
+/// within a second. Rate limited per client address with the logins (`RATE_LIMIT_TOKEN`).
+#[utoipa::path(post, path = "/api/v1/auth/refresh", tag = "users", request_body = RefreshRequest,
+    responses((status = 200, body = TokenResponse),
+        (status = 401, description = "UNAUTHENTICATED: unknown, expired, or of an ended session; REFRESH_TOKEN_REUSED: used before, and its session has now ended"),
+        (status = 429, description = "RATE_LIMITED, with Retry-After")))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ClientIp(ip): ClientIp,
+    Json(req): Json<RefreshRequest>,
+) -> ApiResult<Json<TokenResponse>> {
+    admit(&state.limits.token, &ip)?;
+    let mut conn = state.db.get().await?;
+    match sessions::refresh(&mut conn, req.refresh_token.trim()).await? {
+        Refreshed::Issued(issued) => {
+            metrics::counter!("auth_sessions_total", "event" => "refreshed").increment(1);
+            Ok(Json(TokenResponse::of(&state, issued)?))
+        }
+        Refreshed::Refused => Err(ApiError::Unauthenticated(
+            "the refresh token is unknown, expired, or of an ended session",
+        )),
+        Refreshed::Reused(session) => {
+            drop(conn);
+            tracing::warn!(session.id = %session, "a refresh token was used twice; its session ended");
+            metrics::counter!("auth_sessions_total", "event" => "reuse_detected").increment(1);
+            state.revocations.announce(&[session]).await;
+            Err(ApiError::RefreshTokenReused)
+        }
+    }
+}
+
+/// End the caller's session (the one its token belongs to): its access and refresh tokens are
+/// refused from now on, on every instance within a second. Idempotent.
+#[utoipa::path(post, path = "/api/v1/auth/logout", tag = "users", security(("bearer" = [])),
+    responses((status = 204, description = "ended (or ended before)"), (status = 401),
+        (status = 409, description = "NO_SESSION: the token belongs to no session")))]
+pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
+    let session = user.session.ok_or(crate::domain::Error::NoSession)?;
+    let mut conn = state.db.get().await?;
+    if sessions::end_one(&mut conn, user.id, session, EndReason::Logout).await? {
+        metrics::counter!("auth_sessions_total", "event" => "ended").increment(1);
+    }
+    drop(conn);
+    state.revocations.announce(&[session]).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Ended {
+    /// Sessions ended now.
+    ended: usize,
+}
+
+/// End every session of the caller (logout everywhere), this one included.
+#[utoipa::path(post, path = "/api/v1/auth/logout-all", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = Ended), (status = 401)))]
+pub async fn logout_all(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Ended>> {
+    Ok(Json(
+        end_sessions(&state, user.id, EndReason::LogoutAll).await?,
+    ))
+}
+
+/// Ends every session of `user_id` and announces it.
+pub(crate) async fn end_sessions(
+    state: &AppState,
+    user_id: i64,
+    reason: EndReason,
+) -> ApiResult<Ended> {
+    let mut conn = state.db.get().await?;
+    let ended = sessions::end_all(&mut conn, user_id, reason).await?;
+    drop(conn);
+    state.revocations.announce(&ended).await;
+    metrics::counter!("auth_sessions_total", "event" => "ended").increment(ended.len() as u64);
+    Ok(Ended { ended: ended.len() })
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SessionList {
+    /// Newest first (at most 100).
+    content: Vec<SessionView>,
+}
+
+/// The caller's open sessions.
+#[utoipa::path(get, path = "/api/v1/users/me/sessions", tag = "users", security(("bearer" = [])),
+    responses((status = 200, body = SessionList), (status = 401)))]
+pub async fn my_sessions(
+    State(state): State<AppState>,
+    user: AuthUser,
+) -> ApiResult<Json<SessionList>> {
+    let mut conn = state.db.get().await?;
+    Ok(Json(SessionList {
+        content: sessions::open(&mut conn, user.id).await?,
     }))
 }
 

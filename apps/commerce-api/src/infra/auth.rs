@@ -39,6 +39,10 @@ struct Claims {
     aud: String,
     iat: i64,
     exp: i64,
+    /// The session the token belongs to (`domain::sessions`); absent on tokens minted without
+    /// one (tests, tools), which can only expire.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sid: Option<uuid::Uuid>,
 }
 
 /// A key's id: the first 8 bytes of its SHA-256, in hex (names the key, reveals nothing of it).
@@ -101,8 +105,17 @@ impl Authenticator {
         self.ttl_seconds
     }
 
-    /// Issues a token for `user_id`.
+    /// Issues a token for `user_id`, outside any session (it can only expire).
     pub fn issue(&self, user_id: i64, role: Role) -> anyhow::Result<String> {
+        self.sign(user_id, role, None)
+    }
+
+    /// Issues a token for `user_id` in session `sid`: refused everywhere once it ends.
+    pub fn issue_in(&self, user_id: i64, role: Role, sid: uuid::Uuid) -> anyhow::Result<String> {
+        self.sign(user_id, role, Some(sid))
+    }
+
+    fn sign(&self, user_id: i64, role: Role, sid: Option<uuid::Uuid>) -> anyhow::Result<String> {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user_id.to_string(),
@@ -111,6 +124,7 @@ impl Authenticator {
             aud: AUDIENCE.into(),
             iat: now,
             exp: now + self.ttl_seconds,
+            sid,
         };
         let mut header = Header::new(jsonwebtoken::Algorithm::HS256);
         header.kid = Some(self.key_id.clone());
@@ -122,6 +136,11 @@ impl Authenticator {
     /// The key is the one the header's `kid` names; a token without one (signed before key ids)
     /// is tried against each key.
     pub fn verify(&self, token: &str) -> Option<(i64, Role)> {
+        self.verify_in(token).map(|(id, role, _)| (id, role))
+    }
+
+    /// The user id, claimed role and session of a valid token.
+    pub fn verify_in(&self, token: &str) -> Option<(i64, Role, Option<uuid::Uuid>)> {
         let header = jsonwebtoken::decode_header(token).ok()?;
         let data = match header.kid {
             Some(kid) => {
@@ -132,7 +151,11 @@ impl Authenticator {
                 jsonwebtoken::decode::<Claims>(token, key, &self.validation).ok()
             })?,
         };
-        Some((data.claims.sub.parse().ok()?, data.claims.role))
+        Some((
+            data.claims.sub.parse().ok()?,
+            data.claims.role,
+            data.claims.sid,
+        ))
     }
 
     /// Hashes a password (argon2id, random salt) off the async workers.

@@ -15,5 +15,6 @@ pub mod outbox;
 pub mod passwords;
 pub mod product_cache;
 pub mod relay;
+pub mod revocations;
 pub mod schema;
 pub mod views;

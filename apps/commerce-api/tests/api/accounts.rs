@@ -311,6 +311,7 @@ async fn production_refuses_to_start_while_an_admin_accepts_the_development_pass
                 "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
             )
             .env("PG_API_KEY", "a-production-merchant-key")
+            .env("ALERTS_FROM", "Shop <alerts@shop.example.com>")
             .env(
                 "PG_CALLBACK_SECRETS",
                 "a-production-callback-secret-0123456789",
@@ -359,6 +360,7 @@ async fn production_refuses_to_start_while_an_admin_accepts_the_development_pass
                 "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
             ),
             ("PG_API_KEY", "a-production-merchant-key"),
+            ("ALERTS_FROM", "Shop <alerts@shop.example.com>"),
             (
                 "PG_CALLBACK_SECRETS",
                 "a-production-callback-secret-0123456789",

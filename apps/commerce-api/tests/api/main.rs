@@ -28,6 +28,7 @@ mod redis_cluster;
 mod refunds;
 mod relay;
 mod reversals;
+mod sessions;
 mod settlement;
 mod support;
 mod views;

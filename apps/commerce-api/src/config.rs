@@ -636,7 +636,7 @@ impl Config {
             profile,
             jwt_secret,
             jwt_previous_secrets,
-            jwt_ttl_seconds: r.in_range("COMMERCE_JWT_TTL_SECONDS", 900, 60..=86_400)?,
+            jwt_ttl_seconds: r.in_range("COMMERCE_JWT_TTL_SECONDS", 900, 60..=86_400 * 30)?,
             refresh_ttl: std::time::Duration::from_secs(r.in_range(
                 "COMMERCE_REFRESH_TTL_SECONDS",
                 30 * 86_400,

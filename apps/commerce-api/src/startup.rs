@@ -265,7 +265,8 @@ impl Application {
 }
 
 /// Every minute, forgets rate-limit keys whose allowance is full again (the tables then hold
-/// only recent clients); every hour, purges failed-login counts idle for a day.
+/// only recent clients); every hour, purges failed-login counts idle for a day, and sessions
+/// and refresh tokens past their keeping.
 async fn edge_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -287,6 +288,26 @@ async fn edge_housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiv
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %format!("{e:#}"), "could not purge failed-login counts")
+                }
+            }
+            // Ended and expired sessions are kept 90 days (who was signed in, and how it
+            // ended), their refresh tokens a day.
+            let purged = match state.db.get().await {
+                Ok(mut conn) => crate::domain::sessions::purge(
+                    &mut conn,
+                    std::time::Duration::from_secs(90 * 86_400),
+                )
+                .await
+                .map_err(anyhow::Error::new),
+                Err(e) => Err(anyhow::Error::new(e)),
+            };
+            match purged {
+                Ok(n) if n > 0 => {
+                    tracing::info!(purged = n, "purged old sessions and refresh tokens")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "could not purge old sessions")
                 }
             }
         }

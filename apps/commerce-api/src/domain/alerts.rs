@@ -12,13 +12,16 @@
 //! 2. **Fanned out** by the planner, a chunk per transaction (the occasion's row locked, `SKIP
 //!    LOCKED`, so instances fan out different occasions): one alert per subscriber, unique per
 //!    occasion and customer, numbered in the order customers subscribed. Customers who subscribed
-//!    after the occasion are not told of it. A customer told of a restock within
+//!    after a restock are not told of it; a drop also tells those who subscribe before its
+//!    window opens, and a pre-sale alert not sent by then is withdrawn. A customer told of a
+//!    restock within
 //!    [`AlertSettings::restock_quiet`] is not told of the next one (stock that flickers through
 //!    cancellations and sales sends one message, not one per flicker).
 //! 3. **Sent** by the sender, on the leased-work runner ([`commerce_db::worker`]): due alerts are
 //!    claimed in queue order with a lease, paced to the send rate shared by every instance (a
-//!    schedule in one row, [`claim`]), and each is marked *sending* just before it is handed to
-//!    the SMTP server and *sent* when the server accepts it. A refusal is retried with backoff,
+//!    schedule in one row, [`claim`]), and each is marked *sending* once the server has agreed
+//!    to take it (after DATA) and just before it is handed over (the mark extends the lease over
+//!    the hand-over), and *sent* when the server accepts it. A refusal is retried with backoff,
 //!    then dead-lettered (`FAILED`). A sender that dies while handing a message over leaves the
 //!    alert marked sending: whoever claims it next cannot know whether the server has the
 //!    message, so it is dead-lettered as `UNCONFIRMED` rather than sent again. Each alert is
@@ -29,7 +32,8 @@
 //!
 //! Metrics: `wishlist_alerts_total{result}` ([`AlertAttempt`]), `wishlist_alerts_queued_total{kind}`,
 //! and the gauges `wishlist_alerts_pending`, `wishlist_alerts_dead` and
-//! `wishlist_alerts_oldest_unsent_seconds` (an occasion not yet fanned out counts as unsent).
+//! `wishlist_alerts_oldest_unsent_seconds` (an occasion not yet fanned out counts as unsent; a
+//! drop's only until its first chunk: it stays open for late subscribers until the sale).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -175,9 +179,13 @@ pub async fn run_planner(db: Pool, settings: AlertSettings, mut stop: watch::Rec
 pub async fn plan(db: &Pool, settings: &AlertSettings) -> Result<()> {
     let mut conn = db.get().await?;
     plan_drops(&mut conn, settings.drop_lead).await?;
+    // Each occasion with work in turn: one that needs more chunks stays first.
+    let mut after = 0;
     for _ in 0..CHUNKS_PER_PASS {
-        if !fan_out_chunk(&mut conn, settings.restock_quiet).await? {
-            break;
+        match fan_out_chunk(&mut conn, settings.restock_quiet, after).await? {
+            None => break,
+            Some((occasion, seen)) if seen < CHUNK => after = occasion,
+            Some(_) => {}
         }
     }
     report_backlog(&mut conn).await
@@ -209,6 +217,9 @@ struct Pending {
     kind: OccasionKind,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
+    /// A drop whose window has opened: no one else is told.
+    #[diesel(sql_type = Bool)]
+    opened: bool,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     cursor_subscribed_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<BigInt>)]
@@ -227,20 +238,36 @@ struct Chunk {
     last_user: Option<i64>,
 }
 
-/// Fans one chunk of one occasion out, in one transaction. Returns whether there was an
-/// occasion to work on.
-pub async fn fan_out_chunk(conn: &mut AsyncPgConnection, quiet: Duration) -> Result<bool> {
+/// Fans one chunk of the first occasion after `after` that has work out, in one transaction.
+/// Returns the occasion and how many subscribers the chunk saw (a full [`CHUNK`]: more to
+/// come), or `None` when no occasion has work.
+///
+/// A restock tells those who had subscribed when it happened; a drop also tells those who
+/// subscribe after its occasion and before its window opens (each pass picks them up), so it
+/// stays open until then.
+pub async fn fan_out_chunk(
+    conn: &mut AsyncPgConnection,
+    quiet: Duration,
+    after: i64,
+) -> Result<Option<(i64, i64)>> {
     conn.transaction::<_, Error, _>(async |conn| {
         let Some(occasion) = diesel::sql_query(
-            "SELECT id, product_id, kind, created_at, cursor_subscribed_at, cursor_user_id
-               FROM wishlist_occasions WHERE fanned_out_at IS NULL
+            "SELECT id, product_id, kind, created_at, cursor_subscribed_at, cursor_user_id,
+                    COALESCE(opens_at <= now(), false) AS opened
+               FROM wishlist_occasions WHERE fanned_out_at IS NULL AND id > $1
               ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
         )
+        .bind::<BigInt, _>(after)
         .get_result::<Pending>(conn)
         .await
         .optional()?
         else {
-            return Ok(false);
+            return Ok(None);
+        };
+        // Who is told: those subscribed by the restock; for a drop, by now.
+        let cutoff = match occasion.kind {
+            OccasionKind::Restock => Some(occasion.created_at),
+            OccasionKind::Drop => None,
         };
         if occasion.cursor_user_id.is_none() {
             diesel::sql_query(
@@ -268,7 +295,7 @@ pub async fn fan_out_chunk(conn: &mut AsyncPgConnection, quiet: Duration) -> Res
         let chunk: Chunk = diesel::sql_query(format!(
             "WITH subs AS (
                  SELECT user_id, created_at FROM wishlist_items
-                  WHERE product_id = $2 AND created_at <= $3
+                  WHERE product_id = $2 AND created_at <= COALESCE($3, now())
                     AND (created_at, user_id)
                         > (COALESCE($4, '-infinity'::timestamptz), COALESCE($5, 0))
                   ORDER BY created_at, user_id
@@ -286,7 +313,7 @@ pub async fn fan_out_chunk(conn: &mut AsyncPgConnection, quiet: Duration) -> Res
         ))
         .bind::<BigInt, _>(occasion.id)
         .bind::<BigInt, _>(occasion.product_id)
-        .bind::<Timestamptz, _>(occasion.created_at)
+        .bind::<Nullable<Timestamptz>, _>(cutoff)
         .bind::<Nullable<Timestamptz>, _>(occasion.cursor_subscribed_at)
         .bind::<Nullable<BigInt>, _>(occasion.cursor_user_id)
         .bind::<BigInt, _>(CHUNK)
@@ -303,12 +330,14 @@ pub async fn fan_out_chunk(conn: &mut AsyncPgConnection, quiet: Duration) -> Res
         .bind::<BigInt, _>(occasion.id)
         .bind::<Nullable<Timestamptz>, _>(chunk.last_at)
         .bind::<Nullable<BigInt>, _>(chunk.last_user)
-        .bind::<Bool, _>(chunk.seen < CHUNK)
+        .bind::<Bool, _>(
+            chunk.seen < CHUNK && (occasion.kind == OccasionKind::Restock || occasion.opened),
+        )
         .execute(conn)
         .await?;
         metrics::counter!("wishlist_alerts_queued_total", "kind" => occasion.kind.as_str())
             .increment(chunk.queued as u64);
-        Ok(true)
+        Ok(Some((occasion.id, chunk.seen)))
     })
     .await
 }
@@ -329,7 +358,9 @@ async fn report_backlog(conn: &mut AsyncPgConnection) -> Result<()> {
                 (SELECT count(*) FROM wishlist_alerts WHERE status IN ('FAILED', 'UNCONFIRMED')) AS dead,
                 COALESCE(EXTRACT(EPOCH FROM now() - LEAST(
                     (SELECT created_at FROM wishlist_alerts WHERE status = 'QUEUED' ORDER BY id LIMIT 1),
-                    (SELECT created_at FROM wishlist_occasions WHERE fanned_out_at IS NULL ORDER BY id LIMIT 1)
+                    (SELECT created_at FROM wishlist_occasions
+                      WHERE fanned_out_at IS NULL AND (kind = 'RESTOCK' OR cursor_user_id IS NULL)
+                      ORDER BY id LIMIT 1)
                 ))::float8, 0) AS oldest",
     )
     .get_result(conn)
@@ -372,6 +403,12 @@ pub struct Due {
     /// Still on the customer's wishlist.
     #[diesel(sql_type = Bool)]
     wanted: bool,
+    /// A pre-sale alert whose sale has opened: too late to be news.
+    #[diesel(sql_type = Bool)]
+    late: bool,
+    /// Attempts before this one.
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
 }
 
 /// A claimed alert and when its turn under the send rate comes.
@@ -483,9 +520,11 @@ async fn claim(sender: &Sender, limit: i64) -> Result<Vec<Claimed>> {
                      UPDATE wishlist_alerts a
                         SET next_attempt_at = now() + $1 * interval '1 millisecond'
                        FROM due WHERE a.id = due.id
-                     RETURNING a.id, a.occasion_id, a.user_id, a.next_attempt_at, a.sending_since
+                     RETURNING a.id, a.occasion_id, a.user_id, a.next_attempt_at, a.sending_since,
+                               a.attempts
                  )
-                 SELECT c.id, c.next_attempt_at, c.sending_since, u.email, u.name AS user_name,
+                 SELECT c.id, c.next_attempt_at, c.sending_since, c.attempts, u.email,
+                        u.name AS user_name, (o.kind = 'DROP' AND o.opens_at <= now()) AS late,
                         p.id AS product_id, p.name AS product_name, o.kind, o.units,
                         o.subscribers, o.opens_at,
                         EXISTS (SELECT 1 FROM wishlist_items w
@@ -533,43 +572,50 @@ async fn send(sender: &Sender, claimed: Claimed) -> Result<AlertAttempt> {
         tokio::time::sleep_until(at.into()).await;
     }
     let due = claimed.due;
+    let claim = Held {
+        lease: due.next_attempt_at,
+        since: None,
+    };
     let mut conn = sender.db.get().await?;
     if due.sending_since.is_some() {
         tracing::warn!(alert.id = due.id, "{INTERRUPTED}");
-        return settle(&mut conn, &due, None, Settled::Unconfirmed(INTERRUPTED)).await;
+        return settle(&mut conn, due.id, claim, Settled::Unconfirmed(INTERRUPTED)).await;
     }
-    if !due.wanted {
-        return settle(&mut conn, &due, None, Settled::Withdrawn).await;
+    if !due.wanted || due.late {
+        return settle(&mut conn, due.id, claim, Settled::Withdrawn).await;
     }
     let message = match compose(&sender.settings, &due) {
         Ok(message) => message,
         Err(detail) => {
-            return settle(&mut conn, &due, None, Settled::Failed(&detail)).await;
+            return settle(&mut conn, due.id, claim, Settled::Failed(&detail)).await;
         }
-    };
-    // The mark that makes a crash from here on visible to whoever claims the alert next.
-    let Some((since, attempts)) = diesel::sql_query(
-        "UPDATE wishlist_alerts SET sending_since = clock_timestamp(), attempts = attempts + 1
-          WHERE id = $1 AND status = 'QUEUED' AND next_attempt_at = $2 AND sending_since IS NULL
-      RETURNING sending_since AS since, attempts",
-    )
-    .bind::<BigInt, _>(due.id)
-    .bind::<Timestamptz, _>(due.next_attempt_at)
-    .get_result::<Sending>(&mut conn)
-    .await
-    .optional()?
-    .map(|s| (s.since, s.attempts)) else {
-        return Ok(AlertAttempt::LostClaim);
     };
     // Not holding a pooled connection while the SMTP server takes its time.
     drop(conn);
+    // The mark, set once the server has said it will take the message and just before it is
+    // handed over: a crash from then on is visible to whoever claims the alert next. It also
+    // extends the lease over the hand-over, so no other instance takes a live attempt over.
+    let mut marked: Option<Held> = None;
+    let hand_over = sender.settings.smtp.timeout * 2 + Duration::from_secs(30);
     let sent = sender
         .mailer
-        .send(message.envelope(), &message.formatted())
+        .send_marked(message.envelope(), &message.formatted(), async || {
+            match mark(sender, &due, hand_over).await {
+                Ok(held) => {
+                    marked = held;
+                    marked.is_some()
+                }
+                Err(e) => {
+                    tracing::warn!(alert.id = due.id, error = %e, "a wishlist alert could not be marked sending; not sent now");
+                    false
+                }
+            }
+        })
         .await;
-    let mut conn = sender.db.get().await?;
+    let attempts = due.attempts + 1;
     let settled = match &sent {
         Ok(()) => Settled::Sent,
+        Err(SendError::Withheld) => return Ok(AlertAttempt::LostClaim),
         Err(SendError::NotDelivered {
             permanent: false,
             detail,
@@ -583,15 +629,47 @@ async fn send(sender: &Sender, claimed: Claimed) -> Result<AlertAttempt> {
     if let Err(e) = &sent {
         tracing::warn!(alert.id = due.id, attempts, error = ?e, "a wishlist alert was not delivered");
     }
-    settle(&mut conn, &due, Some(since), settled).await
+    let mut conn = sender.db.get().await?;
+    settle(&mut conn, due.id, marked.unwrap_or(claim), settled).await
 }
 
-#[derive(QueryableByName)]
-struct Sending {
-    #[diesel(sql_type = Timestamptz)]
-    since: DateTime<Utc>,
-    #[diesel(sql_type = Integer)]
-    attempts: i32,
+/// Marks a claimed alert sending and extends its lease over the hand-over, if the claim still
+/// holds (it has not run out, and nobody took the alert over).
+async fn mark(sender: &Sender, due: &Due, hand_over: Duration) -> Result<Option<Held>> {
+    #[derive(QueryableByName)]
+    struct Marked {
+        #[diesel(sql_type = Timestamptz)]
+        since: DateTime<Utc>,
+        #[diesel(sql_type = Timestamptz)]
+        lease: DateTime<Utc>,
+    }
+    let mut conn = sender.db.get().await?;
+    let marked: Option<Marked> = diesel::sql_query(
+        "UPDATE wishlist_alerts
+            SET sending_since = clock_timestamp(), attempts = attempts + 1,
+                next_attempt_at = clock_timestamp() + $3 * interval '1 millisecond'
+          WHERE id = $1 AND status = 'QUEUED' AND next_attempt_at = $2
+            AND next_attempt_at > clock_timestamp() AND sending_since IS NULL
+      RETURNING sending_since AS since, next_attempt_at AS lease",
+    )
+    .bind::<BigInt, _>(due.id)
+    .bind::<Timestamptz, _>(due.next_attempt_at)
+    .bind::<BigInt, _>(hand_over.as_millis() as i64)
+    .get_result(&mut conn)
+    .await
+    .optional()?;
+    Ok(marked.map(|m| Held {
+        lease: m.lease,
+        since: Some(m.since),
+    }))
+}
+
+/// What this sender holds an alert by: its lease, and the mark it set (none before the
+/// hand-over).
+#[derive(Clone, Copy)]
+struct Held {
+    lease: DateTime<Utc>,
+    since: Option<DateTime<Utc>>,
 }
 
 /// How an attempt ends.
@@ -603,23 +681,26 @@ enum Settled<'a> {
     Withdrawn,
 }
 
-/// Records how an attempt ended, if this sender still holds the alert (`since`: the mark it
-/// set before sending; `None`: it never sent). A message the server accepted is recorded sent
-/// even when the claim ran out meanwhile: it was delivered, whatever another instance decided.
+/// Records how an attempt ended, if this sender still holds the alert. An attempt that failed
+/// before the hand-over (no mark) is counted here; a marked one was counted by its mark. A
+/// message the server accepted is recorded sent even if the alert was taken over meanwhile: it
+/// was delivered, whatever another instance decided.
 async fn settle(
     conn: &mut AsyncPgConnection,
-    due: &Due,
-    since: Option<DateTime<Utc>>,
+    id: i64,
+    held: Held,
     settled: Settled<'_>,
 ) -> Result<AlertAttempt> {
-    // Still this sender's: the claim it made, and the mark it set (if any).
+    // Still this sender's: its lease, and the mark it set (if any).
     const HELD: &str = "id = $1 AND status = 'QUEUED' AND next_attempt_at = $2
                         AND sending_since IS NOT DISTINCT FROM $3";
-    let held = |sql: String| {
+    // An attempt that ended before any mark.
+    const COUNTED: &str = "attempts = attempts + CASE WHEN $3 IS NULL THEN 1 ELSE 0 END";
+    let query = |sql: String| {
         diesel::sql_query(sql)
-            .bind::<BigInt, _>(due.id)
-            .bind::<Timestamptz, _>(due.next_attempt_at)
-            .bind::<Nullable<Timestamptz>, _>(since)
+            .bind::<BigInt, _>(id)
+            .bind::<Timestamptz, _>(held.lease)
+            .bind::<Nullable<Timestamptz>, _>(held.since)
     };
     let (changed, outcome) = match settled {
         // Committed without waiting for the WAL flush: a database crash can lose it, which
@@ -635,7 +716,7 @@ async fn settle(
                             sending_since = NULL, last_error = NULL
                       WHERE id = $1 AND status IN ('QUEUED', 'UNCONFIRMED')",
                 )
-                .bind::<BigInt, _>(due.id)
+                .bind::<BigInt, _>(id)
                 .execute(conn)
                 .await?)
             })
@@ -643,8 +724,8 @@ async fn settle(
             AlertAttempt::Sent,
         ),
         Settled::Retry { detail, after } => (
-            held(format!(
-                "UPDATE wishlist_alerts SET sending_since = NULL, last_error = $4,
+            query(format!(
+                "UPDATE wishlist_alerts SET sending_since = NULL, last_error = $4, {COUNTED},
                         next_attempt_at = now() + $5 * interval '1 millisecond'
                   WHERE {HELD}"
             ))
@@ -655,8 +736,9 @@ async fn settle(
             AlertAttempt::Retried,
         ),
         Settled::Failed(detail) => (
-            held(format!(
-                "UPDATE wishlist_alerts SET status = 'FAILED', sending_since = NULL, last_error = $4
+            query(format!(
+                "UPDATE wishlist_alerts
+                    SET status = 'FAILED', sending_since = NULL, last_error = $4, {COUNTED}
                   WHERE {HELD}"
             ))
             .bind::<Text, _>(detail)
@@ -665,13 +747,13 @@ async fn settle(
             AlertAttempt::Failed,
         ),
         Settled::Unconfirmed(detail) => (
-            // Claimed with an earlier sender's mark (`since` is None here), or this sender's
-            // own attempt that got no answer.
-            held(format!(
+            // Claimed with an earlier sender's mark (`since` is None here: the row's mark is
+            // that sender's), or this sender's own hand-over that got no answer.
+            query(format!(
                 "UPDATE wishlist_alerts
                     SET status = 'UNCONFIRMED', sending_since = NULL, last_error = $4
                   WHERE {}",
-                if since.is_none() {
+                if held.since.is_none() {
                     "id = $1 AND status = 'QUEUED' AND next_attempt_at = $2 AND $3 IS NULL"
                 } else {
                     HELD
@@ -683,7 +765,7 @@ async fn settle(
             AlertAttempt::Unconfirmed,
         ),
         Settled::Withdrawn => (
-            held(format!(
+            query(format!(
                 "UPDATE wishlist_alerts SET status = 'WITHDRAWN' WHERE {HELD}"
             ))
             .execute(conn)

@@ -132,8 +132,9 @@ pub enum Refreshed {
     Issued(Issued),
     /// Not a current token of a live session (unknown, expired, or of an ended session).
     Refused,
-    /// Used before: its session was ended now. Returns the session, to announce its end.
-    Reused(Uuid),
+    /// Used before: its session was ended now. Returns the session and when it ended, to
+    /// announce it.
+    Reused(Uuid, DateTime<Utc>),
 }
 
 /// Exchanges `token` for a new refresh token of the same session, once: under the token's and
@@ -160,8 +161,8 @@ pub async fn refresh(conn: &mut AsyncPgConnection, token: &str) -> Result<Refres
             return Ok(Refreshed::Refused);
         }
         if found.used_at.is_some() {
-            end(conn, found.session_id, EndReason::Reuse).await?;
-            return Ok(Refreshed::Reused(found.session_id));
+            let at = end(conn, found.session_id, EndReason::Reuse).await?;
+            return Ok(Refreshed::Reused(found.session_id, at));
         }
         let next = RefreshToken::new();
         diesel::sql_query("UPDATE refresh_tokens SET used_at = now() WHERE token_hash = $1")
@@ -188,58 +189,113 @@ pub async fn refresh(conn: &mut AsyncPgConnection, token: &str) -> Result<Refres
     .await
 }
 
-/// Ends one session (if it is `user_id`'s and still open). Returns whether it ended now.
+#[derive(QueryableByName)]
+struct Ended {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Timestamptz)]
+    revoked_at: DateTime<Utc>,
+}
+
+/// Ends one session (if it is `user_id`'s and still open). Returns it and when it ended, or
+/// `None` when it had ended before.
 pub async fn end_one(
     conn: &mut AsyncPgConnection,
     user_id: i64,
     session_id: Uuid,
     reason: EndReason,
-) -> Result<bool> {
-    let ended = diesel::sql_query(
+) -> Result<Option<(Uuid, DateTime<Utc>)>> {
+    let ended: Option<Ended> = diesel::sql_query(
         "UPDATE auth_sessions SET revoked_at = clock_timestamp(), revoked_reason = $3
-          WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
+          WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
+      RETURNING id, revoked_at",
     )
     .bind::<SqlUuid, _>(session_id)
     .bind::<BigInt, _>(user_id)
     .bind::<Text, _>(reason)
-    .execute(conn)
-    .await?;
-    Ok(ended == 1)
+    .get_result(conn)
+    .await
+    .optional()?;
+    Ok(ended.map(|e| (e.id, e.revoked_at)))
 }
 
-async fn end(conn: &mut AsyncPgConnection, session_id: Uuid, reason: EndReason) -> Result<()> {
-    diesel::sql_query(
+async fn end(
+    conn: &mut AsyncPgConnection,
+    session_id: Uuid,
+    reason: EndReason,
+) -> Result<DateTime<Utc>> {
+    let ended: Ended = diesel::sql_query(
         "UPDATE auth_sessions SET revoked_at = clock_timestamp(), revoked_reason = $2
-          WHERE id = $1 AND revoked_at IS NULL",
+          WHERE id = $1
+      RETURNING id, revoked_at",
     )
     .bind::<SqlUuid, _>(session_id)
     .bind::<Text, _>(reason)
-    .execute(conn)
+    .get_result(conn)
     .await?;
-    Ok(())
+    Ok(ended.revoked_at)
 }
 
-/// Ends every open session of `user_id`. Returns the sessions ended.
+/// Ends every open session of `user_id`. Returns the sessions ended, each with when.
 pub async fn end_all(
     conn: &mut AsyncPgConnection,
     user_id: i64,
     reason: EndReason,
-) -> Result<Vec<Uuid>> {
-    #[derive(QueryableByName)]
-    struct Ended {
-        #[diesel(sql_type = SqlUuid)]
-        id: Uuid,
-    }
+) -> Result<Vec<(Uuid, DateTime<Utc>)>> {
     let ended: Vec<Ended> = diesel::sql_query(
         "UPDATE auth_sessions SET revoked_at = clock_timestamp(), revoked_reason = $2
           WHERE user_id = $1 AND revoked_at IS NULL
-      RETURNING id",
+      RETURNING id, revoked_at",
     )
     .bind::<BigInt, _>(user_id)
     .bind::<Text, _>(reason)
     .load(conn)
     .await?;
-    Ok(ended.into_iter().map(|e| e.id).collect())
+    Ok(ended.into_iter().map(|e| (e.id, e.revoked_at)).collect())
+}
+
+/// Whether `session` has ended, as PostgreSQL says (for a request while this instance's set of
+/// ended sessions is not current). An unknown session counts as ended.
+pub async fn has_ended(conn: &mut AsyncPgConnection, session: Uuid) -> Result<bool> {
+    #[derive(QueryableByName)]
+    struct Open {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        open: bool,
+    }
+    let open: Option<Open> =
+        diesel::sql_query("SELECT revoked_at IS NULL AS open FROM auth_sessions WHERE id = $1")
+            .bind::<SqlUuid, _>(session)
+            .get_result(conn)
+            .await
+            .optional()?;
+    Ok(!open.is_some_and(|o| o.open))
+}
+
+/// Deletes what no session needs any more, a bounded amount per call: the refresh tokens of
+/// sessions that ended or expired over a day ago, and sessions gone that way over `history`
+/// ago. Returns the rows deleted.
+pub async fn purge(conn: &mut AsyncPgConnection, history: std::time::Duration) -> Result<usize> {
+    let tokens = diesel::sql_query(
+        "DELETE FROM refresh_tokens WHERE token_hash IN (
+             SELECT t.token_hash FROM refresh_tokens t JOIN auth_sessions s ON s.id = t.session_id
+              WHERE s.revoked_at < now() - interval '1 day'
+                 OR s.expires_at < now() - interval '1 day'
+              LIMIT 10000)",
+    )
+    .execute(conn)
+    .await?;
+    let sessions = diesel::sql_query(
+        "DELETE FROM auth_sessions WHERE id IN (
+             SELECT s.id FROM auth_sessions s
+              WHERE (s.revoked_at < now() - $1 * interval '1 second'
+                     OR s.expires_at < now() - $1 * interval '1 second')
+                AND NOT EXISTS (SELECT 1 FROM refresh_tokens t WHERE t.session_id = s.id)
+              LIMIT 10000)",
+    )
+    .bind::<BigInt, _>(history.as_secs() as i64)
+    .execute(conn)
+    .await?;
+    Ok(tokens + sessions)
 }
 
 /// A session as its user (or an admin) sees it.

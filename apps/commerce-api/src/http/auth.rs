@@ -62,11 +62,21 @@ impl FromRequestParts<AppState> for SignedUser {
             .auth
             .verify_in(token)
             .ok_or(ApiError::Unauthenticated("the token is invalid or expired"))?;
-        // A local lookup: ended sessions reach every instance within a second.
-        if session.is_some_and(|s| state.revocations.has_ended(&s)) {
-            return Err(ApiError::Unauthenticated(
-                "the token's session has ended; sign in again",
-            ));
+        // A local lookup: ended sessions reach every instance within a second. While this
+        // instance's set is not current (neither Redis nor PostgreSQL answered its polls for a
+        // second, or it has just started), PostgreSQL is asked.
+        if let Some(s) = session {
+            let ended = if state.revocations.fresh() {
+                state.revocations.has_ended(&s)
+            } else {
+                let mut conn = state.db.get().await?;
+                crate::domain::sessions::has_ended(&mut conn, s).await?
+            };
+            if ended {
+                return Err(ApiError::Unauthenticated(
+                    "the token's session has ended; sign in again",
+                ));
+            }
         }
         Ok(SignedUser { id, session })
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -229,10 +229,22 @@ pub async fn order_events(
     };
     watch.read_all().await?;
     let heartbeat = watch.state.config.order_events_heartbeat;
+    // The stream ends within a second or so of its session's end (a logout, an admin).
+    let (revocations, session) = (watch.state.revocations.clone(), user.session);
+    let ended = async move {
+        let Some(session) = session else {
+            return std::future::pending().await;
+        };
+        let mut ticks = tokio::time::interval(Duration::from_secs(1));
+        while !revocations.has_ended(&session) {
+            ticks.tick().await;
+        }
+    };
     let events = futures::stream::unfold(watch, |mut w| async move {
         let event = w.next_event().await?;
         Some((Ok(event), w))
-    });
+    })
+    .take_until(ended);
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(heartbeat)))
 }
 

@@ -187,29 +187,31 @@ pub async fn refresh(
         Refreshed::Refused => Err(ApiError::Unauthenticated(
             "the refresh token is unknown, expired, or of an ended session",
         )),
-        Refreshed::Reused(session) => {
+        Refreshed::Reused(session, at) => {
             drop(conn);
             tracing::warn!(session.id = %session, "a refresh token was used twice; its session ended");
             metrics::counter!("auth_sessions_total", "event" => "reuse_detected").increment(1);
-            state.revocations.announce(&[session]).await;
+            state.revocations.announce(&[(session, at)]).await;
             Err(ApiError::RefreshTokenReused)
         }
     }
 }
 
 /// End the caller's session (the one its token belongs to): its access and refresh tokens are
-/// refused from now on, on every instance within a second. Idempotent.
+/// refused from now on, on every instance within a second (so the same token cannot log out
+/// twice: the second time it is refused with 401).
 #[utoipa::path(post, path = "/api/v1/auth/logout", tag = "users", security(("bearer" = [])),
-    responses((status = 204, description = "ended (or ended before)"), (status = 401),
+    responses((status = 204, description = "ended"), (status = 401),
         (status = 409, description = "NO_SESSION: the token belongs to no session")))]
 pub async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
     let session = user.session.ok_or(crate::domain::Error::NoSession)?;
     let mut conn = state.db.get().await?;
-    if sessions::end_one(&mut conn, user.id, session, EndReason::Logout).await? {
-        metrics::counter!("auth_sessions_total", "event" => "ended").increment(1);
-    }
+    let ended = sessions::end_one(&mut conn, user.id, session, EndReason::Logout).await?;
     drop(conn);
-    state.revocations.announce(&[session]).await;
+    if let Some(ended) = ended {
+        metrics::counter!("auth_sessions_total", "event" => "ended").increment(1);
+        state.revocations.announce(&[ended]).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -42,9 +42,13 @@ pub struct SmtpSettings {
     pub timeout: Duration,
 }
 
-/// Why a message was not sent.
+/// Why a message was not sent. Details never carry an email address (servers repeat the
+/// recipient in their answers): each is replaced by `<address>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
+    /// The caller's last word before the hand-over said no (it no longer holds the message):
+    /// nothing was handed over.
+    Withheld,
     /// The server refused it, or it never reached the server: it was not delivered.
     /// `permanent`: the server said never (5xx); otherwise it may work later.
     NotDelivered { permanent: bool, detail: String },
@@ -92,12 +96,29 @@ impl Mailer {
 
     /// Sends `message` (a formatted RFC 5322 message) to `envelope`'s recipients.
     pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<(), SendError> {
+        self.send_marked(envelope, message, async || true).await
+    }
+
+    /// Sends `message` to `envelope`'s recipients, calling `mark` once the server has said it
+    /// will take the message (after DATA) and just before the message is handed over: if it
+    /// returns false, nothing is handed over ([`SendError::Withheld`]). A failure before that
+    /// moment is known not to have delivered anything.
+    pub async fn send_marked(
+        &self,
+        envelope: &Envelope,
+        message: &[u8],
+        mark: impl AsyncFnOnce() -> bool,
+    ) -> Result<(), SendError> {
+        let mut mark = Some(mark);
         // A kept connection the server has closed fails before the message is handed over:
         // then once more on a new one.
         let mut fresh_only = false;
         loop {
             let (mut conn, reused) = self.connection(fresh_only).await?;
-            match self.hand_over(&mut conn, envelope, message).await {
+            match self
+                .hand_over(&mut conn, envelope, message, &mut mark)
+                .await
+            {
                 Ok(()) => {
                     self.idle.lock().await.push((conn, Instant::now()));
                     return Ok(());
@@ -113,6 +134,10 @@ impl Mailer {
                 Err(Step::After(e)) => {
                     conn.abort().await;
                     return Err(e);
+                }
+                Err(Step::Withheld) => {
+                    conn.abort().await;
+                    return Err(SendError::Withheld);
                 }
             }
         }
@@ -169,11 +194,12 @@ impl Mailer {
     }
 
     /// MAIL, RCPT, DATA (before: nothing handed over), then the message (after).
-    async fn hand_over(
+    async fn hand_over<M: AsyncFnOnce() -> bool>(
         &self,
         conn: &mut AsyncSmtpConnection,
         envelope: &Envelope,
         message: &[u8],
+        mark: &mut Option<M>,
     ) -> Result<(), Step> {
         let limit = self.settings.timeout;
         let mut options = Vec::new();
@@ -211,6 +237,12 @@ impl Mailer {
                 )));
             }
         }
+        let Some(mark) = mark.take() else {
+            return Err(Step::Withheld);
+        };
+        if !mark().await {
+            return Err(Step::Withheld);
+        }
         match tokio::time::timeout(limit, conn.message(message)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => match Failure::from(e) {
@@ -239,6 +271,8 @@ impl Mailer {
 enum Step {
     /// Before the message was handed over.
     Before(Failure),
+    /// The mark said no.
+    Withheld,
     /// After.
     After(SendError),
 }
@@ -256,10 +290,10 @@ impl From<lettre::transport::smtp::Error> for Failure {
         if e.is_transient() || e.is_permanent() {
             Failure::Refused {
                 permanent: e.is_permanent(),
-                detail: e.to_string(),
+                detail: without_addresses(&e.to_string()),
             }
         } else {
-            Failure::Broken(e.to_string())
+            Failure::Broken(without_addresses(&e.to_string()))
         }
     }
 }
@@ -274,5 +308,30 @@ impl Failure {
                 detail,
             },
         }
+    }
+}
+
+/// `text` with every word holding an `@` replaced by `<address>`.
+fn without_addresses(text: &str) -> String {
+    text.split(' ')
+        .map(|word| {
+            if word.contains('@') {
+                "<address>"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn answers_lose_their_addresses() {
+        assert_eq!(
+            super::without_addresses("451 4.2.0 <someone@example.com>: try again later"),
+            "451 4.2.0 <address> try again later"
+        );
     }
 }

@@ -5,9 +5,13 @@
 //! Redis sorted set (`<prefix>sessions:ended`, scored by when it ended). Every instance polls
 //! that set every [`POLL`] for what ended since it last looked (with an overlap, so an
 //! announcement that arrived late is still read) into an in-process set, which a request checks
-//! with a local lookup. When Redis does not answer, the poll reads the ended sessions from
-//! PostgreSQL instead; and every [`SWEEP`] it reads them from PostgreSQL anyway, so an
-//! announcement Redis lost is found there. An ended session is remembered for as long as its
+//! with a local lookup. When Redis does not answer within [`REDIS_WAIT`], the poll reads the
+//! ended sessions from PostgreSQL instead; and every [`SWEEP`] it reads them from PostgreSQL
+//! anyway, so an announcement Redis lost is found there. Entries are scored by the database's
+//! time of the end, and a poll never reads from later than its own clock, so a fast clock on
+//! one instance moves nobody's cursor past the others' announcements. While neither source has
+//! answered for a second (or before the first answer), the set is not trusted: a request with a
+//! session asks PostgreSQL itself ([`Revocations::fresh`]). An ended session is remembered for as long as its
 //! access tokens can live (their lifetime plus the verifier's leeway), then forgotten: its
 //! tokens have expired by then.
 
@@ -25,6 +29,10 @@ use uuid::Uuid;
 pub const POLL: Duration = Duration::from_millis(250);
 /// How often each instance asks PostgreSQL, whatever Redis says.
 pub const SWEEP: Duration = Duration::from_secs(5);
+/// How long a poll waits for Redis before it asks PostgreSQL.
+pub const REDIS_WAIT: Duration = Duration::from_millis(200);
+/// How old the last answer may be for the set to be trusted.
+const TRUSTED_FOR: Duration = Duration::from_secs(1);
 /// How far back each look reaches before the last one: announcements may arrive out of order.
 const OVERLAP: chrono::Duration = chrono::Duration::seconds(10);
 
@@ -35,6 +43,8 @@ pub struct Revocations {
     db: Pool,
     /// How long an ended session is remembered: the access tokens' lifetime and leeway.
     keep: chrono::Duration,
+    /// When Redis or PostgreSQL last answered a poll.
+    synced: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Revocations {
@@ -44,7 +54,21 @@ impl Revocations {
             cache,
             db,
             keep: chrono::Duration::seconds(access_ttl_seconds + 60),
+            synced: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether the set is current (a poll was answered within the last second): otherwise a
+    /// request with a session must ask PostgreSQL.
+    pub fn fresh(&self) -> bool {
+        self.synced
+            .lock()
+            .expect("lock poisoned")
+            .is_some_and(|at| at.elapsed() < TRUSTED_FOR)
+    }
+
+    fn synced_now(&self) {
+        *self.synced.lock().expect("lock poisoned") = Some(std::time::Instant::now());
     }
 
     fn key(&self) -> String {
@@ -66,18 +90,18 @@ impl Revocations {
         }
     }
 
-    /// After sessions' ends were committed: remembered here at once and announced to the other
-    /// instances. An announcement Redis does not take is found in PostgreSQL by their sweeps.
-    pub async fn announce(&self, sessions: &[Uuid]) {
+    /// After sessions' ends were committed (each with the database's time of its end):
+    /// remembered here at once and announced to the other instances. An announcement Redis does
+    /// not take is found in PostgreSQL by their sweeps.
+    pub async fn announce(&self, sessions: &[(Uuid, DateTime<Utc>)]) {
         if sessions.is_empty() {
             return;
         }
-        let now = Utc::now();
-        self.remember(sessions.iter().map(|s| (*s, now)));
+        self.remember(sessions.iter().copied());
         let mut command = redis::cmd("ZADD");
         command.arg(self.key());
-        for session in sessions {
-            command.arg(now.timestamp_millis()).arg(session.to_string());
+        for (session, at) in sessions {
+            command.arg(at.timestamp_millis()).arg(session.to_string());
         }
         let added = async {
             let mut conn = self.cache.conn().await?;
@@ -159,20 +183,29 @@ impl Revocations {
                 _ = ticks.tick() => {}
                 _ = stop.wait_for(|s| *s) => return,
             }
-            let redis_ok = match self.read_redis(redis_since - OVERLAP).await {
-                Ok(ended) => {
+            let read = tokio::time::timeout(
+                REDIS_WAIT,
+                self.read_redis(redis_since.min(Utc::now()) - OVERLAP),
+            );
+            let redis_ok = match read.await {
+                Ok(Ok(ended)) => {
+                    self.synced_now();
                     if let Some(latest) = ended.iter().map(|(_, at)| *at).max() {
                         redis_since = redis_since.max(latest);
                     }
                     self.remember(ended);
                     true
                 }
-                Err(_) => false,
+                _ => false,
             };
             let sweep_due = last_sweep.is_none_or(|at| at.elapsed() >= SWEEP);
             if !redis_ok || sweep_due {
-                match self.read_database(database_since - OVERLAP).await {
+                match self
+                    .read_database(database_since.min(Utc::now()) - OVERLAP)
+                    .await
+                {
                     Ok(ended) => {
+                        self.synced_now();
                         if let Some(latest) = ended.iter().map(|(_, at)| *at).max() {
                             database_since = database_since.max(latest);
                         }

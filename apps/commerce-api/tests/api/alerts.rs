@@ -292,7 +292,7 @@ async fn an_edit_restock_is_told_once_within_the_quiet_period_and_a_drop_once_be
         .post(
             "/api/v1/admin/products",
             Some(&app.admin),
-            json!({"brand_id": brand, "name": "Limited", "description": "", "price": 5000, "stock": 10,
+            json!({"brand_id": brand, "name": "Limited", "description": "", "price": 5000, "stock": 0,
                    "sale_starts_at": (chrono::Utc::now() + chrono::Duration::minutes(30)).to_rfc3339(),
                    "max_per_user": 1}),
         )
@@ -300,6 +300,16 @@ async fn an_edit_restock_is_told_once_within_the_quiet_period_and_a_drop_once_be
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let drop_id = body["id"].as_i64().unwrap();
     let fans = subscribers(&app, "drop", 4, drop_id).await;
+    // Stocked before its window opens: not a restock anyone is told of (the pre-sale alert is).
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/admin/products/{drop_id}"),
+            Some(&app.admin),
+            Some(json!({"stock": 10})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     until(
         "four pre-sale alerts are sent",
         Duration::from_secs(20),
@@ -317,7 +327,8 @@ async fn an_edit_restock_is_told_once_within_the_quiet_period_and_a_drop_once_be
             "SELECT count(*) AS n FROM wishlist_occasions WHERE product_id = {drop_id}"
         ))
         .await,
-        1
+        1,
+        "one pre-sale occasion, and no restock"
     );
     let mails = sink.messages();
     assert_eq!(mails.len(), 7);

@@ -53,6 +53,19 @@ async fn subscribers(app: &TestApp, prefix: &str, n: usize, product: i64) -> Vec
     out
 }
 
+/// An admin sets `product`'s stock (a restock when it was 0).
+async fn set_stock(app: &TestApp, product: i64, stock: i64) {
+    let (status, body) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/admin/products/{product}"),
+            Some(&app.admin),
+            Some(json!({"stock": stock})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
 /// How many messages each recipient got.
 fn per_recipient(mails: &[Mail]) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
@@ -240,18 +253,7 @@ async fn an_edit_restock_is_told_once_within_the_quiet_period_and_a_drop_once_be
     let subs = subscribers(&app, "restock", 3, product).await;
 
     // An admin's edit restocks it with more units than subscribers.
-    let patch = async |stock: i64| {
-        let (status, body) = app
-            .call(
-                Method::PATCH,
-                &format!("/api/v1/admin/products/{product}"),
-                Some(&app.admin),
-                Some(json!({"stock": stock})),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{body}");
-    };
-    patch(5).await;
+    set_stock(&app, product, 5).await;
     until(
         "three restock alerts are sent",
         Duration::from_secs(20),
@@ -259,8 +261,8 @@ async fn an_edit_restock_is_told_once_within_the_quiet_period_and_a_drop_once_be
     )
     .await;
     // Sold out and back within the quiet period: a second occasion, nobody told twice.
-    patch(0).await;
-    patch(4).await;
+    set_stock(&app, product, 0).await;
+    set_stock(&app, product, 4).await;
     until(
         "the second restock is fanned out",
         Duration::from_secs(20),
@@ -301,15 +303,7 @@ async fn an_edit_restock_is_told_once_within_the_quiet_period_and_a_drop_once_be
     let drop_id = body["id"].as_i64().unwrap();
     let fans = subscribers(&app, "drop", 4, drop_id).await;
     // Stocked before its window opens: not a restock anyone is told of (the pre-sale alert is).
-    let (status, body) = app
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/admin/products/{drop_id}"),
-            Some(&app.admin),
-            Some(json!({"stock": 10})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    set_stock(&app, drop_id, 10).await;
     until(
         "four pre-sale alerts are sent",
         Duration::from_secs(20),
@@ -364,15 +358,7 @@ async fn a_refused_delivery_is_retried_then_dead_lettered_and_an_admin_sends_it_
     let subs = subscribers(&app, "refused", 3, product).await;
     // The first customer's mailbox refuses mail for now.
     sink.reject(&[&subs[0].1], 451);
-    let (status, body) = app
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/admin/products/{product}"),
-            Some(&app.admin),
-            Some(json!({"stock": 2})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
+    set_stock(&app, product, 2).await;
     until(
         "the refused alert is dead-lettered",
         Duration::from_secs(20),
@@ -476,15 +462,7 @@ async fn a_refused_delivery_is_retried_then_dead_lettered_and_an_admin_sends_it_
     let other = app.product(brand, 1000, 0).await;
     let late = subscribers(&app, "never", 1, other).await;
     sink.reject(&[&late[0].1], 550);
-    let (status, _) = app
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/admin/products/{other}"),
-            Some(&app.admin),
-            Some(json!({"stock": 1})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    set_stock(&app, other, 1).await;
     until(
         "the permanent refusal is dead-lettered",
         Duration::from_secs(20),
@@ -535,15 +513,7 @@ async fn alerts_go_through_starttls_with_credentials_read_from_a_file() {
     let brand = app.brand().await;
     let product = app.product(brand, 1000, 0).await;
     let subs = subscribers(&app, "secure", 2, product).await;
-    let (status, _) = app
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/admin/products/{product}"),
-            Some(&app.admin),
-            Some(json!({"stock": 1})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    set_stock(&app, product, 1).await;
     until(
         "both alerts are sent",
         Duration::from_secs(20),
@@ -565,15 +535,7 @@ async fn a_customer_who_takes_the_product_off_their_wishlist_before_the_send_is_
     let brand = app.brand().await;
     let product = app.product(brand, 1000, 0).await;
     let subs = subscribers(&app, "changed-mind", 2, product).await;
-    let (status, _) = app
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/admin/products/{product}"),
-            Some(&app.admin),
-            Some(json!({"stock": 3})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK);
+    set_stock(&app, product, 3).await;
     commerce_api::domain::alerts::plan(&app.state.db, &app.state.config.alerts)
         .await
         .unwrap();

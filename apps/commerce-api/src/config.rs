@@ -190,26 +190,15 @@ pub const DEV_CARD_KEY: &str = "6465762d6f6e6c792d696e7365637572652d636172642d6b
 /// The development admin password. Refused by any profile but `dev`.
 pub const DEV_ADMIN_PASSWORD: &str = "admin-dev-password";
 
-/// A duration in milliseconds, within `range`.
-fn millis<S: commerce_config::Source>(
+/// A duration in `unit`s (`Duration::from_millis`, `from_secs`), within `range`.
+fn duration<S: commerce_config::Source>(
     r: &Reader<S>,
     name: &str,
     default: u64,
     range: std::ops::RangeInclusive<u64>,
+    unit: fn(u64) -> std::time::Duration,
 ) -> Result<std::time::Duration, ConfigError> {
-    r.in_range(name, default, range)
-        .map(std::time::Duration::from_millis)
-}
-
-/// A duration in seconds, within `range`.
-fn seconds<S: commerce_config::Source>(
-    r: &Reader<S>,
-    name: &str,
-    default: u64,
-    range: std::ops::RangeInclusive<u64>,
-) -> Result<std::time::Duration, ConfigError> {
-    r.in_range(name, default, range)
-        .map(std::time::Duration::from_secs)
+    r.in_range(name, default, range).map(unit)
 }
 
 /// The wishlist alerts' settings, SMTP included.
@@ -276,8 +265,12 @@ fn read_alerts<S: commerce_config::Source>(
             "must be a URL with {id} where the product's id goes",
         ));
     }
-    let ms = |name: &str, default: u64, range| millis(r, name, default, range);
-    let secs = |name: &str, default: u64, range| seconds(r, name, default, range);
+    let ms = |name: &str, default: u64, range| {
+        duration(r, name, default, range, std::time::Duration::from_millis)
+    };
+    let secs = |name: &str, default: u64, range| {
+        duration(r, name, default, range, std::time::Duration::from_secs)
+    };
     Ok(AlertSettings {
         enabled,
         interval: ms("WISHLIST_ALERTS_INTERVAL_MS", 1000, 10..=600_000)?,
@@ -462,8 +455,12 @@ impl Config {
                 "each must be at least 32 bytes",
             ));
         }
-        let ms = |name: &str, default: u64, range| millis(r, name, default, range);
-        let secs = |name: &str, default: u64, range| seconds(r, name, default, range);
+        let ms = |name: &str, default: u64, range| {
+            duration(r, name, default, range, std::time::Duration::from_millis)
+        };
+        let secs = |name: &str, default: u64, range| {
+            duration(r, name, default, range, std::time::Duration::from_secs)
+        };
         const DAY: u64 = 86_400;
         let gateway = GatewaySettings {
             base_url: r.string_or("PG_BASE_URL", "http://127.0.0.1:8082"),

@@ -4,9 +4,10 @@
 //! handing the same number of messages of the same size to the same server over the same
 //! connections, with no database at all: what the server and the client take by themselves.
 //!
-//! The server is the development one (`supports/dev/smtp-sink.py`, aiosmtpd writing a Maildir),
-//! started here for each phase on an empty Maildir, since its cost per message grows with the
-//! directory; every message it stored is counted at the end of each phase.
+//! The server is the development one (`supports/dev/smtp-sink.py`, aiosmtpd writing a Maildir,
+//! started by the test kit's `SmtpSink`), a fresh one for each phase on an empty Maildir, since
+//! its cost per message grows with the directory; every message it stored is counted at the end
+//! of each phase.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use anyhow::ensure;
 use commerce_api::domain::alerts::{self, AlertSettings};
 use commerce_api::infra::limits::RateSpec;
 use commerce_api::infra::mail::{Mailer, Security, SmtpSettings};
+use commerce_testkit::SmtpSink;
 use diesel::sql_types::{Array, BigInt};
 use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
 use futures::StreamExt as _;
@@ -33,61 +35,6 @@ struct Count {
     n: i64,
 }
 
-/// The development SMTP server on a port and an empty Maildir of its own, stopped (and its
-/// Maildir removed) when dropped.
-struct Sink {
-    child: std::process::Child,
-    port: u16,
-    dir: std::path::PathBuf,
-}
-
-impl Sink {
-    fn start(tag: &str, phase: &str) -> anyhow::Result<Self> {
-        let python = std::env::var("SMTP_SINK_PYTHON").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/commerce-dev/aiosmtpd-1.4.6/bin/python",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../supports/dev/smtp-sink.py");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = std::env::temp_dir().join(format!("loadgen-smtp-{tag}-{phase}"));
-        let child = std::process::Command::new(&python)
-            .arg(script)
-            .args(["--port", &port.to_string()])
-            .arg("--maildir")
-            .arg(dir.join("mail"))
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                anyhow::anyhow!("starting the SMTP server with {python} (SMTP_SINK_PYTHON; `supports/dev/stack infra` installs it): {e}")
-            })?;
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Self { child, port, dir });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        anyhow::bail!("the SMTP server did not listen on {port} within 10 s")
-    }
-
-    /// Messages stored.
-    fn stored(&self) -> usize {
-        std::fs::read_dir(self.dir.join("mail/new")).map_or(0, |d| d.count())
-    }
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 pub(crate) async fn alerts(
     database_url: &str,
     subscribers: usize,
@@ -97,7 +44,7 @@ pub(crate) async fn alerts(
     commerce_db::run_migrations(database_url, commerce_api::MIGRATIONS).await?;
     let mut db = connect_db(database_url).await?;
     let tag = run_id();
-    let sink = Sink::start(&tag, "ceiling")?;
+    let sink = SmtpSink::start().await;
     let smtp_settings = SmtpSettings {
         host: "127.0.0.1".into(),
         port: sink.port,
@@ -126,12 +73,12 @@ pub(crate) async fn alerts(
     let ceiling_time = started.elapsed();
     mailer.close().await;
     ensure!(
-        sent == subscribers && sink.stored() == subscribers,
+        sent == subscribers && sink.count() == subscribers,
         "the SMTP server took {sent} of {subscribers} and stored {}",
-        sink.stored()
+        sink.count()
     );
     drop(sink);
-    let sink = Sink::start(&tag, "alerts")?;
+    let sink = SmtpSink::start().await;
     let smtp_settings = SmtpSettings {
         port: sink.port,
         ..smtp_settings
@@ -230,11 +177,11 @@ pub(crate) async fn alerts(
     .get_result(&mut db)
     .await?;
     ensure!(
-        queued.n == 0 && all.n as usize == subscribers && sink.stored() == subscribers,
+        queued.n == 0 && all.n as usize == subscribers && sink.count() == subscribers,
         "{} alerts for {subscribers} subscribers, {} still queued, {} messages stored",
         all.n,
         queued.n,
-        sink.stored()
+        sink.count()
     );
 
     let rate = |d: Duration| subscribers as f64 / d.as_secs_f64();

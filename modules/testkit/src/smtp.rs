@@ -123,6 +123,15 @@ impl SmtpSink {
         format!("smtp://127.0.0.1:{}", self.port)
     }
 
+    /// How many messages the server has stored (without reading them).
+    pub fn count(&self) -> usize {
+        ["new", "cur"]
+            .iter()
+            .filter_map(|sub| std::fs::read_dir(self.dir.join("mail").join(sub)).ok())
+            .map(|entries| entries.count())
+            .sum()
+    }
+
     /// Every message stored so far, in the order the server stored them.
     pub fn messages(&self) -> Vec<Mail> {
         let mut files: Vec<(std::time::SystemTime, String, PathBuf)> = Vec::new();

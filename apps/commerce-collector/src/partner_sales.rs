@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::CollectorError;
+use crate::ranking::Period;
 use crate::ranking::http::{check, parse};
 use crate::state::AppState;
 
@@ -68,6 +69,7 @@ pub async fn partner_sales(
     let mut errors = Vec::new();
     let parsed = parse(
         &state,
+        &[Period::Daily, Period::Weekly, Period::Monthly],
         params.period.as_deref(),
         params.date.as_deref(),
         &mut errors,

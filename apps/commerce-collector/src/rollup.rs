@@ -40,7 +40,9 @@ pub async fn rollup_period(
     let (table, column) = match period {
         Period::Weekly => ("product_metrics_weekly", "week_start"),
         Period::Monthly => ("product_metrics_monthly", "month_start"),
-        Period::Daily => anyhow::bail!("daily figures are not rolled up"),
+        Period::Daily | Period::ThreeDay | Period::BestSellers => {
+            anyhow::bail!("only weeks and months are rolled up")
+        }
     };
     conn.transaction::<_, anyhow::Error, _>(async |conn| {
         PERIOD_LOCK.exclusive(conn).await?;
@@ -159,7 +161,7 @@ pub async fn scheduled_rollup(pool: &Pool, weights: Weights, slot: &str) -> anyh
     .map(drop)
 }
 
-/// Closes yesterday: materialises its ranks and carries its scores into today. Once per
+/// Closes yesterday: materialises its day's and its three days' ranks and carries its scores into today. Once per
 /// business day.
 pub async fn close_day(
     pool: &Pool,
@@ -175,12 +177,10 @@ pub async fn close_day(
         jobs::LEASE,
         async {
             let mut conn = pool.get().await?;
-            snapshot::materialize(
-                &mut conn,
-                Ranking::of(Period::Daily, yesterday),
-                config.weights,
-            )
-            .await?;
+            for period in [Period::Daily, Period::ThreeDay] {
+                snapshot::materialize(&mut conn, Ranking::of(period, yesterday), config.weights)
+                    .await?;
+            }
             carry_over(&mut conn, config.weights, yesterday, config.carryover_ratio).await?;
             // Today's live set gains the carried scores at the refresher's next check.
             live.invalidate();
@@ -253,15 +253,17 @@ pub async fn start_scheduler(
             })
         })?)
         .await?;
-    let (p, w) = (pool.clone(), config.weights);
+    let (p, w, tz) = (pool.clone(), config.weights, config.time_zone);
     scheduler
         .add(Job::new_async(
             config.ranking_snapshot_cron.as_str(),
             move |_, _| {
                 let pool = p.clone();
                 Box::pin(async move {
-                    let slot = Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string();
-                    if let Err(e) = snapshot::scheduled_snapshot(&pool, w, &slot).await {
+                    let now = Utc::now();
+                    let slot = now.format("%Y-%m-%dT%H:%M:%S").to_string();
+                    let today = crate::ranking::business_date(now, tz);
+                    if let Err(e) = snapshot::scheduled_snapshot(&pool, w, today, &slot).await {
                         tracing::warn!(error = %format!("{e:#}"), "scheduled ranking snapshot failed");
                     }
                 })

@@ -175,6 +175,7 @@ struct ApiDoc;
 fn parts() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let (api, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(http::rankings))
+        .routes(routes!(http::best_sellers))
         .routes(routes!(http::product_rank))
         .routes(routes!(http::product_metrics))
         .routes(routes!(crate::partner_sales::partner_sales))

@@ -67,7 +67,8 @@ commerce_enums::text_enum! {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RankingParams {
-    /// `daily` (default), `weekly` (ISO week, Monday first) or `monthly`.
+    /// `daily` (default), `three_day` (the date and the two days before it), `weekly` (ISO
+    /// week, Monday first) or `monthly`.
     period: Option<String>,
     /// A day of the period, `YYYY-MM-DD`, from 2000-01-01 to today; default today (in the
     /// business time zone).
@@ -120,9 +121,10 @@ pub struct RankedProduct {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ProductRankParams {
-    /// `daily` (default), `weekly` or `monthly`.
+    /// `daily` (default), `three_day`, `weekly`, `monthly`, or `best_sellers` (all time, by
+    /// sales quantity; `date` is then only the day the answer is for).
     period: Option<String>,
-    /// A day of the period, `YYYY-MM-DD`; default today.
+    /// A day of the period (of a three-day window, its last day), `YYYY-MM-DD`; default today.
     date: Option<String>,
 }
 
@@ -143,19 +145,22 @@ pub struct ProductRank {
     as_of: DateTime<Utc>,
 }
 
-/// Parses and bounds the shared parameters; every bad field is reported at once.
+/// Parses and bounds the shared parameters, `period` being one of `allowed`; every bad field is
+/// reported at once.
 pub(crate) fn parse(
     state: &AppState,
+    allowed: &[Period],
     period: Option<&str>,
     date: Option<&str>,
     errors: &mut Vec<FieldError>,
 ) -> Option<(Period, NaiveDate)> {
     let period = match period.unwrap_or("daily").parse::<Period>() {
-        Ok(p) => Some(p),
-        Err(_) => {
+        Ok(p) if allowed.contains(&p) => Some(p),
+        _ => {
+            let texts: Vec<&str> = allowed.iter().map(|p| p.as_str()).collect();
             errors.push(FieldError::new(
                 "period",
-                format!("must be {}", Period::expected()),
+                format!("must be {}", commerce_enums::expected(&texts)),
             ));
             None
         }
@@ -211,22 +216,95 @@ pub async fn rankings(
     let mut errors = Vec::new();
     let parsed = parse(
         &state,
+        &Period::POPULARITY,
         params.period.as_deref(),
         params.date.as_deref(),
         &mut errors,
     );
-    let page = params.page.unwrap_or(0);
-    let size = params.size.unwrap_or(20);
+    let (page, size) = paging(params.page, params.size, &mut errors);
+    check(errors)?;
+    let (period, date) = parsed.expect("checked above");
+    let key = format!("page:{}:{date}:{page}:{size}", period.as_str());
+    cached(&state, key, build_page(&state, period, date, page, size)).await
+}
+
+/// The page and size asked for (defaults 0 and 20), bounded.
+fn paging(page: Option<i64>, size: Option<i64>, errors: &mut Vec<FieldError>) -> (i64, i64) {
+    let page = page.unwrap_or(0);
+    let size = size.unwrap_or(20);
     if !(0..=MAX_PAGE).contains(&page) {
         errors.push(FieldError::new("page", format!("must be 0..={MAX_PAGE}")));
     }
     if !(1..=100).contains(&size) {
         errors.push(FieldError::new("size", "must be 1..=100"));
     }
+    (page, size)
+}
+
+/// The last day of `ranking` to show for a request about `date` (the best sellers': the date).
+fn shown_end(ranking: Ranking, date: NaiveDate) -> NaiveDate {
+    if ranking.period == Period::BestSellers {
+        date
+    } else {
+        ranking.end()
+    }
+}
+
+#[derive(Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct BestSellersParams {
+    /// 0-based page, up to 100000.
+    page: Option<i64>,
+    /// Products per page, 1..=100; default 20.
+    size: Option<i64>,
+}
+
+/// One page of the best sellers.
+#[derive(Serialize, ToSchema)]
+pub struct BestSellersPage {
+    /// Best first: `score` is the all-time sales quantity, the figures are all-time.
+    content: Vec<RankedProduct>,
+    page: i64,
+    size: i64,
+    /// Products that ever sold (net of cancellations). A page past the end is empty, with this
+    /// total.
+    total_elements: i64,
+    total_pages: i64,
+    source: Source,
+    as_of: DateTime<Utc>,
+}
+
+/// A page of the all-time best sellers: products by sales quantity (paid, net of cancelled),
+/// then product id; only products that sold.
+#[utoipa::path(get, path = "/api/v1/rankings/best-sellers", tag = "rankings", params(BestSellersParams),
+    responses(
+        (status = 200, body = BestSellersPage),
+        (status = 400, description = "`VALIDATION_FAILED`: a parameter is unknown, malformed or out of range", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`SERVICE_UNAVAILABLE`: the database cannot be reached", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn best_sellers(
+    State(state): State<AppState>,
+    Query(params): Query<BestSellersParams>,
+) -> Result<Response, CollectorError> {
+    let mut errors = Vec::new();
+    let (page, size) = paging(params.page, params.size, &mut errors);
     check(errors)?;
-    let (period, date) = parsed.expect("checked above");
-    let key = format!("page:{}:{date}:{page}:{size}", period.as_str());
-    cached(&state, key, build_page(&state, period, date, page, size)).await
+    let key = format!("best:{page}:{size}");
+    cached(&state, key, async {
+        let today = state.live.today();
+        let page = build_page(&state, Period::BestSellers, today, page, size).await?;
+        Ok(BestSellersPage {
+            content: page.content,
+            page: page.page,
+            size: page.size,
+            total_elements: page.total_elements,
+            total_pages: page.total_pages,
+            source: page.source,
+            as_of: page.as_of,
+        })
+    })
+    .await
 }
 
 async fn build_page(
@@ -266,7 +344,7 @@ async fn build_page(
         period: period.as_str(),
         date,
         from: ranking.start,
-        to: ranking.end(),
+        to: shown_end(ranking, date),
         content,
         page,
         size,
@@ -358,13 +436,13 @@ async fn details(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let (table, column) = ranking.period.source();
     let rows: Vec<Details> = diesel::sql_query(format!(
         "SELECT i.product_id, p.name, p.brand_name, p.price, m.view_count, m.like_count,
                 m.order_count, m.sales_quantity
            FROM unnest($2::bigint[]) AS i(product_id)
            LEFT JOIN product_catalog p ON p.product_id = i.product_id
-           LEFT JOIN {table} m ON m.{column} = $1 AND m.product_id = i.product_id"
+           LEFT JOIN ({}) m ON m.product_id = i.product_id",
+        ranking.period.figures_sql(Some("ANY($2)"))
     ))
     .bind::<Date, _>(ranking.start)
     .bind::<Array<BigInt>, _>(ids)
@@ -389,6 +467,7 @@ pub async fn product_rank(
     let mut errors = Vec::new();
     let parsed = parse(
         &state,
+        Period::ALL,
         params.period.as_deref(),
         params.date.as_deref(),
         &mut errors,
@@ -411,7 +490,7 @@ async fn build_rank(
         period: period.as_str(),
         date,
         from: ranking.start,
-        to: ranking.end(),
+        to: shown_end(ranking, date),
         rank: found.map(|f| f.0),
         score: found.map_or(0.0, |f| f.1),
         total_elements,
@@ -515,7 +594,7 @@ pub async fn product_metrics(
         None => None,
         Some(raw) => {
             let mut errors = Vec::new();
-            let parsed = parse(&state, None, Some(raw), &mut errors);
+            let parsed = parse(&state, Period::ALL, None, Some(raw), &mut errors);
             check(errors)?;
             parsed.map(|(_, d)| d)
         }

@@ -1,4 +1,5 @@
-//! The live rankings: the current day, week and month as Redis sorted sets.
+//! The live rankings: the current day, three days, week and month and the best sellers, as
+//! Redis sorted sets.
 //!
 //! **Keys** (one hash slot per ranking: every command, script and `MULTI` touches one ranking's
 //! keys only, so each runs on a single node of a Redis Cluster): for the ranking
@@ -140,14 +141,24 @@ impl Live {
         super::business_date(Utc::now(), self.0.time_zone)
     }
 
-    /// Queues the day rankings of the (day, product) pairs a committed batch changed for the
-    /// refresher.
+    /// Queues the rankings the daily figures move, of the (day, product) pairs a committed
+    /// batch changed, for the refresher: the day, the three days ending today, and the best
+    /// sellers (whose all-time figures a read sums from the folded totals and the unfolded day
+    /// rows, so they move with the batch, not with the fold).
     pub fn mark(&self, touched: &BTreeSet<(NaiveDate, i64)>) {
-        self.queue(
-            touched
-                .iter()
-                .map(|&(day, product)| (Ranking::of(Period::Daily, day), product)),
-        );
+        let today = self.today();
+        let window = Ranking::of(Period::ThreeDay, today);
+        let best = Ranking::of(Period::BestSellers, today);
+        self.queue(touched.iter().flat_map(|&(day, product)| {
+            let in_window = day >= window.start && day <= today;
+            [
+                Some((Ranking::of(Period::Daily, day), product)),
+                in_window.then_some((window, product)),
+                Some((best, product)),
+            ]
+            .into_iter()
+            .flatten()
+        }));
     }
 
     /// Queues the week and month rankings of the (day, product) pairs a fold carried into them.
@@ -225,6 +236,16 @@ impl Live {
                 let scores = scores(&mut conn, *ranking, self.0.weights, Some(ids)).await?;
                 let mut pipe = redis::pipe();
                 add_members(&mut pipe, &self.key(*ranking), &scores);
+                // A product no longer ranked (a best seller whose sales were all cancelled).
+                let ranked: BTreeSet<i64> = scores.iter().map(|(id, _)| *id).collect();
+                let gone: Vec<String> = ids
+                    .iter()
+                    .filter(|id| !ranked.contains(id))
+                    .map(|id| encode(*id))
+                    .collect();
+                if !gone.is_empty() {
+                    pipe.zrem(self.key(*ranking), gone).ignore();
+                }
                 expire(&mut pipe, &self.key(*ranking), *ranking, self.today());
                 pipes.push(pipe);
             }
@@ -528,13 +549,8 @@ async fn scores(
         #[diesel(sql_type = Double)]
         score: f64,
     }
-    let filter = if products.is_some() {
-        " AND m.product_id = ANY($5)"
-    } else {
-        ""
-    };
-    let sql = format!("SELECT m.product_id, {}{filter}", score_sql(ranking.period));
-    let query = scored_query(sql, ranking, weights);
+    let filter = products.is_some().then_some("ANY($5)");
+    let query = scored_query(score_sql(ranking.period, filter), ranking, weights);
     let rows: Vec<Scored> = match products {
         Some(ids) => query.bind::<Array<BigInt>, _>(ids).load(conn).await?,
         None => query.load(conn).await?,
@@ -553,8 +569,11 @@ fn add_members(pipe: &mut redis::Pipeline, key: &str, scores: &[(i64, f64)]) {
     pipe.zadd_multiple(key, &members).ignore();
 }
 
-/// Keeps a set two days past its period's end.
+/// Keeps a set two days past its period's end (the best sellers' for good).
 fn expire(pipe: &mut redis::Pipeline, key: &str, ranking: Ranking, today: NaiveDate) {
+    if ranking.period == Period::BestSellers {
+        return;
+    }
     let days = (ranking.end() - today).num_days().max(0) + 2;
     pipe.expire(key, days * 24 * 3600).ignore();
 }

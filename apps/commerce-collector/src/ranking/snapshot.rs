@@ -38,8 +38,8 @@ pub async fn materialize(
             format!(
                 "INSERT INTO ranking_ranks (period, period_start, rank, product_id, score)
                  SELECT $5, $1, row_number() OVER (ORDER BY s.score DESC, s.product_id), s.product_id, s.score
-                   FROM (SELECT m.product_id, {}) s",
-                score_sql(ranking.period)
+                   FROM ({}) s",
+                score_sql(ranking.period, None)
             ),
             ranking,
             weights,
@@ -162,9 +162,14 @@ pub(crate) fn not_found_is_none<T>(e: diesel::result::Error) -> QueryResult<Opti
 
 type QueryResult<T> = Result<T, diesel::result::Error>;
 
-/// The scheduled snapshot run for `slot`: materialises every ranking containing a day whose
-/// figures changed since the previous run. Once per slot across instances.
-pub async fn scheduled_snapshot(pool: &Pool, weights: Weights, slot: &str) -> anyhow::Result<()> {
+/// The scheduled snapshot run for `slot`: materialises every ranking (of a day up to `today`)
+/// that a day whose figures changed since the previous run belongs to. Once per slot across instances.
+pub async fn scheduled_snapshot(
+    pool: &Pool,
+    weights: Weights,
+    today: NaiveDate,
+    slot: &str,
+) -> anyhow::Result<()> {
     let lease = std::time::Duration::from_secs(300);
     crate::jobs::run(pool, crate::jobs::Job::RankSnapshot, slot, lease, async {
         let mut conn = pool.get().await?;
@@ -187,7 +192,7 @@ pub async fn scheduled_snapshot(pool: &Pool, weights: Weights, slot: &str) -> an
         .await?;
         let rankings: std::collections::BTreeSet<Ranking> = days
             .iter()
-            .flat_map(|d| Ranking::containing(d.business_date))
+            .flat_map(|d| Ranking::containing(d.business_date, today))
             .collect();
         for ranking in rankings {
             materialize(&mut conn, ranking, weights).await?;

@@ -215,7 +215,7 @@ pub(crate) async fn orders(
     // The same transaction, driven by pgbench with as many clients, in the same run: the stock
     // precheck, the transaction's statement timeout (`ORDER_TIMEOUT_MS`), the products locked
     // with their partners, stock, points, the order, one partner order, line and points split
-    // per partner, the ledger and the outbox.
+    // per partner, the ledger, the outbox and the units sold.
     let n = partners;
     let pick: String = catalog
         .iter()
@@ -232,6 +232,7 @@ pub(crate) async fn orders(
         .collect::<Vec<_>>()
         .join(",");
     let total = 1000 * n as i64;
+    let units = vec!["1"; n].join(",");
     let (ufirst, ulast) = (users[connections], users[users.len() - 1]);
     let script = format!(
         r"{pick}\set uid random({ufirst}, {ulast})
@@ -249,7 +250,8 @@ WITH o AS (INSERT INTO orders (user_id, status, total_amount, discount_amount, f
            SELECT po.order_id, x.product, 1, 1000, po.id, 1000
              FROM po JOIN unnest(ARRAY[{partner_ids}]::bigint[], ARRAY[{pids}]::bigint[]) AS x(partner, product) ON x.partner = po.partner_id),
      s AS (INSERT INTO payment_splits (partner_order_id, method, amount, captured) SELECT id, 'POINT', 1000, 1000 FROM po),
-     l AS (INSERT INTO point_ledger (user_id, amount, kind, order_id) SELECT :uid, -{total}, 'USE', id FROM o)
+     l AS (INSERT INTO point_ledger (user_id, amount, kind, order_id) SELECT :uid, -{total}, 'USE', id FROM o),
+     sold AS (UPDATE products p SET sales_count = p.sales_count + 1 FROM unnest(ARRAY[{pids}]::bigint[], ARRAY[{units}]::bigint[]) AS s(id, units) WHERE p.id = s.id)
 INSERT INTO outbox (event_id, topic, partition_key, event_type, envelope)
 SELECT gen_random_uuid(), 'order-events', o.id::text, t, '{{}}'::jsonb FROM o, unnest(ARRAY['OrderCreated', 'OrderPaid']) t;
 COMMIT;

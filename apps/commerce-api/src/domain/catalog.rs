@@ -114,6 +114,8 @@ pub struct ProductSummary {
     pub brand_name: String,
     pub price: i64,
     pub like_count: i64,
+    /// Units sold: paid, and not cancelled or returned.
+    pub sales_count: i64,
 }
 
 /// The columns a [`ProductSummaryRow`] is read from (products joined with brands).
@@ -125,6 +127,7 @@ pub(crate) fn summary_columns() -> (
     brands::name,
     products::price,
     products::like_count,
+    products::sales_count,
 ) {
     (
         products::id,
@@ -133,6 +136,7 @@ pub(crate) fn summary_columns() -> (
         brands::name,
         products::price,
         products::like_count,
+        products::sales_count,
     )
 }
 
@@ -145,6 +149,7 @@ pub(crate) struct ProductSummaryRow {
     brand_name: String,
     price: i64,
     like_count: i64,
+    sales_count: i64,
 }
 
 impl From<ProductSummaryRow> for ProductSummary {
@@ -156,6 +161,7 @@ impl From<ProductSummaryRow> for ProductSummary {
             brand_name: row.brand_name,
             price: row.price,
             like_count: row.like_count,
+            sales_count: row.sales_count,
         }
     }
 }
@@ -175,6 +181,8 @@ commerce_enums::text_enum! {
         Latest => "latest",
         PriceAsc => "price_asc",
         LikesDesc => "likes_desc",
+        /// Most units sold first.
+        SalesDesc => "sales_desc",
     }
 }
 
@@ -628,6 +636,7 @@ pub async fn list(
     query = match sort {
         Sort::PriceAsc => query.order((products::price.asc(), products::id.asc())),
         Sort::LikesDesc => query.order((products::like_count.desc(), products::id.desc())),
+        Sort::SalesDesc => query.order((products::sales_count.desc(), products::id.desc())),
         Sort::Latest => query.order(products::id.desc()),
     };
     query = match at {
@@ -645,6 +654,11 @@ pub async fn list(
                 products::like_count
                     .lt(value)
                     .or(products::like_count.eq(value).and(products::id.lt(id))),
+            ),
+            Sort::SalesDesc => query.filter(
+                products::sales_count
+                    .lt(value)
+                    .or(products::sales_count.eq(value).and(products::id.lt(id))),
             ),
         },
     };
@@ -675,7 +689,8 @@ pub async fn list(
 pub enum Position {
     /// Page `n` of the list (an offset: bounded by the caller).
     Page(i64),
-    /// Right after the row with this sort value (price, like count; the id for `latest`) and id.
+    /// Right after the row with this sort value (price, like or sales count; the id for `latest`)
+    /// and id.
     After { value: i64, id: i64 },
 }
 
@@ -686,6 +701,7 @@ impl Sort {
             Sort::Latest => row.id,
             Sort::PriceAsc => row.price,
             Sort::LikesDesc => row.like_count,
+            Sort::SalesDesc => row.sales_count,
         }
     }
 }

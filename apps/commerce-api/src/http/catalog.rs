@@ -87,7 +87,8 @@ pub struct ProductPatch {
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     brand_id: Option<i64>,
-    /// `latest` (default), `price_asc` or `likes_desc`.
+    /// `latest` (default), `price_asc`, `likes_desc` or `sales_desc` (units sold: paid, not
+    /// cancelled or returned).
     sort: Option<String>,
     /// 0-based page, default 0; `page × size` at most 10,000 (deeper: `cursor`).
     page: Option<i64>,

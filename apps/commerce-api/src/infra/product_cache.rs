@@ -20,9 +20,9 @@
 //! simply expires with its TTL. Nothing has to find and delete the old pages, so no index grows
 //! with the pages requested and no eviction blocks Redis. Each instance reads the generation at
 //! most every [`LOCAL_TTL`] (and its own moves at once), so another instance's edit shows in a
-//! list within [`LOCAL_TTL`]. Likes and stock changes do *not* move it (they are frequent and
-//! would empty the cache constantly): a list's `like_count` and `stock` may lag by up to the
-//! Redis TTL (30 s by default).
+//! list within [`LOCAL_TTL`]. Likes, sales and stock changes do *not* move it (they are frequent
+//! and would empty the cache constantly): a list's `like_count`, `sales_count` and `stock` may lag
+//! by up to the Redis TTL (30 s by default).
 //!
 //! Redis failures never fail a read: they count as misses, are counted in
 //! `product_cache_requests_total{result="error"}` and logged at most every ten seconds.

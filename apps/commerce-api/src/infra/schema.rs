@@ -141,6 +141,7 @@ diesel::table! {
         price -> BigInt,
         stock -> BigInt,
         like_count -> BigInt,
+        sales_count -> BigInt,
         version -> BigInt,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,

@@ -274,3 +274,102 @@ async fn reads_keep_working_from_the_database_when_redis_is_down() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_product_list_sorts_by_units_sold_as_the_sale_events_count_them() {
+    let app = spawn_app().await;
+    let brand = app.brand().await;
+    let (p1, p2, p3, p4) = (
+        app.product(brand, 100, 50).await,
+        app.product(brand, 100, 50).await,
+        app.product(brand, 100, 50).await,
+        app.product(brand, 100, 50).await,
+    );
+    let (_, token) = app.user_with_points("buyer", 100_000).await;
+    let mut orders = Vec::new();
+    for items in [
+        json!([{"product_id": p2, "quantity": 3}]),
+        json!([{"product_id": p1, "quantity": 2}, {"product_id": p3, "quantity": 1}]),
+        json!([{"product_id": p4, "quantity": 1}]),
+    ] {
+        let (status, placed) = app
+            .post(
+                "/api/v1/orders",
+                Some(&token),
+                json!({"items": items, "payment": {"method": "POINT"}}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{placed}");
+        orders.push(placed["order_id"].as_i64().unwrap());
+    }
+    // The first order's three units are given back: p2 sold none in the end.
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/orders/{}/cancel", orders[0]),
+            Some(&token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Units sold, then the id (newest first) among equals.
+    let expected = [(p1, 2), (p4, 1), (p3, 1), (p2, 0)];
+    let (status, page) = app.get("/api/v1/products?sort=sales_desc", None).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let served: Vec<(i64, i64)> = page["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["id"].as_i64().unwrap(),
+                p["sales_count"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(served, expected);
+
+    // Keyset pages walk the same order.
+    let mut walked = Vec::new();
+    let mut next = "/api/v1/products?sort=sales_desc&size=1".to_owned();
+    loop {
+        let (status, page) = app.get(&next, None).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for p in page["content"].as_array().unwrap() {
+            walked.push((
+                p["id"].as_i64().unwrap(),
+                p["sales_count"].as_i64().unwrap(),
+            ));
+        }
+        match page["next_cursor"].as_str() {
+            Some(cursor) => {
+                next = format!("/api/v1/products?sort=sales_desc&size=1&cursor={cursor}")
+            }
+            None => break,
+        }
+    }
+    assert_eq!(walked, expected);
+
+    // The stored counts are what the outbox's sale events add up to (what the collector counts).
+    for (product, units) in expected {
+        let from_events = app
+            .count(&format!(
+                "SELECT coalesce(sum(CASE WHEN event_type = 'OrderPaid' THEN 1 ELSE -1 END
+                                     * (line->>'quantity')::bigint), 0)::bigint AS n
+                   FROM outbox, jsonb_array_elements(envelope->'payload'->'lines') AS line
+                  WHERE (event_type = 'OrderPaid'
+                         OR (event_type = 'OrderCancelled'
+                             AND (envelope->'payload'->>'was_paid')::boolean))
+                    AND (line->>'product_id')::bigint = {product}"
+            ))
+            .await;
+        assert_eq!(from_events, units, "product {product}");
+        assert_eq!(
+            app.count(&format!(
+                "SELECT sales_count AS n FROM products WHERE id = {product}"
+            ))
+            .await,
+            units
+        );
+    }
+}

@@ -230,3 +230,58 @@ async fn partner_orders_confirmed_before_settlement_are_accrued_on_their_days_un
     assert!(conn.batch_execute(down).await.is_err());
     assert_eq!(n("SELECT count(*) AS n FROM settlement_lines").await, 2);
 }
+
+#[tokio::test]
+async fn products_sold_before_the_sales_count_keep_their_units_sold() {
+    let db = TestDb::new("commerce_api", commerce_api::MIGRATIONS).await;
+    let mut conn = AsyncPgConnection::establish(&db.url).await.unwrap();
+    conn.batch_execute(include_str!(
+        "../../migrations/2026-12-11-000001_product_sales_count/down.sql"
+    ))
+    .await
+    .unwrap();
+    // Product 1: paid 5, of which 1 cancelled and 1 returned (3 sold) plus 2 more in another
+    // order; product 2: only in a cancelled paid order and an unpaid one (none sold); product 3:
+    // never ordered.
+    conn.batch_execute(
+        "DELETE FROM __diesel_schema_migrations WHERE version = '20261211000001';
+         INSERT INTO users (id, login_id, password_hash, name, email)
+              VALUES (1, 'old', 'x', 'Old', 'old@example.com');
+         INSERT INTO brands (id, name, partner_id) VALUES (1, 'Old brand', 1);
+         INSERT INTO products (id, brand_id, name, price, stock, partner_id)
+              VALUES (1, 1, 'a', 100, 10, 1), (2, 1, 'b', 100, 10, 1), (3, 1, 'c', 100, 10, 1);
+         INSERT INTO orders (id, user_id, status, total_amount, discount_amount, final_amount,
+                             payment_method, paid_at)
+              VALUES (1, 1, 'PAID', 500, 0, 500, 'POINT', now()),
+                     (2, 1, 'PAID', 200, 0, 200, 'POINT', now()),
+                     (3, 1, 'CANCELLED', 400, 0, 400, 'POINT', now()),
+                     (4, 1, 'PENDING_PAYMENT', 100, 0, 100, 'CARD', NULL);
+         INSERT INTO partner_orders (id, order_id, partner_id, status, items_total, discount_share,
+                                     points_share, card_share)
+              VALUES (1, 1, 1, 'DELIVERED', 500, 0, 500, 0), (2, 2, 1, 'PAID', 200, 0, 200, 0),
+                     (3, 3, 1, 'CANCELLED', 400, 0, 400, 0),
+                     (4, 4, 1, 'PENDING_PAYMENT', 100, 0, 0, 100);
+         INSERT INTO order_items (order_id, product_id, quantity, unit_price, partner_order_id,
+                                  quantity_cancelled, quantity_shipped, quantity_returned)
+              VALUES (1, 1, 5, 100, 1, 1, 4, 1), (2, 1, 2, 100, 2, 0, 0, 0),
+                     (3, 2, 4, 100, 3, 4, 0, 0), (4, 2, 1, 100, 4, 0, 0, 0);",
+    )
+    .await
+    .unwrap();
+
+    commerce_db::run_migrations(&db.url, commerce_api::MIGRATIONS)
+        .await
+        .unwrap();
+
+    for (product, sold) in [(1, 5), (2, 0), (3, 0)] {
+        assert_eq!(
+            count(
+                &db.url,
+                &format!("SELECT sales_count AS n FROM products WHERE id = {product}")
+            )
+            .await,
+            sold,
+            "product {product}"
+        );
+    }
+}

@@ -1076,13 +1076,16 @@ async fn an_api_crash_between_commit_and_gateway_call_is_recovered_by_reconcilia
     let product = setup.product(setup.brand().await, 1000, 10).await;
     let (_, token) = setup.user_with_points("crash", 0).await;
 
-    // A second API, a real process, takes the order and dies while the gateway call is open.
+    // A second API, a real process, takes the order and dies while the gateway call is open. Its
+    // payment is due for a recheck after the gateway's 5 s (as production's recheck outlasts a
+    // request): a reconciliation asking earlier would find the request still held by the gateway.
     let (mut child, base) = child_api(
         &setup,
         &gw,
         &[
             ("PAYMENT_RECONCILE_ENABLED", "false"),
             ("PG_TIMEOUT_MS", "10000"),
+            ("PAYMENT_RECHECK_AFTER_MS", "8000"),
         ],
     )
     .await;

@@ -901,7 +901,7 @@ async fn a_settlement_killed_halfway_leaves_nothing_and_its_rerun_writes_the_who
         .unwrap();
     let waiting = "SELECT count(*) AS n FROM pg_stat_activity
                     WHERE datname = current_database() AND wait_event_type = 'Lock'
-                      AND query LIKE 'INSERT INTO outbox %'";
+                      AND query LIKE '%INSERT INTO outbox %'";
     commerce_testkit::eventually(
         "the run waits to write its events",
         Duration::from_secs(30),
@@ -920,7 +920,8 @@ async fn a_settlement_killed_halfway_leaves_nothing_and_its_rerun_writes_the_who
         async || match app
             .count(
                 "SELECT count(*) AS n FROM pg_stat_activity
-                  WHERE datname = current_database() AND query LIKE 'INSERT INTO outbox %'",
+                  WHERE datname = current_database() AND pid <> pg_backend_pid()
+                    AND query LIKE '%INSERT INTO outbox %'",
             )
             .await
         {

@@ -242,7 +242,15 @@ pub async fn rankings(o: Options<'_>) -> anyhow::Result<()> {
     .bind::<BigInt, _>(o.products)
     .execute(&mut conn)
     .await?;
-    conn.batch_execute("VACUUM ANALYZE product_metrics_daily, product_catalog")
+    // The all-time figures the fold would have made of that history (the best sellers' truth).
+    conn.batch_execute(
+        "INSERT INTO product_metrics (product_id, view_count, like_count, order_count, sales_quantity, sales_amount)
+         SELECT product_id, sum(folded_views), sum(folded_likes), sum(folded_orders),
+                sum(folded_quantity), sum(folded_amount)
+           FROM product_metrics_daily GROUP BY product_id",
+    )
+    .await?;
+    conn.batch_execute("VACUUM ANALYZE product_metrics_daily, product_metrics, product_catalog")
         .await?;
     let weights = commerce_collector::ranking::Weights {
         view: 0.1,

@@ -122,7 +122,7 @@ pub struct RankedProduct {
 #[into_params(parameter_in = Query)]
 pub struct ProductRankParams {
     /// `daily` (default), `three_day`, `weekly`, `monthly`, or `best_sellers` (all time, by
-    /// sales quantity; `date` is then only the day the answer is for).
+    /// sales quantity, as of now: without `date`).
     period: Option<String>,
     /// A day of the period (of a three-day window, its last day), `YYYY-MM-DD`; default today.
     date: Option<String>,
@@ -472,6 +472,12 @@ pub async fn product_rank(
         params.date.as_deref(),
         &mut errors,
     );
+    if parsed.is_some_and(|(period, _)| period == Period::BestSellers) && params.date.is_some() {
+        errors.push(FieldError::new(
+            "date",
+            "must be absent with best_sellers (all time, as of now)",
+        ));
+    }
     check(errors)?;
     let (period, date) = parsed.expect("checked above");
     let key = format!("product:{}:{date}:{product_id}", period.as_str());

@@ -569,9 +569,11 @@ fn add_members(pipe: &mut redis::Pipeline, key: &str, scores: &[(i64, f64)]) {
     pipe.zadd_multiple(key, &members).ignore();
 }
 
-/// Keeps a set two days past its period's end (the best sellers' for good).
+/// Keeps a set two days past its period's end (the best sellers' for good: a rebuild renames
+/// its build key, whose expiry `RENAME` keeps, over the set, so that expiry is removed).
 fn expire(pipe: &mut redis::Pipeline, key: &str, ranking: Ranking, today: NaiveDate) {
     if ranking.period == Period::BestSellers {
+        pipe.persist(key).ignore();
         return;
     }
     let days = (ranking.end() - today).num_days().max(0) + 2;

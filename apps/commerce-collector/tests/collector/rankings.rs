@@ -427,6 +427,21 @@ async fn rankings_lost_by_redis_are_rebuilt_by_the_collector() {
         .unwrap();
 
     rebuilt_then_exact(&p, base, "missing").await;
+    // Every set expires after its period but the best sellers' (whose rebuild renamed a build
+    // key that expires in ten minutes over it).
+    for ranking in Ranking::current(today()) {
+        let key = commerce_collector::ranking::live::key(&cache, ranking);
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        if ranking.period == Period::BestSellers {
+            assert_eq!(ttl, -1, "{ranking} never expires");
+        } else {
+            assert!(ttl > 2 * 24 * 3600 - 60, "{ranking} expires in {ttl} s");
+        }
+    }
 }
 
 /// Waits until the collector at `base` has rebuilt the five current rankings for `reason`,
@@ -502,6 +517,10 @@ async fn bad_ranking_requests_are_400_problems() {
         "/api/v1/rankings/best-sellers?size=0".to_owned(),
         "/api/v1/rankings/best-sellers?page=-1".to_owned(),
         "/api/v1/rankings/best-sellers?period=daily".to_owned(),
+        format!(
+            "/api/v1/rankings/products/1?period=best_sellers&date={}",
+            today()
+        ),
         "/api/v1/rankings?date=2026-13-01".to_owned(),
         "/api/v1/rankings?date=1999-12-31".to_owned(),
         format!("/api/v1/rankings?date={tomorrow}"),

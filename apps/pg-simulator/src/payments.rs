@@ -398,11 +398,29 @@ pub async fn request_payment(
     key: Option<IdempotencyKey>,
     Json(req): Json<PaymentRequest>,
 ) -> Result<axum::response::Response> {
-    use axum::response::IntoResponse;
     sim.dice.receive();
     let user = user_id(&headers)?;
     let key = key.map(|k| k.as_str().to_owned());
     validate(&req, &sim.callback_hosts)?;
+    // From the key's reservation on, in a task of its own: a client that disconnects while the
+    // key is being reserved cannot leave a reservation that nothing processes.
+    let traceparent = commerce_telemetry::traces::current_traceparent();
+    tokio::spawn(commerce_telemetry::traces::carry(
+        accept(sim, user, key, req, traceparent).instrument(tracing::Span::current()),
+    ))
+    .await
+    .map_err(|e| anyhow::anyhow!("payment task failed: {e}"))?
+}
+
+/// Reserves the request's key (answering a repeat from the reservation) and processes it.
+async fn accept(
+    sim: Arc<Simulator>,
+    user: String,
+    key: Option<String>,
+    req: PaymentRequest,
+    traceparent: Option<String>,
+) -> Result<axum::response::Response> {
+    use axum::response::IntoResponse;
     if let Some(key) = &key {
         match reserve(&sim, &user, key, &request_hash(&sim.request_hash_key, &req)).await? {
             Earlier::None => {}
@@ -426,13 +444,7 @@ pub async fn request_payment(
         }
     }
     // The payment keeps the request's trace context: its callback continues the trace.
-    let traceparent = commerce_telemetry::traces::current_traceparent();
-    let task = tokio::spawn(commerce_telemetry::traces::carry(
-        process(sim, user, key, req, traceparent).instrument(tracing::Span::current()),
-    ));
-    let accepted = task
-        .await
-        .map_err(|e| anyhow::anyhow!("payment task failed: {e}"))??;
+    let accepted = process(sim, user, key, req, traceparent).await?;
     Ok(Json(accepted).into_response())
 }
 
